@@ -1,0 +1,66 @@
+//! # saga-core
+//!
+//! The model and the engine of the saga framework, with no I/O of its own:
+//!
+//! - [`definition`]: saga definitions — compensatable, pivot and retriable steps, commands,
+//!   local steps, notifications, compensations, conditions, retry and timeout policies;
+//! - [`engine`]: the pure transition function `(definition, state, event) -> (state, actions)`;
+//! - [`message`]: the envelope, headers, and the [`Command`] / [`Reply`] traits;
+//! - [`ports`]: the store and transport traits the runtime is written against;
+//! - [`orchestrator`] and [`participant`]: the dispatch logic over those ports;
+//! - [`memory`]: in-memory store and transport, so a whole saga runs in one test;
+//! - [`lock`]: semantic locks for participants' records;
+//! - [`testing`]: the saga unit-test DSL;
+//! - graph rendering: [`SagaDefinition::to_mermaid`] and [`SagaDefinition::to_dot`].
+//!
+//! With the default `macros` feature it re-exports the `saga!` DSL and the `Command`,
+//! `Reply` and `SemanticLock` derives.
+
+pub mod clock;
+pub mod definition;
+pub mod engine;
+mod graph;
+pub mod ids;
+pub mod lock;
+pub mod memory;
+pub mod message;
+pub mod orchestrator;
+pub mod participant;
+pub mod ports;
+pub mod relay;
+pub mod testing;
+
+pub use definition::{
+    Action, RetryPolicy, Saga, SagaData, SagaDefinition, Step, StepDefinition, StepFailure,
+    StepKind, TimeoutAction,
+};
+pub use engine::{OperatorCommand, SagaStatus};
+pub use ids::{MessageId, RequestId, SagaId, Timestamp};
+pub use lock::{Locked, SemanticLock};
+pub use message::{Command, CommandFailed, Headers, Message, Reply, ReplyOutcome};
+
+#[cfg(feature = "macros")]
+pub use saga_macros::{Command, Reply, SemanticLock, saga};
+
+/// Paths used by code the macros generate. Not a public API: it may change in any release.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::definition::{
+        RetryPolicy, Saga, SagaDefinition, Step, StepFailure, TimeoutAction,
+    };
+    pub use crate::lock::SemanticLock;
+    pub use crate::message::{Command, Reply, ReplyOutcome};
+    pub use std::sync::OnceLock;
+    pub use std::time::Duration;
+
+    /// Builds a definition the macro has already checked; a failure here is a bug in the
+    /// macro, reported with the saga name.
+    pub fn checked<D: crate::definition::SagaData>(
+        builder: crate::definition::SagaDefinitionBuilder<D>,
+    ) -> SagaDefinition<D> {
+        match builder.build() {
+            Ok(definition) => definition,
+            Err(error) => panic!("saga! generated an invalid definition: {error}"),
+        }
+    }
+}

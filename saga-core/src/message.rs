@@ -1,0 +1,361 @@
+//! The message model: envelopes, headers, and the `Command` / `Reply` traits.
+//!
+//! Every message, whether a command, a reply or a notification, travels as a [`Message`]: an
+//! id, a destination channel, string headers and a JSON payload kept as raw text (so a
+//! malformed payload can still be stored and dead-lettered with its reason).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{MessageId, RequestId, SagaId};
+
+/// Well-known header names.
+pub mod headers {
+    /// The stable type name of the payload (`Command::TYPE` or `Reply::TYPE`).
+    pub const MESSAGE_TYPE: &str = "message-type";
+    /// The saga instance a command or reply belongs to.
+    pub const SAGA_ID: &str = "saga-id";
+    /// The saga type (its definition name) a command or reply belongs to.
+    pub const SAGA_TYPE: &str = "saga-type";
+    /// The step (by name) that sent the command.
+    pub const SAGA_STEP: &str = "saga-step";
+    /// The request id a reply must echo.
+    pub const REQUEST_ID: &str = "request-id";
+    /// The channel a participant sends its reply to; absent for one-way notifications.
+    pub const REPLY_TO: &str = "reply-to";
+    /// `success` or `failure`, on replies.
+    pub const REPLY_OUTCOME: &str = "reply-outcome";
+    /// The message id of the command a reply answers.
+    pub const IN_REPLY_TO: &str = "in-reply-to";
+    /// W3C trace context.
+    pub const TRACEPARENT: &str = "traceparent";
+}
+
+/// Message headers: an ordered string map.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Headers(BTreeMap<String, String>);
+
+impl Headers {
+    /// An empty header map.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets a header, replacing any earlier value.
+    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        self.0.insert(name.into(), value.into());
+    }
+
+    /// Builder form of [`Headers::insert`].
+    pub fn with(mut self, name: impl Into<String>, value: impl ToString) -> Self {
+        self.insert(name, value.to_string());
+        self
+    }
+
+    /// The value of a header, if present.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// The value of a header, or a [`MessageError::MissingHeader`].
+    pub fn require(&self, name: &'static str) -> Result<&str, MessageError> {
+        self.get(name).ok_or(MessageError::MissingHeader(name))
+    }
+
+    /// Parses a required header.
+    pub fn parse<T: std::str::FromStr>(&self, name: &'static str) -> Result<T, MessageError>
+    where
+        T::Err: fmt::Display,
+    {
+        let raw = self.require(name)?;
+        raw.parse()
+            .map_err(|err: T::Err| MessageError::InvalidHeader {
+                name,
+                value: raw.to_owned(),
+                reason: err.to_string(),
+            })
+    }
+
+    /// Iterates over all headers in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+/// The envelope every message travels in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// Unique id; consumers deduplicate on it.
+    pub id: MessageId,
+    /// The channel the message is sent to.
+    pub destination: String,
+    /// Headers: type, correlation, reply routing, tracing.
+    pub headers: Headers,
+    /// The JSON payload, as raw text.
+    pub payload: String,
+}
+
+impl Message {
+    /// A new message with a fresh id.
+    pub fn new(destination: impl Into<String>, headers: Headers, payload: String) -> Self {
+        Self {
+            id: MessageId::new(),
+            destination: destination.into(),
+            headers,
+            payload,
+        }
+    }
+
+    /// The message type header.
+    pub fn message_type(&self) -> Result<&str, MessageError> {
+        self.headers.require(headers::MESSAGE_TYPE)
+    }
+
+    /// Decodes the payload as `T`.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, MessageError> {
+        serde_json::from_str(&self.payload).map_err(|err| MessageError::MalformedPayload {
+            message_type: self.headers.get(headers::MESSAGE_TYPE).map(str::to_owned),
+            reason: err.to_string(),
+        })
+    }
+
+    /// Parses the payload as untyped JSON.
+    pub fn payload_json(&self) -> Result<serde_json::Value, MessageError> {
+        self.decode()
+    }
+}
+
+/// Why a message could not be understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    /// A header the message needs is absent.
+    #[error("missing header `{0}`")]
+    MissingHeader(&'static str),
+    /// A header is present but cannot be parsed.
+    #[error("invalid header `{name}` = {value:?}: {reason}")]
+    InvalidHeader {
+        /// The header name.
+        name: &'static str,
+        /// The raw value.
+        value: String,
+        /// Why it did not parse.
+        reason: String,
+    },
+    /// The payload is not valid JSON for the declared type.
+    #[error("malformed payload{}: {reason}", message_type.as_deref().map(|t| format!(" for `{t}`")).unwrap_or_default())]
+    MalformedPayload {
+        /// The declared message type, when known.
+        message_type: Option<String>,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// A payload could not be serialized.
+    #[error("cannot serialize `{message_type}`: {reason}")]
+    Serialize {
+        /// The message type.
+        message_type: &'static str,
+        /// The encoder's message.
+        reason: String,
+    },
+    /// No handler knows this message type.
+    #[error("unknown message type `{0}`")]
+    UnknownType(String),
+}
+
+/// Whether a reply reports success or failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyOutcome {
+    /// The command took effect.
+    Success,
+    /// The command was refused or failed; the saga reacts per the step's kind.
+    Failure,
+}
+
+impl ReplyOutcome {
+    /// The header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Failure => "failure",
+        }
+    }
+}
+
+impl fmt::Display for ReplyOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ReplyOutcome {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "success" => Ok(Self::Success),
+            "failure" => Ok(Self::Failure),
+            other => Err(format!("expected `success` or `failure`, got {other:?}")),
+        }
+    }
+}
+
+/// A command: a request a saga sends to a participant's channel.
+///
+/// Derive it with `#[derive(Command)]` and `#[command(channel = "...", reply = ReplyType)]`.
+/// The reply type is part of the command's type, so a saga's reply handler that expects a
+/// different reply is a compile error.
+pub trait Command: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The stable type name carried in the `message-type` header.
+    const TYPE: &'static str;
+    /// The channel the participant that handles this command listens on.
+    const CHANNEL: &'static str;
+    /// The reply the participant answers with.
+    type Reply: Reply;
+}
+
+/// A reply to a command; its value says whether it reports success or failure.
+///
+/// Derive it with `#[derive(Reply)]`: a struct is a success unless marked
+/// `#[reply(failure)]`; an enum marks variants `#[success]` or `#[failure]`.
+pub trait Reply: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The stable type name carried in the `message-type` header.
+    const TYPE: &'static str;
+    /// Whether this reply value reports success or failure.
+    fn outcome(&self) -> ReplyOutcome;
+    /// A human-readable reason, for failure replies.
+    fn failure_reason(&self) -> Option<String> {
+        None
+    }
+}
+
+/// The generic failure reply a participant sends when its handler returns an error instead of
+/// a typed reply (unknown consumer, locked record, invalid input…).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandFailed {
+    /// Why the command failed.
+    pub reason: String,
+}
+
+impl CommandFailed {
+    /// A failure with the given reason.
+    pub fn new(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for CommandFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl std::error::Error for CommandFailed {}
+
+impl Reply for CommandFailed {
+    const TYPE: &'static str = "saga.CommandFailed";
+    fn outcome(&self) -> ReplyOutcome {
+        ReplyOutcome::Failure
+    }
+    fn failure_reason(&self) -> Option<String> {
+        Some(self.reason.clone())
+    }
+}
+
+/// The reply type of one-way notifications: no reply is ever sent for them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoReply;
+
+impl Reply for NoReply {
+    const TYPE: &'static str = "saga.NoReply";
+    fn outcome(&self) -> ReplyOutcome {
+        ReplyOutcome::Success
+    }
+}
+
+/// The routing facts of an incoming command: who sent it and where to answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandMeta {
+    /// The command message's id.
+    pub message_id: MessageId,
+    /// The command type.
+    pub command_type: String,
+    /// The saga that sent it, if any.
+    pub saga_id: Option<SagaId>,
+    /// The saga type that sent it, if any.
+    pub saga_type: Option<String>,
+    /// The request id to echo in the reply, if a reply is expected.
+    pub request_id: Option<RequestId>,
+    /// Where to send the reply; `None` for one-way notifications.
+    pub reply_to: Option<String>,
+}
+
+impl CommandMeta {
+    /// Reads the routing headers of a command message.
+    pub fn from_message(message: &Message) -> Result<Self, MessageError> {
+        let h = &message.headers;
+        let reply_to = h.get(headers::REPLY_TO).map(str::to_owned);
+        let request_id = match h.get(headers::REQUEST_ID) {
+            Some(_) => Some(h.parse(headers::REQUEST_ID)?),
+            None if reply_to.is_some() => {
+                return Err(MessageError::MissingHeader(headers::REQUEST_ID));
+            }
+            None => None,
+        };
+        let saga_id = match h.get(headers::SAGA_ID) {
+            Some(_) => Some(h.parse(headers::SAGA_ID)?),
+            None if reply_to.is_some() => {
+                return Err(MessageError::MissingHeader(headers::SAGA_ID));
+            }
+            None => None,
+        };
+        Ok(Self {
+            message_id: message.id,
+            command_type: message.message_type()?.to_owned(),
+            saga_id,
+            saga_type: h.get(headers::SAGA_TYPE).map(str::to_owned),
+            request_id,
+            reply_to,
+        })
+    }
+
+    /// Builds the reply envelope for this command, or `None` for a one-way notification.
+    pub fn reply_message(
+        &self,
+        reply_type: &str,
+        outcome: ReplyOutcome,
+        payload: String,
+    ) -> Option<Message> {
+        let reply_to = self.reply_to.as_deref()?;
+        let mut headers = Headers::new()
+            .with(headers::MESSAGE_TYPE, reply_type)
+            .with(headers::REPLY_OUTCOME, outcome)
+            .with(headers::IN_REPLY_TO, self.message_id);
+        if let Some(saga_id) = self.saga_id {
+            headers.insert(headers::SAGA_ID, saga_id.to_string());
+        }
+        if let Some(saga_type) = &self.saga_type {
+            headers.insert(headers::SAGA_TYPE, saga_type.clone());
+        }
+        if let Some(request_id) = self.request_id {
+            headers.insert(headers::REQUEST_ID, request_id.to_string());
+        }
+        Some(Message::new(reply_to, headers, payload))
+    }
+}
+
+/// Serializes a payload, naming the type on failure.
+pub fn encode_payload<T: Serialize>(
+    message_type: &'static str,
+    value: &T,
+) -> Result<String, MessageError> {
+    serde_json::to_string(value).map_err(|err| MessageError::Serialize {
+        message_type,
+        reason: err.to_string(),
+    })
+}

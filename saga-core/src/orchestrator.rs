@@ -1,0 +1,459 @@
+//! The orchestrator: runs saga instances over a [`SagaStore`].
+//!
+//! For each start, reply, timer or operator command it loads the instance, applies the pure
+//! [`engine`](crate::engine), and commits the new state, the timeline, the outgoing commands
+//! (into the outbox) and the timers as one [`UnitOfWork`]. A reply that cannot be used is
+//! dead-lettered with the reason, so no message blocks the reply channel.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use crate::clock::{Clock, SystemClock};
+use crate::definition::{IncomingReply, Saga};
+use crate::engine::{
+    self, EngineError, OperatorCommand, Outcome, SagaAction, SagaEvent, SagaInstance, SagaState,
+    SagaStatus,
+};
+use crate::ids::{RequestId, SagaId, Timestamp};
+use crate::message::{Headers, Message, MessageError, ReplyOutcome, headers};
+use crate::ports::{
+    CommitOutcome, Consumed, DeadLetter, HistoryRecord, SagaRecord, SagaStore, SagaWrite,
+    StoreError, TimerRecord, UnitOfWork,
+};
+
+/// Why the orchestrator could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum OrchestratorError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The engine refused the event.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// No saga with this id.
+    #[error("no saga with id {0}")]
+    UnknownSaga(SagaId),
+    /// The saga type is not registered with this orchestrator.
+    #[error("saga type `{0}` is not registered with this orchestrator")]
+    UnregisteredType(String),
+    /// Saga data could not be converted to or from JSON.
+    #[error("saga {saga_id} data does not fit `{saga_type}`: {reason}")]
+    Data {
+        /// The saga.
+        saga_id: SagaId,
+        /// The saga type.
+        saga_type: String,
+        /// The (de)serializer's message.
+        reason: String,
+    },
+    /// The saga kept changing under concurrent writers.
+    #[error("saga {0} kept changing concurrently; gave up after {1} attempts")]
+    Contended(SagaId, usize),
+}
+
+/// What handling one message did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Handled {
+    /// The saga moved; its status afterwards.
+    Applied(SagaStatus),
+    /// The message was stale or late and changed nothing (it is still recorded as received).
+    Ignored(String),
+    /// The message had been processed before.
+    Duplicate,
+    /// The message could not be used; it was dead-lettered with this reason.
+    DeadLettered(String),
+}
+
+/// A started saga, not yet committed: for starting a saga inside the caller's own transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreparedStart {
+    /// The new saga's id.
+    pub saga_id: SagaId,
+    /// Everything to write, in the caller's transaction.
+    pub unit: UnitOfWork,
+}
+
+/// A transition in JSON form, independent of the saga's data type.
+struct ErasedTransition {
+    state: SagaState,
+    data: serde_json::Value,
+    actions: Vec<SagaAction>,
+    history: Vec<engine::HistoryEvent>,
+}
+
+enum ErasedOutcome {
+    Applied(Box<ErasedTransition>),
+    Ignored(String),
+}
+
+/// A registered saga type, with its data type erased to JSON.
+trait ErasedSaga: Send + Sync {
+    fn apply(
+        &self,
+        record: &SagaRecord,
+        event: &SagaEvent,
+        now: Timestamp,
+    ) -> Result<ErasedOutcome, OrchestratorError>;
+}
+
+struct Typed<S>(PhantomData<fn() -> S>);
+
+fn data_error(saga_id: SagaId, saga_type: &str, err: serde_json::Error) -> OrchestratorError {
+    OrchestratorError::Data {
+        saga_id,
+        saga_type: saga_type.to_owned(),
+        reason: err.to_string(),
+    }
+}
+
+fn erase<S: Saga>(
+    transition: engine::Transition<S::Data>,
+) -> Result<ErasedTransition, OrchestratorError> {
+    let state = transition.instance.state;
+    let data = serde_json::to_value(&transition.instance.data)
+        .map_err(|err| data_error(state.saga_id, &state.saga_type, err))?;
+    Ok(ErasedTransition {
+        state,
+        data,
+        actions: transition.actions,
+        history: transition.history,
+    })
+}
+
+impl<S: Saga> ErasedSaga for Typed<S> {
+    fn apply(
+        &self,
+        record: &SagaRecord,
+        event: &SagaEvent,
+        now: Timestamp,
+    ) -> Result<ErasedOutcome, OrchestratorError> {
+        let state = &record.state;
+        let data: S::Data = serde_json::from_value(record.data.clone())
+            .map_err(|err| data_error(state.saga_id, &state.saga_type, err))?;
+        let instance = SagaInstance {
+            state: state.clone(),
+            data,
+        };
+        match engine::transition(S::definition(), &instance, event, now)? {
+            Outcome::Applied(t) => Ok(ErasedOutcome::Applied(Box::new(erase::<S>(*t)?))),
+            Outcome::Ignored(why) => Ok(ErasedOutcome::Ignored(why.to_string())),
+        }
+    }
+}
+
+/// How many times a conflicting write is retried before giving up.
+const MAX_CONFLICT_RETRIES: usize = 16;
+
+/// Runs sagas of the registered types over a store.
+pub struct Orchestrator<S: ?Sized> {
+    store: Arc<S>,
+    sagas: HashMap<String, Arc<dyn ErasedSaga>>,
+    reply_channel: String,
+    consumer: String,
+    clock: Arc<dyn Clock>,
+}
+
+impl<S: ?Sized> std::fmt::Debug for Orchestrator<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut types: Vec<&String> = self.sagas.keys().collect();
+        types.sort();
+        f.debug_struct("Orchestrator")
+            .field("reply_channel", &self.reply_channel)
+            .field("consumer", &self.consumer)
+            .field("sagas", &types)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: SagaStore + ?Sized> Orchestrator<S> {
+    /// An orchestrator over `store` whose participants reply to `reply_channel`. The reply
+    /// channel also names the orchestrator as a consumer, for deduplication.
+    pub fn new(store: Arc<S>, reply_channel: impl Into<String>) -> Self {
+        let reply_channel = reply_channel.into();
+        Self {
+            store,
+            sagas: HashMap::new(),
+            consumer: format!("orchestrator:{reply_channel}"),
+            reply_channel,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Reads time from `clock` instead of the system clock (for tests and simulations).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The orchestrator's clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Registers a saga type, so the orchestrator can start it and handle its replies.
+    pub fn register<T: Saga>(mut self) -> Self {
+        let name = T::definition().name().to_owned();
+        self.sagas.insert(name, Arc::new(Typed::<T>(PhantomData)));
+        self
+    }
+
+    /// The channel participants reply to.
+    pub fn reply_channel(&self) -> &str {
+        &self.reply_channel
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// Starts a saga and commits it, with its first commands, in one unit of work.
+    pub async fn start<T: Saga>(&self, data: T::Data) -> Result<SagaId, OrchestratorError> {
+        let prepared = self.prepare_start::<T>(data, self.clock.now())?;
+        self.store.commit(prepared.unit).await?;
+        Ok(prepared.saga_id)
+    }
+
+    /// Starts a saga without committing: the returned unit of work is for the caller to commit
+    /// inside its own transaction (so a business row and the saga commit together).
+    pub fn prepare_start<T: Saga>(
+        &self,
+        data: T::Data,
+        now: Timestamp,
+    ) -> Result<PreparedStart, OrchestratorError> {
+        let name = T::definition().name();
+        if !self.sagas.contains_key(name) {
+            return Err(OrchestratorError::UnregisteredType(name.to_owned()));
+        }
+        let saga_id = SagaId::new();
+        let transition = engine::start(T::definition(), saga_id, data, now)?;
+        let unit = self.unit_for(None, erase::<T>(transition)?, now, UnitOfWork::default());
+        Ok(PreparedStart { saga_id, unit })
+    }
+
+    /// Loads a saga record.
+    pub async fn load(&self, saga_id: SagaId) -> Result<SagaRecord, OrchestratorError> {
+        self.store
+            .load(saga_id)
+            .await?
+            .ok_or(OrchestratorError::UnknownSaga(saga_id))
+    }
+
+    /// Handles a reply message from the reply channel.
+    pub async fn handle_reply(&self, message: &Message) -> Result<Handled, OrchestratorError> {
+        let consumed = Consumed {
+            consumer: self.consumer.clone(),
+            message_id: message.id,
+        };
+        let (saga_id, event) = match reply_event(message) {
+            Ok(parsed) => parsed,
+            Err(err) => {
+                return self
+                    .dead_letter(message, consumed, format!("unusable reply: {err}"))
+                    .await;
+            }
+        };
+        let base = UnitOfWork {
+            consumed: Some(consumed.clone()),
+            ..UnitOfWork::default()
+        };
+        match self.apply_event(saga_id, &event, base).await {
+            Ok(handled) => Ok(handled),
+            Err(OrchestratorError::Store(err)) => Err(OrchestratorError::Store(err)),
+            Err(err) => {
+                tracing::warn!(%saga_id, message_id = %message.id, error = %err, "reply dead-lettered");
+                self.dead_letter(message, consumed, err.to_string()).await
+            }
+        }
+    }
+
+    /// Fires the timers due now (at most `limit`); returns how many fired.
+    pub async fn fire_due_timers(&self, limit: usize) -> Result<usize, OrchestratorError> {
+        let now = self.clock.now();
+        let timers = self.store.due_timers(now, limit).await?;
+        let count = timers.len();
+        for timer in timers {
+            let base = UnitOfWork {
+                fired: vec![timer.clone()],
+                ..UnitOfWork::default()
+            };
+            let event = SagaEvent::Timer(timer.timer);
+            match self.apply_event_at(timer.saga_id, &event, base, now).await {
+                Ok(_) => {}
+                Err(OrchestratorError::Store(err)) => return Err(err.into()),
+                Err(err) => {
+                    tracing::error!(saga_id = %timer.saga_id, error = %err, "timer could not be applied; dropped");
+                    let unit = UnitOfWork {
+                        fired: vec![timer],
+                        ..UnitOfWork::default()
+                    };
+                    self.store.commit(unit).await?;
+                }
+            }
+        }
+        Ok(count)
+    }
+
+    /// Applies an operator command (`retry` or `skip`) to a parked saga.
+    pub async fn operator(
+        &self,
+        saga_id: SagaId,
+        command: OperatorCommand,
+    ) -> Result<SagaStatus, OrchestratorError> {
+        let event = SagaEvent::Operator(command);
+        match self
+            .apply_event(saga_id, &event, UnitOfWork::default())
+            .await?
+        {
+            Handled::Applied(status) => Ok(status),
+            other => Err(OrchestratorError::Engine(EngineError::Inconsistent {
+                saga_id,
+                reason: format!("operator command had no effect: {other:?}"),
+            })),
+        }
+    }
+
+    async fn apply_event(
+        &self,
+        saga_id: SagaId,
+        event: &SagaEvent,
+        base: UnitOfWork,
+    ) -> Result<Handled, OrchestratorError> {
+        self.apply_event_at(saga_id, event, base, self.clock.now())
+            .await
+    }
+
+    async fn apply_event_at(
+        &self,
+        saga_id: SagaId,
+        event: &SagaEvent,
+        base: UnitOfWork,
+        now: Timestamp,
+    ) -> Result<Handled, OrchestratorError> {
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let record = self.load(saga_id).await?;
+            let saga = self.sagas.get(&record.state.saga_type).ok_or_else(|| {
+                OrchestratorError::UnregisteredType(record.state.saga_type.clone())
+            })?;
+            let (unit, handled) = match saga.apply(&record, event, now)? {
+                ErasedOutcome::Applied(transition) => {
+                    let status = transition.state.status;
+                    (
+                        self.unit_for(Some(record.version), *transition, now, base.clone()),
+                        Handled::Applied(status),
+                    )
+                }
+                ErasedOutcome::Ignored(why) => {
+                    tracing::debug!(%saga_id, %why, "event ignored");
+                    (base.clone(), Handled::Ignored(why))
+                }
+            };
+            match self.store.commit(unit).await? {
+                CommitOutcome::Committed => return Ok(handled),
+                CommitOutcome::Duplicate => return Ok(Handled::Duplicate),
+                CommitOutcome::Conflict => {
+                    tracing::debug!(%saga_id, "concurrent update; retrying");
+                }
+            }
+        }
+        Err(OrchestratorError::Contended(saga_id, MAX_CONFLICT_RETRIES))
+    }
+
+    async fn dead_letter(
+        &self,
+        message: &Message,
+        consumed: Consumed,
+        reason: String,
+    ) -> Result<Handled, OrchestratorError> {
+        let unit = UnitOfWork {
+            consumed: Some(consumed.clone()),
+            dead_letters: vec![DeadLetter {
+                consumer: consumed.consumer,
+                message: message.clone(),
+                reason: reason.clone(),
+                at: self.clock.now(),
+            }],
+            ..UnitOfWork::default()
+        };
+        match self.store.commit(unit).await? {
+            CommitOutcome::Duplicate => Ok(Handled::Duplicate),
+            _ => Ok(Handled::DeadLettered(reason)),
+        }
+    }
+
+    /// Turns a transition into the unit of work that persists it.
+    fn unit_for(
+        &self,
+        previous_version: Option<u64>,
+        transition: ErasedTransition,
+        now: Timestamp,
+        mut unit: UnitOfWork,
+    ) -> UnitOfWork {
+        let state = transition.state;
+        let saga_id = state.saga_id;
+        for action in transition.actions {
+            match action {
+                SagaAction::Send(command) => {
+                    let mut headers = Headers::new()
+                        .with(headers::MESSAGE_TYPE, &command.command_type)
+                        .with(headers::SAGA_ID, saga_id)
+                        .with(headers::SAGA_TYPE, &state.saga_type)
+                        .with(headers::SAGA_STEP, &command.step);
+                    if let Some(request_id) = command.request_id {
+                        headers.insert(headers::REQUEST_ID, request_id.to_string());
+                        headers.insert(headers::REPLY_TO, self.reply_channel.clone());
+                    }
+                    unit.outbox
+                        .push(Message::new(command.channel, headers, command.payload));
+                }
+                SagaAction::Schedule { timer, due } => unit.schedule.push(TimerRecord {
+                    saga_id,
+                    timer,
+                    due,
+                }),
+                SagaAction::Finished(status) => {
+                    tracing::info!(%saga_id, saga_type = %state.saga_type, %status, "saga finished");
+                }
+                SagaAction::Parked { reason } => {
+                    tracing::warn!(%saga_id, saga_type = %state.saga_type, %reason, "saga parked in failed; awaiting an operator");
+                }
+            }
+        }
+        unit.history
+            .extend(transition.history.into_iter().map(|event| HistoryRecord {
+                saga_id,
+                at: now,
+                event,
+            }));
+        unit.saga = Some(SagaWrite {
+            record: SagaRecord {
+                state,
+                data: transition.data,
+                version: previous_version.map_or(1, |v| v + 1),
+            },
+            expected_version: previous_version,
+        });
+        unit
+    }
+}
+
+/// Reads the saga id and the reply event out of a reply message.
+fn reply_event(message: &Message) -> Result<(SagaId, SagaEvent), MessageError> {
+    let h = &message.headers;
+    let saga_id: SagaId = h.parse(headers::SAGA_ID)?;
+    let request_id: RequestId = h.parse(headers::REQUEST_ID)?;
+    let outcome: ReplyOutcome = h.parse(headers::REPLY_OUTCOME)?;
+    let reply_type = message.message_type()?.to_owned();
+    Ok((
+        saga_id,
+        SagaEvent::Reply {
+            request_id,
+            reply: IncomingReply {
+                reply_type,
+                outcome,
+                payload: message.payload.clone(),
+            },
+        },
+    ))
+}

@@ -1,0 +1,213 @@
+//! Participants: services that handle a saga's commands and reply.
+//!
+//! A [`Participant`] maps command types to handlers. [`Participant::dispatch`] decodes a
+//! command message, runs its handler against the participant's context (its state, or its
+//! database transaction), and builds the reply. A handler error becomes a well-formed
+//! failure reply; a message that cannot be understood is dead-lettered with the reason, and
+//! when it names a reply channel the saga also gets a failure reply, so it never waits
+//! forever.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+
+use async_trait::async_trait;
+
+use crate::message::{
+    Command, CommandFailed, CommandMeta, Message, MessageError, Reply, ReplyOutcome,
+    encode_payload, headers,
+};
+
+/// Handles one command type for a participant whose context is `Ctx`.
+#[async_trait]
+pub trait CommandHandler<C: Command, Ctx: Send>: Send + Sync {
+    /// Handles `command`; an `Err` becomes a failure reply with its reason.
+    async fn handle(
+        &self,
+        ctx: &mut Ctx,
+        command: C,
+        meta: &CommandMeta,
+    ) -> Result<C::Reply, CommandFailed>;
+}
+
+/// What dispatching one message produced.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Dispatch {
+    /// The reply to send, if the command expects one.
+    pub reply: Option<Message>,
+    /// Why the message was set aside, if it was.
+    pub dead_letter: Option<String>,
+}
+
+#[async_trait]
+trait ErasedHandler<Ctx: Send>: Send + Sync {
+    async fn call(
+        &self,
+        ctx: &mut Ctx,
+        message: &Message,
+        meta: &CommandMeta,
+    ) -> Result<Option<Message>, MessageError>;
+}
+
+struct Typed<C, H>(H, PhantomData<fn() -> C>);
+
+#[async_trait]
+impl<C, Ctx, H> ErasedHandler<Ctx> for Typed<C, H>
+where
+    C: Command,
+    Ctx: Send,
+    H: CommandHandler<C, Ctx>,
+{
+    async fn call(
+        &self,
+        ctx: &mut Ctx,
+        message: &Message,
+        meta: &CommandMeta,
+    ) -> Result<Option<Message>, MessageError> {
+        let command: C = message.decode()?;
+        let reply = match self.0.handle(ctx, command, meta).await {
+            Ok(reply) => {
+                let payload = encode_payload(<C::Reply as Reply>::TYPE, &reply)?;
+                meta.reply_message(<C::Reply as Reply>::TYPE, reply.outcome(), payload)
+            }
+            Err(failure) => {
+                tracing::info!(command = C::TYPE, reason = %failure.reason, "command refused");
+                failure_reply(meta, &failure)?
+            }
+        };
+        Ok(reply)
+    }
+}
+
+fn failure_reply(
+    meta: &CommandMeta,
+    failure: &CommandFailed,
+) -> Result<Option<Message>, MessageError> {
+    let payload = encode_payload(CommandFailed::TYPE, failure)?;
+    Ok(meta.reply_message(CommandFailed::TYPE, ReplyOutcome::Failure, payload))
+}
+
+/// A synchronous closure used as a handler.
+struct FnHandler<F>(F);
+
+#[async_trait]
+impl<C, Ctx, F> CommandHandler<C, Ctx> for FnHandler<F>
+where
+    C: Command,
+    Ctx: Send,
+    F: Fn(&mut Ctx, C, &CommandMeta) -> Result<C::Reply, CommandFailed> + Send + Sync,
+{
+    async fn handle(
+        &self,
+        ctx: &mut Ctx,
+        command: C,
+        meta: &CommandMeta,
+    ) -> Result<C::Reply, CommandFailed> {
+        (self.0)(ctx, command, meta)
+    }
+}
+
+/// A participant: a name, the channel it listens on, and a handler per command type.
+pub struct Participant<Ctx> {
+    name: String,
+    channel: String,
+    handlers: HashMap<&'static str, Box<dyn ErasedHandler<Ctx>>>,
+}
+
+impl<Ctx> std::fmt::Debug for Participant<Ctx> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut commands: Vec<&&str> = self.handlers.keys().collect();
+        commands.sort();
+        f.debug_struct("Participant")
+            .field("name", &self.name)
+            .field("channel", &self.channel)
+            .field("commands", &commands)
+            .finish()
+    }
+}
+
+impl<Ctx: Send + 'static> Participant<Ctx> {
+    /// A participant named `name` (its dedup identity) listening on `channel`.
+    pub fn new(name: impl Into<String>, channel: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            channel: channel.into(),
+            handlers: HashMap::new(),
+        }
+    }
+
+    /// The participant's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The channel it listens on.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// Registers an async handler for command `C`.
+    pub fn handle<C: Command>(mut self, handler: impl CommandHandler<C, Ctx> + 'static) -> Self {
+        self.handlers
+            .insert(C::TYPE, Box::new(Typed::<C, _>(handler, PhantomData)));
+        self
+    }
+
+    /// Registers a synchronous closure as the handler for command `C`.
+    pub fn handle_fn<C: Command>(
+        self,
+        handler: impl Fn(&mut Ctx, C, &CommandMeta) -> Result<C::Reply, CommandFailed>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        self.handle::<C>(FnHandler(handler))
+    }
+
+    /// Whether a handler for `command_type` is registered.
+    pub fn handles(&self, command_type: &str) -> bool {
+        self.handlers.contains_key(command_type)
+    }
+
+    /// Decodes and handles one command message.
+    pub async fn dispatch(&self, ctx: &mut Ctx, message: &Message) -> Dispatch {
+        let meta = match CommandMeta::from_message(message) {
+            Ok(meta) => meta,
+            Err(err) => {
+                return self.reject(message, None, format!("unusable command: {err}"));
+            }
+        };
+        let Some(handler) = self.handlers.get(meta.command_type.as_str()) else {
+            let reason = format!(
+                "participant `{}` has no handler for command type `{}`",
+                self.name, meta.command_type
+            );
+            return self.reject(message, Some(&meta), reason);
+        };
+        match handler.call(ctx, message, &meta).await {
+            Ok(reply) => Dispatch {
+                reply,
+                dead_letter: None,
+            },
+            Err(err) => self.reject(message, Some(&meta), err.to_string()),
+        }
+    }
+
+    fn reject(&self, message: &Message, meta: Option<&CommandMeta>, reason: String) -> Dispatch {
+        tracing::warn!(
+            participant = %self.name,
+            message_id = %message.id,
+            message_type = message.headers.get(headers::MESSAGE_TYPE).unwrap_or("?"),
+            %reason,
+            "command dead-lettered"
+        );
+        let reply = meta.and_then(|meta| {
+            failure_reply(meta, &CommandFailed::new(format!("rejected: {reason}")))
+                .ok()
+                .flatten()
+        });
+        Dispatch {
+            reply,
+            dead_letter: Some(reason),
+        }
+    }
+}

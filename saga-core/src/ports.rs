@@ -1,0 +1,234 @@
+//! Ports: the traits the orchestrator and participants are written against.
+//!
+//! A store persists saga instances, their timelines, timers, the outbox, the received-message
+//! (dedup) table and dead letters. Everything one handled message changes is a
+//! [`UnitOfWork`], which a store commits in **one local transaction** — the whole
+//! exactly-once-effect story: at-least-once delivery plus dedup.
+//!
+//! A transport moves messages between channels. [`crate::memory`] has in-memory
+//! implementations of both; `saga-store` has the durable ones.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{HistoryEvent, SagaState, SagaTimer};
+use crate::ids::{MessageId, SagaId, Timestamp};
+use crate::message::Message;
+
+/// A saga instance as stored: state, JSON data, and an optimistic-concurrency version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaRecord {
+    /// Everything but the data.
+    pub state: SagaState,
+    /// The saga data, as JSON.
+    pub data: serde_json::Value,
+    /// Bumped on every write; a write that expects an older version is a conflict.
+    pub version: u64,
+}
+
+/// One timeline entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryRecord {
+    /// The saga.
+    pub saga_id: SagaId,
+    /// When it happened.
+    pub at: Timestamp,
+    /// What happened.
+    pub event: HistoryEvent,
+}
+
+/// A timer to fire for a saga.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TimerRecord {
+    /// The saga.
+    pub saga_id: SagaId,
+    /// The timer (it identifies itself: a request id and attempt).
+    pub timer: SagaTimer,
+    /// When it fires.
+    pub due: Timestamp,
+}
+
+/// A message that could not be processed, kept with the reason.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The consumer that gave up on it.
+    pub consumer: String,
+    /// The message as received.
+    pub message: Message,
+    /// Why it could not be processed.
+    pub reason: String,
+    /// When it was set aside.
+    pub at: Timestamp,
+}
+
+/// The message a unit of work consumes, for deduplication.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Consumed {
+    /// The consumer (a service or orchestrator name): dedup is per consumer.
+    pub consumer: String,
+    /// The message id.
+    pub message_id: MessageId,
+}
+
+/// A saga write inside a unit of work.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SagaWrite {
+    /// The new record; its `version` is the version after the write.
+    pub record: SagaRecord,
+    /// `None` to insert a new saga; `Some(v)` to update one currently at version `v`.
+    pub expected_version: Option<u64>,
+}
+
+/// Everything one handled message (or one start, one timer, one operator command) changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UnitOfWork {
+    /// The incoming message, recorded as received; a duplicate aborts the whole unit.
+    pub consumed: Option<Consumed>,
+    /// The saga state change.
+    pub saga: Option<SagaWrite>,
+    /// Timeline entries.
+    pub history: Vec<HistoryRecord>,
+    /// Messages to send, via the outbox.
+    pub outbox: Vec<Message>,
+    /// Timers to schedule.
+    pub schedule: Vec<TimerRecord>,
+    /// Timers that fired and are done with.
+    pub fired: Vec<TimerRecord>,
+    /// Messages set aside with a reason.
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+impl UnitOfWork {
+    /// A unit that only records `message_id` as received by `consumer`.
+    pub fn consuming(consumer: &str, message_id: MessageId) -> Self {
+        Self {
+            consumed: Some(Consumed {
+                consumer: consumer.to_owned(),
+                message_id,
+            }),
+            ..Self::default()
+        }
+    }
+}
+
+/// What a commit did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// Everything was written.
+    Committed,
+    /// The consumed message had been processed already; nothing was written.
+    Duplicate,
+    /// The saga changed since it was read (optimistic version mismatch); nothing was written.
+    Conflict,
+}
+
+/// An outbox row waiting to be published.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// The row's position; entries are published in this order.
+    pub sequence: u64,
+    /// The message.
+    pub message: Message,
+}
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or the connection broke; worth retrying.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data could not be read back.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+    /// Any other database error.
+    #[error("store error: {0}")]
+    Other(String),
+}
+
+/// Persists sagas, timelines, timers, the outbox, dedup records and dead letters.
+#[async_trait]
+pub trait SagaStore: Send + Sync {
+    /// Loads a saga instance.
+    async fn load(&self, saga_id: SagaId) -> Result<Option<SagaRecord>, StoreError>;
+
+    /// Commits a unit of work atomically.
+    async fn commit(&self, unit: UnitOfWork) -> Result<CommitOutcome, StoreError>;
+
+    /// Timers due at `now`, oldest first, at most `limit`.
+    async fn due_timers(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<TimerRecord>, StoreError>;
+
+    /// A saga's timeline, oldest first.
+    async fn history(&self, saga_id: SagaId) -> Result<Vec<HistoryRecord>, StoreError>;
+
+    /// Outbox rows not yet published, in order, at most `limit`.
+    async fn unpublished(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError>;
+
+    /// Marks outbox rows as published.
+    async fn mark_published(&self, sequences: &[u64]) -> Result<(), StoreError>;
+
+    /// The dead letters, oldest first.
+    async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError>;
+}
+
+/// A message handed to a consumer, to acknowledge once its unit of work has committed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// The message.
+    pub message: Message,
+    /// How many times it has been delivered (1 the first time).
+    pub attempt: u32,
+    /// The transport's acknowledgement token.
+    pub receipt: u64,
+}
+
+/// A transport failure.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The broker or database could not be reached; worth retrying.
+    #[error("transport unavailable: {0}")]
+    Unavailable(String),
+    /// A message is too large for the transport.
+    #[error("message {id} is {size} bytes, over the transport's limit of {limit}")]
+    TooLarge {
+        /// The message id.
+        id: MessageId,
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Any other failure.
+    #[error("transport error: {0}")]
+    Other(String),
+}
+
+/// Moves messages between channels, at least once.
+#[async_trait]
+pub trait Transport: Send + Sync {
+    /// Publishes messages, in order.
+    async fn publish(&self, messages: &[Message]) -> Result<(), TransportError>;
+
+    /// Receives up to `max` messages from `channel` for the consumer group `group`, waiting
+    /// up to `wait` for the first. Instances in one group share the channel's work.
+    async fn receive(
+        &self,
+        channel: &str,
+        group: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, TransportError>;
+
+    /// Acknowledges a delivery; an unacknowledged one is delivered again later.
+    async fn ack(
+        &self,
+        channel: &str,
+        group: &str,
+        delivery: &Delivery,
+    ) -> Result<(), TransportError>;
+}

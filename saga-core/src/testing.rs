@@ -1,0 +1,367 @@
+//! The saga unit-test DSL: drive a saga through the pure engine, step by step, asserting
+//! the commands it sends and reacting with replies, timeouts and operator commands.
+//!
+//! ```
+//! # use saga_core::testing::SagaTest;
+//! # use saga_core::{saga, Command, Reply};
+//! # use serde::{Deserialize, Serialize};
+//! #[derive(Clone, Serialize, Deserialize)]
+//! struct Data { amount: u32 }
+//!
+//! #[derive(Debug, Serialize, Deserialize, Command)]
+//! #[command(channel = "accounting", reply = Authorized)]
+//! struct Authorize { amount: u32 }
+//!
+//! #[derive(Debug, Serialize, Deserialize, Reply)]
+//! struct Authorized;
+//!
+//! fn authorize(data: &Data) -> Authorize { Authorize { amount: data.amount } }
+//!
+//! saga! {
+//!     /// Authorizes a payment.
+//!     pub saga PaySaga(Data) {
+//!         pivot authorize { invoke: authorize }
+//!     }
+//! }
+//!
+//! SagaTest::<PaySaga>::given(Data { amount: 7 })
+//!     .expect_command(Authorize { amount: 7 })
+//!     .reply(Authorized)
+//!     .expect_completed();
+//! ```
+//!
+//! Every sent command must be asserted with `expect_command` (or `expect_compensation`)
+//! before the saga is answered, and a test fails with both payloads pretty-printed when a
+//! command differs from the expected one.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use crate::definition::{IncomingReply, Saga};
+use crate::engine::{
+    self, HistoryEvent, OperatorCommand, Outcome, OutgoingCommand, Pending, SagaAction, SagaEvent,
+    SagaInstance, SagaState, SagaStatus, SagaTimer,
+};
+use crate::ids::{SagaId, Timestamp};
+use crate::message::{Command, CommandFailed, Reply};
+
+/// A saga under test. Each method consumes and returns the test, so steps chain.
+pub struct SagaTest<S: Saga> {
+    instance: SagaInstance<S::Data>,
+    now: Timestamp,
+    unasserted: VecDeque<OutgoingCommand>,
+    sent: Vec<OutgoingCommand>,
+    timers: Vec<(SagaTimer, Timestamp)>,
+    history: Vec<HistoryEvent>,
+}
+
+impl<S: Saga> std::fmt::Debug for SagaTest<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SagaTest")
+            .field("state", &self.instance.state)
+            .field("unasserted", &self.unasserted)
+            .field("timers", &self.timers)
+            .finish_non_exhaustive()
+    }
+}
+
+fn pretty(payload: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(payload).unwrap_or_else(|_| payload.to_string())
+}
+
+impl<S: Saga> SagaTest<S> {
+    /// Starts a saga with `data` (at a fixed, fake time).
+    #[track_caller]
+    pub fn given(data: S::Data) -> Self {
+        let definition = S::definition();
+        let instance = SagaInstance::new(definition, SagaId::new(), data);
+        let test = Self {
+            instance,
+            now: Timestamp(1_700_000_000_000),
+            unasserted: VecDeque::new(),
+            sent: Vec::new(),
+            timers: Vec::new(),
+            history: Vec::new(),
+        };
+        test.event(SagaEvent::Start)
+    }
+
+    #[track_caller]
+    fn event(mut self, event: SagaEvent) -> Self {
+        let outcome = engine::transition(S::definition(), &self.instance, &event, self.now)
+            .unwrap_or_else(|err| panic!("the engine refused {event:?}: {err}"));
+        let transition = match outcome {
+            Outcome::Applied(t) => *t,
+            Outcome::Ignored(why) => panic!("{event:?} was ignored: {why}"),
+        };
+        self.apply(transition);
+        self
+    }
+
+    fn apply(&mut self, transition: engine::Transition<S::Data>) {
+        self.instance = transition.instance;
+        self.history.extend(transition.history);
+        for action in transition.actions {
+            match action {
+                SagaAction::Send(command) => {
+                    self.sent.push(command.clone());
+                    self.unasserted.push_back(command);
+                }
+                SagaAction::Schedule { timer, due } => self.timers.push((timer, due)),
+                SagaAction::Finished(_) | SagaAction::Parked { .. } => {}
+            }
+        }
+    }
+
+    #[track_caller]
+    fn next_command<C: Command>(&mut self, expected: &C, compensation: bool) {
+        let expected_json = serde_json::to_value(expected)
+            .unwrap_or_else(|err| panic!("cannot serialize the expected {}: {err}", C::TYPE));
+        let Some(actual) = self.unasserted.pop_front() else {
+            panic!(
+                "expected command {} to `{}`, but the saga sent nothing more (status {}, step {:?})",
+                C::TYPE,
+                C::CHANNEL,
+                self.instance.state.status,
+                self.instance.state.current_step
+            );
+        };
+        assert_eq!(
+            (actual.command_type.as_str(), actual.channel.as_str()),
+            (C::TYPE, C::CHANNEL),
+            "step `{}` sent a different command (type, channel) than expected",
+            actual.step
+        );
+        assert_eq!(
+            actual.compensation,
+            compensation,
+            "command {} of step `{}`: compensation = {}, expected {compensation}",
+            C::TYPE,
+            actual.step,
+            actual.compensation
+        );
+        let actual_json: serde_json::Value = serde_json::from_str(&actual.payload)
+            .unwrap_or_else(|err| panic!("the saga sent invalid JSON: {err}"));
+        assert!(
+            actual_json == expected_json,
+            "command {} of step `{}` differs:\n--- expected\n{}\n--- sent\n{}",
+            C::TYPE,
+            actual.step,
+            pretty(&expected_json),
+            pretty(&actual_json)
+        );
+    }
+
+    /// Asserts that the next command sent is `expected` (type, channel and payload compared
+    /// structurally), going forward.
+    #[track_caller]
+    pub fn expect_command<C: Command>(mut self, expected: C) -> Self {
+        self.next_command(&expected, false);
+        self
+    }
+
+    /// Asserts that the next command sent goes to `channel` and equals `expected`.
+    #[track_caller]
+    pub fn expect_command_to<C: Command>(self, channel: &str, expected: C) -> Self {
+        assert_eq!(
+            C::CHANNEL,
+            channel,
+            "{} is sent to `{}`, not `{channel}`",
+            C::TYPE,
+            C::CHANNEL
+        );
+        self.expect_command(expected)
+    }
+
+    /// Asserts that the next command sent is `expected`, as a compensation.
+    #[track_caller]
+    pub fn expect_compensation<C: Command>(mut self, expected: C) -> Self {
+        self.next_command(&expected, true);
+        self
+    }
+
+    /// Asserts that every command sent so far has been asserted.
+    #[track_caller]
+    pub fn expect_no_command(self) -> Self {
+        assert!(
+            self.unasserted.is_empty(),
+            "unexpected commands: {:?}",
+            self.unasserted
+        );
+        self
+    }
+
+    #[track_caller]
+    fn pending_request(&self) -> crate::ids::RequestId {
+        assert!(
+            self.unasserted.is_empty(),
+            "assert the commands the saga sent before replying: {:?}",
+            self.unasserted
+        );
+        match self.instance.state.pending {
+            Some(Pending::Reply { request_id }) => request_id,
+            other => panic!(
+                "the saga waits for no reply (status {}, pending {other:?})",
+                self.instance.state.status
+            ),
+        }
+    }
+
+    /// Answers the outstanding command with `reply`; its value decides success or failure.
+    #[track_caller]
+    pub fn reply<R: Reply>(self, reply: R) -> Self {
+        let request_id = self.pending_request();
+        let reply = IncomingReply::from_reply(&reply)
+            .unwrap_or_else(|err| panic!("cannot encode the reply: {err}"));
+        self.event(SagaEvent::Reply { request_id, reply })
+    }
+
+    /// Answers the outstanding command with a generic failure (as a participant whose handler
+    /// returned an error does).
+    #[track_caller]
+    pub fn fail(self, reason: &str) -> Self {
+        self.reply(CommandFailed::new(reason))
+    }
+
+    /// Fires the outstanding command's timeout.
+    #[track_caller]
+    pub fn time_out(mut self) -> Self {
+        let state = &self.instance.state;
+        let Some(Pending::Reply { request_id }) = state.pending else {
+            panic!("no reply is outstanding (status {})", state.status);
+        };
+        let timer = SagaTimer::Timeout {
+            request_id,
+            attempt: state.attempt,
+        };
+        let Some(due) = state.deadline else {
+            panic!("step {:?} has no timeout configured", state.current_step);
+        };
+        self.now = self.now.max(due);
+        self.timers.retain(|(t, _)| *t != timer);
+        self.event(SagaEvent::Timer(timer))
+    }
+
+    /// Waits out the scheduled retry backoff and fires the retry.
+    #[track_caller]
+    pub fn fire_retry(mut self) -> Self {
+        let state = &self.instance.state;
+        let Some(Pending::Retry { request_id }) = state.pending else {
+            panic!(
+                "no retry is scheduled (status {}, pending {:?})",
+                state.status, state.pending
+            );
+        };
+        if let Some(due) = state.deadline {
+            self.now = self.now.max(due);
+        }
+        let timer = SagaTimer::RetryDue { request_id };
+        self.timers.retain(|(t, _)| *t != timer);
+        self.event(SagaEvent::Timer(timer))
+    }
+
+    /// Moves the fake clock forward without firing anything.
+    pub fn advance(mut self, by: Duration) -> Self {
+        self.now = self.now.plus(by);
+        self
+    }
+
+    /// Gives an operator command to a parked saga.
+    #[track_caller]
+    pub fn operator(self, command: OperatorCommand) -> Self {
+        self.event(SagaEvent::Operator(command))
+    }
+
+    /// Asserts the saga's status.
+    #[track_caller]
+    pub fn expect_status(self, status: SagaStatus) -> Self {
+        assert_eq!(
+            self.instance.state.status, status,
+            "saga status (last error: {:?})",
+            self.instance.state.last_error
+        );
+        self
+    }
+
+    /// Asserts the saga completed and every command was asserted.
+    #[track_caller]
+    pub fn expect_completed(self) -> Self {
+        self.expect_no_command()
+            .expect_status(SagaStatus::Completed)
+    }
+
+    /// Asserts the saga was compensated and every command was asserted.
+    #[track_caller]
+    pub fn expect_compensated(self) -> Self {
+        self.expect_no_command()
+            .expect_status(SagaStatus::Compensated)
+    }
+
+    /// Asserts the saga is parked in `failed` with a reason containing `reason`.
+    #[track_caller]
+    pub fn expect_failed(self, reason: &str) -> Self {
+        let test = self.expect_no_command().expect_status(SagaStatus::Failed);
+        let error = test.instance.state.last_error.clone().unwrap_or_default();
+        assert!(
+            error.contains(reason),
+            "failure reason {error:?} does not contain {reason:?}"
+        );
+        test
+    }
+
+    /// Asserts that a retry is scheduled (after a failure or a compensation failure).
+    #[track_caller]
+    pub fn expect_retry_scheduled(self) -> Self {
+        assert!(
+            matches!(self.instance.state.pending, Some(Pending::Retry { .. })),
+            "expected a scheduled retry, found {:?}",
+            self.instance.state.pending
+        );
+        self
+    }
+
+    /// Runs assertions on the saga data.
+    #[track_caller]
+    pub fn expect_data(self, check: impl FnOnce(&S::Data)) -> Self {
+        check(&self.instance.data);
+        self
+    }
+
+    /// The saga data.
+    pub fn data(&self) -> &S::Data {
+        &self.instance.data
+    }
+
+    /// The saga state (everything but the data).
+    pub fn state(&self) -> &SagaState {
+        &self.instance.state
+    }
+
+    /// The timeline so far.
+    pub fn history(&self) -> &[HistoryEvent] {
+        &self.history
+    }
+
+    /// Every command sent so far, in order.
+    pub fn sent(&self) -> &[OutgoingCommand] {
+        &self.sent
+    }
+
+    /// The steps compensated so far, in the order they were undone.
+    pub fn compensated_steps(&self) -> Vec<&str> {
+        self.history
+            .iter()
+            .filter_map(|event| match event {
+                HistoryEvent::StepCompensated { step } => Some(step.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Asserts the steps compensated so far, in order.
+    #[track_caller]
+    pub fn expect_compensated_steps(self, steps: &[&str]) -> Self {
+        assert_eq!(self.compensated_steps(), steps, "compensated steps");
+        self
+    }
+}

@@ -1,0 +1,198 @@
+//! Code generation: [`LoweredSaga`] → Rust tokens.
+//!
+//! Generated code names only `::saga_core::__private::…`, `::core` and `::std` paths. For a
+//! saga `S` over data `D` it emits:
+//!
+//! - the unit struct `S` (with the user's attributes, or a generated doc comment when there is
+//!   none) deriving `Debug`, `Clone`, `Copy` and `Default`;
+//! - inherent consts `S::NAME` and `S::STEPS`, with the struct's visibility and docs;
+//! - `impl Saga for S`, whose definition is built once, on first use, from the builder calls
+//!   the steps lowered to. Handler paths are passed as written, so rustc's errors about them
+//!   (unknown function, wrong reply type…) point at the user's tokens.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{ToTokens, quote};
+use syn::Ident;
+
+use super::lower::{BuilderCall, CallArg, LoweredSaga, LoweredStep};
+
+/// Generates the code for a lowered saga.
+pub(crate) fn generate(saga: &LoweredSaga) -> TokenStream {
+    let mut output = generate_type(saga);
+    if saga.data.is_some() {
+        output.extend(generate_saga_impl(saga));
+    }
+    output
+}
+
+/// The struct and its inherent consts.
+fn generate_type(saga: &LoweredSaga) -> TokenStream {
+    let LoweredSaga {
+        attrs,
+        vis,
+        ident,
+        name,
+        ..
+    } = saga;
+    let step_names = saga.step_names();
+    let listed = step_names
+        .iter()
+        .map(|step| format!("`{step}`"))
+        .collect::<Vec<_>>()
+        .join(" → ");
+    let fallback_doc = (!attrs.iter().any(|attr| attr.path().is_ident("doc"))).then(|| {
+        let doc = format!(
+            " The `{}` saga (declared with `saga!`); its steps: {listed}.",
+            name.value()
+        );
+        quote!(#[doc = #doc])
+    });
+    let name_doc = format!(
+        " The saga's name, `{:?}`: the name of its definition, recorded with each instance.",
+        name.value()
+    );
+    let steps_doc = format!(" The names of the saga's steps, in forward order: {listed}.");
+    quote! {
+        #(#attrs)*
+        #fallback_doc
+        #[derive(
+            ::core::fmt::Debug,
+            ::core::clone::Clone,
+            ::core::marker::Copy,
+            ::core::default::Default
+        )]
+        #vis struct #ident;
+
+        impl #ident {
+            #[doc = #name_doc]
+            #vis const NAME: &'static str = #name;
+            #[doc = #steps_doc]
+            #vis const STEPS: &'static [&'static str] = &[#(#step_names),*];
+        }
+    }
+}
+
+/// `impl Saga for S`, when the data type is known.
+fn generate_saga_impl(saga: &LoweredSaga) -> TokenStream {
+    let LoweredSaga {
+        ident, name, data, ..
+    } = saga;
+    let definition = Ident::new("DEFINITION", Span::mixed_site());
+    let steps = saga.steps.iter().map(generate_step);
+    quote! {
+        impl ::saga_core::__private::Saga for #ident {
+            type Data = #data;
+
+            fn definition() -> &'static ::saga_core::__private::SagaDefinition<Self::Data> {
+                static #definition: ::saga_core::__private::OnceLock<
+                    ::saga_core::__private::SagaDefinition<
+                        <#ident as ::saga_core::__private::Saga>::Data
+                    >
+                > = ::saga_core::__private::OnceLock::new();
+                #definition.get_or_init(|| {
+                    ::saga_core::__private::checked(
+                        ::saga_core::__private::SagaDefinition::<Self::Data>::builder(#name)
+                            #(.step(#steps))*
+                    )
+                })
+            }
+        }
+    }
+}
+
+/// `Step::<kind>::<Data>("name").call(..)…`
+fn generate_step(step: &LoweredStep) -> TokenStream {
+    let LoweredStep {
+        constructor,
+        name,
+        calls,
+    } = step;
+    let calls = calls.iter().map(generate_call);
+    quote! {
+        ::saga_core::__private::Step::#constructor::<Self::Data>(#name)
+            #(#calls)*
+    }
+}
+
+/// `.method(arg)`
+fn generate_call(call: &BuilderCall) -> TokenStream {
+    let method = &call.method;
+    let arg = match &call.arg {
+        CallArg::Handler(path) => path.to_token_stream(),
+        CallArg::Value(expr) => quote! {
+            {
+                #[allow(unused_imports)]
+                use ::saga_core::__private::{Duration, RetryPolicy};
+                #expr
+            }
+        },
+        CallArg::TimeoutAction(variant) => {
+            quote!(::saga_core::__private::TimeoutAction::#variant)
+        }
+    };
+    quote!(.#method(#arg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::errors::Errors;
+    use crate::saga::{analyze, lower, parse};
+
+    fn generate_tokens(tokens: TokenStream) -> String {
+        let mut errors = Errors::new();
+        let ast = parse::parse(tokens, &mut errors).expect("a saga");
+        let model = analyze::analyze(ast, &mut errors);
+        let output = generate(&lower::lower(&model));
+        syn::parse2::<syn::File>(output.clone()).expect("generated code parses");
+        output.to_string()
+    }
+
+    #[test]
+    fn generates_struct_consts_and_impl() {
+        let code = generate_tokens(quote! {
+            /// Creates an order.
+            pub saga CreateOrderSaga(CreateOrderData) {
+                compensatable create_order { compensate: local(reject_order) }
+                compensatable create_ticket { invoke: create_ticket, on_reply: ticket_created, compensate: cancel_create_ticket }
+                pivot authorize_card { invoke: authorize_card }
+                retriable confirm_ticket { invoke: confirm, retry: RetryPolicy::fixed(Duration::from_millis(5)), on_timeout: retry }
+            }
+        });
+        let expected = [
+            "# [doc = r\" Creates an order.\"]",
+            "pub struct CreateOrderSaga ;",
+            "pub const NAME : & 'static str = \"CreateOrderSaga\" ;",
+            "pub const STEPS : & 'static [& 'static str] = & [\"create_order\" , \"create_ticket\" , \"authorize_card\" , \"confirm_ticket\"] ;",
+            "impl :: saga_core :: __private :: Saga for CreateOrderSaga",
+            "type Data = CreateOrderData ;",
+            "SagaDefinition :: < Self :: Data > :: builder (\"CreateOrderSaga\")",
+            ". step (:: saga_core :: __private :: Step :: compensatable :: < Self :: Data > (\"create_order\") . compensate_local (reject_order))",
+            ". invoke (create_ticket) . on_reply (ticket_created) . compensate (cancel_create_ticket))",
+            "Step :: pivot :: < Self :: Data > (\"authorize_card\") . invoke (authorize_card))",
+            ". retry ({ # [allow (unused_imports)] use :: saga_core :: __private :: { Duration , RetryPolicy } ; RetryPolicy :: fixed (Duration :: from_millis (5)) })",
+            ". on_timeout (:: saga_core :: __private :: TimeoutAction :: Retry)",
+        ];
+        for snippet in expected {
+            assert!(code.contains(snippet), "missing `{snippet}` in:\n{code}");
+        }
+        assert!(!code.contains("The `CreateOrderSaga` saga"), "{code}");
+    }
+
+    #[test]
+    fn documents_undocumented_sagas_and_keeps_private_visibility() {
+        let code = generate_tokens(quote! { saga S(D) { pivot a {} retriable b {} } });
+        assert!(code.contains("The `S` saga (declared with `saga!`); its steps: `a` → `b`."));
+        assert!(code.contains("struct S ;"), "{code}");
+        assert!(code.contains(" const NAME"), "{code}");
+        assert!(!code.contains("pub"), "{code}");
+    }
+
+    #[test]
+    fn without_a_data_type_only_the_type_is_generated() {
+        let code = generate_tokens(quote! { pub(crate) saga S(1) { pivot a {} } });
+        assert!(code.contains("pub (crate) struct S ;"), "{code}");
+        assert!(code.contains("pub (crate) const STEPS"), "{code}");
+        assert!(!code.contains("impl :: saga_core"), "{code}");
+    }
+}

@@ -1,0 +1,221 @@
+//! CreateOrderSaga, step by step, with the saga unit-test DSL.
+
+use ftgo::create_order::{CreateOrderData, CreateOrderSaga};
+use ftgo::messages::{
+    ApproveOrder, AuthorizeCard, CancelCreateTicket, CardAuthorization, ConfirmCreateTicket,
+    ConsumerVerification, CreateTicket, LineItem, OrderApproved, OrderRejected, RejectOrder,
+    TicketCancelled, TicketConfirmed, TicketCreated, ValidateOrderByConsumer,
+};
+use saga_core::testing::SagaTest;
+use saga_core::{OperatorCommand, SagaStatus};
+
+const ORDER: i64 = 1001;
+const CONSUMER: i64 = 7;
+const RESTAURANT: i64 = 3;
+const TOTAL: i64 = 2_450;
+
+fn items() -> Vec<LineItem> {
+    vec![LineItem {
+        menu_item_id: "chicken-vindaloo".to_owned(),
+        quantity: 2,
+    }]
+}
+
+fn data() -> CreateOrderData {
+    CreateOrderData::new(ORDER, CONSUMER, RESTAURANT, items(), TOTAL)
+}
+
+fn validate() -> ValidateOrderByConsumer {
+    ValidateOrderByConsumer {
+        consumer_id: CONSUMER,
+        order_id: ORDER,
+        order_total: TOTAL,
+    }
+}
+
+fn create_ticket() -> CreateTicket {
+    CreateTicket {
+        order_id: ORDER,
+        restaurant_id: RESTAURANT,
+        line_items: items(),
+    }
+}
+
+fn authorize() -> AuthorizeCard {
+    AuthorizeCard {
+        consumer_id: CONSUMER,
+        order_id: ORDER,
+        order_total: TOTAL,
+    }
+}
+
+fn reject() -> RejectOrder {
+    RejectOrder {
+        order_id: ORDER,
+        reason: "create order saga failed".to_owned(),
+    }
+}
+
+/// The saga up to the point where the ticket exists.
+fn ticket_created() -> SagaTest<CreateOrderSaga> {
+    SagaTest::<CreateOrderSaga>::given(data())
+        .expect_command_to("consumerService", validate())
+        .reply(ConsumerVerification::Verified)
+        .expect_command_to("kitchenService", create_ticket())
+        .reply(TicketCreated { ticket_id: 55 })
+}
+
+#[test]
+fn happy_path_approves_the_order() {
+    ticket_created()
+        .expect_command_to("accountingService", authorize())
+        .reply(CardAuthorization::Authorized {
+            authorization_id: "auth-1".to_owned(),
+        })
+        .expect_command_to("kitchenService", ConfirmCreateTicket { ticket_id: 55 })
+        .reply(TicketConfirmed)
+        .expect_command_to("orderService", ApproveOrder { order_id: ORDER })
+        .reply(OrderApproved)
+        .expect_completed()
+        .expect_compensated_steps(&[])
+        .expect_data(|d| {
+            assert_eq!(d.ticket_id, Some(55));
+            assert_eq!(d.authorization_id.as_deref(), Some("auth-1"));
+        });
+}
+
+#[test]
+fn invalid_consumer_rejects_the_order() {
+    let test = SagaTest::<CreateOrderSaga>::given(data())
+        .expect_command(validate())
+        .reply(ConsumerVerification::Invalid {
+            reason: "consumer 7 is blocked".to_owned(),
+        })
+        .expect_compensation(reject())
+        .reply(OrderRejected)
+        .expect_compensated()
+        .expect_compensated_steps(&["create_order"])
+        .expect_data(|d| assert_eq!(d.ticket_id, None));
+    assert_eq!(
+        test.state().compensation_reason.as_deref(),
+        Some("consumer 7 is blocked")
+    );
+}
+
+#[test]
+fn ticket_refused_rejects_the_order() {
+    SagaTest::<CreateOrderSaga>::given(data())
+        .expect_command(validate())
+        .reply(ConsumerVerification::Verified)
+        .expect_command(create_ticket())
+        .fail("restaurant 3 is closed")
+        // The failed step itself is not compensated: no CancelCreateTicket.
+        .expect_compensation(reject())
+        .reply(OrderRejected)
+        .expect_compensated()
+        .expect_compensated_steps(&["create_order"]);
+}
+
+#[test]
+fn card_declined_cancels_the_ticket_then_rejects_the_order() {
+    let test = ticket_created()
+        .expect_command(authorize())
+        .reply(CardAuthorization::Declined {
+            reason: "limit exceeded".to_owned(),
+        })
+        .expect_compensation(CancelCreateTicket { order_id: ORDER })
+        .reply(TicketCancelled)
+        .expect_compensation(reject())
+        .reply(OrderRejected)
+        .expect_compensated()
+        .expect_compensated_steps(&["create_ticket", "create_order"]);
+    assert_eq!(
+        test.state().compensation_reason.as_deref(),
+        Some("limit exceeded")
+    );
+    // Verified, created and declined forward; two compensations backward.
+    let compensations: Vec<_> = test
+        .sent()
+        .iter()
+        .filter(|c| c.compensation)
+        .map(|c| c.command_type.as_str())
+        .collect();
+    assert_eq!(compensations, ["CancelCreateTicket", "RejectOrder"]);
+}
+
+#[test]
+fn confirm_ticket_failing_twice_is_retried_and_completes_without_compensation() {
+    ticket_created()
+        .expect_command(authorize())
+        .reply(CardAuthorization::Authorized {
+            authorization_id: "auth-2".to_owned(),
+        })
+        .expect_command(ConfirmCreateTicket { ticket_id: 55 })
+        .fail("kitchen database unavailable")
+        .expect_retry_scheduled()
+        .fire_retry()
+        .expect_command(ConfirmCreateTicket { ticket_id: 55 })
+        .fail("kitchen database unavailable")
+        .expect_retry_scheduled()
+        .fire_retry()
+        .expect_command(ConfirmCreateTicket { ticket_id: 55 })
+        .reply(TicketConfirmed)
+        .expect_command(ApproveOrder { order_id: ORDER })
+        .reply(OrderApproved)
+        .expect_completed()
+        .expect_compensated_steps(&[]);
+}
+
+#[test]
+fn a_compensation_that_keeps_failing_parks_the_saga_until_an_operator_retries() {
+    // The default retry policy allows 10 attempts at the compensation.
+    let mut test = ticket_created()
+        .expect_command(authorize())
+        .reply(CardAuthorization::Declined {
+            reason: "card disabled".to_owned(),
+        })
+        .expect_compensation(CancelCreateTicket { order_id: ORDER });
+    for attempt in 1..=10 {
+        test = test.fail("kitchen refuses to cancel");
+        if attempt < 10 {
+            test = test
+                .expect_retry_scheduled()
+                .fire_retry()
+                .expect_compensation(CancelCreateTicket { order_id: ORDER });
+        }
+    }
+    let test = test
+        .expect_failed(
+            "compensation of `create_ticket` failed after 10 attempts: kitchen refuses to cancel",
+        )
+        .operator(OperatorCommand::Retry)
+        .expect_status(SagaStatus::Compensating)
+        .expect_compensation(CancelCreateTicket { order_id: ORDER })
+        .reply(TicketCancelled)
+        .expect_compensation(reject())
+        .reply(OrderRejected)
+        .expect_compensated()
+        .expect_compensated_steps(&["create_ticket", "create_order"]);
+    assert_eq!(test.state().last_error, None);
+}
+
+#[test]
+fn operator_skip_moves_a_parked_compensation_on() {
+    let mut test = ticket_created()
+        .expect_command(authorize())
+        .fail("accounting down")
+        .expect_compensation(CancelCreateTicket { order_id: ORDER });
+    for attempt in 1..=10 {
+        test = test.fail("still failing");
+        if attempt < 10 {
+            test = test
+                .fire_retry()
+                .expect_compensation(CancelCreateTicket { order_id: ORDER });
+        }
+    }
+    test.expect_failed("still failing")
+        .operator(OperatorCommand::Skip)
+        .expect_compensation(reject())
+        .reply(OrderRejected)
+        .expect_compensated();
+}
