@@ -462,12 +462,11 @@ fn reply_decoder<D: 'static, R: Reply>(
             })?;
             Ok(Some(failed.reason))
         } else {
-            Err(MessageError::UnknownType(format!(
-                "{} (a `{command_type}` is answered by `{}` or `{}`)",
-                reply.reply_type,
-                R::TYPE,
-                CommandFailed::TYPE
-            )))
+            Err(MessageError::UnexpectedReply {
+                reply_type: reply.reply_type.clone(),
+                command_type,
+                expected: R::TYPE,
+            })
         }
     })
 }

@@ -164,6 +164,18 @@ pub enum MessageError {
     /// No handler knows this message type.
     #[error("unknown message type `{0}`")]
     UnknownType(String),
+    /// A reply whose type does not answer the command it claims to answer.
+    #[error(
+        "unexpected reply `{reply_type}` to `{command_type}` (expected `{expected}` or `saga.CommandFailed`)"
+    )]
+    UnexpectedReply {
+        /// The reply's type.
+        reply_type: String,
+        /// The command it claims to answer.
+        command_type: &'static str,
+        /// The command's reply type.
+        expected: &'static str,
+    },
 }
 
 /// Whether a reply reports success or failure.

@@ -19,7 +19,7 @@
 //!
 //! saga! {
 //!     /// Authorizes a payment.
-//!     pub saga PaySaga(Data) {
+//!     saga PaySaga(Data) {
 //!         pivot authorize { invoke: authorize }
 //!     }
 //! }

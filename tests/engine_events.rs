@@ -1,0 +1,362 @@
+//! The engine's handling of timeouts, stale and malformed replies, operator commands, retry
+//! limits and backoff — and the runtime check of the step rules for hand-built definitions.
+
+use std::time::Duration;
+
+use saga_core::definition::{DefinitionError, IncomingReply};
+use saga_core::engine::{
+    self, EngineError, Ignored, Outcome, Pending, SagaEvent, SagaInstance, SagaTimer,
+};
+use saga_core::testing::SagaTest;
+use saga_core::{
+    Command, OperatorCommand, Reply, RetryPolicy, Saga, SagaDefinition, SagaId, SagaStatus, Step,
+    Timestamp, saga,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Data {
+    id: u32,
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize, Command)]
+#[command(channel = "warehouse", reply = Done)]
+struct Reserve {
+    id: u32,
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize, Command)]
+#[command(channel = "warehouse", reply = Done)]
+struct Release {
+    id: u32,
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize, Command)]
+#[command(channel = "payments", reply = Done)]
+struct Pay {
+    id: u32,
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize, Command)]
+#[command(channel = "shipping", reply = Done)]
+struct Ship {
+    id: u32,
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize, Reply)]
+struct Done;
+
+#[derive(Debug, PartialEq, Serialize, Deserialize, Reply)]
+struct Unrelated;
+
+fn reserve(d: &Data) -> Reserve {
+    Reserve { id: d.id }
+}
+fn release(d: &Data) -> Release {
+    Release { id: d.id }
+}
+fn pay(d: &Data) -> Pay {
+    Pay { id: d.id }
+}
+fn ship(d: &Data) -> Ship {
+    Ship { id: d.id }
+}
+
+saga! {
+    /// Reserve (times out fast), pay (the pivot), ship (retried three times at most).
+    saga OrderSaga(Data) {
+        compensatable reserve { invoke: reserve, compensate: release,
+                                timeout: Duration::from_secs(5) }
+        pivot pay { invoke: pay }
+        retriable ship { invoke: ship, timeout: Duration::from_secs(10),
+                         retry: RetryPolicy::fixed(Duration::from_secs(1)).max_attempts(3) }
+    }
+}
+
+fn data() -> Data {
+    Data { id: 9 }
+}
+
+#[test]
+fn a_timed_out_compensatable_step_is_undone_as_well() {
+    // It may have taken effect before its reply got lost, so its compensation runs.
+    SagaTest::<OrderSaga>::given(data())
+        .expect_command(Reserve { id: 9 })
+        .time_out()
+        .expect_compensation(Release { id: 9 })
+        .reply(Done)
+        .expect_compensated()
+        .expect_compensated_steps(&["reserve"]);
+}
+
+#[test]
+fn a_timed_out_retriable_step_is_resent_with_the_same_request_id() {
+    let test = SagaTest::<OrderSaga>::given(data())
+        .expect_command(Reserve { id: 9 })
+        .reply(Done)
+        .expect_command(Pay { id: 9 })
+        .reply(Done)
+        .expect_command(Ship { id: 9 });
+    let first = test.state().pending;
+    let test = test.time_out().expect_command(Ship { id: 9 });
+    assert_eq!(test.state().pending, first, "a resend keeps the request id");
+    assert_eq!(test.state().attempt, 2);
+    test.reply(Done).expect_completed();
+}
+
+#[test]
+fn a_retriable_step_that_keeps_timing_out_parks_and_skip_moves_on() {
+    SagaTest::<OrderSaga>::given(data())
+        .expect_command(Reserve { id: 9 })
+        .reply(Done)
+        .expect_command(Pay { id: 9 })
+        .reply(Done)
+        .expect_command(Ship { id: 9 })
+        .time_out()
+        .expect_command(Ship { id: 9 })
+        .time_out()
+        .expect_command(Ship { id: 9 })
+        .time_out()
+        .expect_failed("step `ship` failed after 3 attempts: no reply within 10000 ms (attempt 3)")
+        .operator(OperatorCommand::Skip)
+        .expect_completed();
+}
+
+#[test]
+fn a_failed_retriable_step_never_turns_the_saga_back() {
+    SagaTest::<OrderSaga>::given(data())
+        .expect_command(Reserve { id: 9 })
+        .reply(Done)
+        .expect_command(Pay { id: 9 })
+        .reply(Done)
+        .expect_command(Ship { id: 9 })
+        .fail("carrier down")
+        .fire_retry()
+        .expect_command(Ship { id: 9 })
+        .fail("carrier down")
+        .fire_retry()
+        .expect_command(Ship { id: 9 })
+        .fail("carrier down")
+        .expect_failed("step `ship` failed after 3 attempts: carrier down")
+        .expect_compensated_steps(&[])
+        .operator(OperatorCommand::Retry)
+        .expect_command(Ship { id: 9 })
+        .reply(Done)
+        .expect_completed();
+}
+
+fn start() -> SagaInstance<Data> {
+    engine::start(OrderSaga::definition(), SagaId::new(), data(), Timestamp(0))
+        .expect("starts")
+        .instance
+}
+
+fn done() -> IncomingReply {
+    IncomingReply::from_reply(&Done).expect("encodes")
+}
+
+fn waiting_for(instance: &SagaInstance<Data>) -> saga_core::RequestId {
+    match instance.state.pending {
+        Some(Pending::Reply { request_id }) => request_id,
+        other => panic!("not waiting for a reply: {other:?}"),
+    }
+}
+
+#[test]
+fn duplicate_and_stale_replies_and_timers_change_nothing() {
+    let definition = OrderSaga::definition();
+    let instance = start();
+    let first = waiting_for(&instance);
+    let reply = SagaEvent::Reply {
+        request_id: first,
+        reply: done(),
+    };
+    let after = engine::transition(definition, &instance, &reply, Timestamp(1))
+        .expect("applies")
+        .applied()
+        .expect("not ignored")
+        .instance;
+    // The same reply again is stale now.
+    let again = engine::transition(definition, &after, &reply, Timestamp(2)).expect("handled");
+    assert_eq!(
+        again,
+        Outcome::Ignored(Ignored::StaleReply { request_id: first })
+    );
+    // The reserve step's timeout fires late: stale.
+    let timer = SagaTimer::Timeout {
+        request_id: first,
+        attempt: 1,
+    };
+    let late = engine::transition(
+        definition,
+        &after,
+        &SagaEvent::Timer(timer),
+        Timestamp(9_000),
+    )
+    .expect("handled");
+    assert_eq!(late, Outcome::Ignored(Ignored::StaleTimer(timer)));
+}
+
+#[test]
+fn a_reply_of_the_wrong_type_is_refused_and_changes_nothing() {
+    let instance = start();
+    let wrong = SagaEvent::Reply {
+        request_id: waiting_for(&instance),
+        reply: IncomingReply::from_reply(&Unrelated).expect("encodes"),
+    };
+    let err = engine::transition(OrderSaga::definition(), &instance, &wrong, Timestamp(1))
+        .expect_err("refused");
+    assert!(
+        matches!(err, EngineError::MalformedReply { ref step, .. } if step == "reserve"),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("unexpected reply `Unrelated` to `Reserve` (expected `Done`"),
+        "{err}"
+    );
+
+    let garbage = SagaEvent::Reply {
+        request_id: waiting_for(&instance),
+        reply: IncomingReply {
+            reply_type: "Done".to_owned(),
+            outcome: saga_core::ReplyOutcome::Success,
+            payload: "[1, 2".to_owned(),
+        },
+    };
+    let err = engine::transition(OrderSaga::definition(), &instance, &garbage, Timestamp(1))
+        .expect_err("refused");
+    assert!(
+        err.to_string().contains("malformed payload for `Done`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn operator_commands_apply_only_to_parked_sagas() {
+    let instance = start();
+    let err = engine::transition(
+        OrderSaga::definition(),
+        &instance,
+        &SagaEvent::Operator(OperatorCommand::Retry),
+        Timestamp(1),
+    )
+    .expect_err("refused");
+    assert!(matches!(
+        err,
+        EngineError::NotParked {
+            status: SagaStatus::Running,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_state_naming_a_removed_step_is_reported_not_guessed() {
+    let mut instance = start();
+    instance.state.current_step = Some("renamed_away".to_owned());
+    let reply = SagaEvent::Reply {
+        request_id: waiting_for(&instance),
+        reply: done(),
+    };
+    let err = engine::transition(OrderSaga::definition(), &instance, &reply, Timestamp(1))
+        .expect_err("refused");
+    assert!(
+        matches!(err, EngineError::UnknownStep { ref step, .. } if step == "renamed_away"),
+        "{err}"
+    );
+}
+
+#[test]
+fn saga_state_survives_a_json_round_trip() {
+    let instance = start();
+    let json = serde_json::to_string(&instance).expect("serializes");
+    let back: SagaInstance<Data> = serde_json::from_str(&json).expect("deserializes");
+    assert_eq!(back, instance);
+    assert!(json.contains(r#""current_step":"reserve""#), "{json}");
+}
+
+#[test]
+fn backoff_grows_is_capped_and_jitter_stays_within_twenty_percent() {
+    let policy = RetryPolicy::exponential(Duration::from_millis(100))
+        .max_backoff(Duration::from_secs(2))
+        .jitter(false);
+    let delays: Vec<u128> = (1..=7)
+        .map(|attempt| policy.backoff(attempt, SagaId::new()).as_millis())
+        .collect();
+    assert_eq!(delays, [100, 200, 400, 800, 1600, 2000, 2000]);
+
+    let jittered = policy.clone().jitter(true);
+    let saga = SagaId::new();
+    for attempt in 1..=7 {
+        let base = policy.backoff(attempt, saga).as_millis();
+        let delay = jittered.backoff(attempt, saga).as_millis();
+        assert!(
+            delay * 5 >= base * 4 && delay * 5 <= base * 6,
+            "{delay} vs {base}"
+        );
+        assert_eq!(
+            delay,
+            jittered.backoff(attempt, saga).as_millis(),
+            "deterministic"
+        );
+    }
+    assert!(policy.allows_another(9));
+    assert!(!policy.allows_another(10));
+    assert!(
+        RetryPolicy::default()
+            .forever()
+            .allows_another(u32::MAX - 1)
+    );
+}
+
+#[test]
+fn hand_built_definitions_are_checked_at_run_time() {
+    let build = |steps: Vec<saga_core::StepDefinition<Data>>| {
+        steps
+            .into_iter()
+            .fold(SagaDefinition::<Data>::builder("Manual"), |b, s| b.step(s))
+            .build()
+            .map(|d| d.name().to_owned())
+    };
+    assert_eq!(
+        build(vec![]).unwrap_err(),
+        DefinitionError::Empty("Manual".to_owned())
+    );
+    assert!(matches!(
+        build(vec![Step::pivot("a").into(), Step::pivot("b").into()]).unwrap_err(),
+        DefinitionError::SecondPivot { .. }
+    ));
+    assert!(matches!(
+        build(vec![
+            Step::pivot("a").into(),
+            Step::compensatable("b").into()
+        ])
+        .unwrap_err(),
+        DefinitionError::CompensatableTooLate { .. }
+    ));
+    assert!(matches!(
+        build(vec![Step::retriable("a").into(), Step::pivot("b").into()]).unwrap_err(),
+        DefinitionError::RetriableBeforePivot { .. }
+    ));
+    assert!(matches!(
+        build(vec![Step::pivot("a").compensate(release).into()]).unwrap_err(),
+        DefinitionError::CompensationNotAllowed { .. }
+    ));
+    assert!(matches!(
+        build(vec![
+            Step::compensatable("a").into(),
+            Step::compensatable("a").into()
+        ])
+        .unwrap_err(),
+        DefinitionError::DuplicateStep(_)
+    ));
+    assert_eq!(
+        build(vec![
+            Step::compensatable("a").into(),
+            Step::retriable("b").into()
+        ]),
+        Ok("Manual".to_owned()),
+        "retriable steps may follow compensatable ones when there is no pivot"
+    );
+}
