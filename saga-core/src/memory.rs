@@ -355,6 +355,24 @@ impl Transport for InMemoryTransport {
         }
         Ok(())
     }
+
+    async fn release(
+        &self,
+        channel: &str,
+        group: &str,
+        delivery: &Delivery,
+        _delay: Duration,
+    ) -> Result<(), TransportError> {
+        let mut channels = lock(&self.channels);
+        if let Some(group) = channels
+            .groups
+            .get_mut(&(channel.to_owned(), group.to_owned()))
+            && let Some(entry) = group.in_flight.remove(&delivery.receipt)
+        {
+            group.queue.push_back(entry);
+        }
+        Ok(())
+    }
 }
 
 /// A participant wired into an [`InMemoryRuntime`], with its own store (dedup + outbox).
@@ -363,7 +381,8 @@ trait Endpoint: Send + Sync {
     fn channel(&self) -> &str;
     fn name(&self) -> &str;
     fn store(&self) -> &InMemoryStore;
-    async fn handle(&self, message: &Message) -> Result<(), StoreError>;
+    /// Handles one message; `false` when it must be delivered again later.
+    async fn handle(&self, message: &Message) -> Result<bool, StoreError>;
 }
 
 struct ParticipantEndpoint<Ctx> {
@@ -385,7 +404,7 @@ impl<Ctx: Send + 'static> Endpoint for ParticipantEndpoint<Ctx> {
         &self.store
     }
 
-    async fn handle(&self, message: &Message) -> Result<(), StoreError> {
+    async fn handle(&self, message: &Message) -> Result<bool, StoreError> {
         let consumed = Consumed {
             consumer: self.participant.name().to_owned(),
             message_id: message.id,
@@ -393,9 +412,12 @@ impl<Ctx: Send + 'static> Endpoint for ParticipantEndpoint<Ctx> {
         // The context lock is held from the dedup check to the commit: one "transaction".
         let mut ctx = self.ctx.lock().await;
         if self.store.is_received(&consumed) {
-            return Ok(());
+            return Ok(true);
         }
         let dispatch = self.participant.dispatch(&mut ctx, message).await;
+        if dispatch.retry.is_some() {
+            return Ok(false);
+        }
         let mut unit = UnitOfWork::consuming(&consumed.consumer, consumed.message_id);
         unit.outbox.extend(dispatch.reply);
         if let Some(reason) = dispatch.dead_letter {
@@ -407,7 +429,7 @@ impl<Ctx: Send + 'static> Endpoint for ParticipantEndpoint<Ctx> {
             });
         }
         self.store.commit(unit).await?;
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -537,10 +559,15 @@ impl InMemoryRuntime {
                 .receive(endpoint.channel(), GROUP, BATCH, Duration::ZERO)
                 .await?;
             for delivery in deliveries {
-                endpoint.handle(&delivery.message).await?;
-                self.transport
-                    .ack(endpoint.channel(), GROUP, &delivery)
-                    .await?;
+                if endpoint.handle(&delivery.message).await? {
+                    self.transport
+                        .ack(endpoint.channel(), GROUP, &delivery)
+                        .await?;
+                } else {
+                    self.transport
+                        .release(endpoint.channel(), GROUP, &delivery, Duration::ZERO)
+                        .await?;
+                }
                 work += 1;
             }
         }

@@ -2,8 +2,8 @@
 //!
 //! A [`Participant`] maps command types to handlers. [`Participant::dispatch`] decodes a
 //! command message, runs its handler against the participant's context (its state, or its
-//! database transaction), and builds the reply. A handler error becomes a well-formed
-//! failure reply; a message that cannot be understood is dead-lettered with the reason, and
+//! database transaction), and builds the reply. A refusal becomes a well-formed failure
+//! reply; a transient error asks for redelivery; a message that cannot be understood is dead-lettered with the reason, and
 //! when it names a reply channel the saga also gets a failure reply, so it never waits
 //! forever.
 
@@ -17,16 +17,42 @@ use crate::message::{
     encode_payload, headers,
 };
 
-/// Handles one command type for a participant whose context is `Ctx`.
+/// Why a handler did not produce a reply.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerError {
+    /// The command is refused for a business reason: the saga gets a failure reply.
+    #[error("refused: {0}")]
+    Refused(#[from] CommandFailed),
+    /// Something transient went wrong (a database error, a lost connection): nothing is
+    /// committed and the command is delivered again later.
+    #[error("transient failure: {0}")]
+    Transient(String),
+}
+
+impl HandlerError {
+    /// A business refusal with `reason`.
+    pub fn refused(reason: impl Into<String>) -> Self {
+        Self::Refused(CommandFailed::new(reason))
+    }
+
+    /// A transient failure; the command is retried.
+    pub fn transient(error: impl std::fmt::Display) -> Self {
+        Self::Transient(error.to_string())
+    }
+}
+
+/// Handles one command type for a participant whose context is `Ctx` (its state, or its
+/// database transaction).
 #[async_trait]
 pub trait CommandHandler<C: Command, Ctx: Send>: Send + Sync {
-    /// Handles `command`; an `Err` becomes a failure reply with its reason.
+    /// Handles `command`. `Err(Refused)` becomes a failure reply; `Err(Transient)` rolls back
+    /// and has the command delivered again.
     async fn handle(
         &self,
         ctx: &mut Ctx,
         command: C,
         meta: &CommandMeta,
-    ) -> Result<C::Reply, CommandFailed>;
+    ) -> Result<C::Reply, HandlerError>;
 }
 
 /// What dispatching one message produced.
@@ -36,6 +62,17 @@ pub struct Dispatch {
     pub reply: Option<Message>,
     /// Why the message was set aside, if it was.
     pub dead_letter: Option<String>,
+    /// A transient failure: commit nothing and have the message delivered again.
+    pub retry: Option<String>,
+}
+
+impl Dispatch {
+    fn retry(reason: String) -> Self {
+        Self {
+            retry: Some(reason),
+            ..Self::default()
+        }
+    }
 }
 
 #[async_trait]
@@ -45,7 +82,7 @@ trait ErasedHandler<Ctx: Send>: Send + Sync {
         ctx: &mut Ctx,
         message: &Message,
         meta: &CommandMeta,
-    ) -> Result<Option<Message>, MessageError>;
+    ) -> Result<Dispatch, MessageError>;
 }
 
 struct Typed<C, H>(H, PhantomData<fn() -> C>);
@@ -62,19 +99,26 @@ where
         ctx: &mut Ctx,
         message: &Message,
         meta: &CommandMeta,
-    ) -> Result<Option<Message>, MessageError> {
+    ) -> Result<Dispatch, MessageError> {
         let command: C = message.decode()?;
         let reply = match self.0.handle(ctx, command, meta).await {
             Ok(reply) => {
                 let payload = encode_payload(<C::Reply as Reply>::TYPE, &reply)?;
                 meta.reply_message(<C::Reply as Reply>::TYPE, reply.outcome(), payload)
             }
-            Err(failure) => {
+            Err(HandlerError::Refused(failure)) => {
                 tracing::info!(command = C::TYPE, reason = %failure.reason, "command refused");
                 failure_reply(meta, &failure)?
             }
+            Err(HandlerError::Transient(reason)) => {
+                tracing::warn!(command = C::TYPE, %reason, "command failed transiently; will be redelivered");
+                return Ok(Dispatch::retry(reason));
+            }
         };
-        Ok(reply)
+        Ok(Dispatch {
+            reply,
+            ..Dispatch::default()
+        })
     }
 }
 
@@ -101,8 +145,8 @@ where
         ctx: &mut Ctx,
         command: C,
         meta: &CommandMeta,
-    ) -> Result<C::Reply, CommandFailed> {
-        (self.0)(ctx, command, meta)
+    ) -> Result<C::Reply, HandlerError> {
+        (self.0)(ctx, command, meta).map_err(HandlerError::Refused)
     }
 }
 
@@ -184,10 +228,7 @@ impl<Ctx: Send + 'static> Participant<Ctx> {
             return self.reject(message, Some(&meta), reason);
         };
         match handler.call(ctx, message, &meta).await {
-            Ok(reply) => Dispatch {
-                reply,
-                dead_letter: None,
-            },
+            Ok(dispatch) => dispatch,
             Err(err) => self.reject(message, Some(&meta), err.to_string()),
         }
     }
@@ -208,6 +249,7 @@ impl<Ctx: Send + 'static> Participant<Ctx> {
         Dispatch {
             reply,
             dead_letter: Some(reason),
+            retry: None,
         }
     }
 }

@@ -231,4 +231,13 @@ pub trait Transport: Send + Sync {
         group: &str,
         delivery: &Delivery,
     ) -> Result<(), TransportError>;
+
+    /// Gives a delivery back unprocessed, to be delivered again after `delay`.
+    async fn release(
+        &self,
+        channel: &str,
+        group: &str,
+        delivery: &Delivery,
+        delay: Duration,
+    ) -> Result<(), TransportError>;
 }

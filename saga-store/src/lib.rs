@@ -1,10 +1,58 @@
 //! # saga-store
 //!
-//! Durable implementations of saga-core's ports: SQL saga stores (SQLite embedded by default,
-//! PostgreSQL for production), the transactional outbox and its relay, received-message
-//! deduplication, semantic-lock and timer tables, and transports.
+//! Durable sagas on SQL: saga-core's ports implemented with sqlx on **SQLite** (the embedded
+//! default: a file, no server) and **PostgreSQL** (production).
 //!
-//! This crate is being built; today saga-core's in-memory store and transport
-//! (`saga_core::memory`) run sagas in one process.
+//! - [`Database`]: the pool, dialect, migrations and wake-ups;
+//! - [`SqlSagaStore`]: saga instances, timeline, timers, outbox, dedup and dead letters —
+//!   one transaction per handled message;
+//! - [`SqlTransport`]: a durable queue in the database (`FOR UPDATE SKIP LOCKED` on
+//!   PostgreSQL, so several processes share a channel);
+//! - [`SagaRuntime`]: the workers — outbox relay, reply consumers, timers, participants'
+//!   command consumers, retention;
+//! - [`start_saga_in`]: start a saga inside your own transaction;
+//! - [`locks`]: the semantic-lock table.
+//!
+//! | feature | default | what |
+//! |---|---|---|
+//! | `sqlite` | yes | SQLite driver |
+//! | `postgres` | no | PostgreSQL driver and `LISTEN/NOTIFY` wake-ups |
 
+mod codec;
+pub mod database;
+pub mod error;
+#[cfg(feature = "postgres")]
+mod listen;
+pub mod locks;
+pub mod runtime;
+pub mod store;
+pub mod transport;
+
+pub use database::{Database, DatabaseOptions, Dialect, SqliteSync, Tx};
+pub use error::DatabaseError;
+pub use runtime::{RetentionPolicy, RuntimeOptions, SagaRuntime, apply_retention};
 pub use saga_core;
+pub use store::SqlSagaStore;
+pub use transport::{SqlTransport, SqlTransportOptions};
+
+use saga_core::orchestrator::{Orchestrator, OrchestratorError};
+use saga_core::ports::CommitOutcome;
+use saga_core::{Saga, SagaId};
+
+/// Starts a saga inside the caller's transaction: the saga row, its timeline and its first
+/// commands are written to `tx`, so they commit — or roll back — with the caller's own
+/// writes. Call [`Database::wake_relay`] after committing on SQLite to publish at once
+/// (otherwise the relay's next poll does).
+pub async fn start_saga_in<S: Saga>(
+    orchestrator: &Orchestrator<SqlSagaStore>,
+    tx: &mut Tx,
+    data: S::Data,
+) -> Result<SagaId, OrchestratorError> {
+    let prepared = orchestrator.prepare_start::<S>(data, orchestrator.clock().now())?;
+    match orchestrator.store().write_unit(tx, &prepared.unit).await? {
+        CommitOutcome::Committed => Ok(prepared.saga_id),
+        other => Err(OrchestratorError::Store(saga_core::ports::StoreError::Other(
+            format!("starting saga {} wrote nothing: {other:?}", prepared.saga_id),
+        ))),
+    }
+}

@@ -1,0 +1,637 @@
+//! The workers that keep sagas moving, as tokio tasks:
+//!
+//! - an **outbox relay** per database: publishes committed outbox rows, in order, to the
+//!   transport (on PostgreSQL a single active relay per schema, elected with an advisory lock);
+//! - a **reply consumer** and a **timer loop** per orchestrator;
+//! - a **command consumer** per participant, handling each command in one transaction with
+//!   its dedup record and its reply;
+//! - a **retention** task per database, deleting old published outbox and dedup rows.
+//!
+//! Every loop survives errors: it logs them, backs off (up to `max_backoff`) and tries again,
+//! so a database or broker that goes away and comes back loses nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use saga_core::orchestrator::Orchestrator;
+use saga_core::participant::Participant;
+use saga_core::ports::{DeadLetter, Delivery, StoreError, Transport, UnitOfWork};
+use saga_core::{Message, Timestamp};
+use sqlx::{AssertSqlSafe, query};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::codec::to_i64;
+use crate::database::{Database, Dialect, Topic, Tx};
+use crate::error::store_error;
+use crate::store::{SqlSagaStore, mark_published_on, unpublished_on};
+use saga_core::ports::CommitOutcome;
+
+/// How old processed rows must be before retention deletes them.
+#[derive(Clone, Debug)]
+pub struct RetentionPolicy {
+    /// Published outbox rows are kept this long (default 1 hour).
+    pub published_outbox: Duration,
+    /// Dedup records are kept this long (default 7 days). Keep it longer than any redelivery
+    /// can take, or a very late duplicate would be processed again.
+    pub received_messages: Duration,
+    /// How often retention runs (default 5 minutes).
+    pub interval: Duration,
+    /// Rows deleted per statement (default 10 000), to keep transactions short.
+    pub batch: usize,
+}
+
+impl Default for RetentionPolicy {
+    fn default() -> Self {
+        Self {
+            published_outbox: Duration::from_secs(3600),
+            received_messages: Duration::from_secs(7 * 24 * 3600),
+            interval: Duration::from_secs(300),
+            batch: 10_000,
+        }
+    }
+}
+
+/// Settings of the workers.
+#[derive(Clone, Debug)]
+pub struct RuntimeOptions {
+    /// Messages handled per batch (default 64).
+    pub batch_size: usize,
+    /// How long an idle loop waits for a wake-up before looking for work anyway (default
+    /// 500 ms).
+    pub poll_interval: Duration,
+    /// How often the timer loop looks for due timers (default 50 ms).
+    pub timer_interval: Duration,
+    /// The longest pause after repeated errors (default 5 s).
+    pub max_backoff: Duration,
+    /// Retention of processed rows.
+    pub retention: RetentionPolicy,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 64,
+            poll_interval: Duration::from_millis(500),
+            timer_interval: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(5),
+            retention: RetentionPolicy::default(),
+        }
+    }
+}
+
+/// Exponential backoff after errors.
+#[derive(Debug)]
+struct Backoff {
+    current: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(max: Duration) -> Self {
+        Self {
+            current: Duration::from_millis(50),
+            max,
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        let delay = self.current;
+        self.current = (self.current * 2).min(self.max);
+        delay
+    }
+
+    fn reset(&mut self) {
+        self.current = Duration::from_millis(50);
+    }
+}
+
+/// A stop signal shared by the workers.
+#[derive(Clone, Debug)]
+struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    fn requested(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Sleeps for `duration`, or until `wake` fires, or until shutdown; `true` on shutdown.
+    async fn pause(&mut self, duration: Duration, wake: Option<&tokio::sync::Notify>) -> bool {
+        let stop = self.0.wait_for(|stop| *stop);
+        match wake {
+            Some(notify) => tokio::select! {
+                _ = stop => return true,
+                _ = notify.notified() => {}
+                () = tokio::time::sleep(duration) => {}
+            },
+            None => tokio::select! {
+                _ = stop => return true,
+                () = tokio::time::sleep(duration) => {}
+            },
+        }
+        self.requested()
+    }
+}
+
+type SharedTransport = Arc<dyn Transport>;
+type SharedOrchestrator = Arc<Orchestrator<SqlSagaStore>>;
+
+/// Collects what to run, then starts it.
+pub struct RuntimeBuilder {
+    transport: SharedTransport,
+    options: RuntimeOptions,
+    databases: Vec<Database>,
+    orchestrators: Vec<SharedOrchestrator>,
+    participants: Vec<(Database, Arc<Participant<Tx>>)>,
+}
+
+impl std::fmt::Debug for RuntimeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeBuilder")
+            .field("options", &self.options)
+            .field("databases", &self.databases.len())
+            .field("orchestrators", &self.orchestrators.len())
+            .field("participants", &self.participants.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RuntimeBuilder {
+    /// Overrides the worker settings.
+    pub fn options(mut self, options: RuntimeOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    fn add_database(&mut self, database: &Database) {
+        if !self.databases.iter().any(|d| d.same_pool(database)) {
+            self.databases.push(database.clone());
+        }
+    }
+
+    /// Runs an orchestrator: its reply consumer, its timers, and its store's relay.
+    pub fn orchestrator(mut self, orchestrator: SharedOrchestrator) -> Self {
+        let database = orchestrator.store().database().clone();
+        self.add_database(&database);
+        self.orchestrators.push(orchestrator);
+        self
+    }
+
+    /// Runs a participant whose handlers work in transactions on `database`, and that
+    /// database's relay (which publishes the participant's replies).
+    pub fn participant(mut self, database: &Database, participant: Participant<Tx>) -> Self {
+        self.add_database(database);
+        self.participants
+            .push((database.clone(), Arc::new(participant)));
+        self
+    }
+
+    /// Relays (and applies retention to) a database that has no orchestrator or participant
+    /// here.
+    pub fn relay(mut self, database: &Database) -> Self {
+        self.add_database(database);
+        self
+    }
+
+    /// Starts every worker.
+    pub fn start(self) -> SagaRuntime {
+        let (stop, signal) = watch::channel(false);
+        let shutdown = Shutdown(signal);
+        let mut tasks = Vec::new();
+        let options = Arc::new(self.options);
+        for database in self.databases {
+            tasks.push(tokio::spawn(relay_loop(
+                SqlSagaStore::new(database.clone()),
+                self.transport.clone(),
+                options.clone(),
+                shutdown.clone(),
+            )));
+            tasks.push(tokio::spawn(retention_loop(
+                database,
+                options.clone(),
+                shutdown.clone(),
+            )));
+        }
+        for orchestrator in self.orchestrators {
+            tasks.push(tokio::spawn(reply_loop(
+                orchestrator.clone(),
+                self.transport.clone(),
+                options.clone(),
+                shutdown.clone(),
+            )));
+            tasks.push(tokio::spawn(timer_loop(
+                orchestrator,
+                options.clone(),
+                shutdown.clone(),
+            )));
+        }
+        for (database, participant) in self.participants {
+            tasks.push(tokio::spawn(participant_loop(
+                database,
+                participant,
+                self.transport.clone(),
+                options.clone(),
+                shutdown.clone(),
+            )));
+        }
+        SagaRuntime { stop, tasks }
+    }
+}
+
+/// Running workers; [`SagaRuntime::shutdown`] stops them after the messages in hand.
+#[derive(Debug)]
+pub struct SagaRuntime {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl SagaRuntime {
+    /// Collects workers over `transport`.
+    pub fn builder(transport: Arc<dyn Transport>) -> RuntimeBuilder {
+        RuntimeBuilder {
+            transport,
+            options: RuntimeOptions::default(),
+            databases: Vec::new(),
+            orchestrators: Vec::new(),
+            participants: Vec::new(),
+        }
+    }
+
+    /// Stops every worker and waits for them.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            if let Err(err) = task.await
+                && err.is_panic()
+            {
+                tracing::error!(error = %err, "a saga worker panicked");
+            }
+        }
+    }
+}
+
+/// A stable advisory-lock key for the relay of one schema.
+fn relay_lock_key(database: &Database) -> i64 {
+    let name = format!("saga_relay:{}", database.schema().unwrap_or("public"));
+    // FNV-1a, folded into an i64.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in name.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    i64::from_ne_bytes(hash.to_ne_bytes())
+}
+
+async fn relay_loop(
+    store: SqlSagaStore,
+    transport: SharedTransport,
+    options: Arc<RuntimeOptions>,
+    mut shutdown: Shutdown,
+) {
+    let database = store.database().clone();
+    let wake = database.wakeups().get(&Topic::Outbox);
+    let mut backoff = Backoff::new(options.max_backoff);
+    while !shutdown.requested() {
+        let mut conn = match database.pool().acquire().await {
+            Ok(conn) => conn,
+            Err(err) => {
+                tracing::warn!(error = %err, "outbox relay cannot reach its database");
+                if shutdown.pause(backoff.next(), None).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if database.dialect() == Dialect::Postgres {
+            let leader: Result<bool, _> = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(relay_lock_key(&database))
+                .fetch_one(&mut *conn)
+                .await;
+            match leader {
+                Ok(true) => tracing::debug!("outbox relay is the active relay"),
+                Ok(false) => {
+                    drop(conn);
+                    if shutdown.pause(options.poll_interval, None).await {
+                        return;
+                    }
+                    continue;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "outbox relay cannot take its lock");
+                    if shutdown.pause(backoff.next(), None).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        // Relay while the connection (and with it the lock) lasts.
+        loop {
+            let relayed = relay_batch(&mut conn, transport.as_ref(), options.batch_size).await;
+            match relayed {
+                Ok(count) => {
+                    backoff.reset();
+                    if count == options.batch_size {
+                        continue;
+                    }
+                    if shutdown.pause(options.poll_interval, Some(&wake)).await {
+                        break;
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "outbox relay failed; rows stay in the outbox");
+                    let _ = shutdown.pause(backoff.next(), None).await;
+                    break;
+                }
+            }
+        }
+        // Close rather than return the connection: it may hold the advisory lock.
+        let _ = conn.close().await;
+    }
+}
+
+/// Publishes one batch of outbox rows on `conn`; returns how many.
+async fn relay_batch(
+    conn: &mut sqlx::AnyConnection,
+    transport: &dyn Transport,
+    limit: usize,
+) -> Result<usize, String> {
+    let entries = unpublished_on(conn, limit)
+        .await
+        .map_err(|e| e.to_string())?;
+    if entries.is_empty() {
+        return Ok(0);
+    }
+    let messages: Vec<Message> = entries.iter().map(|e| e.message.clone()).collect();
+    transport
+        .publish(&messages)
+        .await
+        .map_err(|e| e.to_string())?;
+    let sequences: Vec<u64> = entries.iter().map(|e| e.sequence).collect();
+    mark_published_on(conn, &sequences)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(entries.len())
+}
+
+async fn reply_loop(
+    orchestrator: SharedOrchestrator,
+    transport: SharedTransport,
+    options: Arc<RuntimeOptions>,
+    mut shutdown: Shutdown,
+) {
+    let channel = orchestrator.reply_channel().to_owned();
+    let group = format!("orchestrator:{channel}");
+    let mut backoff = Backoff::new(options.max_backoff);
+    while !shutdown.requested() {
+        let deliveries = match transport
+            .receive(&channel, &group, options.batch_size, options.poll_interval)
+            .await
+        {
+            Ok(deliveries) => deliveries,
+            Err(err) => {
+                tracing::warn!(%channel, error = %err, "cannot receive replies");
+                if shutdown.pause(backoff.next(), None).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        for delivery in deliveries {
+            match orchestrator.handle_reply(&delivery.message).await {
+                Ok(_) => {
+                    backoff.reset();
+                    acknowledge(transport.as_ref(), &channel, &group, &delivery).await;
+                }
+                Err(err) => {
+                    tracing::warn!(%channel, message_id = %delivery.message.id, error = %err, "reply not handled; it will be redelivered");
+                    let delay = backoff.next();
+                    give_back(transport.as_ref(), &channel, &group, &delivery, delay).await;
+                    if shutdown.pause(delay, None).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn timer_loop(
+    orchestrator: SharedOrchestrator,
+    options: Arc<RuntimeOptions>,
+    mut shutdown: Shutdown,
+) {
+    let mut backoff = Backoff::new(options.max_backoff);
+    while !shutdown.requested() {
+        let pause = match orchestrator.fire_due_timers(options.batch_size).await {
+            Ok(fired) if fired == options.batch_size => Duration::ZERO,
+            Ok(_) => {
+                backoff.reset();
+                options.timer_interval
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot fire timers");
+                backoff.next()
+            }
+        };
+        if shutdown.pause(pause, None).await {
+            return;
+        }
+    }
+}
+
+/// What handling one command did.
+enum Handled {
+    Done,
+    Duplicate,
+    Retry(String),
+}
+
+/// Handles one command in one transaction: dedup record, the handler's own writes, the reply
+/// (into the outbox) and any dead letter.
+async fn handle_command(
+    store: &SqlSagaStore,
+    participant: &Participant<Tx>,
+    message: &Message,
+) -> Result<Handled, StoreError> {
+    let database = store.database();
+    let mut tx = database.begin().await.map_err(store_error)?;
+    let consumed = UnitOfWork::consuming(participant.name(), message.id);
+    if store.write_unit(&mut tx, &consumed).await? == CommitOutcome::Duplicate {
+        tx.rollback().await.map_err(store_error)?;
+        return Ok(Handled::Duplicate);
+    }
+    let dispatch = participant.dispatch(&mut tx, message).await;
+    if let Some(reason) = dispatch.retry {
+        tx.rollback().await.map_err(store_error)?;
+        return Ok(Handled::Retry(reason));
+    }
+    let unit = UnitOfWork {
+        outbox: dispatch.reply.into_iter().collect(),
+        dead_letters: dispatch
+            .dead_letter
+            .map(|reason| DeadLetter {
+                consumer: participant.name().to_owned(),
+                message: message.clone(),
+                reason,
+                at: Timestamp::now(),
+            })
+            .into_iter()
+            .collect(),
+        ..UnitOfWork::default()
+    };
+    store.write_unit(&mut tx, &unit).await?;
+    tx.commit().await.map_err(store_error)?;
+    if !unit.outbox.is_empty() {
+        database.wake_relay();
+    }
+    Ok(Handled::Done)
+}
+
+async fn participant_loop(
+    database: Database,
+    participant: Arc<Participant<Tx>>,
+    transport: SharedTransport,
+    options: Arc<RuntimeOptions>,
+    mut shutdown: Shutdown,
+) {
+    let store = SqlSagaStore::new(database);
+    let channel = participant.channel().to_owned();
+    let group = participant.name().to_owned();
+    let mut backoff = Backoff::new(options.max_backoff);
+    while !shutdown.requested() {
+        let deliveries = match transport
+            .receive(&channel, &group, options.batch_size, options.poll_interval)
+            .await
+        {
+            Ok(deliveries) => deliveries,
+            Err(err) => {
+                tracing::warn!(%channel, error = %err, "cannot receive commands");
+                if shutdown.pause(backoff.next(), None).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        for delivery in deliveries {
+            match handle_command(&store, &participant, &delivery.message).await {
+                Ok(Handled::Done | Handled::Duplicate) => {
+                    backoff.reset();
+                    acknowledge(transport.as_ref(), &channel, &group, &delivery).await;
+                }
+                Ok(Handled::Retry(reason)) => {
+                    let delay = retry_delay(delivery.attempt, options.max_backoff);
+                    tracing::info!(%channel, message_id = %delivery.message.id, %reason, ?delay, "command will be retried");
+                    give_back(transport.as_ref(), &channel, &group, &delivery, delay).await;
+                }
+                Err(err) => {
+                    tracing::warn!(%channel, message_id = %delivery.message.id, error = %err, "command not handled; it will be redelivered");
+                    let delay = backoff.next();
+                    give_back(transport.as_ref(), &channel, &group, &delivery, delay).await;
+                    if shutdown.pause(delay, None).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The delay before redelivering a message after its `attempt`-th transient failure.
+fn retry_delay(attempt: u32, max: Duration) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(16);
+    (Duration::from_millis(100) * 2u32.pow(exponent)).min(max)
+}
+
+async fn acknowledge(transport: &dyn Transport, channel: &str, group: &str, delivery: &Delivery) {
+    if let Err(err) = transport.ack(channel, group, delivery).await {
+        // Not fatal: the message comes again and the dedup record turns it away.
+        tracing::warn!(%channel, message_id = %delivery.message.id, error = %err, "ack failed");
+    }
+}
+
+async fn give_back(
+    transport: &dyn Transport,
+    channel: &str,
+    group: &str,
+    delivery: &Delivery,
+    delay: Duration,
+) {
+    if let Err(err) = transport.release(channel, group, delivery, delay).await {
+        // Not fatal: the lease runs out and the message comes again.
+        tracing::warn!(%channel, message_id = %delivery.message.id, error = %err, "release failed");
+    }
+}
+
+async fn retention_loop(database: Database, options: Arc<RuntimeOptions>, mut shutdown: Shutdown) {
+    loop {
+        if shutdown.pause(options.retention.interval, None).await {
+            return;
+        }
+        match apply_retention(&database, &options.retention).await {
+            Ok(deleted) if deleted.outbox + deleted.received > 0 => {
+                tracing::info!(outbox = deleted.outbox, received = deleted.received, "retention deleted processed rows");
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "retention failed; will try again"),
+        }
+    }
+}
+
+/// How many rows a retention pass deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    /// Published outbox rows.
+    pub outbox: u64,
+    /// Dedup records.
+    pub received: u64,
+}
+
+/// Deletes published outbox rows and dedup records older than `policy` allows, in batches.
+pub async fn apply_retention(
+    database: &Database,
+    policy: &RetentionPolicy,
+) -> Result<RetentionReport, StoreError> {
+    let now = Timestamp::now().as_millis();
+    let outbox_cutoff = to_i64(now.saturating_sub(millis(policy.published_outbox)));
+    let received_cutoff = to_i64(now.saturating_sub(millis(policy.received_messages)));
+    let batch = to_i64(policy.batch as u64);
+    let mut report = RetentionReport::default();
+    loop {
+        let deleted = query(
+            "DELETE FROM saga_outbox WHERE sequence IN (SELECT sequence FROM saga_outbox \
+             WHERE published_at IS NOT NULL AND published_at < $1 LIMIT $2)",
+        )
+        .bind(outbox_cutoff)
+        .bind(batch)
+        .execute(database.pool())
+        .await
+        .map_err(store_error)?
+        .rows_affected();
+        report.outbox += deleted;
+        if deleted < policy.batch as u64 {
+            break;
+        }
+    }
+    loop {
+        let deleted = query(AssertSqlSafe(
+            "DELETE FROM saga_received WHERE (consumer, message_id) IN \
+             (SELECT consumer, message_id FROM saga_received WHERE received_at < $1 LIMIT $2)",
+        ))
+        .bind(received_cutoff)
+        .bind(batch)
+        .execute(database.pool())
+        .await
+        .map_err(store_error)?
+        .rows_affected();
+        report.received += deleted;
+        if deleted < policy.batch as u64 {
+            break;
+        }
+    }
+    Ok(report)
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,391 @@
+//! The SQL saga store: saga-core's [`SagaStore`] port on SQLite or PostgreSQL.
+//!
+//! [`SqlSagaStore::write_unit`] writes a [`UnitOfWork`] inside a transaction — the caller's
+//! own one for a transactional start, or the store's for everything else — in this order:
+//! the dedup record (a duplicate stops everything), the fired timers (a timer already fired
+//! elsewhere stops everything), the saga row with its optimistic version check (a concurrent
+//! change stops everything), then the timeline, the outbox, new timers and dead letters.
+
+use async_trait::async_trait;
+use saga_core::SagaId;
+use saga_core::Timestamp;
+use saga_core::ports::{
+    CommitOutcome, DeadLetter, HistoryRecord, OutboxEntry, SagaRecord, SagaStore, SagaWrite,
+    StoreError, TimerRecord, UnitOfWork,
+};
+use sqlx::AnyConnection;
+use sqlx::{AssertSqlSafe, Row, query};
+
+use crate::codec::{
+    self, SAGA_COLUMNS, direction_name, encode_headers, pending_columns, saga_id_text,
+    status_name, timer_columns, to_i64, to_u64,
+};
+use crate::database::{Database, Dialect, NotifyTopic, Topic};
+use crate::error::{corrupt, store_error};
+
+/// saga-core's store port over a [`Database`].
+#[derive(Clone, Debug)]
+pub struct SqlSagaStore {
+    database: Database,
+}
+
+fn now() -> i64 {
+    to_i64(Timestamp::now().as_millis())
+}
+
+impl SqlSagaStore {
+    /// A store on `database` (migrated by [`Database::connect`]).
+    pub fn new(database: Database) -> Self {
+        Self { database }
+    }
+
+    /// The database.
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    /// Writes `unit` inside an open transaction, without committing. On anything but
+    /// [`CommitOutcome::Committed`] the caller must roll back.
+    pub async fn write_unit(
+        &self,
+        conn: &mut AnyConnection,
+        unit: &UnitOfWork,
+    ) -> Result<CommitOutcome, StoreError> {
+        let at = now();
+        if let Some(consumed) = &unit.consumed {
+            let inserted = query(
+                "INSERT INTO saga_received (consumer, message_id, received_at) \
+                 VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            )
+            .bind(&consumed.consumer)
+            .bind(consumed.message_id.to_string())
+            .bind(at)
+            .execute(&mut *conn)
+            .await
+            .map_err(store_error)?;
+            if inserted.rows_affected() == 0 {
+                return Ok(CommitOutcome::Duplicate);
+            }
+        }
+        for timer in &unit.fired {
+            let (kind, request_id, attempt) = timer_columns(&timer.timer);
+            let deleted = query(
+                "DELETE FROM saga_timers \
+                 WHERE saga_id = $1 AND kind = $2 AND request_id = $3 AND attempt = $4",
+            )
+            .bind(saga_id_text(timer.saga_id))
+            .bind(kind)
+            .bind(request_id)
+            .bind(attempt)
+            .execute(&mut *conn)
+            .await
+            .map_err(store_error)?;
+            if deleted.rows_affected() == 0 {
+                return Ok(CommitOutcome::Duplicate);
+            }
+        }
+        if let Some(write) = &unit.saga
+            && !write_saga(conn, write, at).await?
+        {
+            return Ok(CommitOutcome::Conflict);
+        }
+        for entry in &unit.history {
+            let event = serde_json::to_string(&entry.event).map_err(|e| corrupt("history", e))?;
+            query("INSERT INTO saga_history (saga_id, at, event) VALUES ($1, $2, $3)")
+                .bind(saga_id_text(entry.saga_id))
+                .bind(to_i64(entry.at.as_millis()))
+                .bind(event)
+                .execute(&mut *conn)
+                .await
+                .map_err(store_error)?;
+        }
+        for message in &unit.outbox {
+            query(
+                "INSERT INTO saga_outbox (message_id, destination, headers, payload, created_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(message.id.to_string())
+            .bind(&message.destination)
+            .bind(encode_headers(&message.headers))
+            .bind(&message.payload)
+            .bind(at)
+            .execute(&mut *conn)
+            .await
+            .map_err(store_error)?;
+        }
+        if !unit.outbox.is_empty() && self.database.dialect() == Dialect::Postgres {
+            query("SELECT pg_notify($1, '')")
+                .bind(self.database.notify_channel(NotifyTopic::Outbox))
+                .execute(&mut *conn)
+                .await
+                .map_err(store_error)?;
+        }
+        for timer in &unit.schedule {
+            let (kind, request_id, attempt) = timer_columns(&timer.timer);
+            query(
+                "INSERT INTO saga_timers (saga_id, kind, request_id, attempt, due) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            )
+            .bind(saga_id_text(timer.saga_id))
+            .bind(kind)
+            .bind(request_id)
+            .bind(attempt)
+            .bind(to_i64(timer.due.as_millis()))
+            .execute(&mut *conn)
+            .await
+            .map_err(store_error)?;
+        }
+        for dead in &unit.dead_letters {
+            insert_dead_letter(conn, dead).await?;
+        }
+        Ok(CommitOutcome::Committed)
+    }
+}
+
+/// Inserts or updates the saga row; `false` on an optimistic-version conflict.
+async fn write_saga(
+    conn: &mut AnyConnection,
+    write: &SagaWrite,
+    at: i64,
+) -> Result<bool, StoreError> {
+    let record = &write.record;
+    let state = &record.state;
+    let (pending_kind, pending_request) = pending_columns(state.pending);
+    let completed = serde_json::to_string(&state.completed_steps)
+        .map_err(|e| corrupt("completed_steps", e))?;
+    let data = serde_json::to_string(&record.data).map_err(|e| corrupt("saga data", e))?;
+    let deadline = state.deadline.map(|d| to_i64(d.as_millis()));
+    let sql = match write.expected_version {
+        None => {
+            "INSERT INTO saga_instances (saga_id, saga_type, definition_version, status, \
+             direction, current_step, pending_kind, pending_request_id, deadline, attempt, \
+             completed_steps, compensation_reason, last_error, next_request_id, data, version, \
+             created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17)"
+        }
+        Some(_) => {
+            "UPDATE saga_instances SET saga_type = $2, definition_version = $3, status = $4, \
+             direction = $5, current_step = $6, pending_kind = $7, pending_request_id = $8, \
+             deadline = $9, attempt = $10, completed_steps = $11, compensation_reason = $12, \
+             last_error = $13, next_request_id = $14, data = $15, version = $16, updated_at = $17 \
+             WHERE saga_id = $1 AND version = $18"
+        }
+    };
+    let mut statement = query(sql)
+        .bind(saga_id_text(state.saga_id))
+        .bind(&state.saga_type)
+        .bind(&state.definition_version)
+        .bind(status_name(state.status))
+        .bind(direction_name(state.direction))
+        .bind(state.current_step.as_deref())
+        .bind(pending_kind)
+        .bind(pending_request)
+        .bind(deadline)
+        .bind(i64::from(state.attempt))
+        .bind(completed)
+        .bind(state.compensation_reason.as_deref())
+        .bind(state.last_error.as_deref())
+        .bind(to_i64(state.next_request_id))
+        .bind(data)
+        .bind(to_i64(record.version))
+        .bind(at);
+    if let Some(expected) = write.expected_version {
+        statement = statement.bind(to_i64(expected));
+    }
+    let written = statement.execute(&mut *conn).await;
+    match written {
+        Ok(result) => Ok(result.rows_affected() == 1),
+        // Two starts of one id cannot happen (ids are fresh UUIDs); treat like a conflict.
+        Err(sqlx::Error::Database(err)) if err.is_unique_violation() => Ok(false),
+        Err(err) => Err(store_error(err)),
+    }
+}
+
+/// Inserts a dead letter.
+pub(crate) async fn insert_dead_letter(
+    conn: &mut AnyConnection,
+    dead: &DeadLetter,
+) -> Result<(), StoreError> {
+    query(
+        "INSERT INTO saga_dead_letters \
+         (consumer, message_id, destination, headers, payload, reason, at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&dead.consumer)
+    .bind(dead.message.id.to_string())
+    .bind(&dead.message.destination)
+    .bind(encode_headers(&dead.message.headers))
+    .bind(&dead.message.payload)
+    .bind(&dead.reason)
+    .bind(to_i64(dead.at.as_millis()))
+    .execute(&mut *conn)
+    .await
+    .map_err(store_error)?;
+    Ok(())
+}
+
+#[async_trait]
+impl SagaStore for SqlSagaStore {
+    async fn load(&self, saga_id: SagaId) -> Result<Option<SagaRecord>, StoreError> {
+        let sql = AssertSqlSafe(format!(
+            "SELECT {SAGA_COLUMNS} FROM saga_instances WHERE saga_id = $1"
+        ));
+        let row = query(sql)
+            .bind(saga_id_text(saga_id))
+            .fetch_optional(self.database.pool())
+            .await
+            .map_err(store_error)?;
+        row.as_ref().map(codec::saga_record).transpose()
+    }
+
+    async fn commit(&self, unit: UnitOfWork) -> Result<CommitOutcome, StoreError> {
+        let mut tx = self.database.begin().await.map_err(store_error)?;
+        let outcome = self.write_unit(&mut tx, &unit).await?;
+        if outcome == CommitOutcome::Committed {
+            tx.commit().await.map_err(store_error)?;
+            if !unit.outbox.is_empty() {
+                self.database.wakeups().wake(&Topic::Outbox);
+            }
+        } else {
+            tx.rollback().await.map_err(store_error)?;
+        }
+        Ok(outcome)
+    }
+
+    async fn due_timers(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<TimerRecord>, StoreError> {
+        let rows = query(
+            "SELECT saga_id, kind, request_id, attempt, due FROM saga_timers \
+             WHERE due <= $1 ORDER BY due LIMIT $2",
+        )
+        .bind(to_i64(now.as_millis()))
+        .bind(to_i64(limit as u64))
+        .fetch_all(self.database.pool())
+        .await
+        .map_err(store_error)?;
+        rows.iter()
+            .map(|row| {
+                let saga_id: String = row.try_get("saga_id").map_err(|e| corrupt("saga_id", e))?;
+                let kind: String = row.try_get("kind").map_err(|e| corrupt("kind", e))?;
+                Ok(TimerRecord {
+                    saga_id: saga_id.parse().map_err(|e| corrupt("saga_id", e))?,
+                    timer: codec::parse_timer(
+                        &kind,
+                        row.try_get("request_id").map_err(|e| corrupt("request_id", e))?,
+                        row.try_get("attempt").map_err(|e| corrupt("attempt", e))?,
+                    )?,
+                    due: Timestamp(to_u64(row.try_get("due").map_err(|e| corrupt("due", e))?)),
+                })
+            })
+            .collect()
+    }
+
+    async fn history(&self, saga_id: SagaId) -> Result<Vec<HistoryRecord>, StoreError> {
+        let rows = query("SELECT at, event FROM saga_history WHERE saga_id = $1 ORDER BY id")
+            .bind(saga_id_text(saga_id))
+            .fetch_all(self.database.pool())
+            .await
+            .map_err(store_error)?;
+        rows.iter()
+            .map(|row| {
+                let event: String = row.try_get("event").map_err(|e| corrupt("event", e))?;
+                Ok(HistoryRecord {
+                    saga_id,
+                    at: Timestamp(to_u64(row.try_get("at").map_err(|e| corrupt("at", e))?)),
+                    event: serde_json::from_str(&event).map_err(|e| corrupt("event", e))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn unpublished(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        let mut conn = self.database.pool().acquire().await.map_err(store_error)?;
+        unpublished_on(&mut conn, limit).await
+    }
+
+    async fn mark_published(&self, sequences: &[u64]) -> Result<(), StoreError> {
+        let mut conn = self.database.pool().acquire().await.map_err(store_error)?;
+        mark_published_on(&mut conn, sequences).await
+    }
+
+    async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        let rows = query(
+            "SELECT consumer, message_id, destination, headers, payload, reason, at \
+             FROM saga_dead_letters ORDER BY id",
+        )
+        .fetch_all(self.database.pool())
+        .await
+        .map_err(store_error)?;
+        rows.iter().map(codec::dead_letter).collect()
+    }
+}
+
+/// Outbox rows not yet published, in order, read on `conn`.
+pub(crate) async fn unpublished_on(
+    conn: &mut AnyConnection,
+    limit: usize,
+) -> Result<Vec<OutboxEntry>, StoreError> {
+    let rows = query(
+        "SELECT sequence, message_id, destination, headers, payload FROM saga_outbox \
+         WHERE published_at IS NULL ORDER BY sequence LIMIT $1",
+    )
+    .bind(to_i64(limit as u64))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(store_error)?;
+    rows.iter()
+        .map(|row| {
+            let id: String = row.try_get("message_id").map_err(|e| corrupt("message_id", e))?;
+            let headers: String = row.try_get("headers").map_err(|e| corrupt("headers", e))?;
+            let message = codec::message(
+                &id,
+                row.try_get("destination").map_err(|e| corrupt("destination", e))?,
+                &headers,
+                row.try_get("payload").map_err(|e| corrupt("payload", e))?,
+            )
+            .map_err(|e| corrupt("outbox message", e))?;
+            Ok(OutboxEntry {
+                sequence: to_u64(row.try_get("sequence").map_err(|e| corrupt("sequence", e))?),
+                message,
+            })
+        })
+        .collect()
+}
+
+/// Marks outbox rows as published, on `conn`.
+pub(crate) async fn mark_published_on(
+    conn: &mut AnyConnection,
+    sequences: &[u64],
+) -> Result<(), StoreError> {
+    let (Some(&first), Some(&last)) = (sequences.iter().min(), sequences.iter().max()) else {
+        return Ok(());
+    };
+    let at = now();
+    let contiguous = last - first + 1 == sequences.len() as u64;
+    if contiguous {
+        // The usual case: one statement.
+        query(
+            "UPDATE saga_outbox SET published_at = $1 \
+             WHERE sequence >= $2 AND sequence <= $3 AND published_at IS NULL",
+        )
+        .bind(at)
+        .bind(to_i64(first))
+        .bind(to_i64(last))
+        .execute(&mut *conn)
+        .await
+        .map_err(store_error)?;
+        return Ok(());
+    }
+    for &sequence in sequences {
+        query("UPDATE saga_outbox SET published_at = $1 WHERE sequence = $2")
+            .bind(at)
+            .bind(to_i64(sequence))
+            .execute(&mut *conn)
+            .await
+            .map_err(store_error)?;
+    }
+    Ok(())
+}

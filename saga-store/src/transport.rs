@@ -1,0 +1,261 @@
+//! The SQL-table transport: a durable queue in the database itself.
+//!
+//! Publishing inserts rows into `saga_queue`. A consumer claims visible rows of its channel by
+//! moving their `visible_at` a lease into the future (on PostgreSQL with `FOR UPDATE SKIP
+//! LOCKED`, so any number of processes share a channel safely); acknowledging deletes the
+//! row; a consumer that dies lets its lease run out and the message is delivered again.
+//!
+//! All consumers of a channel compete for its messages (one consumer group per channel).
+//! A row whose envelope cannot be read, or that has been delivered `max_deliveries` times
+//! without being acknowledged, is moved to `saga_dead_letters` with the reason, so no
+//! message blocks a channel.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use saga_core::ports::{DeadLetter, Delivery, Transport, TransportError};
+use saga_core::{Headers, Message, MessageId, Timestamp};
+use sqlx::AnyConnection;
+use sqlx::{Row, query};
+
+use crate::codec::{self, encode_headers, to_i64, to_u64};
+use crate::database::{Database, Dialect, NotifyTopic, Topic};
+use crate::error::transport_error;
+use crate::store::insert_dead_letter;
+
+/// Settings of the SQL-table transport.
+#[derive(Clone, Debug)]
+pub struct SqlTransportOptions {
+    /// How long a claimed message stays invisible to other consumers (default 30 s). A
+    /// consumer that dies holding it delays it by this much.
+    pub lease: Duration,
+    /// Deliveries after which an unacknowledged message is dead-lettered (default 10).
+    pub max_deliveries: u32,
+    /// How often an idle consumer looks for work when no wake-up arrives (default 1 s).
+    pub poll_interval: Duration,
+}
+
+impl Default for SqlTransportOptions {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(30),
+            max_deliveries: 10,
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// saga-core's transport port over a queue table.
+#[derive(Clone, Debug)]
+pub struct SqlTransport {
+    database: Database,
+    options: SqlTransportOptions,
+}
+
+const CLAIM_POSTGRES: &str = "UPDATE saga_queue SET visible_at = $1, deliveries = deliveries + 1 \
+     WHERE id IN (SELECT id FROM saga_queue WHERE channel = $2 AND visible_at <= $3 \
+                  ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) \
+     RETURNING id, message_id, headers, payload, deliveries";
+
+const CLAIM_SQLITE: &str = "UPDATE saga_queue SET visible_at = $1, deliveries = deliveries + 1 \
+     WHERE id IN (SELECT id FROM saga_queue WHERE channel = $2 AND visible_at <= $3 \
+                  ORDER BY id LIMIT $4) \
+     RETURNING id, message_id, headers, payload, deliveries";
+
+impl SqlTransport {
+    /// A transport on `database`'s queue table.
+    pub fn new(database: Database) -> Self {
+        Self::with_options(database, SqlTransportOptions::default())
+    }
+
+    /// A transport with non-default settings.
+    pub fn with_options(database: Database, options: SqlTransportOptions) -> Self {
+        Self { database, options }
+    }
+
+    /// The database holding the queue.
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    /// Inserts `messages` into the queue inside an open transaction (to publish atomically with
+    /// other writes to the same database).
+    pub async fn publish_in(
+        &self,
+        conn: &mut AnyConnection,
+        messages: &[Message],
+    ) -> Result<(), TransportError> {
+        let now = to_i64(Timestamp::now().as_millis());
+        for message in messages {
+            query(
+                "INSERT INTO saga_queue (channel, message_id, headers, payload, enqueued_at, visible_at) \
+                 VALUES ($1, $2, $3, $4, $5, $5)",
+            )
+            .bind(&message.destination)
+            .bind(message.id.to_string())
+            .bind(encode_headers(&message.headers))
+            .bind(&message.payload)
+            .bind(now)
+            .execute(&mut *conn)
+            .await
+            .map_err(transport_error)?;
+        }
+        if self.database.dialect() == Dialect::Postgres {
+            let mut channels: Vec<&str> = messages.iter().map(|m| m.destination.as_str()).collect();
+            channels.sort_unstable();
+            channels.dedup();
+            for channel in channels {
+                query("SELECT pg_notify($1, $2)")
+                    .bind(self.database.notify_channel(NotifyTopic::Queue))
+                    .bind(channel)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(transport_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Wakes local consumers of the channels `messages` went to.
+    pub fn wake_consumers(&self, messages: &[Message]) {
+        for message in messages {
+            self.database
+                .wakeups()
+                .wake(&Topic::Queue(message.destination.clone()));
+        }
+    }
+
+    async fn claim(&self, channel: &str, max: usize) -> Result<Vec<Delivery>, TransportError> {
+        let now = Timestamp::now();
+        let lease_end = now.plus(self.options.lease);
+        let mut tx = self.database.begin().await.map_err(transport_error)?;
+        let sql = match self.database.dialect() {
+            Dialect::Postgres => CLAIM_POSTGRES,
+            Dialect::Sqlite => CLAIM_SQLITE,
+        };
+        let rows = query(sql)
+            .bind(to_i64(lease_end.as_millis()))
+            .bind(channel)
+            .bind(to_i64(now.as_millis()))
+            .bind(to_i64(max as u64))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(transport_error)?;
+        let mut deliveries = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: i64 = row.try_get("id").map_err(transport_error)?;
+            let message_id: String = row.try_get("message_id").map_err(transport_error)?;
+            let headers: String = row.try_get("headers").map_err(transport_error)?;
+            let payload: String = row.try_get("payload").map_err(transport_error)?;
+            let count: i64 = row.try_get("deliveries").map_err(transport_error)?;
+            let attempt = u32::try_from(count).unwrap_or(u32::MAX);
+            let problem = match codec::message(&message_id, channel.to_owned(), &headers, payload.clone())
+            {
+                Ok(message) if attempt <= self.options.max_deliveries => {
+                    deliveries.push(Delivery {
+                        message,
+                        attempt,
+                        receipt: to_u64(id),
+                    });
+                    continue;
+                }
+                Ok(_) => format!(
+                    "delivered {} times without being acknowledged",
+                    attempt - 1
+                ),
+                Err(reason) => format!("unreadable envelope: {reason}"),
+            };
+            tracing::warn!(channel, message_id, %problem, "queue message dead-lettered");
+            let dead = DeadLetter {
+                consumer: format!("transport:{channel}"),
+                message: Message {
+                    id: message_id.parse().unwrap_or_else(|_| MessageId::new()),
+                    destination: channel.to_owned(),
+                    headers: Headers::new().with("x-stored-headers", headers),
+                    payload,
+                },
+                reason: problem,
+                at: now,
+            };
+            insert_dead_letter(&mut tx, &dead)
+                .await
+                .map_err(|e| TransportError::Other(e.to_string()))?;
+            query("DELETE FROM saga_queue WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(transport_error)?;
+        }
+        tx.commit().await.map_err(transport_error)?;
+        deliveries.sort_by_key(|d| d.receipt);
+        Ok(deliveries)
+    }
+}
+
+#[async_trait]
+impl Transport for SqlTransport {
+    async fn publish(&self, messages: &[Message]) -> Result<(), TransportError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.database.begin().await.map_err(transport_error)?;
+        self.publish_in(&mut tx, messages).await?;
+        tx.commit().await.map_err(transport_error)?;
+        self.wake_consumers(messages);
+        Ok(())
+    }
+
+    async fn receive(
+        &self,
+        channel: &str,
+        _group: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, TransportError> {
+        let wakeup = self
+            .database
+            .wakeups()
+            .get(&Topic::Queue(channel.to_owned()));
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let deliveries = self.claim(channel, max).await?;
+            let now = tokio::time::Instant::now();
+            if !deliveries.is_empty() || now >= deadline {
+                return Ok(deliveries);
+            }
+            let nap = (deadline - now).min(self.options.poll_interval);
+            let _ = tokio::time::timeout(nap, wakeup.notified()).await;
+        }
+    }
+
+    async fn ack(
+        &self,
+        _channel: &str,
+        _group: &str,
+        delivery: &Delivery,
+    ) -> Result<(), TransportError> {
+        query("DELETE FROM saga_queue WHERE id = $1")
+            .bind(to_i64(delivery.receipt))
+            .execute(self.database.pool())
+            .await
+            .map_err(transport_error)?;
+        Ok(())
+    }
+
+    async fn release(
+        &self,
+        _channel: &str,
+        _group: &str,
+        delivery: &Delivery,
+        delay: Duration,
+    ) -> Result<(), TransportError> {
+        let visible = Timestamp::now().plus(delay);
+        query("UPDATE saga_queue SET visible_at = $1 WHERE id = $2")
+            .bind(to_i64(visible.as_millis()))
+            .bind(to_i64(delivery.receipt))
+            .execute(self.database.pool())
+            .await
+            .map_err(transport_error)?;
+        Ok(())
+    }
+}
