@@ -1,2 +1,9 @@
-//! Cross-crate integration, conformance and snapshot tests for saga. The tests are the
-//! `[[test]]` targets of this package; this library is empty.
+//! Shared harness for saga's cross-crate tests: a small payment saga with a ledger
+//! participant that records every effect in a table, helpers to open SQLite and PostgreSQL
+//! test databases, and a system wrapper to run and inspect it. Used by the `[[test]]` targets
+//! of this package and by the `saga-test-worker` binary (the child process the crash tests
+//! kill).
+
+pub mod harness;
+pub mod payment;
+pub mod testdb;

@@ -46,7 +46,10 @@ fn parse_direction(name: &str) -> Result<Direction, StoreError> {
     match name {
         "forward" => Ok(Direction::Forward),
         "backward" => Ok(Direction::Backward),
-        other => Err(corrupt("saga direction", format!("unknown direction {other:?}"))),
+        other => Err(corrupt(
+            "saga direction",
+            format!("unknown direction {other:?}"),
+        )),
     }
 }
 
@@ -59,7 +62,10 @@ pub(crate) fn pending_columns(pending: Option<Pending>) -> (Option<&'static str>
     }
 }
 
-fn parse_pending(kind: Option<String>, request: Option<i64>) -> Result<Option<Pending>, StoreError> {
+fn parse_pending(
+    kind: Option<String>,
+    request: Option<i64>,
+) -> Result<Option<Pending>, StoreError> {
     match (kind.as_deref(), request) {
         (None, _) => Ok(None),
         (Some("reply"), Some(id)) => Ok(Some(Pending::Reply {
@@ -127,7 +133,11 @@ pub(crate) fn timer_columns(timer: &SagaTimer) -> (&'static str, i64, i64) {
 }
 
 /// Reads a timer from `(kind, request_id, attempt)`.
-pub(crate) fn parse_timer(kind: &str, request_id: i64, attempt: i64) -> Result<SagaTimer, StoreError> {
+pub(crate) fn parse_timer(
+    kind: &str,
+    request_id: i64,
+    attempt: i64,
+) -> Result<SagaTimer, StoreError> {
     let request_id = RequestId(to_u64(request_id));
     match kind {
         "timeout" => Ok(SagaTimer::Timeout {
@@ -171,14 +181,13 @@ pub(crate) fn dead_letter(row: &AnyRow) -> Result<DeadLetter, StoreError> {
     let destination: String = get(row, "destination")?;
     let payload: String = get(row, "payload")?;
     // A dead letter may hold unreadable headers; keep what can be read.
-    let message = message(&id, destination.clone(), &headers, payload.clone()).unwrap_or_else(|_| {
-        Message {
+    let message =
+        message(&id, destination.clone(), &headers, payload.clone()).unwrap_or_else(|_| Message {
             id: id.parse().unwrap_or_default(),
             destination,
             headers: Headers::new().with("x-unreadable-headers", headers),
             payload,
-        }
-    });
+        });
     Ok(DeadLetter {
         consumer: get(row, "consumer")?,
         message,

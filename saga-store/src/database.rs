@@ -173,8 +173,7 @@ impl Database {
             return Err(DatabaseError::InvalidSchema(schema.clone()));
         }
         let connect_options = AnyConnectOptions::from_str(url)?;
-        let pool = Self::pool_options(dialect, &options)
-            .connect_lazy_with(connect_options);
+        let pool = Self::pool_options(dialect, &options).connect_lazy_with(connect_options);
         let database = Self {
             inner: Arc::new(Inner {
                 pool,
@@ -184,7 +183,9 @@ impl Database {
                 wakeups: Wakeups::default(),
             }),
         };
-        database.wait_until_reachable(options.connect_timeout).await?;
+        database
+            .wait_until_reachable(options.connect_timeout)
+            .await?;
         database.migrate().await?;
         #[cfg(feature = "postgres")]
         if dialect == Dialect::Postgres {
@@ -261,7 +262,11 @@ impl Database {
     /// Applies the saga tables' migrations (idempotent).
     pub async fn migrate(&self) -> Result<(), DatabaseError> {
         match self.inner.dialect {
-            Dialect::Sqlite => sqlx::migrate!("migrations/sqlite").run(&self.inner.pool).await?,
+            Dialect::Sqlite => {
+                sqlx::migrate!("migrations/sqlite")
+                    .run(&self.inner.pool)
+                    .await?
+            }
             Dialect::Postgres => {
                 sqlx::migrate!("migrations/postgres")
                     .run(&self.inner.pool)

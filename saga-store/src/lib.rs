@@ -51,8 +51,11 @@ pub async fn start_saga_in<S: Saga>(
     let prepared = orchestrator.prepare_start::<S>(data, orchestrator.clock().now())?;
     match orchestrator.store().write_unit(tx, &prepared.unit).await? {
         CommitOutcome::Committed => Ok(prepared.saga_id),
-        other => Err(OrchestratorError::Store(saga_core::ports::StoreError::Other(
-            format!("starting saga {} wrote nothing: {other:?}", prepared.saga_id),
-        ))),
+        other => Err(OrchestratorError::Store(
+            saga_core::ports::StoreError::Other(format!(
+                "starting saga {} wrote nothing: {other:?}",
+                prepared.saga_id
+            )),
+        )),
     }
 }

@@ -570,7 +570,11 @@ async fn retention_loop(database: Database, options: Arc<RuntimeOptions>, mut sh
         }
         match apply_retention(&database, &options.retention).await {
             Ok(deleted) if deleted.outbox + deleted.received > 0 => {
-                tracing::info!(outbox = deleted.outbox, received = deleted.received, "retention deleted processed rows");
+                tracing::info!(
+                    outbox = deleted.outbox,
+                    received = deleted.received,
+                    "retention deleted processed rows"
+                );
             }
             Ok(_) => {}
             Err(err) => tracing::warn!(error = %err, "retention failed; will try again"),

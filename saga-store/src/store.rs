@@ -17,8 +17,8 @@ use sqlx::AnyConnection;
 use sqlx::{AssertSqlSafe, Row, query};
 
 use crate::codec::{
-    self, SAGA_COLUMNS, direction_name, encode_headers, pending_columns, saga_id_text,
-    status_name, timer_columns, to_i64, to_u64,
+    self, SAGA_COLUMNS, direction_name, encode_headers, pending_columns, saga_id_text, status_name,
+    timer_columns, to_i64, to_u64,
 };
 use crate::database::{Database, Dialect, NotifyTopic, Topic};
 use crate::error::{corrupt, store_error};
@@ -151,8 +151,8 @@ async fn write_saga(
     let record = &write.record;
     let state = &record.state;
     let (pending_kind, pending_request) = pending_columns(state.pending);
-    let completed = serde_json::to_string(&state.completed_steps)
-        .map_err(|e| corrupt("completed_steps", e))?;
+    let completed =
+        serde_json::to_string(&state.completed_steps).map_err(|e| corrupt("completed_steps", e))?;
     let data = serde_json::to_string(&record.data).map_err(|e| corrupt("saga data", e))?;
     let deadline = state.deadline.map(|d| to_i64(d.as_millis()));
     let sql = match write.expected_version {
@@ -274,7 +274,8 @@ impl SagaStore for SqlSagaStore {
                     saga_id: saga_id.parse().map_err(|e| corrupt("saga_id", e))?,
                     timer: codec::parse_timer(
                         &kind,
-                        row.try_get("request_id").map_err(|e| corrupt("request_id", e))?,
+                        row.try_get("request_id")
+                            .map_err(|e| corrupt("request_id", e))?,
                         row.try_get("attempt").map_err(|e| corrupt("attempt", e))?,
                     )?,
                     due: Timestamp(to_u64(row.try_get("due").map_err(|e| corrupt("due", e))?)),
@@ -338,17 +339,23 @@ pub(crate) async fn unpublished_on(
     .map_err(store_error)?;
     rows.iter()
         .map(|row| {
-            let id: String = row.try_get("message_id").map_err(|e| corrupt("message_id", e))?;
+            let id: String = row
+                .try_get("message_id")
+                .map_err(|e| corrupt("message_id", e))?;
             let headers: String = row.try_get("headers").map_err(|e| corrupt("headers", e))?;
             let message = codec::message(
                 &id,
-                row.try_get("destination").map_err(|e| corrupt("destination", e))?,
+                row.try_get("destination")
+                    .map_err(|e| corrupt("destination", e))?,
                 &headers,
                 row.try_get("payload").map_err(|e| corrupt("payload", e))?,
             )
             .map_err(|e| corrupt("outbox message", e))?;
             Ok(OutboxEntry {
-                sequence: to_u64(row.try_get("sequence").map_err(|e| corrupt("sequence", e))?),
+                sequence: to_u64(
+                    row.try_get("sequence")
+                        .map_err(|e| corrupt("sequence", e))?,
+                ),
                 message,
             })
         })

@@ -149,22 +149,19 @@ impl SqlTransport {
             let payload: String = row.try_get("payload").map_err(transport_error)?;
             let count: i64 = row.try_get("deliveries").map_err(transport_error)?;
             let attempt = u32::try_from(count).unwrap_or(u32::MAX);
-            let problem = match codec::message(&message_id, channel.to_owned(), &headers, payload.clone())
-            {
-                Ok(message) if attempt <= self.options.max_deliveries => {
-                    deliveries.push(Delivery {
-                        message,
-                        attempt,
-                        receipt: to_u64(id),
-                    });
-                    continue;
-                }
-                Ok(_) => format!(
-                    "delivered {} times without being acknowledged",
-                    attempt - 1
-                ),
-                Err(reason) => format!("unreadable envelope: {reason}"),
-            };
+            let problem =
+                match codec::message(&message_id, channel.to_owned(), &headers, payload.clone()) {
+                    Ok(message) if attempt <= self.options.max_deliveries => {
+                        deliveries.push(Delivery {
+                            message,
+                            attempt,
+                            receipt: to_u64(id),
+                        });
+                        continue;
+                    }
+                    Ok(_) => format!("delivered {} times without being acknowledged", attempt - 1),
+                    Err(reason) => format!("unreadable envelope: {reason}"),
+                };
             tracing::warn!(channel, message_id, %problem, "queue message dead-lettered");
             let dead = DeadLetter {
                 consumer: format!("transport:{channel}"),

@@ -1,0 +1,66 @@
+//! The child process of the crash tests: runs PaymentSaga's orchestrator and the ledger
+//! participant on a test database until it is killed (or stopped with Ctrl-C).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use saga_core::orchestrator::Orchestrator;
+use saga_store::{RuntimeOptions, SagaRuntime, SqlSagaStore, SqlTransport, SqlTransportOptions};
+use saga_tests::payment::{Ledger, PaymentSaga, REPLIES, ledger_participant};
+use saga_tests::testdb::TestDb;
+
+/// Runs PaymentSaga's workers on a test database.
+#[derive(Debug, Parser)]
+struct Args {
+    /// The database URL.
+    #[arg(long)]
+    url: String,
+    /// The PostgreSQL schema.
+    #[arg(long)]
+    schema: Option<String>,
+    /// A pause inside every ledger handler, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
+    /// The queue lease, in milliseconds.
+    #[arg(long, default_value_t = 1_000)]
+    lease_ms: u64,
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let database = TestDb::reopen(&args.url, args.schema.as_deref()).await;
+    let transport = SqlTransport::with_options(
+        database.clone(),
+        SqlTransportOptions {
+            lease: Duration::from_millis(args.lease_ms),
+            poll_interval: Duration::from_millis(100),
+            ..SqlTransportOptions::default()
+        },
+    );
+    let orchestrator = Arc::new(
+        Orchestrator::new(Arc::new(SqlSagaStore::new(database.clone())), REPLIES)
+            .register::<PaymentSaga>(),
+    );
+    let ledger = Ledger {
+        delay: Duration::from_millis(args.delay_ms),
+    };
+    let runtime = SagaRuntime::builder(Arc::new(transport))
+        .options(RuntimeOptions {
+            poll_interval: Duration::from_millis(100),
+            ..RuntimeOptions::default()
+        })
+        .orchestrator(orchestrator)
+        .participant(&database, ledger_participant(ledger))
+        .start();
+    let _ = tokio::signal::ctrl_c().await;
+    runtime.shutdown().await;
+}

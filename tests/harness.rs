@@ -1,0 +1,185 @@
+//! A PaymentSaga system on a test database: start payments, run workers, wait for terminal
+//! states, and inspect the effects the ledger recorded.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use saga_core::SagaId;
+use saga_core::engine::SagaStatus;
+use saga_core::orchestrator::Orchestrator;
+use saga_core::ports::{SagaStore, Transport};
+use saga_store::{
+    RuntimeOptions, SagaRuntime, SqlSagaStore, SqlTransport, SqlTransportOptions, start_saga_in,
+};
+use sqlx::{Row, query};
+
+use crate::payment::{Ledger, PaymentData, PaymentSaga, REPLIES, ledger_participant};
+use crate::testdb::TestDb;
+
+/// PaymentSaga's orchestrator and store on a test database.
+#[derive(Debug)]
+pub struct PaymentSystem {
+    /// The database.
+    pub db: TestDb,
+    /// The store.
+    pub store: SqlSagaStore,
+    /// The orchestrator.
+    pub orchestrator: Arc<Orchestrator<SqlSagaStore>>,
+}
+
+/// Transport settings for tests: short leases and polls.
+pub fn test_transport_options() -> SqlTransportOptions {
+    SqlTransportOptions {
+        lease: Duration::from_secs(1),
+        poll_interval: Duration::from_millis(50),
+        ..SqlTransportOptions::default()
+    }
+}
+
+/// Worker settings for tests: short polls.
+pub fn test_runtime_options() -> RuntimeOptions {
+    RuntimeOptions {
+        poll_interval: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(500),
+        ..RuntimeOptions::default()
+    }
+}
+
+impl PaymentSystem {
+    /// The system on `db`.
+    pub fn new(db: TestDb) -> Self {
+        let store = SqlSagaStore::new(db.database.clone());
+        let orchestrator =
+            Arc::new(Orchestrator::new(Arc::new(store.clone()), REPLIES).register::<PaymentSaga>());
+        Self {
+            db,
+            store,
+            orchestrator,
+        }
+    }
+
+    /// The SQL-table transport on the test database.
+    pub fn sql_transport(&self) -> SqlTransport {
+        SqlTransport::with_options(self.db.database.clone(), test_transport_options())
+    }
+
+    /// Starts one payment saga per `(payment, amount)`, each in its own transaction.
+    pub async fn start(&self, payments: &[(i64, i64)]) -> Vec<SagaId> {
+        let mut ids = Vec::new();
+        for &(payment, amount) in payments {
+            let mut tx = self.db.database.begin().await.expect("begins");
+            let id = start_saga_in::<PaymentSaga>(
+                &self.orchestrator,
+                &mut tx,
+                PaymentData { payment, amount },
+            )
+            .await
+            .expect("starts");
+            tx.commit().await.expect("commits");
+            ids.push(id);
+        }
+        self.db.database.wake_relay();
+        ids
+    }
+
+    /// Runs the orchestrator and the ledger over `transport`.
+    pub fn run(&self, transport: Arc<dyn Transport>, ledger: Ledger) -> SagaRuntime {
+        SagaRuntime::builder(transport)
+            .options(test_runtime_options())
+            .orchestrator(self.orchestrator.clone())
+            .participant(&self.db.database, ledger_participant(ledger))
+            .start()
+    }
+
+    /// The statuses of `ids`.
+    pub async fn statuses(&self, ids: &[SagaId]) -> Vec<SagaStatus> {
+        let mut statuses = Vec::new();
+        for id in ids {
+            let record = self.store.load(*id).await.expect("loads");
+            statuses.push(record.map_or(SagaStatus::Created, |r| r.state.status));
+        }
+        statuses
+    }
+
+    /// Waits until every saga in `ids` is terminal; panics with the stragglers after `timeout`.
+    pub async fn wait_terminal(&self, ids: &[SagaId], timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let statuses = self.statuses(ids).await;
+            if statuses.iter().all(|s| s.is_terminal()) {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+                for status in statuses {
+                    *counts.entry(status.to_string()).or_default() += 1;
+                }
+                panic!("sagas not terminal after {timeout:?}: {counts:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every effect the ledger recorded: `(saga, action) → count`.
+    pub async fn effects(&self) -> BTreeMap<(String, String), i64> {
+        let rows =
+            query("SELECT saga, action, COUNT(*) AS n FROM test_effects GROUP BY saga, action")
+                .fetch_all(self.db.database.pool())
+                .await
+                .expect("reads effects");
+        rows.iter()
+            .map(|row| {
+                (
+                    (
+                        row.try_get::<String, _>("saga").expect("saga"),
+                        row.try_get::<String, _>("action").expect("action"),
+                    ),
+                    row.try_get::<i64, _>("n").expect("n"),
+                )
+            })
+            .collect()
+    }
+
+    /// Asserts no effect happened twice, and that each saga's effects match its outcome:
+    /// completed → reserve, charge, confirm; compensated → reserve, release.
+    pub async fn assert_effects_consistent(&self, ids: &[SagaId]) {
+        let effects = self.effects().await;
+        let duplicated: Vec<_> = effects.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(duplicated.is_empty(), "duplicated effects: {duplicated:?}");
+        for (id, status) in ids.iter().zip(self.statuses(ids).await) {
+            let saga = id.to_string();
+            let has = |action: &str| effects.contains_key(&(saga.clone(), action.to_owned()));
+            match status {
+                SagaStatus::Completed => assert!(
+                    has("reserve") && has("charge") && has("confirm") && !has("release"),
+                    "completed saga {saga} has effects {:?}",
+                    effects
+                        .keys()
+                        .filter(|(s, _)| *s == saga)
+                        .collect::<Vec<_>>()
+                ),
+                SagaStatus::Compensated => assert!(
+                    has("reserve") && has("release") && !has("charge") && !has("confirm"),
+                    "compensated saga {saga} has effects {:?}",
+                    effects
+                        .keys()
+                        .filter(|(s, _)| *s == saga)
+                        .collect::<Vec<_>>()
+                ),
+                other => panic!("saga {saga} is {other}"),
+            }
+        }
+    }
+
+    /// How many rows a table has.
+    pub async fn count(&self, table: &'static str) -> i64 {
+        let sql = sqlx::AssertSqlSafe(format!("SELECT COUNT(*) AS n FROM {table}"));
+        query(sql)
+            .fetch_one(self.db.database.pool())
+            .await
+            .expect("counts")
+            .try_get("n")
+            .expect("n")
+    }
+}

@@ -1,0 +1,677 @@
+//! The durable-store conformance suite, run against SQLite and PostgreSQL alike.
+//!
+//! PostgreSQL runs need `SAGA_TEST_POSTGRES_URL` (each test gets its own schema); without it
+//! those tests say they did not run.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use saga_core::message::headers;
+use saga_core::orchestrator::Handled;
+use saga_core::ports::{Delivery, SagaStore, Transport, TransportError};
+use saga_core::{Headers, Message, SagaStatus};
+use saga_store::{
+    Database, DatabaseError, DatabaseOptions, RetentionPolicy, apply_retention, locks,
+};
+use saga_tests::harness::PaymentSystem;
+use saga_tests::payment::{FLAKY_AMOUNT, LEDGER, Ledger, PaymentSaga, REPLIES};
+use saga_tests::testdb::{Backend, TestDb};
+use sqlx::query;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn system(backend: Backend, test: &str) -> Option<PaymentSystem> {
+    Some(PaymentSystem::new(TestDb::open(backend, test).await?))
+}
+
+/// Payments 1..=n; every fourth over the limit (compensated), one flaky confirm.
+fn payments(n: i64) -> Vec<(i64, i64)> {
+    (1..=n)
+        .map(|p| {
+            let amount = match p % 4 {
+                0 => 500,
+                1 => FLAKY_AMOUNT,
+                _ => 10 + p % 50,
+            };
+            (p, amount)
+        })
+        .collect()
+}
+
+async fn transactional_start_rolled_back_leaves_nothing(backend: Backend) {
+    let Some(system) = system(backend, "transactional_start").await else {
+        return;
+    };
+    let database = &system.db.database;
+    query("CREATE TABLE orders (id BIGINT PRIMARY KEY, state TEXT NOT NULL)")
+        .execute(database.pool())
+        .await
+        .expect("orders table");
+
+    let mut tx = database.begin().await.expect("begins");
+    query("INSERT INTO orders (id, state) VALUES (1, 'APPROVAL_PENDING')")
+        .execute(&mut *tx)
+        .await
+        .expect("inserts");
+    let data = saga_tests::payment::PaymentData {
+        payment: 1,
+        amount: 5,
+    };
+    let rolled_back =
+        saga_store::start_saga_in::<PaymentSaga>(&system.orchestrator, &mut tx, data.clone())
+            .await
+            .expect("starts");
+    tx.rollback().await.expect("rolls back");
+    assert!(
+        system
+            .store
+            .load(rolled_back)
+            .await
+            .expect("loads")
+            .is_none()
+    );
+    assert_eq!(system.count("orders").await, 0);
+    assert_eq!(system.count("saga_outbox").await, 0);
+    assert_eq!(system.count("saga_history").await, 0);
+
+    let mut tx = database.begin().await.expect("begins");
+    query("INSERT INTO orders (id, state) VALUES (1, 'APPROVAL_PENDING')")
+        .execute(&mut *tx)
+        .await
+        .expect("inserts");
+    let committed = saga_store::start_saga_in::<PaymentSaga>(&system.orchestrator, &mut tx, data)
+        .await
+        .expect("starts");
+    tx.commit().await.expect("commits");
+    let record = system
+        .store
+        .load(committed)
+        .await
+        .expect("loads")
+        .expect("exists");
+    assert_eq!(record.state.status, SagaStatus::Running);
+    assert_eq!(record.state.current_step.as_deref(), Some("reserve"));
+    assert_eq!(system.count("orders").await, 1);
+    assert_eq!(system.count("saga_outbox").await, 1, "the first command");
+    system.db.cleanup().await;
+}
+
+/// A transport that publishes every message twice.
+struct Duplicating<T>(T);
+
+#[async_trait]
+impl<T: Transport> Transport for Duplicating<T> {
+    async fn publish(&self, messages: &[Message]) -> Result<(), TransportError> {
+        self.0.publish(messages).await?;
+        self.0.publish(messages).await
+    }
+    async fn receive(
+        &self,
+        c: &str,
+        g: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, TransportError> {
+        self.0.receive(c, g, max, wait).await
+    }
+    async fn ack(&self, c: &str, g: &str, d: &Delivery) -> Result<(), TransportError> {
+        self.0.ack(c, g, d).await
+    }
+    async fn release(
+        &self,
+        c: &str,
+        g: &str,
+        d: &Delivery,
+        delay: Duration,
+    ) -> Result<(), TransportError> {
+        self.0.release(c, g, d, delay).await
+    }
+}
+
+async fn every_message_delivered_twice_has_one_effect(backend: Backend) {
+    let Some(system) = system(backend, "duplicate_delivery").await else {
+        return;
+    };
+    let ids = system.start(&payments(24)).await;
+    let transport = Duplicating(system.sql_transport());
+    let runtime = system.run(Arc::new(transport), Ledger::default());
+    system.wait_terminal(&ids, WAIT).await;
+    runtime.shutdown().await;
+    system.assert_effects_consistent(&ids).await;
+    let statuses = system.statuses(&ids).await;
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == SagaStatus::Compensated)
+            .count(),
+        6
+    );
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == SagaStatus::Completed)
+            .count(),
+        18
+    );
+    system.db.cleanup().await;
+}
+
+async fn concurrent_replies_to_one_saga_stay_consistent(backend: Backend) {
+    let Some(system) = system(backend, "concurrent_replies").await else {
+        return;
+    };
+    let ids = system.start(&[(1, 5)]).await;
+    let saga = ids[0];
+    let before = system
+        .store
+        .load(saga)
+        .await
+        .expect("loads")
+        .expect("exists");
+    // Eight copies of the reply to `reserve` (request 1), each under its own message id,
+    // handled at once: exactly one moves the saga.
+    let reply = |_: usize| {
+        Message::new(
+            REPLIES,
+            Headers::new()
+                .with(headers::MESSAGE_TYPE, "Done")
+                .with(headers::SAGA_ID, saga)
+                .with(headers::REQUEST_ID, 1)
+                .with(headers::REPLY_OUTCOME, "success"),
+            "null".to_owned(),
+        )
+    };
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let orchestrator = system.orchestrator.clone();
+        let message = reply(i);
+        tasks.push(tokio::spawn(async move {
+            orchestrator.handle_reply(&message).await
+        }));
+    }
+    let mut applied = 0;
+    for task in tasks {
+        match task.await.expect("joins").expect("handles") {
+            Handled::Applied(_) => applied += 1,
+            Handled::Ignored(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(applied, 1);
+    let after = system
+        .store
+        .load(saga)
+        .await
+        .expect("loads")
+        .expect("exists");
+    assert_eq!(after.version, before.version + 1);
+    assert_eq!(after.state.current_step.as_deref(), Some("charge"));
+    assert_eq!(
+        system.count("saga_outbox").await,
+        2,
+        "reserve, then exactly one charge"
+    );
+    system.db.cleanup().await;
+}
+
+/// A transport that publishes, then reports failure the first `n` times — as if the relay
+/// crashed after publishing and before marking the rows published.
+struct CrashAfterPublish<T> {
+    inner: T,
+    crashes_left: AtomicUsize,
+}
+
+#[async_trait]
+impl<T: Transport> Transport for CrashAfterPublish<T> {
+    async fn publish(&self, messages: &[Message]) -> Result<(), TransportError> {
+        self.inner.publish(messages).await?;
+        if self
+            .crashes_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(TransportError::Unavailable(
+                "relay crashed after publishing".into(),
+            ));
+        }
+        Ok(())
+    }
+    async fn receive(
+        &self,
+        c: &str,
+        g: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, TransportError> {
+        self.inner.receive(c, g, max, wait).await
+    }
+    async fn ack(&self, c: &str, g: &str, d: &Delivery) -> Result<(), TransportError> {
+        self.inner.ack(c, g, d).await
+    }
+    async fn release(
+        &self,
+        c: &str,
+        g: &str,
+        d: &Delivery,
+        delay: Duration,
+    ) -> Result<(), TransportError> {
+        self.inner.release(c, g, d, delay).await
+    }
+}
+
+async fn crash_between_commit_and_publish_loses_nothing(backend: Backend) {
+    let Some(system) = system(backend, "crash_after_publish").await else {
+        return;
+    };
+    let ids = system.start(&payments(12)).await;
+    let transport = CrashAfterPublish {
+        inner: system.sql_transport(),
+        crashes_left: AtomicUsize::new(5),
+    };
+    let runtime = system.run(Arc::new(transport), Ledger::default());
+    system.wait_terminal(&ids, WAIT).await;
+    runtime.shutdown().await;
+    system.assert_effects_consistent(&ids).await;
+    system.db.cleanup().await;
+}
+
+async fn poison_messages_are_dead_lettered_and_the_channels_keep_flowing(backend: Backend) {
+    let Some(system) = system(backend, "poison").await else {
+        return;
+    };
+    let transport = system.sql_transport();
+    let typed = |t: &str| Headers::new().with(headers::MESSAGE_TYPE, t);
+    let with_reply = |t: &str| {
+        typed(t)
+            .with(headers::REPLY_TO, REPLIES)
+            .with(headers::SAGA_ID, saga_core::SagaId::new())
+            .with(headers::REQUEST_ID, 1)
+    };
+    transport
+        .publish(&[
+            Message::new(LEDGER, with_reply("Reserve"), "{bad json".to_owned()),
+            Message::new(LEDGER, typed("Teleport"), "{}".to_owned()),
+            Message::new(LEDGER, Headers::new(), "{}".to_owned()),
+            Message::new(REPLIES, typed("Done"), "null".to_owned()),
+        ])
+        .await
+        .expect("publishes");
+    // A row whose envelope itself is unreadable.
+    query(
+        "INSERT INTO saga_queue (channel, message_id, headers, payload, enqueued_at, visible_at) \
+         VALUES ('ledger', 'not-a-uuid', '{oops', 'x', 0, 0)",
+    )
+    .execute(system.db.database.pool())
+    .await
+    .expect("inserts");
+    let ids = system.start(&payments(4)).await;
+    let runtime = system.run(Arc::new(transport), Ledger::default());
+    system.wait_terminal(&ids, WAIT).await;
+    runtime.shutdown().await;
+    system.assert_effects_consistent(&ids).await;
+
+    let dead = system.store.dead_letters().await.expect("reads");
+    let reasons: Vec<String> = dead
+        .iter()
+        .map(|d| format!("{}: {}", d.consumer, d.reason))
+        .collect();
+    let expect = [
+        "ledger: malformed payload for `Reserve`",
+        "ledger: participant `ledger` has no handler for command type `Teleport`",
+        "ledger: unusable command: missing header `message-type`",
+        "unusable reply: missing header `saga-id`",
+        "transport:ledger: unreadable envelope",
+        // The malformed Reserve named a reply channel, so the ledger answered with a failure
+        // reply — to a saga that does not exist, which the orchestrator sets aside.
+        "orchestrator:payments.replies: no saga with id",
+    ];
+    for expected in expect {
+        assert!(
+            reasons.iter().any(|r| r.contains(expected)),
+            "no `{expected}` in {reasons:#?}"
+        );
+    }
+    assert_eq!(dead.len(), expect.len(), "{reasons:#?}");
+    system.db.cleanup().await;
+}
+
+async fn retry_timers_survive_a_restart_and_fire_once(backend: Backend) {
+    let Some(system) = system(backend, "timers_restart").await else {
+        return;
+    };
+    // The flaky confirm is refused once; its retry waits 300 ms in the timers table.
+    let ids = system.start(&[(1, FLAKY_AMOUNT)]).await;
+    let runtime = system.run(Arc::new(system.sql_transport()), Ledger::default());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while system.count("saga_timers").await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no retry was scheduled"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    runtime.shutdown().await;
+    let parked = system
+        .store
+        .load(ids[0])
+        .await
+        .expect("loads")
+        .expect("exists");
+    assert_eq!(parked.state.status, SagaStatus::Running);
+
+    // A new process: a fresh pool on the same database.
+    let restarted = PaymentSystem::new(system.db.restarted().await);
+    let runtime = restarted.run(Arc::new(restarted.sql_transport()), Ledger::default());
+    restarted.wait_terminal(&ids, WAIT).await;
+    runtime.shutdown().await;
+    assert_eq!(restarted.statuses(&ids).await, [SagaStatus::Completed]);
+    let history = restarted.store.history(ids[0]).await.expect("history");
+    let retries = history
+        .iter()
+        .filter(|h| {
+            matches!(
+                &h.event,
+                saga_core::engine::HistoryEvent::RetryScheduled { .. }
+            )
+        })
+        .count();
+    let confirms = history
+        .iter()
+        .filter(|h| matches!(&h.event, saga_core::engine::HistoryEvent::CommandSent { step, .. } if step == "confirm"))
+        .count();
+    assert_eq!(
+        (retries, confirms),
+        (1, 2),
+        "one retry, two sends of confirm"
+    );
+    assert_eq!(restarted.count("saga_timers").await, 0);
+    restarted.assert_effects_consistent(&ids).await;
+    system.db.cleanup().await;
+}
+
+async fn retention_deletes_only_old_processed_rows(backend: Backend) {
+    let Some(system) = system(backend, "retention").await else {
+        return;
+    };
+    let ids = system.start(&payments(4)).await;
+    let runtime = system.run(Arc::new(system.sql_transport()), Ledger::default());
+    system.wait_terminal(&ids, WAIT).await;
+    runtime.shutdown().await;
+    let database = &system.db.database;
+    let outbox = system.count("saga_outbox").await;
+    let received = system.count("saga_received").await;
+    assert!(outbox > 0 && received > 0);
+    // Nothing is old enough yet.
+    let policy = RetentionPolicy {
+        batch: 3,
+        ..RetentionPolicy::default()
+    };
+    assert_eq!(
+        apply_retention(database, &policy)
+            .await
+            .expect("runs")
+            .outbox,
+        0
+    );
+    // Age every row, and add one unpublished row that must survive.
+    query("UPDATE saga_outbox SET published_at = 1 WHERE published_at IS NOT NULL")
+        .execute(database.pool())
+        .await
+        .expect("ages");
+    query("UPDATE saga_received SET received_at = 1")
+        .execute(database.pool())
+        .await
+        .expect("ages");
+    query(
+        "INSERT INTO saga_outbox (message_id, destination, headers, payload, created_at) \
+         VALUES ('0190a0a0-0000-7000-8000-000000000000', 'x', '{}', 'null', 1)",
+    )
+    .execute(database.pool())
+    .await
+    .expect("inserts");
+    let report = apply_retention(database, &policy).await.expect("runs");
+    assert_eq!(report.outbox, u64::try_from(outbox).expect("count"));
+    assert_eq!(report.received, u64::try_from(received).expect("count"));
+    assert_eq!(
+        system.count("saga_outbox").await,
+        1,
+        "the unpublished row stays"
+    );
+    assert_eq!(system.count("saga_received").await, 0);
+    system.db.cleanup().await;
+}
+
+async fn a_killed_worker_process_is_restarted_and_every_saga_finishes_once(backend: Backend) {
+    let Some(system) = system(backend, "sigkill").await else {
+        return;
+    };
+    let ids = system.start(&payments(200)).await;
+    let spawn = || {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_saga-test-worker"));
+        command.args([
+            "--url",
+            &system.db.url,
+            "--delay-ms",
+            "3",
+            "--lease-ms",
+            "1000",
+        ]);
+        if let Some(schema) = &system.db.schema {
+            command.args(["--schema", schema]);
+        }
+        command.kill_on_drop(true).spawn().expect("worker starts")
+    };
+    let mut child = spawn();
+    // Let it get well into the run, then kill it without warning.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let effects: i64 = system.effects().await.values().sum();
+        if effects >= 150 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker made no progress"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.start_kill().expect("SIGKILL");
+    let status = child.wait().await.expect("exits");
+    assert!(!status.success(), "killed, not finished: {status:?}");
+    let statuses = system.statuses(&ids).await;
+    let unfinished = statuses.iter().filter(|s| !s.is_terminal()).count();
+    assert!(unfinished > 0, "the kill came too late to prove anything");
+
+    let mut child = spawn();
+    system.wait_terminal(&ids, WAIT).await;
+    child.start_kill().expect("stops");
+    let _ = child.wait().await;
+    system.assert_effects_consistent(&ids).await;
+    system.db.cleanup().await;
+}
+
+async fn semantic_locks_are_held_by_one_saga_at_a_time(backend: Backend) {
+    let Some(system) = system(backend, "locks").await else {
+        return;
+    };
+    let database = &system.db.database;
+    let (first, second) = (saga_core::SagaId::new(), saga_core::SagaId::new());
+    let mut tx = database.begin().await.expect("begins");
+    locks::acquire(&mut tx, "order:7", first, "APPROVAL_PENDING")
+        .await
+        .expect("locks");
+    // Taking it again for the same saga is fine.
+    locks::acquire(&mut tx, "order:7", first, "APPROVAL_PENDING")
+        .await
+        .expect("idempotent");
+    tx.commit().await.expect("commits");
+
+    let mut tx = database.begin().await.expect("begins");
+    let err = locks::acquire(&mut tx, "order:7", second, "CANCEL_PENDING")
+        .await
+        .expect_err("held");
+    assert_eq!(
+        err.to_string(),
+        format!("order:7 is locked in state APPROVAL_PENDING by saga {first}")
+    );
+    assert!(
+        !locks::release(&mut tx, "order:7", second)
+            .await
+            .expect("runs"),
+        "not the holder"
+    );
+    assert!(
+        locks::release(&mut tx, "order:7", first)
+            .await
+            .expect("runs")
+    );
+    locks::acquire(&mut tx, "order:7", second, "CANCEL_PENDING")
+        .await
+        .expect("free now");
+    let holder = locks::holder(&mut tx, "order:7")
+        .await
+        .expect("reads")
+        .expect("held");
+    assert_eq!(holder.saga_id, second.to_string());
+    tx.commit().await.expect("commits");
+    system.db.cleanup().await;
+}
+
+async fn an_unreachable_database_is_a_clear_error(backend: Backend) {
+    let url = match backend {
+        Backend::Sqlite => "sqlite:///nonexistent-dir-for-saga-tests/x.db".to_owned(),
+        Backend::Postgres => "postgres://postgres@127.0.0.1:1/test".to_owned(),
+    };
+    let options = DatabaseOptions {
+        connect_timeout: Duration::from_millis(500),
+        ..DatabaseOptions::default()
+    };
+    let err = Database::connect_with(&url, options)
+        .await
+        .expect_err("fails");
+    let text = err.to_string();
+    match backend {
+        Backend::Postgres => {
+            assert!(matches!(err, DatabaseError::Unreachable { .. }), "{text}");
+            assert!(
+                text.contains("cannot reach the database at postgres://postgres@127.0.0.1:1/test"),
+                "{text}"
+            );
+        }
+        Backend::Sqlite => assert!(text.contains("unable to open database file"), "{text}"),
+    }
+}
+
+macro_rules! conformance {
+    ($backend:ident, $variant:expr) => {
+        mod $backend {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn transactional_start_rolled_back_leaves_nothing() {
+                super::transactional_start_rolled_back_leaves_nothing($variant).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn every_message_delivered_twice_has_one_effect() {
+                super::every_message_delivered_twice_has_one_effect($variant).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn concurrent_replies_to_one_saga_stay_consistent() {
+                super::concurrent_replies_to_one_saga_stay_consistent($variant).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn crash_between_commit_and_publish_loses_nothing() {
+                super::crash_between_commit_and_publish_loses_nothing($variant).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn poison_messages_are_dead_lettered_and_the_channels_keep_flowing() {
+                super::poison_messages_are_dead_lettered_and_the_channels_keep_flowing($variant)
+                    .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn retry_timers_survive_a_restart_and_fire_once() {
+                super::retry_timers_survive_a_restart_and_fire_once($variant).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn retention_deletes_only_old_processed_rows() {
+                super::retention_deletes_only_old_processed_rows($variant).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_killed_worker_process_is_restarted_and_every_saga_finishes_once() {
+                super::a_killed_worker_process_is_restarted_and_every_saga_finishes_once($variant)
+                    .await;
+            }
+
+            #[tokio::test]
+            async fn semantic_locks_are_held_by_one_saga_at_a_time() {
+                super::semantic_locks_are_held_by_one_saga_at_a_time($variant).await;
+            }
+
+            #[tokio::test]
+            async fn an_unreachable_database_is_a_clear_error() {
+                super::an_unreachable_database_is_a_clear_error($variant).await;
+            }
+        }
+    };
+}
+
+conformance!(sqlite, Backend::Sqlite);
+conformance!(postgres, Backend::Postgres);
+
+/// PostgreSQL only: every connection of the running system is terminated
+/// (`pg_terminate_backend`) three times mid-run; the workers reconnect and finish everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_dropped_mid_run_recover_and_lose_nothing() {
+    let Some(url) = saga_tests::testdb::postgres_url() else {
+        saga_tests::testdb::notice(
+            "postgres test `connections_dropped_mid_run` did not run: set SAGA_TEST_POSTGRES_URL",
+        );
+        return;
+    };
+    let schema_db = TestDb::postgres(&url).await;
+    let application = schema_db.schema.clone().expect("schema");
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let tagged_url = format!("{url}{separator}application_name={application}");
+    // The system under test connects with an application name we can find it by.
+    let tagged = TestDb::reopen(&tagged_url, schema_db.schema.as_deref()).await;
+    let system = PaymentSystem::new(TestDb::with_database(&schema_db, tagged));
+    let ids = system.start(&payments(120)).await;
+    let runtime = system.run(
+        Arc::new(system.sql_transport()),
+        Ledger {
+            delay: Duration::from_millis(2),
+        },
+    );
+    let admin = schema_db.database.clone();
+    let mut terminated = 0;
+    for threshold in [60, 150, 250] {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while system.effects().await.values().sum::<i64>() < threshold {
+            assert!(tokio::time::Instant::now() < deadline, "no progress");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let killed = query(
+            "SELECT COUNT(pg_terminate_backend(pid)) AS n FROM pg_stat_activity \
+             WHERE application_name = $1",
+        )
+        .bind(&application)
+        .fetch_one(admin.pool())
+        .await
+        .expect("terminates");
+        terminated += sqlx::Row::try_get::<i64, _>(&killed, "n").expect("n");
+    }
+    assert!(terminated >= 3, "terminated {terminated} connections");
+    system.wait_terminal(&ids, WAIT).await;
+    runtime.shutdown().await;
+    system.assert_effects_consistent(&ids).await;
+    schema_db.cleanup().await;
+}
