@@ -2,9 +2,12 @@
 //! the in-memory store and transport, including a transport that duplicates and reorders
 //! messages, and poison messages.
 
+mod in_memory_ftgo;
+
 use ftgo::messages::{LineItem, channels};
-use ftgo::services::{OrderState, TicketState};
-use ftgo::system::{BLOCKED_CONSUMER as BLOCKED, CLOSED_RESTAURANT as CLOSED, FtgoSystem};
+use in_memory_ftgo::{
+    BLOCKED_CONSUMER as BLOCKED, CLOSED_RESTAURANT as CLOSED, FtgoSystem, OrderState, TicketState,
+};
 use saga_core::memory::{Faults, InMemoryTransport};
 use saga_core::message::headers;
 use saga_core::orchestrator::Handled;

@@ -259,20 +259,25 @@ impl Database {
         }
     }
 
-    /// Applies the saga tables' migrations (idempotent).
+    /// Applies the saga tables' migrations (idempotent). The application's own migrations
+    /// may share the database: see [`Database::run_migrations`].
     pub async fn migrate(&self) -> Result<(), DatabaseError> {
-        match self.inner.dialect {
-            Dialect::Sqlite => {
-                sqlx::migrate!("migrations/sqlite")
-                    .run(&self.inner.pool)
-                    .await?
-            }
-            Dialect::Postgres => {
-                sqlx::migrate!("migrations/postgres")
-                    .run(&self.inner.pool)
-                    .await?;
-            }
-        }
+        let migrator = match self.inner.dialect {
+            Dialect::Sqlite => sqlx::migrate!("migrations/sqlite"),
+            Dialect::Postgres => sqlx::migrate!("migrations/postgres"),
+        };
+        self.run_migrations(migrator).await
+    }
+
+    /// Applies a set of migrations that shares the database with others (the saga tables',
+    /// the application's): migrations applied by another set are not an error. Give each set
+    /// its own version numbers.
+    pub async fn run_migrations(
+        &self,
+        mut migrator: sqlx::migrate::Migrator,
+    ) -> Result<(), DatabaseError> {
+        migrator.set_ignore_missing(true);
+        migrator.run(&self.inner.pool).await?;
         Ok(())
     }
 

@@ -2,11 +2,17 @@
 //!
 //! - [`messages`]: the commands and replies of the Order, Consumer, Kitchen and Accounting
 //!   services;
-//! - [`create_order`]: the CreateOrderSaga definition;
-//! - [`services`]: the four services as participants, with in-memory state;
-//! - [`system`]: all of it in one process.
+//! - [`create_order`] and [`cancel_order`]: the two sagas;
+//! - [`services`]: the four services, each on its own database;
+//! - [`app`]: all four wired together with the saga workers, embedded (SQLite) or on
+//!   PostgreSQL;
+//! - [`api`]: the HTTP API;
+//! - [`demo`]: the demo `cargo run -p ftgo` runs.
 
+pub mod api;
+pub mod app;
+pub mod cancel_order;
 pub mod create_order;
+pub mod demo;
 pub mod messages;
 pub mod services;
-pub mod system;

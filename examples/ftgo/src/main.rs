@@ -1,68 +1,115 @@
-//! `cargo run -p ftgo`: the FTGO order-creation demo, all four services in one process.
-//!
-//! Places sample orders covering every CreateOrderSaga outcome, runs the sagas to their
-//! terminal states, and prints a table of what happened.
+//! The `ftgo` command: the demo (default), and `ftgo serve` for the HTTP API.
 
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use ftgo::messages::LineItem;
-use ftgo::system::{BLOCKED_CONSUMER, CLOSED_RESTAURANT, FtgoSystem};
-use saga_core::engine::HistoryEvent;
-use saga_core::memory::InMemoryTransport;
-use saga_core::ports::SagaStore;
-use saga_core::{SagaId, SagaStatus};
+use clap::{Args, Parser, Subcommand};
+use ftgo::app::{Ftgo, FtgoOptions, MESSAGES, SERVICES, Storage};
+use saga_store::SqliteSync;
 
-struct Sample {
-    label: &'static str,
-    consumer_id: i64,
-    restaurant_id: i64,
-    total: i64,
-    expected: SagaStatus,
+/// FTGO, the food-delivery example of the saga framework.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    storage: StorageArgs,
 }
 
-const SAMPLES: [Sample; 4] = [
-    Sample {
-        label: "approved",
-        consumer_id: 1,
-        restaurant_id: 1,
-        total: 2_450,
-        expected: SagaStatus::Completed,
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Place sample orders covering every saga outcome and print what happened (the default).
+    Demo {
+        #[command(flatten)]
+        storage: StorageArgs,
     },
-    Sample {
-        label: "consumer invalid",
-        consumer_id: BLOCKED_CONSUMER,
-        restaurant_id: 1,
-        total: 1_200,
-        expected: SagaStatus::Compensated,
+    /// Run the four services and the HTTP API.
+    Serve {
+        #[command(flatten)]
+        storage: StorageArgs,
+        /// The address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
     },
-    Sample {
-        label: "kitchen refuses",
-        consumer_id: 1,
-        restaurant_id: CLOSED_RESTAURANT,
-        total: 3_100,
-        expected: SagaStatus::Compensated,
-    },
-    Sample {
-        label: "card declined",
-        consumer_id: 1,
-        restaurant_id: 1,
-        total: 25_000,
-        expected: SagaStatus::Compensated,
-    },
-];
-
-struct Row {
-    order_id: i64,
-    label: &'static str,
-    status: SagaStatus,
-    expected: SagaStatus,
-    order_state: String,
-    ticket_state: String,
-    steps: Vec<String>,
-    compensations: Vec<String>,
 }
 
-#[tokio::main(flavor = "current_thread")]
+#[derive(Clone, Debug, Default, Args)]
+struct StorageArgs {
+    /// Keep the SQLite databases in this directory (default: a fresh temporary directory for
+    /// the demo, `./ftgo-data` for `serve`).
+    #[arg(long, conflicts_with = "database_url")]
+    data_dir: Option<PathBuf>,
+    /// Use PostgreSQL instead, e.g. postgres://postgres@127.0.0.1:5432/test (one schema per
+    /// service).
+    #[arg(long)]
+    database_url: Option<String>,
+    /// The PostgreSQL schema prefix (default: `ftgo`, or a fresh one for the demo).
+    #[arg(long)]
+    schema_prefix: Option<String>,
+    /// SQLite durability: `full` (every commit synced, the default) or `normal`.
+    #[arg(long, default_value = "full", value_parser = ["full", "normal"])]
+    sqlite_sync: String,
+}
+
+impl StorageArgs {
+    fn merged(self, outer: StorageArgs) -> StorageArgs {
+        StorageArgs {
+            data_dir: self.data_dir.or(outer.data_dir),
+            database_url: self.database_url.or(outer.database_url),
+            schema_prefix: self.schema_prefix.or(outer.schema_prefix),
+            sqlite_sync: if self.sqlite_sync == "full" {
+                outer.sqlite_sync
+            } else {
+                self.sqlite_sync
+            },
+        }
+    }
+
+    fn options(&self, fresh: bool) -> (FtgoOptions, Option<PathBuf>) {
+        let unique = format!(
+            "{}_{}",
+            std::process::id(),
+            saga_core::Timestamp::now().as_millis()
+        );
+        let (storage, temporary) = match (&self.database_url, &self.data_dir) {
+            (Some(url), _) => (
+                Storage::Postgres {
+                    url: url.clone(),
+                    schema_prefix: self.schema_prefix.clone().unwrap_or_else(|| {
+                        if fresh {
+                            format!("ftgo_demo_{unique}")
+                        } else {
+                            "ftgo".to_owned()
+                        }
+                    }),
+                },
+                None,
+            ),
+            (None, Some(dir)) => (Storage::Sqlite { dir: dir.clone() }, None),
+            (None, None) if fresh => {
+                let dir = std::env::temp_dir().join(format!("ftgo-demo-{unique}"));
+                (Storage::Sqlite { dir: dir.clone() }, Some(dir))
+            }
+            (None, None) => (
+                Storage::Sqlite {
+                    dir: PathBuf::from("ftgo-data"),
+                },
+                None,
+            ),
+        };
+        let mut options = FtgoOptions::new(storage);
+        if self.sqlite_sync == "normal" {
+            options.sqlite_sync = SqliteSync::Normal;
+        }
+        (options, temporary)
+    }
+}
+
+#[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -71,118 +118,91 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match run().await {
-        Ok(rows) => {
-            print_table(&rows);
-            if rows.iter().all(|r| r.status == r.expected) {
-                ExitCode::SUCCESS
-            } else {
-                tracing::error!("some sagas did not reach their expected outcome");
-                ExitCode::FAILURE
-            }
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => demo(cli.storage).await,
+        Some(Command::Demo { storage }) => demo(storage.merged(cli.storage)).await,
+        Some(Command::Serve { storage, listen }) => {
+            serve(storage.merged(cli.storage), listen).await
         }
+    };
+    match result {
+        Ok(code) => code,
         Err(err) => {
-            tracing::error!(error = %err, "demo failed");
+            let _ = writeln!(std::io::stderr(), "ftgo: {err}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn run() -> Result<Vec<Row>, Box<dyn std::error::Error>> {
-    let system = FtgoSystem::new(InMemoryTransport::new());
-    let mut placed: Vec<(i64, &Sample, SagaId)> = Vec::new();
-    for (index, sample) in SAMPLES.iter().enumerate() {
-        let order_id = 1001 + i64::try_from(index)?;
-        let items = vec![LineItem {
-            menu_item_id: "chicken-vindaloo".to_owned(),
-            quantity: 2,
-        }];
-        let saga_id = system
-            .place_order(
-                order_id,
-                sample.consumer_id,
-                sample.restaurant_id,
-                items,
-                sample.total,
-            )
-            .await?;
-        tracing::info!(order_id, %saga_id, "order placed");
-        placed.push((order_id, sample, saga_id));
-    }
-    system.run_until_idle().await?;
+type Failure = Box<dyn std::error::Error>;
 
-    let mut rows = Vec::new();
-    for (order_id, sample, saga_id) in placed {
-        let history = system
-            .runtime
-            .orchestrator()
-            .store()
-            .history(saga_id)
-            .await?;
-        let mut steps = Vec::new();
-        let mut compensations = Vec::new();
-        for record in history {
-            match record.event {
-                HistoryEvent::StepSucceeded { step } => steps.push(step),
-                HistoryEvent::StepFailed { step, reason } => {
-                    steps.push(format!("{step} ✗ ({reason})"));
-                }
-                HistoryEvent::StepCompensated { step } => compensations.push(step),
-                _ => {}
-            }
-        }
-        let order_state = system
-            .orders
-            .lock()
-            .await
-            .states
-            .get(&order_id)
-            .map_or("-".to_owned(), |s| format!("{s:?}"));
-        let ticket_state = system
-            .kitchen
-            .lock()
-            .await
-            .tickets
-            .get(&order_id)
-            .map_or("-".to_owned(), |s| format!("{s:?}"));
-        rows.push(Row {
-            order_id,
-            label: sample.label,
-            status: system.status(saga_id).await?,
-            expected: sample.expected,
-            order_state,
-            ticket_state,
-            steps,
-            compensations,
-        });
-    }
-    Ok(rows)
+async fn demo(storage: StorageArgs) -> Result<ExitCode, Failure> {
+    let (options, temporary) = storage.options(true);
+    let where_ = describe(&options.storage);
+    let mut stderr = std::io::stderr();
+    let _ = writeln!(stderr, "FTGO demo: four services on {where_}");
+    let mut ftgo = Ftgo::open(options.clone()).await?;
+    let report = ftgo::demo::run(&mut ftgo, |line| {
+        let _ = writeln!(std::io::stderr(), "  … {line}");
+    })
+    .await;
+    ftgo.shutdown().await;
+    cleanup(&options.storage, temporary).await;
+    let report = report?;
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "\n{report}")?;
+    Ok(if report.as_expected() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
-#[allow(clippy::print_stdout)]
-fn print_table(rows: &[Row]) {
-    println!(
-        "{:<6} {:<17} {:<12} {:<16} {:<19}",
-        "order", "scenario", "saga", "order state", "ticket state"
+async fn serve(storage: StorageArgs, listen: SocketAddr) -> Result<ExitCode, Failure> {
+    let (options, _) = storage.options(false);
+    let where_ = describe(&options.storage);
+    let ftgo = Arc::new(Ftgo::start(options).await?);
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let _ = writeln!(
+        std::io::stderr(),
+        "FTGO API on http://{} (services on {where_}); Ctrl-C stops it",
+        listener.local_addr()?
     );
-    println!("{}", "-".repeat(74));
-    for row in rows {
-        let mark = if row.status == row.expected {
-            ""
-        } else {
-            " (unexpected!)"
-        };
-        println!(
-            "{:<6} {:<17} {:<12} {:<16} {:<19}",
-            row.order_id,
-            row.label,
-            format!("{}{mark}", row.status),
-            row.order_state,
-            row.ticket_state,
-        );
-        println!("       steps:         {}", row.steps.join(" → "));
-        if !row.compensations.is_empty() {
-            println!("       compensations: {}", row.compensations.join(" → "));
+    ftgo::api::serve(listener, ftgo.clone(), async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    if let Ok(ftgo) = Arc::try_unwrap(ftgo) {
+        ftgo.shutdown().await;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe(storage: &Storage) -> String {
+    match storage {
+        Storage::Sqlite { dir } => format!("SQLite files in {}", dir.display()),
+        Storage::Postgres { url, schema_prefix } => {
+            format!("PostgreSQL {url}, schemas {schema_prefix}_*")
         }
+    }
+}
+
+/// Removes what the demo created for itself: its temporary directory, or its schemas.
+async fn cleanup(storage: &Storage, temporary: Option<PathBuf>) {
+    if let Some(dir) = temporary {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    if let Storage::Postgres { url, schema_prefix } = storage
+        && schema_prefix.starts_with("ftgo_demo_")
+        && let Ok(database) = saga_store::Database::connect(url).await
+    {
+        for name in SERVICES.iter().chain([&MESSAGES]) {
+            let drop = format!("DROP SCHEMA IF EXISTS \"{schema_prefix}_{name}\" CASCADE");
+            let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
+                .execute(database.pool())
+                .await;
+        }
+        database.close().await;
     }
 }

@@ -161,3 +161,87 @@ pub enum CardAuthorization {
         reason: String,
     },
 }
+
+// ----- CancelOrderSaga ----------------------------------------------------------------------
+
+/// Confirm the cancellation of a `CANCEL_PENDING` order: it becomes `CANCELLED`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Command)]
+#[command(channel = "orderService", reply = OrderCancelled)]
+pub struct ConfirmCancelOrder {
+    /// The order.
+    pub order_id: i64,
+}
+
+/// The order is `CANCELLED`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Reply)]
+pub struct OrderCancelled;
+
+/// Undo the start of a cancellation: a `CANCEL_PENDING` order goes back to `APPROVED`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Command)]
+#[command(channel = "orderService", reply = CancelUndone)]
+pub struct UndoBeginCancelOrder {
+    /// The order.
+    pub order_id: i64,
+}
+
+/// The order is `APPROVED` again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Reply)]
+pub struct CancelUndone;
+
+/// Start cancelling a ticket: `AWAITING_ACCEPTANCE` → `CANCEL_PENDING`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Command)]
+#[command(channel = "kitchenService", reply = TicketCancelPending)]
+pub struct BeginCancelTicket {
+    /// The order whose ticket to cancel.
+    pub order_id: i64,
+}
+
+/// The ticket is `CANCEL_PENDING`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Reply)]
+pub struct TicketCancelPending;
+
+/// Undo the start of a ticket cancellation: `CANCEL_PENDING` → `AWAITING_ACCEPTANCE`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Command)]
+#[command(channel = "kitchenService", reply = TicketCancelUndone)]
+pub struct UndoBeginCancelTicket {
+    /// The order whose ticket it is.
+    pub order_id: i64,
+}
+
+/// The ticket is `AWAITING_ACCEPTANCE` again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Reply)]
+pub struct TicketCancelUndone;
+
+/// Finish cancelling a ticket: `CANCEL_PENDING` → `CANCELLED`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Command)]
+#[command(channel = "kitchenService", reply = TicketCancelled)]
+pub struct ConfirmCancelTicket {
+    /// The order whose ticket it is.
+    pub order_id: i64,
+}
+
+/// Reverse the card authorization of an order (refund).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Command)]
+#[command(channel = "accountingService", reply = AuthorizationReversal)]
+pub struct ReverseAuthorization {
+    /// The consumer.
+    pub consumer_id: i64,
+    /// The order.
+    pub order_id: i64,
+    /// How much.
+    pub order_total: Cents,
+}
+
+/// The accounting service's verdict on a reversal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Reply)]
+pub enum AuthorizationReversal {
+    /// The authorization was reversed.
+    #[success]
+    Reversed,
+    /// It could not be (e.g. no authorization exists).
+    #[failure]
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}

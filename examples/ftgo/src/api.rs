@@ -1,0 +1,177 @@
+//! The HTTP API (axum):
+//!
+//! | method | path | what | answers |
+//! |---|---|---|---|
+//! | `POST` | `/orders` | place an order (starts CreateOrderSaga) | `201` with the order id, total and saga id |
+//! | `GET` | `/orders/{id}` | the order, its ticket and authorization, its sagas and their timelines | `200`, `404` |
+//! | `POST` | `/orders/{id}/cancel` | cancel an approved order (starts CancelOrderSaga) | `202`, `404`, `409` when a saga holds the order or it is not approved |
+//! | `GET` | `/health` | liveness | `200` |
+//!
+//! Errors are JSON: `{"error": {"code": "invalid_order", "message": "…"}}`, with `400` for
+//! malformed JSON, `422` for invalid orders, `404`, `409` and `500`.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::app::{Ftgo, FtgoError, OrderView};
+use crate::services::order::{NewOrder, OrderError, PlacedOrder};
+
+/// An API error: a status, a stable code and a message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<OrderError> for ApiError {
+    fn from(err: OrderError) -> Self {
+        match err {
+            OrderError::Invalid(message) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_order", message)
+            }
+            OrderError::NotFound(id) => {
+                Self::new(StatusCode::NOT_FOUND, "not_found", format!("no order {id}"))
+            }
+            OrderError::Locked(locked) => {
+                Self::new(StatusCode::CONFLICT, "locked", locked.to_string())
+            }
+            err @ OrderError::WrongState { .. } => {
+                Self::new(StatusCode::CONFLICT, "wrong_state", err.to_string())
+            }
+            err => internal(err),
+        }
+    }
+}
+
+impl From<FtgoError> for ApiError {
+    fn from(err: FtgoError) -> Self {
+        match err {
+            FtgoError::Order(err) => err.into(),
+            err => internal(err),
+        }
+    }
+}
+
+fn internal(err: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %err, "request failed");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        err.to_string(),
+    )
+}
+
+fn bad_json(rejection: JsonRejection) -> ApiError {
+    ApiError::new(rejection.status(), "bad_request", rejection.body_text())
+}
+
+fn bad_path(rejection: PathRejection) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        rejection.body_text(),
+    )
+}
+
+/// The answer to a cancel request.
+#[derive(Debug, Serialize)]
+pub struct CancelStarted {
+    /// The order.
+    pub order_id: i64,
+    /// Its state now.
+    pub state: &'static str,
+    /// The CancelOrderSaga.
+    pub saga_id: saga_core::SagaId,
+}
+
+async fn place_order(
+    State(ftgo): State<Arc<Ftgo>>,
+    body: Result<Json<NewOrder>, JsonRejection>,
+) -> Result<(StatusCode, Json<PlacedOrder>), ApiError> {
+    let Json(request) = body.map_err(bad_json)?;
+    let placed = ftgo.orders.place_order(&request).await?;
+    Ok((StatusCode::CREATED, Json(placed)))
+}
+
+async fn get_order(
+    State(ftgo): State<Arc<Ftgo>>,
+    id: Result<Path<i64>, PathRejection>,
+) -> Result<Json<OrderView>, ApiError> {
+    let Path(order_id) = id.map_err(bad_path)?;
+    ftgo.order_view(order_id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| OrderError::NotFound(order_id).into())
+}
+
+async fn cancel_order(
+    State(ftgo): State<Arc<Ftgo>>,
+    id: Result<Path<i64>, PathRejection>,
+) -> Result<(StatusCode, Json<CancelStarted>), ApiError> {
+    let Path(order_id) = id.map_err(bad_path)?;
+    let saga_id = ftgo.orders.cancel_order(order_id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(CancelStarted {
+            order_id,
+            state: "CANCEL_PENDING",
+            saga_id,
+        }),
+    ))
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+/// The API's routes over a running FTGO.
+pub fn router(ftgo: Arc<Ftgo>) -> Router {
+    Router::new()
+        .route("/orders", post(place_order))
+        .route("/orders/{id}", get(get_order))
+        .route("/orders/{id}/cancel", post(cancel_order))
+        .route("/health", get(health))
+        .fallback(not_found)
+        .with_state(ftgo)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    ftgo: Arc<Ftgo>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(ftgo))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

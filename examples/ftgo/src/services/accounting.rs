@@ -1,0 +1,211 @@
+//! The Accounting service: card authorizations. Authorizing is CreateOrderSaga's pivot;
+//! reversing is CancelOrderSaga's.
+
+use async_trait::async_trait;
+use saga_core::message::CommandMeta;
+use saga_core::participant::{CommandHandler, HandlerError, Participant};
+use saga_store::{Database, DatabaseError, Tx};
+use sqlx::{Row, query};
+
+use super::transient;
+use crate::messages::{
+    AuthorizationReversal, AuthorizeCard, CardAuthorization, Cents, ReverseAuthorization, channels,
+};
+
+/// A consumer's payment account in the sample data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SampleAccount {
+    /// The consumer.
+    pub consumer_id: i64,
+    /// The card limit per order, in cents.
+    pub card_limit: Cents,
+    /// Whether the card works.
+    pub card_enabled: bool,
+}
+
+/// The sample accounts: Ada 500.00, Bob 30.00, Carol's card disabled, Mallory 500.00.
+pub const SAMPLE_ACCOUNTS: [SampleAccount; 4] = [
+    SampleAccount {
+        consumer_id: 1,
+        card_limit: 50_000,
+        card_enabled: true,
+    },
+    SampleAccount {
+        consumer_id: 2,
+        card_limit: 3_000,
+        card_enabled: true,
+    },
+    SampleAccount {
+        consumer_id: 3,
+        card_limit: 50_000,
+        card_enabled: false,
+    },
+    SampleAccount {
+        consumer_id: 666,
+        card_limit: 50_000,
+        card_enabled: true,
+    },
+];
+
+/// The state of an authorization.
+pub const AUTHORIZED: &str = "AUTHORIZED";
+/// The state of a reversed authorization.
+pub const REVERSED: &str = "REVERSED";
+
+/// The Accounting service.
+#[derive(Clone, Debug)]
+pub struct AccountingService {
+    database: Database,
+}
+
+impl AccountingService {
+    /// Opens the service on its database: migrates and seeds the sample accounts.
+    pub async fn open(database: Database) -> Result<Self, DatabaseError> {
+        database
+            .run_migrations(sqlx::migrate!("migrations/accounting"))
+            .await?;
+        for account in SAMPLE_ACCOUNTS {
+            query(
+                "INSERT INTO ftgo_accounts (consumer_id, card_limit, card_enabled) \
+                 VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            )
+            .bind(account.consumer_id)
+            .bind(account.card_limit)
+            .bind(i64::from(account.card_enabled))
+            .execute(database.pool())
+            .await?;
+        }
+        Ok(Self { database })
+    }
+
+    /// The service's database.
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    /// The state of the authorization for `order_id` (`AUTHORIZED`, `REVERSED`), if any.
+    pub async fn authorization_state(&self, order_id: i64) -> Result<Option<String>, sqlx::Error> {
+        query("SELECT state FROM ftgo_authorizations WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_optional(self.database.pool())
+            .await?
+            .map(|row| row.try_get("state"))
+            .transpose()
+    }
+
+    /// The Accounting service as a participant.
+    pub fn participant(&self) -> Participant<Tx> {
+        Participant::new("accounting-service", channels::ACCOUNTING)
+            .handle::<AuthorizeCard>(AccountingHandlers)
+            .handle::<ReverseAuthorization>(AccountingHandlers)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct AccountingHandlers;
+
+#[async_trait]
+impl CommandHandler<AuthorizeCard, Tx> for AccountingHandlers {
+    async fn handle(
+        &self,
+        tx: &mut Tx,
+        cmd: AuthorizeCard,
+        _: &CommandMeta,
+    ) -> Result<CardAuthorization, HandlerError> {
+        let authorized = |order_id| CardAuthorization::Authorized {
+            authorization_id: format!("auth-{order_id}"),
+        };
+        let existing = query("SELECT state FROM ftgo_authorizations WHERE order_id = $1")
+            .bind(cmd.order_id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(transient)?;
+        if existing.is_some() {
+            return Ok(authorized(cmd.order_id));
+        }
+        let account =
+            query("SELECT card_limit, card_enabled FROM ftgo_accounts WHERE consumer_id = $1")
+                .bind(cmd.consumer_id)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(transient)?;
+        let Some(account) = account else {
+            return Ok(CardAuthorization::Declined {
+                reason: format!("consumer {} has no card on file", cmd.consumer_id),
+            });
+        };
+        if account
+            .try_get::<i64, _>("card_enabled")
+            .map_err(transient)?
+            == 0
+        {
+            return Ok(CardAuthorization::Declined {
+                reason: format!("card of consumer {} is disabled", cmd.consumer_id),
+            });
+        }
+        let limit: i64 = account.try_get("card_limit").map_err(transient)?;
+        if cmd.order_total > limit {
+            return Ok(CardAuthorization::Declined {
+                reason: format!(
+                    "card limit exceeded: {} > {}",
+                    money(cmd.order_total),
+                    money(limit)
+                ),
+            });
+        }
+        query(
+            "INSERT INTO ftgo_authorizations (order_id, consumer_id, amount, state) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(cmd.order_id)
+        .bind(cmd.consumer_id)
+        .bind(cmd.order_total)
+        .bind(AUTHORIZED)
+        .execute(&mut **tx)
+        .await
+        .map_err(transient)?;
+        Ok(authorized(cmd.order_id))
+    }
+}
+
+#[async_trait]
+impl CommandHandler<ReverseAuthorization, Tx> for AccountingHandlers {
+    async fn handle(
+        &self,
+        tx: &mut Tx,
+        cmd: ReverseAuthorization,
+        _: &CommandMeta,
+    ) -> Result<AuthorizationReversal, HandlerError> {
+        let updated =
+            query("UPDATE ftgo_authorizations SET state = $1 WHERE order_id = $2 AND state = $3")
+                .bind(REVERSED)
+                .bind(cmd.order_id)
+                .bind(AUTHORIZED)
+                .execute(&mut **tx)
+                .await
+                .map_err(transient)?;
+        if updated.rows_affected() == 1 {
+            return Ok(AuthorizationReversal::Reversed);
+        }
+        let state: Option<String> =
+            query("SELECT state FROM ftgo_authorizations WHERE order_id = $1")
+                .bind(cmd.order_id)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(transient)?
+                .map(|row| row.try_get("state"))
+                .transpose()
+                .map_err(transient)?;
+        Ok(match state.as_deref() {
+            Some(REVERSED) => AuthorizationReversal::Reversed,
+            _ => AuthorizationReversal::Refused {
+                reason: format!("no authorization for order {}", cmd.order_id),
+            },
+        })
+    }
+}
+
+/// Formats cents as `12.34`.
+pub fn money(cents: Cents) -> String {
+    format!("{}.{:02}", cents / 100, (cents % 100).abs())
+}

@@ -1,0 +1,111 @@
+//! The Consumer service: verifies that a consumer may place an order.
+
+use async_trait::async_trait;
+use saga_core::message::CommandMeta;
+use saga_core::participant::{CommandHandler, HandlerError, Participant};
+use saga_store::{Database, DatabaseError, Tx};
+use sqlx::{Row, query};
+
+use super::transient;
+use crate::messages::{ConsumerVerification, ValidateOrderByConsumer, channels};
+
+/// A consumer of the sample data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SampleConsumer {
+    /// The id.
+    pub id: i64,
+    /// The name.
+    pub name: &'static str,
+    /// Whether they are blocked from ordering.
+    pub blocked: bool,
+}
+
+/// The sample consumers: Ada (1), Bob (2), Carol (3) and Mallory (666, blocked).
+pub const SAMPLE_CONSUMERS: [SampleConsumer; 4] = [
+    SampleConsumer {
+        id: 1,
+        name: "Ada",
+        blocked: false,
+    },
+    SampleConsumer {
+        id: 2,
+        name: "Bob",
+        blocked: false,
+    },
+    SampleConsumer {
+        id: 3,
+        name: "Carol",
+        blocked: false,
+    },
+    SampleConsumer {
+        id: 666,
+        name: "Mallory",
+        blocked: true,
+    },
+];
+
+/// The Consumer service.
+#[derive(Clone, Debug)]
+pub struct ConsumerService {
+    database: Database,
+}
+
+impl ConsumerService {
+    /// Opens the service on its database: migrates and seeds the sample consumers.
+    pub async fn open(database: Database) -> Result<Self, DatabaseError> {
+        database
+            .run_migrations(sqlx::migrate!("migrations/consumer"))
+            .await?;
+        for consumer in SAMPLE_CONSUMERS {
+            query("INSERT INTO ftgo_consumers (id, name, blocked) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                .bind(consumer.id)
+                .bind(consumer.name)
+                .bind(i64::from(consumer.blocked))
+                .execute(database.pool())
+                .await?;
+        }
+        Ok(Self { database })
+    }
+
+    /// The service's database.
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    /// The Consumer service as a participant.
+    pub fn participant(&self) -> Participant<Tx> {
+        Participant::new("consumer-service", channels::CONSUMER)
+            .handle::<ValidateOrderByConsumer>(ConsumerHandlers)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ConsumerHandlers;
+
+#[async_trait]
+impl CommandHandler<ValidateOrderByConsumer, Tx> for ConsumerHandlers {
+    async fn handle(
+        &self,
+        tx: &mut Tx,
+        cmd: ValidateOrderByConsumer,
+        _: &CommandMeta,
+    ) -> Result<ConsumerVerification, HandlerError> {
+        let row = query("SELECT blocked FROM ftgo_consumers WHERE id = $1")
+            .bind(cmd.consumer_id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(transient)?;
+        let verdict = match row {
+            None => ConsumerVerification::Invalid {
+                reason: format!("unknown consumer {}", cmd.consumer_id),
+            },
+            Some(row) if row.try_get::<i64, _>("blocked").map_err(transient)? != 0 => {
+                ConsumerVerification::Invalid {
+                    reason: format!("consumer {} is blocked", cmd.consumer_id),
+                }
+            }
+            Some(_) => ConsumerVerification::Verified,
+        };
+        Ok(verdict)
+    }
+}

@@ -1,0 +1,328 @@
+//! The Kitchen service: tickets for orders. A ticket is created `CREATE_PENDING` (a semantic
+//! lock held by CreateOrderSaga), confirmed to `AWAITING_ACCEPTANCE` or cancelled; cancelling
+//! an accepted ticket goes through `CANCEL_PENDING` (held by CancelOrderSaga).
+
+use async_trait::async_trait;
+use saga_core::message::CommandMeta;
+use saga_core::participant::{CommandHandler, HandlerError, Participant};
+use saga_core::{SemanticLock, Timestamp};
+use saga_store::{Database, DatabaseError, Tx};
+use serde::{Deserialize, Serialize};
+use sqlx::{Row, query};
+
+use super::{StoredState, advance, transient};
+use crate::messages::{
+    BeginCancelTicket, CancelCreateTicket, ConfirmCancelTicket, ConfirmCreateTicket, CreateTicket,
+    TicketCancelPending, TicketCancelUndone, TicketCancelled, TicketConfirmed, TicketCreated,
+    UndoBeginCancelTicket, channels,
+};
+
+/// The life of a kitchen ticket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, SemanticLock)]
+pub enum TicketState {
+    /// Created by CreateOrderSaga, not yet confirmed.
+    #[pending]
+    CreatePending,
+    /// Confirmed; the restaurant may accept it.
+    AwaitingAcceptance,
+    /// CancelOrderSaga is cancelling it.
+    #[pending]
+    CancelPending,
+    /// Cancelled.
+    Cancelled,
+}
+
+impl StoredState for TicketState {
+    const ALL: &'static [Self] = &[
+        Self::CreatePending,
+        Self::AwaitingAcceptance,
+        Self::CancelPending,
+        Self::Cancelled,
+    ];
+}
+
+/// A restaurant of the sample data, as the kitchen knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SampleRestaurant {
+    /// The id.
+    pub id: i64,
+    /// The name.
+    pub name: &'static str,
+    /// Whether it accepts tickets.
+    pub open: bool,
+}
+
+/// The sample restaurants: Ajanta (1), Luigi's (2), and the closed Night Owl (13).
+pub const SAMPLE_RESTAURANTS: [SampleRestaurant; 3] = [
+    SampleRestaurant {
+        id: 1,
+        name: "Ajanta",
+        open: true,
+    },
+    SampleRestaurant {
+        id: 2,
+        name: "Luigi's",
+        open: true,
+    },
+    SampleRestaurant {
+        id: 13,
+        name: "Night Owl",
+        open: false,
+    },
+];
+
+/// The Kitchen service.
+#[derive(Clone, Debug)]
+pub struct KitchenService {
+    database: Database,
+}
+
+fn now() -> i64 {
+    i64::try_from(Timestamp::now().as_millis()).unwrap_or(i64::MAX)
+}
+
+impl KitchenService {
+    /// Opens the service on its database: migrates and seeds the sample restaurants.
+    pub async fn open(database: Database) -> Result<Self, DatabaseError> {
+        database
+            .run_migrations(sqlx::migrate!("migrations/kitchen"))
+            .await?;
+        for restaurant in SAMPLE_RESTAURANTS {
+            query("INSERT INTO ftgo_restaurants (id, name, open) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                .bind(restaurant.id)
+                .bind(restaurant.name)
+                .bind(i64::from(restaurant.open))
+                .execute(database.pool())
+                .await?;
+        }
+        Ok(Self { database })
+    }
+
+    /// The service's database.
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    /// The state of the ticket for `order_id`, if there is one.
+    pub async fn ticket_state(&self, order_id: i64) -> Result<Option<TicketState>, sqlx::Error> {
+        let row = query("SELECT state FROM ftgo_tickets WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_optional(self.database.pool())
+            .await?;
+        Ok(row
+            .map(|row| row.try_get::<String, _>("state"))
+            .transpose()?
+            .and_then(|name| TicketState::from_stored(&name).ok()))
+    }
+
+    /// The Kitchen service as a participant.
+    pub fn participant(&self) -> Participant<Tx> {
+        Participant::new("kitchen-service", channels::KITCHEN)
+            .handle::<CreateTicket>(KitchenHandlers)
+            .handle::<ConfirmCreateTicket>(KitchenHandlers)
+            .handle::<CancelCreateTicket>(KitchenHandlers)
+            .handle::<BeginCancelTicket>(KitchenHandlers)
+            .handle::<UndoBeginCancelTicket>(KitchenHandlers)
+            .handle::<ConfirmCancelTicket>(KitchenHandlers)
+    }
+}
+
+async fn ticket(tx: &mut Tx, order_id: i64) -> Result<Option<TicketState>, HandlerError> {
+    let row = query("SELECT state FROM ftgo_tickets WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(transient)?;
+    row.map(|row| TicketState::from_stored(&row.try_get::<String, _>("state").map_err(transient)?))
+        .transpose()
+}
+
+async fn set_ticket(tx: &mut Tx, order_id: i64, state: TicketState) -> Result<(), HandlerError> {
+    query("UPDATE ftgo_tickets SET state = $1, updated_at = $2 WHERE order_id = $3")
+        .bind(state.state_name())
+        .bind(now())
+        .bind(order_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(transient)?;
+    Ok(())
+}
+
+/// Moves the ticket from `from` to `to`, through its semantic lock (see [`advance`]).
+async fn move_ticket(
+    tx: &mut Tx,
+    order_id: i64,
+    from: TicketState,
+    to: TicketState,
+) -> Result<(), HandlerError> {
+    let Some(state) = ticket(tx, order_id).await? else {
+        return Err(HandlerError::refused(format!(
+            "no ticket for order {order_id}"
+        )));
+    };
+    match advance(state, order_id, from, to)? {
+        Some(next) => set_ticket(tx, order_id, next).await,
+        None => Ok(()),
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct KitchenHandlers;
+
+#[async_trait]
+impl CommandHandler<CreateTicket, Tx> for KitchenHandlers {
+    async fn handle(
+        &self,
+        tx: &mut Tx,
+        cmd: CreateTicket,
+        _: &CommandMeta,
+    ) -> Result<TicketCreated, HandlerError> {
+        let restaurant = query("SELECT name, open FROM ftgo_restaurants WHERE id = $1")
+            .bind(cmd.restaurant_id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(transient)?;
+        match restaurant {
+            None => {
+                return Err(HandlerError::refused(format!(
+                    "unknown restaurant {}",
+                    cmd.restaurant_id
+                )));
+            }
+            Some(row) if row.try_get::<i64, _>("open").map_err(transient)? == 0 => {
+                let name: String = row.try_get("name").map_err(transient)?;
+                return Err(HandlerError::refused(format!(
+                    "restaurant {} ({name}) is closed",
+                    cmd.restaurant_id
+                )));
+            }
+            Some(_) => {}
+        }
+        if let Some(existing) = ticket(tx, cmd.order_id).await? {
+            return match existing {
+                TicketState::CreatePending => Ok(TicketCreated {
+                    ticket_id: cmd.order_id,
+                }),
+                other => Err(HandlerError::refused(format!(
+                    "the ticket for order {} is already {}",
+                    cmd.order_id,
+                    other.state_name()
+                ))),
+            };
+        }
+        let items = serde_json::to_string(&cmd.line_items).map_err(HandlerError::transient)?;
+        query(
+            "INSERT INTO ftgo_tickets (order_id, restaurant_id, line_items, state, updated_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(cmd.order_id)
+        .bind(cmd.restaurant_id)
+        .bind(items)
+        .bind(TicketState::CreatePending.state_name())
+        .bind(now())
+        .execute(&mut **tx)
+        .await
+        .map_err(transient)?;
+        Ok(TicketCreated {
+            ticket_id: cmd.order_id,
+        })
+    }
+}
+
+#[async_trait]
+impl CommandHandler<ConfirmCreateTicket, Tx> for KitchenHandlers {
+    async fn handle(
+        &self,
+        tx: &mut Tx,
+        cmd: ConfirmCreateTicket,
+        _: &CommandMeta,
+    ) -> Result<TicketConfirmed, HandlerError> {
+        move_ticket(
+            tx,
+            cmd.ticket_id,
+            TicketState::CreatePending,
+            TicketState::AwaitingAcceptance,
+        )
+        .await?;
+        Ok(TicketConfirmed)
+    }
+}
+
+#[async_trait]
+impl CommandHandler<CancelCreateTicket, Tx> for KitchenHandlers {
+    async fn handle(
+        &self,
+        tx: &mut Tx,
+        cmd: CancelCreateTicket,
+        _: &CommandMeta,
+    ) -> Result<TicketCancelled, HandlerError> {
+        // Nothing to cancel is fine: a compensation must tolerate "it never happened".
+        if ticket(tx, cmd.order_id).await?.is_some() {
+            move_ticket(
+                tx,
+                cmd.order_id,
+                TicketState::CreatePending,
+                TicketState::Cancelled,
+            )
+            .await?;
+        }
+        Ok(TicketCancelled)
+    }
+}
+
+#[async_trait]
+impl CommandHandler<BeginCancelTicket, Tx> for KitchenHandlers {
+    async fn handle(
+        &self,
+        tx: &mut Tx,
+        cmd: BeginCancelTicket,
+        _: &CommandMeta,
+    ) -> Result<TicketCancelPending, HandlerError> {
+        move_ticket(
+            tx,
+            cmd.order_id,
+            TicketState::AwaitingAcceptance,
+            TicketState::CancelPending,
+        )
+        .await?;
+        Ok(TicketCancelPending)
+    }
+}
+
+#[async_trait]
+impl CommandHandler<UndoBeginCancelTicket, Tx> for KitchenHandlers {
+    async fn handle(
+        &self,
+        tx: &mut Tx,
+        cmd: UndoBeginCancelTicket,
+        _: &CommandMeta,
+    ) -> Result<TicketCancelUndone, HandlerError> {
+        move_ticket(
+            tx,
+            cmd.order_id,
+            TicketState::CancelPending,
+            TicketState::AwaitingAcceptance,
+        )
+        .await?;
+        Ok(TicketCancelUndone)
+    }
+}
+
+#[async_trait]
+impl CommandHandler<ConfirmCancelTicket, Tx> for KitchenHandlers {
+    async fn handle(
+        &self,
+        tx: &mut Tx,
+        cmd: ConfirmCancelTicket,
+        _: &CommandMeta,
+    ) -> Result<TicketCancelled, HandlerError> {
+        move_ticket(
+            tx,
+            cmd.order_id,
+            TicketState::CancelPending,
+            TicketState::Cancelled,
+        )
+        .await?;
+        Ok(TicketCancelled)
+    }
+}

@@ -1,0 +1,528 @@
+//! The Order service: creates orders and starts CreateOrderSaga in the same transaction,
+//! starts CancelOrderSaga for approved orders, and handles the commands the sagas send back
+//! to it (approve, reject, confirm or undo a cancellation).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use saga_core::message::CommandMeta;
+use saga_core::orchestrator::{Orchestrator, OrchestratorError};
+use saga_core::participant::{CommandHandler, HandlerError, Participant};
+use saga_core::{Locked, SagaId, SemanticLock, Timestamp};
+use saga_store::{Database, DatabaseError, SqlSagaStore, Tx, start_saga_in};
+use serde::{Deserialize, Serialize};
+use sqlx::{AnyConnection, Row, query};
+
+use super::{StoredState, advance, transient};
+use crate::cancel_order::{CancelOrderData, CancelOrderSaga};
+use crate::create_order::{CreateOrderData, CreateOrderSaga};
+use crate::messages::{
+    ApproveOrder, CancelUndone, Cents, ConfirmCancelOrder, LineItem, OrderApproved, OrderCancelled,
+    OrderRejected, RejectOrder, UndoBeginCancelOrder, channels,
+};
+
+/// The life of an order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, SemanticLock)]
+pub enum OrderState {
+    /// Created; CreateOrderSaga is running.
+    #[pending]
+    ApprovalPending,
+    /// CreateOrderSaga completed.
+    Approved,
+    /// CreateOrderSaga turned back.
+    Rejected,
+    /// CancelOrderSaga is running.
+    #[pending]
+    CancelPending,
+    /// CancelOrderSaga completed.
+    Cancelled,
+}
+
+impl StoredState for OrderState {
+    const ALL: &'static [Self] = &[
+        Self::ApprovalPending,
+        Self::Approved,
+        Self::Rejected,
+        Self::CancelPending,
+        Self::Cancelled,
+    ];
+}
+
+/// A menu item of a restaurant, as the Order service knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MenuItem {
+    /// The restaurant.
+    pub restaurant_id: i64,
+    /// The item's id.
+    pub menu_item_id: String,
+    /// Its name.
+    pub name: String,
+    /// Its price in cents.
+    pub price: Cents,
+}
+
+/// The sample menus.
+pub fn sample_menus() -> Vec<MenuItem> {
+    let item = |restaurant_id, id: &str, name: &str, price| MenuItem {
+        restaurant_id,
+        menu_item_id: id.to_owned(),
+        name: name.to_owned(),
+        price,
+    };
+    vec![
+        item(1, "chicken-vindaloo", "Chicken Vindaloo", 1_250),
+        item(1, "samosa", "Samosa", 450),
+        item(1, "naan", "Garlic Naan", 300),
+        item(2, "margherita", "Pizza Margherita", 1_100),
+        item(2, "tiramisu", "Tiramisu", 650),
+        item(13, "soup", "Soup of the Day", 700),
+    ]
+}
+
+/// A request to place an order (as the HTTP API receives it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewOrder {
+    /// Who orders.
+    pub consumer_id: i64,
+    /// From where.
+    pub restaurant_id: i64,
+    /// What; quantities are checked to be positive.
+    pub line_items: Vec<NewLineItem>,
+}
+
+/// One requested line; the quantity is signed so a negative one can be refused clearly.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewLineItem {
+    /// The menu item.
+    pub menu_item_id: String,
+    /// How many (must be 1 or more).
+    pub quantity: i64,
+}
+
+/// A placed order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacedOrder {
+    /// The new order's id.
+    pub order_id: i64,
+    /// Its total, in cents.
+    pub total: Cents,
+    /// The CreateOrderSaga working on it.
+    pub saga_id: SagaId,
+}
+
+/// An order as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderRecord {
+    /// The id.
+    pub order_id: i64,
+    /// Who ordered.
+    pub consumer_id: i64,
+    /// From where.
+    pub restaurant_id: i64,
+    /// What.
+    pub line_items: Vec<LineItem>,
+    /// For how much.
+    pub total: Cents,
+    /// Its state.
+    pub state: OrderState,
+    /// Why it was rejected, if it was.
+    pub reason: Option<String>,
+    /// The CreateOrderSaga.
+    pub create_saga_id: Option<SagaId>,
+    /// The CancelOrderSaga, if a cancellation started.
+    pub cancel_saga_id: Option<SagaId>,
+}
+
+/// Why an order request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum OrderError {
+    /// The request is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such order.
+    #[error("no order {0}")]
+    NotFound(i64),
+    /// A saga holds the order.
+    #[error(transparent)]
+    Locked(#[from] Locked),
+    /// The order is in a state that does not allow this.
+    #[error("order {order_id} is {state}; {what}")]
+    WrongState {
+        /// The order.
+        order_id: i64,
+        /// Its state.
+        state: &'static str,
+        /// What is not allowed.
+        what: &'static str,
+    },
+    /// Starting the saga failed.
+    #[error(transparent)]
+    Saga(#[from] OrchestratorError),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Stored data is unreadable.
+    #[error("corrupt order data: {0}")]
+    Corrupt(String),
+}
+
+/// The Order service.
+#[derive(Clone, Debug)]
+pub struct OrderService {
+    database: Database,
+    orchestrator: Arc<Orchestrator<SqlSagaStore>>,
+}
+
+fn now() -> i64 {
+    i64::try_from(Timestamp::now().as_millis()).unwrap_or(i64::MAX)
+}
+
+impl OrderService {
+    /// Opens the service on its database: migrates, seeds the menus, registers the sagas.
+    pub async fn open(database: Database) -> Result<Self, DatabaseError> {
+        database
+            .run_migrations(sqlx::migrate!("migrations/order"))
+            .await?;
+        let mut tx = database.begin().await?;
+        for item in sample_menus() {
+            query(
+                "INSERT INTO ftgo_restaurant_menus (restaurant_id, menu_item_id, name, price) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(item.restaurant_id)
+            .bind(&item.menu_item_id)
+            .bind(&item.name)
+            .bind(item.price)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        let orchestrator = Orchestrator::new(
+            Arc::new(SqlSagaStore::new(database.clone())),
+            channels::ORDER_SAGA_REPLIES,
+        )
+        .register::<CreateOrderSaga>()
+        .register::<CancelOrderSaga>();
+        Ok(Self {
+            database,
+            orchestrator: Arc::new(orchestrator),
+        })
+    }
+
+    /// The service's database.
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    /// The saga orchestrator living in this service.
+    pub fn orchestrator(&self) -> &Arc<Orchestrator<SqlSagaStore>> {
+        &self.orchestrator
+    }
+
+    /// Validates and prices `request`, stores the order `APPROVAL_PENDING` and starts
+    /// CreateOrderSaga — all in one transaction.
+    pub async fn place_order(&self, request: &NewOrder) -> Result<PlacedOrder, OrderError> {
+        if request.line_items.is_empty() {
+            return Err(OrderError::Invalid(
+                "an order needs at least one line item".to_owned(),
+            ));
+        }
+        let mut tx = self.database.begin().await?;
+        let menu = menu_of(&mut tx, request.restaurant_id).await?;
+        if menu.is_empty() {
+            return Err(OrderError::Invalid(format!(
+                "unknown restaurant {}",
+                request.restaurant_id
+            )));
+        }
+        let mut line_items = Vec::new();
+        let mut total: Cents = 0;
+        for line in &request.line_items {
+            let Some(item) = menu.iter().find(|m| m.menu_item_id == line.menu_item_id) else {
+                return Err(OrderError::Invalid(format!(
+                    "restaurant {} has no menu item {:?}",
+                    request.restaurant_id, line.menu_item_id
+                )));
+            };
+            let quantity = u32::try_from(line.quantity)
+                .ok()
+                .filter(|q| (1..=100).contains(q))
+                .ok_or_else(|| {
+                    OrderError::Invalid(format!(
+                        "quantity of {:?} must be between 1 and 100, not {}",
+                        line.menu_item_id, line.quantity
+                    ))
+                })?;
+            total += item.price * i64::from(quantity);
+            line_items.push(LineItem {
+                menu_item_id: line.menu_item_id.clone(),
+                quantity,
+            });
+        }
+        let order_id: i64 = query(
+            "UPDATE ftgo_order_ids SET next = next + 1 WHERE name = 'orders' RETURNING next - 1 AS id",
+        )
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("id")?;
+        let items_json =
+            serde_json::to_string(&line_items).map_err(|e| OrderError::Corrupt(e.to_string()))?;
+        let data = CreateOrderData::new(
+            order_id,
+            request.consumer_id,
+            request.restaurant_id,
+            line_items,
+            total,
+        );
+        let saga_id = start_saga_in::<CreateOrderSaga>(&self.orchestrator, &mut tx, data).await?;
+        query(
+            "INSERT INTO ftgo_orders (id, consumer_id, restaurant_id, line_items, total, state, \
+             create_saga_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(order_id)
+        .bind(request.consumer_id)
+        .bind(request.restaurant_id)
+        .bind(items_json)
+        .bind(total)
+        .bind(OrderState::ApprovalPending.state_name())
+        .bind(saga_id.to_string())
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.database.wake_relay();
+        Ok(PlacedOrder {
+            order_id,
+            total,
+            saga_id,
+        })
+    }
+
+    /// Starts cancelling an approved order: `CANCEL_PENDING` and CancelOrderSaga in one
+    /// transaction. An order still held by a saga is refused with [`OrderError::Locked`].
+    pub async fn cancel_order(&self, order_id: i64) -> Result<SagaId, OrderError> {
+        let mut tx = self.database.begin().await?;
+        let order = load_order(&mut tx, order_id)
+            .await?
+            .ok_or(OrderError::NotFound(order_id))?;
+        let mut state = order.state;
+        state.lock(order_id, OrderState::CancelPending)?;
+        if order.state != OrderState::Approved {
+            return Err(OrderError::WrongState {
+                order_id,
+                state: order.state.state_name(),
+                what: "only an approved order can be cancelled",
+            });
+        }
+        let data = CancelOrderData {
+            order_id,
+            consumer_id: order.consumer_id,
+            order_total: order.total,
+        };
+        let saga_id = start_saga_in::<CancelOrderSaga>(&self.orchestrator, &mut tx, data).await?;
+        // Guarded on the state read above: a concurrent cancel that got here first wins.
+        let updated = query(
+            "UPDATE ftgo_orders SET state = $1, cancel_saga_id = $2 WHERE id = $3 AND state = $4",
+        )
+        .bind(state.state_name())
+        .bind(saga_id.to_string())
+        .bind(order_id)
+        .bind(order.state.state_name())
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() != 1 {
+            return Err(OrderError::Locked(Locked::Pending {
+                record: OrderState::RECORD,
+                id: order_id.to_string(),
+                state: OrderState::CancelPending.state_name(),
+            }));
+        }
+        tx.commit().await?;
+        self.database.wake_relay();
+        Ok(saga_id)
+    }
+
+    /// An order, if it exists.
+    pub async fn order(&self, order_id: i64) -> Result<Option<OrderRecord>, OrderError> {
+        let mut conn = self.database.pool().acquire().await?;
+        load_order(&mut conn, order_id).await
+    }
+
+    /// The Order service as a participant (commands sent by its own sagas).
+    pub fn participant(&self) -> Participant<Tx> {
+        Participant::new("order-service", channels::ORDER)
+            .handle::<ApproveOrder>(OrderHandlers)
+            .handle::<RejectOrder>(OrderHandlers)
+            .handle::<ConfirmCancelOrder>(OrderHandlers)
+            .handle::<UndoBeginCancelOrder>(OrderHandlers)
+    }
+}
+
+async fn menu_of(
+    conn: &mut AnyConnection,
+    restaurant_id: i64,
+) -> Result<Vec<MenuItem>, sqlx::Error> {
+    let rows = query(
+        "SELECT restaurant_id, menu_item_id, name, price FROM ftgo_restaurant_menus \
+         WHERE restaurant_id = $1",
+    )
+    .bind(restaurant_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(MenuItem {
+                restaurant_id: row.try_get("restaurant_id")?,
+                menu_item_id: row.try_get("menu_item_id")?,
+                name: row.try_get("name")?,
+                price: row.try_get("price")?,
+            })
+        })
+        .collect()
+}
+
+async fn load_order(
+    conn: &mut AnyConnection,
+    order_id: i64,
+) -> Result<Option<OrderRecord>, OrderError> {
+    let Some(row) = query(
+        "SELECT id, consumer_id, restaurant_id, line_items, total, state, reason, \
+         create_saga_id, cancel_saga_id FROM ftgo_orders WHERE id = $1",
+    )
+    .bind(order_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let corrupt = |e: &dyn std::fmt::Display| OrderError::Corrupt(format!("order {order_id}: {e}"));
+    let items: String = row.try_get("line_items")?;
+    let state: String = row.try_get("state")?;
+    let saga = |column: &str| -> Result<Option<SagaId>, OrderError> {
+        let text: Option<String> = row.try_get(column)?;
+        text.map(|t| t.parse().map_err(|e| corrupt(&e))).transpose()
+    };
+    Ok(Some(OrderRecord {
+        order_id,
+        consumer_id: row.try_get("consumer_id")?,
+        restaurant_id: row.try_get("restaurant_id")?,
+        line_items: serde_json::from_str(&items).map_err(|e| corrupt(&e))?,
+        total: row.try_get("total")?,
+        state: OrderState::from_stored(&state).map_err(|e| corrupt(&e))?,
+        reason: row.try_get("reason")?,
+        create_saga_id: saga("create_saga_id")?,
+        cancel_saga_id: saga("cancel_saga_id")?,
+    }))
+}
+
+/// Moves an order from `from` to `to` for the saga that holds it (see [`advance`]).
+async fn release_order(
+    tx: &mut Tx,
+    order_id: i64,
+    from: OrderState,
+    to: OrderState,
+    reason: Option<&str>,
+) -> Result<(), HandlerError> {
+    let row = query("SELECT state FROM ftgo_orders WHERE id = $1")
+        .bind(order_id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(transient)?
+        .ok_or_else(|| HandlerError::refused(format!("no order {order_id}")))?;
+    let state = OrderState::from_stored(&row.try_get::<String, _>("state").map_err(transient)?)?;
+    let Some(next) = advance(state, order_id, from, to)? else {
+        return Ok(());
+    };
+    query("UPDATE ftgo_orders SET state = $1, reason = COALESCE($2, reason) WHERE id = $3")
+        .bind(next.state_name())
+        .bind(reason)
+        .bind(order_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(transient)?;
+    Ok(())
+}
+
+/// The Order service's command handlers.
+#[derive(Clone, Copy, Debug)]
+struct OrderHandlers;
+
+#[async_trait]
+impl CommandHandler<ApproveOrder, Tx> for OrderHandlers {
+    async fn handle(
+        &self,
+        tx: &mut Tx,
+        cmd: ApproveOrder,
+        _: &CommandMeta,
+    ) -> Result<OrderApproved, HandlerError> {
+        release_order(
+            tx,
+            cmd.order_id,
+            OrderState::ApprovalPending,
+            OrderState::Approved,
+            None,
+        )
+        .await?;
+        Ok(OrderApproved)
+    }
+}
+
+#[async_trait]
+impl CommandHandler<RejectOrder, Tx> for OrderHandlers {
+    async fn handle(
+        &self,
+        tx: &mut Tx,
+        cmd: RejectOrder,
+        _: &CommandMeta,
+    ) -> Result<OrderRejected, HandlerError> {
+        release_order(
+            tx,
+            cmd.order_id,
+            OrderState::ApprovalPending,
+            OrderState::Rejected,
+            Some(&cmd.reason),
+        )
+        .await?;
+        Ok(OrderRejected)
+    }
+}
+
+#[async_trait]
+impl CommandHandler<ConfirmCancelOrder, Tx> for OrderHandlers {
+    async fn handle(
+        &self,
+        tx: &mut Tx,
+        cmd: ConfirmCancelOrder,
+        _: &CommandMeta,
+    ) -> Result<OrderCancelled, HandlerError> {
+        release_order(
+            tx,
+            cmd.order_id,
+            OrderState::CancelPending,
+            OrderState::Cancelled,
+            None,
+        )
+        .await?;
+        Ok(OrderCancelled)
+    }
+}
+
+#[async_trait]
+impl CommandHandler<UndoBeginCancelOrder, Tx> for OrderHandlers {
+    async fn handle(
+        &self,
+        tx: &mut Tx,
+        cmd: UndoBeginCancelOrder,
+        _: &CommandMeta,
+    ) -> Result<CancelUndone, HandlerError> {
+        release_order(
+            tx,
+            cmd.order_id,
+            OrderState::CancelPending,
+            OrderState::Approved,
+            None,
+        )
+        .await?;
+        Ok(CancelUndone)
+    }
+}
