@@ -1,5 +1,5 @@
-//! Snapshot tests of saga state graphs (Mermaid and DOT): FTGO's CreateOrderSaga, a saga
-//! with no pivot, and a saga with local and conditional steps.
+//! Snapshot tests of saga state graphs (Mermaid and DOT): FTGO's CreateOrderSaga and
+//! CancelOrderSaga, a saga with no pivot, and a saga with local and conditional steps.
 
 use saga_core::{Command, Reply, Saga, StepFailure, saga};
 use serde::{Deserialize, Serialize};
@@ -12,6 +12,16 @@ fn create_order_saga_mermaid() {
 #[test]
 fn create_order_saga_dot() {
     insta::assert_snapshot!(ftgo::create_order::CreateOrderSaga::definition().to_dot());
+}
+
+#[test]
+fn cancel_order_saga_mermaid() {
+    insta::assert_snapshot!(ftgo::cancel_order::CancelOrderSaga::definition().to_mermaid());
+}
+
+#[test]
+fn cancel_order_saga_dot() {
+    insta::assert_snapshot!(ftgo::cancel_order::CancelOrderSaga::definition().to_dot());
 }
 
 /// A transfer with no pivot: the last compensatable step is the point of no return.
