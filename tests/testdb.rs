@@ -16,6 +16,34 @@ pub const POSTGRES_URL_VAR: &str = "SAGA_TEST_POSTGRES_URL";
 /// Set to `1` to make a missing PostgreSQL URL fail the tests.
 pub const REQUIRE_POSTGRES_VAR: &str = "SAGA_REQUIRE_POSTGRES";
 
+/// The variable naming the NATS server for tests.
+pub const NATS_URL_VAR: &str = "SAGA_TEST_NATS_URL";
+/// Set to `1` to make a missing NATS URL fail the tests.
+pub const REQUIRE_NATS_VAR: &str = "SAGA_REQUIRE_NATS";
+
+/// The NATS URL for tests, if configured; panics when it is required but missing. Without it,
+/// says on stderr that `test` did not run.
+pub fn nats_url(test: &str) -> Option<String> {
+    match std::env::var(NATS_URL_VAR) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var(REQUIRE_NATS_VAR).as_deref() != Ok("1"),
+                "{REQUIRE_NATS_VAR}=1 but {NATS_URL_VAR} is not set"
+            );
+            notice(&format!(
+                "NATS test `{test}` did not run: set {NATS_URL_VAR} (e.g. nats://127.0.0.1:4222)"
+            ));
+            None
+        }
+    }
+}
+
+/// A name no other test run uses (letters, digits and underscores).
+pub fn unique(prefix: &str) -> String {
+    unique_name(prefix)
+}
+
 /// Which database a suite runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {

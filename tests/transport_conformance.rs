@@ -1,6 +1,6 @@
 //! The transport conformance suite, written once and run against every transport: the
-//! in-memory one, the SQL-table queue on SQLite and on PostgreSQL (and NATS JetStream when
-//! its URL is set).
+//! in-memory one, the SQL-table queue on SQLite and on PostgreSQL, and NATS JetStream
+//! (`SAGA_TEST_NATS_URL`; without it those tests say they did not run).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use saga_core::memory::InMemoryTransport;
 use saga_core::ports::Transport;
 use saga_core::{Headers, Message};
+use saga_store::nats::{NatsOptions, NatsTransport};
 use saga_store::{SqlTransport, SqlTransportOptions};
 use saga_tests::testdb::{Backend, TestDb};
 
@@ -21,12 +22,16 @@ struct UnderTest {
     /// Whether an unacknowledged delivery comes back by itself after [`LEASE`].
     leases: bool,
     db: Option<TestDb>,
+    nats: Option<Arc<NatsTransport>>,
 }
 
 impl UnderTest {
     async fn cleanup(self) {
         if let Some(db) = self.db {
             db.cleanup().await;
+        }
+        if let Some(nats) = self.nats {
+            nats.delete_streams().await.expect("streams deleted");
         }
     }
 }
@@ -35,6 +40,18 @@ impl UnderTest {
 enum Kind {
     Memory,
     Sql(Backend),
+    Nats,
+}
+
+/// NATS settings for one test: streams of its own, the test lease.
+fn nats_options() -> NatsOptions {
+    let name = saga_tests::testdb::unique("t");
+    NatsOptions {
+        stream: name.to_uppercase(),
+        subject_prefix: name,
+        ack_wait: LEASE,
+        ..NatsOptions::default()
+    }
 }
 
 async fn open(kind: Kind, test: &str) -> Option<UnderTest> {
@@ -43,7 +60,22 @@ async fn open(kind: Kind, test: &str) -> Option<UnderTest> {
             transport: Arc::new(InMemoryTransport::new()),
             leases: false,
             db: None,
+            nats: None,
         }),
+        Kind::Nats => {
+            let url = saga_tests::testdb::nats_url(test)?;
+            let nats = Arc::new(
+                NatsTransport::connect(&url, nats_options())
+                    .await
+                    .expect("NATS connects"),
+            );
+            Some(UnderTest {
+                transport: nats.clone(),
+                leases: true,
+                db: None,
+                nats: Some(nats),
+            })
+        }
         Kind::Sql(backend) => {
             let db = TestDb::open(backend, test).await?;
             let transport = SqlTransport::with_options(
@@ -58,6 +90,7 @@ async fn open(kind: Kind, test: &str) -> Option<UnderTest> {
                 transport: Arc::new(transport),
                 leases: true,
                 db: Some(db),
+                nats: None,
             })
         }
     }
@@ -354,3 +387,4 @@ macro_rules! conformance {
 conformance!(memory, Kind::Memory);
 conformance!(sql_sqlite, Kind::Sql(Backend::Sqlite));
 conformance!(sql_postgres, Kind::Sql(Backend::Postgres));
+conformance!(nats, Kind::Nats);

@@ -17,6 +17,7 @@
 //! |---|---|---|
 //! | `sqlite` | yes | SQLite driver |
 //! | `postgres` | no | PostgreSQL driver and `LISTEN/NOTIFY` wake-ups |
+//! | `nats` | no | the NATS JetStream transport ([`nats::NatsTransport`]) |
 
 mod codec;
 pub mod database;
@@ -24,6 +25,8 @@ pub mod error;
 #[cfg(feature = "postgres")]
 mod listen;
 pub mod locks;
+#[cfg(feature = "nats")]
+pub mod nats;
 pub mod runtime;
 pub mod store;
 pub mod transport;

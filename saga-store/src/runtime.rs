@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use saga_core::orchestrator::Orchestrator;
 use saga_core::participant::Participant;
-use saga_core::ports::{DeadLetter, Delivery, StoreError, Transport, UnitOfWork};
+use saga_core::ports::{DeadLetter, Delivery, StoreError, Transport, TransportError, UnitOfWork};
 use saga_core::{Message, Timestamp};
 use sqlx::{AssertSqlSafe, query};
 use tokio::sync::watch;
@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use crate::codec::to_i64;
 use crate::database::{Database, Dialect, Topic, Tx};
 use crate::error::store_error;
-use crate::store::{SqlSagaStore, mark_published_on, unpublished_on};
+use crate::store::{SqlSagaStore, insert_dead_letter, mark_published_on, unpublished_on};
 use saga_core::ports::CommitOutcome;
 
 /// How old processed rows must be before retention deletes them.
@@ -329,7 +329,8 @@ async fn relay_loop(
         loop {
             let relayed = relay_batch(&mut conn, transport.as_ref(), options.batch_size).await;
             match relayed {
-                Ok(count) => {
+                Ok(Relayed::SetAside) => continue,
+                Ok(Relayed::Published(count)) => {
                     backoff.reset();
                     if count == options.batch_size {
                         continue;
@@ -350,28 +351,59 @@ async fn relay_loop(
     }
 }
 
-/// Publishes one batch of outbox rows on `conn`; returns how many.
+/// What one relay pass did.
+enum Relayed {
+    /// Published this many rows.
+    Published(usize),
+    /// Set a row the transport can never take aside as a dead letter.
+    SetAside,
+}
+
+/// Publishes one batch of outbox rows on `conn`. A row the transport can never take (over
+/// its size limit) is set aside as a dead letter, so it does not hold up the rows behind it.
 async fn relay_batch(
     conn: &mut sqlx::AnyConnection,
     transport: &dyn Transport,
     limit: usize,
-) -> Result<usize, String> {
+) -> Result<Relayed, String> {
     let entries = unpublished_on(conn, limit)
         .await
         .map_err(|e| e.to_string())?;
     if entries.is_empty() {
-        return Ok(0);
+        return Ok(Relayed::Published(0));
     }
     let messages: Vec<Message> = entries.iter().map(|e| e.message.clone()).collect();
-    transport
-        .publish(&messages)
-        .await
-        .map_err(|e| e.to_string())?;
+    match transport.publish(&messages).await {
+        Ok(()) => {}
+        Err(TransportError::TooLarge { id, size, limit }) => {
+            let Some(entry) = entries.iter().find(|e| e.message.id == id) else {
+                return Err(format!("the transport refused unknown message {id}"));
+            };
+            let reason = format!("{size} bytes is over the transport's limit of {limit}");
+            tracing::error!(message_id = %id, %reason, "outbox message dead-lettered");
+            let dead = DeadLetter {
+                consumer: "outbox-relay".to_owned(),
+                message: entry.message.clone(),
+                reason,
+                at: Timestamp::now(),
+            };
+            insert_dead_letter(conn, &dead)
+                .await
+                .map_err(|e| e.to_string())?;
+            mark_published_on(conn, &[entry.sequence])
+                .await
+                .map_err(|e| e.to_string())?;
+            // The rows before it were published; the next pass republishes them (the
+            // consumers' dedup, and NATS's duplicate window, absorb that) and goes on.
+            return Ok(Relayed::SetAside);
+        }
+        Err(err) => return Err(err.to_string()),
+    }
     let sequences: Vec<u64> = entries.iter().map(|e| e.sequence).collect();
     mark_published_on(conn, &sequences)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(entries.len())
+    Ok(Relayed::Published(entries.len()))
 }
 
 async fn reply_loop(

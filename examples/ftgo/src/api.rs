@@ -7,8 +7,9 @@
 //! | `POST` | `/orders/{id}/cancel` | cancel an approved order (starts CancelOrderSaga) | `202`, `404`, `409` when a saga holds the order or it is not approved |
 //! | `GET` | `/health` | liveness | `200` |
 //!
-//! Errors are JSON: `{"error": {"code": "invalid_order", "message": "…"}}`, with `400` for
-//! malformed JSON, `422` for invalid orders, `404`, `409` and `500`.
+//! Errors are JSON: `{"error": {"code": "invalid_order", "message": "…"}}`, with `400` for a
+//! malformed body or path (`bad_request`), `415` without a JSON content type, `422` for
+//! invalid orders (`invalid_order`), `404`, `405`, `409` (`locked`, `wrong_state`) and `500`.
 
 use std::sync::Arc;
 
@@ -88,7 +89,11 @@ fn internal(err: impl std::fmt::Display) -> ApiError {
 }
 
 fn bad_json(rejection: JsonRejection) -> ApiError {
-    ApiError::new(rejection.status(), "bad_request", rejection.body_text())
+    let status = match rejection {
+        JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    ApiError::new(status, "bad_request", rejection.body_text())
 }
 
 fn bad_path(rejection: PathRejection) -> ApiError {
@@ -154,6 +159,14 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}
+
 /// The API's routes over a running FTGO.
 pub fn router(ftgo: Arc<Ftgo>) -> Router {
     Router::new()
@@ -162,6 +175,7 @@ pub fn router(ftgo: Arc<Ftgo>) -> Router {
         .route("/orders/{id}/cancel", post(cancel_order))
         .route("/health", get(health))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(ftgo)
 }
 

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use saga_core::engine::{HistoryEvent, SagaStatus};
-use saga_core::ports::SagaStore;
+use saga_core::ports::{SagaStore, Transport, TransportError};
 use saga_core::{SagaId, Timestamp};
+use saga_store::nats::{NatsOptions, NatsTransport};
 use saga_store::{
     Database, DatabaseError, DatabaseOptions, RuntimeOptions, SagaRuntime, SqlTransport,
     SqlTransportOptions, SqliteSync,
@@ -47,6 +48,7 @@ impl Storage {
         &self,
         name: &str,
         sqlite_sync: SqliteSync,
+        max_connections: Option<u32>,
     ) -> Result<Database, DatabaseError> {
         match self {
             Storage::Sqlite { dir } => {
@@ -58,6 +60,7 @@ impl Storage {
                 );
                 let options = DatabaseOptions {
                     sqlite_sync,
+                    max_connections,
                     ..DatabaseOptions::default()
                 };
                 Database::connect_with(&url, options).await
@@ -65,12 +68,22 @@ impl Storage {
             Storage::Postgres { url, schema_prefix } => {
                 let options = DatabaseOptions {
                     schema: Some(format!("{schema_prefix}_{name}")),
+                    max_connections,
                     ..DatabaseOptions::default()
                 };
                 Database::connect_with(url, options).await
             }
         }
     }
+}
+
+/// Where NATS is, when the services talk over NATS JetStream instead of the SQL queue.
+#[derive(Clone, Debug)]
+pub struct NatsSettings {
+    /// The server, e.g. `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// Streams and consumers.
+    pub options: NatsOptions,
 }
 
 /// How to run FTGO.
@@ -82,8 +95,13 @@ pub struct FtgoOptions {
     pub sqlite_sync: SqliteSync,
     /// Worker settings.
     pub runtime: RuntimeOptions,
-    /// Queue settings.
+    /// Settings of the SQL-table queue (the default transport).
     pub transport: SqlTransportOptions,
+    /// Talk over NATS JetStream instead of the SQL-table queue.
+    pub nats: Option<NatsSettings>,
+    /// Connections per database pool (default: the store's, 4 for SQLite and 10 for
+    /// PostgreSQL). FTGO opens one pool per service (and one for the queue).
+    pub max_connections: Option<u32>,
 }
 
 impl FtgoOptions {
@@ -102,7 +120,28 @@ impl FtgoOptions {
                 lease: Duration::from_secs(10),
                 ..SqlTransportOptions::default()
             },
+            nats: None,
+            max_connections: None,
         }
+    }
+
+    /// Opens the database `name` with these options.
+    pub async fn database(&self, name: &str) -> Result<Database, DatabaseError> {
+        self.storage
+            .open(name, self.sqlite_sync, self.max_connections)
+            .await
+    }
+
+    /// Opens the transport: NATS if configured, else the SQL queue in the `messages`
+    /// database (returned too, so it can be closed).
+    async fn transport(&self) -> Result<(Arc<dyn Transport>, Option<Database>), FtgoError> {
+        if let Some(nats) = &self.nats {
+            let transport = NatsTransport::connect(&nats.url, nats.options.clone()).await?;
+            return Ok((Arc::new(transport), None));
+        }
+        let messages = self.database(MESSAGES).await?;
+        let transport = SqlTransport::with_options(messages.clone(), self.transport.clone());
+        Ok((Arc::new(transport), Some(messages)))
     }
 }
 
@@ -121,13 +160,15 @@ pub enum FtgoError {
     /// The saga store failed.
     #[error(transparent)]
     Store(#[from] saga_core::ports::StoreError),
+    /// The transport could not be reached.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
     /// Sagas did not finish in time.
     #[error("{0} sagas did not finish within {1:?}")]
     Timeout(usize, Duration),
 }
 
 /// The four services and their message queue.
-#[derive(Debug)]
 pub struct Ftgo {
     /// The Order service (and the saga orchestrator).
     pub orders: OrderService,
@@ -137,11 +178,24 @@ pub struct Ftgo {
     pub kitchen: KitchenService,
     /// The Accounting service.
     pub accounting: AccountingService,
-    /// The database holding the message queue.
-    pub messages: Database,
-    transport: Arc<SqlTransport>,
-    runtime: Option<SagaRuntime>,
+    /// The database holding the message queue (none over NATS).
+    pub messages: Option<Database>,
+    transport: Arc<dyn Transport>,
+    runtime: tokio::sync::Mutex<Option<SagaRuntime>>,
     options: FtgoOptions,
+}
+
+impl std::fmt::Debug for Ftgo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ftgo")
+            .field("storage", &self.options.storage)
+            .field("nats", &self.options.nats)
+            .field(
+                "workers",
+                &self.runtime.try_lock().map(|r| r.is_some()).ok(),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 /// One saga of an order, for display.
@@ -192,17 +246,11 @@ pub struct OrderView {
 impl Ftgo {
     /// Opens every database and service; the saga workers are not running yet.
     pub async fn open(options: FtgoOptions) -> Result<Self, FtgoError> {
-        let sync = options.sqlite_sync;
-        let storage = &options.storage;
-        let orders = OrderService::open(storage.open("order", sync).await?).await?;
-        let consumers = ConsumerService::open(storage.open("consumer", sync).await?).await?;
-        let kitchen = KitchenService::open(storage.open("kitchen", sync).await?).await?;
-        let accounting = AccountingService::open(storage.open("accounting", sync).await?).await?;
-        let messages = storage.open(MESSAGES, sync).await?;
-        let transport = Arc::new(SqlTransport::with_options(
-            messages.clone(),
-            options.transport.clone(),
-        ));
+        let orders = OrderService::open(options.database("order").await?).await?;
+        let consumers = ConsumerService::open(options.database("consumer").await?).await?;
+        let kitchen = KitchenService::open(options.database("kitchen").await?).await?;
+        let accounting = AccountingService::open(options.database("accounting").await?).await?;
+        let (transport, messages) = options.transport().await?;
         Ok(Self {
             orders,
             consumers,
@@ -210,21 +258,22 @@ impl Ftgo {
             accounting,
             messages,
             transport,
-            runtime: None,
+            runtime: tokio::sync::Mutex::new(None),
             options,
         })
     }
 
     /// Opens everything and starts the saga workers.
     pub async fn start(options: FtgoOptions) -> Result<Self, FtgoError> {
-        let mut ftgo = Self::open(options).await?;
-        ftgo.start_workers();
+        let ftgo = Self::open(options).await?;
+        ftgo.start_workers().await;
         Ok(ftgo)
     }
 
     /// Starts the saga workers (relays, consumers, timers) if they are not running.
-    pub fn start_workers(&mut self) {
-        if self.runtime.is_some() {
+    pub async fn start_workers(&self) {
+        let mut slot = self.runtime.lock().await;
+        if slot.is_some() {
             return;
         }
         let runtime = SagaRuntime::builder(self.transport.clone())
@@ -235,21 +284,25 @@ impl Ftgo {
             .participant(self.kitchen.database(), self.kitchen.participant())
             .participant(self.accounting.database(), self.accounting.participant())
             .start();
-        self.runtime = Some(runtime);
+        *slot = Some(runtime);
     }
 
-    /// Stops the workers and closes the databases.
-    pub async fn shutdown(mut self) {
-        if let Some(runtime) = self.runtime.take() {
+    /// Stops the workers and closes the databases (it may be called on a shared handle,
+    /// e.g. while the API server still holds one).
+    pub async fn shutdown(&self) {
+        if let Some(runtime) = self.runtime.lock().await.take() {
             runtime.shutdown().await;
         }
         for database in [
-            self.orders.database(),
-            self.consumers.database(),
-            self.kitchen.database(),
-            self.accounting.database(),
-            &self.messages,
-        ] {
+            Some(self.orders.database()),
+            Some(self.consumers.database()),
+            Some(self.kitchen.database()),
+            Some(self.accounting.database()),
+            self.messages.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
             database.close().await;
         }
     }
@@ -342,5 +395,80 @@ impl Ftgo {
             order,
             sagas,
         }))
+    }
+}
+
+/// One of the four services.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceName {
+    /// The Order service (and the saga orchestrator).
+    Order,
+    /// The Consumer service.
+    Consumer,
+    /// The Kitchen service.
+    Kitchen,
+    /// The Accounting service.
+    Accounting,
+}
+
+impl ServiceName {
+    /// The database name, as in [`SERVICES`].
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Order => "order",
+            Self::Consumer => "consumer",
+            Self::Kitchen => "kitchen",
+            Self::Accounting => "accounting",
+        }
+    }
+}
+
+/// One service running on its own, as its own process: its database, its participant (and,
+/// for the Order service, the orchestrator), and the saga workers for them. Run several of
+/// one service and they share its channel's work.
+#[derive(Debug)]
+pub struct ServiceProcess {
+    runtime: SagaRuntime,
+    databases: Vec<Database>,
+}
+
+impl ServiceProcess {
+    /// Opens `name`'s database and the transport, and starts its workers.
+    pub async fn start(name: ServiceName, options: FtgoOptions) -> Result<Self, FtgoError> {
+        let database = options.database(name.as_str()).await?;
+        let (transport, messages) = options.transport().await?;
+        let builder = SagaRuntime::builder(transport).options(options.runtime.clone());
+        let builder = match name {
+            ServiceName::Order => {
+                let orders = OrderService::open(database.clone()).await?;
+                builder
+                    .orchestrator(orders.orchestrator().clone())
+                    .participant(&database, orders.participant())
+            }
+            ServiceName::Consumer => {
+                let consumers = ConsumerService::open(database.clone()).await?;
+                builder.participant(&database, consumers.participant())
+            }
+            ServiceName::Kitchen => {
+                let kitchen = KitchenService::open(database.clone()).await?;
+                builder.participant(&database, kitchen.participant())
+            }
+            ServiceName::Accounting => {
+                let accounting = AccountingService::open(database.clone()).await?;
+                builder.participant(&database, accounting.participant())
+            }
+        };
+        Ok(Self {
+            runtime: builder.start(),
+            databases: std::iter::once(database).chain(messages).collect(),
+        })
+    }
+
+    /// Stops the workers (after the messages in hand) and closes the databases.
+    pub async fn shutdown(self) {
+        self.runtime.shutdown().await;
+        for database in self.databases {
+            database.close().await;
+        }
     }
 }

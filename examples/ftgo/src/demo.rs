@@ -149,7 +149,7 @@ fn refusal(request: String, result: Result<SagaId, OrderError>) -> Result<Refusa
 
 /// Runs the demo on `ftgo` (whose workers must not be running yet), reporting progress
 /// through `progress`.
-pub async fn run(ftgo: &mut Ftgo, mut progress: impl FnMut(&str)) -> Result<DemoReport, FtgoError> {
+pub async fn run(ftgo: &Ftgo, mut progress: impl FnMut(&str)) -> Result<DemoReport, FtgoError> {
     let started = Instant::now();
     let mut placed = Vec::new();
     for scenario in SCENARIOS {
@@ -170,7 +170,7 @@ pub async fn run(ftgo: &mut Ftgo, mut progress: impl FnMut(&str)) -> Result<Demo
         ftgo.orders.cancel_order(first).await,
     )?);
 
-    ftgo.start_workers();
+    ftgo.start_workers().await;
     let create_sagas: Vec<SagaId> = placed.iter().map(|(_, order)| order.saga_id).collect();
     ftgo.wait_for_sagas(&create_sagas, Duration::from_secs(60), |done, total| {
         progress(&format!("CreateOrderSaga: {done}/{total} finished"));

@@ -1,4 +1,5 @@
-//! The `ftgo` command: the demo (default), and `ftgo serve` for the HTTP API.
+//! The `ftgo` command: the demo (default), `ftgo serve` for the HTTP API, and `ftgo service`
+//! to run one service per process.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -7,8 +8,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
-use ftgo::app::{Ftgo, FtgoOptions, MESSAGES, SERVICES, Storage};
+use ftgo::app::{
+    Ftgo, FtgoOptions, MESSAGES, NatsSettings, SERVICES, ServiceName, ServiceProcess, Storage,
+};
 use saga_store::SqliteSync;
+use saga_store::nats::NatsOptions;
 
 /// FTGO, the food-delivery example of the saga framework.
 #[derive(Debug, Parser)]
@@ -23,52 +27,74 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Place sample orders covering every saga outcome and print what happened (the default).
-    Demo {
-        #[command(flatten)]
-        storage: StorageArgs,
-    },
+    Demo,
     /// Run the four services and the HTTP API.
     Serve {
-        #[command(flatten)]
-        storage: StorageArgs,
         /// The address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Serve the API only: the services run as `ftgo service …` processes.
+        #[arg(long)]
+        api_only: bool,
+    },
+    /// Run one service (its participant, and for `order` the saga orchestrator) in this
+    /// process. Start several of one service and they share its work.
+    Service {
+        /// Which service.
+        #[arg(value_enum)]
+        name: ServiceArg,
     },
 }
 
-#[derive(Clone, Debug, Default, Args)]
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ServiceArg {
+    Order,
+    Consumer,
+    Kitchen,
+    Accounting,
+}
+
+impl From<ServiceArg> for ServiceName {
+    fn from(arg: ServiceArg) -> Self {
+        match arg {
+            ServiceArg::Order => ServiceName::Order,
+            ServiceArg::Consumer => ServiceName::Consumer,
+            ServiceArg::Kitchen => ServiceName::Kitchen,
+            ServiceArg::Accounting => ServiceName::Accounting,
+        }
+    }
+}
+
+/// Where the data lives and how messages travel (valid before or after the subcommand).
+#[derive(Clone, Debug, Args)]
 struct StorageArgs {
     /// Keep the SQLite databases in this directory (default: a fresh temporary directory for
-    /// the demo, `./ftgo-data` for `serve`).
-    #[arg(long, conflicts_with = "database_url")]
+    /// the demo, `./ftgo-data` otherwise).
+    #[arg(long, global = true, conflicts_with = "database_url")]
     data_dir: Option<PathBuf>,
     /// Use PostgreSQL instead, e.g. postgres://postgres@127.0.0.1:5432/test (one schema per
     /// service).
-    #[arg(long)]
+    #[arg(long, global = true)]
     database_url: Option<String>,
     /// The PostgreSQL schema prefix (default: `ftgo`, or a fresh one for the demo).
-    #[arg(long)]
+    #[arg(long, global = true)]
     schema_prefix: Option<String>,
     /// SQLite durability: `full` (every commit synced, the default) or `normal`.
-    #[arg(long, default_value = "full", value_parser = ["full", "normal"])]
+    #[arg(long, global = true, default_value = "full", value_parser = ["full", "normal"])]
     sqlite_sync: String,
+    /// How the services exchange messages: the SQL-table queue (`sql`, the default) or NATS
+    /// JetStream (`nats`).
+    #[arg(long, global = true, default_value = "sql", value_parser = ["sql", "nats"])]
+    transport: String,
+    /// The NATS server, with `--transport nats`.
+    #[arg(long, global = true, default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// The JetStream stream name, with `--transport nats`.
+    #[arg(long, global = true, default_value = "FTGO")]
+    nats_stream: String,
 }
 
 impl StorageArgs {
-    fn merged(self, outer: StorageArgs) -> StorageArgs {
-        StorageArgs {
-            data_dir: self.data_dir.or(outer.data_dir),
-            database_url: self.database_url.or(outer.database_url),
-            schema_prefix: self.schema_prefix.or(outer.schema_prefix),
-            sqlite_sync: if self.sqlite_sync == "full" {
-                outer.sqlite_sync
-            } else {
-                self.sqlite_sync
-            },
-        }
-    }
-
     fn options(&self, fresh: bool) -> (FtgoOptions, Option<PathBuf>) {
         let unique = format!(
             "{}_{}",
@@ -105,6 +131,16 @@ impl StorageArgs {
         if self.sqlite_sync == "normal" {
             options.sqlite_sync = SqliteSync::Normal;
         }
+        if self.transport == "nats" {
+            options.nats = Some(NatsSettings {
+                url: self.nats_url.clone(),
+                options: NatsOptions {
+                    stream: self.nats_stream.clone(),
+                    subject_prefix: self.nats_stream.to_lowercase(),
+                    ..NatsOptions::default()
+                },
+            });
+        }
         (options, temporary)
     }
 }
@@ -120,11 +156,9 @@ async fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        None => demo(cli.storage).await,
-        Some(Command::Demo { storage }) => demo(storage.merged(cli.storage)).await,
-        Some(Command::Serve { storage, listen }) => {
-            serve(storage.merged(cli.storage), listen).await
-        }
+        None | Some(Command::Demo) => demo(cli.storage).await,
+        Some(Command::Serve { listen, api_only }) => serve(cli.storage, listen, api_only).await,
+        Some(Command::Service { name }) => service(name.into(), cli.storage).await,
     };
     match result {
         Ok(code) => code,
@@ -142,8 +176,8 @@ async fn demo(storage: StorageArgs) -> Result<ExitCode, Failure> {
     let where_ = describe(&options.storage);
     let mut stderr = std::io::stderr();
     let _ = writeln!(stderr, "FTGO demo: four services on {where_}");
-    let mut ftgo = Ftgo::open(options.clone()).await?;
-    let report = ftgo::demo::run(&mut ftgo, |line| {
+    let ftgo = Ftgo::open(options.clone()).await?;
+    let report = ftgo::demo::run(&ftgo, |line| {
         let _ = writeln!(std::io::stderr(), "  … {line}");
     })
     .await;
@@ -159,24 +193,63 @@ async fn demo(storage: StorageArgs) -> Result<ExitCode, Failure> {
     })
 }
 
-async fn serve(storage: StorageArgs, listen: SocketAddr) -> Result<ExitCode, Failure> {
+async fn serve(
+    storage: StorageArgs,
+    listen: SocketAddr,
+    api_only: bool,
+) -> Result<ExitCode, Failure> {
     let (options, _) = storage.options(false);
     let where_ = describe(&options.storage);
-    let ftgo = Arc::new(Ftgo::start(options).await?);
+    let ftgo = if api_only {
+        Ftgo::open(options).await?
+    } else {
+        Ftgo::start(options).await?
+    };
+    let ftgo = Arc::new(ftgo);
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let _ = writeln!(
         std::io::stderr(),
         "FTGO API on http://{} (services on {where_}); Ctrl-C stops it",
         listener.local_addr()?
     );
-    ftgo::api::serve(listener, ftgo.clone(), async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await?;
-    if let Ok(ftgo) = Arc::try_unwrap(ftgo) {
-        ftgo.shutdown().await;
-    }
+    ftgo::api::serve(listener, ftgo.clone(), shutdown_signal()).await?;
+    ftgo.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn service(name: ServiceName, storage: StorageArgs) -> Result<ExitCode, Failure> {
+    let (options, _) = storage.options(false);
+    let where_ = describe(&options.storage);
+    let transport = match &options.nats {
+        Some(nats) => format!("NATS {} (stream {})", nats.url, nats.options.stream),
+        None => "the SQL queue".to_owned(),
+    };
+    let process = ServiceProcess::start(name, options).await?;
+    let _ = writeln!(
+        std::io::stderr(),
+        "FTGO {} service running (pid {}) on {where_}, messages over {transport}; Ctrl-C stops it",
+        name.as_str(),
+        std::process::id()
+    );
+    shutdown_signal().await;
+    process.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
 }
 
 fn describe(storage: &Storage) -> String {

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Runs FTGO distributed: every service in its own process (two Kitchen instances), on
+# PostgreSQL (one schema per service) and NATS JetStream, plus the HTTP API.
+#
+#   examples/ftgo/run-distributed.sh start            # build, start everything, wait for the API
+#   examples/ftgo/run-distributed.sh stop             # stop everything (SIGTERM, then SIGKILL)
+#   examples/ftgo/run-distributed.sh status           # which processes run
+#   examples/ftgo/run-distributed.sh start-one NAME   # (re)start one: order, consumer, kitchen-1,
+#                                                     # kitchen-2, accounting or api
+#
+# Settings (environment):
+#   DATABASE_URL   postgres://postgres@127.0.0.1:5432/test
+#   NATS_URL       nats://127.0.0.1:4222
+#   SCHEMA_PREFIX  ftgo            schemas <prefix>_order, <prefix>_kitchen, ...
+#   NATS_STREAM    FTGO            the JetStream stream
+#   LISTEN         127.0.0.1:8080  the API's address
+#   RUN_DIR        ./ftgo-run      pid files and logs (<name>.pid, <name>.log)
+#   FTGO_BIN       the ftgo binary (default: built here with cargo build -p ftgo)
+#   RUST_LOG       log filter for every process (default: info)
+set -euo pipefail
+
+DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
+NATS_URL="${NATS_URL:-nats://127.0.0.1:4222}"
+SCHEMA_PREFIX="${SCHEMA_PREFIX:-ftgo}"
+NATS_STREAM="${NATS_STREAM:-FTGO}"
+LISTEN="${LISTEN:-127.0.0.1:8080}"
+RUN_DIR="${RUN_DIR:-./ftgo-run}"
+export RUST_LOG="${RUST_LOG:-info}"
+
+PROCESSES=(order consumer kitchen-1 kitchen-2 accounting api)
+
+binary() {
+  if [[ -n "${FTGO_BIN:-}" ]]; then
+    echo "$FTGO_BIN"
+  else
+    local root
+    root="$(cd "$(dirname "$0")/../.." && pwd)"
+    (cd "$root" && cargo build -q -p ftgo) >&2
+    echo "$root/target/debug/ftgo"
+  fi
+}
+
+common_args() {
+  echo --database-url "$DATABASE_URL" --schema-prefix "$SCHEMA_PREFIX" \
+    --transport nats --nats-url "$NATS_URL" --nats-stream "$NATS_STREAM"
+}
+
+running() {
+  local pidfile="$RUN_DIR/$1.pid" state
+  [[ -f "$pidfile" ]] || return 1
+  # A killed process may linger as a zombie until it is reaped: that is not running.
+  state=$(ps -o stat= -p "$(cat "$pidfile")" 2>/dev/null) || return 1
+  [[ -n "$state" && "$state" != Z* ]]
+}
+
+start_one() {
+  local name="$1" bin="$2" args
+  args=$(common_args)
+  if running "$name"; then
+    echo "$name already runs (pid $(cat "$RUN_DIR/$name.pid"))"
+    return
+  fi
+  case "$name" in
+    order|consumer|accounting) set -- service "$name" ;;
+    kitchen-*) set -- service kitchen ;;
+    api) set -- serve --api-only --listen "$LISTEN" ;;
+    *) echo "unknown process $name (expected: ${PROCESSES[*]})" >&2; exit 2 ;;
+  esac
+  # shellcheck disable=SC2086
+  "$bin" "$@" $args >>"$RUN_DIR/$name.log" 2>&1 &
+  echo $! >"$RUN_DIR/$name.pid"
+  echo "started $name (pid $!)"
+}
+
+wait_for_api() {
+  local host="${LISTEN%:*}" port="${LISTEN##*:}"
+  for _ in $(seq 1 150); do
+    if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then
+      echo "API ready on http://$LISTEN"
+      return
+    fi
+    if ! running api; then
+      echo "the API process exited; see $RUN_DIR/api.log" >&2
+      exit 1
+    fi
+    sleep 0.2
+  done
+  echo "the API did not come up on $LISTEN; see $RUN_DIR/api.log" >&2
+  exit 1
+}
+
+stop_all() {
+  for name in "${PROCESSES[@]}"; do
+    running "$name" && kill -TERM "$(cat "$RUN_DIR/$name.pid")" 2>/dev/null || true
+  done
+  for _ in $(seq 1 50); do
+    local alive=0
+    for name in "${PROCESSES[@]}"; do running "$name" && alive=1; done
+    [[ $alive == 0 ]] && break
+    sleep 0.2
+  done
+  for name in "${PROCESSES[@]}"; do
+    if running "$name"; then
+      kill -KILL "$(cat "$RUN_DIR/$name.pid")" 2>/dev/null || true
+      echo "killed $name"
+    fi
+    rm -f "$RUN_DIR/$name.pid"
+  done
+  echo "stopped"
+}
+
+mkdir -p "$RUN_DIR"
+case "${1:-}" in
+  start)
+    bin=$(binary)
+    # The order service creates the sagas' tables; start it first so the others find NATS
+    # streams and schemas ready.
+    for name in "${PROCESSES[@]}"; do start_one "$name" "$bin"; done
+    wait_for_api
+    ;;
+  start-one)
+    start_one "${2:?name}" "$(binary)"
+    ;;
+  stop)
+    stop_all
+    ;;
+  status)
+    for name in "${PROCESSES[@]}"; do
+      if running "$name"; then echo "$name: running (pid $(cat "$RUN_DIR/$name.pid"))"; else echo "$name: stopped"; fi
+    done
+    ;;
+  *)
+    sed -n '2,24p' "$0"
+    exit 2
+    ;;
+esac

@@ -1,0 +1,425 @@
+//! FTGO distributed: every service its own process (two Kitchen instances), on PostgreSQL and
+//! NATS JetStream, started and stopped by `run-distributed.sh`, driven through the HTTP API.
+//!
+//! Needs `SAGA_TEST_POSTGRES_URL` and `SAGA_TEST_NATS_URL`; the NATS outage test also needs
+//! `SAGA_TEST_NATS_STOP` and `SAGA_TEST_NATS_START` (shell commands that stop and start the
+//! server). Without them the tests say they did not run.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use saga_store::nats::{NatsOptions, NatsTransport};
+use saga_store::{Database, DatabaseOptions};
+use serde_json::{Value, json};
+use sqlx::{AssertSqlSafe, Row};
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/run-distributed.sh");
+
+fn notice(text: &str) {
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn required(names: &[&str], test: &str) -> Option<Vec<String>> {
+    let values: Vec<Option<String>> = names.iter().map(|n| env(n)).collect();
+    if values.iter().all(Option::is_some) {
+        return Some(values.into_iter().flatten().collect());
+    }
+    let missing: Vec<&str> = names
+        .iter()
+        .zip(&values)
+        .filter(|(_, v)| v.is_none())
+        .map(|(n, _)| *n)
+        .collect();
+    assert!(
+        env("SAGA_REQUIRE_DISTRIBUTED").as_deref() != Some("1"),
+        "SAGA_REQUIRE_DISTRIBUTED=1 but {missing:?} not set"
+    );
+    notice(&format!(
+        "distributed test `{test}` did not run: set {}",
+        missing.join(", ")
+    ));
+    None
+}
+
+/// A running deployment; stopped (and its schemas and streams removed) on drop.
+struct Deployment {
+    run_dir: PathBuf,
+    vars: Vec<(&'static str, String)>,
+    base: String,
+    database_url: String,
+    prefix: String,
+    nats_url: String,
+    stream: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl Deployment {
+    fn start(database_url: &str, nats_url: &str) -> Self {
+        let unique = format!("{}_{}", std::process::id(), uuid::Uuid::now_v7().simple());
+        let unique = &unique[..unique.len().min(30)];
+        let prefix = format!("ftgo_dist_{unique}");
+        let stream = format!("FTGO_DIST_{unique}").to_uppercase();
+        let port = free_port();
+        let run_dir = std::env::temp_dir().join(&prefix);
+        std::fs::create_dir_all(&run_dir).expect("run dir");
+        let vars = vec![
+            ("DATABASE_URL", database_url.to_owned()),
+            ("NATS_URL", nats_url.to_owned()),
+            ("SCHEMA_PREFIX", prefix.clone()),
+            ("NATS_STREAM", stream.clone()),
+            ("LISTEN", format!("127.0.0.1:{port}")),
+            ("RUN_DIR", run_dir.display().to_string()),
+            ("FTGO_BIN", env!("CARGO_BIN_EXE_ftgo").to_owned()),
+            ("RUST_LOG", "info".to_owned()),
+        ];
+        let deployment = Self {
+            run_dir,
+            vars,
+            base: format!("http://127.0.0.1:{port}"),
+            database_url: database_url.to_owned(),
+            prefix,
+            nats_url: nats_url.to_owned(),
+            stream,
+        };
+        deployment.script(&["start"]);
+        deployment
+    }
+
+    fn script(&self, args: &[&str]) {
+        let output = Command::new("bash")
+            .arg(SCRIPT)
+            .args(args)
+            .envs(self.vars.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .expect("script runs");
+        assert!(
+            output.status.success(),
+            "run-distributed.sh {args:?} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// SIGKILLs one process.
+    fn kill(&self, name: &str) {
+        let pid =
+            std::fs::read_to_string(self.run_dir.join(format!("{name}.pid"))).expect("pid file");
+        let status = Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -KILL {name}");
+    }
+
+    async fn schema(&self, service: &str) -> Database {
+        let options = DatabaseOptions {
+            schema: Some(format!("{}_{service}", self.prefix)),
+            ..DatabaseOptions::default()
+        };
+        Database::connect_with(&self.database_url, options)
+            .await
+            .expect("opens")
+    }
+
+    /// Drops the schemas and the NATS streams.
+    async fn remove_data(&self) {
+        let db = Database::connect(&self.database_url).await.expect("opens");
+        for name in ["order", "consumer", "kitchen", "accounting", "messages"] {
+            let drop = format!("DROP SCHEMA IF EXISTS \"{}_{name}\" CASCADE", self.prefix);
+            let _ = sqlx::query(AssertSqlSafe(drop)).execute(db.pool()).await;
+        }
+        db.close().await;
+        let options = NatsOptions {
+            stream: self.stream.clone(),
+            subject_prefix: self.stream.to_lowercase(),
+            connect_timeout: Duration::from_secs(5),
+            ..NatsOptions::default()
+        };
+        if let Ok(nats) = NatsTransport::connect(&self.nats_url, options).await {
+            let _ = nats.delete_streams().await;
+        }
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(SCRIPT)
+            .arg("stop")
+            .envs(self.vars.iter().map(|(k, v)| (*k, v.as_str())))
+            .output();
+    }
+}
+
+/// The order for index `i`: six in ten approved, then one each of: blocked consumer, closed
+/// restaurant, card limit, disabled card.
+fn order_for(i: usize) -> (Value, &'static str) {
+    let (consumer, restaurant, item, quantity, outcome) = match i % 10 {
+        0..=5 => (
+            1,
+            1 + (i % 2) as i64,
+            if i.is_multiple_of(2) {
+                "samosa"
+            } else {
+                "margherita"
+            },
+            1,
+            "APPROVED",
+        ),
+        6 => (666, 1, "samosa", 1, "REJECTED"),
+        7 => (1, 13, "soup", 1, "REJECTED"),
+        8 => (2, 1, "chicken-vindaloo", 4, "REJECTED"),
+        _ => (3, 2, "margherita", 1, "REJECTED"),
+    };
+    (
+        json!({
+            "consumer_id": consumer,
+            "restaurant_id": restaurant,
+            "line_items": [{ "menu_item_id": item, "quantity": quantity }]
+        }),
+        outcome,
+    )
+}
+
+async fn place(client: &reqwest::Client, base: &str, i: usize) -> (i64, &'static str) {
+    let (body, outcome) = order_for(i);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match client
+            .post(format!("{base}/orders"))
+            .json(&body)
+            .send()
+            .await
+        {
+            Ok(response) if response.status() == reqwest::StatusCode::CREATED => {
+                let placed: Value = response.json().await.expect("json");
+                return (placed["order_id"].as_i64().expect("order id"), outcome);
+            }
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "placing order {i} failed: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Places orders `range` through the API, 8 at a time; returns `(order id, expected state)`.
+async fn place_all(base: &str, range: std::ops::Range<usize>) -> Vec<(i64, &'static str)> {
+    let client = reqwest::Client::new();
+    let mut placed = Vec::new();
+    let indexes: Vec<usize> = range.collect();
+    for chunk in indexes.chunks(8) {
+        let futures = chunk.iter().map(|&i| place(&client, base, i));
+        placed.extend(futures_util::future::join_all(futures).await);
+    }
+    placed
+}
+
+/// Waits until no order is pending; panics with the counts after `timeout`.
+async fn wait_until_settled(orders: &Database, expected: usize, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM ftgo_orders GROUP BY state")
+            .fetch_all(orders.pool())
+            .await
+            .expect("counts");
+        let counts: Vec<(String, i64)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.try_get("state").expect("state"),
+                    r.try_get("n").expect("n"),
+                )
+            })
+            .collect();
+        let total: i64 = counts.iter().map(|(_, n)| n).sum();
+        let pending = counts.iter().any(|(s, _)| s.ends_with("_PENDING"));
+        if !pending && total == i64::try_from(expected).expect("fits") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "orders not settled after {timeout:?}: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Every order in its expected state, and consistent across the services.
+async fn assert_consistent(deployment: &Deployment, placed: &[(i64, &'static str)]) {
+    let orders = deployment.schema("order").await;
+    let kitchen = deployment.schema("kitchen").await;
+    let accounting = deployment.schema("accounting").await;
+    let states = |db: &Database, sql: &'static str| {
+        let db = db.clone();
+        async move {
+            sqlx::query(sql)
+                .fetch_all(db.pool())
+                .await
+                .expect("reads")
+                .iter()
+                .map(|r| {
+                    (
+                        r.try_get::<i64, _>(0).expect("id"),
+                        r.try_get::<String, _>(1).expect("state"),
+                    )
+                })
+                .collect::<std::collections::HashMap<i64, String>>()
+        }
+    };
+    let order_states = states(&orders, "SELECT id, state FROM ftgo_orders").await;
+    let tickets = states(&kitchen, "SELECT order_id, state FROM ftgo_tickets").await;
+    let authorizations = states(
+        &accounting,
+        "SELECT order_id, state FROM ftgo_authorizations",
+    )
+    .await;
+    assert_eq!(order_states.len(), placed.len());
+    for (order_id, expected) in placed {
+        let state = order_states.get(order_id).map(String::as_str);
+        assert_eq!(state, Some(*expected), "order {order_id}");
+        let ticket = tickets.get(order_id).map(String::as_str);
+        let authorization = authorizations.get(order_id).map(String::as_str);
+        match *expected {
+            "APPROVED" => {
+                assert_eq!(
+                    ticket,
+                    Some("AWAITING_ACCEPTANCE"),
+                    "ticket of approved order {order_id}"
+                );
+                assert_eq!(
+                    authorization,
+                    Some("AUTHORIZED"),
+                    "authorization of approved order {order_id}"
+                );
+            }
+            _ => {
+                assert!(
+                    matches!(ticket, None | Some("CANCELLED")),
+                    "rejected order {order_id} has ticket {ticket:?}"
+                );
+                assert_eq!(
+                    authorization, None,
+                    "rejected order {order_id} has an authorization"
+                );
+            }
+        }
+    }
+    // One ticket and one authorization at most per order (the keys), none for unknown orders.
+    assert!(tickets.keys().all(|id| order_states.contains_key(id)));
+    assert!(
+        authorizations
+            .keys()
+            .all(|id| order_states.contains_key(id))
+    );
+    for db in [orders, kitchen, accounting] {
+        db.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_orders_survive_killed_kitchen_and_order_processes() {
+    let Some(urls) = required(
+        &["SAGA_TEST_POSTGRES_URL", "SAGA_TEST_NATS_URL"],
+        "killed processes",
+    ) else {
+        return;
+    };
+    let deployment = Deployment::start(&urls[0], &urls[1]);
+    let mut placed = place_all(&deployment.base, 0..150).await;
+    // Mid-run: one Kitchen instance and the Order service die without warning.
+    deployment.kill("kitchen-1");
+    deployment.kill("order");
+    placed.extend(place_all(&deployment.base, 150..300).await);
+    deployment.script(&["start-one", "order"]);
+    placed.extend(place_all(&deployment.base, 300..500).await);
+    let orders = deployment.schema("order").await;
+    wait_until_settled(&orders, 500, Duration::from_secs(180)).await;
+    orders.close().await;
+    assert_consistent(&deployment, &placed).await;
+    let approved = placed.iter().filter(|(_, s)| *s == "APPROVED").count();
+    assert_eq!(approved, 300);
+    deployment.script(&["stop"]);
+    deployment.remove_data().await;
+}
+
+/// Restarts NATS when dropped, so a failing test never leaves it stopped.
+struct NatsGuard(String);
+
+impl Drop for NatsGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("bash").args(["-c", &self.0]).status();
+    }
+}
+
+fn nats_up(url: &str) -> bool {
+    let address = url.trim_start_matches("nats://");
+    std::net::TcpStream::connect(address).is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ten_second_nats_outage_loses_nothing() {
+    let Some(vars) = required(
+        &[
+            "SAGA_TEST_POSTGRES_URL",
+            "SAGA_TEST_NATS_URL",
+            "SAGA_TEST_NATS_STOP",
+            "SAGA_TEST_NATS_START",
+        ],
+        "NATS outage",
+    ) else {
+        return;
+    };
+    let (database_url, nats_url, stop, start) = (&vars[0], &vars[1], &vars[2], &vars[3]);
+    let deployment = Deployment::start(database_url, nats_url);
+    let mut placed = place_all(&deployment.base, 0..100).await;
+
+    let guard = NatsGuard(start.clone());
+    let status = Command::new("bash")
+        .args(["-c", stop])
+        .status()
+        .expect("stop runs");
+    assert!(status.success(), "stopping NATS failed");
+    let stopped = Instant::now();
+    while nats_up(nats_url) {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(10),
+            "NATS did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Orders keep coming while NATS is down: they wait in the Order service's outbox.
+    placed.extend(place_all(&deployment.base, 100..200).await);
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(stopped.elapsed())).await;
+    drop(guard);
+    let restarted = Instant::now();
+    while !nats_up(nats_url) {
+        assert!(
+            restarted.elapsed() < Duration::from_secs(20),
+            "NATS did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    placed.extend(place_all(&deployment.base, 200..250).await);
+    let orders = deployment.schema("order").await;
+    wait_until_settled(&orders, 250, Duration::from_secs(180)).await;
+    orders.close().await;
+    assert_consistent(&deployment, &placed).await;
+    deployment.script(&["stop"]);
+    deployment.remove_data().await;
+}

@@ -1,0 +1,436 @@
+//! FTGO's HTTP API over real HTTP: the server (`ftgo::api::serve`) on a local port, over
+//! FTGO on SQLite files with its saga workers, driven with an HTTP client — the answers'
+//! statuses and JSON bodies for every outcome and every kind of refused request.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use ftgo::app::{Ftgo, FtgoOptions, Storage};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How long sagas may take (generous: the point is that they finish, not how fast).
+const WAIT: Duration = Duration::from_secs(60);
+
+fn unique_dir() -> PathBuf {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let random = uuid::Uuid::now_v7().simple().to_string();
+    std::env::temp_dir().join(format!(
+        "ftgo_api_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst),
+        random.get(20..).unwrap_or("x")
+    ))
+}
+
+/// The API served on a local port over FTGO on a fresh directory.
+struct Server {
+    base: String,
+    client: reqwest::Client,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+    ftgo: Arc<Ftgo>,
+    dir: PathBuf,
+}
+
+impl Server {
+    /// Starts the API; with `workers`, the saga workers run too (without, every order stays
+    /// `APPROVAL_PENDING`).
+    async fn start(workers: bool) -> Self {
+        let dir = unique_dir();
+        let mut options = FtgoOptions::new(Storage::Sqlite { dir: dir.clone() });
+        options.runtime.poll_interval = Duration::from_millis(50);
+        options.transport.poll_interval = Duration::from_millis(50);
+        let ftgo = Ftgo::open(options).await.expect("FTGO opens");
+        if workers {
+            ftgo.start_workers().await;
+        }
+        let ftgo = Arc::new(ftgo);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds a local port");
+        let address = listener.local_addr().expect("a local address");
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(ftgo::api::serve(listener, ftgo.clone(), async move {
+            let _ = stopped.await;
+        }));
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("an HTTP client");
+        Self {
+            base: format!("http://{address}"),
+            client,
+            shutdown,
+            task,
+            ftgo,
+            dir,
+        }
+    }
+
+    /// Stops the server cleanly, then FTGO, and removes the directory.
+    async fn stop(self) {
+        let Self {
+            client,
+            shutdown,
+            task,
+            ftgo,
+            dir,
+            ..
+        } = self;
+        drop(client);
+        shutdown.send(()).expect("the server is still running");
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the server stops within 10 s")
+            .expect("the server task did not panic")
+            .expect("the server stopped without an error");
+        // Shutting down works on a shared handle: no need to wait for axum's last copies.
+        ftgo.shutdown().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// The status and JSON body of an answer (which must be JSON).
+    async fn answer(response: reqwest::Response) -> (StatusCode, Value) {
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let text = response.text().await.expect("a body");
+        assert!(
+            content_type.starts_with("application/json"),
+            "{status}: content type {content_type:?}, body {text:?}"
+        );
+        let body = serde_json::from_str(&text)
+            .unwrap_or_else(|err| panic!("{status}: body {text:?} is not JSON: {err}"));
+        (status, body)
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let response = self.client.get(self.url(path)).send().await;
+        Self::answer(response.expect("GET answered")).await
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        let response = self.client.post(self.url(path)).json(body).send().await;
+        Self::answer(response.expect("POST answered")).await
+    }
+
+    async fn post_raw(&self, path: &str, body: &'static str) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(self.url(path))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await;
+        Self::answer(response.expect("POST answered")).await
+    }
+
+    /// Places an order, expecting `201`; its id, total and saga id.
+    async fn place(&self, order: &Value) -> (i64, i64, String) {
+        let (status, body) = self.post("/orders", order).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let order_id = body["order_id"].as_i64().expect("an order id");
+        let total = body["total"].as_i64().expect("a total");
+        let saga_id = body["saga_id"].as_str().expect("a saga id").to_owned();
+        assert!(!saga_id.is_empty());
+        (order_id, total, saga_id)
+    }
+
+    /// `GET /orders/{id}` until its saga number `saga` is terminal.
+    async fn wait_for_saga(&self, order_id: i64, saga: usize) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let (status, body) = self.get(&format!("/orders/{order_id}")).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            if matches!(
+                body["sagas"][saga]["status"].as_str(),
+                Some("completed" | "compensated")
+            ) {
+                return body;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "saga {saga} of order {order_id} did not finish: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// The error code and message of an error answer.
+fn error_of(body: &Value) -> (&str, &str) {
+    let error = &body["error"];
+    let code = error["code"].as_str().expect("an error code");
+    let message = error["message"].as_str().expect("an error message");
+    assert!(!message.is_empty(), "{body}");
+    (code, message)
+}
+
+fn events(saga: &Value) -> Vec<&str> {
+    saga["history"]
+        .as_array()
+        .expect("a history")
+        .iter()
+        .map(|entry| {
+            assert!(entry["at"].as_u64().is_some(), "{entry}");
+            entry["event"].as_str().expect("an event")
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placed_order_is_approved_then_cancelled() {
+    let server = Server::start(true).await;
+    let (order_id, total, saga_id) = server
+        .place(&json!({
+            "consumer_id": 1,
+            "restaurant_id": 2,
+            "line_items": [
+                { "menu_item_id": "margherita", "quantity": 1 },
+                { "menu_item_id": "tiramisu", "quantity": 2 }
+            ]
+        }))
+        .await;
+    assert_eq!(total, 2_400);
+
+    let body = server.wait_for_saga(order_id, 0).await;
+    assert_eq!(body["order_id"], order_id);
+    assert_eq!(body["consumer_id"], 1);
+    assert_eq!(body["restaurant_id"], 2);
+    assert_eq!(body["total"], 2_400);
+    assert_eq!(body["state_name"], "APPROVED", "{body}");
+    assert_eq!(body["ticket_state"], "AWAITING_ACCEPTANCE");
+    assert_eq!(body["authorization_state"], "AUTHORIZED");
+    assert_eq!(body["line_items"].as_array().map(Vec::len), Some(2));
+    let sagas = body["sagas"].as_array().expect("sagas");
+    assert_eq!(sagas.len(), 1);
+    let saga = &sagas[0];
+    assert_eq!(saga["saga_id"], saga_id.as_str());
+    assert_eq!(saga["saga_type"], "CreateOrderSaga");
+    assert_eq!(saga["status"], "completed");
+    assert_eq!(saga["compensation_reason"], Value::Null);
+    let history = events(saga);
+    assert!(!history.is_empty());
+    assert_eq!(history.first(), Some(&"started"), "{history:?}");
+    assert_eq!(history.last(), Some(&"finished"), "{history:?}");
+    assert_eq!(
+        history.iter().filter(|e| **e == "step_succeeded").count(),
+        6,
+        "{history:?}"
+    );
+
+    let (status, body) = server
+        .post(&format!("/orders/{order_id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["order_id"], order_id);
+    assert_eq!(body["state"], "CANCEL_PENDING");
+    let cancel_saga = body["saga_id"].as_str().expect("a saga id").to_owned();
+
+    let body = server.wait_for_saga(order_id, 1).await;
+    assert_eq!(body["state_name"], "CANCELLED", "{body}");
+    assert_eq!(body["ticket_state"], "CANCELLED");
+    assert_eq!(body["authorization_state"], "REVERSED");
+    assert_eq!(body["cancel_saga_id"], cancel_saga.as_str());
+    let cancel = &body["sagas"][1];
+    assert_eq!(cancel["saga_id"], cancel_saga.as_str());
+    assert_eq!(cancel["saga_type"], "CancelOrderSaga");
+    assert_eq!(cancel["status"], "completed");
+    assert!(!events(cancel).is_empty());
+
+    // A cancelled order cannot be cancelled again.
+    let (status, body) = server
+        .post(&format!("/orders/{order_id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(error_of(&body).0, "wrong_state");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_of_a_pending_order_is_409_locked() {
+    // No workers: the order stays APPROVAL_PENDING.
+    let server = Server::start(false).await;
+    let (order_id, total, saga_id) = server
+        .place(&json!({
+            "consumer_id": 1,
+            "restaurant_id": 1,
+            "line_items": [{ "menu_item_id": "samosa", "quantity": 2 }]
+        }))
+        .await;
+    assert_eq!(total, 900);
+
+    let (status, body) = server.get(&format!("/orders/{order_id}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["state_name"], "APPROVAL_PENDING");
+    assert_eq!(body["ticket_state"], Value::Null);
+    assert_eq!(body["authorization_state"], Value::Null);
+    assert_eq!(body["sagas"][0]["saga_id"], saga_id.as_str());
+    assert_eq!(body["sagas"][0]["status"], "running");
+
+    let (status, body) = server
+        .post(&format!("/orders/{order_id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(
+        body,
+        json!({ "error": {
+            "code": "locked",
+            "message": format!(
+                "Order {order_id} is locked in state APPROVAL_PENDING by a saga in progress"
+            ),
+        }})
+    );
+    let (_, body) = server.get(&format!("/orders/{order_id}")).await;
+    assert_eq!(body["state_name"], "APPROVAL_PENDING", "nothing changed");
+    assert_eq!(body["sagas"].as_array().map(Vec::len), Some(1));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_of_a_rejected_order_is_409_wrong_state() {
+    let server = Server::start(true).await;
+    let (order_id, _, _) = server
+        .place(&json!({
+            "consumer_id": 666,
+            "restaurant_id": 1,
+            "line_items": [{ "menu_item_id": "samosa", "quantity": 2 }]
+        }))
+        .await;
+    let body = server.wait_for_saga(order_id, 0).await;
+    assert_eq!(body["state_name"], "REJECTED", "{body}");
+    assert_eq!(body["ticket_state"], Value::Null);
+    assert_eq!(body["authorization_state"], Value::Null);
+    let saga = &body["sagas"][0];
+    assert_eq!(saga["status"], "compensated");
+    let reason = saga["compensation_reason"].as_str().expect("a reason");
+    assert!(reason.contains("consumer 666 is blocked"), "{reason}");
+    assert!(events(saga).contains(&"compensation_started"));
+
+    let (status, body) = server
+        .post(&format!("/orders/{order_id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(
+        error_of(&body),
+        (
+            "wrong_state",
+            format!("order {order_id} is REJECTED; only an approved order can be cancelled")
+                .as_str()
+        )
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_orders_are_422() {
+    let server = Server::start(true).await;
+    let cases = [
+        (
+            json!({ "consumer_id": 1, "restaurant_id": 1, "line_items": [] }),
+            "an order needs at least one line item",
+        ),
+        (
+            json!({ "consumer_id": 1, "restaurant_id": 1,
+                    "line_items": [{ "menu_item_id": "samosa", "quantity": -1 }] }),
+            "quantity of \"samosa\" must be between 1 and 100, not -1",
+        ),
+        (
+            json!({ "consumer_id": 1, "restaurant_id": 1,
+                    "line_items": [{ "menu_item_id": "samosa", "quantity": 0 }] }),
+            "quantity of \"samosa\" must be between 1 and 100, not 0",
+        ),
+        (
+            json!({ "consumer_id": 1, "restaurant_id": 99,
+                    "line_items": [{ "menu_item_id": "samosa", "quantity": 1 }] }),
+            "unknown restaurant 99",
+        ),
+        (
+            json!({ "consumer_id": 1, "restaurant_id": 2,
+                    "line_items": [{ "menu_item_id": "samosa", "quantity": 1 }] }),
+            "restaurant 2 has no menu item \"samosa\"",
+        ),
+    ];
+    for (order, message) in cases {
+        let (status, body) = server.post("/orders", &order).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{order}: {body}");
+        assert_eq!(
+            body,
+            json!({ "error": { "code": "invalid_order", "message": message } })
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_are_400() {
+    let server = Server::start(true).await;
+    for body in [
+        r#"{"consumer_id": 1, "restaurant_id": 1, "line_items": ["#,
+        "not json at all",
+    ] {
+        let (status, answer) = server.post_raw("/orders", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+        assert_eq!(error_of(&answer).0, "bad_request");
+    }
+
+    // Well-formed JSON that is not an order is refused too, as JSON.
+    let (status, answer) = server
+        .post(
+            "/orders",
+            &json!({ "consumer_id": "one", "restaurant_id": 1, "line_items": [] }),
+        )
+        .await;
+    assert!(status.is_client_error(), "{status}: {answer}");
+    error_of(&answer);
+
+    for (path, post) in [("/orders/abc", false), ("/orders/abc/cancel", true)] {
+        let (status, answer) = if post {
+            server.post(path, &json!({})).await
+        } else {
+            server.get(path).await
+        };
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {answer}");
+        assert_eq!(error_of(&answer).0, "bad_request");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_orders_and_routes_are_404() {
+    let server = Server::start(true).await;
+    let (status, body) = server.get("/orders/987654").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(
+        body,
+        json!({ "error": { "code": "not_found", "message": "no order 987654" } })
+    );
+    let (status, body) = server.post("/orders/987654/cancel", &json!({})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(error_of(&body), ("not_found", "no order 987654"));
+
+    for path in ["/nowhere", "/orders/1/2/3", "/"] {
+        let (status, body) = server.get(path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+        assert_eq!(error_of(&body), ("not_found", "no such route"));
+    }
+
+    let (status, body) = server.get("/health").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({ "status": "ok" }));
+    server.stop().await;
+}
