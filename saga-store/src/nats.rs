@@ -106,6 +106,26 @@ fn unavailable(err: impl std::fmt::Display) -> TransportError {
     TransportError::Unavailable(err.to_string())
 }
 
+/// How long any single exchange with the server may take. While NATS is away, requests can
+/// otherwise wait for an answer that never comes (a pull request sent into a dead
+/// connection); a deadline turns that into an error the caller backs off from.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs `exchange`, failing with [`TransportError::Unavailable`] after `limit`.
+async fn within<T, E: std::fmt::Display>(
+    what: &str,
+    limit: Duration,
+    exchange: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, TransportError> {
+    match tokio::time::timeout(limit, exchange).await {
+        Ok(result) => result.map_err(|err| unavailable(format!("{what}: {err}"))),
+        Err(_) => Err(unavailable(format!(
+            "{what}: no answer from NATS within {} ms",
+            limit.as_millis()
+        ))),
+    }
+}
+
 /// A durable consumer name for a channel (NATS names allow no `.`, `*`, `>` or spaces).
 fn consumer_name(channel: &str) -> String {
     channel
@@ -226,27 +246,26 @@ impl NatsTransport {
             return Ok(consumer.clone());
         }
         let name = consumer_name(channel);
-        let stream = self
-            .jetstream
-            .get_stream(&self.options.stream)
-            .await
-            .map_err(unavailable)?;
-        let consumer = stream
-            .get_or_create_consumer(
-                &name,
-                pull::Config {
-                    durable_name: Some(name.clone()),
-                    filter_subject: self.subject(channel),
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait: self.options.ack_wait,
-                    // Redelivery continues past our limit, so we see the message and
-                    // dead-letter it ourselves.
-                    max_deliver: -1,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| unavailable(format!("cannot create consumer {name}: {e}")))?;
+        let stream = within(
+            "looking up the stream",
+            EXCHANGE_TIMEOUT,
+            self.jetstream.get_stream(&self.options.stream),
+        )
+        .await?;
+        let creating = stream.get_or_create_consumer(
+            &name,
+            pull::Config {
+                durable_name: Some(name.clone()),
+                filter_subject: self.subject(channel),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: self.options.ack_wait,
+                // Redelivery continues past our limit, so we see the message and
+                // dead-letter it ourselves.
+                max_deliver: -1,
+                ..Default::default()
+            },
+        );
+        let consumer = within("creating a consumer", EXCHANGE_TIMEOUT, creating).await?;
         consumers.insert(channel.to_owned(), consumer.clone());
         Ok(consumer)
     }
@@ -327,18 +346,18 @@ impl NatsTransport {
         let mut headers = message.headers.clone().unwrap_or_default();
         headers.insert(DEAD_LETTER_REASON, reason.as_str());
         let subject = format!("{}_dead.{channel}", self.options.subject_prefix);
-        self.jetstream
-            .send_publish(
-                subject,
-                PublishMessage::build()
-                    .payload(message.payload.clone())
-                    .headers(headers),
-            )
-            .await
-            .map_err(unavailable)?
-            .await
-            .map_err(unavailable)?;
-        message.ack().await.map_err(unavailable)
+        let publish = PublishMessage::build()
+            .payload(message.payload.clone())
+            .headers(headers);
+        let sending = self.jetstream.send_publish(subject, publish);
+        let ack = within("publishing a dead letter", EXCHANGE_TIMEOUT, sending).await?;
+        within("storing a dead letter", EXCHANGE_TIMEOUT, ack.into_future()).await?;
+        within(
+            "acknowledging a dead letter",
+            EXCHANGE_TIMEOUT,
+            message.ack(),
+        )
+        .await
     }
 
     async fn collect(
@@ -364,26 +383,27 @@ impl NatsTransport {
         max: usize,
         wait: Option<Duration>,
     ) -> Result<Vec<jetstream::Message>, TransportError> {
-        let mut batch = match wait {
-            Some(wait) => consumer
-                .batch()
-                .max_messages(max)
-                .expires(wait)
-                .messages()
-                .await
-                .map_err(unavailable)?,
-            None => consumer
-                .fetch()
-                .max_messages(max)
-                .messages()
-                .await
-                .map_err(unavailable)?,
+        let limit = wait.unwrap_or_default() + EXCHANGE_TIMEOUT;
+        let exchange = async {
+            let mut batch = match wait {
+                Some(wait) => {
+                    consumer
+                        .batch()
+                        .max_messages(max)
+                        .expires(wait)
+                        .messages()
+                        .await
+                }
+                None => consumer.fetch().max_messages(max).messages().await,
+            }
+            .map_err(|e| e.to_string())?;
+            let mut messages = Vec::new();
+            while let Some(message) = batch.next().await {
+                messages.push(message.map_err(|e| e.to_string())?);
+            }
+            Ok::<_, String>(messages)
         };
-        let mut messages = Vec::new();
-        while let Some(message) = batch.next().await {
-            messages.push(message.map_err(unavailable)?);
-        }
-        Ok(messages)
+        within("pulling messages", limit, exchange).await
     }
 
     fn take(&self, delivery: &Delivery) -> Option<jetstream::Message> {
@@ -404,10 +424,14 @@ impl Transport for NatsTransport {
             let publish = PublishMessage::build()
                 .payload(Bytes::from(message.payload.clone()))
                 .headers(headers);
-            let ack = self
+            let sending = self
                 .jetstream
-                .send_publish(self.subject(&message.destination), publish)
+                .send_publish(self.subject(&message.destination), publish);
+            let ack = tokio::time::timeout(EXCHANGE_TIMEOUT, sending)
                 .await
+                .map_err(|_| {
+                    unavailable(format!("publishing {}: no answer from NATS", message.id))
+                })?
                 .map_err(|err| match err.kind() {
                     PublishErrorKind::MaxPayloadExceeded => TransportError::TooLarge {
                         id: message.id,
@@ -419,7 +443,12 @@ impl Transport for NatsTransport {
             acks.push(ack);
         }
         for ack in acks {
-            ack.await.map_err(unavailable)?;
+            within(
+                "waiting for a publish ack",
+                EXCHANGE_TIMEOUT,
+                ack.into_future(),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -454,7 +483,7 @@ impl Transport for NatsTransport {
         delivery: &Delivery,
     ) -> Result<(), TransportError> {
         match self.take(delivery) {
-            Some(message) => message.ack().await.map_err(unavailable),
+            Some(message) => within("acknowledging", EXCHANGE_TIMEOUT, message.ack()).await,
             None => Ok(()),
         }
     }
@@ -467,10 +496,10 @@ impl Transport for NatsTransport {
         delay: Duration,
     ) -> Result<(), TransportError> {
         match self.take(delivery) {
-            Some(message) => message
-                .ack_with(AckKind::Nak(Some(delay)))
-                .await
-                .map_err(unavailable),
+            Some(message) => {
+                let nak = message.ack_with(AckKind::Nak(Some(delay)));
+                within("giving a message back", EXCHANGE_TIMEOUT, nak).await
+            }
             None => Ok(()),
         }
     }
