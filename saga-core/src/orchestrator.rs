@@ -152,7 +152,12 @@ pub struct Orchestrator<S: ?Sized> {
     reply_channel: String,
     consumer: String,
     clock: Arc<dyn Clock>,
+    observers: Vec<FinishedObserver>,
 }
+
+/// Called with a saga's id and terminal status once the transition that finished it has
+/// committed.
+pub type FinishedObserver = Arc<dyn Fn(SagaId, SagaStatus) + Send + Sync>;
 
 impl<S: ?Sized> std::fmt::Debug for Orchestrator<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -177,6 +182,26 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
             consumer: format!("orchestrator:{reply_channel}"),
             reply_channel,
             clock: Arc::new(SystemClock),
+            observers: Vec::new(),
+        }
+    }
+
+    /// Calls `observer` whenever a saga of this orchestrator reaches a terminal state
+    /// (completed or compensated), after the change committed: for metrics, notifications,
+    /// benchmarks.
+    pub fn on_finished(
+        mut self,
+        observer: impl Fn(SagaId, SagaStatus) + Send + Sync + 'static,
+    ) -> Self {
+        self.observers.push(Arc::new(observer));
+        self
+    }
+
+    fn finished(&self, saga_id: SagaId, status: SagaStatus) {
+        if status.is_terminal() {
+            for observer in &self.observers {
+                observer(saga_id, status);
+            }
         }
     }
 
@@ -211,7 +236,11 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
     /// Starts a saga and commits it, with its first commands, in one unit of work.
     pub async fn start<T: Saga>(&self, data: T::Data) -> Result<SagaId, OrchestratorError> {
         let prepared = self.prepare_start::<T>(data, self.clock.now())?;
+        let status = prepared.unit.saga.as_ref().map(|w| w.record.state.status);
         self.store.commit(prepared.unit).await?;
+        if let Some(status) = status {
+            self.finished(prepared.saga_id, status);
+        }
         Ok(prepared.saga_id)
     }
 
@@ -350,7 +379,12 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
                 }
             };
             match self.store.commit(unit).await? {
-                CommitOutcome::Committed => return Ok(handled),
+                CommitOutcome::Committed => {
+                    if let Handled::Applied(status) = handled {
+                        self.finished(saga_id, status);
+                    }
+                    return Ok(handled);
+                }
                 CommitOutcome::Duplicate => return Ok(Handled::Duplicate),
                 CommitOutcome::Conflict => {
                     tracing::debug!(%saga_id, "concurrent update; retrying");

@@ -116,6 +116,7 @@ struct Inner {
     url: String,
     schema: Option<String>,
     wakeups: Wakeups,
+    commits: std::sync::atomic::AtomicU64,
 }
 
 /// A pool on the saga database, with its dialect and wake-ups. Cheap to clone.
@@ -181,6 +182,7 @@ impl Database {
                 url: redact(url),
                 schema: options.schema.clone(),
                 wakeups: Wakeups::default(),
+                commits: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         database
@@ -288,6 +290,30 @@ impl Database {
             Dialect::Sqlite => self.inner.pool.begin_with("BEGIN IMMEDIATE").await,
             Dialect::Postgres => self.inner.pool.begin().await,
         }
+    }
+
+    /// Commits a transaction begun with [`Database::begin`], counting it (see
+    /// [`Database::commits`]).
+    pub async fn commit(&self, tx: Tx) -> Result<(), sqlx::Error> {
+        tx.commit().await?;
+        self.count_commit();
+        Ok(())
+    }
+
+    /// Counts a committed write (a transaction, or a write statement run on its own).
+    pub(crate) fn count_commit(&self) {
+        self.inner
+            .commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many write transactions this process committed on this database through the saga
+    /// framework (the store, the relay, the SQL queue, participants' handlers, and callers of
+    /// [`Database::commit`]): the durable commits, for benchmarks.
+    pub fn commits(&self) -> u64 {
+        self.inner
+            .commits
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The pool, for queries of your own.

@@ -327,7 +327,8 @@ async fn relay_loop(
         }
         // Relay while the connection (and with it the lock) lasts.
         loop {
-            let relayed = relay_batch(&mut conn, transport.as_ref(), options.batch_size).await;
+            let relayed =
+                relay_batch(&database, &mut conn, transport.as_ref(), options.batch_size).await;
             match relayed {
                 Ok(Relayed::SetAside) => continue,
                 Ok(Relayed::Published(count)) => {
@@ -362,6 +363,7 @@ enum Relayed {
 /// Publishes one batch of outbox rows on `conn`. A row the transport can never take (over
 /// its size limit) is set aside as a dead letter, so it does not hold up the rows behind it.
 async fn relay_batch(
+    database: &Database,
     conn: &mut sqlx::AnyConnection,
     transport: &dyn Transport,
     limit: usize,
@@ -393,6 +395,7 @@ async fn relay_batch(
             mark_published_on(conn, &[entry.sequence])
                 .await
                 .map_err(|e| e.to_string())?;
+            database.count_commit();
             // The rows before it were published; the next pass republishes them (the
             // consumers' dedup, and NATS's duplicate window, absorb that) and goes on.
             return Ok(Relayed::SetAside);
@@ -403,6 +406,7 @@ async fn relay_batch(
     mark_published_on(conn, &sequences)
         .await
         .map_err(|e| e.to_string())?;
+    database.count_commit();
     Ok(Relayed::Published(entries.len()))
 }
 
@@ -513,7 +517,7 @@ async fn handle_command(
         ..UnitOfWork::default()
     };
     store.write_unit(&mut tx, &unit).await?;
-    tx.commit().await.map_err(store_error)?;
+    database.commit(tx).await.map_err(store_error)?;
     if !unit.outbox.is_empty() {
         database.wake_relay();
     }

@@ -242,7 +242,7 @@ impl SagaStore for SqlSagaStore {
         let mut tx = self.database.begin().await.map_err(store_error)?;
         let outcome = self.write_unit(&mut tx, &unit).await?;
         if outcome == CommitOutcome::Committed {
-            tx.commit().await.map_err(store_error)?;
+            self.database.commit(tx).await.map_err(store_error)?;
             if !unit.outbox.is_empty() {
                 self.database.wakeups().wake(&Topic::Outbox);
             }

@@ -183,7 +183,7 @@ impl SqlTransport {
                 .await
                 .map_err(transport_error)?;
         }
-        tx.commit().await.map_err(transport_error)?;
+        self.database.commit(tx).await.map_err(transport_error)?;
         deliveries.sort_by_key(|d| d.receipt);
         Ok(deliveries)
     }
@@ -197,7 +197,7 @@ impl Transport for SqlTransport {
         }
         let mut tx = self.database.begin().await.map_err(transport_error)?;
         self.publish_in(&mut tx, messages).await?;
-        tx.commit().await.map_err(transport_error)?;
+        self.database.commit(tx).await.map_err(transport_error)?;
         self.wake_consumers(messages);
         Ok(())
     }
@@ -236,6 +236,7 @@ impl Transport for SqlTransport {
             .execute(self.database.pool())
             .await
             .map_err(transport_error)?;
+        self.database.count_commit();
         Ok(())
     }
 
@@ -253,6 +254,7 @@ impl Transport for SqlTransport {
             .execute(self.database.pool())
             .await
             .map_err(transport_error)?;
+        self.database.count_commit();
         Ok(())
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use saga_core::engine::{HistoryEvent, SagaStatus};
+use saga_core::orchestrator::FinishedObserver;
 use saga_core::ports::{SagaStore, Transport, TransportError};
 use saga_core::{SagaId, Timestamp};
 use saga_store::nats::{NatsOptions, NatsTransport};
@@ -102,6 +103,18 @@ pub struct FtgoOptions {
     /// Connections per database pool (default: the store's, 4 for SQLite and 10 for
     /// PostgreSQL). FTGO opens one pool per service (and one for the queue).
     pub max_connections: Option<u32>,
+    /// Told whenever a saga finishes (metrics, benchmarks).
+    pub saga_observer: Option<SagaObserver>,
+}
+
+/// A callback told whenever a saga finishes.
+#[derive(Clone)]
+pub struct SagaObserver(pub FinishedObserver);
+
+impl std::fmt::Debug for SagaObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SagaObserver")
+    }
 }
 
 impl FtgoOptions {
@@ -122,6 +135,7 @@ impl FtgoOptions {
             },
             nats: None,
             max_connections: None,
+            saga_observer: None,
         }
     }
 
@@ -246,7 +260,9 @@ pub struct OrderView {
 impl Ftgo {
     /// Opens every database and service; the saga workers are not running yet.
     pub async fn open(options: FtgoOptions) -> Result<Self, FtgoError> {
-        let orders = OrderService::open(options.database("order").await?).await?;
+        let observer = options.saga_observer.clone().map(|o| o.0);
+        let orders =
+            OrderService::open_observed(options.database("order").await?, observer).await?;
         let consumers = ConsumerService::open(options.database("consumer").await?).await?;
         let kitchen = KitchenService::open(options.database("kitchen").await?).await?;
         let accounting = AccountingService::open(options.database("accounting").await?).await?;

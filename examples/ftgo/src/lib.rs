@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod app;
+pub mod bench;
 pub mod cancel_order;
 pub mod create_order;
 pub mod demo;

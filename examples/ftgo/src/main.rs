@@ -37,6 +37,26 @@ enum Command {
         #[arg(long)]
         api_only: bool,
     },
+    /// Benchmark: run CreateOrderSaga under load on fresh storage and print one JSON line of
+    /// figures (and a readable summary on stderr).
+    Bench {
+        /// How many sagas.
+        #[arg(long, default_value_t = 10_000)]
+        sagas: usize,
+        /// How many sagas in flight at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// `sqlite` (a fresh temporary directory) or `postgres` (fresh schemas in
+        /// `--database-url`, default postgres://postgres@127.0.0.1:5432/test).
+        #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "postgres"])]
+        store: String,
+        /// The share of orders whose card is declined (their sagas compensate).
+        #[arg(long, default_value_t = 0.2)]
+        decline_rate: f64,
+        /// Seconds each raw commit-rate measurement runs.
+        #[arg(long, default_value_t = 2.0)]
+        raw_seconds: f64,
+    },
     /// Run one service (its participant, and for `order` the saga orchestrator) in this
     /// process. Start several of one service and they share its work.
     Service {
@@ -159,6 +179,23 @@ async fn main() -> ExitCode {
         None | Some(Command::Demo) => demo(cli.storage).await,
         Some(Command::Serve { listen, api_only }) => serve(cli.storage, listen, api_only).await,
         Some(Command::Service { name }) => service(name.into(), cli.storage).await,
+        Some(Command::Bench {
+            sagas,
+            concurrency,
+            store,
+            decline_rate,
+            raw_seconds,
+        }) => {
+            let mut storage = cli.storage;
+            if store == "postgres" && storage.database_url.is_none() {
+                storage.database_url = Some("postgres://postgres@127.0.0.1:5432/test".to_owned());
+            }
+            if store == "sqlite" {
+                storage.database_url = None;
+            }
+            let config = (sagas, concurrency, decline_rate, raw_seconds);
+            bench(storage, config).await
+        }
     };
     match result {
         Ok(code) => code,
@@ -182,7 +219,7 @@ async fn demo(storage: StorageArgs) -> Result<ExitCode, Failure> {
     })
     .await;
     ftgo.shutdown().await;
-    cleanup(&options.storage, temporary).await;
+    cleanup(&options, temporary).await;
     let report = report?;
     let mut stdout = std::io::stdout();
     writeln!(stdout, "\n{report}")?;
@@ -214,6 +251,39 @@ async fn serve(
     );
     ftgo::api::serve(listener, ftgo.clone(), shutdown_signal()).await?;
     ftgo.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn bench(
+    storage: StorageArgs,
+    (sagas, concurrency, decline_rate, raw_seconds): (usize, usize, f64, f64),
+) -> Result<ExitCode, Failure> {
+    let (mut options, temporary) = storage.options(true);
+    if let Some(nats) = &mut options.nats {
+        let stream = format!("FTGO_BENCH_{}", std::process::id());
+        nats.options.subject_prefix = stream.to_lowercase();
+        nats.options.stream = stream;
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "ftgo bench: {sagas} sagas, {concurrency} in flight, on {}",
+        describe(&options.storage)
+    );
+    let config = ftgo::bench::BenchConfig {
+        sagas,
+        concurrency: concurrency.max(1),
+        decline_rate: decline_rate.clamp(0.0, 1.0),
+        options: options.clone(),
+        raw_duration: std::time::Duration::from_secs_f64(raw_seconds.max(0.1)),
+    };
+    let report = ftgo::bench::run(config, |line| {
+        let _ = writeln!(std::io::stderr(), "  … {line}");
+    })
+    .await;
+    cleanup(&options, temporary).await;
+    let report = report?;
+    let _ = writeln!(std::io::stderr(), "{report}");
+    writeln!(std::io::stdout(), "{}", serde_json::to_string(&report)?)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -261,21 +331,29 @@ fn describe(storage: &Storage) -> String {
     }
 }
 
-/// Removes what the demo created for itself: its temporary directory, or its schemas.
-async fn cleanup(storage: &Storage, temporary: Option<PathBuf>) {
+/// Removes what the demo or a benchmark created for itself: its temporary directory, its
+/// schemas, its NATS streams.
+async fn cleanup(options: &FtgoOptions, temporary: Option<PathBuf>) {
     if let Some(dir) = temporary {
         let _ = std::fs::remove_dir_all(dir);
     }
-    if let Storage::Postgres { url, schema_prefix } = storage
+    if let Storage::Postgres { url, schema_prefix } = &options.storage
         && schema_prefix.starts_with("ftgo_demo_")
         && let Ok(database) = saga_store::Database::connect(url).await
     {
-        for name in SERVICES.iter().chain([&MESSAGES]) {
+        for name in SERVICES.iter().chain([&MESSAGES, &"bench_raw"]) {
             let drop = format!("DROP SCHEMA IF EXISTS \"{schema_prefix}_{name}\" CASCADE");
             let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
                 .execute(database.pool())
                 .await;
         }
         database.close().await;
+    }
+    if let Some(nats) = &options.nats
+        && nats.options.stream.starts_with("FTGO_BENCH_")
+        && let Ok(transport) =
+            saga_store::nats::NatsTransport::connect(&nats.url, nats.options.clone()).await
+    {
+        let _ = transport.delete_streams().await;
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use saga_core::message::CommandMeta;
-use saga_core::orchestrator::{Orchestrator, OrchestratorError};
+use saga_core::orchestrator::{FinishedObserver, Orchestrator, OrchestratorError};
 use saga_core::participant::{CommandHandler, HandlerError, Participant};
 use saga_core::{Locked, SagaId, SemanticLock, Timestamp};
 use saga_store::{Database, DatabaseError, SqlSagaStore, Tx, start_saga_in};
@@ -180,6 +180,14 @@ fn now() -> i64 {
 impl OrderService {
     /// Opens the service on its database: migrates, seeds the menus, registers the sagas.
     pub async fn open(database: Database) -> Result<Self, DatabaseError> {
+        Self::open_observed(database, None).await
+    }
+
+    /// Like [`OrderService::open`], with `observer` told whenever a saga finishes.
+    pub async fn open_observed(
+        database: Database,
+        observer: Option<FinishedObserver>,
+    ) -> Result<Self, DatabaseError> {
         database
             .run_migrations(sqlx::migrate!("migrations/order"))
             .await?;
@@ -203,6 +211,10 @@ impl OrderService {
         )
         .register::<CreateOrderSaga>()
         .register::<CancelOrderSaga>();
+        let orchestrator = match observer {
+            Some(observer) => orchestrator.on_finished(move |id, status| observer(id, status)),
+            None => orchestrator,
+        };
         Ok(Self {
             database,
             orchestrator: Arc::new(orchestrator),
@@ -289,7 +301,7 @@ impl OrderService {
         .bind(now())
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        self.database.commit(tx).await?;
         self.database.wake_relay();
         Ok(PlacedOrder {
             order_id,
@@ -337,7 +349,7 @@ impl OrderService {
                 state: OrderState::CancelPending.state_name(),
             }));
         }
-        tx.commit().await?;
+        self.database.commit(tx).await?;
         self.database.wake_relay();
         Ok(saga_id)
     }
