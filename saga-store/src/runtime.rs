@@ -410,14 +410,29 @@ async fn relay_batch(
     Ok(Relayed::Published(entries.len()))
 }
 
-async fn reply_loop(
-    orchestrator: SharedOrchestrator,
+/// What handling one delivery came to.
+enum Verdict {
+    /// Done (or a duplicate): acknowledge it.
+    Done,
+    /// Give it back, to be delivered again after this delay.
+    Retry(Duration),
+    /// Handling failed (e.g. the database is away): give it back and back off.
+    Failed(String),
+}
+
+/// Receives from `channel` and hands each delivery to `handle`, acknowledging, giving back
+/// or backing off per its verdict, until shutdown.
+async fn consume<F, Fut>(
+    channel: String,
+    group: String,
     transport: SharedTransport,
     options: Arc<RuntimeOptions>,
     mut shutdown: Shutdown,
-) {
-    let channel = orchestrator.reply_channel().to_owned();
-    let group = format!("orchestrator:{channel}");
+    mut handle: F,
+) where
+    F: FnMut(Delivery) -> Fut,
+    Fut: std::future::Future<Output = (Delivery, Verdict)>,
+{
     let mut backoff = Backoff::new(options.max_backoff);
     while !shutdown.requested() {
         let deliveries = match transport
@@ -426,7 +441,7 @@ async fn reply_loop(
         {
             Ok(deliveries) => deliveries,
             Err(err) => {
-                tracing::warn!(%channel, error = %err, "cannot receive replies");
+                tracing::warn!(%channel, error = %err, "cannot receive messages");
                 if shutdown.pause(backoff.next(), None).await {
                     return;
                 }
@@ -434,13 +449,17 @@ async fn reply_loop(
             }
         };
         for delivery in deliveries {
-            match orchestrator.handle_reply(&delivery.message).await {
-                Ok(_) => {
+            let (delivery, verdict) = handle(delivery).await;
+            match verdict {
+                Verdict::Done => {
                     backoff.reset();
                     acknowledge(transport.as_ref(), &channel, &group, &delivery).await;
                 }
-                Err(err) => {
-                    tracing::warn!(%channel, message_id = %delivery.message.id, error = %err, "reply not handled; it will be redelivered");
+                Verdict::Retry(delay) => {
+                    give_back(transport.as_ref(), &channel, &group, &delivery, delay).await;
+                }
+                Verdict::Failed(error) => {
+                    tracing::warn!(%channel, message_id = %delivery.message.id, %error, "message not handled; it will be redelivered");
                     let delay = backoff.next();
                     give_back(transport.as_ref(), &channel, &group, &delivery, delay).await;
                     if shutdown.pause(delay, None).await {
@@ -450,6 +469,27 @@ async fn reply_loop(
             }
         }
     }
+}
+
+async fn reply_loop(
+    orchestrator: SharedOrchestrator,
+    transport: SharedTransport,
+    options: Arc<RuntimeOptions>,
+    shutdown: Shutdown,
+) {
+    let channel = orchestrator.reply_channel().to_owned();
+    let group = format!("orchestrator:{channel}");
+    consume(channel, group, transport, options, shutdown, |delivery| {
+        let orchestrator = orchestrator.clone();
+        async move {
+            let verdict = match orchestrator.handle_reply(&delivery.message).await {
+                Ok(_) => Verdict::Done,
+                Err(err) => Verdict::Failed(err.to_string()),
+            };
+            (delivery, verdict)
+        }
+    })
+    .await;
 }
 
 async fn timer_loop(
@@ -529,48 +569,28 @@ async fn participant_loop(
     participant: Arc<Participant<Tx>>,
     transport: SharedTransport,
     options: Arc<RuntimeOptions>,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
 ) {
-    let store = SqlSagaStore::new(database);
+    let store = Arc::new(SqlSagaStore::new(database));
     let channel = participant.channel().to_owned();
     let group = participant.name().to_owned();
-    let mut backoff = Backoff::new(options.max_backoff);
-    while !shutdown.requested() {
-        let deliveries = match transport
-            .receive(&channel, &group, options.batch_size, options.poll_interval)
-            .await
-        {
-            Ok(deliveries) => deliveries,
-            Err(err) => {
-                tracing::warn!(%channel, error = %err, "cannot receive commands");
-                if shutdown.pause(backoff.next(), None).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        for delivery in deliveries {
-            match handle_command(&store, &participant, &delivery.message).await {
-                Ok(Handled::Done | Handled::Duplicate) => {
-                    backoff.reset();
-                    acknowledge(transport.as_ref(), &channel, &group, &delivery).await;
-                }
+    let max_backoff = options.max_backoff;
+    consume(channel, group, transport, options, shutdown, |delivery| {
+        let (store, participant) = (store.clone(), participant.clone());
+        async move {
+            let verdict = match handle_command(&store, &participant, &delivery.message).await {
+                Ok(Handled::Done | Handled::Duplicate) => Verdict::Done,
                 Ok(Handled::Retry(reason)) => {
-                    let delay = retry_delay(delivery.attempt, options.max_backoff);
-                    tracing::info!(%channel, message_id = %delivery.message.id, %reason, ?delay, "command will be retried");
-                    give_back(transport.as_ref(), &channel, &group, &delivery, delay).await;
+                    let delay = retry_delay(delivery.attempt, max_backoff);
+                    tracing::info!(message_id = %delivery.message.id, %reason, ?delay, "command will be retried");
+                    Verdict::Retry(delay)
                 }
-                Err(err) => {
-                    tracing::warn!(%channel, message_id = %delivery.message.id, error = %err, "command not handled; it will be redelivered");
-                    let delay = backoff.next();
-                    give_back(transport.as_ref(), &channel, &group, &delivery, delay).await;
-                    if shutdown.pause(delay, None).await {
-                        return;
-                    }
-                }
-            }
+                Err(err) => Verdict::Failed(err.to_string()),
+            };
+            (delivery, verdict)
         }
-    }
+    })
+    .await;
 }
 
 /// The delay before redelivering a message after its `attempt`-th transient failure.
