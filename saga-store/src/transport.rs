@@ -141,6 +141,7 @@ impl SqlTransport {
             .fetch_all(&mut *tx)
             .await
             .map_err(transport_error)?;
+        let rows_claimed = !rows.is_empty();
         let mut deliveries = Vec::with_capacity(rows.len());
         for row in rows {
             let id: i64 = row.try_get("id").map_err(transport_error)?;
@@ -183,7 +184,12 @@ impl SqlTransport {
                 .await
                 .map_err(transport_error)?;
         }
-        self.database.commit(tx).await.map_err(transport_error)?;
+        if rows_claimed {
+            self.database.commit(tx).await.map_err(transport_error)?;
+        } else {
+            // Nothing was claimed: there is nothing to make durable.
+            tx.rollback().await.map_err(transport_error)?;
+        }
         deliveries.sort_by_key(|d| d.receipt);
         Ok(deliveries)
     }
