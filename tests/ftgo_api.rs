@@ -4,11 +4,11 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use ftgo::app::{Ftgo, FtgoOptions, Storage};
 use reqwest::StatusCode;
+use saga_tests::testdb::unique;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -17,14 +17,7 @@ use tokio::task::JoinHandle;
 const WAIT: Duration = Duration::from_secs(60);
 
 fn unique_dir() -> PathBuf {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let random = uuid::Uuid::now_v7().simple().to_string();
-    std::env::temp_dir().join(format!(
-        "ftgo_api_{}_{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst),
-        random.get(20..).unwrap_or("x")
-    ))
+    std::env::temp_dir().join(unique("ftgo_api"))
 }
 
 /// The API served on a local port over FTGO on a fresh directory.

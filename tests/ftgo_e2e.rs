@@ -7,7 +7,6 @@
 //! at the end); without it those tests say they did not run.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use ftgo::app::{Ftgo, FtgoOptions, MESSAGES, OrderView, SERVICES, SagaView, Storage};
@@ -15,7 +14,7 @@ use ftgo::services::order::{NewLineItem, NewOrder, OrderError, PlacedOrder};
 use saga_core::engine::HistoryEvent;
 use saga_core::{Locked, SagaId, SagaStatus};
 use saga_store::{Database, DatabaseOptions};
-use saga_tests::testdb::{Backend, POSTGRES_URL_VAR, notice, postgres_url};
+use saga_tests::testdb::{Backend, postgres_url_for, unique};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::task::JoinSet;
 
@@ -41,18 +40,6 @@ const CANCEL_STEPS: [&str; 5] = [
     "confirm_order_cancel",
 ];
 
-/// A name no other run (or test of this run) uses.
-fn unique_name(prefix: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let random = uuid::Uuid::now_v7().simple().to_string();
-    format!(
-        "{prefix}_{}_{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst),
-        random.get(20..).unwrap_or("x")
-    )
-}
-
 /// How many FTGOs may be open on PostgreSQL at once: each opens five pools of up to ten
 /// connections (and a `LISTEN` connection per pool), so unbounded test threads would exhaust
 /// the server's `max_connections`.
@@ -71,19 +58,13 @@ impl TestFtgo {
     async fn open(backend: Backend, test: &str) -> Option<Self> {
         let (storage, slot) = match backend {
             Backend::Sqlite => {
-                let dir = std::env::temp_dir().join(unique_name("ftgo_e2e"));
+                let dir = std::env::temp_dir().join(unique("ftgo_e2e"));
                 (Storage::Sqlite { dir }, None)
             }
             Backend::Postgres => {
-                let Some(url) = postgres_url() else {
-                    notice(&format!(
-                        "postgres test `{test}` did not run: set {POSTGRES_URL_VAR} \
-                         (e.g. postgres://postgres@127.0.0.1:5432/test)"
-                    ));
-                    return None;
-                };
+                let url = postgres_url_for(test)?;
                 let slot = POSTGRES_SLOTS.acquire().await.expect("never closed");
-                let schema_prefix = unique_name("ftgo_e2e");
+                let schema_prefix = unique("ftgo_e2e");
                 (Storage::Postgres { url, schema_prefix }, Some(slot))
             }
         };

@@ -92,6 +92,24 @@ impl PaymentSystem {
             .start()
     }
 
+    /// Runs the workers over `transport` until every saga in `ids` is terminal, stops them,
+    /// and checks the effects (see [`PaymentSystem::assert_effects_consistent`]).
+    pub async fn run_to_end(&self, transport: Arc<dyn Transport>, ids: &[SagaId]) {
+        let runtime = self.run(transport, Ledger::default());
+        self.wait_terminal(ids, Duration::from_secs(60)).await;
+        runtime.shutdown().await;
+        self.assert_effects_consistent(ids).await;
+    }
+
+    /// How many of `ids` are in `status`.
+    pub async fn count_in(&self, ids: &[SagaId], status: SagaStatus) -> usize {
+        self.statuses(ids)
+            .await
+            .iter()
+            .filter(|s| **s == status)
+            .count()
+    }
+
     /// The statuses of `ids`.
     pub async fn statuses(&self, ids: &[SagaId]) -> Vec<SagaStatus> {
         let mut statuses = Vec::new();

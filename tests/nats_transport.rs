@@ -12,7 +12,6 @@ use saga_core::ports::{SagaStore, Transport, TransportError};
 use saga_core::{Headers, Message, SagaStatus};
 use saga_store::nats::{DEAD_LETTER_REASON, NatsOptions, NatsTransport};
 use saga_tests::harness::PaymentSystem;
-use saga_tests::payment::Ledger;
 use saga_tests::testdb::{TestDb, nats_url, unique};
 
 async fn transport(
@@ -245,18 +244,8 @@ async fn payment_sagas_run_over_nats_and_an_oversized_outbox_row_is_set_aside() 
         .map(|p| (p, if p % 5 == 0 { 500 } else { 10 }))
         .collect();
     let ids = system.start(&payments).await;
-    let runtime = system.run(nats.clone(), Ledger::default());
-    system.wait_terminal(&ids, Duration::from_secs(60)).await;
-    runtime.shutdown().await;
-    system.assert_effects_consistent(&ids).await;
-    let statuses = system.statuses(&ids).await;
-    assert_eq!(
-        statuses
-            .iter()
-            .filter(|s| **s == SagaStatus::Compensated)
-            .count(),
-        6
-    );
+    system.run_to_end(nats.clone(), &ids).await;
+    assert_eq!(system.count_in(&ids, SagaStatus::Compensated).await, 6);
     let dead = system.store.dead_letters().await.expect("reads");
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0].message.id, oversized.id);

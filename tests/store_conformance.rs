@@ -136,25 +136,9 @@ async fn every_message_delivered_twice_has_one_effect(backend: Backend) {
     };
     let ids = system.start(&payments(24)).await;
     let transport = Duplicating(system.sql_transport());
-    let runtime = system.run(Arc::new(transport), Ledger::default());
-    system.wait_terminal(&ids, WAIT).await;
-    runtime.shutdown().await;
-    system.assert_effects_consistent(&ids).await;
-    let statuses = system.statuses(&ids).await;
-    assert_eq!(
-        statuses
-            .iter()
-            .filter(|s| **s == SagaStatus::Compensated)
-            .count(),
-        6
-    );
-    assert_eq!(
-        statuses
-            .iter()
-            .filter(|s| **s == SagaStatus::Completed)
-            .count(),
-        18
-    );
+    system.run_to_end(Arc::new(transport), &ids).await;
+    assert_eq!(system.count_in(&ids, SagaStatus::Compensated).await, 6);
+    assert_eq!(system.count_in(&ids, SagaStatus::Completed).await, 18);
     system.db.cleanup().await;
 }
 
@@ -270,10 +254,7 @@ async fn crash_between_commit_and_publish_loses_nothing(backend: Backend) {
         inner: system.sql_transport(),
         crashes_left: AtomicUsize::new(5),
     };
-    let runtime = system.run(Arc::new(transport), Ledger::default());
-    system.wait_terminal(&ids, WAIT).await;
-    runtime.shutdown().await;
-    system.assert_effects_consistent(&ids).await;
+    system.run_to_end(Arc::new(transport), &ids).await;
     system.db.cleanup().await;
 }
 
@@ -307,10 +288,7 @@ async fn poison_messages_are_dead_lettered_and_the_channels_keep_flowing(backend
     .await
     .expect("inserts");
     let ids = system.start(&payments(4)).await;
-    let runtime = system.run(Arc::new(transport), Ledger::default());
-    system.wait_terminal(&ids, WAIT).await;
-    runtime.shutdown().await;
-    system.assert_effects_consistent(&ids).await;
+    system.run_to_end(Arc::new(transport), &ids).await;
 
     let dead = system.store.dead_letters().await.expect("reads");
     let reasons: Vec<String> = dead
@@ -631,10 +609,7 @@ conformance!(postgres, Backend::Postgres);
 /// (`pg_terminate_backend`) three times mid-run; the workers reconnect and finish everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_connections_dropped_mid_run_recover_and_lose_nothing() {
-    let Some(url) = saga_tests::testdb::postgres_url() else {
-        saga_tests::testdb::notice(
-            "postgres test `connections_dropped_mid_run` did not run: set SAGA_TEST_POSTGRES_URL",
-        );
+    let Some(url) = saga_tests::testdb::postgres_url_for("connections_dropped_mid_run") else {
         return;
     };
     let schema_db = TestDb::postgres(&url).await;

@@ -98,19 +98,25 @@ pub fn postgres_url() -> Option<String> {
     }
 }
 
+/// The PostgreSQL URL for `test`, or `None` after saying on stderr that it did not run.
+pub fn postgres_url_for(test: &str) -> Option<String> {
+    let url = postgres_url();
+    if url.is_none() {
+        notice(&format!(
+            "postgres test `{test}` did not run: set {POSTGRES_URL_VAR} \
+             (e.g. postgres://postgres@127.0.0.1:5432/test)"
+        ));
+    }
+    url
+}
+
 impl TestDb {
     /// A database on `backend`; `None` (with a notice) when PostgreSQL is not configured.
     pub async fn open(backend: Backend, test: &str) -> Option<Self> {
         match backend {
             Backend::Sqlite => Some(Self::sqlite().await),
             Backend::Postgres => {
-                let Some(url) = postgres_url() else {
-                    notice(&format!(
-                        "postgres test `{test}` did not run: set {POSTGRES_URL_VAR} \
-                         (e.g. postgres://postgres@127.0.0.1:5432/test)"
-                    ));
-                    return None;
-                };
+                let url = postgres_url_for(test)?;
                 Some(Self::postgres(&url).await)
             }
         }

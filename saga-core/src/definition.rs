@@ -866,6 +866,14 @@ fn graph_version<D>(name: &str, steps: &[StepDefinition<D>]) -> String {
     format!("v1-{:016x}", hasher.finish())
 }
 
+/// A stable 64-bit hash of `text` (FNV-1a, the hash behind definition versions): the same on
+/// every machine and release, for keys that must agree across processes.
+pub fn stable_hash(text: &str) -> u64 {
+    let mut hasher = Fnv64::new();
+    hasher.write(text.as_bytes());
+    hasher.finish()
+}
+
 /// FNV-1a, 64 bit: a tiny, stable, dependency-free hash for versions and jitter.
 struct Fnv64(u64);
 

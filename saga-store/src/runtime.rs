@@ -273,13 +273,7 @@ impl SagaRuntime {
 /// A stable advisory-lock key for the relay of one schema.
 fn relay_lock_key(database: &Database) -> i64 {
     let name = format!("saga_relay:{}", database.schema().unwrap_or("public"));
-    // FNV-1a, folded into an i64.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in name.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    i64::from_ne_bytes(hash.to_ne_bytes())
+    i64::from_ne_bytes(saga_core::definition::stable_hash(&name).to_ne_bytes())
 }
 
 async fn relay_loop(
