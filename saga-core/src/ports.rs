@@ -232,6 +232,20 @@ pub trait Transport: Send + Sync {
         delivery: &Delivery,
     ) -> Result<(), TransportError>;
 
+    /// Acknowledges several deliveries of one channel at once (transports that can, do it in
+    /// one round trip; the default acknowledges them one by one).
+    async fn ack_all(
+        &self,
+        channel: &str,
+        group: &str,
+        deliveries: &[Delivery],
+    ) -> Result<(), TransportError> {
+        for delivery in deliveries {
+            self.ack(channel, group, delivery).await?;
+        }
+        Ok(())
+    }
+
     /// Gives a delivery back unprocessed, to be delivered again after `delay`.
     async fn release(
         &self,

@@ -7,14 +7,20 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use saga_core::ports::StoreError;
+use tokio::sync::mpsc;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyPool, Executor};
 use tokio::sync::Notify;
 
 use crate::error::{DatabaseError, is_connection_error};
+use crate::group::{Finish, Work, WriterContext, spawn_writers, unwrap_value};
 
 /// A transaction on the saga database. Participants' handlers get one as their context, so
 /// their business writes commit together with the dedup record and the reply.
@@ -66,6 +72,11 @@ pub struct DatabaseOptions {
     pub sqlite_sync: SqliteSync,
     /// How long a SQLite writer waits for the lock (default 10 s).
     pub sqlite_busy_timeout: Duration,
+    /// Writer tasks that group-commit [`Database::write`] work (default: 1 for SQLite,
+    /// which has a single writer anyway, 4 for PostgreSQL).
+    pub writers: Option<usize>,
+    /// The most pieces of work one group commit takes (default 256).
+    pub write_batch: usize,
 }
 
 impl Default for DatabaseOptions {
@@ -76,6 +87,8 @@ impl Default for DatabaseOptions {
             connect_timeout: Duration::from_secs(10),
             sqlite_sync: SqliteSync::Full,
             sqlite_busy_timeout: Duration::from_secs(10),
+            writers: None,
+            write_batch: 256,
         }
     }
 }
@@ -115,8 +128,12 @@ struct Inner {
     dialect: Dialect,
     url: String,
     schema: Option<String>,
-    wakeups: Wakeups,
-    commits: std::sync::atomic::AtomicU64,
+    wakeups: Arc<Wakeups>,
+    commits: Arc<AtomicU64>,
+    writers: usize,
+    write_batch: usize,
+    /// Where [`Database::write`] sends work; the writer tasks start on first use.
+    work: OnceLock<mpsc::Sender<Work>>,
 }
 
 /// A pool on the saga database, with its dialect and wake-ups. Cheap to clone.
@@ -181,8 +198,14 @@ impl Database {
                 dialect,
                 url: redact(url),
                 schema: options.schema.clone(),
-                wakeups: Wakeups::default(),
-                commits: std::sync::atomic::AtomicU64::new(0),
+                wakeups: Arc::default(),
+                commits: Arc::default(),
+                writers: options.writers.unwrap_or(match dialect {
+                    Dialect::Sqlite => 1,
+                    Dialect::Postgres => 4,
+                }),
+                write_batch: options.write_batch.max(1),
+                work: OnceLock::new(),
             }),
         };
         database
@@ -302,18 +325,73 @@ impl Database {
 
     /// Counts a committed write (a transaction, or a write statement run on its own).
     pub(crate) fn count_commit(&self) {
-        self.inner
-            .commits
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.commits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Runs `work` in a transaction shared with other callers' work and commits it with them
+    /// (group commit: see [`crate::group`]). `work` gets the transaction inside a savepoint
+    /// of its own; returning [`Finish::Rollback`] or an error undoes only its writes. The
+    /// result arrives once the shared commit is durable; if that commit fails, so does this
+    /// call. Do not call `write` from inside `work`: it would wait for itself.
+    ///
+    /// ```no_run
+    /// # async fn example(database: saga_store::Database) -> Result<(), saga_core::ports::StoreError> {
+    /// use saga_store::Finish;
+    /// let rows = database
+    ///     .write(|tx| {
+    ///         Box::pin(async move {
+    ///             let done = sqlx::query("UPDATE accounts SET balance = balance - 5 WHERE id = 1")
+    ///                 .execute(&mut **tx)
+    ///                 .await
+    ///                 .map_err(|e| saga_core::ports::StoreError::Other(e.to_string()))?;
+    ///             Ok(Finish::Commit(done.rows_affected()))
+    ///         })
+    ///     })
+    ///     .await?;
+    /// # let _ = rows; Ok(()) }
+    /// ```
+    pub async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut Tx) -> BoxFuture<'c, Result<Finish<T>, StoreError>>
+            + Send
+            + 'static,
+    {
+        self.submit(work, false).await
+    }
+
+    /// [`Database::write`] for work that may write outbox rows: the relay is woken (and on
+    /// PostgreSQL notified once per batch) after the commit.
+    pub(crate) async fn submit<T, F>(&self, work: F, wakes_relay: bool) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut Tx) -> BoxFuture<'c, Result<Finish<T>, StoreError>>
+            + Send
+            + 'static,
+    {
+        let (work, result) = Work::new(work, wakes_relay);
+        let sender = self.inner.work.get_or_init(|| {
+            let context = WriterContext {
+                pool: self.inner.pool.clone(),
+                dialect: self.inner.dialect,
+                commits: self.inner.commits.clone(),
+                wakeups: self.inner.wakeups.clone(),
+                outbox_channel: self.notify_channel(NotifyTopic::Outbox),
+                max_batch: self.inner.write_batch,
+            };
+            spawn_writers(context, self.inner.writers)
+        });
+        let stopped = || StoreError::Unavailable("the database's writers have stopped".into());
+        sender.send(work).await.map_err(|_| stopped())?;
+        let value = result.await.map_err(|_| stopped())??;
+        unwrap_value(value)
     }
 
     /// How many write transactions this process committed on this database through the saga
     /// framework (the store, the relay, the SQL queue, participants' handlers, and callers of
     /// [`Database::commit`]): the durable commits, for benchmarks.
     pub fn commits(&self) -> u64 {
-        self.inner
-            .commits
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.inner.commits.load(Ordering::Relaxed)
     }
 
     /// The pool, for queries of your own.

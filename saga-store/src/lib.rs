@@ -22,6 +22,7 @@
 mod codec;
 pub mod database;
 pub mod error;
+pub mod group;
 #[cfg(feature = "postgres")]
 mod listen;
 pub mod locks;
@@ -33,6 +34,7 @@ pub mod transport;
 
 pub use database::{Database, DatabaseOptions, Dialect, SqliteSync, Tx};
 pub use error::DatabaseError;
+pub use group::Finish;
 pub use runtime::{RetentionPolicy, RuntimeOptions, SagaRuntime, apply_retention};
 pub use saga_core;
 pub use store::SqlSagaStore;

@@ -13,6 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use saga_core::orchestrator::Orchestrator;
 use saga_core::participant::Participant;
 use saga_core::ports::{DeadLetter, Delivery, StoreError, Transport, TransportError, UnitOfWork};
@@ -24,6 +25,7 @@ use tokio::task::JoinHandle;
 use crate::codec::to_i64;
 use crate::database::{Database, Dialect, Topic, Tx};
 use crate::error::store_error;
+use crate::group::Finish;
 use crate::store::{SqlSagaStore, insert_dead_letter, mark_published_on, unpublished_on};
 use saga_core::ports::CommitOutcome;
 
@@ -442,25 +444,36 @@ async fn consume<F, Fut>(
                 continue;
             }
         };
-        for delivery in deliveries {
-            let (delivery, verdict) = handle(delivery).await;
+        // The batch is handled concurrently, so its writes share group commits.
+        let handled = join_all(deliveries.into_iter().map(&mut handle)).await;
+        let mut done = Vec::with_capacity(handled.len());
+        let mut failed_pause = None;
+        for (delivery, verdict) in handled {
             match verdict {
-                Verdict::Done => {
-                    backoff.reset();
-                    acknowledge(transport.as_ref(), &channel, &group, &delivery).await;
-                }
+                Verdict::Done => done.push(delivery),
                 Verdict::Retry(delay) => {
                     give_back(transport.as_ref(), &channel, &group, &delivery, delay).await;
                 }
                 Verdict::Failed(error) => {
                     tracing::warn!(%channel, message_id = %delivery.message.id, %error, "message not handled; it will be redelivered");
-                    let delay = backoff.next();
+                    let delay = *failed_pause.get_or_insert_with(|| backoff.next());
                     give_back(transport.as_ref(), &channel, &group, &delivery, delay).await;
-                    if shutdown.pause(delay, None).await {
-                        return;
-                    }
                 }
             }
+        }
+        if !done.is_empty() {
+            if failed_pause.is_none() {
+                backoff.reset();
+            }
+            if let Err(err) = transport.ack_all(&channel, &group, &done).await {
+                // Not fatal: the messages come again and their dedup records turn them away.
+                tracing::warn!(%channel, count = done.len(), error = %err, "ack failed");
+            }
+        }
+        if let Some(delay) = failed_pause
+            && shutdown.pause(delay, None).await
+        {
+            return;
         }
     }
 }
@@ -517,45 +530,50 @@ enum Handled {
     Retry(String),
 }
 
-/// Handles one command in one transaction: dedup record, the handler's own writes, the reply
-/// (into the outbox) and any dead letter.
+/// Handles one command in one (group-committed) transaction: dedup record, the handler's own
+/// writes, the reply (into the outbox) and any dead letter.
 async fn handle_command(
     store: &SqlSagaStore,
-    participant: &Participant<Tx>,
-    message: &Message,
+    participant: Arc<Participant<Tx>>,
+    message: Message,
 ) -> Result<Handled, StoreError> {
-    let database = store.database();
-    let mut tx = database.begin().await.map_err(store_error)?;
-    let consumed = UnitOfWork::consuming(participant.name(), message.id);
-    if store.write_unit(&mut tx, &consumed).await? == CommitOutcome::Duplicate {
-        tx.rollback().await.map_err(store_error)?;
-        return Ok(Handled::Duplicate);
-    }
-    let dispatch = participant.dispatch(&mut tx, message).await;
-    if let Some(reason) = dispatch.retry {
-        tx.rollback().await.map_err(store_error)?;
-        return Ok(Handled::Retry(reason));
-    }
-    let unit = UnitOfWork {
-        outbox: dispatch.reply.into_iter().collect(),
-        dead_letters: dispatch
-            .dead_letter
-            .map(|reason| DeadLetter {
-                consumer: participant.name().to_owned(),
-                message: message.clone(),
-                reason,
-                at: Timestamp::now(),
-            })
-            .into_iter()
-            .collect(),
-        ..UnitOfWork::default()
-    };
-    store.write_unit(&mut tx, &unit).await?;
-    database.commit(tx).await.map_err(store_error)?;
-    if !unit.outbox.is_empty() {
-        database.wake_relay();
-    }
-    Ok(Handled::Done)
+    let store_in_tx = store.clone();
+    store
+        .database()
+        .submit(
+            move |tx| {
+                Box::pin(async move {
+                    let consumed = UnitOfWork::consuming(participant.name(), message.id);
+                    if store_in_tx.write_unit_quietly(tx, &consumed).await?
+                        == CommitOutcome::Duplicate
+                    {
+                        return Ok(Finish::Rollback(Handled::Duplicate));
+                    }
+                    let dispatch = participant.dispatch(tx, &message).await;
+                    if let Some(reason) = dispatch.retry {
+                        return Ok(Finish::Rollback(Handled::Retry(reason)));
+                    }
+                    let unit = UnitOfWork {
+                        outbox: dispatch.reply.into_iter().collect(),
+                        dead_letters: dispatch
+                            .dead_letter
+                            .map(|reason| DeadLetter {
+                                consumer: participant.name().to_owned(),
+                                message: message.clone(),
+                                reason,
+                                at: Timestamp::now(),
+                            })
+                            .into_iter()
+                            .collect(),
+                        ..UnitOfWork::default()
+                    };
+                    store_in_tx.write_unit_quietly(tx, &unit).await?;
+                    Ok(Finish::Commit(Handled::Done))
+                })
+            },
+            true,
+        )
+        .await
 }
 
 async fn participant_loop(
@@ -572,7 +590,7 @@ async fn participant_loop(
     consume(channel, group, transport, options, shutdown, |delivery| {
         let (store, participant) = (store.clone(), participant.clone());
         async move {
-            let verdict = match handle_command(&store, &participant, &delivery.message).await {
+            let verdict = match handle_command(&store, participant, delivery.message.clone()).await {
                 Ok(Handled::Done | Handled::Duplicate) => Verdict::Done,
                 Ok(Handled::Retry(reason)) => {
                     let delay = retry_delay(delivery.attempt, max_backoff);
@@ -591,13 +609,6 @@ async fn participant_loop(
 fn retry_delay(attempt: u32, max: Duration) -> Duration {
     let exponent = attempt.saturating_sub(1).min(16);
     (Duration::from_millis(100) * 2u32.pow(exponent)).min(max)
-}
-
-async fn acknowledge(transport: &dyn Transport, channel: &str, group: &str, delivery: &Delivery) {
-    if let Err(err) = transport.ack(channel, group, delivery).await {
-        // Not fatal: the message comes again and the dedup record turns it away.
-        tracing::warn!(%channel, message_id = %delivery.message.id, error = %err, "ack failed");
-    }
 }
 
 async fn give_back(

@@ -20,8 +20,9 @@ use crate::codec::{
     self, SAGA_COLUMNS, direction_name, encode_headers, pending_columns, saga_id_text, status_name,
     timer_columns, to_i64, to_u64,
 };
-use crate::database::{Database, Dialect, NotifyTopic, Topic};
+use crate::database::{Database, Dialect, NotifyTopic};
 use crate::error::{corrupt, store_error};
+use crate::group::Finish;
 
 /// saga-core's store port over a [`Database`].
 #[derive(Clone, Debug)]
@@ -47,6 +48,27 @@ impl SqlSagaStore {
     /// Writes `unit` inside an open transaction, without committing. On anything but
     /// [`CommitOutcome::Committed`] the caller must roll back.
     pub async fn write_unit(
+        &self,
+        conn: &mut AnyConnection,
+        unit: &UnitOfWork,
+    ) -> Result<CommitOutcome, StoreError> {
+        let outcome = self.write_unit_quietly(conn, unit).await?;
+        if outcome == CommitOutcome::Committed
+            && !unit.outbox.is_empty()
+            && self.database.dialect() == Dialect::Postgres
+        {
+            query("SELECT pg_notify($1, '')")
+                .bind(self.database.notify_channel(NotifyTopic::Outbox))
+                .execute(&mut *conn)
+                .await
+                .map_err(store_error)?;
+        }
+        Ok(outcome)
+    }
+
+    /// [`SqlSagaStore::write_unit`] without telling the relay about new outbox rows (group
+    /// commits tell it once per batch).
+    pub(crate) async fn write_unit_quietly(
         &self,
         conn: &mut AnyConnection,
         unit: &UnitOfWork,
@@ -112,13 +134,6 @@ impl SqlSagaStore {
             .execute(&mut *conn)
             .await
             .map_err(store_error)?;
-        }
-        if !unit.outbox.is_empty() && self.database.dialect() == Dialect::Postgres {
-            query("SELECT pg_notify($1, '')")
-                .bind(self.database.notify_channel(NotifyTopic::Outbox))
-                .execute(&mut *conn)
-                .await
-                .map_err(store_error)?;
         }
         for timer in &unit.schedule {
             let (kind, request_id, attempt) = timer_columns(&timer.timer);
@@ -238,18 +253,24 @@ impl SagaStore for SqlSagaStore {
         row.as_ref().map(codec::saga_record).transpose()
     }
 
+    /// Group-commits the unit with other callers' work (see [`Database::write`]).
     async fn commit(&self, unit: UnitOfWork) -> Result<CommitOutcome, StoreError> {
-        let mut tx = self.database.begin().await.map_err(store_error)?;
-        let outcome = self.write_unit(&mut tx, &unit).await?;
-        if outcome == CommitOutcome::Committed {
-            self.database.commit(tx).await.map_err(store_error)?;
-            if !unit.outbox.is_empty() {
-                self.database.wakeups().wake(&Topic::Outbox);
-            }
-        } else {
-            tx.rollback().await.map_err(store_error)?;
-        }
-        Ok(outcome)
+        let store = self.clone();
+        let wakes_relay = !unit.outbox.is_empty();
+        self.database
+            .submit(
+                move |tx| {
+                    Box::pin(async move {
+                        let outcome = store.write_unit_quietly(tx, &unit).await?;
+                        Ok(match outcome {
+                            CommitOutcome::Committed => Finish::Commit(outcome),
+                            other => Finish::Rollback(other),
+                        })
+                    })
+                },
+                wakes_relay,
+            )
+            .await
     }
 
     async fn due_timers(

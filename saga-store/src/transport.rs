@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use saga_core::ports::{DeadLetter, Delivery, Transport, TransportError};
 use saga_core::{Headers, Message, MessageId, Timestamp};
 use sqlx::AnyConnection;
-use sqlx::{Row, query};
+use sqlx::{AssertSqlSafe, Row, query};
 
 use crate::codec::{self, encode_headers, to_i64, to_u64};
 use crate::database::{Database, Dialect, NotifyTopic, Topic};
@@ -86,19 +86,39 @@ impl SqlTransport {
         messages: &[Message],
     ) -> Result<(), TransportError> {
         let now = to_i64(Timestamp::now().as_millis());
-        for message in messages {
-            query(
-                "INSERT INTO saga_queue (channel, message_id, headers, payload, enqueued_at, visible_at) \
-                 VALUES ($1, $2, $3, $4, $5, $5)",
-            )
-            .bind(&message.destination)
-            .bind(message.id.to_string())
-            .bind(encode_headers(&message.headers))
-            .bind(&message.payload)
-            .bind(now)
-            .execute(&mut *conn)
-            .await
-            .map_err(transport_error)?;
+        // Multi-row inserts: one round trip per chunk instead of one per message.
+        for chunk in messages.chunks(100) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let p = i * 5;
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${}, ${})",
+                        p + 1,
+                        p + 2,
+                        p + 3,
+                        p + 4,
+                        p + 5,
+                        p + 5
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO saga_queue (channel, message_id, headers, payload, enqueued_at, visible_at) VALUES {}",
+                rows.join(", ")
+            );
+            let mut statement = query(AssertSqlSafe(sql));
+            for message in chunk {
+                statement = statement
+                    .bind(&message.destination)
+                    .bind(message.id.to_string())
+                    .bind(encode_headers(&message.headers))
+                    .bind(&message.payload)
+                    .bind(now);
+            }
+            statement
+                .execute(&mut *conn)
+                .await
+                .map_err(transport_error)?;
         }
         if self.database.dialect() == Dialect::Postgres {
             let mut channels: Vec<&str> = messages.iter().map(|m| m.destination.as_str()).collect();
@@ -243,6 +263,31 @@ impl Transport for SqlTransport {
             .await
             .map_err(transport_error)?;
         self.database.count_commit();
+        Ok(())
+    }
+
+    async fn ack_all(
+        &self,
+        _channel: &str,
+        _group: &str,
+        deliveries: &[Delivery],
+    ) -> Result<(), TransportError> {
+        for chunk in deliveries.chunks(500) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "DELETE FROM saga_queue WHERE id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut statement = query(AssertSqlSafe(sql));
+            for delivery in chunk {
+                statement = statement.bind(to_i64(delivery.receipt));
+            }
+            statement
+                .execute(self.database.pool())
+                .await
+                .map_err(transport_error)?;
+            self.database.count_commit();
+        }
         Ok(())
     }
 

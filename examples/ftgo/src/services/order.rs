@@ -8,8 +8,9 @@ use async_trait::async_trait;
 use saga_core::message::CommandMeta;
 use saga_core::orchestrator::{FinishedObserver, Orchestrator, OrchestratorError};
 use saga_core::participant::{CommandHandler, HandlerError, Participant};
+use saga_core::ports::StoreError;
 use saga_core::{Locked, SagaId, SemanticLock, Timestamp};
-use saga_store::{Database, DatabaseError, SqlSagaStore, Tx, start_saga_in};
+use saga_store::{Database, DatabaseError, Finish, SqlSagaStore, Tx, start_saga_in};
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, Row, query};
 
@@ -164,6 +165,9 @@ pub enum OrderError {
     /// Stored data is unreadable.
     #[error("corrupt order data: {0}")]
     Corrupt(String),
+    /// The write could not be committed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// The Order service.
@@ -239,117 +243,29 @@ impl OrderService {
                 "an order needs at least one line item".to_owned(),
             ));
         }
-        let mut tx = self.database.begin().await?;
-        let menu = menu_of(&mut tx, request.restaurant_id).await?;
-        if menu.is_empty() {
-            return Err(OrderError::Invalid(format!(
-                "unknown restaurant {}",
-                request.restaurant_id
-            )));
-        }
-        let mut line_items = Vec::new();
-        let mut total: Cents = 0;
-        for line in &request.line_items {
-            let Some(item) = menu.iter().find(|m| m.menu_item_id == line.menu_item_id) else {
-                return Err(OrderError::Invalid(format!(
-                    "restaurant {} has no menu item {:?}",
-                    request.restaurant_id, line.menu_item_id
-                )));
-            };
-            let quantity = u32::try_from(line.quantity)
-                .ok()
-                .filter(|q| (1..=100).contains(q))
-                .ok_or_else(|| {
-                    OrderError::Invalid(format!(
-                        "quantity of {:?} must be between 1 and 100, not {}",
-                        line.menu_item_id, line.quantity
-                    ))
-                })?;
-            total += item.price * i64::from(quantity);
-            line_items.push(LineItem {
-                menu_item_id: line.menu_item_id.clone(),
-                quantity,
-            });
-        }
-        let order_id: i64 = query(
-            "UPDATE ftgo_order_ids SET next = next + 1 WHERE name = 'orders' RETURNING next - 1 AS id",
-        )
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get("id")?;
-        let items_json =
-            serde_json::to_string(&line_items).map_err(|e| OrderError::Corrupt(e.to_string()))?;
-        let data = CreateOrderData::new(
-            order_id,
-            request.consumer_id,
-            request.restaurant_id,
-            line_items,
-            total,
-        );
-        let saga_id = start_saga_in::<CreateOrderSaga>(&self.orchestrator, &mut tx, data).await?;
-        query(
-            "INSERT INTO ftgo_orders (id, consumer_id, restaurant_id, line_items, total, state, \
-             create_saga_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(order_id)
-        .bind(request.consumer_id)
-        .bind(request.restaurant_id)
-        .bind(items_json)
-        .bind(total)
-        .bind(OrderState::ApprovalPending.state_name())
-        .bind(saga_id.to_string())
-        .bind(now())
-        .execute(&mut *tx)
-        .await?;
-        self.database.commit(tx).await?;
+        let orchestrator = self.orchestrator.clone();
+        let request = request.clone();
+        // Group-committed with other orders' and the sagas' writes.
+        let placed = self
+            .database
+            .write(move |tx| {
+                Box::pin(async move { settle(place_in(tx, &orchestrator, &request).await) })
+            })
+            .await??;
         self.database.wake_relay();
-        Ok(PlacedOrder {
-            order_id,
-            total,
-            saga_id,
-        })
+        Ok(placed)
     }
 
     /// Starts cancelling an approved order: `CANCEL_PENDING` and CancelOrderSaga in one
     /// transaction. An order still held by a saga is refused with [`OrderError::Locked`].
     pub async fn cancel_order(&self, order_id: i64) -> Result<SagaId, OrderError> {
-        let mut tx = self.database.begin().await?;
-        let order = load_order(&mut tx, order_id)
-            .await?
-            .ok_or(OrderError::NotFound(order_id))?;
-        let mut state = order.state;
-        state.lock(order_id, OrderState::CancelPending)?;
-        if order.state != OrderState::Approved {
-            return Err(OrderError::WrongState {
-                order_id,
-                state: order.state.state_name(),
-                what: "only an approved order can be cancelled",
-            });
-        }
-        let data = CancelOrderData {
-            order_id,
-            consumer_id: order.consumer_id,
-            order_total: order.total,
-        };
-        let saga_id = start_saga_in::<CancelOrderSaga>(&self.orchestrator, &mut tx, data).await?;
-        // Guarded on the state read above: a concurrent cancel that got here first wins.
-        let updated = query(
-            "UPDATE ftgo_orders SET state = $1, cancel_saga_id = $2 WHERE id = $3 AND state = $4",
-        )
-        .bind(state.state_name())
-        .bind(saga_id.to_string())
-        .bind(order_id)
-        .bind(order.state.state_name())
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() != 1 {
-            return Err(OrderError::Locked(Locked::Pending {
-                record: OrderState::RECORD,
-                id: order_id.to_string(),
-                state: OrderState::CancelPending.state_name(),
-            }));
-        }
-        self.database.commit(tx).await?;
+        let orchestrator = self.orchestrator.clone();
+        let saga_id = self
+            .database
+            .write(move |tx| {
+                Box::pin(async move { settle(cancel_in(tx, &orchestrator, order_id).await) })
+            })
+            .await??;
         self.database.wake_relay();
         Ok(saga_id)
     }
@@ -368,6 +284,133 @@ impl OrderService {
             .handle::<ConfirmCancelOrder>(OrderHandlers)
             .handle::<UndoBeginCancelOrder>(OrderHandlers)
     }
+}
+
+/// A business outcome for a group-committed write: an error rolls back the order's writes
+/// (and only them), and is handed back to the caller.
+fn settle<T>(result: Result<T, OrderError>) -> Result<Finish<Result<T, OrderError>>, StoreError> {
+    Ok(match result {
+        Ok(value) => Finish::Commit(Ok(value)),
+        Err(err) => Finish::Rollback(Err(err)),
+    })
+}
+
+/// Prices and stores an order and starts its saga, in `tx`.
+async fn place_in(
+    tx: &mut Tx,
+    orchestrator: &Orchestrator<SqlSagaStore>,
+    request: &NewOrder,
+) -> Result<PlacedOrder, OrderError> {
+    let menu = menu_of(&mut **tx, request.restaurant_id).await?;
+    if menu.is_empty() {
+        return Err(OrderError::Invalid(format!(
+            "unknown restaurant {}",
+            request.restaurant_id
+        )));
+    }
+    let mut line_items = Vec::new();
+    let mut total: Cents = 0;
+    for line in &request.line_items {
+        let Some(item) = menu.iter().find(|m| m.menu_item_id == line.menu_item_id) else {
+            return Err(OrderError::Invalid(format!(
+                "restaurant {} has no menu item {:?}",
+                request.restaurant_id, line.menu_item_id
+            )));
+        };
+        let quantity = u32::try_from(line.quantity)
+            .ok()
+            .filter(|q| (1..=100).contains(q))
+            .ok_or_else(|| {
+                OrderError::Invalid(format!(
+                    "quantity of {:?} must be between 1 and 100, not {}",
+                    line.menu_item_id, line.quantity
+                ))
+            })?;
+        total += item.price * i64::from(quantity);
+        line_items.push(LineItem {
+            menu_item_id: line.menu_item_id.clone(),
+            quantity,
+        });
+    }
+    let order_id: i64 = query(
+        "UPDATE ftgo_order_ids SET next = next + 1 WHERE name = 'orders' RETURNING next - 1 AS id",
+    )
+    .fetch_one(&mut **tx)
+    .await?
+    .try_get("id")?;
+    let items_json =
+        serde_json::to_string(&line_items).map_err(|e| OrderError::Corrupt(e.to_string()))?;
+    let data = CreateOrderData::new(
+        order_id,
+        request.consumer_id,
+        request.restaurant_id,
+        line_items,
+        total,
+    );
+    let saga_id = start_saga_in::<CreateOrderSaga>(orchestrator, tx, data).await?;
+    query(
+        "INSERT INTO ftgo_orders (id, consumer_id, restaurant_id, line_items, total, state, \
+             create_saga_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(order_id)
+    .bind(request.consumer_id)
+    .bind(request.restaurant_id)
+    .bind(items_json)
+    .bind(total)
+    .bind(OrderState::ApprovalPending.state_name())
+    .bind(saga_id.to_string())
+    .bind(now())
+    .execute(&mut **tx)
+    .await?;
+    Ok(PlacedOrder {
+        order_id,
+        total,
+        saga_id,
+    })
+}
+
+/// Marks an approved order `CANCEL_PENDING` and starts its CancelOrderSaga, in `tx`.
+async fn cancel_in(
+    tx: &mut Tx,
+    orchestrator: &Orchestrator<SqlSagaStore>,
+    order_id: i64,
+) -> Result<SagaId, OrderError> {
+    let order = load_order(&mut **tx, order_id)
+        .await?
+        .ok_or(OrderError::NotFound(order_id))?;
+    let mut state = order.state;
+    state.lock(order_id, OrderState::CancelPending)?;
+    if order.state != OrderState::Approved {
+        return Err(OrderError::WrongState {
+            order_id,
+            state: order.state.state_name(),
+            what: "only an approved order can be cancelled",
+        });
+    }
+    let data = CancelOrderData {
+        order_id,
+        consumer_id: order.consumer_id,
+        order_total: order.total,
+    };
+    let saga_id = start_saga_in::<CancelOrderSaga>(orchestrator, tx, data).await?;
+    // Guarded on the state read above: a concurrent cancel that got here first wins.
+    let updated = query(
+        "UPDATE ftgo_orders SET state = $1, cancel_saga_id = $2 WHERE id = $3 AND state = $4",
+    )
+    .bind(state.state_name())
+    .bind(saga_id.to_string())
+    .bind(order_id)
+    .bind(order.state.state_name())
+    .execute(&mut **tx)
+    .await?;
+    if updated.rows_affected() != 1 {
+        return Err(OrderError::Locked(Locked::Pending {
+            record: OrderState::RECORD,
+            id: order_id.to_string(),
+            state: OrderState::CancelPending.state_name(),
+        }));
+    }
+    Ok(saga_id)
 }
 
 async fn menu_of(

@@ -1,0 +1,267 @@
+//! Group commit: many callers' small transactions share one database commit.
+//!
+//! A durable commit costs an `fsync` (tens to hundreds of microseconds), far more than the
+//! few statements a saga step writes. [`Database::write`](crate::Database::write) hands a
+//! piece of work to the database's writer tasks instead of opening a transaction of its own.
+//! A writer takes every piece of work waiting (up to a batch limit), runs them one after the
+//! other inside **one** transaction — each inside its own savepoint, so one that fails or asks
+//! to roll back undoes only its own writes — commits once, and only then tells each caller
+//! its result. Nobody hears "committed" before the commit is durable, and a failed commit
+//! fails every piece of work in it, so the guarantees are those of one transaction each; the
+//! cost is one commit per batch. Under load the batches grow by themselves: work arriving
+//! while a writer commits waits for the next batch.
+
+use std::any::Any as AnyValue;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
+use saga_core::ports::StoreError;
+use sqlx::{AnyPool, query};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use crate::database::{Dialect, Topic, Tx, Wakeups};
+use crate::error::store_error;
+
+/// How a piece of work given to [`Database::write`](crate::Database::write) ends.
+#[derive(Debug)]
+pub enum Finish<T> {
+    /// Keep its writes; the caller gets `T` once they are committed.
+    Commit(T),
+    /// Undo its writes (back to its savepoint); the caller gets `T` at once.
+    Rollback(T),
+}
+
+type Value = Box<dyn AnyValue + Send>;
+type Run =
+    Box<dyn for<'c> FnOnce(&'c mut Tx) -> BoxFuture<'c, Result<Finish<Value>, StoreError>> + Send>;
+
+/// One caller's work, waiting for a writer.
+pub(crate) struct Work {
+    run: Run,
+    reply: oneshot::Sender<Result<Value, StoreError>>,
+    /// It may write outbox rows: wake the relay after the commit.
+    wakes_relay: bool,
+}
+
+impl Work {
+    /// Wraps `work` and a channel for its result.
+    pub(crate) fn new<T, F>(
+        work: F,
+        wakes_relay: bool,
+    ) -> (Self, oneshot::Receiver<Result<Value, StoreError>>)
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut Tx) -> BoxFuture<'c, Result<Finish<T>, StoreError>>
+            + Send
+            + 'static,
+    {
+        let (reply, result) = oneshot::channel();
+        let run: Run = Box::new(move |tx| {
+            Box::pin(async move {
+                Ok(match work(tx).await? {
+                    Finish::Commit(value) => Finish::Commit(Box::new(value) as Value),
+                    Finish::Rollback(value) => Finish::Rollback(Box::new(value) as Value),
+                })
+            })
+        });
+        (
+            Self {
+                run,
+                reply,
+                wakes_relay,
+            },
+            result,
+        )
+    }
+}
+
+/// Turns a writer's answer back into the caller's type.
+pub(crate) fn unwrap_value<T: 'static>(value: Value) -> Result<T, StoreError> {
+    value
+        .downcast::<T>()
+        .map(|boxed| *boxed)
+        .map_err(|_| StoreError::Other("group commit returned a value of another type".into()))
+}
+
+/// What a writer needs of its database (not the [`Database`](crate::Database) itself, which
+/// owns the writers' channel: holding it would keep the writers alive forever).
+pub(crate) struct WriterContext {
+    pub(crate) pool: AnyPool,
+    pub(crate) dialect: Dialect,
+    pub(crate) commits: Arc<AtomicU64>,
+    pub(crate) wakeups: Arc<Wakeups>,
+    pub(crate) outbox_channel: String,
+    pub(crate) max_batch: usize,
+}
+
+/// Starts `writers` writer tasks on `context`; returns where to send work.
+pub(crate) fn spawn_writers(context: WriterContext, writers: usize) -> mpsc::Sender<Work> {
+    let (sender, receiver) = mpsc::channel::<Work>(4096);
+    let receiver = Arc::new(Mutex::new(receiver));
+    let context = Arc::new(context);
+    for _ in 0..writers.max(1) {
+        tokio::spawn(writer_loop(context.clone(), receiver.clone()));
+    }
+    sender
+}
+
+async fn writer_loop(context: Arc<WriterContext>, receiver: Arc<Mutex<mpsc::Receiver<Work>>>) {
+    loop {
+        let mut batch = Vec::new();
+        {
+            let mut receiver = receiver.lock().await;
+            let Some(first) = receiver.recv().await else {
+                return;
+            };
+            batch.push(first);
+            while batch.len() < context.max_batch {
+                match receiver.try_recv() {
+                    Ok(work) => batch.push(work),
+                    Err(_) => break,
+                }
+            }
+        }
+        run_batch(&context, batch).await;
+    }
+}
+
+/// A settled piece of work, waiting for the commit.
+struct Settled {
+    reply: oneshot::Sender<Result<Value, StoreError>>,
+    value: Value,
+}
+
+async fn run_batch(context: &WriterContext, batch: Vec<Work>) {
+    let begun = match context.dialect {
+        Dialect::Sqlite => context.pool.begin_with("BEGIN IMMEDIATE").await,
+        Dialect::Postgres => context.pool.begin().await,
+    };
+    let mut tx = match begun {
+        Ok(tx) => tx,
+        Err(err) => {
+            let reason = err.to_string();
+            let unavailable = matches!(store_error(err), StoreError::Unavailable(_));
+            for work in batch {
+                let _ = work.reply.send(Err(shared_error(unavailable, &reason)));
+            }
+            return;
+        }
+    };
+    let mut kept = Vec::with_capacity(batch.len());
+    let mut wake_relay = false;
+    let mut broken: Option<(bool, String)> = None;
+    let mut pending = batch.into_iter();
+    for work in pending.by_ref() {
+        if let Err(err) = query("SAVEPOINT saga_work").execute(&mut *tx).await {
+            let reason = err.to_string();
+            broken = Some((
+                matches!(store_error(err), StoreError::Unavailable(_)),
+                reason,
+            ));
+            let _ = work.reply.send(Err(shared_error(
+                broken.as_ref().is_some_and(|b| b.0),
+                "the transaction broke",
+            )));
+            break;
+        }
+        let ran = AssertUnwindSafe((work.run)(&mut tx)).catch_unwind().await;
+        let (keep, answer) = match ran {
+            Ok(Ok(Finish::Commit(value))) => (true, Ok(value)),
+            Ok(Ok(Finish::Rollback(value))) => (false, Ok(value)),
+            Ok(Err(err)) => (false, Err(err)),
+            Err(_) => (
+                false,
+                Err(StoreError::Other(
+                    "the work panicked; its writes were undone".into(),
+                )),
+            ),
+        };
+        let closed = if keep {
+            query("RELEASE SAVEPOINT saga_work").execute(&mut *tx).await
+        } else {
+            match query("ROLLBACK TO SAVEPOINT saga_work")
+                .execute(&mut *tx)
+                .await
+            {
+                Ok(_) => query("RELEASE SAVEPOINT saga_work").execute(&mut *tx).await,
+                Err(err) => Err(err),
+            }
+        };
+        if let Err(err) = closed {
+            let reason = err.to_string();
+            let unavailable = matches!(store_error(err), StoreError::Unavailable(_));
+            let _ = work.reply.send(Err(shared_error(unavailable, &reason)));
+            broken = Some((unavailable, reason));
+            break;
+        }
+        match answer {
+            Ok(value) if keep => {
+                wake_relay |= work.wakes_relay;
+                kept.push(Settled {
+                    reply: work.reply,
+                    value,
+                });
+            }
+            // Rolled back, or failed: nothing of it is in the transaction any more.
+            other => {
+                let _ = work.reply.send(other);
+            }
+        }
+    }
+    if let Some((unavailable, reason)) = broken {
+        // The transaction is unusable: nothing in it commits.
+        let _ = tx.rollback().await;
+        for settled in kept {
+            let _ = settled.reply.send(Err(shared_error(unavailable, &reason)));
+        }
+        for work in pending {
+            let _ = work.reply.send(Err(shared_error(unavailable, &reason)));
+        }
+        return;
+    }
+    if kept.is_empty() {
+        let _ = tx.rollback().await;
+        return;
+    }
+    if wake_relay && context.dialect == Dialect::Postgres {
+        // One notification for the whole batch, delivered by the commit.
+        if let Err(err) = query("SELECT pg_notify($1, '')")
+            .bind(&context.outbox_channel)
+            .execute(&mut *tx)
+            .await
+        {
+            tracing::debug!(error = %err, "outbox notification failed; the relay polls");
+        }
+    }
+    match tx.commit().await {
+        Ok(()) => {
+            context.commits.fetch_add(1, Ordering::Relaxed);
+            if wake_relay {
+                context.wakeups.wake(&Topic::Outbox);
+            }
+            for settled in kept {
+                let _ = settled.reply.send(Ok(settled.value));
+            }
+        }
+        Err(err) => {
+            let reason = err.to_string();
+            let unavailable = matches!(store_error(err), StoreError::Unavailable(_));
+            tracing::warn!(error = %reason, work = kept.len(), "group commit failed");
+            for settled in kept {
+                let _ = settled.reply.send(Err(shared_error(unavailable, &reason)));
+            }
+        }
+    }
+}
+
+/// The same failure, told to each caller of a batch.
+fn shared_error(unavailable: bool, reason: &str) -> StoreError {
+    if unavailable {
+        StoreError::Unavailable(reason.to_owned())
+    } else {
+        StoreError::Other(reason.to_owned())
+    }
+}
