@@ -297,6 +297,104 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
         }
     }
 
+    /// Handles a batch of replies together: loads their sagas with one
+    /// [`SagaStore::load_many`], commits every transition with one [`SagaStore::commit_all`],
+    /// and handles one by one (as [`Orchestrator::handle_reply`] does) whatever the batch could
+    /// not: unusable replies, two replies to one saga, and conflicting writes. The results are
+    /// in the order of `messages`.
+    pub async fn handle_replies(
+        &self,
+        messages: &[Message],
+    ) -> Vec<Result<Handled, OrchestratorError>> {
+        if messages.len() < 2 {
+            let mut results = Vec::with_capacity(messages.len());
+            for message in messages {
+                results.push(self.handle_reply(message).await);
+            }
+            return results;
+        }
+        let now = self.clock.now();
+        let parsed: Vec<Option<(SagaId, SagaEvent)>> =
+            messages.iter().map(|m| reply_event(m).ok()).collect();
+        let mut seen: HashMap<SagaId, usize> = HashMap::new();
+        for (saga_id, _) in parsed.iter().flatten() {
+            *seen.entry(*saga_id).or_default() += 1;
+        }
+        let ids: Vec<SagaId> = seen.keys().copied().collect();
+        let records: HashMap<SagaId, SagaRecord> = match self.store.load_many(&ids).await {
+            Ok(records) => records.into_iter().map(|r| (r.state.saga_id, r)).collect(),
+            // Each reply meets the failure again on its own, and reports it.
+            Err(_) => HashMap::new(),
+        };
+        let mut one_by_one = Vec::new();
+        let mut planned = Vec::new();
+        for (index, (message, parsed)) in messages.iter().zip(parsed).enumerate() {
+            let batchable = parsed.and_then(|(saga_id, event)| {
+                let record = records.get(&saga_id).filter(|_| seen[&saga_id] == 1)?;
+                let saga = self.sagas.get(&record.state.saga_type)?;
+                let base = UnitOfWork {
+                    consumed: Some(Consumed {
+                        consumer: self.consumer.clone(),
+                        message_id: message.id,
+                    }),
+                    ..UnitOfWork::default()
+                };
+                match saga.apply(record, &event, now).ok()? {
+                    ErasedOutcome::Applied(transition) => {
+                        let status = transition.state.status;
+                        let unit = self.unit_for(Some(record.version), *transition, now, base);
+                        Some((unit, Handled::Applied(status), saga_id))
+                    }
+                    ErasedOutcome::Ignored(why) => {
+                        tracing::debug!(%saga_id, %why, "event ignored");
+                        Some((base, Handled::Ignored(why), saga_id))
+                    }
+                }
+            });
+            match batchable {
+                Some(plan) => planned.push((index, plan)),
+                None => one_by_one.push(index),
+            }
+        }
+        let mut results: Vec<Option<Result<Handled, OrchestratorError>>> =
+            messages.iter().map(|_| None).collect();
+        let units = planned.iter().map(|(_, (unit, ..))| unit.clone()).collect();
+        match self.store.commit_all(units).await {
+            Ok(outcomes) => {
+                for ((index, (_, handled, saga_id)), outcome) in planned.into_iter().zip(outcomes) {
+                    results[index] = match outcome {
+                        CommitOutcome::Committed => {
+                            if let Handled::Applied(status) = handled {
+                                self.finished(saga_id, status);
+                            }
+                            Some(Ok(handled))
+                        }
+                        CommitOutcome::Duplicate => Some(Ok(Handled::Duplicate)),
+                        CommitOutcome::Conflict => {
+                            one_by_one.push(index);
+                            None
+                        }
+                    };
+                }
+            }
+            Err(err) => {
+                for (index, _) in planned {
+                    results[index] = Some(Err(OrchestratorError::Store(same_error(&err))));
+                }
+            }
+        }
+        one_by_one.sort_unstable();
+        for index in one_by_one {
+            results[index] = Some(self.handle_reply(&messages[index]).await);
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| Err(StoreError::Other("reply left unhandled".into()).into()))
+            })
+            .collect()
+    }
+
     /// Fires the timers due now (at most `limit`); returns how many fired.
     pub async fn fire_due_timers(&self, limit: usize) -> Result<usize, OrchestratorError> {
         let now = self.clock.now();
@@ -469,6 +567,15 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
             expected_version: previous_version,
         });
         unit
+    }
+}
+
+/// The same store failure again, for each reply of a batch.
+fn same_error(err: &StoreError) -> StoreError {
+    match err {
+        StoreError::Unavailable(reason) => StoreError::Unavailable(reason.clone()),
+        StoreError::Corrupt(reason) => StoreError::Corrupt(reason.clone()),
+        StoreError::Other(reason) => StoreError::Other(reason.clone()),
     }
 }
 

@@ -156,6 +156,27 @@ pub trait SagaStore: Send + Sync {
     /// Commits a unit of work atomically.
     async fn commit(&self, unit: UnitOfWork) -> Result<CommitOutcome, StoreError>;
 
+    /// Loads several saga instances at once (those that exist, in any order). Stores that can
+    /// read them in one query should; the default loads them one by one.
+    async fn load_many(&self, saga_ids: &[SagaId]) -> Result<Vec<SagaRecord>, StoreError> {
+        let mut records = Vec::with_capacity(saga_ids.len());
+        for &saga_id in saga_ids {
+            records.extend(self.load(saga_id).await?);
+        }
+        Ok(records)
+    }
+
+    /// Commits several units of work, each atomically, with an outcome per unit in the same
+    /// order. Stores that can write them together (fewer statements, one durable commit)
+    /// should; the default commits them one by one.
+    async fn commit_all(&self, units: Vec<UnitOfWork>) -> Result<Vec<CommitOutcome>, StoreError> {
+        let mut outcomes = Vec::with_capacity(units.len());
+        for unit in units {
+            outcomes.push(self.commit(unit).await?);
+        }
+        Ok(outcomes)
+    }
+
     /// Timers due at `now`, oldest first, at most `limit`.
     async fn due_timers(
         &self,

@@ -19,6 +19,7 @@
 //! | `postgres` | no | PostgreSQL driver and `LISTEN/NOTIFY` wake-ups |
 //! | `nats` | no | the NATS JetStream transport ([`nats::NatsTransport`]) |
 
+mod bulk;
 mod codec;
 pub mod database;
 pub mod error;

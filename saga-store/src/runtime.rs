@@ -22,6 +22,7 @@ use sqlx::{AssertSqlSafe, query};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::bulk;
 use crate::codec::to_i64;
 use crate::database::{Database, Dialect, Topic, Tx};
 use crate::error::store_error;
@@ -416,8 +417,8 @@ enum Verdict {
     Failed(String),
 }
 
-/// Receives from `channel` and hands each delivery to `handle`, acknowledging, giving back
-/// or backing off per its verdict, until shutdown.
+/// Receives batches from `channel` and hands each to `handle`, acknowledging, giving back or
+/// backing off per delivery as its verdict says, until shutdown.
 async fn consume<F, Fut>(
     channel: String,
     group: String,
@@ -426,8 +427,8 @@ async fn consume<F, Fut>(
     mut shutdown: Shutdown,
     mut handle: F,
 ) where
-    F: FnMut(Delivery) -> Fut,
-    Fut: std::future::Future<Output = (Delivery, Verdict)>,
+    F: FnMut(Vec<Delivery>) -> Fut,
+    Fut: std::future::Future<Output = Vec<(Delivery, Verdict)>>,
 {
     let mut backoff = Backoff::new(options.max_backoff);
     while !shutdown.requested() {
@@ -444,8 +445,10 @@ async fn consume<F, Fut>(
                 continue;
             }
         };
-        // The batch is handled concurrently, so its writes share group commits.
-        let handled = join_all(deliveries.into_iter().map(&mut handle)).await;
+        if deliveries.is_empty() {
+            continue;
+        }
+        let handled = handle(deliveries).await;
         let mut done = Vec::with_capacity(handled.len());
         let mut failed_pause = None;
         for (delivery, verdict) in handled {
@@ -486,14 +489,23 @@ async fn reply_loop(
 ) {
     let channel = orchestrator.reply_channel().to_owned();
     let group = format!("orchestrator:{channel}");
-    consume(channel, group, transport, options, shutdown, |delivery| {
+    consume(channel, group, transport, options, shutdown, |deliveries| {
         let orchestrator = orchestrator.clone();
         async move {
-            let verdict = match orchestrator.handle_reply(&delivery.message).await {
-                Ok(_) => Verdict::Done,
-                Err(err) => Verdict::Failed(err.to_string()),
-            };
-            (delivery, verdict)
+            // One load and one commit for the whole batch (see `handle_replies`).
+            let messages: Vec<Message> = deliveries.iter().map(|d| d.message.clone()).collect();
+            let results = orchestrator.handle_replies(&messages).await;
+            deliveries
+                .into_iter()
+                .zip(results)
+                .map(|(delivery, result)| {
+                    let verdict = match result {
+                        Ok(_) => Verdict::Done,
+                        Err(err) => Verdict::Failed(err.to_string()),
+                    };
+                    (delivery, verdict)
+                })
+                .collect()
         }
     })
     .await;
@@ -576,6 +588,83 @@ async fn handle_command(
         .await
 }
 
+/// Handles a batch of commands in one transaction: one statement records them all as
+/// received (duplicates are skipped), each handler runs, one statement queues all replies.
+/// If any handler asks for a retry, or anything fails, the batch is undone and its commands
+/// are handled one by one ([`handle_command`]), so one bad command affects only itself.
+async fn handle_commands(
+    store: &SqlSagaStore,
+    participant: &Arc<Participant<Tx>>,
+    messages: Vec<Message>,
+) -> Vec<Result<Handled, StoreError>> {
+    if messages.len() > 1 {
+        let batch = messages.clone();
+        let participant_in_tx = participant.clone();
+        let batched = store
+            .database()
+            .submit(
+                move |tx| {
+                    Box::pin(async move {
+                        let participant = participant_in_tx;
+                        let now = Timestamp::now();
+                        let ids: Vec<_> = batch.iter().map(|m| m.id).collect();
+                        let mut fresh = bulk::insert_received(
+                            tx,
+                            participant.name(),
+                            &ids,
+                            to_i64(now.as_millis()),
+                        )
+                        .await?;
+                        let mut outcomes = Vec::with_capacity(batch.len());
+                        let mut replies = Vec::new();
+                        let mut dead_letters = Vec::new();
+                        for message in &batch {
+                            // `remove`: a message twice in one batch runs once.
+                            if !fresh.remove(&message.id.to_string()) {
+                                outcomes.push(Handled::Duplicate);
+                                continue;
+                            }
+                            let dispatch = participant.dispatch(tx, message).await;
+                            if dispatch.retry.is_some() {
+                                return Ok(Finish::Rollback(None));
+                            }
+                            replies.extend(dispatch.reply);
+                            dead_letters.extend(dispatch.dead_letter.map(|reason| DeadLetter {
+                                consumer: participant.name().to_owned(),
+                                message: message.clone(),
+                                reason,
+                                at: now,
+                            }));
+                            outcomes.push(Handled::Done);
+                        }
+                        let replies: Vec<&Message> = replies.iter().collect();
+                        bulk::insert_outbox(tx, &replies, to_i64(now.as_millis())).await?;
+                        for dead in &dead_letters {
+                            insert_dead_letter(tx, dead).await?;
+                        }
+                        Ok(Finish::Commit(Some(outcomes)))
+                    })
+                },
+                true,
+            )
+            .await;
+        match batched {
+            Ok(Some(outcomes)) => return outcomes.into_iter().map(Ok).collect(),
+            Ok(None) => {
+                tracing::debug!("a command asked for a retry; handling the batch one by one")
+            }
+            Err(err) => tracing::debug!(error = %err, "batch failed; handling it one by one"),
+        }
+    }
+    // One by one, concurrently, so their transactions still share group commits.
+    join_all(
+        messages
+            .into_iter()
+            .map(|message| handle_command(store, participant.clone(), message)),
+    )
+    .await
+}
+
 async fn participant_loop(
     database: Database,
     participant: Arc<Participant<Tx>>,
@@ -587,19 +676,27 @@ async fn participant_loop(
     let channel = participant.channel().to_owned();
     let group = participant.name().to_owned();
     let max_backoff = options.max_backoff;
-    consume(channel, group, transport, options, shutdown, |delivery| {
+    consume(channel, group, transport, options, shutdown, |deliveries| {
         let (store, participant) = (store.clone(), participant.clone());
         async move {
-            let verdict = match handle_command(&store, participant, delivery.message.clone()).await {
-                Ok(Handled::Done | Handled::Duplicate) => Verdict::Done,
-                Ok(Handled::Retry(reason)) => {
-                    let delay = retry_delay(delivery.attempt, max_backoff);
-                    tracing::info!(message_id = %delivery.message.id, %reason, ?delay, "command will be retried");
-                    Verdict::Retry(delay)
-                }
-                Err(err) => Verdict::Failed(err.to_string()),
-            };
-            (delivery, verdict)
+            let messages = deliveries.iter().map(|d| d.message.clone()).collect();
+            let results = handle_commands(&store, &participant, messages).await;
+            deliveries
+                .into_iter()
+                .zip(results)
+                .map(|(delivery, result)| {
+                    let verdict = match result {
+                        Ok(Handled::Done | Handled::Duplicate) => Verdict::Done,
+                        Ok(Handled::Retry(reason)) => {
+                            let delay = retry_delay(delivery.attempt, max_backoff);
+                            tracing::info!(message_id = %delivery.message.id, %reason, ?delay, "command will be retried");
+                            Verdict::Retry(delay)
+                        }
+                        Err(err) => Verdict::Failed(err.to_string()),
+                    };
+                    (delivery, verdict)
+                })
+                .collect()
         }
     })
     .await;

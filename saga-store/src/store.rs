@@ -16,6 +16,7 @@ use saga_core::ports::{
 use sqlx::AnyConnection;
 use sqlx::{AssertSqlSafe, Row, query};
 
+use crate::bulk;
 use crate::codec::{
     self, SAGA_COLUMNS, direction_name, encode_headers, pending_columns, saga_id_text, status_name,
     timer_columns, to_i64, to_u64,
@@ -23,6 +24,8 @@ use crate::codec::{
 use crate::database::{Database, Dialect, NotifyTopic};
 use crate::error::{corrupt, store_error};
 use crate::group::Finish;
+use futures_util::future::join_all;
+use std::sync::Arc;
 
 /// saga-core's store port over a [`Database`].
 #[derive(Clone, Debug)]
@@ -157,6 +160,16 @@ impl SqlSagaStore {
     }
 }
 
+impl SqlSagaStore {
+    /// Commits units one by one, concurrently, so they still share group commits.
+    async fn commit_each(&self, units: Vec<UnitOfWork>) -> Result<Vec<CommitOutcome>, StoreError> {
+        join_all(units.into_iter().map(|unit| self.commit(unit)))
+            .await
+            .into_iter()
+            .collect()
+    }
+}
+
 /// Inserts or updates the saga row; `false` on an optimistic-version conflict.
 async fn write_saga(
     conn: &mut AnyConnection,
@@ -271,6 +284,66 @@ impl SagaStore for SqlSagaStore {
                 wakes_relay,
             )
             .await
+    }
+
+    /// One query per 500 ids.
+    async fn load_many(&self, saga_ids: &[SagaId]) -> Result<Vec<SagaRecord>, StoreError> {
+        let mut records = Vec::with_capacity(saga_ids.len());
+        for chunk in saga_ids.chunks(500) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = AssertSqlSafe(format!(
+                "SELECT {SAGA_COLUMNS} FROM saga_instances WHERE saga_id IN ({})",
+                placeholders.join(", ")
+            ));
+            let mut statement = query(sql);
+            for &saga_id in chunk {
+                statement = statement.bind(saga_id_text(saga_id));
+            }
+            let rows = statement
+                .fetch_all(self.database.pool())
+                .await
+                .map_err(store_error)?;
+            for row in &rows {
+                records.push(codec::saga_record(row)?);
+            }
+        }
+        Ok(records)
+    }
+
+    /// Writes the units with one multi-row statement per table, in one group-committed
+    /// transaction; if one of them turns out a duplicate or a conflict, undoes that and
+    /// commits them one by one instead (see [`crate::bulk`]).
+    async fn commit_all(&self, units: Vec<UnitOfWork>) -> Result<Vec<CommitOutcome>, StoreError> {
+        if units.len() > 1 && bulk::eligible(&units) {
+            let shared = Arc::new(units);
+            let batch = shared.clone();
+            let wakes_relay = batch.iter().any(|u| !u.outbox.is_empty());
+            let written = self
+                .database
+                .submit(
+                    move |tx| {
+                        Box::pin(async move {
+                            Ok(if bulk::write_units(tx, &batch, now()).await? {
+                                Finish::Commit(true)
+                            } else {
+                                Finish::Rollback(false)
+                            })
+                        })
+                    },
+                    wakes_relay,
+                )
+                .await?;
+            if written {
+                return Ok(vec![CommitOutcome::Committed; shared.len()]);
+            }
+            tracing::debug!(
+                units = shared.len(),
+                "batch held a duplicate or a conflict; committing one by one"
+            );
+            let units = Arc::try_unwrap(shared).unwrap_or_else(|shared| (*shared).clone());
+            return self.commit_each(units).await;
+        }
+        self.commit_each(units).await
     }
 
     async fn due_timers(
