@@ -26,6 +26,9 @@ pub struct PaymentSystem {
     pub store: SqlSagaStore,
     /// The orchestrator.
     pub orchestrator: Arc<Orchestrator<SqlSagaStore>>,
+    /// Handle messages in place (`RuntimeBuilder::in_place`, the queue being in the same
+    /// database) instead of through leases, relay and acks.
+    pub in_place: bool,
 }
 
 /// Transport settings for tests: short leases and polls.
@@ -56,6 +59,7 @@ impl PaymentSystem {
             db,
             store,
             orchestrator,
+            in_place: false,
         }
     }
 
@@ -85,7 +89,12 @@ impl PaymentSystem {
 
     /// Runs the orchestrator and the ledger over `transport`.
     pub fn run(&self, transport: Arc<dyn Transport>, ledger: Ledger) -> SagaRuntime {
-        SagaRuntime::builder(transport)
+        let builder = SagaRuntime::builder(transport);
+        let builder = match self.in_place {
+            true => builder.in_place(self.sql_transport()),
+            false => builder,
+        };
+        builder
             .options(test_runtime_options())
             .orchestrator(self.orchestrator.clone())
             .participant(&self.db.database, ledger_participant(ledger))

@@ -22,8 +22,17 @@ use sqlx::query;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-async fn system(backend: Backend, test: &str) -> Option<PaymentSystem> {
-    Some(PaymentSystem::new(TestDb::open(backend, test).await?))
+/// A backend, and whether messages are handled in place.
+#[derive(Clone, Copy, Debug)]
+struct Mode {
+    backend: Backend,
+    in_place: bool,
+}
+
+async fn system(mode: Mode, test: &str) -> Option<PaymentSystem> {
+    let mut system = PaymentSystem::new(TestDb::open(mode.backend, test).await?);
+    system.in_place = mode.in_place;
+    Some(system)
 }
 
 /// Payments 1..=n; every fourth over the limit (compensated), one flaky confirm.
@@ -40,8 +49,8 @@ fn payments(n: i64) -> Vec<(i64, i64)> {
         .collect()
 }
 
-async fn transactional_start_rolled_back_leaves_nothing(backend: Backend) {
-    let Some(system) = system(backend, "transactional_start").await else {
+async fn transactional_start_rolled_back_leaves_nothing(mode: Mode) {
+    let Some(system) = system(mode, "transactional_start").await else {
         return;
     };
     let database = &system.db.database;
@@ -98,6 +107,28 @@ async fn transactional_start_rolled_back_leaves_nothing(backend: Backend) {
     system.db.cleanup().await;
 }
 
+/// In place, messages go straight into the queue in the transaction that produces them:
+/// after the run the outbox holds only the first commands, written before the workers
+/// started; otherwise every message passed through it.
+async fn in_place_messages_skip_the_outbox(mode: Mode) {
+    let Some(system) = system(mode, "in_place_path").await else {
+        return;
+    };
+    let ids = system.start(&payments(8)).await;
+    system
+        .run_to_end(Arc::new(system.sql_transport()), &ids)
+        .await;
+    let outbox = system.count("saga_outbox").await;
+    let received = system.count("saga_received").await;
+    assert!(received >= 8 * 4, "{received} messages handled");
+    if mode.in_place {
+        assert_eq!(outbox, 8, "only the first commands went through the outbox");
+    } else {
+        assert_eq!(outbox, received, "every message went through the outbox");
+    }
+    system.db.cleanup().await;
+}
+
 /// A transport that publishes every message twice.
 struct Duplicating<T>(T);
 
@@ -130,8 +161,8 @@ impl<T: Transport> Transport for Duplicating<T> {
     }
 }
 
-async fn every_message_delivered_twice_has_one_effect(backend: Backend) {
-    let Some(system) = system(backend, "duplicate_delivery").await else {
+async fn every_message_delivered_twice_has_one_effect(mode: Mode) {
+    let Some(system) = system(mode, "duplicate_delivery").await else {
         return;
     };
     let ids = system.start(&payments(24)).await;
@@ -142,8 +173,8 @@ async fn every_message_delivered_twice_has_one_effect(backend: Backend) {
     system.db.cleanup().await;
 }
 
-async fn concurrent_replies_to_one_saga_stay_consistent(backend: Backend) {
-    let Some(system) = system(backend, "concurrent_replies").await else {
+async fn concurrent_replies_to_one_saga_stay_consistent(mode: Mode) {
+    let Some(system) = system(mode, "concurrent_replies").await else {
         return;
     };
     let ids = system.start(&[(1, 5)]).await;
@@ -245,8 +276,8 @@ impl<T: Transport> Transport for CrashAfterPublish<T> {
     }
 }
 
-async fn crash_between_commit_and_publish_loses_nothing(backend: Backend) {
-    let Some(system) = system(backend, "crash_after_publish").await else {
+async fn crash_between_commit_and_publish_loses_nothing(mode: Mode) {
+    let Some(system) = system(mode, "crash_after_publish").await else {
         return;
     };
     let ids = system.start(&payments(12)).await;
@@ -258,8 +289,8 @@ async fn crash_between_commit_and_publish_loses_nothing(backend: Backend) {
     system.db.cleanup().await;
 }
 
-async fn poison_messages_are_dead_lettered_and_the_channels_keep_flowing(backend: Backend) {
-    let Some(system) = system(backend, "poison").await else {
+async fn poison_messages_are_dead_lettered_and_the_channels_keep_flowing(mode: Mode) {
+    let Some(system) = system(mode, "poison").await else {
         return;
     };
     let transport = system.sql_transport();
@@ -315,8 +346,8 @@ async fn poison_messages_are_dead_lettered_and_the_channels_keep_flowing(backend
     system.db.cleanup().await;
 }
 
-async fn retry_timers_survive_a_restart_and_fire_once(backend: Backend) {
-    let Some(system) = system(backend, "timers_restart").await else {
+async fn retry_timers_survive_a_restart_and_fire_once(mode: Mode) {
+    let Some(system) = system(mode, "timers_restart").await else {
         return;
     };
     // The flaky confirm is refused once; its retry waits 300 ms in the timers table.
@@ -369,8 +400,8 @@ async fn retry_timers_survive_a_restart_and_fire_once(backend: Backend) {
     system.db.cleanup().await;
 }
 
-async fn retention_deletes_only_old_processed_rows(backend: Backend) {
-    let Some(system) = system(backend, "retention").await else {
+async fn retention_deletes_only_old_processed_rows(mode: Mode) {
+    let Some(system) = system(mode, "retention").await else {
         return;
     };
     let ids = system.start(&payments(4)).await;
@@ -421,13 +452,16 @@ async fn retention_deletes_only_old_processed_rows(backend: Backend) {
     system.db.cleanup().await;
 }
 
-async fn a_killed_worker_process_is_restarted_and_every_saga_finishes_once(backend: Backend) {
-    let Some(system) = system(backend, "sigkill").await else {
+async fn a_killed_worker_process_is_restarted_and_every_saga_finishes_once(mode: Mode) {
+    let Some(system) = system(mode, "sigkill").await else {
         return;
     };
     let ids = system.start(&payments(200)).await;
     let spawn = || {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_saga-test-worker"));
+        if system.in_place {
+            command.arg("--in-place");
+        }
         command.args([
             "--url",
             &system.db.url,
@@ -470,8 +504,8 @@ async fn a_killed_worker_process_is_restarted_and_every_saga_finishes_once(backe
     system.db.cleanup().await;
 }
 
-async fn semantic_locks_are_held_by_one_saga_at_a_time(backend: Backend) {
-    let Some(system) = system(backend, "locks").await else {
+async fn semantic_locks_are_held_by_one_saga_at_a_time(mode: Mode) {
+    let Some(system) = system(mode, "locks").await else {
         return;
     };
     let database = &system.db.database;
@@ -517,8 +551,8 @@ async fn semantic_locks_are_held_by_one_saga_at_a_time(backend: Backend) {
     system.db.cleanup().await;
 }
 
-async fn an_unreachable_database_is_a_clear_error(backend: Backend) {
-    let url = match backend {
+async fn an_unreachable_database_is_a_clear_error(mode: Mode) {
+    let url = match mode.backend {
         Backend::Sqlite => "sqlite:///nonexistent-dir-for-saga-tests/x.db".to_owned(),
         Backend::Postgres => "postgres://postgres@127.0.0.1:1/test".to_owned(),
     };
@@ -530,7 +564,7 @@ async fn an_unreachable_database_is_a_clear_error(backend: Backend) {
         .await
         .expect_err("fails");
     let text = err.to_string();
-    match backend {
+    match mode.backend {
         Backend::Postgres => {
             assert!(matches!(err, DatabaseError::Unreachable { .. }), "{text}");
             assert!(
@@ -550,6 +584,11 @@ macro_rules! conformance {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn transactional_start_rolled_back_leaves_nothing() {
                 super::transactional_start_rolled_back_leaves_nothing($variant).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn in_place_messages_skip_the_outbox() {
+                super::in_place_messages_skip_the_outbox($variant).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -602,8 +641,34 @@ macro_rules! conformance {
     };
 }
 
-conformance!(sqlite, Backend::Sqlite);
-conformance!(postgres, Backend::Postgres);
+conformance!(
+    sqlite,
+    Mode {
+        backend: Backend::Sqlite,
+        in_place: false
+    }
+);
+conformance!(
+    postgres,
+    Mode {
+        backend: Backend::Postgres,
+        in_place: false
+    }
+);
+conformance!(
+    sqlite_in_place,
+    Mode {
+        backend: Backend::Sqlite,
+        in_place: true
+    }
+);
+conformance!(
+    postgres_in_place,
+    Mode {
+        backend: Backend::Postgres,
+        in_place: true
+    }
+);
 
 /// PostgreSQL only: every connection of the running system is terminated
 /// (`pg_terminate_backend`) three times mid-run; the workers reconnect and finish everything.

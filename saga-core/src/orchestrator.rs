@@ -65,6 +65,40 @@ pub enum Handled {
     DeadLettered(String),
 }
 
+/// What [`Orchestrator::plan_replies`] decided for a batch of replies.
+#[derive(Clone, Debug, Default)]
+pub struct ReplyPlan {
+    /// The units of work to commit, one per entry of `planned`, in the same order.
+    pub units: Vec<UnitOfWork>,
+    /// The replies the units handle.
+    pub planned: Vec<PlannedReply>,
+    /// Positions (in the batch) of replies to handle one by one with
+    /// [`Orchestrator::handle_reply`].
+    pub one_by_one: Vec<usize>,
+}
+
+/// One reply of a [`ReplyPlan`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedReply {
+    /// Its position in the batch.
+    pub index: usize,
+    /// The saga it moves.
+    pub saga_id: SagaId,
+    /// What it does once committed.
+    pub handled: Handled,
+}
+
+/// The sagas a batch of replies is for (unreadable replies left out), each once.
+pub fn reply_saga_ids(messages: &[Message]) -> Vec<SagaId> {
+    let mut ids: Vec<SagaId> = messages
+        .iter()
+        .filter_map(|m| reply_event(m).ok().map(|(id, _)| id))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
 /// A started saga, not yet committed: for starting a saga inside the caller's own transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PreparedStart {
@@ -313,24 +347,76 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
             }
             return results;
         }
-        let now = self.clock.now();
+        // On a failure each reply meets it again on its own, and reports it.
+        let records: Vec<SagaRecord> = self
+            .store
+            .load_many(&reply_saga_ids(messages))
+            .await
+            .unwrap_or_default();
+        let mut plan = self.plan_replies(messages, records, self.clock.now());
+        let units = std::mem::take(&mut plan.units);
+        let mut results: Vec<Option<Result<Handled, OrchestratorError>>> =
+            messages.iter().map(|_| None).collect();
+        let mut one_by_one = std::mem::take(&mut plan.one_by_one);
+        match self.store.commit_all(units).await {
+            Ok(outcomes) => {
+                for (planned, outcome) in plan.planned.into_iter().zip(outcomes) {
+                    results[planned.index] = match outcome {
+                        CommitOutcome::Committed => {
+                            self.committed(&planned);
+                            Some(Ok(planned.handled))
+                        }
+                        CommitOutcome::Duplicate => Some(Ok(Handled::Duplicate)),
+                        CommitOutcome::Conflict => {
+                            one_by_one.push(planned.index);
+                            None
+                        }
+                    };
+                }
+            }
+            Err(err) => {
+                for planned in plan.planned {
+                    results[planned.index] = Some(Err(OrchestratorError::Store(same_error(&err))));
+                }
+            }
+        }
+        one_by_one.sort_unstable();
+        for index in one_by_one {
+            results[index] = Some(self.handle_reply(&messages[index]).await);
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| Err(StoreError::Other("reply left unhandled".into()).into()))
+            })
+            .collect()
+    }
+
+    /// Plans a batch of replies against their sagas' `records` (loaded by the caller, e.g.
+    /// inside its own transaction) without writing anything: the units of work to commit,
+    /// what each will have done, and which replies must be handled one by one instead
+    /// (unusable, unknown saga, or a second reply to one saga). After committing the units,
+    /// tell the orchestrator with [`Orchestrator::committed`].
+    pub fn plan_replies(
+        &self,
+        messages: &[Message],
+        records: Vec<SagaRecord>,
+        now: Timestamp,
+    ) -> ReplyPlan {
+        let records: HashMap<SagaId, SagaRecord> =
+            records.into_iter().map(|r| (r.state.saga_id, r)).collect();
         let parsed: Vec<Option<(SagaId, SagaEvent)>> =
             messages.iter().map(|m| reply_event(m).ok()).collect();
         let mut seen: HashMap<SagaId, usize> = HashMap::new();
         for (saga_id, _) in parsed.iter().flatten() {
             *seen.entry(*saga_id).or_default() += 1;
         }
-        let ids: Vec<SagaId> = seen.keys().copied().collect();
-        let records: HashMap<SagaId, SagaRecord> = match self.store.load_many(&ids).await {
-            Ok(records) => records.into_iter().map(|r| (r.state.saga_id, r)).collect(),
-            // Each reply meets the failure again on its own, and reports it.
-            Err(_) => HashMap::new(),
-        };
-        let mut one_by_one = Vec::new();
-        let mut planned = Vec::new();
+        let mut plan = ReplyPlan::default();
         for (index, (message, parsed)) in messages.iter().zip(parsed).enumerate() {
             let batchable = parsed.and_then(|(saga_id, event)| {
-                let record = records.get(&saga_id).filter(|_| seen[&saga_id] == 1)?;
+                let record = records
+                    .get(&saga_id)
+                    .filter(|_| seen.get(&saga_id) == Some(&1))?;
                 let saga = self.sagas.get(&record.state.saga_type)?;
                 let base = UnitOfWork {
                     consumed: Some(Consumed {
@@ -352,47 +438,26 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
                 }
             });
             match batchable {
-                Some(plan) => planned.push((index, plan)),
-                None => one_by_one.push(index),
-            }
-        }
-        let mut results: Vec<Option<Result<Handled, OrchestratorError>>> =
-            messages.iter().map(|_| None).collect();
-        let units = planned.iter().map(|(_, (unit, ..))| unit.clone()).collect();
-        match self.store.commit_all(units).await {
-            Ok(outcomes) => {
-                for ((index, (_, handled, saga_id)), outcome) in planned.into_iter().zip(outcomes) {
-                    results[index] = match outcome {
-                        CommitOutcome::Committed => {
-                            if let Handled::Applied(status) = handled {
-                                self.finished(saga_id, status);
-                            }
-                            Some(Ok(handled))
-                        }
-                        CommitOutcome::Duplicate => Some(Ok(Handled::Duplicate)),
-                        CommitOutcome::Conflict => {
-                            one_by_one.push(index);
-                            None
-                        }
-                    };
+                Some((unit, handled, saga_id)) => {
+                    plan.units.push(unit);
+                    plan.planned.push(PlannedReply {
+                        index,
+                        saga_id,
+                        handled,
+                    });
                 }
-            }
-            Err(err) => {
-                for (index, _) in planned {
-                    results[index] = Some(Err(OrchestratorError::Store(same_error(&err))));
-                }
+                None => plan.one_by_one.push(index),
             }
         }
-        one_by_one.sort_unstable();
-        for index in one_by_one {
-            results[index] = Some(self.handle_reply(&messages[index]).await);
+        plan
+    }
+
+    /// Tells the orchestrator a planned reply's unit of work committed (it tells the
+    /// [`Orchestrator::on_finished`] observers if the saga finished).
+    pub fn committed(&self, planned: &PlannedReply) {
+        if let Handled::Applied(status) = planned.handled {
+            self.finished(planned.saga_id, status);
         }
-        results
-            .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|| Err(StoreError::Other("reply left unhandled".into()).into()))
-            })
-            .collect()
     }
 
     /// Fires the timers due now (at most `limit`); returns how many fired.

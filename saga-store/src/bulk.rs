@@ -38,9 +38,14 @@ pub(crate) fn eligible(units: &[UnitOfWork]) -> bool {
     })
 }
 
-/// `rows` rows of parameters, each column wrapped in its `casts` template (`{}` is the
-/// parameter), numbered from `$1`.
-fn values(rows: usize, casts: &[&str]) -> String {
+/// `rows` rows of parameters for `conn`, each column wrapped in its `casts` template (`{}` is
+/// the parameter): numbered from `$1` on PostgreSQL, plain `?` on SQLite (where looking up
+/// numbered parameters by name costs time quadratic in their count).
+fn values(conn: &AnyConnection, rows: usize, casts: &[&str]) -> String {
+    values_in(conn.backend_name() == "SQLite", rows, casts)
+}
+
+fn values_in(positional: bool, rows: usize, casts: &[&str]) -> String {
     let mut sql = String::new();
     let mut parameter = 0;
     for row in 0..rows {
@@ -53,7 +58,11 @@ fn values(rows: usize, casts: &[&str]) -> String {
                 sql.push_str(", ");
             }
             parameter += 1;
-            sql.push_str(&cast.replace("{}", &format!("${parameter}")));
+            let placeholder = match positional {
+                true => "?".to_owned(),
+                false => format!("${parameter}"),
+            };
+            sql.push_str(&cast.replace("{}", &placeholder));
         }
         sql.push(')');
     }
@@ -80,13 +89,14 @@ pub(crate) async fn write_units(
     conn: &mut AnyConnection,
     units: &[UnitOfWork],
     at: i64,
+    queue_in_place: bool,
 ) -> Result<bool, StoreError> {
     let consumed: Vec<_> = units.iter().filter_map(|u| u.consumed.as_ref()).collect();
     for chunk in consumed.chunks(CHUNK) {
         let sql = format!(
             "INSERT INTO saga_received (consumer, message_id, received_at) VALUES {} \
              ON CONFLICT DO NOTHING",
-            values(chunk.len(), &["{}", "{}", "{}"])
+            values(conn, chunk.len(), &["{}", "{}", "{}"])
         );
         let mut statement = query(AssertSqlSafe(sql));
         for record in chunk {
@@ -120,7 +130,7 @@ pub(crate) async fn write_units(
              updated_at = v.updated_at \
              FROM v WHERE saga_instances.saga_id = v.saga_id \
              AND saga_instances.version = v.expected",
-            values(chunk.len(), &casts)
+            values(conn, chunk.len(), &casts)
         );
         let mut statement = query(AssertSqlSafe(sql));
         for write in chunk {
@@ -158,7 +168,7 @@ pub(crate) async fn write_units(
     for chunk in history.chunks(CHUNK) {
         let sql = format!(
             "INSERT INTO saga_history (saga_id, at, event) VALUES {}",
-            values(chunk.len(), &["{}", "{}", "{}"])
+            values(conn, chunk.len(), &["{}", "{}", "{}"])
         );
         let mut statement = query(AssertSqlSafe(sql));
         for entry in chunk {
@@ -171,13 +181,13 @@ pub(crate) async fn write_units(
         run(conn, statement).await?;
     }
     let outbox: Vec<_> = units.iter().flat_map(|u| &u.outbox).collect();
-    insert_outbox(conn, &outbox, at).await?;
+    insert_outbox(conn, &outbox, at, queue_in_place).await?;
     let timers: Vec<_> = units.iter().flat_map(|u| &u.schedule).collect();
     for chunk in timers.chunks(CHUNK) {
         let sql = format!(
             "INSERT INTO saga_timers (saga_id, kind, request_id, attempt, due) VALUES {} \
              ON CONFLICT DO NOTHING",
-            values(chunk.len(), &["{}", "{}", "{}", "{}", "{}"])
+            values(conn, chunk.len(), &["{}", "{}", "{}", "{}", "{}"])
         );
         let mut statement = query(AssertSqlSafe(sql));
         for timer in chunk {
@@ -197,17 +207,22 @@ pub(crate) async fn write_units(
     Ok(true)
 }
 
-/// Appends `messages` to the outbox, in order.
+/// Appends `messages` to the outbox, in order — or, with the queue in place (see
+/// [`Database::queue_in_place`](crate::Database::queue_in_place)), straight to the queue.
 pub(crate) async fn insert_outbox(
     conn: &mut AnyConnection,
     messages: &[&Message],
     at: i64,
+    queue_in_place: bool,
 ) -> Result<(), StoreError> {
+    if queue_in_place {
+        return insert_queue(conn, messages, at).await;
+    }
     for chunk in messages.chunks(CHUNK) {
         let sql = format!(
             "INSERT INTO saga_outbox (message_id, destination, headers, payload, created_at) \
              VALUES {}",
-            values(chunk.len(), &["{}", "{}", "{}", "{}", "{}"])
+            values(conn, chunk.len(), &["{}", "{}", "{}", "{}", "{}"])
         );
         let mut statement = query(AssertSqlSafe(sql));
         for message in chunk {
@@ -216,6 +231,33 @@ pub(crate) async fn insert_outbox(
                 .bind(message.destination.clone())
                 .bind(encode_headers(&message.headers))
                 .bind(message.payload.clone())
+                .bind(at);
+        }
+        run(conn, statement).await?;
+    }
+    Ok(())
+}
+
+/// Appends `messages` to the SQL-table queue (visible at once), in order.
+pub(crate) async fn insert_queue(
+    conn: &mut AnyConnection,
+    messages: &[&Message],
+    at: i64,
+) -> Result<(), StoreError> {
+    for chunk in messages.chunks(CHUNK) {
+        let sql = format!(
+            "INSERT INTO saga_queue (channel, message_id, headers, payload, enqueued_at, \
+             visible_at) VALUES {}",
+            values(conn, chunk.len(), &["{}", "{}", "{}", "{}", "{}", "{}"])
+        );
+        let mut statement = query(AssertSqlSafe(sql));
+        for message in chunk {
+            statement = statement
+                .bind(message.destination.clone())
+                .bind(message.id.to_string())
+                .bind(encode_headers(&message.headers))
+                .bind(message.payload.clone())
+                .bind(at)
                 .bind(at);
         }
         run(conn, statement).await?;
@@ -235,7 +277,7 @@ pub(crate) async fn insert_received(
         let sql = format!(
             "INSERT INTO saga_received (consumer, message_id, received_at) VALUES {} \
              ON CONFLICT DO NOTHING RETURNING message_id",
-            values(chunk.len(), &["{}", "{}", "{}"])
+            values(conn, chunk.len(), &["{}", "{}", "{}"])
         );
         let mut statement = query(AssertSqlSafe(sql));
         for id in chunk {
@@ -258,8 +300,9 @@ mod tests {
     #[test]
     fn numbers_parameters_across_rows() {
         assert_eq!(
-            values(2, &["{}", BIGINT]),
+            values_in(false, 2, &["{}", BIGINT]),
             "($1, CAST($2 AS BIGINT)), ($3, CAST($4 AS BIGINT))"
         );
+        assert_eq!(values_in(true, 2, &["{}"]), "(?), (?)");
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use saga_core::ports::StoreError;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyPool, Executor};
@@ -102,10 +102,21 @@ pub(crate) enum Topic {
     Queue(String),
 }
 
-/// In-process wake-ups, one [`Notify`] per topic.
-#[derive(Debug, Default)]
+/// In-process wake-ups, one [`Notify`] per topic, and a counter of committed outbox writes
+/// that any number of in-database consumers can watch without missing a change.
+#[derive(Debug)]
 pub(crate) struct Wakeups {
     topics: Mutex<HashMap<Topic, Arc<Notify>>>,
+    outbox_writes: watch::Sender<u64>,
+}
+
+impl Default for Wakeups {
+    fn default() -> Self {
+        Self {
+            topics: Mutex::default(),
+            outbox_writes: watch::Sender::new(0),
+        }
+    }
 }
 
 impl Wakeups {
@@ -119,6 +130,16 @@ impl Wakeups {
 
     pub(crate) fn wake(&self, topic: &Topic) {
         self.get(topic).notify_one();
+        if *topic == Topic::Outbox {
+            self.outbox_writes
+                .send_modify(|count| *count = count.wrapping_add(1));
+        }
+    }
+
+    /// Changes whenever outbox rows (or, with the queue in the same database, queue rows)
+    /// were committed.
+    pub(crate) fn outbox_writes(&self) -> watch::Receiver<u64> {
+        self.outbox_writes.subscribe()
     }
 }
 
@@ -134,6 +155,9 @@ struct Inner {
     write_batch: usize,
     /// Where [`Database::write`] sends work; the writer tasks start on first use.
     work: OnceLock<mpsc::Sender<Work>>,
+    /// Outgoing messages go straight into this database's queue table (see
+    /// [`Database::queue_in_place`]).
+    queue_in_place: std::sync::atomic::AtomicBool,
 }
 
 /// A pool on the saga database, with its dialect and wake-ups. Cheap to clone.
@@ -206,6 +230,7 @@ impl Database {
                 }),
                 write_batch: options.write_batch.max(1),
                 work: OnceLock::new(),
+                queue_in_place: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         database
@@ -418,6 +443,18 @@ impl Database {
     /// started a saga; on PostgreSQL a `NOTIFY` in the transaction does this already).
     pub fn wake_relay(&self) {
         self.inner.wakeups.wake(&Topic::Outbox);
+    }
+
+    /// Whether outgoing messages skip the outbox and go straight into this database's queue
+    /// table, in the transaction that produces them: set by [`crate::SagaRuntime::embedded`]
+    /// when the SQL-table transport lives in this database, so a message costs no relay pass
+    /// and no separate commit.
+    pub fn queue_in_place(&self) -> bool {
+        self.inner.queue_in_place.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_queue_in_place(&self) {
+        self.inner.queue_in_place.store(true, Ordering::Relaxed);
     }
 
     pub(crate) fn wakeups(&self) -> &Wakeups {

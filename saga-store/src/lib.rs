@@ -24,6 +24,7 @@ mod codec;
 pub mod database;
 pub mod error;
 pub mod group;
+mod in_place;
 #[cfg(feature = "postgres")]
 mod listen;
 pub mod locks;

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::join_all;
+use futures_util::future::{BoxFuture, join_all};
 use saga_core::orchestrator::Orchestrator;
 use saga_core::participant::Participant;
 use saga_core::ports::{DeadLetter, Delivery, StoreError, Transport, TransportError, UnitOfWork};
@@ -27,7 +27,9 @@ use crate::codec::to_i64;
 use crate::database::{Database, Dialect, Topic, Tx};
 use crate::error::store_error;
 use crate::group::Finish;
+use crate::in_place;
 use crate::store::{SqlSagaStore, insert_dead_letter, mark_published_on, unpublished_on};
+use crate::transport::SqlTransport;
 use saga_core::ports::CommitOutcome;
 
 /// How old processed rows must be before retention deletes them.
@@ -85,41 +87,45 @@ impl Default for RuntimeOptions {
 
 /// Exponential backoff after errors.
 #[derive(Debug)]
-struct Backoff {
+pub(crate) struct Backoff {
     current: Duration,
     max: Duration,
 }
 
 impl Backoff {
-    fn new(max: Duration) -> Self {
+    pub(crate) fn new(max: Duration) -> Self {
         Self {
             current: Duration::from_millis(50),
             max,
         }
     }
 
-    fn next(&mut self) -> Duration {
+    pub(crate) fn next(&mut self) -> Duration {
         let delay = self.current;
         self.current = (self.current * 2).min(self.max);
         delay
     }
 
-    fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.current = Duration::from_millis(50);
     }
 }
 
 /// A stop signal shared by the workers.
 #[derive(Clone, Debug)]
-struct Shutdown(watch::Receiver<bool>);
+pub(crate) struct Shutdown(watch::Receiver<bool>);
 
 impl Shutdown {
-    fn requested(&self) -> bool {
+    pub(crate) fn requested(&self) -> bool {
         *self.0.borrow()
     }
 
     /// Sleeps for `duration`, or until `wake` fires, or until shutdown; `true` on shutdown.
-    async fn pause(&mut self, duration: Duration, wake: Option<&tokio::sync::Notify>) -> bool {
+    pub(crate) async fn pause(
+        &mut self,
+        duration: Duration,
+        wake: Option<&tokio::sync::Notify>,
+    ) -> bool {
         let stop = self.0.wait_for(|stop| *stop);
         match wake {
             Some(notify) => tokio::select! {
@@ -137,7 +143,7 @@ impl Shutdown {
 }
 
 type SharedTransport = Arc<dyn Transport>;
-type SharedOrchestrator = Arc<Orchestrator<SqlSagaStore>>;
+pub(crate) type SharedOrchestrator = Arc<Orchestrator<SqlSagaStore>>;
 
 /// Collects what to run, then starts it.
 pub struct RuntimeBuilder {
@@ -146,6 +152,8 @@ pub struct RuntimeBuilder {
     databases: Vec<Database>,
     orchestrators: Vec<SharedOrchestrator>,
     participants: Vec<(Database, Arc<Participant<Tx>>)>,
+    /// The queue handled in place (see [`RuntimeBuilder::in_place`]).
+    embedded: Option<SqlTransport>,
 }
 
 impl std::fmt::Debug for RuntimeBuilder {
@@ -155,11 +163,25 @@ impl std::fmt::Debug for RuntimeBuilder {
             .field("databases", &self.databases.len())
             .field("orchestrators", &self.orchestrators.len())
             .field("participants", &self.participants.len())
+            .field("embedded", &self.embedded.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl RuntimeBuilder {
+    /// Handles messages in place where the SQL-table queue `queue` lives in the consumer's
+    /// own database: orchestrators and participants on that database skip the outbox, and
+    /// each batch of messages is taken from the queue, handled, and answered into the queue
+    /// in **one** transaction (shared by group commit with other work), with no relay pass
+    /// and no separate claim or acknowledgement. Whatever a pass cannot take (a retry, a
+    /// conflict, an error) goes to the ordinary consumer over the builder's transport, with
+    /// its leases, delivery counts and dead letters. From then on that database handle
+    /// writes outgoing messages straight into its queue.
+    pub fn in_place(mut self, queue: SqlTransport) -> Self {
+        self.embedded = Some(queue);
+        self
+    }
+
     /// Overrides the worker settings.
     pub fn options(mut self, options: RuntimeOptions) -> Self {
         self.options = options;
@@ -215,13 +237,31 @@ impl RuntimeBuilder {
                 shutdown.clone(),
             )));
         }
+        // With the queue in the consumer's own database, a message is taken, handled and
+        // answered in one transaction (see `in_place`).
+        let in_place = |database: &Database| {
+            self.embedded
+                .as_ref()
+                .filter(|queue| queue.database().same_pool(database))
+                .inspect(|_| database.set_queue_in_place())
+                .cloned()
+        };
         for orchestrator in self.orchestrators {
-            tasks.push(tokio::spawn(reply_loop(
+            let consumer = reply_consumer(
                 orchestrator.clone(),
                 self.transport.clone(),
                 options.clone(),
-                shutdown.clone(),
-            )));
+            );
+            tasks.push(match in_place(orchestrator.store().database()) {
+                Some(queue) => tokio::spawn(in_place::reply_loop(
+                    orchestrator.clone(),
+                    queue,
+                    consumer,
+                    options.clone(),
+                    shutdown.clone(),
+                )),
+                None => tokio::spawn(consumer.run(shutdown.clone())),
+            });
             tasks.push(tokio::spawn(timer_loop(
                 orchestrator,
                 options.clone(),
@@ -229,13 +269,22 @@ impl RuntimeBuilder {
             )));
         }
         for (database, participant) in self.participants {
-            tasks.push(tokio::spawn(participant_loop(
-                database,
-                participant,
+            let consumer = command_consumer(
+                database.clone(),
+                participant.clone(),
                 self.transport.clone(),
                 options.clone(),
-                shutdown.clone(),
-            )));
+            );
+            tasks.push(match in_place(&database) {
+                Some(queue) => tokio::spawn(in_place::command_loop(
+                    participant,
+                    queue,
+                    consumer,
+                    options.clone(),
+                    shutdown.clone(),
+                )),
+                None => tokio::spawn(consumer.run(shutdown.clone())),
+            });
         }
         SagaRuntime { stop, tasks }
     }
@@ -257,7 +306,15 @@ impl SagaRuntime {
             databases: Vec::new(),
             orchestrators: Vec::new(),
             participants: Vec::new(),
+            embedded: None,
         }
+    }
+
+    /// Collects workers over the SQL-table queue in `transport`'s database, for an embedded
+    /// deployment where sagas, participants and the queue share that one database: the same
+    /// as `builder(transport).in_place(transport)` (see [`RuntimeBuilder::in_place`]).
+    pub fn embedded(transport: SqlTransport) -> RuntimeBuilder {
+        Self::builder(Arc::new(transport.clone())).in_place(transport)
     }
 
     /// Stops every worker and waits for them.
@@ -407,8 +464,11 @@ async fn relay_batch(
     Ok(Relayed::Published(entries.len()))
 }
 
+/// A batch's handling in progress: each delivery with its verdict.
+pub(crate) type Handling = BoxFuture<'static, Vec<(Delivery, Verdict)>>;
+
 /// What handling one delivery came to.
-enum Verdict {
+pub(crate) enum Verdict {
     /// Done (or a duplicate): acknowledge it.
     Done,
     /// Give it back, to be delivered again after this delay.
@@ -417,98 +477,131 @@ enum Verdict {
     Failed(String),
 }
 
-/// Receives batches from `channel` and hands each to `handle`, acknowledging, giving back or
-/// backing off per delivery as its verdict says, until shutdown.
-async fn consume<F, Fut>(
+/// Receives batches from a channel and hands each to `handle`, acknowledging, giving back or
+/// backing off per delivery as its verdict says.
+pub(crate) struct Consumer<F> {
     channel: String,
     group: String,
     transport: SharedTransport,
     options: Arc<RuntimeOptions>,
-    mut shutdown: Shutdown,
-    mut handle: F,
-) where
+    backoff: Backoff,
+    handle: F,
+}
+
+impl<F, Fut> Consumer<F>
+where
     F: FnMut(Vec<Delivery>) -> Fut,
     Fut: std::future::Future<Output = Vec<(Delivery, Verdict)>>,
 {
-    let mut backoff = Backoff::new(options.max_backoff);
-    while !shutdown.requested() {
+    fn new(
+        channel: String,
+        group: String,
+        transport: SharedTransport,
+        options: Arc<RuntimeOptions>,
+        handle: F,
+    ) -> Self {
+        Self {
+            channel,
+            group,
+            transport,
+            backoff: Backoff::new(options.max_backoff),
+            options,
+            handle,
+        }
+    }
+
+    /// Runs until shutdown.
+    async fn run(mut self, mut shutdown: Shutdown) {
+        while !shutdown.requested() {
+            let wait = self.options.poll_interval;
+            if self.pass(&mut shutdown, wait).await {
+                return;
+            }
+        }
+    }
+
+    /// Receives one batch (waiting up to `wait` for it) and handles it; `true` on shutdown.
+    pub(crate) async fn pass(&mut self, shutdown: &mut Shutdown, wait: Duration) -> bool {
+        let (channel, group) = (&self.channel, &self.group);
+        let transport = self.transport.as_ref();
         let deliveries = match transport
-            .receive(&channel, &group, options.batch_size, options.poll_interval)
+            .receive(channel, group, self.options.batch_size, wait)
             .await
         {
             Ok(deliveries) => deliveries,
             Err(err) => {
                 tracing::warn!(%channel, error = %err, "cannot receive messages");
-                if shutdown.pause(backoff.next(), None).await {
-                    return;
-                }
-                continue;
+                return shutdown.pause(self.backoff.next(), None).await;
             }
         };
         if deliveries.is_empty() {
-            continue;
+            return false;
         }
-        let handled = handle(deliveries).await;
+        let handled = (self.handle)(deliveries).await;
         let mut done = Vec::with_capacity(handled.len());
         let mut failed_pause = None;
         for (delivery, verdict) in handled {
             match verdict {
                 Verdict::Done => done.push(delivery),
                 Verdict::Retry(delay) => {
-                    give_back(transport.as_ref(), &channel, &group, &delivery, delay).await;
+                    give_back(transport, channel, group, &delivery, delay).await;
                 }
                 Verdict::Failed(error) => {
                     tracing::warn!(%channel, message_id = %delivery.message.id, %error, "message not handled; it will be redelivered");
-                    let delay = *failed_pause.get_or_insert_with(|| backoff.next());
-                    give_back(transport.as_ref(), &channel, &group, &delivery, delay).await;
+                    let delay = *failed_pause.get_or_insert_with(|| self.backoff.next());
+                    give_back(transport, channel, group, &delivery, delay).await;
                 }
             }
         }
         if !done.is_empty() {
             if failed_pause.is_none() {
-                backoff.reset();
+                self.backoff.reset();
             }
-            if let Err(err) = transport.ack_all(&channel, &group, &done).await {
+            if let Err(err) = transport.ack_all(channel, group, &done).await {
                 // Not fatal: the messages come again and their dedup records turn them away.
                 tracing::warn!(%channel, count = done.len(), error = %err, "ack failed");
             }
         }
-        if let Some(delay) = failed_pause
-            && shutdown.pause(delay, None).await
-        {
-            return;
+        match failed_pause {
+            Some(delay) => shutdown.pause(delay, None).await,
+            None => false,
         }
     }
 }
 
-async fn reply_loop(
+/// The orchestrator's reply consumer: one load and one commit per batch (see
+/// [`Orchestrator::handle_replies`]).
+pub(crate) fn reply_consumer(
     orchestrator: SharedOrchestrator,
     transport: SharedTransport,
     options: Arc<RuntimeOptions>,
-    shutdown: Shutdown,
-) {
+) -> Consumer<impl FnMut(Vec<Delivery>) -> Handling> {
     let channel = orchestrator.reply_channel().to_owned();
     let group = format!("orchestrator:{channel}");
-    consume(channel, group, transport, options, shutdown, |deliveries| {
-        let orchestrator = orchestrator.clone();
-        async move {
-            // One load and one commit for the whole batch (see `handle_replies`).
-            let messages: Vec<Message> = deliveries.iter().map(|d| d.message.clone()).collect();
-            let results = orchestrator.handle_replies(&messages).await;
-            deliveries
-                .into_iter()
-                .zip(results)
-                .map(|(delivery, result)| {
-                    let verdict = match result {
-                        Ok(_) => Verdict::Done,
-                        Err(err) => Verdict::Failed(err.to_string()),
-                    };
-                    (delivery, verdict)
-                })
-                .collect()
-        }
-    })
-    .await;
+    Consumer::new(
+        channel,
+        group,
+        transport,
+        options,
+        move |deliveries| -> BoxFuture<'static, _> {
+            let orchestrator = orchestrator.clone();
+            Box::pin(async move {
+                let messages: Vec<Message> = deliveries.iter().map(|d| d.message.clone()).collect();
+                let results = orchestrator.handle_replies(&messages).await;
+                deliveries
+                    .into_iter()
+                    .zip(results)
+                    .map(|(delivery, result)| {
+                        let verdict = match result {
+                            Ok(_) => Verdict::Done,
+                            Err(err) => Verdict::Failed(err.to_string()),
+                        };
+                        (delivery, verdict)
+                    })
+                    .collect()
+            })
+        },
+    )
 }
 
 async fn timer_loop(
@@ -536,7 +629,7 @@ async fn timer_loop(
 }
 
 /// What handling one command did.
-enum Handled {
+pub(crate) enum Handled {
     Done,
     Duplicate,
     Retry(String),
@@ -588,6 +681,49 @@ async fn handle_command(
         .await
 }
 
+/// Runs a batch of commands inside `tx`: one statement records them all as received (a
+/// duplicate is skipped), each handler runs, one statement queues all replies. `None` if a
+/// handler asked for a retry: the caller must undo the batch.
+pub(crate) async fn run_commands_in(
+    tx: &mut Tx,
+    participant: &Participant<Tx>,
+    batch: &[Message],
+    in_place: bool,
+) -> Result<Option<Vec<Handled>>, StoreError> {
+    let now = Timestamp::now();
+    let at = to_i64(now.as_millis());
+    let ids: Vec<_> = batch.iter().map(|m| m.id).collect();
+    let mut fresh = bulk::insert_received(tx, participant.name(), &ids, at).await?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut replies = Vec::new();
+    let mut dead_letters = Vec::new();
+    for message in batch {
+        // `remove`: a message twice in one batch runs once.
+        if !fresh.remove(&message.id.to_string()) {
+            outcomes.push(Handled::Duplicate);
+            continue;
+        }
+        let dispatch = participant.dispatch(tx, message).await;
+        if dispatch.retry.is_some() {
+            return Ok(None);
+        }
+        replies.extend(dispatch.reply);
+        dead_letters.extend(dispatch.dead_letter.map(|reason| DeadLetter {
+            consumer: participant.name().to_owned(),
+            message: message.clone(),
+            reason,
+            at: now,
+        }));
+        outcomes.push(Handled::Done);
+    }
+    let replies: Vec<&Message> = replies.iter().collect();
+    bulk::insert_outbox(tx, &replies, at, in_place).await?;
+    for dead in &dead_letters {
+        insert_dead_letter(tx, dead).await?;
+    }
+    Ok(Some(outcomes))
+}
+
 /// Handles a batch of commands in one transaction: one statement records them all as
 /// received (duplicates are skipped), each handler runs, one statement queues all replies.
 /// If any handler asks for a retry, or anything fails, the batch is undone and its commands
@@ -600,49 +736,18 @@ async fn handle_commands(
     if messages.len() > 1 {
         let batch = messages.clone();
         let participant_in_tx = participant.clone();
+        let in_place = store.database().queue_in_place();
         let batched = store
             .database()
             .submit(
                 move |tx| {
                     Box::pin(async move {
-                        let participant = participant_in_tx;
-                        let now = Timestamp::now();
-                        let ids: Vec<_> = batch.iter().map(|m| m.id).collect();
-                        let mut fresh = bulk::insert_received(
-                            tx,
-                            participant.name(),
-                            &ids,
-                            to_i64(now.as_millis()),
+                        Ok(
+                            match run_commands_in(tx, &participant_in_tx, &batch, in_place).await? {
+                                Some(outcomes) => Finish::Commit(Some(outcomes)),
+                                None => Finish::Rollback(None),
+                            },
                         )
-                        .await?;
-                        let mut outcomes = Vec::with_capacity(batch.len());
-                        let mut replies = Vec::new();
-                        let mut dead_letters = Vec::new();
-                        for message in &batch {
-                            // `remove`: a message twice in one batch runs once.
-                            if !fresh.remove(&message.id.to_string()) {
-                                outcomes.push(Handled::Duplicate);
-                                continue;
-                            }
-                            let dispatch = participant.dispatch(tx, message).await;
-                            if dispatch.retry.is_some() {
-                                return Ok(Finish::Rollback(None));
-                            }
-                            replies.extend(dispatch.reply);
-                            dead_letters.extend(dispatch.dead_letter.map(|reason| DeadLetter {
-                                consumer: participant.name().to_owned(),
-                                message: message.clone(),
-                                reason,
-                                at: now,
-                            }));
-                            outcomes.push(Handled::Done);
-                        }
-                        let replies: Vec<&Message> = replies.iter().collect();
-                        bulk::insert_outbox(tx, &replies, to_i64(now.as_millis())).await?;
-                        for dead in &dead_letters {
-                            insert_dead_letter(tx, dead).await?;
-                        }
-                        Ok(Finish::Commit(Some(outcomes)))
                     })
                 },
                 true,
@@ -665,23 +770,29 @@ async fn handle_commands(
     .await
 }
 
-async fn participant_loop(
+/// A participant's command consumer: batches handled in one transaction where they can be
+/// (see [`handle_commands`]).
+pub(crate) fn command_consumer(
     database: Database,
     participant: Arc<Participant<Tx>>,
     transport: SharedTransport,
     options: Arc<RuntimeOptions>,
-    shutdown: Shutdown,
-) {
+) -> Consumer<impl FnMut(Vec<Delivery>) -> Handling> {
     let store = Arc::new(SqlSagaStore::new(database));
     let channel = participant.channel().to_owned();
     let group = participant.name().to_owned();
     let max_backoff = options.max_backoff;
-    consume(channel, group, transport, options, shutdown, |deliveries| {
-        let (store, participant) = (store.clone(), participant.clone());
-        async move {
-            let messages = deliveries.iter().map(|d| d.message.clone()).collect();
-            let results = handle_commands(&store, &participant, messages).await;
-            deliveries
+    Consumer::new(
+        channel,
+        group,
+        transport,
+        options,
+        move |deliveries| -> BoxFuture<'static, _> {
+            let (store, participant) = (store.clone(), participant.clone());
+            Box::pin(async move {
+                let messages = deliveries.iter().map(|d| d.message.clone()).collect();
+                let results = handle_commands(&store, &participant, messages).await;
+                deliveries
                 .into_iter()
                 .zip(results)
                 .map(|(delivery, result)| {
@@ -697,9 +808,9 @@ async fn participant_loop(
                     (delivery, verdict)
                 })
                 .collect()
-        }
-    })
-    .await;
+            })
+        },
+    )
 }
 
 /// The delay before redelivering a message after its `attempt`-th transient failure.

@@ -7,12 +7,12 @@
 //! change stops everything), then the timeline, the outbox, new timers and dead letters.
 
 use async_trait::async_trait;
-use saga_core::SagaId;
 use saga_core::Timestamp;
 use saga_core::ports::{
     CommitOutcome, DeadLetter, HistoryRecord, OutboxEntry, SagaRecord, SagaStore, SagaWrite,
     StoreError, TimerRecord, UnitOfWork,
 };
+use saga_core::{Message, SagaId};
 use sqlx::AnyConnection;
 use sqlx::{AssertSqlSafe, Row, query};
 
@@ -124,20 +124,8 @@ impl SqlSagaStore {
                 .await
                 .map_err(store_error)?;
         }
-        for message in &unit.outbox {
-            query(
-                "INSERT INTO saga_outbox (message_id, destination, headers, payload, created_at) \
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(message.id.to_string())
-            .bind(&message.destination)
-            .bind(encode_headers(&message.headers))
-            .bind(&message.payload)
-            .bind(at)
-            .execute(&mut *conn)
-            .await
-            .map_err(store_error)?;
-        }
+        let outbox: Vec<&Message> = unit.outbox.iter().collect();
+        bulk::insert_outbox(conn, &outbox, at, self.database.queue_in_place()).await?;
         for timer in &unit.schedule {
             let (kind, request_id, attempt) = timer_columns(&timer.timer);
             query(
@@ -288,26 +276,8 @@ impl SagaStore for SqlSagaStore {
 
     /// One query per 500 ids.
     async fn load_many(&self, saga_ids: &[SagaId]) -> Result<Vec<SagaRecord>, StoreError> {
-        let mut records = Vec::with_capacity(saga_ids.len());
-        for chunk in saga_ids.chunks(500) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let sql = AssertSqlSafe(format!(
-                "SELECT {SAGA_COLUMNS} FROM saga_instances WHERE saga_id IN ({})",
-                placeholders.join(", ")
-            ));
-            let mut statement = query(sql);
-            for &saga_id in chunk {
-                statement = statement.bind(saga_id_text(saga_id));
-            }
-            let rows = statement
-                .fetch_all(self.database.pool())
-                .await
-                .map_err(store_error)?;
-            for row in &rows {
-                records.push(codec::saga_record(row)?);
-            }
-        }
-        Ok(records)
+        let mut conn = self.database.pool().acquire().await.map_err(store_error)?;
+        load_many_on(&mut conn, saga_ids).await
     }
 
     /// Writes the units with one multi-row statement per table, in one group-committed
@@ -318,12 +288,13 @@ impl SagaStore for SqlSagaStore {
             let shared = Arc::new(units);
             let batch = shared.clone();
             let wakes_relay = batch.iter().any(|u| !u.outbox.is_empty());
+            let in_place = self.database.queue_in_place();
             let written = self
                 .database
                 .submit(
                     move |tx| {
                         Box::pin(async move {
-                            Ok(if bulk::write_units(tx, &batch, now()).await? {
+                            Ok(if bulk::write_units(tx, &batch, now(), in_place).await? {
                                 Finish::Commit(true)
                             } else {
                                 Finish::Rollback(false)
@@ -416,6 +387,30 @@ impl SagaStore for SqlSagaStore {
         .map_err(store_error)?;
         rows.iter().map(codec::dead_letter).collect()
     }
+}
+
+/// Saga records of `saga_ids` (those that exist), read on `conn`, one query per 500 ids.
+pub(crate) async fn load_many_on(
+    conn: &mut AnyConnection,
+    saga_ids: &[SagaId],
+) -> Result<Vec<SagaRecord>, StoreError> {
+    let mut records = Vec::with_capacity(saga_ids.len());
+    for chunk in saga_ids.chunks(500) {
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = AssertSqlSafe(format!(
+            "SELECT {SAGA_COLUMNS} FROM saga_instances WHERE saga_id IN ({})",
+            placeholders.join(", ")
+        ));
+        let mut statement = query(sql);
+        for &saga_id in chunk {
+            statement = statement.bind(saga_id_text(saga_id));
+        }
+        let rows = statement.fetch_all(&mut *conn).await.map_err(store_error)?;
+        for row in &rows {
+            records.push(codec::saga_record(row)?);
+        }
+    }
+    Ok(records)
 }
 
 /// Outbox rows not yet published, in order, read on `conn`.

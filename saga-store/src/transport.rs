@@ -13,14 +13,15 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use saga_core::ports::{DeadLetter, Delivery, Transport, TransportError};
+use saga_core::ports::{DeadLetter, Delivery, StoreError, Transport, TransportError};
 use saga_core::{Headers, Message, MessageId, Timestamp};
 use sqlx::AnyConnection;
 use sqlx::{AssertSqlSafe, Row, query};
 
-use crate::codec::{self, encode_headers, to_i64, to_u64};
+use crate::bulk;
+use crate::codec::{self, to_i64, to_u64};
 use crate::database::{Database, Dialect, NotifyTopic, Topic};
-use crate::error::transport_error;
+use crate::error::{corrupt, store_error, transport_error};
 use crate::store::insert_dead_letter;
 
 /// Settings of the SQL-table transport.
@@ -62,6 +63,12 @@ const CLAIM_SQLITE: &str = "UPDATE saga_queue SET visible_at = $1, deliveries = 
                   ORDER BY id LIMIT $4) \
      RETURNING id, message_id, headers, payload, deliveries";
 
+const TAKE_POSTGRES: &str = "SELECT id, message_id, headers, payload, deliveries FROM saga_queue \
+     WHERE channel = $1 AND visible_at <= $2 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED";
+
+const TAKE_SQLITE: &str = "SELECT id, message_id, headers, payload, deliveries FROM saga_queue \
+     WHERE channel = $1 AND visible_at <= $2 ORDER BY id LIMIT $3";
+
 impl SqlTransport {
     /// A transport on `database`'s queue table.
     pub fn new(database: Database) -> Self {
@@ -85,41 +92,10 @@ impl SqlTransport {
         conn: &mut AnyConnection,
         messages: &[Message],
     ) -> Result<(), TransportError> {
-        let now = to_i64(Timestamp::now().as_millis());
-        // Multi-row inserts: one round trip per chunk instead of one per message.
-        for chunk in messages.chunks(100) {
-            let rows: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let p = i * 5;
-                    format!(
-                        "(${}, ${}, ${}, ${}, ${}, ${})",
-                        p + 1,
-                        p + 2,
-                        p + 3,
-                        p + 4,
-                        p + 5,
-                        p + 5
-                    )
-                })
-                .collect();
-            let sql = format!(
-                "INSERT INTO saga_queue (channel, message_id, headers, payload, enqueued_at, visible_at) VALUES {}",
-                rows.join(", ")
-            );
-            let mut statement = query(AssertSqlSafe(sql));
-            for message in chunk {
-                statement = statement
-                    .bind(&message.destination)
-                    .bind(message.id.to_string())
-                    .bind(encode_headers(&message.headers))
-                    .bind(&message.payload)
-                    .bind(now);
-            }
-            statement
-                .execute(&mut *conn)
-                .await
-                .map_err(transport_error)?;
-        }
+        let refs: Vec<&Message> = messages.iter().collect();
+        bulk::insert_queue(conn, &refs, to_i64(Timestamp::now().as_millis()))
+            .await
+            .map_err(|e| TransportError::Other(e.to_string()))?;
         if self.database.dialect() == Dialect::Postgres {
             let mut channels: Vec<&str> = messages.iter().map(|m| m.destination.as_str()).collect();
             channels.sort_unstable();
@@ -162,13 +138,36 @@ impl SqlTransport {
             .await
             .map_err(transport_error)?;
         let rows_claimed = !rows.is_empty();
+        let deliveries = self
+            .read_rows(&mut tx, channel, rows, now)
+            .await
+            .map_err(|e| TransportError::Other(e.to_string()))?;
+        if rows_claimed {
+            self.database.commit(tx).await.map_err(transport_error)?;
+        } else {
+            // Nothing was claimed: there is nothing to make durable.
+            tx.rollback().await.map_err(transport_error)?;
+        }
+        Ok(deliveries)
+    }
+
+    /// Turns claimed rows into deliveries, in queue order; a row whose envelope cannot be read,
+    /// or that was delivered too often, is moved to the dead letters instead.
+    async fn read_rows(
+        &self,
+        conn: &mut AnyConnection,
+        channel: &str,
+        rows: Vec<sqlx::any::AnyRow>,
+        now: Timestamp,
+    ) -> Result<Vec<Delivery>, StoreError> {
         let mut deliveries = Vec::with_capacity(rows.len());
         for row in rows {
-            let id: i64 = row.try_get("id").map_err(transport_error)?;
-            let message_id: String = row.try_get("message_id").map_err(transport_error)?;
-            let headers: String = row.try_get("headers").map_err(transport_error)?;
-            let payload: String = row.try_get("payload").map_err(transport_error)?;
-            let count: i64 = row.try_get("deliveries").map_err(transport_error)?;
+            let column = |e| corrupt("saga_queue", e);
+            let id: i64 = row.try_get("id").map_err(column)?;
+            let message_id: String = row.try_get("message_id").map_err(column)?;
+            let headers: String = row.try_get("headers").map_err(column)?;
+            let payload: String = row.try_get("payload").map_err(column)?;
+            let count: i64 = row.try_get("deliveries").map_err(column)?;
             let attempt = u32::try_from(count).unwrap_or(u32::MAX);
             let problem =
                 match codec::message(&message_id, channel.to_owned(), &headers, payload.clone()) {
@@ -195,23 +194,61 @@ impl SqlTransport {
                 reason: problem,
                 at: now,
             };
-            insert_dead_letter(&mut tx, &dead)
-                .await
-                .map_err(|e| TransportError::Other(e.to_string()))?;
+            insert_dead_letter(conn, &dead).await?;
             query("DELETE FROM saga_queue WHERE id = $1")
                 .bind(id)
-                .execute(&mut *tx)
+                .execute(&mut *conn)
                 .await
-                .map_err(transport_error)?;
-        }
-        if rows_claimed {
-            self.database.commit(tx).await.map_err(transport_error)?;
-        } else {
-            // Nothing was claimed: there is nothing to make durable.
-            tx.rollback().await.map_err(transport_error)?;
+                .map_err(store_error)?;
         }
         deliveries.sort_by_key(|d| d.receipt);
         Ok(deliveries)
+    }
+
+    /// Takes up to `max` visible messages of `channel` inside an open transaction, without a
+    /// lease: on PostgreSQL the rows stay locked (`FOR UPDATE SKIP LOCKED`) and on SQLite the
+    /// transaction holds the write lock, so no other consumer gets them; the caller deletes
+    /// them with [`SqlTransport::delete_in`] in the same transaction, or rolls back and they
+    /// are visible again. Unreadable rows are dead-lettered in the transaction.
+    pub(crate) async fn take_in(
+        &self,
+        conn: &mut AnyConnection,
+        channel: &str,
+        max: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let now = Timestamp::now();
+        let sql = match self.database.dialect() {
+            Dialect::Postgres => TAKE_POSTGRES,
+            Dialect::Sqlite => TAKE_SQLITE,
+        };
+        let rows = query(sql)
+            .bind(channel)
+            .bind(to_i64(now.as_millis()))
+            .bind(to_i64(max as u64))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(store_error)?;
+        self.read_rows(conn, channel, rows, now).await
+    }
+
+    /// Deletes taken messages (see [`SqlTransport::take_in`]).
+    pub(crate) async fn delete_in(
+        conn: &mut AnyConnection,
+        deliveries: &[Delivery],
+    ) -> Result<(), StoreError> {
+        for chunk in deliveries.chunks(500) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "DELETE FROM saga_queue WHERE id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut statement = query(AssertSqlSafe(sql));
+            for delivery in chunk {
+                statement = statement.bind(to_i64(delivery.receipt));
+            }
+            statement.execute(&mut *conn).await.map_err(store_error)?;
+        }
+        Ok(())
     }
 }
 
@@ -272,22 +309,16 @@ impl Transport for SqlTransport {
         _group: &str,
         deliveries: &[Delivery],
     ) -> Result<(), TransportError> {
-        for chunk in deliveries.chunks(500) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let sql = format!(
-                "DELETE FROM saga_queue WHERE id IN ({})",
-                placeholders.join(", ")
-            );
-            let mut statement = query(AssertSqlSafe(sql));
-            for delivery in chunk {
-                statement = statement.bind(to_i64(delivery.receipt));
-            }
-            statement
-                .execute(self.database.pool())
-                .await
-                .map_err(transport_error)?;
-            self.database.count_commit();
-        }
+        let mut conn = self
+            .database
+            .pool()
+            .acquire()
+            .await
+            .map_err(transport_error)?;
+        Self::delete_in(&mut conn, deliveries)
+            .await
+            .map_err(|e| TransportError::Unavailable(e.to_string()))?;
+        self.database.count_commit();
         Ok(())
     }
 

@@ -25,6 +25,9 @@ struct Args {
     /// The queue lease, in milliseconds.
     #[arg(long, default_value_t = 1_000)]
     lease_ms: u64,
+    /// Handle messages in place (the queue is in the same database).
+    #[arg(long)]
+    in_place: bool,
 }
 
 #[tokio::main]
@@ -53,7 +56,12 @@ async fn main() {
     let ledger = Ledger {
         delay: Duration::from_millis(args.delay_ms),
     };
-    let runtime = SagaRuntime::builder(Arc::new(transport))
+    let builder = SagaRuntime::builder(Arc::new(transport.clone()));
+    let builder = match args.in_place {
+        true => builder.in_place(transport),
+        false => builder,
+    };
+    let runtime = builder
         .options(RuntimeOptions {
             poll_interval: Duration::from_millis(100),
             ..RuntimeOptions::default()

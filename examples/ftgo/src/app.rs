@@ -42,6 +42,8 @@ pub enum Storage {
 pub const SERVICES: [&str; 4] = ["order", "consumer", "kitchen", "accounting"];
 /// The message queue's database name.
 pub const MESSAGES: &str = "messages";
+/// The database name of a single-database deployment.
+pub const SHARED: &str = "ftgo";
 
 impl Storage {
     /// Opens the database `name` (a service's, or [`MESSAGES`]).
@@ -105,6 +107,11 @@ pub struct FtgoOptions {
     pub max_connections: Option<u32>,
     /// Told whenever a saga finishes (metrics, benchmarks).
     pub saga_observer: Option<SagaObserver>,
+    /// Keep all four services and the message queue in **one** database (`ftgo.db`, or the
+    /// `<prefix>_ftgo` schema): an embedded, single-process deployment. Messages are then
+    /// handled in place — taken from the queue, handled and answered in one transaction (see
+    /// `SagaRuntime::embedded`). Ignored with NATS.
+    pub single_database: bool,
 }
 
 /// A callback told whenever a saga finishes.
@@ -136,11 +143,20 @@ impl FtgoOptions {
             nats: None,
             max_connections: None,
             saga_observer: None,
+            single_database: false,
         }
     }
 
-    /// Opens the database `name` with these options.
+    /// Whether the services share one database with the queue (see
+    /// [`FtgoOptions::single_database`]).
+    pub fn in_one_database(&self) -> bool {
+        self.single_database && self.nats.is_none()
+    }
+
+    /// Opens the database `name` with these options (the one shared database, whatever the
+    /// name, with [`FtgoOptions::single_database`]).
     pub async fn database(&self, name: &str) -> Result<Database, DatabaseError> {
+        let name = if self.in_one_database() { SHARED } else { name };
         self.storage
             .open(name, self.sqlite_sync, self.max_connections)
             .await
@@ -148,12 +164,18 @@ impl FtgoOptions {
 
     /// Opens the transport: NATS if configured, else the SQL queue in the `messages`
     /// database (returned too, so it can be closed).
-    async fn transport(&self) -> Result<(Arc<dyn Transport>, Option<Database>), FtgoError> {
+    async fn transport(
+        &self,
+        shared: Option<&Database>,
+    ) -> Result<(Arc<dyn Transport>, Option<Database>), FtgoError> {
         if let Some(nats) = &self.nats {
             let transport = NatsTransport::connect(&nats.url, nats.options.clone()).await?;
             return Ok((Arc::new(transport), None));
         }
-        let messages = self.database(MESSAGES).await?;
+        let messages = match shared {
+            Some(database) => database.clone(),
+            None => self.database(MESSAGES).await?,
+        };
         let transport = SqlTransport::with_options(messages.clone(), self.transport.clone());
         Ok((Arc::new(transport), Some(messages)))
     }
@@ -261,12 +283,21 @@ impl Ftgo {
     /// Opens every database and service; the saga workers are not running yet.
     pub async fn open(options: FtgoOptions) -> Result<Self, FtgoError> {
         let observer = options.saga_observer.clone().map(|o| o.0);
-        let orders =
-            OrderService::open_observed(options.database("order").await?, observer).await?;
-        let consumers = ConsumerService::open(options.database("consumer").await?).await?;
-        let kitchen = KitchenService::open(options.database("kitchen").await?).await?;
-        let accounting = AccountingService::open(options.database("accounting").await?).await?;
-        let (transport, messages) = options.transport().await?;
+        // One pool for everything in a single-database deployment (the workers recognise
+        // the queue's database by its pool).
+        let shared = match options.in_one_database() {
+            true => Some(options.database(SHARED).await?),
+            false => None,
+        };
+        let database = async |name: &str| match &shared {
+            Some(database) => Ok::<_, DatabaseError>(database.clone()),
+            None => options.database(name).await,
+        };
+        let orders = OrderService::open_observed(database("order").await?, observer).await?;
+        let consumers = ConsumerService::open(database("consumer").await?).await?;
+        let kitchen = KitchenService::open(database("kitchen").await?).await?;
+        let accounting = AccountingService::open(database("accounting").await?).await?;
+        let (transport, messages) = options.transport(shared.as_ref()).await?;
         Ok(Self {
             orders,
             consumers,
@@ -292,7 +323,14 @@ impl Ftgo {
         if slot.is_some() {
             return;
         }
-        let runtime = SagaRuntime::builder(self.transport.clone())
+        let builder = match (&self.messages, self.options.in_one_database()) {
+            (Some(queue), true) => SagaRuntime::embedded(SqlTransport::with_options(
+                queue.clone(),
+                self.options.transport.clone(),
+            )),
+            _ => SagaRuntime::builder(self.transport.clone()),
+        };
+        let runtime = builder
             .options(self.options.runtime.clone())
             .orchestrator(self.orders.orchestrator().clone())
             .participant(self.orders.database(), self.orders.participant())
@@ -452,7 +490,7 @@ impl ServiceProcess {
     /// Opens `name`'s database and the transport, and starts its workers.
     pub async fn start(name: ServiceName, options: FtgoOptions) -> Result<Self, FtgoError> {
         let database = options.database(name.as_str()).await?;
-        let (transport, messages) = options.transport().await?;
+        let (transport, messages) = options.transport(None).await?;
         let builder = SagaRuntime::builder(transport).options(options.runtime.clone());
         let builder = match name {
             ServiceName::Order => {

@@ -16,7 +16,7 @@ use serde::Serialize;
 use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::app::{Ftgo, FtgoError, FtgoOptions, MESSAGES, SERVICES, SagaObserver, Storage};
+use crate::app::{Ftgo, FtgoError, FtgoOptions, MESSAGES, SERVICES, SHARED, SagaObserver, Storage};
 use crate::services::order::{NewLineItem, NewOrder};
 
 /// What to run.
@@ -253,7 +253,7 @@ pub async fn run(
         let _ = done_tx.send((id, status, Instant::now()));
     })));
     let ftgo = Arc::new(Ftgo::open(options).await?);
-    let databases: Vec<Database> = [
+    let mut databases: Vec<Database> = [
         Some(ftgo.orders.database().clone()),
         Some(ftgo.consumers.database().clone()),
         Some(ftgo.kitchen.database().clone()),
@@ -263,6 +263,8 @@ pub async fn run(
     .into_iter()
     .flatten()
     .collect();
+    // A single-database deployment shares one pool: count it once.
+    databases.dedup_by(|a, b| a.same_pool(b));
     let pg_before = match store {
         "postgres" => Some(pg_xact_commit(ftgo.orders.database()).await?),
         _ => None,
@@ -362,7 +364,8 @@ pub async fn run(
     let mut messages = 0;
     let reopened = reopen_all(&config.options).await?;
     for database in &reopened {
-        messages += count_rows(database, "saga_outbox").await?;
+        // Every message handled leaves one dedup record with its consumer.
+        messages += count_rows(database, "saga_received").await?;
     }
     let pg_xact = match pg_before {
         Some(before) => {
@@ -422,6 +425,11 @@ pub async fn run(
 
 /// Opens every FTGO database again (to count what the run left behind).
 async fn reopen_all(options: &FtgoOptions) -> Result<Vec<Database>, BenchError> {
+    if options.in_one_database() {
+        return Ok(vec![
+            options.database(SHARED).await.map_err(FtgoError::from)?,
+        ]);
+    }
     let mut databases = Vec::new();
     for name in SERVICES {
         databases.push(options.database(name).await.map_err(FtgoError::from)?);

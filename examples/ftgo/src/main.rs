@@ -112,6 +112,11 @@ struct StorageArgs {
     /// The JetStream stream name, with `--transport nats`.
     #[arg(long, global = true, default_value = "FTGO")]
     nats_stream: String,
+    /// Keep all four services and the message queue in one database (an embedded,
+    /// single-process deployment: messages are handled in place, with no relay). Not with
+    /// `--transport nats` or `service`.
+    #[arg(long, global = true)]
+    single_database: bool,
 }
 
 impl StorageArgs {
@@ -151,6 +156,7 @@ impl StorageArgs {
         if self.sqlite_sync == "normal" {
             options.sqlite_sync = SqliteSync::Normal;
         }
+        options.single_database = self.single_database;
         if self.transport == "nats" {
             options.nats = Some(NatsSettings {
                 url: self.nats_url.clone(),

@@ -301,7 +301,7 @@ async fn place_in(
     orchestrator: &Orchestrator<SqlSagaStore>,
     request: &NewOrder,
 ) -> Result<PlacedOrder, OrderError> {
-    let menu = menu_of(&mut **tx, request.restaurant_id).await?;
+    let menu = menu_of(tx, request.restaurant_id).await?;
     if menu.is_empty() {
         return Err(OrderError::Invalid(format!(
             "unknown restaurant {}",
@@ -375,7 +375,7 @@ async fn cancel_in(
     orchestrator: &Orchestrator<SqlSagaStore>,
     order_id: i64,
 ) -> Result<SagaId, OrderError> {
-    let order = load_order(&mut **tx, order_id)
+    let order = load_order(tx, order_id)
         .await?
         .ok_or(OrderError::NotFound(order_id))?;
     let mut state = order.state;

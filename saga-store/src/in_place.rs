@@ -1,0 +1,187 @@
+//! Consumers for an embedded deployment, where the queue table is in the consumer's own
+//! database ([`SagaRuntime::embedded`](crate::SagaRuntime::embedded)).
+//!
+//! Each pass is one piece of group-committed work: take a batch of visible messages from the
+//! queue (locked, not leased), handle them, write the answers straight into the queue, delete
+//! the batch — and commit, together with whatever else the database's writer has waiting. A
+//! message thus costs no relay pass, no lease commit and no acknowledgement commit; a crash
+//! rolls the whole pass back and the messages are simply still there.
+//!
+//! Anything unusual — a handler asking for a retry, a duplicate or conflicting saga write, an
+//! error — undoes the pass and hands one batch to the ordinary leased consumer, which handles
+//! the messages one by one with per-message retries, delivery counts and dead letters.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use saga_core::Message;
+use saga_core::orchestrator::reply_saga_ids;
+use saga_core::participant::Participant;
+use saga_core::ports::{Delivery, StoreError};
+
+use crate::bulk;
+use crate::codec::to_i64;
+use crate::database::{Database, Tx};
+use crate::group::Finish;
+use crate::runtime::{
+    Backoff, Consumer, RuntimeOptions, SharedOrchestrator, Shutdown, Verdict, run_commands_in,
+};
+use crate::store::load_many_on;
+use crate::transport::SqlTransport;
+
+/// What one pass did.
+enum Pass<T> {
+    /// Nothing was visible.
+    Empty,
+    /// Handled this many messages (and `T` for after the commit).
+    Handled(usize, T),
+    /// Something needs the ordinary consumer.
+    Fallback,
+}
+
+type Batch<T> =
+    Box<dyn FnOnce(&mut Tx, Vec<Message>) -> BoxFuture<'_, Result<Option<T>, StoreError>> + Send>;
+
+/// Runs passes until shutdown; `batch` handles the taken messages inside the pass's
+/// transaction (`None`: undo, fall back), `after` runs once a pass committed.
+async fn pass_loop<T, F, C, Fut>(
+    channel: String,
+    queue: SqlTransport,
+    mut fallback: Consumer<C>,
+    options: Arc<RuntimeOptions>,
+    mut shutdown: Shutdown,
+    batch: impl Fn() -> Batch<T>,
+    after: F,
+) where
+    T: Send + 'static,
+    F: Fn(T),
+    C: FnMut(Vec<Delivery>) -> Fut,
+    Fut: std::future::Future<Output = Vec<(Delivery, Verdict)>>,
+{
+    let database: Database = queue.database().clone();
+    let mut writes = database.wakeups().outbox_writes();
+    let mut backoff = Backoff::new(options.max_backoff);
+    while !shutdown.requested() {
+        writes.borrow_and_update();
+        let run = batch();
+        let (queue_in_pass, channel_in_pass, max) =
+            (queue.clone(), channel.clone(), options.batch_size);
+        let passed = database
+            .submit(
+                move |tx| {
+                    Box::pin(async move {
+                        let taken = queue_in_pass.take_in(tx, &channel_in_pass, max).await?;
+                        if taken.is_empty() {
+                            return Ok(Finish::Rollback(Pass::Empty));
+                        }
+                        let messages = taken.iter().map(|d| d.message.clone()).collect();
+                        let Some(done) = run(tx, messages).await? else {
+                            return Ok(Finish::Rollback(Pass::Fallback));
+                        };
+                        SqlTransport::delete_in(tx, &taken).await?;
+                        Ok(Finish::Commit(Pass::Handled(taken.len(), done)))
+                    })
+                },
+                true,
+            )
+            .await;
+        match passed {
+            Ok(Pass::Handled(count, done)) => {
+                backoff.reset();
+                after(done);
+                tracing::trace!(%channel, count, "handled in place");
+            }
+            Ok(Pass::Empty) => {
+                let stop = shutdown.clone();
+                tokio::select! {
+                    _ = writes.changed() => {}
+                    () = tokio::time::sleep(options.poll_interval) => {}
+                    stopped = wait_for_stop(stop) => if stopped { return; },
+                }
+            }
+            Ok(Pass::Fallback) => {
+                tracing::debug!(%channel, "handing a batch to the leased consumer");
+                if fallback.pass(&mut shutdown, Duration::ZERO).await {
+                    return;
+                }
+            }
+            Err(err) => {
+                tracing::warn!(%channel, error = %err, "in-place pass failed; trying the leased consumer");
+                if fallback.pass(&mut shutdown, Duration::ZERO).await
+                    || shutdown.pause(backoff.next(), None).await
+                {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn wait_for_stop(mut shutdown: Shutdown) -> bool {
+    shutdown.pause(Duration::from_secs(3600), None).await
+}
+
+/// The orchestrator's reply consumer, in place: a pass loads the batch's sagas, plans their
+/// transitions and writes them with multi-row statements.
+pub(crate) async fn reply_loop<C, Fut>(
+    orchestrator: SharedOrchestrator,
+    queue: SqlTransport,
+    fallback: Consumer<C>,
+    options: Arc<RuntimeOptions>,
+    shutdown: Shutdown,
+) where
+    C: FnMut(Vec<Delivery>) -> Fut,
+    Fut: std::future::Future<Output = Vec<(Delivery, Verdict)>>,
+{
+    let channel = orchestrator.reply_channel().to_owned();
+    let batch = || -> Batch<_> {
+        let orchestrator = orchestrator.clone();
+        Box::new(move |tx, messages| {
+            Box::pin(async move {
+                let records = load_many_on(tx, &reply_saga_ids(&messages)).await?;
+                let now = orchestrator.clock().now();
+                let plan = orchestrator.plan_replies(&messages, records, now);
+                if !plan.one_by_one.is_empty() || !bulk::eligible(&plan.units) {
+                    return Ok(None);
+                }
+                let at = to_i64(now.as_millis());
+                if !bulk::write_units(tx, &plan.units, at, true).await? {
+                    return Ok(None);
+                }
+                Ok(Some(plan.planned))
+            })
+        })
+    };
+    let after = |planned: Vec<saga_core::orchestrator::PlannedReply>| {
+        for reply in &planned {
+            orchestrator.committed(reply);
+        }
+    };
+    pass_loop(channel, queue, fallback, options, shutdown, batch, after).await;
+}
+
+/// A participant's command consumer, in place.
+pub(crate) async fn command_loop<C, Fut>(
+    participant: Arc<Participant<Tx>>,
+    queue: SqlTransport,
+    fallback: Consumer<C>,
+    options: Arc<RuntimeOptions>,
+    shutdown: Shutdown,
+) where
+    C: FnMut(Vec<Delivery>) -> Fut,
+    Fut: std::future::Future<Output = Vec<(Delivery, Verdict)>>,
+{
+    let channel = participant.channel().to_owned();
+    let batch = || -> Batch<()> {
+        let participant = participant.clone();
+        Box::new(move |tx, messages| {
+            Box::pin(async move {
+                Ok(run_commands_in(tx, &participant, &messages, true)
+                    .await?
+                    .map(|_| ()))
+            })
+        })
+    };
+    pass_loop(channel, queue, fallback, options, shutdown, batch, |()| {}).await;
+}
