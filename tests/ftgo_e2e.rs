@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use ftgo::app::{Ftgo, FtgoOptions, MESSAGES, OrderView, SERVICES, SagaView, Storage};
+use ftgo::app::{Ftgo, FtgoOptions, MESSAGES, OrderView, SERVICES, SHARED, SagaView, Storage};
 use ftgo::services::order::{NewLineItem, NewOrder, OrderError, PlacedOrder};
 use saga_core::engine::HistoryEvent;
 use saga_core::{Locked, SagaId, SagaStatus};
@@ -45,6 +45,14 @@ const CANCEL_STEPS: [&str; 5] = [
 /// the server's `max_connections`.
 static POSTGRES_SLOTS: Semaphore = Semaphore::const_new(2);
 
+/// A backend, and whether FTGO keeps everything in one database (handling messages in
+/// place) or each service in its own.
+#[derive(Clone, Copy, Debug)]
+struct Mode {
+    backend: Backend,
+    single_database: bool,
+}
+
 /// FTGO on fresh storage, removed by [`TestFtgo::cleanup`].
 struct TestFtgo {
     ftgo: Ftgo,
@@ -55,8 +63,8 @@ struct TestFtgo {
 impl TestFtgo {
     /// FTGO on fresh storage, workers not running; `None` (with a notice) when PostgreSQL is
     /// not configured.
-    async fn open(backend: Backend, test: &str) -> Option<Self> {
-        let (storage, slot) = match backend {
+    async fn open(mode: Mode, test: &str) -> Option<Self> {
+        let (storage, slot) = match mode.backend {
             Backend::Sqlite => {
                 let dir = std::env::temp_dir().join(unique("ftgo_e2e"));
                 (Storage::Sqlite { dir }, None)
@@ -69,6 +77,7 @@ impl TestFtgo {
             }
         };
         let mut options = FtgoOptions::new(storage.clone());
+        options.single_database = mode.single_database;
         options.runtime.poll_interval = Duration::from_millis(50);
         options.transport.poll_interval = Duration::from_millis(50);
         match Ftgo::open(options).await {
@@ -85,8 +94,8 @@ impl TestFtgo {
     }
 
     /// FTGO on fresh storage with its workers running.
-    async fn start(backend: Backend, test: &str) -> Option<Self> {
-        let system = Self::open(backend, test).await?;
+    async fn start(mode: Mode, test: &str) -> Option<Self> {
+        let system = Self::open(mode, test).await?;
         system.ftgo.start_workers().await;
         Some(system)
     }
@@ -158,7 +167,7 @@ async fn remove_storage(storage: Storage) {
             let database = Database::connect_with(&url, options)
                 .await
                 .expect("reconnects to drop the schemas");
-            for name in SERVICES.into_iter().chain([MESSAGES]) {
+            for name in SERVICES.into_iter().chain([MESSAGES, SHARED]) {
                 let drop = format!("DROP SCHEMA IF EXISTS \"{schema_prefix}_{name}\" CASCADE");
                 sqlx::query(sqlx::AssertSqlSafe(drop))
                     .execute(database.pool())
@@ -330,8 +339,8 @@ fn assert_wrong_state(result: Result<SagaId, OrderError>, order_id: i64, expecte
     }
 }
 
-async fn approved_order(backend: Backend) {
-    let Some(system) = TestFtgo::start(backend, "approved_order").await else {
+async fn approved_order(mode: Mode) {
+    let Some(system) = TestFtgo::start(mode, "approved_order").await else {
         return;
     };
     // 11.00 + 2 × 6.50
@@ -346,8 +355,8 @@ async fn approved_order(backend: Backend) {
     system.cleanup().await;
 }
 
-async fn invalid_consumers_are_rejected(backend: Backend) {
-    let Some(system) = TestFtgo::start(backend, "invalid_consumers").await else {
+async fn invalid_consumers_are_rejected(mode: Mode) {
+    let Some(system) = TestFtgo::start(mode, "invalid_consumers").await else {
         return;
     };
     let blocked = system.place(&order(666, 1, &[("samosa", 2)])).await;
@@ -361,8 +370,8 @@ async fn invalid_consumers_are_rejected(backend: Backend) {
     system.cleanup().await;
 }
 
-async fn closed_kitchen_rejects(backend: Backend) {
-    let Some(system) = TestFtgo::start(backend, "closed_kitchen").await else {
+async fn closed_kitchen_rejects(mode: Mode) {
+    let Some(system) = TestFtgo::start(mode, "closed_kitchen").await else {
         return;
     };
     let view = system.place_and_wait(&order(2, 13, &[("soup", 1)])).await;
@@ -375,8 +384,8 @@ async fn closed_kitchen_rejects(backend: Backend) {
     system.cleanup().await;
 }
 
-async fn declined_cards_reject(backend: Backend) {
-    let Some(system) = TestFtgo::start(backend, "declined_cards").await else {
+async fn declined_cards_reject(mode: Mode) {
+    let Some(system) = TestFtgo::start(mode, "declined_cards").await else {
         return;
     };
     // 4 × 12.50 = 50.00 over Bob's 30.00; Carol's card is disabled.
@@ -411,8 +420,8 @@ async fn declined_cards_reject(backend: Backend) {
     system.cleanup().await;
 }
 
-async fn approved_order_is_cancelled(backend: Backend) {
-    let Some(system) = TestFtgo::start(backend, "cancel_approved").await else {
+async fn approved_order_is_cancelled(mode: Mode) {
+    let Some(system) = TestFtgo::start(mode, "cancel_approved").await else {
         return;
     };
     let view = system
@@ -446,9 +455,9 @@ async fn approved_order_is_cancelled(backend: Backend) {
     system.cleanup().await;
 }
 
-async fn cancel_of_a_pending_order_is_refused(backend: Backend) {
+async fn cancel_of_a_pending_order_is_refused(mode: Mode) {
     // Workers not running yet: the order stays APPROVAL_PENDING until they start.
-    let Some(system) = TestFtgo::open(backend, "cancel_pending").await else {
+    let Some(system) = TestFtgo::open(mode, "cancel_pending").await else {
         return;
     };
     let placed = system.place(&order(1, 2, &[("margherita", 1)])).await;
@@ -486,8 +495,8 @@ async fn cancel_of_a_pending_order_is_refused(backend: Backend) {
     system.cleanup().await;
 }
 
-async fn two_cancels_at_once_start_one_saga(backend: Backend) {
-    let Some(system) = TestFtgo::start(backend, "two_cancels").await else {
+async fn two_cancels_at_once_start_one_saga(mode: Mode) {
+    let Some(system) = TestFtgo::start(mode, "two_cancels").await else {
         return;
     };
     let view = system.place_and_wait(&order(1, 1, &[("samosa", 3)])).await;
@@ -512,8 +521,8 @@ async fn two_cancels_at_once_start_one_saga(backend: Backend) {
     system.cleanup().await;
 }
 
-async fn cancel_of_a_rejected_order_is_refused(backend: Backend) {
-    let Some(system) = TestFtgo::start(backend, "cancel_rejected").await else {
+async fn cancel_of_a_rejected_order_is_refused(mode: Mode) {
+    let Some(system) = TestFtgo::start(mode, "cancel_rejected").await else {
         return;
     };
     let view = system.place_and_wait(&order(666, 1, &[("naan", 1)])).await;
@@ -529,9 +538,9 @@ async fn cancel_of_a_rejected_order_is_refused(backend: Backend) {
     system.cleanup().await;
 }
 
-async fn invalid_orders_are_refused(backend: Backend) {
+async fn invalid_orders_are_refused(mode: Mode) {
     // No workers needed: validation happens before anything is stored.
-    let Some(system) = TestFtgo::open(backend, "invalid_orders").await else {
+    let Some(system) = TestFtgo::open(mode, "invalid_orders").await else {
         return;
     };
     let first = system.place(&order(1, 1, &[("naan", 1)])).await;
@@ -677,8 +686,8 @@ fn assert_consistent(view: &OrderView) {
     }
 }
 
-async fn mixed_batch_placed_at_once(backend: Backend) {
-    let Some(system) = TestFtgo::start(backend, "mixed_batch").await else {
+async fn mixed_batch_placed_at_once(mode: Mode) {
+    let Some(system) = TestFtgo::start(mode, "mixed_batch").await else {
         return;
     };
     const ORDERS: usize = 30;
@@ -822,5 +831,31 @@ macro_rules! ftgo_e2e {
     };
 }
 
-ftgo_e2e!(sqlite, Backend::Sqlite);
-ftgo_e2e!(postgres, Backend::Postgres);
+ftgo_e2e!(
+    sqlite,
+    Mode {
+        backend: Backend::Sqlite,
+        single_database: false
+    }
+);
+ftgo_e2e!(
+    postgres,
+    Mode {
+        backend: Backend::Postgres,
+        single_database: false
+    }
+);
+ftgo_e2e!(
+    sqlite_single_database,
+    Mode {
+        backend: Backend::Sqlite,
+        single_database: true
+    }
+);
+ftgo_e2e!(
+    postgres_single_database,
+    Mode {
+        backend: Backend::Postgres,
+        single_database: true
+    }
+);

@@ -150,6 +150,10 @@ async fn run_batch(context: &WriterContext, batch: Vec<Work>) {
             return;
         }
     };
+    if batch.len() == 1 {
+        run_alone(context, tx, batch).await;
+        return;
+    }
     let mut kept = Vec::with_capacity(batch.len());
     let mut wake_relay = false;
     let mut broken: Option<(bool, String)> = None;
@@ -228,13 +232,7 @@ async fn run_batch(context: &WriterContext, batch: Vec<Work>) {
     }
     if wake_relay && context.dialect == Dialect::Postgres {
         // One notification for the whole batch, delivered by the commit.
-        if let Err(err) = query("SELECT pg_notify($1, '')")
-            .bind(&context.outbox_channel)
-            .execute(&mut *tx)
-            .await
-        {
-            tracing::debug!(error = %err, "outbox notification failed; the relay polls");
-        }
+        notify_outbox(context, &mut tx).await;
     }
     match tx.commit().await {
         Ok(()) => {
@@ -254,6 +252,59 @@ async fn run_batch(context: &WriterContext, batch: Vec<Work>) {
                 let _ = settled.reply.send(Err(shared_error(unavailable, &reason)));
             }
         }
+    }
+}
+
+/// A batch of one needs no savepoint: its transaction is its own.
+async fn run_alone(context: &WriterContext, mut tx: crate::database::Tx, batch: Vec<Work>) {
+    if let Some(work) = batch.into_iter().next() {
+        let ran = AssertUnwindSafe((work.run)(&mut tx)).catch_unwind().await;
+        let answer = match ran {
+            Ok(Ok(Finish::Commit(value))) => {
+                if work.wakes_relay && context.dialect == Dialect::Postgres {
+                    notify_outbox(context, &mut tx).await;
+                }
+                match tx.commit().await {
+                    Ok(()) => {
+                        context.commits.fetch_add(1, Ordering::Relaxed);
+                        if work.wakes_relay {
+                            context.wakeups.wake(&Topic::Outbox);
+                        }
+                        Ok(value)
+                    }
+                    Err(err) => {
+                        let reason = err.to_string();
+                        let unavailable = matches!(store_error(err), StoreError::Unavailable(_));
+                        Err(shared_error(unavailable, &reason))
+                    }
+                }
+            }
+            Ok(Ok(Finish::Rollback(value))) => {
+                let _ = tx.rollback().await;
+                Ok(value)
+            }
+            Ok(Err(err)) => {
+                let _ = tx.rollback().await;
+                Err(err)
+            }
+            Err(_) => {
+                let _ = tx.rollback().await;
+                Err(StoreError::Other(
+                    "the work panicked; its writes were undone".into(),
+                ))
+            }
+        };
+        let _ = work.reply.send(answer);
+    }
+}
+
+async fn notify_outbox(context: &WriterContext, tx: &mut crate::database::Tx) {
+    if let Err(err) = query("SELECT pg_notify($1, '')")
+        .bind(&context.outbox_channel)
+        .execute(&mut **tx)
+        .await
+    {
+        tracing::debug!(error = %err, "outbox notification failed; the relay polls");
     }
 }
 

@@ -22,26 +22,31 @@ use saga_core::ports::{Delivery, StoreError};
 
 use crate::bulk;
 use crate::codec::to_i64;
-use crate::database::{Database, Tx};
+use crate::database::{Database, Dialect, NotifyTopic, Topic, Tx};
+use crate::error::store_error;
 use crate::group::Finish;
 use crate::runtime::{
     Backoff, Consumer, RuntimeOptions, SharedOrchestrator, Shutdown, Verdict, run_commands_in,
 };
 use crate::store::load_many_on;
 use crate::transport::SqlTransport;
+use sqlx::query;
 
 /// What one pass did.
 enum Pass<T> {
     /// Nothing was visible.
     Empty,
-    /// Handled this many messages (and `T` for after the commit).
-    Handled(usize, T),
+    /// Handled this many messages (and `T` for after the commit), answering to these
+    /// channels.
+    Handled(usize, T, Vec<String>),
     /// Something needs the ordinary consumer.
     Fallback,
 }
 
-type Batch<T> =
-    Box<dyn FnOnce(&mut Tx, Vec<Message>) -> BoxFuture<'_, Result<Option<T>, StoreError>> + Send>;
+/// Handles taken messages inside a pass's transaction: `None` to undo the pass and fall back,
+/// else what to hand to `after` and the channels the answers went to.
+type Batch<T> = Box<dyn FnOnce(&mut Tx, Vec<Message>) -> BoxFuture<'_, BatchResult<T>> + Send>;
+type BatchResult<T> = Result<Option<(T, Vec<String>)>, StoreError>;
 
 /// Runs passes until shutdown; `batch` handles the taken messages inside the pass's
 /// transaction (`None`: undo, fall back), `after` runs once a pass committed.
@@ -61,12 +66,19 @@ async fn pass_loop<T, F, C, Fut>(
 {
     let database: Database = queue.database().clone();
     let mut writes = database.wakeups().outbox_writes();
+    let mine = database.wakeups().get(&Topic::Queue(channel.clone()));
+    let notify = (database.dialect() == Dialect::Postgres)
+        .then(|| database.notify_channel(NotifyTopic::Queue));
     let mut backoff = Backoff::new(options.max_backoff);
     while !shutdown.requested() {
         writes.borrow_and_update();
         let run = batch();
-        let (queue_in_pass, channel_in_pass, max) =
-            (queue.clone(), channel.clone(), options.batch_size);
+        let (queue_in_pass, channel_in_pass, notify, max) = (
+            queue.clone(),
+            channel.clone(),
+            notify.clone(),
+            options.batch_size,
+        );
         let passed = database
             .submit(
                 move |tx| {
@@ -76,25 +88,46 @@ async fn pass_loop<T, F, C, Fut>(
                             return Ok(Finish::Rollback(Pass::Empty));
                         }
                         let messages = taken.iter().map(|d| d.message.clone()).collect();
-                        let Some(done) = run(tx, messages).await? else {
+                        let Some((done, mut destinations)) = run(tx, messages).await? else {
                             return Ok(Finish::Rollback(Pass::Fallback));
                         };
-                        SqlTransport::delete_in(tx, &taken).await?;
-                        Ok(Finish::Commit(Pass::Handled(taken.len(), done)))
+                        destinations.sort_unstable();
+                        destinations.dedup();
+                        if let Some(notify) = &notify {
+                            // Consumers in other processes: delivered by the commit.
+                            for destination in &destinations {
+                                query("SELECT pg_notify($1, $2)")
+                                    .bind(notify)
+                                    .bind(destination)
+                                    .execute(&mut **tx)
+                                    .await
+                                    .map_err(store_error)?;
+                            }
+                        }
+                        Ok(Finish::Commit(Pass::Handled(
+                            taken.len(),
+                            done,
+                            destinations,
+                        )))
                     })
                 },
-                true,
+                false,
             )
             .await;
         match passed {
-            Ok(Pass::Handled(count, done)) => {
+            Ok(Pass::Handled(count, done, destinations)) => {
                 backoff.reset();
+                // Wake exactly the consumers that have work now.
+                for destination in destinations {
+                    database.wakeups().wake_queue(destination);
+                }
                 after(done);
                 tracing::trace!(%channel, count, "handled in place");
             }
             Ok(Pass::Empty) => {
                 let stop = shutdown.clone();
                 tokio::select! {
+                    () = mine.notified() => {}
                     _ = writes.changed() => {}
                     () = tokio::time::sleep(options.poll_interval) => {}
                     stopped = wait_for_stop(stop) => if stopped { return; },
@@ -149,7 +182,12 @@ pub(crate) async fn reply_loop<C, Fut>(
                 if !bulk::write_units(tx, &plan.units, at, true).await? {
                     return Ok(None);
                 }
-                Ok(Some(plan.planned))
+                let destinations = plan
+                    .units
+                    .iter()
+                    .flat_map(|u| u.outbox.iter().map(|m| m.destination.clone()))
+                    .collect();
+                Ok(Some((plan.planned, destinations)))
             })
         })
     };
@@ -179,7 +217,7 @@ pub(crate) async fn command_loop<C, Fut>(
             Box::pin(async move {
                 Ok(run_commands_in(tx, &participant, &messages, true)
                     .await?
-                    .map(|_| ()))
+                    .map(|(_, destinations)| ((), destinations)))
             })
         })
     };

@@ -682,14 +682,15 @@ async fn handle_command(
 }
 
 /// Runs a batch of commands inside `tx`: one statement records them all as received (a
-/// duplicate is skipped), each handler runs, one statement queues all replies. `None` if a
-/// handler asked for a retry: the caller must undo the batch.
+/// duplicate is skipped), each handler runs, one statement queues all replies. Returns each
+/// command's outcome and the replies' channels; `None` if a handler asked for a retry: the
+/// caller must undo the batch.
 pub(crate) async fn run_commands_in(
     tx: &mut Tx,
     participant: &Participant<Tx>,
     batch: &[Message],
     in_place: bool,
-) -> Result<Option<Vec<Handled>>, StoreError> {
+) -> Result<Option<(Vec<Handled>, Vec<String>)>, StoreError> {
     let now = Timestamp::now();
     let at = to_i64(now.as_millis());
     let ids: Vec<_> = batch.iter().map(|m| m.id).collect();
@@ -721,7 +722,8 @@ pub(crate) async fn run_commands_in(
     for dead in &dead_letters {
         insert_dead_letter(tx, dead).await?;
     }
-    Ok(Some(outcomes))
+    let destinations = replies.iter().map(|m| m.destination.clone()).collect();
+    Ok(Some((outcomes, destinations)))
 }
 
 /// Handles a batch of commands in one transaction: one statement records them all as
@@ -744,7 +746,7 @@ async fn handle_commands(
                     Box::pin(async move {
                         Ok(
                             match run_commands_in(tx, &participant_in_tx, &batch, in_place).await? {
-                                Some(outcomes) => Finish::Commit(Some(outcomes)),
+                                Some((outcomes, _)) => Finish::Commit(Some(outcomes)),
                                 None => Finish::Rollback(None),
                             },
                         )

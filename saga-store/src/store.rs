@@ -149,6 +149,27 @@ impl SqlSagaStore {
 }
 
 impl SqlSagaStore {
+    /// With the queue in place, the channels the units' messages go to (they skip the relay,
+    /// so their consumers must be woken here).
+    fn queued_destinations(&self, units: &[UnitOfWork]) -> Vec<String> {
+        if !self.database.queue_in_place() {
+            return Vec::new();
+        }
+        let mut destinations: Vec<String> = units
+            .iter()
+            .flat_map(|u| u.outbox.iter().map(|m| m.destination.clone()))
+            .collect();
+        destinations.sort_unstable();
+        destinations.dedup();
+        destinations
+    }
+
+    fn wake_queues(&self, destinations: Vec<String>) {
+        for destination in destinations {
+            self.database.wakeups().wake_queue(destination);
+        }
+    }
+
     /// Commits units one by one, concurrently, so they still share group commits.
     async fn commit_each(&self, units: Vec<UnitOfWork>) -> Result<Vec<CommitOutcome>, StoreError> {
         join_all(units.into_iter().map(|unit| self.commit(unit)))
@@ -258,7 +279,9 @@ impl SagaStore for SqlSagaStore {
     async fn commit(&self, unit: UnitOfWork) -> Result<CommitOutcome, StoreError> {
         let store = self.clone();
         let wakes_relay = !unit.outbox.is_empty();
-        self.database
+        let destinations = self.queued_destinations(std::slice::from_ref(&unit));
+        let outcome = self
+            .database
             .submit(
                 move |tx| {
                     Box::pin(async move {
@@ -271,7 +294,11 @@ impl SagaStore for SqlSagaStore {
                 },
                 wakes_relay,
             )
-            .await
+            .await?;
+        if outcome == CommitOutcome::Committed {
+            self.wake_queues(destinations);
+        }
+        Ok(outcome)
     }
 
     /// One query per 500 ids.
@@ -305,6 +332,7 @@ impl SagaStore for SqlSagaStore {
                 )
                 .await?;
             if written {
+                self.wake_queues(self.queued_destinations(&shared));
                 return Ok(vec![CommitOutcome::Committed; shared.len()]);
             }
             tracing::debug!(

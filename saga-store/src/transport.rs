@@ -63,11 +63,13 @@ const CLAIM_SQLITE: &str = "UPDATE saga_queue SET visible_at = $1, deliveries = 
                   ORDER BY id LIMIT $4) \
      RETURNING id, message_id, headers, payload, deliveries";
 
-const TAKE_POSTGRES: &str = "SELECT id, message_id, headers, payload, deliveries FROM saga_queue \
-     WHERE channel = $1 AND visible_at <= $2 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED";
+const TAKE_POSTGRES: &str = "DELETE FROM saga_queue WHERE id IN (SELECT id FROM saga_queue \
+     WHERE channel = $1 AND visible_at <= $2 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+     RETURNING id, message_id, headers, payload, deliveries";
 
-const TAKE_SQLITE: &str = "SELECT id, message_id, headers, payload, deliveries FROM saga_queue \
-     WHERE channel = $1 AND visible_at <= $2 ORDER BY id LIMIT $3";
+const TAKE_SQLITE: &str = "DELETE FROM saga_queue WHERE id IN (SELECT id FROM saga_queue \
+     WHERE channel = $1 AND visible_at <= $2 ORDER BY id LIMIT $3) \
+     RETURNING id, message_id, headers, payload, deliveries";
 
 impl SqlTransport {
     /// A transport on `database`'s queue table.
@@ -205,11 +207,10 @@ impl SqlTransport {
         Ok(deliveries)
     }
 
-    /// Takes up to `max` visible messages of `channel` inside an open transaction, without a
-    /// lease: on PostgreSQL the rows stay locked (`FOR UPDATE SKIP LOCKED`) and on SQLite the
-    /// transaction holds the write lock, so no other consumer gets them; the caller deletes
-    /// them with [`SqlTransport::delete_in`] in the same transaction, or rolls back and they
-    /// are visible again. Unreadable rows are dead-lettered in the transaction.
+    /// Takes up to `max` visible messages of `channel` out of the queue inside an open
+    /// transaction, without a lease: one statement deletes and returns them (on PostgreSQL
+    /// skipping rows other consumers hold), so they are gone if the transaction commits and
+    /// back if it rolls back. Unreadable rows are dead-lettered in the transaction.
     pub(crate) async fn take_in(
         &self,
         conn: &mut AnyConnection,
