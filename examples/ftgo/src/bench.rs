@@ -63,6 +63,9 @@ pub struct BenchReport {
     pub store: &'static str,
     /// `sql` or `nats`.
     pub transport: &'static str,
+    /// `per-service` (each service on its own database, the queue on another) or
+    /// `single-database` (all in one, messages handled in place).
+    pub layout: &'static str,
     /// SQLite's `synchronous` setting (`full` unless asked otherwise).
     pub sqlite_sync: &'static str,
     /// Sagas run.
@@ -392,6 +395,10 @@ pub async fn run(
     Ok(BenchReport {
         store,
         transport,
+        layout: match config.options.in_one_database() {
+            true => "single-database",
+            false => "per-service",
+        },
         sqlite_sync: match config.options.sqlite_sync {
             saga_store::SqliteSync::Full => "full",
             saga_store::SqliteSync::Normal => "normal",
@@ -444,10 +451,11 @@ impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "{} sagas on {} + {} transport (synchronous={}), {} in flight, {:.0}% declined",
+            "{} sagas on {} + {} transport, {} (synchronous={}), {} in flight, {:.0}% declined",
             self.sagas,
             self.store,
             self.transport,
+            self.layout,
             self.sqlite_sync,
             self.concurrency,
             self.decline_rate * 100.0

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Runs `ftgo bench` on every configuration BENCHMARKS.md reports, RUNS times each, and prints
+# one line per configuration with the median of each figure (all JSON lines are kept in
+# $OUT). Needs PostgreSQL (and NATS for the NATS rows) as in BENCHMARKS.md.
+#
+#   examples/ftgo/bench-matrix.sh            # all rows, 3 runs each
+#   RUNS=1 ONLY=sqlite examples/ftgo/bench-matrix.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+RUNS=${RUNS:-3}
+OUT=${OUT:-target/bench-matrix.jsonl}
+ONLY=${ONLY:-}
+cargo build -q --release -p ftgo
+BIN=target/release/ftgo
+: > "$OUT"
+
+configs=(
+  "sqlite-single-256|--single-database --sagas 4000 --concurrency 256"
+  "sqlite-single-1|--single-database --sagas 300 --concurrency 1"
+  "sqlite-per-service-256|--sagas 4000 --concurrency 256"
+  "sqlite-per-service-1|--sagas 300 --concurrency 1"
+  "postgres-single-256|--store postgres --single-database --sagas 4000 --concurrency 256"
+  "postgres-single-1|--store postgres --single-database --sagas 300 --concurrency 1"
+  "postgres-per-service-256|--store postgres --sagas 4000 --concurrency 256"
+  "postgres-per-service-1|--store postgres --sagas 300 --concurrency 1"
+  "postgres-nats-256|--store postgres --transport nats --sagas 4000 --concurrency 256"
+  "postgres-nats-1|--store postgres --transport nats --sagas 300 --concurrency 1"
+  "sqlite-single-normal-256|--single-database --sqlite-sync normal --sagas 4000 --concurrency 256"
+)
+
+for entry in "${configs[@]}"; do
+  name=${entry%%|*}
+  args=${entry#*|}
+  [[ -n "$ONLY" && "$name" != *"$ONLY"* ]] && continue
+  for run in $(seq "$RUNS"); do
+    # shellcheck disable=SC2086
+    line=$("$BIN" bench $args --raw-seconds 1 2>/dev/null | tail -n 1)
+    echo "{\"config\":\"$name\",\"run\":$run,\"report\":$line}" >> "$OUT"
+    echo "$name run $run: $(echo "$line" | cut -c1-160)…" >&2
+  done
+done
+
+python3 - "$OUT" <<'PY'
+import json, statistics, sys
+
+rows = {}
+for line in open(sys.argv[1]):
+    record = json.loads(line)
+    rows.setdefault(record["config"], []).append(record["report"])
+
+def median(reports, field):
+    return statistics.median(field(r) for r in reports)
+
+print("| config | sagas/s (runs) | p50 ms | p95 ms | p99 ms | max ms | msgs/s | commits/saga "
+      "| pg xacts/saga | raw commits/s 1 / 4 | sagas/s ÷ raw(1) | RSS MiB |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+for name, reports in rows.items():
+    runs = ", ".join(f"{r['sagas_per_s']:.0f}" for r in reports)
+    pg = [r["pg_xact_commits_per_saga"] for r in reports if r["pg_xact_commits_per_saga"] is not None]
+    pg_text = f"{statistics.median(pg):.2f}" if pg else "–"
+    cells = [
+        name,
+        f"**{median(reports, lambda r: r['sagas_per_s']):.0f}** ({runs})",
+        f"{median(reports, lambda r: r['latency_ms']['p50']):.1f}",
+        f"{median(reports, lambda r: r['latency_ms']['p95']):.1f}",
+        f"{median(reports, lambda r: r['latency_ms']['p99']):.1f}",
+        f"{median(reports, lambda r: r['latency_ms']['max']):.1f}",
+        f"{median(reports, lambda r: r['messages_per_s']):.0f}",
+        f"{median(reports, lambda r: r['commits_per_saga']):.2f}",
+        pg_text,
+        f"{median(reports, lambda r: r['raw_commits_per_s']['clients_1']):.0f} / "
+        f"{median(reports, lambda r: r['raw_commits_per_s']['clients_4']):.0f}",
+        f"{median(reports, lambda r: r['ratio_to_raw_1']):.3f}",
+        f"{median(reports, lambda r: r['peak_rss_mib']):.0f}",
+    ]
+    print("| " + " | ".join(cells) + " |")
+PY
