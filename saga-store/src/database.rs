@@ -408,6 +408,7 @@ impl Database {
                 wakeups: self.inner.wakeups.clone(),
                 outbox_channel: self.notify_channel(NotifyTopic::Outbox),
                 max_batch: self.inner.write_batch,
+                writers: self.inner.writers,
             };
             spawn_writers(context, self.inner.writers)
         });

@@ -12,6 +12,7 @@
 //! while a writer commits waits for the next batch.
 
 use std::any::Any as AnyValue;
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -95,6 +96,8 @@ pub(crate) struct WriterContext {
     pub(crate) wakeups: Arc<Wakeups>,
     pub(crate) outbox_channel: String,
     pub(crate) max_batch: usize,
+    /// How many writer tasks share the work.
+    pub(crate) writers: usize,
 }
 
 /// Starts `writers` writer tasks on `context`; returns where to send work.
@@ -124,7 +127,8 @@ async fn writer_loop(context: Arc<WriterContext>, receiver: Arc<Mutex<mpsc::Rece
                 }
             }
         }
-        run_batch(&context, batch).await;
+        let single = (context.writers == 1).then_some(receiver.as_ref());
+        run_batch(&context, batch, single).await;
     }
 }
 
@@ -134,104 +138,157 @@ struct Settled {
     value: Value,
 }
 
-async fn run_batch(context: &WriterContext, batch: Vec<Work>) {
-    let begun = match context.dialect {
-        Dialect::Sqlite => context.pool.begin_with("BEGIN IMMEDIATE").await,
-        Dialect::Postgres => context.pool.begin().await,
-    };
-    let mut tx = match begun {
-        Ok(tx) => tx,
-        Err(err) => {
-            let reason = err.to_string();
-            let unavailable = matches!(store_error(err), StoreError::Unavailable(_));
-            for work in batch {
+/// Runs one piece of work inside `tx`, catching a panic as an error.
+async fn run_work(run: Run, tx: &mut Tx) -> (bool, Result<Value, StoreError>) {
+    match AssertUnwindSafe(run(tx)).catch_unwind().await {
+        Ok(Ok(Finish::Commit(value))) => (true, Ok(value)),
+        Ok(Ok(Finish::Rollback(value))) => (false, Ok(value)),
+        Ok(Err(err)) => (false, Err(err)),
+        Err(_) => (
+            false,
+            Err(StoreError::Other(
+                "the work panicked; its writes were undone".into(),
+            )),
+        ),
+    }
+}
+
+/// More work for the open transaction: what is left of the batch, else (with a single
+/// writer) whatever arrived meanwhile — so work that follows from work in the transaction
+/// (the next step of a saga, handled in place) can join it before the commit.
+async fn more_work(
+    context: &WriterContext,
+    pending: &mut VecDeque<Work>,
+    receiver: Option<&Mutex<mpsc::Receiver<Work>>>,
+    taken: usize,
+) -> Option<Work> {
+    if let Some(work) = pending.pop_front() {
+        return Some(work);
+    }
+    let receiver = receiver?;
+    if taken >= context.max_batch {
+        return None;
+    }
+    // Give tasks woken by the work just run a moment to hand in theirs.
+    for _ in 0..2 {
+        if let Ok(mut receiver) = receiver.try_lock()
+            && let Ok(work) = receiver.try_recv()
+        {
+            return Some(work);
+        }
+        tokio::task::yield_now().await;
+    }
+    None
+}
+
+async fn run_batch(
+    context: &WriterContext,
+    batch: Vec<Work>,
+    receiver: Option<&Mutex<mpsc::Receiver<Work>>>,
+) {
+    let mut pending: VecDeque<Work> = batch.into();
+    // One transaction per pass; a new one only when the first work of one rolls back.
+    while let Some(first) = pending.pop_front() {
+        let begun = match context.dialect {
+            Dialect::Sqlite => context.pool.begin_with("BEGIN IMMEDIATE").await,
+            Dialect::Postgres => context.pool.begin().await,
+        };
+        let mut tx = match begun {
+            Ok(tx) => tx,
+            Err(err) => {
+                let reason = err.to_string();
+                let unavailable = matches!(store_error(err), StoreError::Unavailable(_));
+                for work in std::iter::once(first).chain(pending) {
+                    let _ = work.reply.send(Err(shared_error(unavailable, &reason)));
+                }
+                return;
+            }
+        };
+        // The first work needs no savepoint: if it rolls back, so does the transaction.
+        let (keep, answer) = run_work(first.run, &mut tx).await;
+        let value = match answer {
+            Ok(value) if keep => value,
+            other => {
+                let _ = tx.rollback().await;
+                let _ = first.reply.send(other);
+                continue;
+            }
+        };
+        let mut wake_relay = first.wakes_relay;
+        let mut kept = vec![Settled {
+            reply: first.reply,
+            value,
+        }];
+        let mut taken = 1;
+        let mut undone = Vec::new();
+        let mut broken: Option<(bool, String)> = None;
+        while let Some(work) = more_work(context, &mut pending, receiver, taken).await {
+            taken += 1;
+            if let Err(err) = query("SAVEPOINT saga_work").execute(&mut *tx).await {
+                let reason = err.to_string();
+                let unavailable = matches!(store_error(err), StoreError::Unavailable(_));
                 let _ = work.reply.send(Err(shared_error(unavailable, &reason)));
+                broken = Some((unavailable, reason));
+                break;
+            }
+            let (keep, answer) = run_work(work.run, &mut tx).await;
+            let closed = if keep {
+                query("RELEASE SAVEPOINT saga_work").execute(&mut *tx).await
+            } else {
+                match query("ROLLBACK TO SAVEPOINT saga_work")
+                    .execute(&mut *tx)
+                    .await
+                {
+                    Ok(_) => query("RELEASE SAVEPOINT saga_work").execute(&mut *tx).await,
+                    Err(err) => Err(err),
+                }
+            };
+            if let Err(err) = closed {
+                let reason = err.to_string();
+                let unavailable = matches!(store_error(err), StoreError::Unavailable(_));
+                let _ = work.reply.send(Err(shared_error(unavailable, &reason)));
+                broken = Some((unavailable, reason));
+                break;
+            }
+            match answer {
+                Ok(value) if keep => {
+                    wake_relay |= work.wakes_relay;
+                    kept.push(Settled {
+                        reply: work.reply,
+                        value,
+                    });
+                }
+                // Rolled back, or failed: nothing of it is in the transaction any more. Its
+                // caller hears so once the transaction ends, so that a retry (say, after a
+                // conflict) reads what this transaction committed instead of joining it.
+                other => undone.push((work.reply, other)),
+            }
+        }
+        if let Some((unavailable, reason)) = broken {
+            // The transaction is unusable: nothing in it commits.
+            let _ = tx.rollback().await;
+            for settled in kept {
+                let _ = settled.reply.send(Err(shared_error(unavailable, &reason)));
+            }
+            for work in pending.drain(..) {
+                let _ = work.reply.send(Err(shared_error(unavailable, &reason)));
+            }
+            for (reply, answer) in undone {
+                let _ = reply.send(answer);
             }
             return;
         }
-    };
-    if batch.len() == 1 {
-        run_alone(context, tx, batch).await;
-        return;
-    }
-    let mut kept = Vec::with_capacity(batch.len());
-    let mut wake_relay = false;
-    let mut broken: Option<(bool, String)> = None;
-    let mut pending = batch.into_iter();
-    for work in pending.by_ref() {
-        if let Err(err) = query("SAVEPOINT saga_work").execute(&mut *tx).await {
-            let reason = err.to_string();
-            broken = Some((
-                matches!(store_error(err), StoreError::Unavailable(_)),
-                reason,
-            ));
-            let _ = work.reply.send(Err(shared_error(
-                broken.as_ref().is_some_and(|b| b.0),
-                "the transaction broke",
-            )));
-            break;
-        }
-        let ran = AssertUnwindSafe((work.run)(&mut tx)).catch_unwind().await;
-        let (keep, answer) = match ran {
-            Ok(Ok(Finish::Commit(value))) => (true, Ok(value)),
-            Ok(Ok(Finish::Rollback(value))) => (false, Ok(value)),
-            Ok(Err(err)) => (false, Err(err)),
-            Err(_) => (
-                false,
-                Err(StoreError::Other(
-                    "the work panicked; its writes were undone".into(),
-                )),
-            ),
-        };
-        let closed = if keep {
-            query("RELEASE SAVEPOINT saga_work").execute(&mut *tx).await
-        } else {
-            match query("ROLLBACK TO SAVEPOINT saga_work")
-                .execute(&mut *tx)
-                .await
-            {
-                Ok(_) => query("RELEASE SAVEPOINT saga_work").execute(&mut *tx).await,
-                Err(err) => Err(err),
-            }
-        };
-        if let Err(err) = closed {
-            let reason = err.to_string();
-            let unavailable = matches!(store_error(err), StoreError::Unavailable(_));
-            let _ = work.reply.send(Err(shared_error(unavailable, &reason)));
-            broken = Some((unavailable, reason));
-            break;
-        }
-        match answer {
-            Ok(value) if keep => {
-                wake_relay |= work.wakes_relay;
-                kept.push(Settled {
-                    reply: work.reply,
-                    value,
-                });
-            }
-            // Rolled back, or failed: nothing of it is in the transaction any more.
-            other => {
-                let _ = work.reply.send(other);
-            }
+        commit(context, tx, kept, wake_relay).await;
+        for (reply, answer) in undone {
+            let _ = reply.send(answer);
         }
     }
-    if let Some((unavailable, reason)) = broken {
-        // The transaction is unusable: nothing in it commits.
-        let _ = tx.rollback().await;
-        for settled in kept {
-            let _ = settled.reply.send(Err(shared_error(unavailable, &reason)));
-        }
-        for work in pending {
-            let _ = work.reply.send(Err(shared_error(unavailable, &reason)));
-        }
-        return;
-    }
-    if kept.is_empty() {
-        let _ = tx.rollback().await;
-        return;
-    }
+}
+
+/// Commits a group and tells every caller in it.
+async fn commit(context: &WriterContext, mut tx: Tx, kept: Vec<Settled>, wake_relay: bool) {
     if wake_relay && context.dialect == Dialect::Postgres {
-        // One notification for the whole batch, delivered by the commit.
+        // One notification for the whole group, delivered by the commit.
         notify_outbox(context, &mut tx).await;
     }
     match tx.commit().await {
@@ -255,50 +312,7 @@ async fn run_batch(context: &WriterContext, batch: Vec<Work>) {
     }
 }
 
-/// A batch of one needs no savepoint: its transaction is its own.
-async fn run_alone(context: &WriterContext, mut tx: crate::database::Tx, batch: Vec<Work>) {
-    if let Some(work) = batch.into_iter().next() {
-        let ran = AssertUnwindSafe((work.run)(&mut tx)).catch_unwind().await;
-        let answer = match ran {
-            Ok(Ok(Finish::Commit(value))) => {
-                if work.wakes_relay && context.dialect == Dialect::Postgres {
-                    notify_outbox(context, &mut tx).await;
-                }
-                match tx.commit().await {
-                    Ok(()) => {
-                        context.commits.fetch_add(1, Ordering::Relaxed);
-                        if work.wakes_relay {
-                            context.wakeups.wake(&Topic::Outbox);
-                        }
-                        Ok(value)
-                    }
-                    Err(err) => {
-                        let reason = err.to_string();
-                        let unavailable = matches!(store_error(err), StoreError::Unavailable(_));
-                        Err(shared_error(unavailable, &reason))
-                    }
-                }
-            }
-            Ok(Ok(Finish::Rollback(value))) => {
-                let _ = tx.rollback().await;
-                Ok(value)
-            }
-            Ok(Err(err)) => {
-                let _ = tx.rollback().await;
-                Err(err)
-            }
-            Err(_) => {
-                let _ = tx.rollback().await;
-                Err(StoreError::Other(
-                    "the work panicked; its writes were undone".into(),
-                ))
-            }
-        };
-        let _ = work.reply.send(answer);
-    }
-}
-
-async fn notify_outbox(context: &WriterContext, tx: &mut crate::database::Tx) {
+async fn notify_outbox(context: &WriterContext, tx: &mut Tx) {
     if let Err(err) = query("SELECT pg_notify($1, '')")
         .bind(&context.outbox_channel)
         .execute(&mut **tx)
