@@ -1,15 +1,19 @@
 //! Group commit: many callers' small transactions share one database commit.
 //!
-//! A durable commit costs an `fsync` (tens to hundreds of microseconds), far more than the
-//! few statements a saga step writes. [`Database::write`](crate::Database::write) hands a
-//! piece of work to the database's writer tasks instead of opening a transaction of its own.
-//! A writer takes every piece of work waiting (up to a batch limit), runs them one after the
-//! other inside **one** transaction — each inside its own savepoint, so one that fails or asks
-//! to roll back undoes only its own writes — commits once, and only then tells each caller
-//! its result. Nobody hears "committed" before the commit is durable, and a failed commit
-//! fails every piece of work in it, so the guarantees are those of one transaction each; the
-//! cost is one commit per batch. Under load the batches grow by themselves: work arriving
-//! while a writer commits waits for the next batch.
+//! A durable commit costs an `fsync` (hundreds of microseconds here), far more than the few
+//! statements a saga step writes. [`Database::write`](crate::Database::write) hands a piece
+//! of work to the database's writer tasks instead of opening a transaction of its own. A
+//! writer takes every piece of work waiting (up to a batch limit) and runs them one after the
+//! other inside **one** transaction — the first as the transaction's own work, each further
+//! one inside a savepoint, so one that fails or asks to roll back undoes only its own
+//! writes — commits once, and only then tells each caller its result. Nobody hears
+//! "committed" before the commit is durable, a failed commit fails every piece of work in
+//! it, and a caller whose work was undone hears so only after the transaction ended (so a
+//! retry reads what it committed): the guarantees are those of one transaction each; the
+//! cost is one commit per group. Under load the groups grow by themselves. With a single
+//! writer (SQLite's case) work that arrives while the transaction is still open joins it —
+//! typically the next step of a saga handled in place, which then sees the messages the
+//! transaction has just queued.
 
 use std::any::Any as AnyValue;
 use std::collections::VecDeque;

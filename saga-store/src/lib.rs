@@ -3,13 +3,16 @@
 //! Durable sagas on SQL: saga-core's ports implemented with sqlx on **SQLite** (the embedded
 //! default: a file, no server) and **PostgreSQL** (production).
 //!
-//! - [`Database`]: the pool, dialect, migrations and wake-ups;
+//! - [`Database`]: the pool, dialect, migrations and wake-ups, and group commit
+//!   ([`Database::write`], [`group`]): many callers' transactions share one durable commit;
 //! - [`SqlSagaStore`]: saga instances, timeline, timers, outbox, dedup and dead letters —
-//!   one transaction per handled message;
+//!   one atomic unit of work per handled message, batches of them written with multi-row
+//!   statements;
 //! - [`SqlTransport`]: a durable queue in the database (`FOR UPDATE SKIP LOCKED` on
 //!   PostgreSQL, so several processes share a channel);
 //! - [`SagaRuntime`]: the workers — outbox relay, reply consumers, timers, participants'
-//!   command consumers, retention;
+//!   command consumers, retention; with the queue in the same database
+//!   ([`SagaRuntime::embedded`]), messages are handled in place, one transaction per batch;
 //! - [`start_saga_in`]: start a saga inside your own transaction;
 //! - [`locks`]: the semantic-lock table.
 //!

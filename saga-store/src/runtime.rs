@@ -2,9 +2,14 @@
 //!
 //! - an **outbox relay** per database: publishes committed outbox rows, in order, to the
 //!   transport (on PostgreSQL a single active relay per schema, elected with an advisory lock);
-//! - a **reply consumer** and a **timer loop** per orchestrator;
-//! - a **command consumer** per participant, handling each command in one transaction with
-//!   its dedup record and its reply;
+//! - a **reply consumer** and a **timer loop** per orchestrator (a batch of replies: one
+//!   load, one multi-row write, see `Orchestrator::handle_replies`);
+//! - a **command consumer** per participant, handling each batch of commands in one
+//!   transaction with their dedup records and their replies (one by one if any of them asks
+//!   for a retry or fails);
+//! - with the queue in the consumer's own database ([`RuntimeBuilder::in_place`]), consumers
+//!   that take, handle and answer a batch in one transaction (`in_place`), with the leased
+//!   consumer above as their fallback;
 //! - a **retention** task per database, deleting old published outbox and dedup rows.
 //!
 //! Every loop survives errors: it logs them, backs off (up to `max_backoff`) and tries again,
