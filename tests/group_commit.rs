@@ -1,0 +1,131 @@
+//! Group commit (`Database::write`), on SQLite and PostgreSQL: many callers' work shares
+//! commits, yet each piece keeps the guarantees of its own transaction — a rollback, an error
+//! or a panic undoes that piece only, and nobody hears "committed" for work that is not.
+
+use std::collections::BTreeSet;
+
+use futures_util::future::join_all;
+use saga_core::ports::StoreError;
+use saga_store::{Database, Finish};
+use saga_tests::testdb::{Backend, TestDb};
+use sqlx::{Row, query};
+
+/// What the `n`-th caller's work does after inserting its row.
+fn ending(n: i64) -> &'static str {
+    match n {
+        n if n % 7 == 3 => "error",
+        n if n % 5 == 1 => "rollback",
+        13 => "panic",
+        _ => "commit",
+    }
+}
+
+async fn insert_then(database: &Database, n: i64) -> Result<i64, StoreError> {
+    database
+        .write(move |tx| {
+            Box::pin(async move {
+                query("INSERT INTO group_rows (n) VALUES ($1)")
+                    .bind(n)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(|e| StoreError::Other(e.to_string()))?;
+                match ending(n) {
+                    "error" => Err(StoreError::Other(format!("work {n} failed"))),
+                    "rollback" => Ok(Finish::Rollback(-n)),
+                    "panic" => panic!("work {n} panics"),
+                    _ => Ok(Finish::Commit(n)),
+                }
+            })
+        })
+        .await
+}
+
+async fn each_piece_keeps_its_own_outcome(backend: Backend) {
+    let Some(db) = TestDb::open(backend, "group_commit").await else {
+        return;
+    };
+    let database = db.database.clone();
+    query("CREATE TABLE group_rows (n BIGINT PRIMARY KEY)")
+        .execute(database.pool())
+        .await
+        .expect("creates the table");
+    let before = database.commits();
+    const CALLERS: i64 = 200;
+    let results = join_all((0..CALLERS).map(|n| insert_then(&database, n))).await;
+
+    let mut expected = BTreeSet::new();
+    for (n, result) in (0..CALLERS).zip(&results) {
+        match (ending(n), result) {
+            ("commit", Ok(value)) => {
+                assert_eq!(*value, n);
+                expected.insert(n);
+            }
+            ("rollback", Ok(value)) => assert_eq!(*value, -n),
+            ("error", Err(StoreError::Other(reason))) => {
+                assert_eq!(reason, &format!("work {n} failed"));
+            }
+            ("panic", Err(StoreError::Other(reason))) => assert!(reason.contains("panicked")),
+            (ending, other) => panic!("work {n} ({ending}) answered {other:?}"),
+        }
+    }
+    let stored: BTreeSet<i64> = query("SELECT n FROM group_rows")
+        .fetch_all(database.pool())
+        .await
+        .expect("reads")
+        .iter()
+        .map(|row| row.try_get::<i64, _>("n").expect("n"))
+        .collect();
+    assert_eq!(stored, expected, "exactly the committed pieces are stored");
+    let commits = database.commits() - before;
+    assert!(
+        commits < expected.len() as u64,
+        "{} pieces committed in {commits} commits: they should share commits",
+        expected.len()
+    );
+
+    // The writers keep working after all that.
+    assert_eq!(insert_then(&database, 1000).await.expect("commits"), 1000);
+    db.cleanup().await;
+}
+
+async fn a_closed_database_fails_every_caller(backend: Backend) {
+    let Some(db) = TestDb::open(backend, "group_commit_closed").await else {
+        return;
+    };
+    query("CREATE TABLE group_rows (n BIGINT PRIMARY KEY)")
+        .execute(db.database.pool())
+        .await
+        .expect("creates the table");
+    // A second handle, closed (the test's own stays open to clean up).
+    let database = TestDb::reopen(&db.url, db.schema.as_deref()).await;
+    database.close().await;
+    let results = join_all((0..10).map(|n| insert_then(&database, n * 2))).await;
+    for result in results {
+        assert!(
+            matches!(result, Err(StoreError::Unavailable(_))),
+            "expected unavailable, got {result:?}"
+        );
+    }
+    db.cleanup().await;
+}
+
+macro_rules! group_commit {
+    ($backend:ident, $variant:expr) => {
+        mod $backend {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn each_piece_keeps_its_own_outcome() {
+                super::each_piece_keeps_its_own_outcome($variant).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_closed_database_fails_every_caller() {
+                super::a_closed_database_fails_every_caller($variant).await;
+            }
+        }
+    };
+}
+
+group_commit!(sqlite, Backend::Sqlite);
+group_commit!(postgres, Backend::Postgres);
