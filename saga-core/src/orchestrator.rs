@@ -1,7 +1,7 @@
 //! The orchestrator: runs saga instances over a [`SagaStore`].
 //!
 //! For each start, reply, timer or operator command it loads the instance, applies the pure
-//! [`engine`](crate::engine), and commits the new state, the timeline, the outgoing commands
+//! [`engine`], and commits the new state, the timeline, the outgoing commands
 //! (into the outbox) and the timers as one [`UnitOfWork`]. A reply that cannot be used is
 //! dead-lettered with the reason, so no message blocks the reply channel.
 

@@ -309,7 +309,7 @@ impl SagaStore for SqlSagaStore {
 
     /// Writes the units with one multi-row statement per table, in one group-committed
     /// transaction; if one of them turns out a duplicate or a conflict, undoes that and
-    /// commits them one by one instead (see [`crate::bulk`]).
+    /// commits them one by one instead (see `bulk.rs`).
     async fn commit_all(&self, units: Vec<UnitOfWork>) -> Result<Vec<CommitOutcome>, StoreError> {
         if units.len() > 1 && bulk::eligible(&units) {
             let shared = Arc::new(units);
