@@ -20,7 +20,7 @@ use sqlx::{Any, AnyPool, Executor};
 use tokio::sync::Notify;
 
 use crate::error::{DatabaseError, is_connection_error};
-use crate::group::{Finish, Work, WriterContext, spawn_writers, unwrap_value};
+use crate::group::{Answer, Finish, Work, WriterContext, spawn_writers, unwrap_value};
 
 /// A transaction on the saga database. Participants' handlers get one as their context, so
 /// their business writes commit together with the dedup record and the reply.
@@ -399,7 +399,22 @@ impl Database {
             + Send
             + 'static,
     {
-        let (work, result) = Work::new(work, wakes_relay);
+        self.hand_over(Work::new(work, wakes_relay, false)).await
+    }
+
+    /// [`Database::write`] for an in-place pass, which reads only inside the transaction
+    /// (see `Work::reads_inside`).
+    pub(crate) async fn submit_pass<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut Tx) -> BoxFuture<'c, Result<Finish<T>, StoreError>>
+            + Send
+            + 'static,
+    {
+        self.hand_over(Work::new(work, false, true)).await
+    }
+
+    async fn hand_over<T: 'static>(&self, (work, result): (Work, Answer)) -> Result<T, StoreError> {
         let sender = self.inner.work.get_or_init(|| {
             let context = WriterContext {
                 pool: self.inner.pool.clone(),

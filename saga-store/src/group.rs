@@ -40,6 +40,8 @@ pub enum Finish<T> {
 }
 
 type Value = Box<dyn AnyValue + Send>;
+/// Where a piece of work's answer arrives.
+pub(crate) type Answer = oneshot::Receiver<Result<Value, StoreError>>;
 type Run =
     Box<dyn for<'c> FnOnce(&'c mut Tx) -> BoxFuture<'c, Result<Finish<Value>, StoreError>> + Send>;
 
@@ -49,14 +51,15 @@ pub(crate) struct Work {
     reply: oneshot::Sender<Result<Value, StoreError>>,
     /// It may write outbox rows: wake the relay after the commit.
     wakes_relay: bool,
+    /// It reads only inside the transaction (a pass handling messages in place): if undone,
+    /// its caller may hear so at once, since a retry would read this transaction's own
+    /// state. Other undone work hears only once the transaction ended.
+    reads_inside: bool,
 }
 
 impl Work {
     /// Wraps `work` and a channel for its result.
-    pub(crate) fn new<T, F>(
-        work: F,
-        wakes_relay: bool,
-    ) -> (Self, oneshot::Receiver<Result<Value, StoreError>>)
+    pub(crate) fn new<T, F>(work: F, wakes_relay: bool, reads_inside: bool) -> (Self, Answer)
     where
         T: Send + 'static,
         F: for<'c> FnOnce(&'c mut Tx) -> BoxFuture<'c, Result<Finish<T>, StoreError>>
@@ -77,6 +80,7 @@ impl Work {
                 run,
                 reply,
                 wakes_relay,
+                reads_inside,
             },
             result,
         )
@@ -174,7 +178,7 @@ async fn more_work(
         return None;
     }
     // Give tasks woken by the work just run a moment to hand in theirs.
-    for _ in 0..2 {
+    for _ in 0..10 {
         if let Ok(mut receiver) = receiver.try_lock()
             && let Ok(work) = receiver.try_recv()
         {
@@ -264,7 +268,12 @@ async fn run_batch(
                 }
                 // Rolled back, or failed: nothing of it is in the transaction any more. Its
                 // caller hears so once the transaction ends, so that a retry (say, after a
-                // conflict) reads what this transaction committed instead of joining it.
+                // conflict) reads what this transaction committed instead of joining it —
+                // unless it reads only inside the transaction (an in-place pass that found
+                // nothing: it may look again, and its next pass can join this transaction).
+                other if work.reads_inside => {
+                    let _ = work.reply.send(other);
+                }
                 other => undone.push((work.reply, other)),
             }
         }

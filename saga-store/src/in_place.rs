@@ -80,39 +80,36 @@ async fn pass_loop<T, F, C, Fut>(
             options.batch_size,
         );
         let passed = database
-            .submit(
-                move |tx| {
-                    Box::pin(async move {
-                        let taken = queue_in_pass.take_in(tx, &channel_in_pass, max).await?;
-                        if taken.is_empty() {
-                            return Ok(Finish::Rollback(Pass::Empty));
+            .submit_pass(move |tx| {
+                Box::pin(async move {
+                    let taken = queue_in_pass.take_in(tx, &channel_in_pass, max).await?;
+                    if taken.is_empty() {
+                        return Ok(Finish::Rollback(Pass::Empty));
+                    }
+                    let messages = taken.iter().map(|d| d.message.clone()).collect();
+                    let Some((done, mut destinations)) = run(tx, messages).await? else {
+                        return Ok(Finish::Rollback(Pass::Fallback));
+                    };
+                    destinations.sort_unstable();
+                    destinations.dedup();
+                    if let Some(notify) = &notify {
+                        // Consumers in other processes: delivered by the commit.
+                        for destination in &destinations {
+                            query("SELECT pg_notify($1, $2)")
+                                .bind(notify)
+                                .bind(destination)
+                                .execute(&mut **tx)
+                                .await
+                                .map_err(store_error)?;
                         }
-                        let messages = taken.iter().map(|d| d.message.clone()).collect();
-                        let Some((done, mut destinations)) = run(tx, messages).await? else {
-                            return Ok(Finish::Rollback(Pass::Fallback));
-                        };
-                        destinations.sort_unstable();
-                        destinations.dedup();
-                        if let Some(notify) = &notify {
-                            // Consumers in other processes: delivered by the commit.
-                            for destination in &destinations {
-                                query("SELECT pg_notify($1, $2)")
-                                    .bind(notify)
-                                    .bind(destination)
-                                    .execute(&mut **tx)
-                                    .await
-                                    .map_err(store_error)?;
-                            }
-                        }
-                        Ok(Finish::Commit(Pass::Handled(
-                            taken.len(),
-                            done,
-                            destinations,
-                        )))
-                    })
-                },
-                false,
-            )
+                    }
+                    Ok(Finish::Commit(Pass::Handled(
+                        taken.len(),
+                        done,
+                        destinations,
+                    )))
+                })
+            })
             .await;
         match passed {
             Ok(Pass::Handled(count, done, destinations)) => {
