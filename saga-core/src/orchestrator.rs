@@ -376,7 +376,7 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
             }
             Err(err) => {
                 for planned in plan.planned {
-                    results[planned.index] = Some(Err(OrchestratorError::Store(same_error(&err))));
+                    results[planned.index] = Some(Err(OrchestratorError::Store(err.clone())));
                 }
             }
         }
@@ -632,15 +632,6 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
             expected_version: previous_version,
         });
         unit
-    }
-}
-
-/// The same store failure again, for each reply of a batch.
-fn same_error(err: &StoreError) -> StoreError {
-    match err {
-        StoreError::Unavailable(reason) => StoreError::Unavailable(reason.clone()),
-        StoreError::Corrupt(reason) => StoreError::Corrupt(reason.clone()),
-        StoreError::Other(reason) => StoreError::Other(reason.clone()),
     }
 }
 

@@ -134,7 +134,7 @@ pub struct OutboxEntry {
 }
 
 /// A store failure.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database could not be reached or the connection broke; worth retrying.
     #[error("store unavailable: {0}")]

@@ -69,6 +69,30 @@ fn values_in(positional: bool, rows: usize, casts: &[&str]) -> String {
     sql
 }
 
+/// `count` parameters for an `IN (…)` list on `conn` (numbered on PostgreSQL, `?` on
+/// SQLite, as in [`values`]).
+pub(crate) fn placeholders(conn: &AnyConnection, count: usize) -> String {
+    let positional = conn.backend_name() == "SQLite";
+    (1..=count)
+        .map(|i| match positional {
+            true => "?".to_owned(),
+            false => format!("${i}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The channels the units' outgoing messages go to, each once.
+pub(crate) fn destinations(units: &[UnitOfWork]) -> Vec<String> {
+    let mut destinations: Vec<String> = units
+        .iter()
+        .flat_map(|u| u.outbox.iter().map(|m| m.destination.clone()))
+        .collect();
+    destinations.sort_unstable();
+    destinations.dedup();
+    destinations
+}
+
 async fn run(
     conn: &mut AnyConnection,
     statement: Query<'_, Any, AnyArguments>,

@@ -136,11 +136,6 @@ impl Wakeups {
         }
     }
 
-    /// Wakes the consumers of a queue channel.
-    pub(crate) fn wake_queue(&self, channel: String) {
-        self.get(&Topic::Queue(channel)).notify_one();
-    }
-
     /// Changes whenever outbox rows (or, with the queue in the same database, queue rows)
     /// were committed.
     pub(crate) fn outbox_writes(&self) -> watch::Receiver<u64> {

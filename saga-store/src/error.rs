@@ -62,6 +62,15 @@ pub(crate) fn transport_error(err: sqlx::Error) -> TransportError {
     }
 }
 
+/// A store failure met by the transport (they share the database): still "unavailable" when
+/// it was.
+pub(crate) fn transport_error_of(err: StoreError) -> TransportError {
+    match err {
+        StoreError::Unavailable(reason) => TransportError::Unavailable(reason),
+        other => TransportError::Other(other.to_string()),
+    }
+}
+
 /// A stored value that does not read back.
 pub(crate) fn corrupt(what: &str, err: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {err}"))

@@ -12,8 +12,8 @@
 //! retry reads what it committed): the guarantees are those of one transaction each; the
 //! cost is one commit per group. Under load the groups grow by themselves. With a single
 //! writer (SQLite's case) work that arrives while the transaction is still open joins it —
-//! typically the next step of a saga handled in place, which then sees the messages the
-//! transaction has just queued.
+//! for example a consumer's next in-place pass, which then sees what the transaction has
+//! queued so far.
 
 use std::any::Any as AnyValue;
 use std::collections::VecDeque;
@@ -204,10 +204,9 @@ async fn run_batch(
         let mut tx = match begun {
             Ok(tx) => tx,
             Err(err) => {
-                let reason = err.to_string();
-                let unavailable = matches!(store_error(err), StoreError::Unavailable(_));
+                let error = store_error(err);
                 for work in std::iter::once(first).chain(pending) {
-                    let _ = work.reply.send(Err(shared_error(unavailable, &reason)));
+                    let _ = work.reply.send(Err(error.clone()));
                 }
                 return;
             }
@@ -229,35 +228,18 @@ async fn run_batch(
         }];
         let mut taken = 1;
         let mut undone = Vec::new();
-        let mut broken: Option<(bool, String)> = None;
+        let mut broken: Option<StoreError> = None;
         while let Some(work) = more_work(context, &mut pending, receiver, taken).await {
             taken += 1;
-            if let Err(err) = query("SAVEPOINT saga_work").execute(&mut *tx).await {
-                let reason = err.to_string();
-                let unavailable = matches!(store_error(err), StoreError::Unavailable(_));
-                let _ = work.reply.send(Err(shared_error(unavailable, &reason)));
-                broken = Some((unavailable, reason));
-                break;
-            }
-            let (keep, answer) = run_work(work.run, &mut tx).await;
-            let closed = if keep {
-                query("RELEASE SAVEPOINT saga_work").execute(&mut *tx).await
-            } else {
-                match query("ROLLBACK TO SAVEPOINT saga_work")
-                    .execute(&mut *tx)
-                    .await
-                {
-                    Ok(_) => query("RELEASE SAVEPOINT saga_work").execute(&mut *tx).await,
-                    Err(err) => Err(err),
+            let (keep, answer) = match run_in_savepoint(work.run, &mut tx).await {
+                Ok(ran) => ran,
+                Err(err) => {
+                    let error = store_error(err);
+                    let _ = work.reply.send(Err(error.clone()));
+                    broken = Some(error);
+                    break;
                 }
             };
-            if let Err(err) = closed {
-                let reason = err.to_string();
-                let unavailable = matches!(store_error(err), StoreError::Unavailable(_));
-                let _ = work.reply.send(Err(shared_error(unavailable, &reason)));
-                broken = Some((unavailable, reason));
-                break;
-            }
             match answer {
                 Ok(value) if keep => {
                     wake_relay |= work.wakes_relay;
@@ -277,14 +259,14 @@ async fn run_batch(
                 other => undone.push((work.reply, other)),
             }
         }
-        if let Some((unavailable, reason)) = broken {
+        if let Some(error) = broken {
             // The transaction is unusable: nothing in it commits.
             let _ = tx.rollback().await;
             for settled in kept {
-                let _ = settled.reply.send(Err(shared_error(unavailable, &reason)));
+                let _ = settled.reply.send(Err(error.clone()));
             }
             for work in pending.drain(..) {
-                let _ = work.reply.send(Err(shared_error(unavailable, &reason)));
+                let _ = work.reply.send(Err(error.clone()));
             }
             for (reply, answer) in undone {
                 let _ = reply.send(answer);
@@ -296,6 +278,25 @@ async fn run_batch(
             let _ = reply.send(answer);
         }
     }
+}
+
+/// Runs a piece of work inside a savepoint of its own, released if it keeps its writes and
+/// rolled back to if not. An error here (not the work's own) means the transaction is broken.
+async fn run_in_savepoint(
+    run: Run,
+    tx: &mut Tx,
+) -> Result<(bool, Result<Value, StoreError>), sqlx::Error> {
+    query("SAVEPOINT saga_work").execute(&mut **tx).await?;
+    let (keep, answer) = run_work(run, tx).await;
+    if !keep {
+        query("ROLLBACK TO SAVEPOINT saga_work")
+            .execute(&mut **tx)
+            .await?;
+    }
+    query("RELEASE SAVEPOINT saga_work")
+        .execute(&mut **tx)
+        .await?;
+    Ok((keep, answer))
 }
 
 /// Commits a group and tells every caller in it.
@@ -315,11 +316,10 @@ async fn commit(context: &WriterContext, mut tx: Tx, kept: Vec<Settled>, wake_re
             }
         }
         Err(err) => {
-            let reason = err.to_string();
-            let unavailable = matches!(store_error(err), StoreError::Unavailable(_));
-            tracing::warn!(error = %reason, work = kept.len(), "group commit failed");
+            let error = store_error(err);
+            tracing::warn!(%error, work = kept.len(), "group commit failed");
             for settled in kept {
-                let _ = settled.reply.send(Err(shared_error(unavailable, &reason)));
+                let _ = settled.reply.send(Err(error.clone()));
             }
         }
     }
@@ -332,14 +332,5 @@ async fn notify_outbox(context: &WriterContext, tx: &mut Tx) {
         .await
     {
         tracing::debug!(error = %err, "outbox notification failed; the relay polls");
-    }
-}
-
-/// The same failure, told to each caller of a batch.
-fn shared_error(unavailable: bool, reason: &str) -> StoreError {
-    if unavailable {
-        StoreError::Unavailable(reason.to_owned())
-    } else {
-        StoreError::Other(reason.to_owned())
     }
 }

@@ -116,18 +116,17 @@ async fn pass_loop<T, F, C, Fut>(
                 backoff.reset();
                 // Wake exactly the consumers that have work now.
                 for destination in destinations {
-                    database.wakeups().wake_queue(destination);
+                    database.wakeups().wake(&Topic::Queue(destination));
                 }
                 after(done);
                 tracing::trace!(%channel, count, "handled in place");
             }
             Ok(Pass::Empty) => {
-                let stop = shutdown.clone();
                 tokio::select! {
                     () = mine.notified() => {}
                     _ = writes.changed() => {}
                     () = tokio::time::sleep(options.poll_interval) => {}
-                    stopped = wait_for_stop(stop) => if stopped { return; },
+                    () = shutdown.clone().stopped() => return,
                 }
             }
             Ok(Pass::Fallback) => {
@@ -146,10 +145,6 @@ async fn pass_loop<T, F, C, Fut>(
             }
         }
     }
-}
-
-async fn wait_for_stop(mut shutdown: Shutdown) -> bool {
-    shutdown.pause(Duration::from_secs(3600), None).await
 }
 
 /// The orchestrator's reply consumer, in place: a pass loads the batch's sagas, plans their
@@ -179,12 +174,7 @@ pub(crate) async fn reply_loop<C, Fut>(
                 if !bulk::write_units(tx, &plan.units, at, true).await? {
                     return Ok(None);
                 }
-                let destinations = plan
-                    .units
-                    .iter()
-                    .flat_map(|u| u.outbox.iter().map(|m| m.destination.clone()))
-                    .collect();
-                Ok(Some((plan.planned, destinations)))
+                Ok(Some((plan.planned, bulk::destinations(&plan.units))))
             })
         })
     };
@@ -214,6 +204,7 @@ pub(crate) async fn command_loop<C, Fut>(
             Box::pin(async move {
                 Ok(run_commands_in(tx, &participant, &messages, true)
                     .await?
+                    .ok()
                     .map(|(_, destinations)| ((), destinations)))
             })
         })

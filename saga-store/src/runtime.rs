@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures_util::future::{BoxFuture, join_all};
 use saga_core::orchestrator::Orchestrator;
 use saga_core::participant::Participant;
-use saga_core::ports::{DeadLetter, Delivery, StoreError, Transport, TransportError, UnitOfWork};
+use saga_core::ports::{DeadLetter, Delivery, StoreError, Transport, TransportError};
 use saga_core::{Message, Timestamp};
 use sqlx::{AssertSqlSafe, query};
 use tokio::sync::watch;
@@ -35,7 +35,6 @@ use crate::group::Finish;
 use crate::in_place;
 use crate::store::{SqlSagaStore, insert_dead_letter, mark_published_on, unpublished_on};
 use crate::transport::SqlTransport;
-use saga_core::ports::CommitOutcome;
 
 /// How old processed rows must be before retention deletes them.
 #[derive(Clone, Debug)]
@@ -123,6 +122,11 @@ pub(crate) struct Shutdown(watch::Receiver<bool>);
 impl Shutdown {
     pub(crate) fn requested(&self) -> bool {
         *self.0.borrow()
+    }
+
+    /// Returns once shutdown is requested.
+    pub(crate) async fn stopped(mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
     }
 
     /// Sleeps for `duration`, or until `wake` fires, or until shutdown; `true` on shutdown.
@@ -647,38 +651,23 @@ async fn handle_command(
     participant: Arc<Participant<Tx>>,
     message: Message,
 ) -> Result<Handled, StoreError> {
-    let store_in_tx = store.clone();
+    let in_place = store.database().queue_in_place();
     store
         .database()
         .submit(
             move |tx| {
                 Box::pin(async move {
-                    let consumed = UnitOfWork::consuming(participant.name(), message.id);
-                    if store_in_tx.write_unit_quietly(tx, &consumed).await?
-                        == CommitOutcome::Duplicate
-                    {
-                        return Ok(Finish::Rollback(Handled::Duplicate));
-                    }
-                    let dispatch = participant.dispatch(tx, &message).await;
-                    if let Some(reason) = dispatch.retry {
-                        return Ok(Finish::Rollback(Handled::Retry(reason)));
-                    }
-                    let unit = UnitOfWork {
-                        outbox: dispatch.reply.into_iter().collect(),
-                        dead_letters: dispatch
-                            .dead_letter
-                            .map(|reason| DeadLetter {
-                                consumer: participant.name().to_owned(),
-                                message: message.clone(),
-                                reason,
-                                at: Timestamp::now(),
-                            })
-                            .into_iter()
-                            .collect(),
-                        ..UnitOfWork::default()
-                    };
-                    store_in_tx.write_unit_quietly(tx, &unit).await?;
-                    Ok(Finish::Commit(Handled::Done))
+                    let ran =
+                        run_commands_in(tx, &participant, std::slice::from_ref(&message), in_place)
+                            .await?;
+                    Ok(match ran {
+                        Ok((mut outcomes, _)) => match outcomes.pop() {
+                            Some(Handled::Done) => Finish::Commit(Handled::Done),
+                            // A duplicate: nothing was written.
+                            _ => Finish::Rollback(Handled::Duplicate),
+                        },
+                        Err(reason) => Finish::Rollback(Handled::Retry(reason)),
+                    })
                 })
             },
             true,
@@ -688,14 +677,14 @@ async fn handle_command(
 
 /// Runs a batch of commands inside `tx`: one statement records them all as received (a
 /// duplicate is skipped), each handler runs, one statement queues all replies. Returns each
-/// command's outcome and the replies' channels; `None` if a handler asked for a retry: the
-/// caller must undo the batch.
+/// command's outcome and the replies' channels, or — if a handler asked for a retry — its
+/// reason, and the caller must undo the batch.
 pub(crate) async fn run_commands_in(
     tx: &mut Tx,
     participant: &Participant<Tx>,
     batch: &[Message],
     in_place: bool,
-) -> Result<Option<(Vec<Handled>, Vec<String>)>, StoreError> {
+) -> Result<Result<(Vec<Handled>, Vec<String>), String>, StoreError> {
     let now = Timestamp::now();
     let at = to_i64(now.as_millis());
     let ids: Vec<_> = batch.iter().map(|m| m.id).collect();
@@ -710,8 +699,8 @@ pub(crate) async fn run_commands_in(
             continue;
         }
         let dispatch = participant.dispatch(tx, message).await;
-        if dispatch.retry.is_some() {
-            return Ok(None);
+        if let Some(reason) = dispatch.retry {
+            return Ok(Err(reason));
         }
         replies.extend(dispatch.reply);
         dead_letters.extend(dispatch.dead_letter.map(|reason| DeadLetter {
@@ -728,7 +717,7 @@ pub(crate) async fn run_commands_in(
         insert_dead_letter(tx, dead).await?;
     }
     let destinations = replies.iter().map(|m| m.destination.clone()).collect();
-    Ok(Some((outcomes, destinations)))
+    Ok(Ok((outcomes, destinations)))
 }
 
 /// Handles a batch of commands in one transaction: one statement records them all as
@@ -751,8 +740,8 @@ async fn handle_commands(
                     Box::pin(async move {
                         Ok(
                             match run_commands_in(tx, &participant_in_tx, &batch, in_place).await? {
-                                Some((outcomes, _)) => Finish::Commit(Some(outcomes)),
-                                None => Finish::Rollback(None),
+                                Ok((outcomes, _)) => Finish::Commit(Some(outcomes)),
+                                Err(_) => Finish::Rollback(None),
                             },
                         )
                     })

@@ -21,7 +21,7 @@ use crate::codec::{
     self, SAGA_COLUMNS, direction_name, encode_headers, pending_columns, saga_id_text, status_name,
     timer_columns, to_i64, to_u64,
 };
-use crate::database::{Database, Dialect, NotifyTopic};
+use crate::database::{Database, Dialect, NotifyTopic, Topic};
 use crate::error::{corrupt, store_error};
 use crate::group::Finish;
 use futures_util::future::join_all;
@@ -152,21 +152,15 @@ impl SqlSagaStore {
     /// With the queue in place, the channels the units' messages go to (they skip the relay,
     /// so their consumers must be woken here).
     fn queued_destinations(&self, units: &[UnitOfWork]) -> Vec<String> {
-        if !self.database.queue_in_place() {
-            return Vec::new();
+        match self.database.queue_in_place() {
+            true => bulk::destinations(units),
+            false => Vec::new(),
         }
-        let mut destinations: Vec<String> = units
-            .iter()
-            .flat_map(|u| u.outbox.iter().map(|m| m.destination.clone()))
-            .collect();
-        destinations.sort_unstable();
-        destinations.dedup();
-        destinations
     }
 
     fn wake_queues(&self, destinations: Vec<String>) {
         for destination in destinations {
-            self.database.wakeups().wake_queue(destination);
+            self.database.wakeups().wake(&Topic::Queue(destination));
         }
     }
 
@@ -424,10 +418,9 @@ pub(crate) async fn load_many_on(
 ) -> Result<Vec<SagaRecord>, StoreError> {
     let mut records = Vec::with_capacity(saga_ids.len());
     for chunk in saga_ids.chunks(500) {
-        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
         let sql = AssertSqlSafe(format!(
             "SELECT {SAGA_COLUMNS} FROM saga_instances WHERE saga_id IN ({})",
-            placeholders.join(", ")
+            bulk::placeholders(conn, chunk.len())
         ));
         let mut statement = query(sql);
         for &saga_id in chunk {

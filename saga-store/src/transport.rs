@@ -21,7 +21,7 @@ use sqlx::{AssertSqlSafe, Row, query};
 use crate::bulk;
 use crate::codec::{self, to_i64, to_u64};
 use crate::database::{Database, Dialect, NotifyTopic, Topic};
-use crate::error::{corrupt, store_error, transport_error};
+use crate::error::{corrupt, store_error, transport_error, transport_error_of};
 use crate::store::insert_dead_letter;
 
 /// Settings of the SQL-table transport.
@@ -97,7 +97,7 @@ impl SqlTransport {
         let refs: Vec<&Message> = messages.iter().collect();
         bulk::insert_queue(conn, &refs, to_i64(Timestamp::now().as_millis()))
             .await
-            .map_err(|e| TransportError::Other(e.to_string()))?;
+            .map_err(transport_error_of)?;
         if self.database.dialect() == Dialect::Postgres {
             let mut channels: Vec<&str> = messages.iter().map(|m| m.destination.as_str()).collect();
             channels.sort_unstable();
@@ -143,7 +143,7 @@ impl SqlTransport {
         let deliveries = self
             .read_rows(&mut tx, channel, rows, now)
             .await
-            .map_err(|e| TransportError::Other(e.to_string()))?;
+            .map_err(transport_error_of)?;
         if rows_claimed {
             self.database.commit(tx).await.map_err(transport_error)?;
         } else {
@@ -238,10 +238,9 @@ impl SqlTransport {
         deliveries: &[Delivery],
     ) -> Result<(), StoreError> {
         for chunk in deliveries.chunks(500) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
                 "DELETE FROM saga_queue WHERE id IN ({})",
-                placeholders.join(", ")
+                bulk::placeholders(conn, chunk.len())
             );
             let mut statement = query(AssertSqlSafe(sql));
             for delivery in chunk {
@@ -318,7 +317,7 @@ impl Transport for SqlTransport {
             .map_err(transport_error)?;
         Self::delete_in(&mut conn, deliveries)
             .await
-            .map_err(|e| TransportError::Unavailable(e.to_string()))?;
+            .map_err(transport_error_of)?;
         self.database.count_commit();
         Ok(())
     }
