@@ -201,8 +201,13 @@ impl PaymentSystem {
 
     /// How many rows a table has.
     pub async fn count(&self, table: &'static str) -> i64 {
-        let sql = sqlx::AssertSqlSafe(format!("SELECT COUNT(*) AS n FROM {table}"));
-        query(sql)
+        self.scalar(&format!("SELECT COUNT(*) AS n FROM {table}"))
+            .await
+    }
+
+    /// The `n` column of the one row `sql` returns.
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        query(sqlx::AssertSqlSafe(sql.to_owned()))
             .fetch_one(self.db.database.pool())
             .await
             .expect("counts")

@@ -350,11 +350,12 @@ async fn retry_timers_survive_a_restart_and_fire_once(mode: Mode) {
     let Some(system) = system(mode, "timers_restart").await else {
         return;
     };
-    // The flaky confirm is refused once; its retry waits 300 ms in the timers table.
+    // The flaky confirm is refused once; its retry waits 300 ms: the saga's deadline.
     let ids = system.start(&[(1, FLAKY_AMOUNT)]).await;
     let runtime = system.run(Arc::new(system.sql_transport()), Ledger::default());
     let deadline = tokio::time::Instant::now() + WAIT;
-    while system.count("saga_timers").await == 0 {
+    let retries_pending = "SELECT COUNT(*) AS n FROM saga_instances WHERE pending_kind = 'retry'";
+    while system.scalar(retries_pending).await == 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "no retry was scheduled"
@@ -395,7 +396,13 @@ async fn retry_timers_survive_a_restart_and_fire_once(mode: Mode) {
         (1, 2),
         "one retry, two sends of confirm"
     );
-    assert_eq!(restarted.count("saga_timers").await, 0);
+    assert_eq!(
+        restarted
+            .scalar("SELECT COUNT(*) AS n FROM saga_instances WHERE deadline IS NOT NULL")
+            .await,
+        0,
+        "a finished saga waits for nothing"
+    );
     restarted.assert_effects_consistent(&ids).await;
     system.db.cleanup().await;
 }

@@ -21,6 +21,9 @@ struct UnderTest {
     transport: Arc<dyn Transport>,
     /// Whether an unacknowledged delivery comes back by itself after [`LEASE`].
     leases: bool,
+    /// Whether a delivery given back with `release` counts as one (NATS cannot tell a
+    /// redelivery after a `nak` from one after a crash; the SQL queue does not count it).
+    release_counts: bool,
     db: Option<TestDb>,
     nats: Option<Arc<NatsTransport>>,
 }
@@ -59,6 +62,7 @@ async fn open(kind: Kind, test: &str) -> Option<UnderTest> {
         Kind::Memory => Some(UnderTest {
             transport: Arc::new(InMemoryTransport::new()),
             leases: false,
+            release_counts: true,
             db: None,
             nats: None,
         }),
@@ -72,6 +76,7 @@ async fn open(kind: Kind, test: &str) -> Option<UnderTest> {
             Some(UnderTest {
                 transport: nats.clone(),
                 leases: true,
+                release_counts: true,
                 db: None,
                 nats: Some(nats),
             })
@@ -89,6 +94,7 @@ async fn open(kind: Kind, test: &str) -> Option<UnderTest> {
             Some(UnderTest {
                 transport: Arc::new(transport),
                 leases: true,
+                release_counts: false,
                 db: Some(db),
                 nats: None,
             })
@@ -179,7 +185,11 @@ async fn ack_removes_and_release_redelivers(kind: Kind) {
         .expect("receives");
     assert_eq!(second.len(), 1);
     assert_eq!(second[0].message, sent);
-    assert_eq!(second[0].attempt, 2, "the delivery count grows");
+    let expected = if under.release_counts { 2 } else { 1 };
+    assert_eq!(
+        second[0].attempt, expected,
+        "a released delivery counts only where the transport cannot tell it apart"
+    );
     t.ack(&channel, "g", &second[0]).await.expect("acks");
     let none = t
         .receive(&channel, "g", 1, Duration::from_millis(300))

@@ -300,7 +300,10 @@ pub struct StepDefinition<D> {
     compensation: Option<Action<D>>,
     condition: Option<ConditionFn<D>>,
     retry: RetryPolicy,
+    /// `None`: the step waits without a deadline (it opted out).
     timeout: Option<Duration>,
+    /// The step took the saga's default timeout (replaced when the saga sets one).
+    timeout_is_default: bool,
     on_timeout: Option<TimeoutAction>,
 }
 
@@ -335,7 +338,8 @@ impl<D> StepDefinition<D> {
     pub fn retry_policy(&self) -> &RetryPolicy {
         &self.retry
     }
-    /// How long to wait for a reply before the timeout policy applies.
+    /// How long to wait for a reply before the timeout policy applies; `None` when the step
+    /// opted out ([`StepBuilder::no_timeout`]).
     pub fn timeout(&self) -> Option<Duration> {
         self.timeout
     }
@@ -404,10 +408,25 @@ pub struct StepBuilder<D, R = NoReply> {
     compensation: Option<Action<D>>,
     condition: Option<ConditionFn<D>>,
     retry: RetryPolicy,
-    timeout: Option<Duration>,
+    timeout: TimeoutSetting,
     on_timeout: Option<TimeoutAction>,
     _reply: PhantomData<fn() -> R>,
 }
+
+/// How long a step waits for its reply, as written: the saga's default, a duration of its
+/// own, or not at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TimeoutSetting {
+    SagaDefault,
+    After(Duration),
+    Never,
+}
+
+/// How long a step waits for a reply when neither the step nor the saga says otherwise: five
+/// minutes. Long enough that a participant restart, a deployment or a broker outage of a few
+/// minutes — which delay a command but lose nothing — does not turn into a compensation;
+/// short enough that a command nobody can handle is noticed within minutes instead of never.
+pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl<D> fmt::Debug for StepBuilder<D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -493,7 +512,7 @@ impl<D: SagaData> StepBuilder<D> {
             compensation: None,
             condition: None,
             retry: RetryPolicy::default(),
-            timeout: None,
+            timeout: TimeoutSetting::SagaDefault,
             on_timeout: None,
             _reply: PhantomData,
         }
@@ -576,9 +595,19 @@ impl<D: SagaData, R> StepBuilder<D, R> {
         self
     }
 
-    /// How long to wait for the reply.
+    /// How long to wait for the reply (and for the reply to the compensation), instead of
+    /// the saga's default ([`SagaDefinitionBuilder::timeout`], else
+    /// [`DEFAULT_REPLY_TIMEOUT`]).
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
+        self.timeout = TimeoutSetting::After(timeout);
+        self
+    }
+
+    /// Waits for the reply without a deadline: the saga waits as long as it takes (for a
+    /// human approval, say). Nothing then notices a command that is never answered, not even
+    /// the stuck-saga watchdog, which leaves such steps alone.
+    pub fn no_timeout(mut self) -> Self {
+        self.timeout = TimeoutSetting::Never;
         self
     }
 
@@ -623,7 +652,12 @@ impl<D: SagaData, R: Reply> From<StepBuilder<D, R>> for StepDefinition<D> {
             compensation: builder.compensation,
             condition: builder.condition,
             retry: builder.retry,
-            timeout: builder.timeout,
+            timeout: match builder.timeout {
+                TimeoutSetting::After(timeout) => Some(timeout),
+                TimeoutSetting::Never => None,
+                TimeoutSetting::SagaDefault => Some(DEFAULT_REPLY_TIMEOUT),
+            },
+            timeout_is_default: builder.timeout == TimeoutSetting::SagaDefault,
             on_timeout: builder.on_timeout,
         }
     }
@@ -776,6 +810,7 @@ impl<D: SagaData> SagaDefinition<D> {
         SagaDefinitionBuilder {
             name: name.into(),
             steps: Vec::new(),
+            timeout: None,
         }
     }
 }
@@ -815,6 +850,7 @@ impl<D> SagaDefinition<D> {
 pub struct SagaDefinitionBuilder<D> {
     name: String,
     steps: Vec<StepDefinition<D>>,
+    timeout: Option<Duration>,
 }
 
 impl<D> fmt::Debug for SagaDefinitionBuilder<D> {
@@ -833,8 +869,20 @@ impl<D: SagaData> SagaDefinitionBuilder<D> {
         self
     }
 
+    /// How long the saga's steps wait for a reply unless a step says otherwise (default
+    /// [`DEFAULT_REPLY_TIMEOUT`]).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
     /// Checks the step rules and builds the definition.
-    pub fn build(self) -> Result<SagaDefinition<D>, DefinitionError> {
+    pub fn build(mut self) -> Result<SagaDefinition<D>, DefinitionError> {
+        if let Some(timeout) = self.timeout {
+            for step in self.steps.iter_mut().filter(|s| s.timeout_is_default) {
+                step.timeout = Some(timeout);
+            }
+        }
         check_step_rules(
             &self.name,
             self.steps

@@ -11,13 +11,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::clock::{Clock, ManualClock};
+use crate::engine::SagaStatus;
 use crate::ids::{SagaId, Timestamp};
-use crate::message::Message;
+use crate::message::{Message, failure_reply_for};
 use crate::orchestrator::{Handled, Orchestrator, OrchestratorError};
 use crate::participant::Participant;
 use crate::ports::{
     CommitOutcome, Consumed, DeadLetter, Delivery, HistoryRecord, OutboxEntry, SagaRecord,
-    SagaStore, StoreError, TimerRecord, Transport, TransportError, UnitOfWork,
+    SagaStore, StalledSaga, StoreError, TimerRecord, Transport, TransportError, UnitOfWork,
 };
 use crate::relay::{RelayError, relay_batch};
 
@@ -127,6 +128,47 @@ impl SagaStore for InMemoryStore {
         Ok(due)
     }
 
+    /// A saga's last change is its newest timeline entry.
+    async fn stalled(
+        &self,
+        now: Timestamp,
+        idle: Duration,
+        limit: usize,
+    ) -> Result<Vec<StalledSaga>, StoreError> {
+        let tables = lock(&self.tables);
+        let idle = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = Timestamp(now.as_millis().saturating_sub(idle));
+        let mut updated: HashMap<SagaId, Timestamp> = HashMap::new();
+        for entry in &tables.history {
+            let at = updated.entry(entry.saga_id).or_insert(entry.at);
+            *at = (*at).max(entry.at);
+        }
+        let mut stalled: Vec<StalledSaga> = tables
+            .sagas
+            .values()
+            .map(|record| &record.state)
+            .filter(|state| matches!(state.status, SagaStatus::Running | SagaStatus::Compensating))
+            .filter_map(|state| {
+                let updated_at = updated.get(&state.saga_id).copied().unwrap_or(Timestamp(0));
+                let stuck = match state.deadline {
+                    Some(deadline) => deadline < cutoff,
+                    None => updated_at < cutoff,
+                };
+                stuck.then(|| StalledSaga {
+                    saga_id: state.saga_id,
+                    saga_type: state.saga_type.clone(),
+                    status: state.status,
+                    current_step: state.current_step.clone(),
+                    deadline: state.deadline,
+                    updated_at,
+                })
+            })
+            .collect();
+        stalled.sort_by_key(|s| s.updated_at);
+        stalled.truncate(limit);
+        Ok(stalled)
+    }
+
     async fn history(&self, saga_id: SagaId) -> Result<Vec<HistoryRecord>, StoreError> {
         Ok(lock(&self.tables)
             .history
@@ -158,6 +200,25 @@ impl SagaStore for InMemoryStore {
 
     async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
         Ok(lock(&self.tables).dead_letters.clone())
+    }
+
+    async fn set_aside(&self, entry: &OutboxEntry, reason: &str) -> Result<(), StoreError> {
+        let mut tables = lock(&self.tables);
+        if tables.outbox.remove(&entry.sequence).is_none() {
+            return Ok(());
+        }
+        tables.dead_letters.push(DeadLetter {
+            consumer: "outbox-relay".to_owned(),
+            message: entry.message.clone(),
+            reason: reason.to_owned(),
+            at: Timestamp::now(),
+        });
+        if let Some(reply) = failure_reply_for(&entry.message, reason) {
+            tables.next_sequence += 1;
+            let sequence = tables.next_sequence;
+            tables.outbox.insert(sequence, reply);
+        }
+        Ok(())
     }
 }
 
@@ -414,7 +475,10 @@ impl<Ctx: Send + 'static> Endpoint for ParticipantEndpoint<Ctx> {
         if self.store.is_received(&consumed) {
             return Ok(true);
         }
-        let dispatch = self.participant.dispatch(&mut ctx, message).await;
+        let dispatch = self
+            .participant
+            .dispatch_at(&mut ctx, message, self.clock.now())
+            .await;
         if dispatch.retry.is_some() {
             return Ok(false);
         }
@@ -551,9 +615,12 @@ impl InMemoryRuntime {
             self.transport.as_ref(),
             BATCH,
         )
-        .await?;
+        .await?
+        .total();
         for endpoint in &self.participants {
-            work += relay_batch(endpoint.store(), self.transport.as_ref(), BATCH).await?;
+            work += relay_batch(endpoint.store(), self.transport.as_ref(), BATCH)
+                .await?
+                .total();
             let deliveries = self
                 .transport
                 .receive(endpoint.channel(), GROUP, BATCH, Duration::ZERO)

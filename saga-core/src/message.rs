@@ -10,7 +10,7 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{MessageId, RequestId, SagaId};
+use crate::ids::{MessageId, RequestId, SagaId, Timestamp};
 
 /// Well-known header names.
 pub mod headers {
@@ -32,6 +32,54 @@ pub mod headers {
     pub const IN_REPLY_TO: &str = "in-reply-to";
     /// W3C trace context.
     pub const TRACEPARENT: &str = "traceparent";
+    /// When the saga stops waiting for the reply to this command (milliseconds since the
+    /// epoch). A participant that gets the command later does not run it: the saga has
+    /// already timed the step out and moved on.
+    pub const DEADLINE: &str = "saga-deadline";
+    /// On a replayed message: the id of the dead letter's original message.
+    pub const REPLAY_OF: &str = "saga-replay-of";
+}
+
+/// The longest channel name, in bytes.
+pub const MAX_CHANNEL_LEN: usize = 200;
+
+/// Why a channel name is not usable.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid channel name {channel:?}: {reason}")]
+pub struct InvalidChannel {
+    /// The name as given.
+    pub channel: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+/// Checks a channel name: 1 to [`MAX_CHANNEL_LEN`] bytes of ASCII letters, digits, `_` and
+/// `-`, in one or more tokens separated by single dots (`orderService.replies`). Every
+/// transport can carry such a name as it is (a NATS subject token, a queue column), so a
+/// message is never accepted under a name that could not be delivered.
+pub fn validate_channel(channel: &str) -> Result<(), InvalidChannel> {
+    let invalid = |reason| {
+        Err(InvalidChannel {
+            channel: channel.to_owned(),
+            reason,
+        })
+    };
+    if channel.is_empty() {
+        return invalid("it is empty");
+    }
+    if channel.len() > MAX_CHANNEL_LEN {
+        return invalid("it is longer than 200 bytes");
+    }
+    if !channel
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    {
+        return invalid("use ASCII letters, digits, `_`, `-` and `.` only");
+    }
+    if channel.split('.').any(str::is_empty) {
+        return invalid("a `.` must separate two non-empty parts");
+    }
+    Ok(())
 }
 
 /// Message headers: an ordered string map.
@@ -305,6 +353,8 @@ pub struct CommandMeta {
     pub request_id: Option<RequestId>,
     /// Where to send the reply; `None` for one-way notifications.
     pub reply_to: Option<String>,
+    /// When the saga stops waiting for the reply, if it set a deadline.
+    pub deadline: Option<Timestamp>,
 }
 
 impl CommandMeta {
@@ -312,6 +362,17 @@ impl CommandMeta {
     pub fn from_message(message: &Message) -> Result<Self, MessageError> {
         let h = &message.headers;
         let reply_to = h.get(headers::REPLY_TO).map(str::to_owned);
+        if let Some(channel) = &reply_to {
+            validate_channel(channel).map_err(|err| MessageError::InvalidHeader {
+                name: headers::REPLY_TO,
+                value: channel.clone(),
+                reason: err.reason.to_owned(),
+            })?;
+        }
+        let deadline = match h.get(headers::DEADLINE) {
+            Some(_) => Some(Timestamp(h.parse(headers::DEADLINE)?)),
+            None => None,
+        };
         let request_id = match h.get(headers::REQUEST_ID) {
             Some(_) => Some(h.parse(headers::REQUEST_ID)?),
             None if reply_to.is_some() => {
@@ -333,7 +394,13 @@ impl CommandMeta {
             saga_type: h.get(headers::SAGA_TYPE).map(str::to_owned),
             request_id,
             reply_to,
+            deadline,
         })
+    }
+
+    /// Whether the saga stopped waiting for this command before `now`.
+    pub fn expired_at(&self, now: Timestamp) -> bool {
+        self.deadline.is_some_and(|deadline| now > deadline)
     }
 
     /// Builds the reply envelope for this command, or `None` for a one-way notification.
@@ -359,6 +426,18 @@ impl CommandMeta {
         }
         Some(Message::new(reply_to, headers, payload))
     }
+}
+
+/// The failure reply that tells a saga its command `message` will never be handled (it was
+/// set aside, dead-lettered or refused), with `reason`; `None` when nobody waits for an answer:
+/// a notification, a reply, or a message whose routing headers cannot be read.
+pub fn failure_reply_for(message: &Message, reason: &str) -> Option<Message> {
+    if message.headers.get(headers::REPLY_OUTCOME).is_some() {
+        return None;
+    }
+    let meta = CommandMeta::from_message(message).ok()?;
+    let payload = encode_payload(CommandFailed::TYPE, &CommandFailed::new(reason)).ok()?;
+    meta.reply_message(CommandFailed::TYPE, ReplyOutcome::Failure, payload)
 }
 
 /// Serializes a payload, naming the type on failure.

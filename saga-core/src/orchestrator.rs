@@ -19,7 +19,7 @@ use crate::ids::{RequestId, SagaId, Timestamp};
 use crate::message::{Headers, Message, MessageError, ReplyOutcome, headers};
 use crate::ports::{
     CommitOutcome, Consumed, DeadLetter, HistoryRecord, SagaRecord, SagaStore, SagaWrite,
-    StoreError, TimerRecord, UnitOfWork,
+    StalledSaga, StoreError, TimerRecord, UnitOfWork,
 };
 
 /// Why the orchestrator could not do what was asked.
@@ -108,6 +108,25 @@ pub struct PreparedStart {
     pub unit: UnitOfWork,
 }
 
+/// What [`Orchestrator::watchdog`] does with a saga that stopped moving.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WatchdogAction {
+    /// Report it (log and [`WatchdogReport`]) only.
+    Report,
+    /// Report it and park it in `failed` with the reason.
+    #[default]
+    Park,
+}
+
+/// What one [`Orchestrator::watchdog`] pass found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WatchdogReport {
+    /// The sagas that stopped moving.
+    pub stalled: Vec<StalledSaga>,
+    /// Those it parked.
+    pub parked: Vec<SagaId>,
+}
+
 /// A transition in JSON form, independent of the saga's data type.
 struct ErasedTransition {
     state: SagaState,
@@ -123,6 +142,9 @@ enum ErasedOutcome {
 
 /// A registered saga type, with its data type erased to JSON.
 trait ErasedSaga: Send + Sync {
+    /// Whether `step` waits for its reply without a deadline by design (`no_timeout`).
+    fn waits_without_deadline(&self, step: &str) -> bool;
+
     fn apply(
         &self,
         record: &SagaRecord,
@@ -156,6 +178,12 @@ fn erase<S: Saga>(
 }
 
 impl<S: Saga> ErasedSaga for Typed<S> {
+    fn waits_without_deadline(&self, step: &str) -> bool {
+        S::definition()
+            .step(step)
+            .is_some_and(|(_, step)| step.timeout().is_none())
+    }
+
     fn apply(
         &self,
         record: &SagaRecord,
@@ -475,16 +503,128 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
                 Ok(_) => {}
                 Err(OrchestratorError::Store(err)) => return Err(err.into()),
                 Err(err) => {
-                    tracing::error!(saga_id = %timer.saga_id, error = %err, "timer could not be applied; dropped");
-                    let unit = UnitOfWork {
-                        fired: vec![timer],
-                        ..UnitOfWork::default()
-                    };
-                    self.store.commit(unit).await?;
+                    // The saga cannot move on by itself: park it, with the reason, rather
+                    // than let it wait for a timer that can never be applied.
+                    tracing::error!(saga_id = %timer.saga_id, error = %err, "timer could not be applied; parking the saga");
+                    let reason = format!("its timer could not be applied: {err}");
+                    self.park_with(timer.saga_id, &reason, vec![timer]).await?;
                 }
             }
         }
         Ok(count)
+    }
+
+    /// Parks a running or compensating saga in `failed` with `reason` (recorded in its
+    /// timeline), whatever step it is at: for sagas that stopped moving (see
+    /// [`Orchestrator::watchdog`]) or whose state the engine cannot apply events to. A late
+    /// reply to its outstanding request is then ignored; an operator `retry` sends the current
+    /// step's command again, `skip` moves past it. Returns `false` when the saga was not
+    /// running (finished, or parked already).
+    pub async fn park(&self, saga_id: SagaId, reason: &str) -> Result<bool, OrchestratorError> {
+        self.park_with(saga_id, reason, Vec::new()).await
+    }
+
+    async fn park_with(
+        &self,
+        saga_id: SagaId,
+        reason: &str,
+        fired: Vec<TimerRecord>,
+    ) -> Result<bool, OrchestratorError> {
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let record = self.load(saga_id).await?;
+            let mut state = record.state.clone();
+            if !matches!(state.status, SagaStatus::Running | SagaStatus::Compensating) {
+                return Ok(false);
+            }
+            state.status = SagaStatus::Failed;
+            state.pending = None;
+            state.deadline = None;
+            state.last_error = Some(reason.to_owned());
+            let now = self.clock.now();
+            let unit = UnitOfWork {
+                saga: Some(SagaWrite {
+                    record: SagaRecord {
+                        state: state.clone(),
+                        data: record.data.clone(),
+                        version: record.version + 1,
+                    },
+                    expected_version: Some(record.version),
+                }),
+                history: vec![HistoryRecord {
+                    saga_id,
+                    at: now,
+                    event: engine::HistoryEvent::Parked {
+                        step: state.current_step.clone().unwrap_or_default(),
+                        reason: reason.to_owned(),
+                    },
+                }],
+                fired: fired.clone(),
+                ..UnitOfWork::default()
+            };
+            match self.store.commit(unit).await? {
+                CommitOutcome::Committed => {
+                    tracing::warn!(%saga_id, saga_type = %state.saga_type, %reason, "saga parked in failed; awaiting an operator");
+                    return Ok(true);
+                }
+                CommitOutcome::Duplicate => return Ok(false),
+                CommitOutcome::Conflict => {}
+            }
+        }
+        Err(OrchestratorError::Contended(saga_id, MAX_CONFLICT_RETRIES))
+    }
+
+    /// Looks for sagas that stopped moving — running or compensating, with no deadline and
+    /// no change for longer than `idle`, or with a deadline overdue by more than `idle` — and
+    /// reports each (a warning in the log, and the returned report). With
+    /// [`WatchdogAction::Park`] it parks them with a reason, so an operator sees them among
+    /// the failed sagas. Steps that opted out of a timeout (`no_timeout`) wait by design and
+    /// are left alone.
+    pub async fn watchdog(
+        &self,
+        idle: std::time::Duration,
+        action: WatchdogAction,
+        limit: usize,
+    ) -> Result<WatchdogReport, OrchestratorError> {
+        let now = self.clock.now();
+        let mut report = WatchdogReport::default();
+        for stalled in self.store.stalled(now, idle, limit).await? {
+            let waits_by_design = stalled.deadline.is_none()
+                && self.sagas.get(&stalled.saga_type).is_some_and(|saga| {
+                    stalled
+                        .current_step
+                        .as_deref()
+                        .is_some_and(|step| saga.waits_without_deadline(step))
+                });
+            if waits_by_design {
+                continue;
+            }
+            let idle_for = now
+                .as_millis()
+                .saturating_sub(stalled.updated_at.as_millis());
+            let why = match stalled.deadline {
+                Some(deadline) => format!(
+                    "its deadline passed {} ms ago and no timer fired",
+                    now.as_millis().saturating_sub(deadline.as_millis())
+                ),
+                None => format!("it has waited {idle_for} ms with no deadline and no progress"),
+            };
+            tracing::warn!(
+                saga_id = %stalled.saga_id,
+                saga_type = %stalled.saga_type,
+                status = %stalled.status,
+                step = stalled.current_step.as_deref().unwrap_or("-"),
+                %why,
+                "stuck saga"
+            );
+            if action == WatchdogAction::Park {
+                let reason = format!("stuck: {why} (parked by the watchdog)");
+                if self.park(stalled.saga_id, &reason).await? {
+                    report.parked.push(stalled.saga_id);
+                }
+            }
+            report.stalled.push(stalled);
+        }
+        Ok(report)
     }
 
     /// Applies an operator command (`retry` or `skip`) to a parked saga.
@@ -600,6 +740,9 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
                     if let Some(request_id) = command.request_id {
                         headers.insert(headers::REQUEST_ID, request_id.to_string());
                         headers.insert(headers::REPLY_TO, self.reply_channel.clone());
+                        if let Some(deadline) = state.deadline {
+                            headers.insert(headers::DEADLINE, deadline.as_millis().to_string());
+                        }
                     }
                     unit.outbox
                         .push(Message::new(command.channel, headers, command.payload));

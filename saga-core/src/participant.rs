@@ -12,9 +12,10 @@ use std::marker::PhantomData;
 
 use async_trait::async_trait;
 
+use crate::ids::Timestamp;
 use crate::message::{
-    Command, CommandFailed, CommandMeta, Message, MessageError, Reply, ReplyOutcome,
-    encode_payload, headers,
+    Command, CommandFailed, CommandMeta, InvalidChannel, Message, MessageError, Reply,
+    ReplyOutcome, encode_payload, headers, validate_channel,
 };
 
 /// Why a handler did not produce a reply.
@@ -171,12 +172,30 @@ impl<Ctx> std::fmt::Debug for Participant<Ctx> {
 
 impl<Ctx: Send + 'static> Participant<Ctx> {
     /// A participant named `name` (its dedup identity) listening on `channel`.
+    ///
+    /// # Panics
+    ///
+    /// If `channel` is not a valid channel name (see [`validate_channel`]); use
+    /// [`Participant::try_new`] for a name that comes from configuration.
     pub fn new(name: impl Into<String>, channel: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            channel: channel.into(),
-            handlers: HashMap::new(),
+        match Self::try_new(name, channel) {
+            Ok(participant) => participant,
+            Err(err) => panic!("{err}"),
         }
+    }
+
+    /// A participant named `name` listening on `channel`, or why `channel` cannot be used.
+    pub fn try_new(
+        name: impl Into<String>,
+        channel: impl Into<String>,
+    ) -> Result<Self, InvalidChannel> {
+        let channel = channel.into();
+        validate_channel(&channel)?;
+        Ok(Self {
+            name: name.into(),
+            channel,
+            handlers: HashMap::new(),
+        })
     }
 
     /// The participant's name.
@@ -212,14 +231,35 @@ impl<Ctx: Send + 'static> Participant<Ctx> {
         self.handlers.contains_key(command_type)
     }
 
-    /// Decodes and handles one command message.
+    /// Decodes and handles one command message, now.
     pub async fn dispatch(&self, ctx: &mut Ctx, message: &Message) -> Dispatch {
+        self.dispatch_at(ctx, message, Timestamp::now()).await
+    }
+
+    /// Decodes and handles one command message at time `now`. A command whose saga stopped
+    /// waiting before `now` (its `saga-deadline` passed) is not run: it gets a failure reply,
+    /// which the saga, having timed the step out, ignores.
+    pub async fn dispatch_at(&self, ctx: &mut Ctx, message: &Message, now: Timestamp) -> Dispatch {
         let meta = match CommandMeta::from_message(message) {
             Ok(meta) => meta,
             Err(err) => {
                 return self.reject(message, None, format!("unusable command: {err}"));
             }
         };
+        if meta.expired_at(now) {
+            let reason = format!(
+                "command {} expired: the saga stopped waiting at {}",
+                meta.message_id,
+                meta.deadline.map_or(0, Timestamp::as_millis)
+            );
+            tracing::info!(participant = %self.name, message_id = %message.id, %reason, "command not run");
+            return Dispatch {
+                reply: failure_reply(&meta, &CommandFailed::new(reason))
+                    .ok()
+                    .flatten(),
+                ..Dispatch::default()
+            };
+        }
         let Some(handler) = self.handlers.get(meta.command_type.as_str()) else {
             let reason = format!(
                 "participant `{}` has no handler for command type `{}`",

@@ -124,6 +124,23 @@ pub enum CommitOutcome {
     Conflict,
 }
 
+/// A saga that stopped moving (see [`SagaStore::stalled`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StalledSaga {
+    /// The saga.
+    pub saga_id: SagaId,
+    /// Its type.
+    pub saga_type: String,
+    /// Running or compensating.
+    pub status: crate::engine::SagaStatus,
+    /// The step it is at.
+    pub current_step: Option<String>,
+    /// Its deadline, if it has one (then overdue).
+    pub deadline: Option<Timestamp>,
+    /// When it last changed.
+    pub updated_at: Timestamp,
+}
+
 /// An outbox row waiting to be published.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutboxEntry {
@@ -177,6 +194,19 @@ pub trait SagaStore: Send + Sync {
         Ok(outcomes)
     }
 
+    /// Running or compensating sagas that stopped moving at `now`: no deadline and unchanged
+    /// for longer than `idle`, or a deadline overdue by more than `idle`; at most `limit`,
+    /// longest idle first. The default finds none (a store that cannot tell).
+    async fn stalled(
+        &self,
+        now: Timestamp,
+        idle: Duration,
+        limit: usize,
+    ) -> Result<Vec<StalledSaga>, StoreError> {
+        let _ = (now, idle, limit);
+        Ok(Vec::new())
+    }
+
     /// Timers due at `now`, oldest first, at most `limit`.
     async fn due_timers(
         &self,
@@ -195,6 +225,11 @@ pub trait SagaStore: Send + Sync {
 
     /// The dead letters, oldest first.
     async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// Sets an outbox row the transport will never take aside, in one unit: marks it
+    /// published, keeps it as a dead letter with `reason`, and — when it is a command whose
+    /// saga waits for the answer — queues the failure reply that tells the saga.
+    async fn set_aside(&self, entry: &OutboxEntry, reason: &str) -> Result<(), StoreError>;
 }
 
 /// A message handed to a consumer, to acknowledge once its unit of work has committed.
@@ -209,7 +244,12 @@ pub struct Delivery {
 }
 
 /// A transport failure.
+///
+/// [`TransportError::TooLarge`] and [`TransportError::Refused`] are permanent and name the one
+/// message they are about: set exactly that message aside ([`TransportError::refused_message`])
+/// and go on with the others. The rest are worth retrying after a pause.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TransportError {
     /// The broker or database could not be reached; worth retrying.
     #[error("transport unavailable: {0}")]
@@ -224,14 +264,70 @@ pub enum TransportError {
         /// The limit.
         limit: usize,
     },
-    /// Any other failure.
+    /// The transport will never take this message as it is (its destination is not a channel
+    /// name, it holds bytes the transport cannot carry, …).
+    #[error("message {id} refused: {reason}")]
+    Refused {
+        /// The message id.
+        id: MessageId,
+        /// Why.
+        reason: String,
+    },
+    /// Any other failure; treated as transient.
     #[error("transport error: {0}")]
     Other(String),
+}
+
+impl TransportError {
+    /// The message this error is permanent for, if it is permanent.
+    pub fn refused_message(&self) -> Option<MessageId> {
+        match self {
+            Self::TooLarge { id, .. } | Self::Refused { id, .. } => Some(*id),
+            _ => None,
+        }
+    }
+}
+
+/// Messages waiting on a channel that nobody has taken for a while (see
+/// [`Transport::unconsumed`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelBacklog {
+    /// The channel.
+    pub channel: String,
+    /// How many messages wait on it, never delivered.
+    pub messages: u64,
+    /// When the oldest of them was enqueued, if the transport knows.
+    pub oldest: Option<Timestamp>,
 }
 
 /// Moves messages between channels, at least once.
 #[async_trait]
 pub trait Transport: Send + Sync {
+    /// Whether the transport can ever carry `message`, checked before publishing it: an
+    /// error is permanent for that message ([`TransportError::TooLarge`],
+    /// [`TransportError::Refused`]). The default checks the destination is a channel name.
+    fn check(&self, message: &Message) -> Result<(), TransportError> {
+        crate::message::validate_channel(&message.destination).map_err(|err| {
+            TransportError::Refused {
+                id: message.id,
+                reason: err.to_string(),
+            }
+        })
+    }
+
+    /// The largest message (payload and headers) the transport carries, if it has a limit;
+    /// a service can refuse bigger input at its edge.
+    fn max_message_bytes(&self) -> Option<usize> {
+        None
+    }
+
+    /// How long a delivery nobody acknowledges stays away from other consumers (a lease, an
+    /// ack wait), if the transport redelivers by itself: a consumer holding a delivery
+    /// renews it ([`Transport::extend`]) well within this.
+    fn lease(&self) -> Option<Duration> {
+        None
+    }
+
     /// Publishes messages, in order.
     async fn publish(&self, messages: &[Message]) -> Result<(), TransportError>;
 
@@ -265,6 +361,31 @@ pub trait Transport: Send + Sync {
             self.ack(channel, group, delivery).await?;
         }
         Ok(())
+    }
+
+    /// Keeps deliveries the consumer still works on from being delivered to anyone else for
+    /// another `by` (a lease renewal, a work-in-progress ack), without counting as a
+    /// delivery. The default does nothing.
+    async fn extend(
+        &self,
+        channel: &str,
+        group: &str,
+        deliveries: &[Delivery],
+        by: Duration,
+    ) -> Result<(), TransportError> {
+        let _ = (channel, group, deliveries, by);
+        Ok(())
+    }
+
+    /// Channels holding messages that nobody has taken for longer than `older_than` (nobody
+    /// consumes the channel, or its consumers are stuck), for the watchdog. The default
+    /// reports none.
+    async fn unconsumed(
+        &self,
+        older_than: Duration,
+    ) -> Result<Vec<ChannelBacklog>, TransportError> {
+        let _ = older_than;
+        Ok(Vec::new())
     }
 
     /// Gives a delivery back unprocessed, to be delivered again after `delay`.

@@ -17,8 +17,7 @@ use sqlx::query::Query;
 use sqlx::{Any, AnyConnection, AssertSqlSafe, Row, query};
 
 use crate::codec::{
-    direction_name, encode_headers, pending_columns, saga_id_text, status_name, timer_columns,
-    to_i64,
+    direction_name, encode_headers, pending_columns, saga_id_text, status_name, to_i64,
 };
 use crate::error::{corrupt, store_error};
 use crate::store::insert_dead_letter;
@@ -26,15 +25,12 @@ use crate::store::insert_dead_letter;
 /// Rows per statement (the widest row binds 17 parameters; SQLite allows 32 766).
 const CHUNK: usize = 200;
 
-/// Whether the fast path can take these units: no fired timers (their deletion must be
-/// checked one by one) and no new sagas (starts commit on their own).
+/// Whether the fast path can take these units: no new sagas (starts commit on their own).
 pub(crate) fn eligible(units: &[UnitOfWork]) -> bool {
     units.iter().all(|unit| {
-        unit.fired.is_empty()
-            && unit
-                .saga
-                .as_ref()
-                .is_none_or(|write| write.expected_version.is_some())
+        unit.saga
+            .as_ref()
+            .is_none_or(|write| write.expected_version.is_some())
     })
 }
 
@@ -72,8 +68,13 @@ fn values_in(positional: bool, rows: usize, casts: &[&str]) -> String {
 /// `count` parameters for an `IN (…)` list on `conn` (numbered on PostgreSQL, `?` on
 /// SQLite, as in [`values`]).
 pub(crate) fn placeholders(conn: &AnyConnection, count: usize) -> String {
+    placeholders_from(conn, 1, count)
+}
+
+/// [`placeholders`] numbered from `first` (after `first - 1` other parameters).
+pub(crate) fn placeholders_from(conn: &AnyConnection, first: usize, count: usize) -> String {
     let positional = conn.backend_name() == "SQLite";
-    (1..=count)
+    (first..first + count)
         .map(|i| match positional {
             true => "?".to_owned(),
             false => format!("${i}"),
@@ -206,25 +207,6 @@ pub(crate) async fn write_units(
     }
     let outbox: Vec<_> = units.iter().flat_map(|u| &u.outbox).collect();
     insert_outbox(conn, &outbox, at, queue_in_place).await?;
-    let timers: Vec<_> = units.iter().flat_map(|u| &u.schedule).collect();
-    for chunk in timers.chunks(CHUNK) {
-        let sql = format!(
-            "INSERT INTO saga_timers (saga_id, kind, request_id, attempt, due) VALUES {} \
-             ON CONFLICT DO NOTHING",
-            values(conn, chunk.len(), &["{}", "{}", "{}", "{}", "{}"])
-        );
-        let mut statement = query(AssertSqlSafe(sql));
-        for timer in chunk {
-            let (kind, request_id, attempt) = timer_columns(&timer.timer);
-            statement = statement
-                .bind(saga_id_text(timer.saga_id))
-                .bind(kind)
-                .bind(request_id)
-                .bind(attempt)
-                .bind(to_i64(timer.due.as_millis()));
-        }
-        run(conn, statement).await?;
-    }
     for dead in units.iter().flat_map(|u| &u.dead_letters) {
         insert_dead_letter(conn, dead).await?;
     }

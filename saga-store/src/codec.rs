@@ -1,7 +1,7 @@
 //! Conversions between saga-core's values and table columns.
 
 use saga_core::engine::{Direction, Pending, SagaState, SagaStatus, SagaTimer};
-use saga_core::ports::{DeadLetter, SagaRecord, StoreError};
+use saga_core::ports::{DeadLetter, SagaRecord, StalledSaga, StoreError, TimerRecord};
 use saga_core::{Headers, Message, MessageId, RequestId, SagaId, Timestamp};
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -121,31 +121,52 @@ pub(crate) fn saga_record(row: &AnyRow) -> Result<SagaRecord, StoreError> {
     })
 }
 
-/// `(kind, request id, attempt)` columns of a timer.
-pub(crate) fn timer_columns(timer: &SagaTimer) -> (&'static str, i64, i64) {
-    match *timer {
-        SagaTimer::Timeout {
+/// The timer a due instance waits for, from `saga_id, pending_kind, pending_request_id,
+/// attempt, deadline`: a reply timeout or a retry backoff.
+pub(crate) fn due_timer(row: &AnyRow) -> Result<TimerRecord, StoreError> {
+    let saga_id: String = get(row, "saga_id")?;
+    let saga_id = saga_id.parse().map_err(|err| corrupt("saga_id", err))?;
+    let pending = parse_pending(get(row, "pending_kind")?, get(row, "pending_request_id")?)?;
+    let attempt = u32::try_from(get::<i64>(row, "attempt")?).unwrap_or(u32::MAX);
+    let timer = match pending {
+        Some(Pending::Reply { request_id }) => SagaTimer::Timeout {
             request_id,
             attempt,
-        } => ("timeout", to_i64(request_id.0), i64::from(attempt)),
-        SagaTimer::RetryDue { request_id } => ("retry_due", to_i64(request_id.0), 0),
-    }
+        },
+        Some(Pending::Retry { request_id }) => SagaTimer::RetryDue { request_id },
+        None => {
+            return Err(corrupt(
+                "saga deadline",
+                format!("saga {saga_id} has a deadline but waits for nothing"),
+            ));
+        }
+    };
+    Ok(TimerRecord {
+        saga_id,
+        timer,
+        due: Timestamp(to_u64(get(row, "deadline")?)),
+    })
 }
 
-/// Reads a timer from `(kind, request_id, attempt)`.
-pub(crate) fn parse_timer(
-    kind: &str,
-    request_id: i64,
-    attempt: i64,
-) -> Result<SagaTimer, StoreError> {
-    let request_id = RequestId(to_u64(request_id));
-    match kind {
-        "timeout" => Ok(SagaTimer::Timeout {
-            request_id,
-            attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
-        }),
-        "retry_due" => Ok(SagaTimer::RetryDue { request_id }),
-        other => Err(corrupt("timer kind", format!("unknown kind {other:?}"))),
+/// A stalled saga from `saga_id, saga_type, status, current_step, deadline, updated_at`.
+pub(crate) fn stalled_saga(row: &AnyRow) -> Result<StalledSaga, StoreError> {
+    let saga_id: String = get(row, "saga_id")?;
+    Ok(StalledSaga {
+        saga_id: saga_id.parse().map_err(|err| corrupt("saga_id", err))?,
+        saga_type: get(row, "saga_type")?,
+        status: parse_status(&get::<String>(row, "status")?)?,
+        current_step: get(row, "current_step")?,
+        deadline: get::<Option<i64>>(row, "deadline")?.map(|ms| Timestamp(to_u64(ms))),
+        updated_at: Timestamp(to_u64(get(row, "updated_at")?)),
+    })
+}
+
+/// `text` with every NUL character written as `\u0000` (PostgreSQL's text types cannot hold
+/// NUL), and whether there was any.
+pub(crate) fn without_nul(text: &str) -> (std::borrow::Cow<'_, str>, bool) {
+    match text.contains('\0') {
+        true => (text.replace('\0', "\\u0000").into(), true),
+        false => (text.into(), false),
     }
 }
 

@@ -19,7 +19,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyPool, Executor};
 use tokio::sync::Notify;
 
-use crate::error::{DatabaseError, is_connection_error};
+use crate::error::{DatabaseError, is_transient};
 use crate::group::{Answer, Finish, Work, WriterContext, spawn_writers, unwrap_value};
 
 /// A transaction on the saga database. Participants' handlers get one as their context, so
@@ -293,12 +293,12 @@ impl Database {
         loop {
             match self.inner.pool.acquire().await {
                 Ok(_) => return Ok(()),
-                Err(err) if is_connection_error(&err) && tokio::time::Instant::now() < deadline => {
+                Err(err) if is_transient(&err) && tokio::time::Instant::now() < deadline => {
                     tracing::warn!(url = %self.inner.url, error = %err, retry_in = ?delay, "database unreachable; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
-                Err(err) if is_connection_error(&err) => {
+                Err(err) if is_transient(&err) => {
                     return Err(DatabaseError::Unreachable {
                         url: self.inner.url.clone(),
                         source: err,

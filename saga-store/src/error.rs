@@ -28,25 +28,48 @@ pub enum DatabaseError {
     Sql(#[from] sqlx::Error),
 }
 
-/// Whether an sqlx error means the database is (momentarily) out of reach.
-pub(crate) fn is_connection_error(err: &sqlx::Error) -> bool {
-    matches!(
-        err,
+/// Whether an sqlx error is transient: the database is (momentarily) out of reach, or out of
+/// resources, or the statement lost a race — worth retrying later, never a reason to give up
+/// on the message being handled.
+///
+/// PostgreSQL SQLSTATEs: class 08 (connection), 40001 / 40P01 (serialization failure,
+/// deadlock), class 53 (insufficient resources: disk full, out of memory, too many
+/// connections), 55P03 / 55006 (lock or object in use), 57014 (statement timeout), class 57P
+/// (shutdown, cannot connect now), class 58 (system and I/O errors), 25006 (read-only
+/// transaction, as during a failover) and 25P03 (idle-in-transaction timeout). SQLite result
+/// codes: BUSY, LOCKED, IOERR, FULL, PROTOCOL (primary codes 5, 6, 10, 13, 15).
+pub fn is_transient(err: &sqlx::Error) -> bool {
+    match err {
         sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed
-            | sqlx::Error::Protocol(_)
-    ) || matches!(err, sqlx::Error::Database(db) if db.code().is_some_and(|code| {
-        // PostgreSQL: admin shutdown, crash shutdown, cannot connect now, connection failures.
-        matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "08000" | "08003" | "08006" | "08001" | "08004")
-    }))
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| transient_code(&code)),
+        _ => false,
+    }
+}
+
+fn transient_code(code: &str) -> bool {
+    // SQLSTATEs have five characters; SQLite's (extended) result codes are below 10 000.
+    if code.len() < 5
+        && let Ok(sqlite) = code.parse::<u32>()
+    {
+        return matches!(sqlite & 0xff, 5 | 6 | 10 | 13 | 15);
+    }
+    let class = code.get(..2).unwrap_or_default();
+    matches!(class, "08" | "53" | "58")
+        || code.starts_with("57P")
+        || matches!(
+            code,
+            "40001" | "40P01" | "55P03" | "55006" | "57014" | "25006" | "25P03"
+        )
 }
 
 /// Maps an sqlx error onto a [`StoreError`].
 pub(crate) fn store_error(err: sqlx::Error) -> StoreError {
-    if is_connection_error(&err) {
+    if is_transient(&err) {
         StoreError::Unavailable(err.to_string())
     } else {
         StoreError::Other(err.to_string())
@@ -55,7 +78,7 @@ pub(crate) fn store_error(err: sqlx::Error) -> StoreError {
 
 /// Maps an sqlx error onto a [`TransportError`].
 pub(crate) fn transport_error(err: sqlx::Error) -> TransportError {
-    if is_connection_error(&err) {
+    if is_transient(&err) {
         TransportError::Unavailable(err.to_string())
     } else {
         TransportError::Other(err.to_string())
@@ -74,4 +97,24 @@ pub(crate) fn transport_error_of(err: StoreError) -> TransportError {
 /// A stored value that does not read back.
 pub(crate) fn corrupt(what: &str, err: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transient_code;
+
+    #[test]
+    fn classifies_sqlstates_and_sqlite_codes() {
+        for code in [
+            "08006", "53100", "53300", "40001", "40P01", "57P01", "57014", "25006", "5", "517",
+            "6", "13",
+        ] {
+            assert!(transient_code(code), "{code} is transient");
+        }
+        for code in [
+            "23505", "22021", "42P01", "42501", "28P01", "19", "2067", "14",
+        ] {
+            assert!(!transient_code(code), "{code} is not transient");
+        }
+    }
 }

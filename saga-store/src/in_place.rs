@@ -111,7 +111,7 @@ async fn pass_loop<T, F, C, Fut>(
                 })
             })
             .await;
-        match passed {
+        let stop = match passed {
             Ok(Pass::Handled(count, done, destinations)) => {
                 backoff.reset();
                 // Wake exactly the consumers that have work now.
@@ -120,31 +120,32 @@ async fn pass_loop<T, F, C, Fut>(
                 }
                 after(done);
                 tracing::trace!(%channel, count, "handled in place");
+                false
             }
             Ok(Pass::Empty) => {
                 tokio::select! {
-                    () = mine.notified() => {}
-                    _ = writes.changed() => {}
-                    () = tokio::time::sleep(options.poll_interval) => {}
-                    () = shutdown.clone().stopped() => return,
+                    () = mine.notified() => false,
+                    _ = writes.changed() => false,
+                    () = tokio::time::sleep(options.poll_interval) => false,
+                    () = shutdown.clone().stopped() => true,
                 }
             }
             Ok(Pass::Fallback) => {
                 tracing::debug!(%channel, "handing a batch to the leased consumer");
-                if fallback.pass(&mut shutdown, Duration::ZERO).await {
-                    return;
-                }
+                fallback.pass(&mut shutdown, Duration::ZERO).await
             }
             Err(err) => {
                 tracing::warn!(%channel, error = %err, "in-place pass failed; trying the leased consumer");
-                if fallback.pass(&mut shutdown, Duration::ZERO).await
+                fallback.pass(&mut shutdown, Duration::ZERO).await
                     || shutdown.pause(backoff.next(), None).await
-                {
-                    return;
-                }
             }
+        };
+        // Messages the leased consumer holds for another try are tried here too.
+        if stop || (fallback.holds_any() && fallback.pass(&mut shutdown, Duration::ZERO).await) {
+            break;
         }
     }
+    fallback.stop().await;
 }
 
 /// The orchestrator's reply consumer, in place: a pass loads the batch's sagas, plans their

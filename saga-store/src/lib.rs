@@ -25,9 +25,11 @@
 mod bulk;
 mod codec;
 pub mod database;
+pub mod dead_letters;
 pub mod error;
 pub mod group;
 mod in_place;
+mod lease;
 #[cfg(feature = "postgres")]
 mod listen;
 pub mod locks;
@@ -40,7 +42,7 @@ pub mod transport;
 pub use database::{Database, DatabaseOptions, Dialect, SqliteSync, Tx};
 pub use error::DatabaseError;
 pub use group::Finish;
-pub use runtime::{RetentionPolicy, RuntimeOptions, SagaRuntime, apply_retention};
+pub use runtime::{RetentionPolicy, RuntimeOptions, SagaRuntime, WatchdogOptions, apply_retention};
 pub use saga_core;
 pub use store::SqlSagaStore;
 pub use transport::{SqlTransport, SqlTransportOptions};

@@ -9,18 +9,25 @@
 //! acknowledge only after their local transaction committed; an unacknowledged message comes
 //! back after `ack_wait`.
 //!
+//! Each process reads a channel through one long-lived pull subscription with idle
+//! heartbeats: a message is delivered as soon as it is stored, and a subscription that stops
+//! hearing from the server (the server restarted, the consumer was deleted) is dropped and
+//! opened again, recreating the consumer — and the streams — when they are gone.
+//!
 //! A message whose envelope cannot be read, or that was delivered `max_deliver` times without
 //! being acknowledged, is published to the dead-letter stream (`<prefix>_dead.<channel>`)
-//! with the reason in a `saga-dead-letter-reason` header, and acknowledged: no message blocks a
-//! channel. A message over the server's size limit is refused at publish time with
-//! [`TransportError::TooLarge`]; the relay sets such an outbox row aside as a dead letter.
+//! with the reason in a `saga-dead-letter-reason` header (its payload cut to fit when the
+//! copy would exceed the server's limit), and acknowledged: no message blocks a channel. When
+//! it is a command whose saga waits for the answer, the saga gets a failure reply first. A
+//! message the server would refuse (over its size limit, or addressed to a name that is not a
+//! channel) is refused before publishing ([`Transport::check`]); the relay sets it aside.
 //!
 //! The client reconnects by itself with backoff; while NATS is down, publishing fails (the
 //! relay keeps the rows in the outbox and retries), and consumers log and retry.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -31,12 +38,15 @@ use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, AckKind};
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::StreamExt;
-use saga_core::ports::{Delivery, Transport, TransportError};
-use saga_core::{Headers, Message, MessageId};
+use futures_util::{FutureExt as _, StreamExt, TryStreamExt as _};
+use saga_core::message::{failure_reply_for, validate_channel};
+use saga_core::ports::{ChannelBacklog, Delivery, Transport, TransportError};
+use saga_core::{Headers, Message, MessageId, Timestamp};
 
 /// The header carrying a dead letter's reason.
 pub const DEAD_LETTER_REASON: &str = "saga-dead-letter-reason";
+/// On a dead letter whose payload was cut to fit the server's limit: the original size.
+pub const DEAD_LETTER_TRUNCATED: &str = "saga-dead-letter-truncated";
 const NATS_MSG_ID: &str = "Nats-Msg-Id";
 
 /// Settings of the NATS transport (documented defaults are what `ftgo` uses).
@@ -92,15 +102,31 @@ impl Rejected {
 }
 
 /// saga-core's transport port over NATS JetStream.
-#[derive(Debug)]
 pub struct NatsTransport {
     client: async_nats::Client,
     jetstream: jetstream::Context,
     options: NatsOptions,
-    consumers: tokio::sync::Mutex<HashMap<String, PullConsumer>>,
+    /// Each channel's pull subscription, opened on first receive.
+    subscriptions: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<pull::Stream>>>>,
     in_flight: Mutex<HashMap<u64, jetstream::Message>>,
     next_receipt: AtomicU64,
 }
+
+impl std::fmt::Debug for NatsTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsTransport")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How often the server tells an idle subscription it is still there; two missed in a row
+/// and the subscription is opened again.
+const IDLE_HEARTBEAT: Duration = Duration::from_secs(2);
+/// How long one pull request of a subscription stays open on the server.
+const PULL_EXPIRES: Duration = Duration::from_secs(30);
+/// Messages a subscription asks for at a time (and so holds, delivered but unread, at most).
+const PULL_BATCH: usize = 64;
 
 fn unavailable(err: impl std::fmt::Display) -> TransportError {
     TransportError::Unavailable(err.to_string())
@@ -179,7 +205,7 @@ impl NatsTransport {
             client,
             jetstream,
             options,
-            consumers: tokio::sync::Mutex::new(HashMap::new()),
+            subscriptions: tokio::sync::Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
             next_receipt: AtomicU64::new(1),
         };
@@ -240,34 +266,76 @@ impl NatsTransport {
         format!("{}.{channel}", self.options.subject_prefix)
     }
 
+    /// The durable consumer of `channel`, created (with the streams, if they are gone) when
+    /// it does not exist.
     async fn consumer(&self, channel: &str) -> Result<PullConsumer, TransportError> {
-        let mut consumers = self.consumers.lock().await;
-        if let Some(consumer) = consumers.get(channel) {
-            return Ok(consumer.clone());
-        }
         let name = consumer_name(channel);
-        let stream = within(
+        let stream = match within(
             "looking up the stream",
             EXCHANGE_TIMEOUT,
             self.jetstream.get_stream(&self.options.stream),
         )
-        .await?;
-        let creating = stream.get_or_create_consumer(
-            &name,
-            pull::Config {
-                durable_name: Some(name.clone()),
-                filter_subject: self.subject(channel),
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: self.options.ack_wait,
-                // Redelivery continues past our limit, so we see the message and
-                // dead-letter it ourselves.
-                max_deliver: -1,
-                ..Default::default()
-            },
-        );
+        .await
+        {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::warn!(stream = %self.options.stream, error = %err, "the stream is missing; creating it again");
+                self.create_streams().await?;
+                within(
+                    "looking up the stream",
+                    EXCHANGE_TIMEOUT,
+                    self.jetstream.get_stream(&self.options.stream),
+                )
+                .await?
+            }
+        };
+        if let Ok(Ok(consumer)) =
+            tokio::time::timeout(EXCHANGE_TIMEOUT, stream.get_consumer(&name)).await
+        {
+            return Ok(consumer);
+        }
+        let creating = stream.create_consumer(pull::Config {
+            durable_name: Some(name.clone()),
+            filter_subject: self.subject(channel),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: self.options.ack_wait,
+            // Redelivery continues past our limit, so we see the message and
+            // dead-letter it ourselves.
+            max_deliver: -1,
+            ..Default::default()
+        });
         let consumer = within("creating a consumer", EXCHANGE_TIMEOUT, creating).await?;
-        consumers.insert(channel.to_owned(), consumer.clone());
+        tracing::warn!(channel, consumer = %name, "created the channel's durable consumer (it did not exist)");
         Ok(consumer)
+    }
+
+    /// The pull subscription of `channel`, opened when there is none.
+    async fn subscription(
+        &self,
+        channel: &str,
+    ) -> Result<Arc<tokio::sync::Mutex<pull::Stream>>, TransportError> {
+        let mut subscriptions = self.subscriptions.lock().await;
+        if let Some(subscription) = subscriptions.get(channel) {
+            return Ok(subscription.clone());
+        }
+        let consumer = self.consumer(channel).await?;
+        let opening = consumer
+            .stream()
+            .max_messages_per_batch(PULL_BATCH)
+            .expires(PULL_EXPIRES)
+            .heartbeat(IDLE_HEARTBEAT)
+            .messages();
+        let stream = within("subscribing", EXCHANGE_TIMEOUT, opening).await?;
+        let subscription = Arc::new(tokio::sync::Mutex::new(stream));
+        subscriptions.insert(channel.to_owned(), subscription.clone());
+        Ok(subscription)
+    }
+
+    /// Drops `channel`'s subscription after an error, so the next receive opens it again
+    /// (and recreates what is missing).
+    async fn forget(&self, channel: &str, why: &str) {
+        tracing::warn!(channel, %why, "NATS subscription failed; opening it again");
+        self.subscriptions.lock().await.remove(channel);
     }
 
     /// Turns a JetStream message into a delivery, or says why it cannot be one.
@@ -335,20 +403,33 @@ impl NatsTransport {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Moves a message to the dead-letter stream with `reason`, then acknowledges it.
+    /// Moves a message to the dead-letter stream with `reason` — telling its saga first, when
+    /// it is a command that waits for an answer — then acknowledges it.
     async fn dead_letter(
         &self,
         channel: &str,
-        message: jetstream::Message,
-        reason: String,
+        message: &jetstream::Message,
+        reason: &str,
     ) -> Result<(), TransportError> {
         tracing::warn!(channel, %reason, "NATS message dead-lettered");
+        if let Some(command) = readable(channel, message)
+            && let Some(reply) = failure_reply_for(&command, reason)
+        {
+            self.publish_one(&reply).await?;
+        }
         let mut headers = message.headers.clone().unwrap_or_default();
-        headers.insert(DEAD_LETTER_REASON, reason.as_str());
+        headers.insert(DEAD_LETTER_REASON, reason);
+        let mut payload = message.payload.clone();
+        let limit = self.limit();
+        let size = wire_size(&headers, payload.len());
+        if size > limit {
+            // Keep what fits; the reason and the original size say what happened.
+            headers.insert(DEAD_LETTER_TRUNCATED, payload.len().to_string().as_str());
+            let keep = limit.saturating_sub(wire_size(&headers, 0) + 256);
+            payload = payload.slice(..keep.min(payload.len()));
+        }
         let subject = format!("{}_dead.{channel}", self.options.subject_prefix);
-        let publish = PublishMessage::build()
-            .payload(message.payload.clone())
-            .headers(headers);
+        let publish = PublishMessage::build().payload(payload).headers(headers);
         let sending = self.jetstream.send_publish(subject, publish);
         let ack = within("publishing a dead letter", EXCHANGE_TIMEOUT, sending).await?;
         within("storing a dead letter", EXCHANGE_TIMEOUT, ack.into_future()).await?;
@@ -360,50 +441,35 @@ impl NatsTransport {
         .await
     }
 
-    async fn collect(
-        &self,
-        channel: &str,
-        messages: Vec<jetstream::Message>,
-        into: &mut Vec<Delivery>,
-    ) -> Result<(), TransportError> {
+    /// Turns pulled messages into deliveries; each one that cannot be delivered is
+    /// dead-lettered on its own — and if even that fails, given back for later — so one bad
+    /// message never costs the others.
+    async fn collect(&self, channel: &str, messages: Vec<jetstream::Message>) -> Vec<Delivery> {
+        let mut deliveries = Vec::with_capacity(messages.len());
         for message in messages {
             match self.delivery(channel, message) {
-                Ok(delivery) => into.push(delivery),
+                Ok(delivery) => deliveries.push(delivery),
                 Err(rejected) => {
-                    self.dead_letter(channel, *rejected.message, rejected.reason)
-                        .await?;
+                    let message = *rejected.message;
+                    if let Err(err) = self.dead_letter(channel, &message, &rejected.reason).await {
+                        tracing::warn!(channel, error = %err, "could not dead-letter a message; it comes back later");
+                        let nak = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1))));
+                        let _ = within("giving a message back", EXCHANGE_TIMEOUT, nak).await;
+                    }
                 }
             }
         }
-        Ok(())
+        deliveries
     }
 
-    async fn pull(
-        consumer: &PullConsumer,
-        max: usize,
-        wait: Option<Duration>,
-    ) -> Result<Vec<jetstream::Message>, TransportError> {
-        let limit = wait.unwrap_or_default() + EXCHANGE_TIMEOUT;
-        let exchange = async {
-            let mut batch = match wait {
-                Some(wait) => {
-                    consumer
-                        .batch()
-                        .max_messages(max)
-                        .expires(wait)
-                        .messages()
-                        .await
-                }
-                None => consumer.fetch().max_messages(max).messages().await,
-            }
-            .map_err(|e| e.to_string())?;
-            let mut messages = Vec::new();
-            while let Some(message) = batch.next().await {
-                messages.push(message.map_err(|e| e.to_string())?);
-            }
-            Ok::<_, String>(messages)
-        };
-        within("pulling messages", limit, exchange).await
+    /// The server's limit on a message (payload and headers), in bytes.
+    fn limit(&self) -> usize {
+        self.client.server_info().max_payload
+    }
+
+    /// Publishes one message and waits for the stream to store it.
+    async fn publish_one(&self, message: &Message) -> Result<(), TransportError> {
+        self.publish(std::slice::from_ref(message)).await
     }
 
     fn take(&self, delivery: &Delivery) -> Option<jetstream::Message> {
@@ -411,19 +477,243 @@ impl NatsTransport {
     }
 }
 
+/// A message in the NATS dead-letter stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NatsDeadLetter {
+    /// Its sequence in the dead-letter stream: how to name it to replay or discard it.
+    pub sequence: u64,
+    /// The channel it was sent to.
+    pub channel: String,
+    /// Why it was set aside.
+    pub reason: String,
+    /// The message, as far as it can be read (`None`: no readable id or payload).
+    pub message: Option<Message>,
+}
+
+impl NatsTransport {
+    fn dead_stream_name(&self) -> String {
+        format!("{}_DEAD", self.options.stream)
+    }
+
+    /// The dead letters with a sequence from `from` on, oldest first, at most `limit`.
+    pub async fn dead_letters(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<NatsDeadLetter>, TransportError> {
+        let stream = within(
+            "looking up the dead-letter stream",
+            EXCHANGE_TIMEOUT,
+            self.jetstream.get_stream(self.dead_stream_name()),
+        )
+        .await?;
+        let info = within(
+            "reading the stream's state",
+            EXCHANGE_TIMEOUT,
+            stream.get_info(),
+        )
+        .await?;
+        let (first, last) = (
+            info.state.first_sequence.max(from),
+            info.state.last_sequence,
+        );
+        let mut letters = Vec::new();
+        for sequence in first..=last {
+            if letters.len() >= limit {
+                break;
+            }
+            if let Ok(Ok(raw)) =
+                tokio::time::timeout(EXCHANGE_TIMEOUT, stream.get_raw_message(sequence)).await
+            {
+                letters.push(self.read_dead_letter(raw));
+            }
+        }
+        Ok(letters)
+    }
+
+    fn read_dead_letter(&self, raw: jetstream::message::StreamMessage) -> NatsDeadLetter {
+        let prefix = format!("{}_dead.", self.options.subject_prefix);
+        let channel = raw
+            .subject
+            .as_str()
+            .strip_prefix(&prefix)
+            .unwrap_or(raw.subject.as_str())
+            .to_owned();
+        let header = |name: &str| raw.headers.get(name).map(|v| v.as_str().to_owned());
+        let mut headers = Headers::new();
+        for (name, values) in raw.headers.iter() {
+            let name: &str = name.as_ref();
+            if name != NATS_MSG_ID
+                && name != DEAD_LETTER_REASON
+                && name != DEAD_LETTER_TRUNCATED
+                && let Some(value) = values.first()
+            {
+                headers.insert(name, value.as_str());
+            }
+        }
+        let id = header(NATS_MSG_ID).and_then(|id| id.parse::<MessageId>().ok());
+        let payload = std::str::from_utf8(&raw.payload).ok().map(str::to_owned);
+        let truncated = header(DEAD_LETTER_TRUNCATED).is_some();
+        NatsDeadLetter {
+            sequence: raw.sequence,
+            reason: header(DEAD_LETTER_REASON).unwrap_or_default(),
+            message: match (id, payload, truncated) {
+                (Some(id), Some(payload), false) => Some(Message {
+                    id,
+                    destination: channel.clone(),
+                    headers,
+                    payload,
+                }),
+                _ => None,
+            },
+            channel,
+        }
+    }
+
+    /// Puts dead letter `sequence` back on its channel under a new message id (the original's
+    /// in `saga-replay-of`), then removes it from the dead-letter stream; returns the new id.
+    /// A dead letter whose message cannot be read (or was cut to fit) cannot be replayed.
+    pub async fn replay_dead_letter(&self, sequence: u64) -> Result<MessageId, TransportError> {
+        let stream = within(
+            "looking up the dead-letter stream",
+            EXCHANGE_TIMEOUT,
+            self.jetstream.get_stream(self.dead_stream_name()),
+        )
+        .await?;
+        let raw = within(
+            "reading a dead letter",
+            EXCHANGE_TIMEOUT,
+            stream.get_raw_message(sequence),
+        )
+        .await?;
+        let letter = self.read_dead_letter(raw);
+        let Some(original) = letter.message else {
+            return Err(TransportError::Other(format!(
+                "dead letter {sequence} cannot be replayed: its message is unreadable or was cut to fit"
+            )));
+        };
+        let mut replay = Message::new(
+            original.destination.clone(),
+            original.headers.clone(),
+            original.payload,
+        );
+        replay.headers.insert(
+            saga_core::message::headers::REPLAY_OF,
+            original.id.to_string(),
+        );
+        self.publish_one(&replay).await?;
+        self.discard_dead_letter(sequence).await?;
+        tracing::info!(dead_letter = sequence, message_id = %replay.id, channel = %original.destination, "NATS dead letter replayed");
+        Ok(replay.id)
+    }
+
+    /// Removes dead letter `sequence` from the dead-letter stream.
+    pub async fn discard_dead_letter(&self, sequence: u64) -> Result<(), TransportError> {
+        let stream = within(
+            "looking up the dead-letter stream",
+            EXCHANGE_TIMEOUT,
+            self.jetstream.get_stream(self.dead_stream_name()),
+        )
+        .await?;
+        within(
+            "deleting a dead letter",
+            EXCHANGE_TIMEOUT,
+            stream.delete_message(sequence),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// The bytes a message with `headers` and a payload of `payload` bytes takes against the
+/// server's `max_payload` (the header block as sent, plus the payload).
+fn wire_size(headers: &HeaderMap, payload: usize) -> usize {
+    let block: usize = headers
+        .iter()
+        .map(|(name, values)| {
+            let name: &str = name.as_ref();
+            values
+                .iter()
+                .map(|v| name.len() + v.as_str().len() + 4)
+                .sum::<usize>()
+        })
+        .sum();
+    "NATS/1.0\r\n\r\n".len() + block + payload
+}
+
+/// The NATS headers a message is published with.
+fn nats_headers(message: &Message) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(NATS_MSG_ID, message.id.to_string().as_str());
+    for (name, value) in message.headers.iter() {
+        headers.insert(name, value);
+    }
+    headers
+}
+
+/// A JetStream message read back as a saga message, when its id and payload can be read.
+fn readable(channel: &str, message: &jetstream::Message) -> Option<Message> {
+    let map = message.headers.as_ref()?;
+    let mut headers = Headers::new();
+    let mut id = None;
+    for (name, values) in map.iter() {
+        let name: &str = name.as_ref();
+        let Some(value) = values.first() else {
+            continue;
+        };
+        if name == NATS_MSG_ID {
+            id = value.as_str().parse().ok();
+        } else {
+            headers.insert(name, value.as_str());
+        }
+    }
+    Some(Message {
+        id: id?,
+        destination: channel.to_owned(),
+        headers,
+        payload: std::str::from_utf8(&message.payload).ok()?.to_owned(),
+    })
+}
+
 #[async_trait]
 impl Transport for NatsTransport {
+    /// The destination must be a channel name (a valid sequence of subject tokens) and the
+    /// message, headers included, within the server's `max_payload`.
+    fn check(&self, message: &Message) -> Result<(), TransportError> {
+        validate_channel(&message.destination).map_err(|err| TransportError::Refused {
+            id: message.id,
+            reason: err.to_string(),
+        })?;
+        let size = wire_size(&nats_headers(message), message.payload.len())
+            + self.subject(&message.destination).len();
+        let limit = self.limit();
+        if size > limit {
+            return Err(TransportError::TooLarge {
+                id: message.id,
+                size,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    fn max_message_bytes(&self) -> Option<usize> {
+        Some(self.limit())
+    }
+
+    fn lease(&self) -> Option<Duration> {
+        Some(self.options.ack_wait)
+    }
+
     async fn publish(&self, messages: &[Message]) -> Result<(), TransportError> {
+        for message in messages {
+            self.check(message)?;
+        }
         let mut acks = Vec::with_capacity(messages.len());
         for message in messages {
-            let mut headers = HeaderMap::new();
-            headers.insert(NATS_MSG_ID, message.id.to_string().as_str());
-            for (name, value) in message.headers.iter() {
-                headers.insert(name, value);
-            }
             let publish = PublishMessage::build()
                 .payload(Bytes::from(message.payload.clone()))
-                .headers(headers);
+                .headers(nats_headers(message));
             let sending = self
                 .jetstream
                 .send_publish(self.subject(&message.destination), publish);
@@ -436,23 +726,37 @@ impl Transport for NatsTransport {
                     PublishErrorKind::MaxPayloadExceeded => TransportError::TooLarge {
                         id: message.id,
                         size: message.payload.len(),
-                        limit: self.client.server_info().max_payload,
+                        limit: self.limit(),
                     },
                     _ => unavailable(format!("publishing {}: {err}", message.id)),
                 })?;
             acks.push(ack);
         }
         for ack in acks {
-            within(
-                "waiting for a publish ack",
-                EXCHANGE_TIMEOUT,
-                ack.into_future(),
-            )
-            .await?;
+            let stored = tokio::time::timeout(EXCHANGE_TIMEOUT, ack.into_future()).await;
+            match stored {
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) if err.kind() == PublishErrorKind::StreamNotFound => {
+                    tracing::warn!(stream = %self.options.stream, "no stream takes the messages; creating the streams again");
+                    self.create_streams().await?;
+                    return Err(unavailable("the stream was missing; it was created again"));
+                }
+                Ok(Err(err)) => {
+                    return Err(unavailable(format!("waiting for a publish ack: {err}")));
+                }
+                Err(_) => {
+                    return Err(unavailable(format!(
+                        "waiting for a publish ack: no answer from NATS within {} ms",
+                        EXCHANGE_TIMEOUT.as_millis()
+                    )));
+                }
+            }
         }
         Ok(())
     }
 
+    /// Waits up to `wait` for the first message on the channel's subscription, then takes
+    /// what else has arrived, up to `max`.
     async fn receive(
         &self,
         channel: &str,
@@ -460,20 +764,45 @@ impl Transport for NatsTransport {
         max: usize,
         wait: Duration,
     ) -> Result<Vec<Delivery>, TransportError> {
-        let consumer = self.consumer(channel).await?;
-        let mut deliveries = Vec::new();
-        let available = Self::pull(&consumer, max, None).await?;
-        self.collect(channel, available, &mut deliveries).await?;
-        if deliveries.is_empty() && wait >= Duration::from_millis(10) {
-            // Wait for the first message, then take what else is there.
-            let first = Self::pull(&consumer, 1, Some(wait)).await?;
-            self.collect(channel, first, &mut deliveries).await?;
-            if !deliveries.is_empty() && max > 1 {
-                let more = Self::pull(&consumer, max - 1, None).await?;
-                self.collect(channel, more, &mut deliveries).await?;
+        let subscription = self.subscription(channel).await?;
+        let mut stream = subscription.lock().await;
+        let mut pulled = Vec::new();
+        let first = match wait.is_zero() {
+            true => stream.next().now_or_never(),
+            false => tokio::time::timeout(wait, stream.next()).await.ok(),
+        };
+        let failure = match first {
+            None => return Ok(Vec::new()),
+            Some(None) => Some("the subscription ended".to_owned()),
+            Some(Some(Err(err))) => Some(err.to_string()),
+            Some(Some(Ok(message))) => {
+                pulled.push(message);
+                let mut failure = None;
+                while pulled.len() < max {
+                    match stream.next().now_or_never() {
+                        Some(Some(Ok(message))) => pulled.push(message),
+                        Some(Some(Err(err))) => {
+                            failure = Some(err.to_string());
+                            break;
+                        }
+                        Some(None) => {
+                            failure = Some("the subscription ended".to_owned());
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                failure
+            }
+        };
+        drop(stream);
+        if let Some(why) = failure {
+            self.forget(channel, &why).await;
+            if pulled.is_empty() {
+                return Err(unavailable(format!("receiving from {channel}: {why}")));
             }
         }
-        Ok(deliveries)
+        Ok(self.collect(channel, pulled).await)
     }
 
     async fn ack(
@@ -486,6 +815,88 @@ impl Transport for NatsTransport {
             Some(message) => within("acknowledging", EXCHANGE_TIMEOUT, message.ack()).await,
             None => Ok(()),
         }
+    }
+
+    /// A work-in-progress ack per delivery: the server starts its `ack_wait` again (the
+    /// consumer's `ack_wait`, whatever `by` asks).
+    async fn extend(
+        &self,
+        _channel: &str,
+        _group: &str,
+        deliveries: &[Delivery],
+        _by: Duration,
+    ) -> Result<(), TransportError> {
+        let messages: Vec<jetstream::Message> = {
+            let in_flight = self.lock_in_flight();
+            deliveries
+                .iter()
+                .filter_map(|d| in_flight.get(&d.receipt).cloned())
+                .collect()
+        };
+        for message in messages {
+            within(
+                "extending a delivery",
+                EXCHANGE_TIMEOUT,
+                message.ack_with(AckKind::Progress),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Subjects that hold messages but have no consumer, whose first message is older than
+    /// `older_than`.
+    async fn unconsumed(
+        &self,
+        older_than: Duration,
+    ) -> Result<Vec<ChannelBacklog>, TransportError> {
+        let stream = within(
+            "looking up the stream",
+            EXCHANGE_TIMEOUT,
+            self.jetstream.get_stream(&self.options.stream),
+        )
+        .await?;
+        let listing = stream
+            .consumers()
+            .map_ok(|info| info.config.filter_subject)
+            .try_collect::<Vec<_>>();
+        let consumed: Vec<String> = within("listing consumers", EXCHANGE_TIMEOUT, listing).await?;
+        let filter = format!("{}.>", self.options.subject_prefix);
+        let counting = async {
+            let info = stream
+                .info_with_subjects(&filter)
+                .await
+                .map_err(|e| e.to_string())?;
+            info.try_collect::<Vec<(String, usize)>>()
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let subjects = within("listing subjects", EXCHANGE_TIMEOUT, counting).await?;
+        let cutoff = Timestamp::now()
+            .as_millis()
+            .saturating_sub(u64::try_from(older_than.as_millis()).unwrap_or(u64::MAX));
+        let prefix = format!("{}.", self.options.subject_prefix);
+        let mut backlogs = Vec::new();
+        for (subject, count) in subjects {
+            if count == 0 || consumed.contains(&subject) {
+                continue;
+            }
+            let first = within(
+                "reading a subject's first message",
+                EXCHANGE_TIMEOUT,
+                stream.get_first_raw_message_by_subject(&subject, 1),
+            )
+            .await?;
+            let at = u64::try_from(first.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+            if at < cutoff {
+                backlogs.push(ChannelBacklog {
+                    channel: subject.strip_prefix(&prefix).unwrap_or(&subject).to_owned(),
+                    messages: count as u64,
+                    oldest: Some(Timestamp(at)),
+                });
+            }
+        }
+        Ok(backlogs)
     }
 
     async fn release(

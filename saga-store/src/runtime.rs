@@ -1,7 +1,8 @@
 //! The workers that keep sagas moving, as tokio tasks:
 //!
 //! - an **outbox relay** per database: publishes committed outbox rows, in order, to the
-//!   transport (on PostgreSQL a single active relay per schema, elected with an advisory lock);
+//!   transport — one active relay per database at a time, holding an expiring lease
+//!   (`crate::lease`), so a relay that dies or hangs is replaced;
 //! - a **reply consumer** and a **timer loop** per orchestrator (a batch of replies: one
 //!   load, one multi-row write, see `Orchestrator::handle_replies`);
 //! - a **command consumer** per participant, handling each batch of commands in one
@@ -10,7 +11,9 @@
 //! - with the queue in the consumer's own database ([`RuntimeBuilder::in_place`]), consumers
 //!   that take, handle and answer a batch in one transaction (`in_place`), with the leased
 //!   consumer above as their fallback;
-//! - a **retention** task per database, deleting old published outbox and dedup rows.
+//! - a **retention** task per database, deleting old published outbox and dedup rows;
+//! - a **watchdog** per orchestrator, reporting (and by default parking) sagas that stopped
+//!   moving, and channels whose messages nobody takes.
 //!
 //! Every loop survives errors: it logs them, backs off (up to `max_backoff`) and tries again,
 //! so a database or broker that goes away and comes back loses nothing.
@@ -19,9 +22,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, join_all};
-use saga_core::orchestrator::Orchestrator;
+use saga_core::orchestrator::{Orchestrator, WatchdogAction};
 use saga_core::participant::Participant;
-use saga_core::ports::{DeadLetter, Delivery, StoreError, Transport, TransportError};
+use saga_core::ports::{DeadLetter, Delivery, StoreError, Transport};
+use saga_core::relay::relay_batch;
 use saga_core::{Message, Timestamp};
 use sqlx::{AssertSqlSafe, query};
 use tokio::sync::watch;
@@ -29,11 +33,12 @@ use tokio::task::JoinHandle;
 
 use crate::bulk;
 use crate::codec::to_i64;
-use crate::database::{Database, Dialect, Topic, Tx};
+use crate::database::{Database, Topic, Tx};
 use crate::error::store_error;
 use crate::group::Finish;
 use crate::in_place;
-use crate::store::{SqlSagaStore, insert_dead_letter, mark_published_on, unpublished_on};
+use crate::lease::Lease;
+use crate::store::{SqlSagaStore, insert_dead_letter};
 use crate::transport::SqlTransport;
 
 /// How old processed rows must be before retention deletes them.
@@ -75,6 +80,46 @@ pub struct RuntimeOptions {
     pub max_backoff: Duration,
     /// Retention of processed rows.
     pub retention: RetentionPolicy,
+    /// How long the relay of a database keeps its lease without renewing it (default 10 s):
+    /// when the process holding it dies or hangs, another process's relay takes over within
+    /// this time.
+    pub relay_lease: Duration,
+    /// How long a consumer keeps a message it failed to handle for a transient reason (a
+    /// database refusing writes, a lost connection) away from other consumers between two
+    /// renewals while it tries again itself (default 15 s; renewed every third of it).
+    /// Messages held this way do not use up their poison budget.
+    pub hold_lease: Duration,
+    /// The most messages a consumer holds for another try; while it holds that many it takes
+    /// no new ones (default 256).
+    pub hold_limit: usize,
+    /// The stuck-saga watchdog.
+    pub watchdog: WatchdogOptions,
+}
+
+/// Settings of the stuck-saga watchdog (see [`Orchestrator::watchdog`]).
+#[derive(Clone, Debug)]
+pub struct WatchdogOptions {
+    /// How often it looks (default 1 minute).
+    pub interval: Duration,
+    /// A running saga with no deadline that has not changed for this long, or whose deadline
+    /// is overdue by this much, is stuck (default 15 minutes).
+    pub idle: Duration,
+    /// Report stuck sagas, or report and park them (default: park).
+    pub action: WatchdogAction,
+    /// Channels whose oldest message nobody has taken for this long are reported (default 5
+    /// minutes).
+    pub unconsumed_after: Duration,
+}
+
+impl Default for WatchdogOptions {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(60),
+            idle: Duration::from_secs(15 * 60),
+            action: WatchdogAction::Park,
+            unconsumed_after: Duration::from_secs(5 * 60),
+        }
+    }
 }
 
 impl Default for RuntimeOptions {
@@ -85,6 +130,10 @@ impl Default for RuntimeOptions {
             timer_interval: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),
             retention: RetentionPolicy::default(),
+            relay_lease: Duration::from_secs(10),
+            hold_lease: Duration::from_secs(15),
+            hold_limit: 256,
+            watchdog: WatchdogOptions::default(),
         }
     }
 }
@@ -272,7 +321,13 @@ impl RuntimeBuilder {
                 None => tokio::spawn(consumer.run(shutdown.clone())),
             });
             tasks.push(tokio::spawn(timer_loop(
+                orchestrator.clone(),
+                options.clone(),
+                shutdown.clone(),
+            )));
+            tasks.push(tokio::spawn(watchdog_loop(
                 orchestrator,
+                self.transport.clone(),
                 options.clone(),
                 shutdown.clone(),
             )));
@@ -339,12 +394,14 @@ impl SagaRuntime {
     }
 }
 
-/// A stable advisory-lock key for the relay of one schema.
-fn relay_lock_key(database: &Database) -> i64 {
-    let name = format!("saga_relay:{}", database.schema().unwrap_or("public"));
-    i64::from_ne_bytes(saga_core::definition::stable_hash(&name).to_ne_bytes())
+/// The lease name of the relay of `database`'s outbox (one per schema).
+fn relay_lease_name(database: &Database) -> String {
+    format!("outbox-relay:{}", database.schema().unwrap_or("public"))
 }
 
+/// Publishes the outbox of one database while this process holds the relay's lease (see
+/// [`crate::lease`]): one relay per database at a time, replaced within
+/// [`RuntimeOptions::relay_lease`] when its holder dies or hangs.
 async fn relay_loop(
     store: SqlSagaStore,
     transport: SharedTransport,
@@ -353,124 +410,50 @@ async fn relay_loop(
 ) {
     let database = store.database().clone();
     let wake = database.wakeups().get(&Topic::Outbox);
+    let mut lease = Lease::new(
+        database.clone(),
+        relay_lease_name(&database),
+        options.relay_lease,
+    );
+    // Idle pauses stay short enough to renew the lease in time.
+    let idle = options.poll_interval.min(options.relay_lease / 4);
     let mut backoff = Backoff::new(options.max_backoff);
     while !shutdown.requested() {
-        let mut conn = match database.pool().acquire().await {
-            Ok(conn) => conn,
-            Err(err) => {
-                tracing::warn!(error = %err, "outbox relay cannot reach its database");
-                if shutdown.pause(backoff.next(), None).await {
-                    return;
+        match lease.hold().await {
+            Ok(true) => {}
+            Ok(false) => {
+                if shutdown.pause(idle, None).await {
+                    break;
                 }
                 continue;
             }
-        };
-        if database.dialect() == Dialect::Postgres {
-            let leader: Result<bool, _> = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(relay_lock_key(&database))
-                .fetch_one(&mut *conn)
-                .await;
-            match leader {
-                Ok(true) => tracing::debug!("outbox relay is the active relay"),
-                Ok(false) => {
-                    drop(conn);
-                    if shutdown.pause(options.poll_interval, None).await {
-                        return;
-                    }
-                    continue;
+            Err(err) => {
+                tracing::warn!(error = %err, "outbox relay cannot reach its database");
+                if shutdown.pause(backoff.next(), None).await {
+                    break;
                 }
-                Err(err) => {
-                    tracing::warn!(error = %err, "outbox relay cannot take its lock");
-                    if shutdown.pause(backoff.next(), None).await {
-                        return;
-                    }
-                    continue;
-                }
+                continue;
             }
         }
-        // Relay while the connection (and with it the lock) lasts.
-        loop {
-            let relayed =
-                relay_batch(&database, &mut conn, transport.as_ref(), options.batch_size).await;
-            match relayed {
-                Ok(Relayed::SetAside) => continue,
-                Ok(Relayed::Published(count)) => {
-                    backoff.reset();
-                    if count == options.batch_size {
-                        continue;
-                    }
-                    if shutdown.pause(options.poll_interval, Some(&wake)).await {
-                        break;
-                    }
+        match relay_batch(&store, transport.as_ref(), options.batch_size).await {
+            Ok(relayed) => {
+                backoff.reset();
+                if relayed.total() == options.batch_size || relayed.set_aside > 0 {
+                    continue;
                 }
-                Err(err) => {
-                    tracing::warn!(error = %err, "outbox relay failed; rows stay in the outbox");
-                    let _ = shutdown.pause(backoff.next(), None).await;
+                if shutdown.pause(idle, Some(&wake)).await {
+                    break;
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "outbox relay failed; rows stay in the outbox");
+                if shutdown.pause(backoff.next(), None).await {
                     break;
                 }
             }
         }
-        // Close rather than return the connection: it may hold the advisory lock.
-        let _ = conn.close().await;
     }
-}
-
-/// What one relay pass did.
-enum Relayed {
-    /// Published this many rows.
-    Published(usize),
-    /// Set a row the transport can never take aside as a dead letter.
-    SetAside,
-}
-
-/// Publishes one batch of outbox rows on `conn`. A row the transport can never take (over
-/// its size limit) is set aside as a dead letter, so it does not hold up the rows behind it.
-async fn relay_batch(
-    database: &Database,
-    conn: &mut sqlx::AnyConnection,
-    transport: &dyn Transport,
-    limit: usize,
-) -> Result<Relayed, String> {
-    let entries = unpublished_on(conn, limit)
-        .await
-        .map_err(|e| e.to_string())?;
-    if entries.is_empty() {
-        return Ok(Relayed::Published(0));
-    }
-    let messages: Vec<Message> = entries.iter().map(|e| e.message.clone()).collect();
-    match transport.publish(&messages).await {
-        Ok(()) => {}
-        Err(TransportError::TooLarge { id, size, limit }) => {
-            let Some(entry) = entries.iter().find(|e| e.message.id == id) else {
-                return Err(format!("the transport refused unknown message {id}"));
-            };
-            let reason = format!("{size} bytes is over the transport's limit of {limit}");
-            tracing::error!(message_id = %id, %reason, "outbox message dead-lettered");
-            let dead = DeadLetter {
-                consumer: "outbox-relay".to_owned(),
-                message: entry.message.clone(),
-                reason,
-                at: Timestamp::now(),
-            };
-            insert_dead_letter(conn, &dead)
-                .await
-                .map_err(|e| e.to_string())?;
-            mark_published_on(conn, &[entry.sequence])
-                .await
-                .map_err(|e| e.to_string())?;
-            database.count_commit();
-            // The rows before it were published; the next pass republishes them (the
-            // consumers' dedup, and NATS's duplicate window, absorb that) and goes on.
-            return Ok(Relayed::SetAside);
-        }
-        Err(err) => return Err(err.to_string()),
-    }
-    let sequences: Vec<u64> = entries.iter().map(|e| e.sequence).collect();
-    mark_published_on(conn, &sequences)
-        .await
-        .map_err(|e| e.to_string())?;
-    database.count_commit();
-    Ok(Relayed::Published(entries.len()))
+    lease.release().await;
 }
 
 /// A batch's handling in progress: each delivery with its verdict.
@@ -480,14 +463,31 @@ pub(crate) type Handling = BoxFuture<'static, Vec<(Delivery, Verdict)>>;
 pub(crate) enum Verdict {
     /// Done (or a duplicate): acknowledge it.
     Done,
-    /// Give it back, to be delivered again after this delay.
-    Retry(Duration),
-    /// Handling failed (e.g. the database is away): give it back and back off.
+    /// The handler asked for another try (a transient failure), for this reason.
+    Retry(String),
+    /// Handling failed (e.g. the database is away): try again after backing off.
     Failed(String),
 }
 
-/// Receives batches from a channel and hands each to `handle`, acknowledging, giving back or
-/// backing off per delivery as its verdict says.
+/// A delivery that failed for a transient reason, kept by its consumer to be tried again.
+#[derive(Debug)]
+struct Held {
+    delivery: Delivery,
+    /// When to try again.
+    due: tokio::time::Instant,
+    /// Failed tries so far.
+    tries: u32,
+}
+
+/// Receives batches from a channel and hands each to `handle`, acknowledging or keeping each
+/// delivery as its verdict says.
+///
+/// A delivery that fails for a transient reason is not given back to the transport: the
+/// consumer holds it, renews its lease ([`Transport::extend`]) and tries it again itself
+/// after a backoff. Its delivery count — the poison budget — thus grows only when a consumer
+/// took it and never answered (crashed, hung), however long the database stays away; and
+/// while it holds [`RuntimeOptions::hold_limit`] messages it takes no new ones. On shutdown
+/// it gives what it holds back.
 pub(crate) struct Consumer<F> {
     channel: String,
     group: String,
@@ -495,6 +495,9 @@ pub(crate) struct Consumer<F> {
     options: Arc<RuntimeOptions>,
     backoff: Backoff,
     handle: F,
+    held: Vec<Held>,
+    /// When the held deliveries' leases were last renewed.
+    extended: tokio::time::Instant,
 }
 
 impl<F, Fut> Consumer<F>
@@ -516,6 +519,8 @@ where
             backoff: Backoff::new(options.max_backoff),
             options,
             handle,
+            held: Vec::new(),
+            extended: tokio::time::Instant::now(),
         }
     }
 
@@ -524,43 +529,133 @@ where
         while !shutdown.requested() {
             let wait = self.options.poll_interval;
             if self.pass(&mut shutdown, wait).await {
-                return;
+                break;
             }
+        }
+        self.stop().await;
+    }
+
+    /// Whether it holds deliveries to try again.
+    pub(crate) fn holds_any(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// Gives every held delivery back to the transport (at shutdown).
+    pub(crate) async fn stop(&mut self) {
+        for held in std::mem::take(&mut self.held) {
+            give_back(
+                self.transport.as_ref(),
+                &self.channel,
+                &self.group,
+                &held.delivery,
+                Duration::ZERO,
+            )
+            .await;
         }
     }
 
-    /// Receives one batch (waiting up to `wait` for it) and handles it; `true` on shutdown.
+    /// Renews the leases of the held deliveries every third of [`RuntimeOptions::hold_lease`]
+    /// (or of the transport's own lease, if that is shorter).
+    async fn extend_held(&mut self) {
+        let lease = self
+            .transport
+            .lease()
+            .map_or(self.options.hold_lease, |lease| {
+                lease.min(self.options.hold_lease)
+            });
+        let every = lease / 3;
+        if self.held.is_empty() || self.extended.elapsed() < every {
+            return;
+        }
+        self.extended = tokio::time::Instant::now();
+        let deliveries: Vec<Delivery> = self.held.iter().map(|h| h.delivery.clone()).collect();
+        let renewed = self
+            .transport
+            .extend(
+                &self.channel,
+                &self.group,
+                &deliveries,
+                self.options.hold_lease,
+            )
+            .await;
+        if let Err(err) = renewed {
+            // Not fatal: a lease that runs out lets another consumer take the message, and
+            // the dedup records turn the second handling away.
+            tracing::warn!(channel = %self.channel, held = deliveries.len(), error = %err, "could not renew held messages' leases");
+        }
+    }
+
+    /// Handles one batch — the held deliveries that are due, then new ones (waiting up to
+    /// `wait` for them) while it holds fewer than its limit; `true` on shutdown.
     pub(crate) async fn pass(&mut self, shutdown: &mut Shutdown, wait: Duration) -> bool {
+        self.extend_held().await;
+        let now = tokio::time::Instant::now();
+        let (due, later): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|held| held.due <= now);
+        self.held = later;
+        let mut tries: std::collections::HashMap<u64, u32> =
+            due.iter().map(|h| (h.delivery.receipt, h.tries)).collect();
+        let mut deliveries: Vec<Delivery> = due.into_iter().map(|h| h.delivery).collect();
+        let room = self
+            .options
+            .batch_size
+            .saturating_sub(deliveries.len())
+            .min(self.options.hold_limit.saturating_sub(self.held.len()));
+        // With held deliveries waiting, wait no longer than until the next one is due.
+        let next_due = self.held.iter().map(|h| h.due).min();
+        let wait = match (deliveries.is_empty(), next_due) {
+            (false, _) => Duration::ZERO,
+            (true, Some(due)) => wait.min(due.saturating_duration_since(now)),
+            (true, None) => wait,
+        };
         let (channel, group) = (&self.channel, &self.group);
         let transport = self.transport.as_ref();
-        let deliveries = match transport
-            .receive(channel, group, self.options.batch_size, wait)
-            .await
-        {
-            Ok(deliveries) => deliveries,
-            Err(err) => {
-                tracing::warn!(%channel, error = %err, "cannot receive messages");
-                return shutdown.pause(self.backoff.next(), None).await;
+        if room > 0 {
+            match transport.receive(channel, group, room, wait).await {
+                Ok(fresh) => deliveries.extend(fresh),
+                Err(err) => {
+                    tracing::warn!(%channel, error = %err, "cannot receive messages");
+                    if deliveries.is_empty() {
+                        return shutdown.pause(self.backoff.next(), None).await;
+                    }
+                }
             }
-        };
+        } else if deliveries.is_empty() && shutdown.pause(wait, None).await {
+            return true;
+        }
         if deliveries.is_empty() {
             return false;
         }
         let handled = (self.handle)(deliveries).await;
         let mut done = Vec::with_capacity(handled.len());
         let mut failed_pause = None;
+        let max_backoff = self.options.max_backoff;
         for (delivery, verdict) in handled {
-            match verdict {
-                Verdict::Done => done.push(delivery),
-                Verdict::Retry(delay) => {
-                    give_back(transport, channel, group, &delivery, delay).await;
+            let tried = tries.remove(&delivery.receipt).unwrap_or(0) + 1;
+            let delay = match verdict {
+                Verdict::Done => {
+                    done.push(delivery);
+                    continue;
+                }
+                Verdict::Retry(reason) => {
+                    let delay = retry_delay(tried, max_backoff);
+                    tracing::info!(%channel, message_id = %delivery.message.id, %reason, tries = tried, ?delay, "message will be tried again");
+                    delay
                 }
                 Verdict::Failed(error) => {
-                    tracing::warn!(%channel, message_id = %delivery.message.id, %error, "message not handled; it will be redelivered");
-                    let delay = *failed_pause.get_or_insert_with(|| self.backoff.next());
-                    give_back(transport, channel, group, &delivery, delay).await;
+                    tracing::warn!(%channel, message_id = %delivery.message.id, %error, tries = tried, "message not handled; trying it again after a pause");
+                    *failed_pause.get_or_insert_with(|| self.backoff.next())
                 }
+            };
+            if self.held.is_empty() {
+                self.extended = tokio::time::Instant::now();
             }
+            self.held.push(Held {
+                delivery,
+                due: tokio::time::Instant::now() + delay,
+                tries: tried,
+            });
         }
         if !done.is_empty() {
             if failed_pause.is_none() {
@@ -633,6 +728,50 @@ async fn timer_loop(
         };
         if shutdown.pause(pause, None).await {
             return;
+        }
+    }
+}
+
+/// Every [`WatchdogOptions::interval`]: reports (and per [`WatchdogOptions::action`] parks)
+/// the orchestrator's sagas that stopped moving, and reports channels whose messages nobody
+/// takes.
+async fn watchdog_loop(
+    orchestrator: SharedOrchestrator,
+    transport: SharedTransport,
+    options: Arc<RuntimeOptions>,
+    mut shutdown: Shutdown,
+) {
+    let watchdog = &options.watchdog;
+    loop {
+        if shutdown.pause(watchdog.interval, None).await {
+            return;
+        }
+        match orchestrator
+            .watchdog(watchdog.idle, watchdog.action, options.batch_size)
+            .await
+        {
+            Ok(report) if !report.stalled.is_empty() => tracing::warn!(
+                stuck = report.stalled.len(),
+                parked = report.parked.len(),
+                "the watchdog found stuck sagas"
+            ),
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "the watchdog could not look for stuck sagas"),
+        }
+        match transport.unconsumed(watchdog.unconsumed_after).await {
+            Ok(backlogs) => {
+                for backlog in backlogs {
+                    tracing::warn!(
+                        channel = %backlog.channel,
+                        messages = backlog.messages,
+                        oldest = backlog.oldest.map(|t| t.as_millis()),
+                        "messages wait on a channel that no consumer takes them from"
+                    );
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "the watchdog could not read the channels' backlog")
+            }
         }
     }
 }
@@ -777,7 +916,6 @@ pub(crate) fn command_consumer(
     let store = Arc::new(SqlSagaStore::new(database));
     let channel = participant.channel().to_owned();
     let group = participant.name().to_owned();
-    let max_backoff = options.max_backoff;
     Consumer::new(
         channel,
         group,
@@ -789,29 +927,25 @@ pub(crate) fn command_consumer(
                 let messages = deliveries.iter().map(|d| d.message.clone()).collect();
                 let results = handle_commands(&store, &participant, messages).await;
                 deliveries
-                .into_iter()
-                .zip(results)
-                .map(|(delivery, result)| {
-                    let verdict = match result {
-                        Ok(Handled::Done | Handled::Duplicate) => Verdict::Done,
-                        Ok(Handled::Retry(reason)) => {
-                            let delay = retry_delay(delivery.attempt, max_backoff);
-                            tracing::info!(message_id = %delivery.message.id, %reason, ?delay, "command will be retried");
-                            Verdict::Retry(delay)
-                        }
-                        Err(err) => Verdict::Failed(err.to_string()),
-                    };
-                    (delivery, verdict)
-                })
-                .collect()
+                    .into_iter()
+                    .zip(results)
+                    .map(|(delivery, result)| {
+                        let verdict = match result {
+                            Ok(Handled::Done | Handled::Duplicate) => Verdict::Done,
+                            Ok(Handled::Retry(reason)) => Verdict::Retry(reason),
+                            Err(err) => Verdict::Failed(err.to_string()),
+                        };
+                        (delivery, verdict)
+                    })
+                    .collect()
             })
         },
     )
 }
 
-/// The delay before redelivering a message after its `attempt`-th transient failure.
-fn retry_delay(attempt: u32, max: Duration) -> Duration {
-    let exponent = attempt.saturating_sub(1).min(16);
+/// The delay before trying a message again after its `tries`-th transient failure.
+fn retry_delay(tries: u32, max: Duration) -> Duration {
+    let exponent = tries.saturating_sub(1).min(16);
     (Duration::from_millis(100) * 2u32.pow(exponent)).min(max)
 }
 

@@ -2,15 +2,22 @@
 //!
 //! [`SqlSagaStore::write_unit`] writes a [`UnitOfWork`] inside a transaction — the caller's
 //! own one for a transactional start, or the store's for everything else — in this order:
-//! the dedup record (a duplicate stops everything), the fired timers (a timer already fired
-//! elsewhere stops everything), the saga row with its optimistic version check (a concurrent
-//! change stops everything), then the timeline, the outbox, new timers and dead letters.
+//! the dedup record (a duplicate stops everything), the saga row with its optimistic version
+//! check (a concurrent change stops everything), then the timeline, the outbox and dead
+//! letters.
+//!
+//! Timers are not rows of their own: a saga waits for at most one thing at a time, and its
+//! row holds when that wait ends (`deadline`, with `pending_kind` saying whether a reply
+//! times out or a retry is due). [`SagaStore::due_timers`] reads the instances whose deadline
+//! has passed; the optimistic version check makes a timer fired by two processes at once take
+//! effect once.
 
 use async_trait::async_trait;
 use saga_core::Timestamp;
+use saga_core::message::failure_reply_for;
 use saga_core::ports::{
     CommitOutcome, DeadLetter, HistoryRecord, OutboxEntry, SagaRecord, SagaStore, SagaWrite,
-    StoreError, TimerRecord, UnitOfWork,
+    StalledSaga, StoreError, TimerRecord, UnitOfWork,
 };
 use saga_core::{Message, SagaId};
 use sqlx::AnyConnection;
@@ -19,7 +26,7 @@ use sqlx::{AssertSqlSafe, Row, query};
 use crate::bulk;
 use crate::codec::{
     self, SAGA_COLUMNS, direction_name, encode_headers, pending_columns, saga_id_text, status_name,
-    timer_columns, to_i64, to_u64,
+    to_i64, to_u64,
 };
 use crate::database::{Database, Dialect, NotifyTopic, Topic};
 use crate::error::{corrupt, store_error};
@@ -92,23 +99,6 @@ impl SqlSagaStore {
                 return Ok(CommitOutcome::Duplicate);
             }
         }
-        for timer in &unit.fired {
-            let (kind, request_id, attempt) = timer_columns(&timer.timer);
-            let deleted = query(
-                "DELETE FROM saga_timers \
-                 WHERE saga_id = $1 AND kind = $2 AND request_id = $3 AND attempt = $4",
-            )
-            .bind(saga_id_text(timer.saga_id))
-            .bind(kind)
-            .bind(request_id)
-            .bind(attempt)
-            .execute(&mut *conn)
-            .await
-            .map_err(store_error)?;
-            if deleted.rows_affected() == 0 {
-                return Ok(CommitOutcome::Duplicate);
-            }
-        }
         if let Some(write) = &unit.saga
             && !write_saga(conn, write, at).await?
         {
@@ -126,21 +116,6 @@ impl SqlSagaStore {
         }
         let outbox: Vec<&Message> = unit.outbox.iter().collect();
         bulk::insert_outbox(conn, &outbox, at, self.database.queue_in_place()).await?;
-        for timer in &unit.schedule {
-            let (kind, request_id, attempt) = timer_columns(&timer.timer);
-            query(
-                "INSERT INTO saga_timers (saga_id, kind, request_id, attempt, due) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-            )
-            .bind(saga_id_text(timer.saga_id))
-            .bind(kind)
-            .bind(request_id)
-            .bind(attempt)
-            .bind(to_i64(timer.due.as_millis()))
-            .execute(&mut *conn)
-            .await
-            .map_err(store_error)?;
-        }
         for dead in &unit.dead_letters {
             insert_dead_letter(conn, dead).await?;
         }
@@ -232,22 +207,34 @@ async fn write_saga(
     }
 }
 
-/// Inserts a dead letter.
+/// Inserts a dead letter. Text PostgreSQL cannot store (NUL characters) is stored with each
+/// NUL written as `\u0000` and the reason says so: a dead letter is never lost to its own
+/// content.
 pub(crate) async fn insert_dead_letter(
     conn: &mut AnyConnection,
     dead: &DeadLetter,
 ) -> Result<(), StoreError> {
+    let (payload, escaped_payload) = codec::without_nul(&dead.message.payload);
+    let headers = encode_headers(&dead.message.headers);
+    let (headers, escaped_headers) = codec::without_nul(&headers);
+    let (destination, _) = codec::without_nul(&dead.message.destination);
+    let (consumer, _) = codec::without_nul(&dead.consumer);
+    let (reason, _) = codec::without_nul(&dead.reason);
+    let reason = match escaped_payload || escaped_headers {
+        true => format!("{reason} (NUL characters stored as \\u0000)"),
+        false => reason.into_owned(),
+    };
     query(
         "INSERT INTO saga_dead_letters \
          (consumer, message_id, destination, headers, payload, reason, at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
-    .bind(&dead.consumer)
+    .bind(consumer.as_ref())
     .bind(dead.message.id.to_string())
-    .bind(&dead.message.destination)
-    .bind(encode_headers(&dead.message.headers))
-    .bind(&dead.message.payload)
-    .bind(&dead.reason)
+    .bind(destination.as_ref())
+    .bind(headers.as_ref())
+    .bind(payload.as_ref())
+    .bind(reason)
     .bind(to_i64(dead.at.as_millis()))
     .execute(&mut *conn)
     .await
@@ -339,36 +326,45 @@ impl SagaStore for SqlSagaStore {
         self.commit_each(units).await
     }
 
+    /// The instances whose deadline has passed, as the timer each waits for.
     async fn due_timers(
         &self,
         now: Timestamp,
         limit: usize,
     ) -> Result<Vec<TimerRecord>, StoreError> {
         let rows = query(
-            "SELECT saga_id, kind, request_id, attempt, due FROM saga_timers \
-             WHERE due <= $1 ORDER BY due LIMIT $2",
+            "SELECT saga_id, pending_kind, pending_request_id, attempt, deadline \
+             FROM saga_instances WHERE deadline IS NOT NULL AND deadline <= $1 \
+             AND status IN ('running', 'compensating') ORDER BY deadline LIMIT $2",
         )
         .bind(to_i64(now.as_millis()))
         .bind(to_i64(limit as u64))
         .fetch_all(self.database.pool())
         .await
         .map_err(store_error)?;
-        rows.iter()
-            .map(|row| {
-                let saga_id: String = row.try_get("saga_id").map_err(|e| corrupt("saga_id", e))?;
-                let kind: String = row.try_get("kind").map_err(|e| corrupt("kind", e))?;
-                Ok(TimerRecord {
-                    saga_id: saga_id.parse().map_err(|e| corrupt("saga_id", e))?,
-                    timer: codec::parse_timer(
-                        &kind,
-                        row.try_get("request_id")
-                            .map_err(|e| corrupt("request_id", e))?,
-                        row.try_get("attempt").map_err(|e| corrupt("attempt", e))?,
-                    )?,
-                    due: Timestamp(to_u64(row.try_get("due").map_err(|e| corrupt("due", e))?)),
-                })
-            })
-            .collect()
+        rows.iter().map(codec::due_timer).collect()
+    }
+
+    async fn stalled(
+        &self,
+        now: Timestamp,
+        idle: std::time::Duration,
+        limit: usize,
+    ) -> Result<Vec<StalledSaga>, StoreError> {
+        let idle = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = to_i64(now.as_millis().saturating_sub(idle));
+        let rows = query(
+            "SELECT saga_id, saga_type, status, current_step, deadline, updated_at \
+             FROM saga_instances WHERE status IN ('running', 'compensating') \
+             AND ((deadline IS NULL AND updated_at < $1) OR deadline < $1) \
+             ORDER BY updated_at LIMIT $2",
+        )
+        .bind(cutoff)
+        .bind(to_i64(limit as u64))
+        .fetch_all(self.database.pool())
+        .await
+        .map_err(store_error)?;
+        rows.iter().map(codec::stalled_saga).collect()
     }
 
     async fn history(&self, saga_id: SagaId) -> Result<Vec<HistoryRecord>, StoreError> {
@@ -396,7 +392,36 @@ impl SagaStore for SqlSagaStore {
 
     async fn mark_published(&self, sequences: &[u64]) -> Result<(), StoreError> {
         let mut conn = self.database.pool().acquire().await.map_err(store_error)?;
-        mark_published_on(&mut conn, sequences).await
+        mark_published_on(&mut conn, sequences).await?;
+        self.database.count_commit();
+        Ok(())
+    }
+
+    /// Dead letter, failure reply and the "published" mark commit together.
+    async fn set_aside(&self, entry: &OutboxEntry, reason: &str) -> Result<(), StoreError> {
+        let in_place = self.database.queue_in_place();
+        let dead = DeadLetter {
+            consumer: "outbox-relay".to_owned(),
+            message: entry.message.clone(),
+            reason: reason.to_owned(),
+            at: Timestamp::now(),
+        };
+        let reply = failure_reply_for(&entry.message, reason);
+        let sequence = entry.sequence;
+        self.database
+            .submit(
+                move |tx| {
+                    Box::pin(async move {
+                        insert_dead_letter(tx, &dead).await?;
+                        mark_published_on(tx, &[sequence]).await?;
+                        let replies: Vec<&Message> = reply.iter().collect();
+                        bulk::insert_outbox(tx, &replies, now(), in_place).await?;
+                        Ok(Finish::Commit(()))
+                    })
+                },
+                true,
+            )
+            .await
     }
 
     async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {

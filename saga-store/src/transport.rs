@@ -7,13 +7,19 @@
 //!
 //! All consumers of a channel compete for its messages (one consumer group per channel).
 //! A row whose envelope cannot be read, or that has been delivered `max_deliveries` times
-//! without being acknowledged, is moved to `saga_dead_letters` with the reason, so no
-//! message blocks a channel.
+//! without being acknowledged (or given back), is moved to `saga_dead_letters` with the
+//! reason, so no message blocks a channel; when it is a command whose saga waits for the
+//! answer, a failure reply goes to the saga in the same transaction. Giving a message back
+//! ([`Transport::release`]) or renewing its lease ([`Transport::extend`]) does not count as a
+//! delivery: the poison limit counts only deliveries nobody answered.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use saga_core::ports::{DeadLetter, Delivery, StoreError, Transport, TransportError};
+use saga_core::message::failure_reply_for;
+use saga_core::ports::{
+    ChannelBacklog, DeadLetter, Delivery, StoreError, Transport, TransportError,
+};
 use saga_core::{Headers, Message, MessageId, Timestamp};
 use sqlx::AnyConnection;
 use sqlx::{AssertSqlSafe, Row, query};
@@ -98,20 +104,57 @@ impl SqlTransport {
         bulk::insert_queue(conn, &refs, to_i64(Timestamp::now().as_millis()))
             .await
             .map_err(transport_error_of)?;
-        if self.database.dialect() == Dialect::Postgres {
-            let mut channels: Vec<&str> = messages.iter().map(|m| m.destination.as_str()).collect();
-            channels.sort_unstable();
-            channels.dedup();
-            for channel in channels {
-                query("SELECT pg_notify($1, $2)")
-                    .bind(self.database.notify_channel(NotifyTopic::Queue))
-                    .bind(channel)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(transport_error)?;
-            }
+        self.notify_queued(conn, messages)
+            .await
+            .map_err(transport_error)
+    }
+
+    /// On PostgreSQL, tells consumers in every process (at commit) which channels got
+    /// messages; SQLite consumers are in this process and woken after the commit.
+    async fn notify_queued(
+        &self,
+        conn: &mut AnyConnection,
+        messages: &[Message],
+    ) -> Result<(), sqlx::Error> {
+        if self.database.dialect() != Dialect::Postgres {
+            return Ok(());
+        }
+        let mut channels: Vec<&str> = messages.iter().map(|m| m.destination.as_str()).collect();
+        channels.sort_unstable();
+        channels.dedup();
+        for channel in channels {
+            query("SELECT pg_notify($1, $2)")
+                .bind(self.database.notify_channel(NotifyTopic::Queue))
+                .bind(channel)
+                .execute(&mut *conn)
+                .await?;
         }
         Ok(())
+    }
+
+    /// Publishes `messages` in one transaction; when that fails for a reason that is not
+    /// transient, finds the one message the queue cannot take by publishing them one by one,
+    /// so the caller can set exactly that one aside.
+    async fn publish_batch(&self, messages: &[Message]) -> Result<(), TransportError> {
+        let attempt = async {
+            let mut tx = self.database.begin().await.map_err(transport_error)?;
+            self.publish_in(&mut tx, messages).await?;
+            self.database.commit(tx).await.map_err(transport_error)
+        };
+        match attempt.await {
+            Err(TransportError::Other(reason)) if messages.len() > 1 => {
+                tracing::debug!(%reason, "a queue batch failed; publishing its messages one by one");
+                for message in messages {
+                    Box::pin(self.publish_batch(std::slice::from_ref(message))).await?;
+                }
+                Ok(())
+            }
+            Err(TransportError::Other(reason)) => Err(TransportError::Refused {
+                id: messages.first().map(|m| m.id).unwrap_or_default(),
+                reason,
+            }),
+            other => other,
+        }
     }
 
     /// Wakes local consumers of the channels `messages` went to.
@@ -185,6 +228,17 @@ impl SqlTransport {
                     Err(reason) => format!("unreadable envelope: {reason}"),
                 };
             tracing::warn!(channel, message_id, %problem, "queue message dead-lettered");
+            // A command whose saga waits for the answer: tell the saga.
+            let stored = codec::message(&message_id, channel.to_owned(), &headers, payload.clone());
+            if let Some(reply) = stored
+                .ok()
+                .and_then(|command| failure_reply_for(&command, &problem))
+            {
+                bulk::insert_queue(conn, &[&reply], to_i64(now.as_millis())).await?;
+                self.notify_queued(conn, std::slice::from_ref(&reply))
+                    .await
+                    .map_err(store_error)?;
+            }
             let dead = DeadLetter {
                 consumer: format!("transport:{channel}"),
                 message: Message {
@@ -254,15 +308,102 @@ impl SqlTransport {
 
 #[async_trait]
 impl Transport for SqlTransport {
+    /// The destination must be a channel name; on PostgreSQL, whose text columns cannot hold
+    /// NUL characters, the payload and headers must have none.
+    fn check(&self, message: &Message) -> Result<(), TransportError> {
+        saga_core::message::validate_channel(&message.destination).map_err(|err| {
+            TransportError::Refused {
+                id: message.id,
+                reason: err.to_string(),
+            }
+        })?;
+        let nul = message.payload.contains('\0')
+            || message
+                .headers
+                .iter()
+                .any(|(k, v)| k.contains('\0') || v.contains('\0'));
+        if nul && self.database.dialect() == Dialect::Postgres {
+            return Err(TransportError::Refused {
+                id: message.id,
+                reason: "it holds NUL characters, which PostgreSQL text cannot store".to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    fn lease(&self) -> Option<Duration> {
+        Some(self.options.lease)
+    }
+
     async fn publish(&self, messages: &[Message]) -> Result<(), TransportError> {
         if messages.is_empty() {
             return Ok(());
         }
-        let mut tx = self.database.begin().await.map_err(transport_error)?;
-        self.publish_in(&mut tx, messages).await?;
-        self.database.commit(tx).await.map_err(transport_error)?;
+        self.publish_batch(messages).await?;
         self.wake_consumers(messages);
         Ok(())
+    }
+
+    async fn extend(
+        &self,
+        _channel: &str,
+        _group: &str,
+        deliveries: &[Delivery],
+        by: Duration,
+    ) -> Result<(), TransportError> {
+        let visible = to_i64(Timestamp::now().plus(by).as_millis());
+        let mut conn = self
+            .database
+            .pool()
+            .acquire()
+            .await
+            .map_err(transport_error)?;
+        for chunk in deliveries.chunks(500) {
+            let sql = format!(
+                "UPDATE saga_queue SET visible_at = {} WHERE id IN ({})",
+                bulk::placeholders(&conn, 1),
+                bulk::placeholders_from(&conn, 2, chunk.len())
+            );
+            let mut statement = query(AssertSqlSafe(sql)).bind(visible);
+            for delivery in chunk {
+                statement = statement.bind(to_i64(delivery.receipt));
+            }
+            statement
+                .execute(&mut *conn)
+                .await
+                .map_err(transport_error)?;
+            self.database.count_commit();
+        }
+        Ok(())
+    }
+
+    async fn unconsumed(
+        &self,
+        older_than: Duration,
+    ) -> Result<Vec<ChannelBacklog>, TransportError> {
+        let cutoff = to_i64(
+            Timestamp::now()
+                .as_millis()
+                .saturating_sub(u64::try_from(older_than.as_millis()).unwrap_or(u64::MAX)),
+        );
+        let rows = query(
+            "SELECT channel, COUNT(*) AS messages, MIN(enqueued_at) AS oldest FROM saga_queue \
+             WHERE deliveries = 0 AND enqueued_at < $1 GROUP BY channel ORDER BY channel",
+        )
+        .bind(cutoff)
+        .fetch_all(self.database.pool())
+        .await
+        .map_err(transport_error)?;
+        rows.iter()
+            .map(|row| {
+                let column = |e| transport_error_of(corrupt("saga_queue", e));
+                Ok(ChannelBacklog {
+                    channel: row.try_get("channel").map_err(column)?,
+                    messages: to_u64(row.try_get("messages").map_err(column)?),
+                    oldest: Some(Timestamp(to_u64(row.try_get("oldest").map_err(column)?))),
+                })
+            })
+            .collect()
     }
 
     async fn receive(
@@ -330,12 +471,16 @@ impl Transport for SqlTransport {
         delay: Duration,
     ) -> Result<(), TransportError> {
         let visible = Timestamp::now().plus(delay);
-        query("UPDATE saga_queue SET visible_at = $1 WHERE id = $2")
-            .bind(to_i64(visible.as_millis()))
-            .bind(to_i64(delivery.receipt))
-            .execute(self.database.pool())
-            .await
-            .map_err(transport_error)?;
+        // Given back unprocessed: this delivery does not count toward the poison limit.
+        query(
+            "UPDATE saga_queue SET visible_at = $1, \
+             deliveries = CASE WHEN deliveries > 0 THEN deliveries - 1 ELSE 0 END WHERE id = $2",
+        )
+        .bind(to_i64(visible.as_millis()))
+        .bind(to_i64(delivery.receipt))
+        .execute(self.database.pool())
+        .await
+        .map_err(transport_error)?;
         self.database.count_commit();
         Ok(())
     }

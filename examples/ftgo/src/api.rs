@@ -8,14 +8,20 @@
 //! | `GET` | `/health` | liveness | `200` |
 //!
 //! Errors are JSON: `{"error": {"code": "invalid_order", "message": "…"}}`, with `400` for a
-//! malformed body or path (`bad_request`), `415` without a JSON content type, `422` for
-//! invalid orders (`invalid_order`), `404`, `405`, `409` (`locked`, `wrong_state`) and `500`.
+//! malformed body or path (`bad_request`), `408` when a request (its body included) takes
+//! longer than [`REQUEST_TIMEOUT`] (`timeout`), `413` for a body over 2 MB or an order whose
+//! commands would not fit the transport (`too_large`), `415` without a JSON content type, `422`
+//! for invalid orders (`invalid_order`), `404`, `405`, `409` (`locked`, `wrong_state`), `503`
+//! with `Retry-After` while a database is unreachable (`unavailable`) and `500`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -46,9 +52,19 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        response
     }
 }
+
+/// How long a request may take, reading its body included; a client that sends its body
+/// slower than that gets `408` and the connection back.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl From<OrderError> for ApiError {
     fn from(err: OrderError) -> Self {
@@ -65,15 +81,29 @@ impl From<OrderError> for ApiError {
             err @ OrderError::WrongState { .. } => {
                 Self::new(StatusCode::CONFLICT, "wrong_state", err.to_string())
             }
+            err @ OrderError::TooLarge { .. } => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", err.to_string())
+            }
+            err if err.is_unavailable() => unavailable(err),
             err => internal(err),
         }
     }
+}
+
+fn unavailable(err: impl std::fmt::Display) -> ApiError {
+    tracing::warn!(error = %err, "request failed: a database is unavailable");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        format!("the service is unavailable; try again shortly ({err})"),
+    )
 }
 
 impl From<FtgoError> for ApiError {
     fn from(err: FtgoError) -> Self {
         match err {
             FtgoError::Order(err) => err.into(),
+            err if err.is_unavailable() => unavailable(err),
             err => internal(err),
         }
     }
@@ -89,11 +119,28 @@ fn internal(err: impl std::fmt::Display) -> ApiError {
 }
 
 fn bad_json(rejection: JsonRejection) -> ApiError {
-    let status = match rejection {
-        JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        _ => StatusCode::BAD_REQUEST,
+    let (status, code) = match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "bad_request"),
+        _ => (StatusCode::BAD_REQUEST, "bad_request"),
     };
-    ApiError::new(status, "bad_request", rejection.body_text())
+    ApiError::new(status, code, rejection.body_text())
+}
+
+/// A request that outlived [`REQUEST_TIMEOUT`] (or another middleware failure).
+async fn timed_out(err: tower::BoxError) -> ApiError {
+    if err.is::<tower::timeout::error::Elapsed>() {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!(
+                "the request took longer than {} s",
+                REQUEST_TIMEOUT.as_secs()
+            ),
+        )
+    } else {
+        internal(err)
+    }
 }
 
 fn bad_path(rejection: PathRejection) -> ApiError {
@@ -176,6 +223,11 @@ pub fn router(ftgo: Arc<Ftgo>) -> Router {
         .route("/health", get(health))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(timed_out))
+                .timeout(REQUEST_TIMEOUT),
+        )
         .with_state(ftgo)
 }
 

@@ -204,6 +204,20 @@ pub enum FtgoError {
     Timeout(usize, Duration),
 }
 
+impl FtgoError {
+    /// Whether the failure is a database or broker that is (momentarily) out of reach.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Order(err) => err.is_unavailable(),
+            Self::Sql(err) => saga_store::error::is_transient(err),
+            Self::Store(err) => matches!(err, saga_core::ports::StoreError::Unavailable(_)),
+            Self::Database(DatabaseError::Unreachable { .. }) => true,
+            Self::Transport(err) => matches!(err, TransportError::Unavailable(_)),
+            _ => false,
+        }
+    }
+}
+
 /// The four services and their message queue.
 pub struct Ftgo {
     /// The Order service (and the saga orchestrator).
@@ -293,11 +307,13 @@ impl Ftgo {
             Some(database) => Ok::<_, DatabaseError>(database.clone()),
             None => options.database(name).await,
         };
-        let orders = OrderService::open_observed(database("order").await?, observer).await?;
+        let (transport, messages) = options.transport(shared.as_ref()).await?;
+        let orders = OrderService::open_observed(database("order").await?, observer)
+            .await?
+            .with_message_limit(transport.max_message_bytes());
         let consumers = ConsumerService::open(database("consumer").await?).await?;
         let kitchen = KitchenService::open(database("kitchen").await?).await?;
         let accounting = AccountingService::open(database("accounting").await?).await?;
-        let (transport, messages) = options.transport(shared.as_ref()).await?;
         Ok(Self {
             orders,
             consumers,

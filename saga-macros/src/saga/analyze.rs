@@ -33,6 +33,8 @@ pub(crate) struct SagaModel {
     pub(crate) name: Ident,
     /// The data type, when it parsed.
     pub(crate) data: Option<Type>,
+    /// The steps' default reply timeout (`#[saga(timeout = ..)]`).
+    pub(crate) timeout: Option<Expr>,
     /// The steps, in order.
     pub(crate) steps: Vec<StepModel>,
 }
@@ -54,8 +56,8 @@ pub(crate) struct StepModel {
     pub(crate) condition: Option<(Ident, ExprPath)>,
     /// The retry policy expression.
     pub(crate) retry: Option<(Ident, Expr)>,
-    /// The timeout expression.
-    pub(crate) timeout: Option<(Ident, Expr)>,
+    /// The timeout: an expression, or `None` inside for `timeout: none`.
+    pub(crate) timeout: Option<(Ident, Option<Expr>)>,
     /// The timeout action.
     pub(crate) on_timeout: Option<(Ident, TimeoutChoice)>,
 }
@@ -102,6 +104,7 @@ pub(crate) fn analyze(ast: SagaAst, errors: &mut Errors) -> SagaModel {
         vis: ast.vis,
         name: ast.name,
         data: ast.data,
+        timeout: ast.timeout,
         steps,
     }
 }
@@ -156,8 +159,12 @@ fn analyze_step(step: StepAst, errors: &mut Errors) -> StepModel {
                 model.retry = Some((key, expr));
                 continue;
             }
+            OptionValue::NoTimeout => {
+                model.timeout = Some((key, None));
+                continue;
+            }
             OptionValue::Timeout(expr) => {
-                model.timeout = Some((key, expr));
+                model.timeout = Some((key, Some(expr)));
                 continue;
             }
             OptionValue::OnTimeout(choice) => {

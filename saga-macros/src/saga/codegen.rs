@@ -79,6 +79,15 @@ fn generate_saga_impl(saga: &LoweredSaga) -> TokenStream {
     } = saga;
     let definition = Ident::new("DEFINITION", Span::mixed_site());
     let steps = saga.steps.iter().map(generate_step);
+    let timeout = saga.timeout.as_ref().map(|expr| {
+        quote! {
+            .timeout({
+                #[allow(unused_imports)]
+                use ::saga_core::__private::Duration;
+                #expr
+            })
+        }
+    });
     quote! {
         impl ::saga_core::__private::Saga for #ident {
             type Data = #data;
@@ -92,6 +101,7 @@ fn generate_saga_impl(saga: &LoweredSaga) -> TokenStream {
                 #definition.get_or_init(|| {
                     ::saga_core::__private::checked(
                         ::saga_core::__private::SagaDefinition::<Self::Data>::builder(#name)
+                            #timeout
                             #(.step(#steps))*
                     )
                 })
@@ -129,6 +139,7 @@ fn generate_call(call: &BuilderCall) -> TokenStream {
         CallArg::TimeoutAction(variant) => {
             quote!(::saga_core::__private::TimeoutAction::#variant)
         }
+        CallArg::Nothing => TokenStream::new(),
     };
     quote!(.#method(#arg))
 }

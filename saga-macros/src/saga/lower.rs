@@ -26,6 +26,8 @@ pub(crate) struct LoweredSaga {
     pub(crate) name: LitStr,
     /// The data type; without it, no `Saga` impl is generated.
     pub(crate) data: Option<Type>,
+    /// The steps' default reply timeout.
+    pub(crate) timeout: Option<Expr>,
     /// The steps.
     pub(crate) steps: Vec<LoweredStep>,
 }
@@ -59,6 +61,8 @@ pub(crate) enum CallArg {
     Value(Expr),
     /// A `TimeoutAction` variant: `Retry` or `Fail`.
     TimeoutAction(Ident),
+    /// No argument.
+    Nothing,
 }
 
 /// Lowers a checked saga.
@@ -69,6 +73,7 @@ pub(crate) fn lower(model: &SagaModel) -> LoweredSaga {
         ident: model.name.clone(),
         name: LitStr::new(&model.name.unraw().to_string(), model.name.span()),
         data: model.data.clone(),
+        timeout: model.timeout.clone(),
         steps: model.steps.iter().map(lower_step).collect(),
     }
 }
@@ -114,8 +119,10 @@ fn lower_step(step: &StepModel) -> LoweredStep {
     if let Some((key, expr)) = &step.retry {
         calls.push(call(key, "retry", CallArg::Value(expr.clone())));
     }
-    if let Some((key, expr)) = &step.timeout {
-        calls.push(call(key, "timeout", CallArg::Value(expr.clone())));
+    match &step.timeout {
+        Some((key, Some(expr))) => calls.push(call(key, "timeout", CallArg::Value(expr.clone()))),
+        Some((key, None)) => calls.push(call(key, "no_timeout", CallArg::Nothing)),
+        None => {}
     }
     if let Some((key, choice)) = &step.on_timeout {
         let variant = match choice {

@@ -4,11 +4,13 @@
 //!
 //! ```text
 //! saga    := outer-attribute* visibility `saga` IDENT `(` TYPE `)` `{` step* `}`
+//!            (one outer attribute may be `#[saga(timeout = EXPR)]`: the steps' default
+//!            reply timeout)
 //! step    := doc-comment* KIND IDENT `{` (option (`,` option)* `,`?)? `}`
 //! KIND    := `compensatable` | `pivot` | `retriable`
 //! option  := `invoke` `:` PATH | `notify` `:` PATH | `local` `:` PATH
 //!          | `on_reply` `:` PATH | `compensate` `:` (PATH | `local` `(` PATH `)`)
-//!          | `when` `:` PATH | `retry` `:` EXPR | `timeout` `:` EXPR
+//!          | `when` `:` PATH | `retry` `:` EXPR | `timeout` `:` (`none` | EXPR)
 //!          | `on_timeout` `:` (`retry` | `fail`)
 //! ```
 //!
@@ -55,6 +57,8 @@ pub(crate) struct SagaAst {
     pub(crate) name: Ident,
     /// The saga data type; `None` when it did not parse (an error was reported).
     pub(crate) data: Option<Type>,
+    /// `#[saga(timeout = EXPR)]`: how long its steps wait for a reply by default.
+    pub(crate) timeout: Option<Expr>,
     /// The steps that parsed, in order.
     pub(crate) steps: Vec<StepAst>,
 }
@@ -100,6 +104,8 @@ pub(crate) enum OptionValue {
     Retry(Expr),
     /// `timeout: expr` — the reply deadline.
     Timeout(Expr),
+    /// `timeout: none` — no reply deadline.
+    NoTimeout,
     /// `on_timeout: retry | fail`.
     OnTimeout(TimeoutChoice),
 }
@@ -124,7 +130,7 @@ impl OptionValue {
             Self::Compensate(_) | Self::CompensateLocal(_) => "compensate",
             Self::When(_) => "when",
             Self::Retry(_) => "retry",
-            Self::Timeout(_) => "timeout",
+            Self::Timeout(_) | Self::NoTimeout => "timeout",
             Self::OnTimeout(_) => "on_timeout",
         }
     }
@@ -142,7 +148,7 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Option<SagaAst>
 
 /// `outer-attribute* visibility saga IDENT ( TYPE ) { step* }`
 fn parse_saga(input: ParseStream<'_>, errors: &mut Errors) -> syn::Result<SagaAst> {
-    let attrs = input.call(Attribute::parse_outer)?;
+    let (attrs, timeout) = saga_options(input.call(Attribute::parse_outer)?, errors);
     let vis: Visibility = input.parse()?;
     if !input.peek(kw::saga) {
         return Err(input.error(
@@ -159,6 +165,7 @@ fn parse_saga(input: ParseStream<'_>, errors: &mut Errors) -> syn::Result<SagaAs
         vis,
         name,
         data: None,
+        timeout,
         steps: Vec::new(),
     };
     if let Err(error) = parse_saga_rest(input, &mut saga, errors) {
@@ -166,6 +173,34 @@ fn parse_saga(input: ParseStream<'_>, errors: &mut Errors) -> syn::Result<SagaAs
         skip_all(input)?;
     }
     Ok(saga)
+}
+
+/// Takes the `#[saga(..)]` attributes out of `attrs` (the others stay on the struct) and
+/// returns their `timeout`.
+fn saga_options(attrs: Vec<Attribute>, errors: &mut Errors) -> (Vec<Attribute>, Option<Expr>) {
+    let mut timeout = None;
+    let mut kept = Vec::with_capacity(attrs.len());
+    for attr in attrs {
+        if !attr.path().is_ident("saga") {
+            kept.push(attr);
+            continue;
+        }
+        let parsed = attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("timeout") {
+                timeout = Some(meta.value()?.parse::<Expr>()?);
+                Ok(())
+            } else {
+                Err(meta.error(
+                    "unknown saga option; expected `timeout = <Duration>`, as in \
+                     `#[saga(timeout = Duration::from_secs(60))]`",
+                ))
+            }
+        });
+        if let Err(error) = parsed {
+            errors.push(error);
+        }
+    }
+    (kept, timeout)
 }
 
 /// Everything after the saga's name: `( TYPE ) { step* }`, then nothing.
@@ -360,6 +395,17 @@ fn parse_option(input: ParseStream<'_>) -> syn::Result<OptionAst> {
         "compensate" => parse_compensation(input)?,
         "when" => OptionValue::When(parse_handler(input, "when")?),
         "retry" => OptionValue::Retry(input.parse()?),
+        "timeout"
+            if input.peek(Ident)
+                && input.fork().parse::<Ident>().is_ok_and(|i| i == "none")
+                && {
+                    let fork = input.fork();
+                    fork.parse::<Ident>().is_ok() && (fork.is_empty() || fork.peek(Token![,]))
+                } =>
+        {
+            input.parse::<Ident>()?;
+            OptionValue::NoTimeout
+        }
         "timeout" => OptionValue::Timeout(input.parse()?),
         _ => OptionValue::OnTimeout(parse_timeout_choice(input)?),
     };

@@ -18,8 +18,8 @@ use super::{StoredState, advance, transient};
 use crate::cancel_order::{CancelOrderData, CancelOrderSaga};
 use crate::create_order::{CreateOrderData, CreateOrderSaga};
 use crate::messages::{
-    ApproveOrder, CancelUndone, Cents, ConfirmCancelOrder, LineItem, OrderApproved, OrderCancelled,
-    OrderRejected, RejectOrder, UndoBeginCancelOrder, channels,
+    ApproveOrder, CancelUndone, Cents, ConfirmCancelOrder, CreateTicket, LineItem, OrderApproved,
+    OrderCancelled, OrderRejected, RejectOrder, UndoBeginCancelOrder, channels,
 };
 
 /// The life of an order.
@@ -168,13 +168,43 @@ pub enum OrderError {
     /// The write could not be committed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The order's commands would be larger than the transport carries.
+    #[error(
+        "the order is too large: its kitchen ticket would be a {size}-byte message, over the \
+         transport's limit of {limit} bytes; order fewer distinct items"
+    )]
+    TooLarge {
+        /// The size of the largest command, with headers.
+        size: usize,
+        /// The transport's limit.
+        limit: usize,
+    },
 }
+
+impl OrderError {
+    /// Whether the failure is a database that is (momentarily) out of reach: worth retrying.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Database(err) => saga_store::error::is_transient(err),
+            Self::Store(err) | Self::Saga(OrchestratorError::Store(err)) => {
+                matches!(err, StoreError::Unavailable(_))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Room left for a command's headers (saga id and type, step, request id, reply channel,
+/// deadline, message id) when checking its size against the transport's limit.
+const HEADER_ALLOWANCE: usize = 1024;
 
 /// The Order service.
 #[derive(Clone, Debug)]
 pub struct OrderService {
     database: Database,
     orchestrator: Arc<Orchestrator<SqlSagaStore>>,
+    /// The largest message the transport carries, if it has a limit.
+    message_limit: Option<usize>,
 }
 
 fn now() -> i64 {
@@ -222,7 +252,16 @@ impl OrderService {
         Ok(Self {
             database,
             orchestrator: Arc::new(orchestrator),
+            message_limit: None,
         })
+    }
+
+    /// Refuses orders whose commands would exceed `limit` bytes (the transport's
+    /// [`max_message_bytes`](saga_core::ports::Transport::max_message_bytes)) before anything
+    /// is stored, instead of letting their saga fail later.
+    pub fn with_message_limit(mut self, limit: Option<usize>) -> Self {
+        self.message_limit = limit;
+        self
     }
 
     /// The service's database.
@@ -245,11 +284,12 @@ impl OrderService {
         }
         let orchestrator = self.orchestrator.clone();
         let request = request.clone();
+        let limit = self.message_limit;
         // Group-committed with other orders' and the sagas' writes.
         let placed = self
             .database
             .write(move |tx| {
-                Box::pin(async move { settle(place_in(tx, &orchestrator, &request).await) })
+                Box::pin(async move { settle(place_in(tx, &orchestrator, &request, limit).await) })
             })
             .await??;
         self.database.wake_relay();
@@ -300,6 +340,7 @@ async fn place_in(
     tx: &mut Tx,
     orchestrator: &Orchestrator<SqlSagaStore>,
     request: &NewOrder,
+    message_limit: Option<usize>,
 ) -> Result<PlacedOrder, OrderError> {
     let menu = menu_of(tx, request.restaurant_id).await?;
     if menu.is_empty() {
@@ -331,6 +372,18 @@ async fn place_in(
             menu_item_id: line.menu_item_id.clone(),
             quantity,
         });
+    }
+    if let Some(limit) = message_limit {
+        // The kitchen ticket carries every line item: the saga's largest command.
+        let ticket = CreateTicket {
+            order_id: i64::MAX,
+            restaurant_id: request.restaurant_id,
+            line_items: line_items.clone(),
+        };
+        let size = serde_json::to_vec(&ticket).map_or(usize::MAX, |b| b.len()) + HEADER_ALLOWANCE;
+        if size > limit {
+            return Err(OrderError::TooLarge { size, limit });
+        }
     }
     let order_id: i64 = query(
         "UPDATE ftgo_order_ids SET next = next + 1 WHERE name = 'orders' RETURNING next - 1 AS id",
