@@ -29,6 +29,8 @@ pub struct PaymentSystem {
     /// Handle messages in place (`RuntimeBuilder::in_place`, the queue being in the same
     /// database) instead of through leases, relay and acks.
     pub in_place: bool,
+    /// Settings of [`PaymentSystem::sql_transport`].
+    pub transport_options: SqlTransportOptions,
 }
 
 /// Transport settings for tests: short leases and polls.
@@ -60,12 +62,13 @@ impl PaymentSystem {
             store,
             orchestrator,
             in_place: false,
+            transport_options: test_transport_options(),
         }
     }
 
     /// The SQL-table transport on the test database.
     pub fn sql_transport(&self) -> SqlTransport {
-        SqlTransport::with_options(self.db.database.clone(), test_transport_options())
+        SqlTransport::with_options(self.db.database.clone(), self.transport_options.clone())
     }
 
     /// Starts one payment saga per `(payment, amount)`, each in its own transaction.

@@ -264,6 +264,8 @@ struct Group {
 struct Channels {
     /// Every message ever published per channel, for groups that join later.
     log: HashMap<String, Vec<Message>>,
+    /// Messages set aside with [`Transport::dead_letter`], with the reason.
+    dead: Vec<(Message, String)>,
     groups: HashMap<(String, String), Group>,
     next_receipt: u64,
 }
@@ -308,6 +310,11 @@ impl InMemoryTransport {
                 group.queue.push_front(entry);
             }
         }
+    }
+
+    /// The messages consumers set aside ([`Transport::dead_letter`]), with the reasons.
+    pub fn set_aside(&self) -> Vec<(Message, String)> {
+        lock(&self.channels).dead.clone()
     }
 
     /// How many messages wait (queued or unacknowledged) across all groups.
@@ -415,6 +422,25 @@ impl Transport for InMemoryTransport {
             group.in_flight.remove(&delivery.receipt);
         }
         Ok(())
+    }
+
+    /// Drops the delivery and keeps it with the reason; a command's failure reply goes to
+    /// its reply channel.
+    async fn dead_letter(
+        &self,
+        channel: &str,
+        group: &str,
+        delivery: &Delivery,
+        reason: &str,
+    ) -> Result<(), TransportError> {
+        self.ack(channel, group, delivery).await?;
+        lock(&self.channels)
+            .dead
+            .push((delivery.message.clone(), reason.to_owned()));
+        let replies: Vec<Message> = failure_reply_for(&delivery.message, reason)
+            .into_iter()
+            .collect();
+        self.publish(&replies).await
     }
 
     async fn release(

@@ -164,6 +164,14 @@ pub enum StoreError {
     Other(String),
 }
 
+impl StoreError {
+    /// Whether trying again later can succeed: the store was unreachable or out of resources.
+    /// Other failures repeat for the same input.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
 /// Persists sagas, timelines, timers, the outbox, dedup records and dead letters.
 #[async_trait]
 pub trait SagaStore: Send + Sync {
@@ -386,6 +394,22 @@ pub trait Transport: Send + Sync {
     ) -> Result<Vec<ChannelBacklog>, TransportError> {
         let _ = older_than;
         Ok(Vec::new())
+    }
+
+    /// Sets a delivery aside for good — a dead letter with `reason`, for a message its
+    /// consumer can never handle — telling its saga with a failure reply when it is a command
+    /// that waits for an answer. The default cannot: the consumer keeps the message.
+    async fn dead_letter(
+        &self,
+        channel: &str,
+        group: &str,
+        delivery: &Delivery,
+        reason: &str,
+    ) -> Result<(), TransportError> {
+        let _ = (channel, group, delivery, reason);
+        Err(TransportError::Other(
+            "this transport cannot set messages aside".to_owned(),
+        ))
     }
 
     /// Gives a delivery back unprocessed, to be delivered again after `delay`.

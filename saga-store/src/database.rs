@@ -77,6 +77,11 @@ pub struct DatabaseOptions {
     pub writers: Option<usize>,
     /// The most pieces of work one group commit takes (default 256).
     pub write_batch: usize,
+    /// PostgreSQL: how long a connection may sit idle inside a transaction before the server
+    /// ends it (`idle_in_transaction_session_timeout`, default 30 s). A process that hangs
+    /// holding a transaction open (frozen, partitioned) would otherwise keep its row locks —
+    /// and every other process waiting on them — forever.
+    pub idle_in_transaction_timeout: Duration,
 }
 
 impl Default for DatabaseOptions {
@@ -89,6 +94,7 @@ impl Default for DatabaseOptions {
             sqlite_busy_timeout: Duration::from_secs(10),
             writers: None,
             write_batch: 256,
+            idle_in_transaction_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -252,6 +258,7 @@ impl Database {
         let schema = options.schema.clone();
         let sync = options.sqlite_sync;
         let busy = options.sqlite_busy_timeout.as_millis();
+        let idle_in_transaction = options.idle_in_transaction_timeout.as_millis();
         AnyPoolOptions::new()
             .max_connections(max)
             .acquire_timeout(Duration::from_secs(5))
@@ -272,6 +279,10 @@ impl Database {
                             .await?;
                         }
                         Dialect::Postgres => {
+                            conn.execute(sqlx::AssertSqlSafe(format!(
+                                "SET idle_in_transaction_session_timeout = {idle_in_transaction}"
+                            )))
+                            .await?;
                             if let Some(schema) = schema {
                                 // The name was checked to be a plain identifier.
                                 conn.execute(sqlx::AssertSqlSafe(format!(

@@ -41,6 +41,9 @@ enum Pass<T> {
     Handled(usize, T, Vec<String>),
     /// Something needs the ordinary consumer.
     Fallback,
+    /// Only rows that had to be set aside as dead letters; their failure replies went to
+    /// these channels.
+    SetAside(Vec<String>),
 }
 
 /// Handles taken messages inside a pass's transaction: `None` to undo the pass and fall back,
@@ -82,14 +85,21 @@ async fn pass_loop<T, F, C, Fut>(
         let passed = database
             .submit_pass(move |tx| {
                 Box::pin(async move {
-                    let taken = queue_in_pass.take_in(tx, &channel_in_pass, max).await?;
+                    let mut read = queue_in_pass.take_in(tx, &channel_in_pass, max).await?;
+                    let taken = std::mem::take(&mut read.deliveries);
                     if taken.is_empty() {
-                        return Ok(Finish::Rollback(Pass::Empty));
+                        // Rows set aside as dead letters (and the failure replies that tell
+                        // their sagas) are kept even when nothing else was taken.
+                        return Ok(match read.set_aside {
+                            0 => Finish::Rollback(Pass::Empty),
+                            _ => Finish::Commit(Pass::SetAside(read.replied_to)),
+                        });
                     }
                     let messages = taken.iter().map(|d| d.message.clone()).collect();
                     let Some((done, mut destinations)) = run(tx, messages).await? else {
                         return Ok(Finish::Rollback(Pass::Fallback));
                     };
+                    destinations.extend(read.replied_to);
                     destinations.sort_unstable();
                     destinations.dedup();
                     if let Some(notify) = &notify {
@@ -120,6 +130,12 @@ async fn pass_loop<T, F, C, Fut>(
                 }
                 after(done);
                 tracing::trace!(%channel, count, "handled in place");
+                false
+            }
+            Ok(Pass::SetAside(channels)) => {
+                for channel in channels {
+                    database.wakeups().wake(&Topic::Queue(channel));
+                }
                 false
             }
             Ok(Pass::Empty) => {

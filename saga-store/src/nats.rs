@@ -899,6 +899,28 @@ impl Transport for NatsTransport {
         Ok(backlogs)
     }
 
+    async fn dead_letter(
+        &self,
+        channel: &str,
+        _group: &str,
+        delivery: &Delivery,
+        reason: &str,
+    ) -> Result<(), TransportError> {
+        let Some(message) = self.take(delivery) else {
+            return Err(TransportError::Other(format!(
+                "message {} is not in hand",
+                delivery.message.id
+            )));
+        };
+        match NatsTransport::dead_letter(self, channel, &message, reason).await {
+            Ok(()) => Ok(()),
+            Err(err) => {
+                self.lock_in_flight().insert(delivery.receipt, message);
+                Err(err)
+            }
+        }
+    }
+
     async fn release(
         &self,
         _channel: &str,

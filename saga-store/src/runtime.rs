@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, join_all};
-use saga_core::orchestrator::{Orchestrator, WatchdogAction};
+use saga_core::orchestrator::{Orchestrator, OrchestratorError, WatchdogAction};
 use saga_core::participant::Participant;
 use saga_core::ports::{DeadLetter, Delivery, StoreError, Transport};
 use saga_core::relay::relay_batch;
@@ -92,6 +92,15 @@ pub struct RuntimeOptions {
     /// The most messages a consumer holds for another try; while it holds that many it takes
     /// no new ones (default 256).
     pub hold_limit: usize,
+    /// How many times in a row a message may fail for a reason that is not transient (a
+    /// constraint its writes break, data the store cannot read) before it is set aside as a
+    /// dead letter and its saga told (default 5).
+    pub permanent_failures: u32,
+    /// How long a consumer keeps trying a message that keeps failing for transient reasons
+    /// before it sets it aside as a dead letter, to be replayed once the cause is fixed
+    /// (default 1 hour). A command's saga usually stops waiting much sooner (its step's
+    /// timeout); this bounds the rest, such as notifications.
+    pub hold_at_most: Duration,
     /// The stuck-saga watchdog.
     pub watchdog: WatchdogOptions,
 }
@@ -133,6 +142,8 @@ impl Default for RuntimeOptions {
             relay_lease: Duration::from_secs(10),
             hold_lease: Duration::from_secs(15),
             hold_limit: 256,
+            permanent_failures: 5,
+            hold_at_most: Duration::from_secs(3600),
             watchdog: WatchdogOptions::default(),
         }
     }
@@ -456,6 +467,16 @@ async fn relay_loop(
     lease.release().await;
 }
 
+impl Verdict {
+    fn reason(&self) -> String {
+        match self {
+            Self::Done => "handled".to_owned(),
+            Self::Retry(reason) => reason.clone(),
+            Self::Failed(error) => error.to_string(),
+        }
+    }
+}
+
 /// A batch's handling in progress: each delivery with its verdict.
 pub(crate) type Handling = BoxFuture<'static, Vec<(Delivery, Verdict)>>;
 
@@ -465,8 +486,10 @@ pub(crate) enum Verdict {
     Done,
     /// The handler asked for another try (a transient failure), for this reason.
     Retry(String),
-    /// Handling failed (e.g. the database is away): try again after backing off.
-    Failed(String),
+    /// Handling failed: try again after backing off. A transient failure (the database is
+    /// away) is tried for as long as it lasts; a permanent one is set aside after
+    /// [`RuntimeOptions::permanent_failures`] tries.
+    Failed(StoreError),
 }
 
 /// A delivery that failed for a transient reason, kept by its consumer to be tried again.
@@ -477,6 +500,10 @@ struct Held {
     due: tokio::time::Instant,
     /// Failed tries so far.
     tries: u32,
+    /// Of those, the last ones in a row that failed for a permanent reason.
+    permanent: u32,
+    /// When it first failed.
+    since: tokio::time::Instant,
 }
 
 /// Receives batches from a channel and hands each to `handle`, acknowledging or keeping each
@@ -594,8 +621,10 @@ where
             .into_iter()
             .partition(|held| held.due <= now);
         self.held = later;
-        let mut tries: std::collections::HashMap<u64, u32> =
-            due.iter().map(|h| (h.delivery.receipt, h.tries)).collect();
+        let mut tries: std::collections::HashMap<u64, (u32, u32, tokio::time::Instant)> = due
+            .iter()
+            .map(|h| (h.delivery.receipt, (h.tries, h.permanent, h.since)))
+            .collect();
         let mut deliveries: Vec<Delivery> = due.into_iter().map(|h| h.delivery).collect();
         let room = self
             .options
@@ -632,8 +661,28 @@ where
         let mut failed_pause = None;
         let max_backoff = self.options.max_backoff;
         for (delivery, verdict) in handled {
-            let tried = tries.remove(&delivery.receipt).unwrap_or(0) + 1;
-            let delay = match verdict {
+            let (tried, permanent, since) =
+                tries
+                    .remove(&delivery.receipt)
+                    .unwrap_or((0, 0, tokio::time::Instant::now()));
+            let tried = tried + 1;
+            if !matches!(verdict, Verdict::Done) && since.elapsed() >= self.options.hold_at_most {
+                let reason = format!(
+                    "still failing after {} s and {tried} tries: {}",
+                    since.elapsed().as_secs(),
+                    verdict.reason()
+                );
+                match transport
+                    .dead_letter(channel, group, &delivery, &reason)
+                    .await
+                {
+                    Ok(()) => continue,
+                    Err(err) => {
+                        tracing::warn!(%channel, message_id = %delivery.message.id, error = %err, "could not set a failing message aside; keeping it")
+                    }
+                }
+            }
+            let (delay, permanent) = match verdict {
                 Verdict::Done => {
                     done.push(delivery);
                     continue;
@@ -641,11 +690,28 @@ where
                 Verdict::Retry(reason) => {
                     let delay = retry_delay(tried, max_backoff);
                     tracing::info!(%channel, message_id = %delivery.message.id, %reason, tries = tried, ?delay, "message will be tried again");
-                    delay
+                    (delay, 0)
+                }
+                Verdict::Failed(error) if error.is_transient() => {
+                    tracing::warn!(%channel, message_id = %delivery.message.id, %error, tries = tried, "message not handled; trying it again after a pause");
+                    (*failed_pause.get_or_insert_with(|| self.backoff.next()), 0)
                 }
                 Verdict::Failed(error) => {
-                    tracing::warn!(%channel, message_id = %delivery.message.id, %error, tries = tried, "message not handled; trying it again after a pause");
-                    *failed_pause.get_or_insert_with(|| self.backoff.next())
+                    let permanent = permanent + 1;
+                    if permanent >= self.options.permanent_failures {
+                        let reason = format!("failed {permanent} times in a row: {error}");
+                        match transport
+                            .dead_letter(channel, group, &delivery, &reason)
+                            .await
+                        {
+                            Ok(()) => continue,
+                            Err(err) => {
+                                tracing::warn!(%channel, message_id = %delivery.message.id, error = %err, "could not set a failing message aside; keeping it")
+                            }
+                        }
+                    }
+                    tracing::warn!(%channel, message_id = %delivery.message.id, %error, tries = tried, "message failed; trying it again after a pause");
+                    (retry_delay(tried, max_backoff), permanent)
                 }
             };
             if self.held.is_empty() {
@@ -655,6 +721,8 @@ where
                 delivery,
                 due: tokio::time::Instant::now() + delay,
                 tries: tried,
+                permanent,
+                since,
             });
         }
         if !done.is_empty() {
@@ -698,7 +766,8 @@ pub(crate) fn reply_consumer(
                     .map(|(delivery, result)| {
                         let verdict = match result {
                             Ok(_) => Verdict::Done,
-                            Err(err) => Verdict::Failed(err.to_string()),
+                            Err(OrchestratorError::Store(err)) => Verdict::Failed(err),
+                            Err(err) => Verdict::Failed(StoreError::Other(err.to_string())),
                         };
                         (delivery, verdict)
                     })
@@ -933,7 +1002,7 @@ pub(crate) fn command_consumer(
                         let verdict = match result {
                             Ok(Handled::Done | Handled::Duplicate) => Verdict::Done,
                             Ok(Handled::Retry(reason)) => Verdict::Retry(reason),
-                            Err(err) => Verdict::Failed(err.to_string()),
+                            Err(err) => Verdict::Failed(err),
                         };
                         (delivery, verdict)
                     })

@@ -52,6 +52,17 @@ impl Default for SqlTransportOptions {
     }
 }
 
+/// What reading claimed or taken queue rows gave.
+#[derive(Debug, Default)]
+pub(crate) struct Taken {
+    /// The deliveries, in queue order.
+    pub(crate) deliveries: Vec<Delivery>,
+    /// How many rows were set aside as dead letters instead.
+    pub(crate) set_aside: usize,
+    /// The channels that got a failure reply for one of those (to wake after the commit).
+    pub(crate) replied_to: Vec<String>,
+}
+
 /// saga-core's transport port over a queue table.
 #[derive(Clone, Debug)]
 pub struct SqlTransport {
@@ -69,13 +80,14 @@ const CLAIM_SQLITE: &str = "UPDATE saga_queue SET visible_at = $1, deliveries = 
                   ORDER BY id LIMIT $4) \
      RETURNING id, message_id, headers, payload, deliveries";
 
+// Taking a message in place is a delivery too: `deliveries + 1`, as a claim counts it.
 const TAKE_POSTGRES: &str = "DELETE FROM saga_queue WHERE id IN (SELECT id FROM saga_queue \
      WHERE channel = $1 AND visible_at <= $2 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) \
-     RETURNING id, message_id, headers, payload, deliveries";
+     RETURNING id, message_id, headers, payload, deliveries + 1 AS deliveries";
 
 const TAKE_SQLITE: &str = "DELETE FROM saga_queue WHERE id IN (SELECT id FROM saga_queue \
      WHERE channel = $1 AND visible_at <= $2 ORDER BY id LIMIT $3) \
-     RETURNING id, message_id, headers, payload, deliveries";
+     RETURNING id, message_id, headers, payload, deliveries + 1 AS deliveries";
 
 impl SqlTransport {
     /// A transport on `database`'s queue table.
@@ -183,17 +195,25 @@ impl SqlTransport {
             .await
             .map_err(transport_error)?;
         let rows_claimed = !rows.is_empty();
-        let deliveries = self
+        let taken = self
             .read_rows(&mut tx, channel, rows, now)
             .await
             .map_err(transport_error_of)?;
         if rows_claimed {
             self.database.commit(tx).await.map_err(transport_error)?;
+            self.wake_channels(&taken.replied_to);
         } else {
             // Nothing was claimed: there is nothing to make durable.
             tx.rollback().await.map_err(transport_error)?;
         }
-        Ok(deliveries)
+        Ok(taken.deliveries)
+    }
+
+    /// Wakes local consumers of `channels`.
+    pub(crate) fn wake_channels(&self, channels: &[String]) {
+        for channel in channels {
+            self.database.wakeups().wake(&Topic::Queue(channel.clone()));
+        }
     }
 
     /// Turns claimed rows into deliveries, in queue order; a row whose envelope cannot be read,
@@ -204,8 +224,9 @@ impl SqlTransport {
         channel: &str,
         rows: Vec<sqlx::any::AnyRow>,
         now: Timestamp,
-    ) -> Result<Vec<Delivery>, StoreError> {
-        let mut deliveries = Vec::with_capacity(rows.len());
+    ) -> Result<Taken, StoreError> {
+        let mut taken = Taken::default();
+        let deliveries = &mut taken.deliveries;
         for row in rows {
             let column = |e| corrupt("saga_queue", e);
             let id: i64 = row.try_get("id").map_err(column)?;
@@ -238,7 +259,9 @@ impl SqlTransport {
                 self.notify_queued(conn, std::slice::from_ref(&reply))
                     .await
                     .map_err(store_error)?;
+                taken.replied_to.push(reply.destination);
             }
+            taken.set_aside += 1;
             let dead = DeadLetter {
                 consumer: format!("transport:{channel}"),
                 message: Message {
@@ -258,7 +281,7 @@ impl SqlTransport {
                 .map_err(store_error)?;
         }
         deliveries.sort_by_key(|d| d.receipt);
-        Ok(deliveries)
+        Ok(taken)
     }
 
     /// Takes up to `max` visible messages of `channel` out of the queue inside an open
@@ -270,7 +293,7 @@ impl SqlTransport {
         conn: &mut AnyConnection,
         channel: &str,
         max: usize,
-    ) -> Result<Vec<Delivery>, StoreError> {
+    ) -> Result<Taken, StoreError> {
         let now = Timestamp::now();
         let sql = match self.database.dialect() {
             Dialect::Postgres => TAKE_POSTGRES,
@@ -460,6 +483,39 @@ impl Transport for SqlTransport {
             .await
             .map_err(transport_error_of)?;
         self.database.count_commit();
+        Ok(())
+    }
+
+    /// The dead letter, the failure reply to the saga and the row's deletion commit together.
+    async fn dead_letter(
+        &self,
+        channel: &str,
+        group: &str,
+        delivery: &Delivery,
+        reason: &str,
+    ) -> Result<(), TransportError> {
+        let mut tx = self.database.begin().await.map_err(transport_error)?;
+        let dead = DeadLetter {
+            consumer: group.to_owned(),
+            message: delivery.message.clone(),
+            reason: reason.to_owned(),
+            at: Timestamp::now(),
+        };
+        insert_dead_letter(&mut tx, &dead)
+            .await
+            .map_err(transport_error_of)?;
+        let replies: Vec<Message> = failure_reply_for(&delivery.message, reason)
+            .into_iter()
+            .collect();
+        self.publish_in(&mut tx, &replies).await?;
+        query("DELETE FROM saga_queue WHERE id = $1")
+            .bind(to_i64(delivery.receipt))
+            .execute(&mut *tx)
+            .await
+            .map_err(transport_error)?;
+        self.database.commit(tx).await.map_err(transport_error)?;
+        self.wake_consumers(&replies);
+        tracing::warn!(channel, message_id = %delivery.message.id, %reason, "message set aside as a dead letter");
         Ok(())
     }
 

@@ -28,6 +28,9 @@ struct Args {
     /// Handle messages in place (the queue is in the same database).
     #[arg(long)]
     in_place: bool,
+    /// How long its outbox relay holds its lease between renewals, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    relay_lease_ms: u64,
 }
 
 #[tokio::main]
@@ -64,6 +67,7 @@ async fn main() {
     let runtime = builder
         .options(RuntimeOptions {
             poll_interval: Duration::from_millis(100),
+            relay_lease: Duration::from_millis(args.relay_lease_ms),
             ..RuntimeOptions::default()
         })
         .orchestrator(orchestrator)
