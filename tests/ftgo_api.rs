@@ -34,10 +34,16 @@ impl Server {
     /// Starts the API; with `workers`, the saga workers run too (without, every order stays
     /// `APPROVAL_PENDING`).
     async fn start(workers: bool) -> Self {
+        Self::start_with(workers, |_| {}).await
+    }
+
+    /// [`Server::start`] with options of its own.
+    async fn start_with(workers: bool, tweak: impl FnOnce(&mut FtgoOptions)) -> Self {
         let dir = unique_dir();
         let mut options = FtgoOptions::new(Storage::Sqlite { dir: dir.clone() });
         options.runtime.poll_interval = Duration::from_millis(50);
         options.transport.poll_interval = Duration::from_millis(50);
+        tweak(&mut options);
         let ftgo = Ftgo::open(options).await.expect("FTGO opens");
         if workers {
             ftgo.start_workers().await;
@@ -425,5 +431,134 @@ async fn unknown_orders_and_routes_are_404() {
     let (status, body) = server.get("/health").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, json!({ "status": "ok" }));
+    server.stop().await;
+}
+
+/// Sends `request` as raw bytes and reads the whole answer (the server closes, or `wait`
+/// passes): its status line and its body.
+async fn raw_exchange(base: &str, request: &[u8], wait: Duration) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connects");
+    // The server may answer (and close) before it has read everything.
+    let _ = stream.write_all(request).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text.lines().next().unwrap_or_default().to_owned();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_are_not_http_are_answered_with_json() {
+    let server = Server::start(false).await;
+    for request in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET /orders/1 HTTP/1.1\r\nHost: x\r\nNot A Header\r\n\r\n",
+    ] {
+        let (status, body) = raw_exchange(&server.base, request, Duration::from_secs(5)).await;
+        assert_eq!(status, "HTTP/1.1 400 Bad Request", "{body}");
+        let body: Value = serde_json::from_str(&body).expect("a JSON body");
+        assert_eq!(error_of(&body).0, "bad_request");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_is_413() {
+    let server = Server::start(false).await;
+    let mut request = b"POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 20000000\r\n\r\n".to_vec();
+    request.extend(std::iter::repeat_n(b' ', 3_000_000));
+    let (status, body) = raw_exchange(&server.base, &request, Duration::from_secs(10)).await;
+    assert_eq!(status, "HTTP/1.1 413 Payload Too Large", "{body}");
+    let body: Value = serde_json::from_str(&body).expect("a JSON body");
+    assert_eq!(error_of(&body).0, "too_large");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_sends_its_body_too_slowly_gets_408() {
+    let server =
+        Server::start_with(false, |o| o.request_timeout = Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    // Five bytes announced, four sent, and then nothing.
+    let request = b"POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5\r\n\r\n{\"a\"";
+    let (status, body) = raw_exchange(&server.base, request, Duration::from_secs(10)).await;
+    assert_eq!(status, "HTTP/1.1 408 Request Timeout", "{body}");
+    let body: Value = serde_json::from_str(&body).expect("a JSON body");
+    assert_eq!(error_of(&body).0, "timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_is_503_with_retry_after() {
+    let server = Server::start(false).await;
+    server.ftgo.orders.database().close().await;
+    let order = json!({
+        "consumer_id": 1, "restaurant_id": 1,
+        "line_items": [{ "menu_item_id": "samosa", "quantity": 1 }]
+    });
+    let response = server
+        .client
+        .post(server.url("/orders"))
+        .json(&order)
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(
+        response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+    let (status, body) = Server::answer(response).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(error_of(&body).0, "unavailable");
+    let (status, body) = server.get("/orders/1").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    server.stop().await;
+}
+
+/// An order whose kitchen ticket would not fit the transport is refused before anything is
+/// stored, instead of being accepted and then never finishing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_too_large_for_the_transport_is_413_and_stores_nothing() {
+    let server =
+        Server::start_with(true, |o| o.transport.max_message_bytes = Some(64 * 1024)).await;
+    let items: Vec<Value> = (0..3_000)
+        .map(|_| json!({ "menu_item_id": "samosa", "quantity": 1 }))
+        .collect();
+    let order = json!({ "consumer_id": 1, "restaurant_id": 1, "line_items": items });
+    let (status, body) = server.post("/orders", &order).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    let (code, message) = error_of(&body);
+    assert_eq!(code, "too_large");
+    assert!(
+        message.contains("over the transport's limit of 65536 bytes"),
+        "{message}"
+    );
+    // A normal order still goes through.
+    let (order_id, _, _) = server
+        .place(&json!({
+            "consumer_id": 1, "restaurant_id": 1,
+            "line_items": [{ "menu_item_id": "samosa", "quantity": 1 }]
+        }))
+        .await;
+    assert_eq!(
+        order_id, 1001,
+        "the refused order used no id: ids start at 1001"
+    );
     server.stop().await;
 }

@@ -186,6 +186,7 @@ async fn a_poison_command_tells_its_saga(mode: Mode) {
         lease: Duration::from_millis(200),
         max_deliveries: 2,
         poll_interval: Duration::from_millis(50),
+        ..SqlTransportOptions::default()
     };
     let ids = system.start(&[(1, 20)]).await;
     let transport = system.sql_transport();

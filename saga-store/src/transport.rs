@@ -40,6 +40,10 @@ pub struct SqlTransportOptions {
     pub max_deliveries: u32,
     /// How often an idle consumer looks for work when no wake-up arrives (default 1 s).
     pub poll_interval: Duration,
+    /// The largest message (payload plus headers as stored) the queue takes, if capped
+    /// (default: no cap). Larger outbox rows are set aside by the relay, and services can
+    /// refuse such input at their edge ([`Transport::max_message_bytes`]).
+    pub max_message_bytes: Option<usize>,
 }
 
 impl Default for SqlTransportOptions {
@@ -48,6 +52,7 @@ impl Default for SqlTransportOptions {
             lease: Duration::from_secs(30),
             max_deliveries: 10,
             poll_interval: Duration::from_secs(1),
+            max_message_bytes: None,
         }
     }
 }
@@ -332,7 +337,8 @@ impl SqlTransport {
 #[async_trait]
 impl Transport for SqlTransport {
     /// The destination must be a channel name; on PostgreSQL, whose text columns cannot hold
-    /// NUL characters, the payload and headers must have none.
+    /// NUL characters, the payload and headers must have none; and the message must be within
+    /// [`SqlTransportOptions::max_message_bytes`], if set.
     fn check(&self, message: &Message) -> Result<(), TransportError> {
         saga_core::message::validate_channel(&message.destination).map_err(|err| {
             TransportError::Refused {
@@ -351,7 +357,21 @@ impl Transport for SqlTransport {
                 reason: "it holds NUL characters, which PostgreSQL text cannot store".to_owned(),
             });
         }
+        if let Some(limit) = self.options.max_message_bytes {
+            let size = message.payload.len() + codec::encode_headers(&message.headers).len();
+            if size > limit {
+                return Err(TransportError::TooLarge {
+                    id: message.id,
+                    size,
+                    limit,
+                });
+            }
+        }
         Ok(())
+    }
+
+    fn max_message_bytes(&self) -> Option<usize> {
+        self.options.max_message_bytes
     }
 
     fn lease(&self) -> Option<Duration> {

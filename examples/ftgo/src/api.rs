@@ -8,8 +8,9 @@
 //! | `GET` | `/health` | liveness | `200` |
 //!
 //! Errors are JSON: `{"error": {"code": "invalid_order", "message": "…"}}`, with `400` for a
-//! malformed body or path (`bad_request`), `408` when a request (its body included) takes
-//! longer than [`REQUEST_TIMEOUT`] (`timeout`), `413` for a body over 2 MB or an order whose
+//! malformed body or path, or a request that is not valid HTTP (`bad_request`), `408` when a
+//! request (its body included) takes longer than its timeout ([`REQUEST_TIMEOUT`] by
+//! default; `timeout`), `413` for a body over 2 MB or an order whose
 //! commands would not fit the transport (`too_large`), `415` without a JSON content type, `422`
 //! for invalid orders (`invalid_order`), `404`, `405`, `409` (`locked`, `wrong_state`), `503`
 //! with `Retry-After` while a database is unreachable (`unavailable`) and `500`.
@@ -62,8 +63,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// How long a request may take, reading its body included; a client that sends its body
-/// slower than that gets `408` and the connection back.
+/// How long a request may take by default, reading its body included; a client that sends
+/// its body slower than that gets `408` and the connection back
+/// ([`FtgoOptions::request_timeout`](crate::app::FtgoOptions::request_timeout)).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl From<OrderError> for ApiError {
@@ -127,16 +129,13 @@ fn bad_json(rejection: JsonRejection) -> ApiError {
     ApiError::new(status, code, rejection.body_text())
 }
 
-/// A request that outlived [`REQUEST_TIMEOUT`] (or another middleware failure).
-async fn timed_out(err: tower::BoxError) -> ApiError {
+/// A request that outlived the request timeout (or another middleware failure).
+fn timed_out(err: tower::BoxError, timeout: Duration) -> ApiError {
     if err.is::<tower::timeout::error::Elapsed>() {
         ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             "timeout",
-            format!(
-                "the request took longer than {} s",
-                REQUEST_TIMEOUT.as_secs()
-            ),
+            format!("the request took longer than {} ms", timeout.as_millis()),
         )
     } else {
         internal(err)
@@ -216,6 +215,7 @@ async fn method_not_allowed() -> ApiError {
 
 /// The API's routes over a running FTGO.
 pub fn router(ftgo: Arc<Ftgo>) -> Router {
+    let timeout = ftgo.options().request_timeout;
     Router::new()
         .route("/orders", post(place_order))
         .route("/orders/{id}", get(get_order))
@@ -225,8 +225,10 @@ pub fn router(ftgo: Arc<Ftgo>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(
             tower::ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(timed_out))
-                .timeout(REQUEST_TIMEOUT),
+                .layer(HandleErrorLayer::new(move |err| async move {
+                    timed_out(err, timeout)
+                }))
+                .timeout(timeout),
         )
         .with_state(ftgo)
 }
@@ -237,7 +239,7 @@ pub async fn serve(
     ftgo: Arc<Ftgo>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(ftgo))
+    axum::serve(crate::protocol_errors::JsonErrors(listener), router(ftgo))
         .with_graceful_shutdown(shutdown)
         .await
 }

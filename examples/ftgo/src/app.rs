@@ -107,6 +107,8 @@ pub struct FtgoOptions {
     pub max_connections: Option<u32>,
     /// Told whenever a saga finishes (metrics, benchmarks).
     pub saga_observer: Option<SagaObserver>,
+    /// How long an API request may take, reading its body included (default 10 s).
+    pub request_timeout: Duration,
     /// Keep all four services and the message queue in **one** database (`ftgo.db`, or the
     /// `<prefix>_ftgo` schema): an embedded, single-process deployment. Messages are then
     /// handled in place — taken from the queue, handled and answered in one transaction (see
@@ -143,6 +145,7 @@ impl FtgoOptions {
             nats: None,
             max_connections: None,
             saga_observer: None,
+            request_timeout: crate::api::REQUEST_TIMEOUT,
             single_database: false,
         }
     }
@@ -294,6 +297,11 @@ pub struct OrderView {
 }
 
 impl Ftgo {
+    /// The options FTGO runs with.
+    pub fn options(&self) -> &FtgoOptions {
+        &self.options
+    }
+
     /// Opens every database and service; the saga workers are not running yet.
     pub async fn open(options: FtgoOptions) -> Result<Self, FtgoError> {
         let observer = options.saga_observer.clone().map(|o| o.0);

@@ -16,4 +16,5 @@ pub mod cancel_order;
 pub mod create_order;
 pub mod demo;
 pub mod messages;
+pub mod protocol_errors;
 pub mod services;
