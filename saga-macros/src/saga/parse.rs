@@ -190,10 +190,16 @@ fn saga_options(attrs: Vec<Attribute>, errors: &mut Errors) -> (Vec<Attribute>, 
                 timeout = Some(meta.value()?.parse::<Expr>()?);
                 Ok(())
             } else {
-                Err(meta.error(
-                    "unknown saga option; expected `timeout = <Duration>`, as in \
-                     `#[saga(timeout = Duration::from_secs(60))]`",
-                ))
+                let name = meta
+                    .path
+                    .get_ident()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                Err(meta.error(format!(
+                    "unknown saga option `{name}`; expected `timeout = <Duration>`, as in \
+                     `#[saga(timeout = Duration::from_secs(60))]`{}",
+                    suggestion(&name, &["timeout"])
+                )))
             }
         });
         if let Err(error) = parsed {

@@ -84,6 +84,7 @@ fn email(_: &Data) -> Email {
 
 saga! {
     /// Ships an order.
+    #[saga(timeout = Duration::from_secs(90))]
     pub saga ShipSaga(Data) {
         compensatable reserve { local: reserve, compensate: local(release) }
         compensatable customs { invoke: check_customs, when: is_international,
@@ -92,7 +93,7 @@ saga! {
         pivot charge { invoke: charge, on_reply: charged, timeout: Duration::from_secs(30), on_timeout: fail }
         retriable tell { notify: email }
         retriable done {}
-        retriable retried { invoke: check_customs,
+        retriable retried { invoke: check_customs, timeout: none,
                             retry: RetryPolicy::exponential(Duration::from_millis(50)).max_attempts(3) }
     }
 }
@@ -117,4 +118,7 @@ fn main() {
     assert!(definition.steps()[1].is_conditional());
     assert_eq!(definition.steps()[2].action().describe(), "shop.Charge → accounting");
     assert_eq!(definition.steps()[5].retry_policy().max_attempts, Some(3));
+    let timeouts: Vec<_> = definition.steps().iter().map(|s| s.timeout()).collect();
+    let secs = |s| Some(std::time::Duration::from_secs(s));
+    assert_eq!(timeouts, [secs(90), secs(5), secs(30), secs(90), secs(90), None]);
 }
