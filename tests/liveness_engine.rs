@@ -15,7 +15,8 @@ use saga_core::participant::Participant;
 use saga_core::ports::SagaStore;
 use saga_core::testing::SagaTest;
 use saga_core::{
-    Command, CommandFailed, Headers, Message, Reply, Saga, SagaId, SagaStatus, Timestamp, saga,
+    Command, CommandFailed, Headers, Message, OperatorCommand, Reply, RetryPolicy, Saga, SagaId,
+    SagaStatus, Timestamp, saga,
 };
 use serde::{Deserialize, Serialize};
 
@@ -296,4 +297,42 @@ async fn a_command_the_transport_can_never_carry_fails_its_step() {
     let dead = runtime.dead_letters().await.expect("reads");
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].consumer, "outbox-relay");
+}
+
+saga! {
+    /// A pivot that times out fast and is tried twice.
+    saga Pivotal(Data) {
+        compensatable reserve { invoke: reserve }
+        pivot approve { invoke: approve, timeout: Duration::from_secs(1),
+                        retry: RetryPolicy::fixed(Duration::from_secs(1)).max_attempts(2) }
+    }
+}
+
+#[test]
+fn a_pivot_that_never_answers_parks_instead_of_turning_back() {
+    // It may have taken effect and cannot be undone: resent (same request id), then parked.
+    let test = SagaTest::<Pivotal>::given(Data { id: 3 })
+        .expect_command(Reserve { id: 3 })
+        .reply(Done)
+        .expect_command(Approve { id: 3 });
+    let request = test.state().pending;
+    let test = test.time_out().expect_command(Approve { id: 3 });
+    assert_eq!(
+        test.state().pending,
+        request,
+        "a resend keeps the request id"
+    );
+    let test = test.time_out().expect_no_command();
+    assert_eq!(test.state().status, SagaStatus::Failed);
+    assert!(test.compensated_steps().is_empty(), "nothing was undone");
+    let reason = test.state().last_error.clone().unwrap_or_default();
+    assert!(
+        reason.contains("whether it took effect is unknown"),
+        "{reason}"
+    );
+    // The operator finds the approval happened and resends; the idempotent answer moves on.
+    test.operator(OperatorCommand::Retry)
+        .expect_command(Approve { id: 3 })
+        .reply(Done)
+        .expect_completed();
 }

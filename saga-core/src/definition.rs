@@ -343,12 +343,14 @@ impl<D> StepDefinition<D> {
     pub fn timeout(&self) -> Option<Duration> {
         self.timeout
     }
-    /// What a timeout does: set explicitly, or `Retry` for retriable steps and `Fail` for the
-    /// others.
+    /// What a timeout does: set explicitly, or by kind — `Fail` for a compensatable step (it
+    /// is compensated too, since it may have taken effect), `Retry` for the pivot (it cannot
+    /// be undone: the command is sent again, and once the retry policy gives up the saga
+    /// parks, its outcome unknown) and for retriable steps.
     pub fn timeout_action(&self) -> TimeoutAction {
         self.on_timeout.unwrap_or(match self.kind {
-            StepKind::Retriable => TimeoutAction::Retry,
-            StepKind::Compensatable | StepKind::Pivot => TimeoutAction::Fail,
+            StepKind::Retriable | StepKind::Pivot => TimeoutAction::Retry,
+            StepKind::Compensatable => TimeoutAction::Fail,
         })
     }
 }

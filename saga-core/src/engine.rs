@@ -943,6 +943,21 @@ impl<'d, D: SagaData> Machine<'d, D> {
             });
             return self.retry_or_park(step, reason);
         }
+        if step.kind() == StepKind::Pivot && resend {
+            // The pivot may have taken effect and cannot be undone: neither going on nor
+            // turning back is safe until someone finds out.
+            self.history.push(HistoryEvent::StepFailed {
+                step: step.name().to_owned(),
+                reason: reason.clone(),
+            });
+            let reason = format!(
+                "pivot `{}` got no reply after {attempt} attempt{} ({reason}); whether it took \
+                 effect is unknown — retry sends it again, skip treats it as done",
+                step.name(),
+                if attempt == 1 { "" } else { "s" },
+            );
+            return self.park(step, reason);
+        }
         self.forward_failed(step, reason, true)
     }
 

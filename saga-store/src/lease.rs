@@ -112,3 +112,43 @@ impl Lease {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn database() -> (Database, std::path::PathBuf) {
+        let dir =
+            std::env::temp_dir().join(format!("saga_lease_{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let database = Database::sqlite_file(&dir.join("lease.db"))
+            .await
+            .expect("opens");
+        (database, dir)
+    }
+
+    #[tokio::test]
+    async fn one_holder_at_a_time_and_a_silent_holder_loses_it() {
+        let (database, dir) = database().await;
+        let lease = Duration::from_millis(300);
+        let mut first = Lease::new(database.clone(), "relay".to_owned(), lease);
+        let mut second = Lease::new(database.clone(), "relay".to_owned(), lease);
+        assert!(first.hold().await.expect("holds"));
+        assert!(!second.hold().await.expect("asks"), "taken");
+        assert!(first.hold().await.expect("renews"), "its own lease");
+        // The first stops renewing (it hangs); once the lease expires the second takes it…
+        tokio::time::sleep(lease + Duration::from_millis(50)).await;
+        assert!(second.hold().await.expect("takes over"));
+        // …and the first, waking up, finds it gone.
+        assert!(!first.hold().await.expect("asks"), "lost to the second");
+        second.release().await;
+        assert!(first.hold().await.expect("takes it back at once"));
+        let mut other_role = Lease::new(database.clone(), "other".to_owned(), lease);
+        assert!(
+            other_role.hold().await.expect("holds"),
+            "roles are independent"
+        );
+        database.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
