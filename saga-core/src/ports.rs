@@ -385,6 +385,14 @@ pub trait Transport: Send + Sync {
         Ok(())
     }
 
+    /// The consumer of `channel` takes no new messages for a while (it holds as many as it
+    /// may): a transport that prefetches should stop, and give back what it prefetched, so
+    /// those messages go to another consumer at once instead of waiting out a lease. The
+    /// default does nothing.
+    async fn pause(&self, channel: &str, group: &str) {
+        let _ = (channel, group);
+    }
+
     /// Channels holding messages that nobody has taken for longer than `older_than` (nobody
     /// consumes the channel, or its consumers are stuck), for the watchdog. The default
     /// reports none.

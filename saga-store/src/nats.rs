@@ -817,6 +817,26 @@ impl Transport for NatsTransport {
         }
     }
 
+    /// Closes the channel's subscription, giving back (`nak`) what it had prefetched: they go
+    /// to another instance now rather than after `ack_wait`. The next receive opens it again.
+    async fn pause(&self, channel: &str, _group: &str) {
+        let Some(subscription) = self.subscriptions.lock().await.remove(channel) else {
+            return;
+        };
+        let mut stream = subscription.lock().await;
+        let mut given_back = 0;
+        while let Some(Some(Ok(message))) = stream.next().now_or_never() {
+            let nak = message.ack_with(AckKind::Nak(None));
+            if within("giving a message back", EXCHANGE_TIMEOUT, nak)
+                .await
+                .is_ok()
+            {
+                given_back += 1;
+            }
+        }
+        tracing::debug!(channel, given_back, "subscription paused");
+    }
+
     /// A work-in-progress ack per delivery: the server starts its `ack_wait` again (the
     /// consumer's `ack_wait`, whatever `by` asks).
     async fn extend(

@@ -525,6 +525,8 @@ pub(crate) struct Consumer<F> {
     held: Vec<Held>,
     /// When the held deliveries' leases were last renewed.
     extended: tokio::time::Instant,
+    /// It holds as many as it may, and told the transport it takes no new ones for now.
+    paused: bool,
 }
 
 impl<F, Fut> Consumer<F>
@@ -548,6 +550,7 @@ where
             handle,
             held: Vec::new(),
             extended: tokio::time::Instant::now(),
+            paused: false,
         }
     }
 
@@ -640,6 +643,12 @@ where
         };
         let (channel, group) = (&self.channel, &self.group);
         let transport = self.transport.as_ref();
+        let full = self.held.len() >= self.options.hold_limit;
+        if full && !self.paused {
+            tracing::warn!(%channel, held = self.held.len(), "holding as many failing messages as allowed; taking no new ones until some succeed");
+            transport.pause(channel, group).await;
+        }
+        self.paused = full;
         if room > 0 {
             match transport.receive(channel, group, room, wait).await {
                 Ok(fresh) => deliveries.extend(fresh),

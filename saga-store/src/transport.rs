@@ -456,6 +456,9 @@ impl Transport for SqlTransport {
         max: usize,
         wait: Duration,
     ) -> Result<Vec<Delivery>, TransportError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
         let wakeup = self
             .database
             .wakeups()
