@@ -222,6 +222,7 @@ fn a_reply_of_the_wrong_type_is_refused_and_changes_nothing() {
             reply_type: "Done".to_owned(),
             outcome: saga_core::ReplyOutcome::Success,
             payload: "[1, 2".to_owned(),
+            undelivered_before: None,
         },
     };
     let err = engine::transition(OrderSaga::definition(), &instance, &garbage, Timestamp(1))

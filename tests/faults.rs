@@ -5,12 +5,30 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use saga_core::message::headers;
 use saga_core::ports::{ChannelBacklog, Delivery, Transport, TransportError};
-use saga_core::{Message, MessageId};
+use saga_core::{Headers, Message, MessageId, SagaId};
 use saga_store::{Database, DatabaseOptions, Dialect};
 use sqlx::AssertSqlSafe;
 
 use crate::testdb::TestDb;
+
+/// A `Reserve` command to the ledger that no saga of the test sent, answered to `reply_to`
+/// (`None`: a one-way command).
+pub fn stray_command(reply_to: Option<&str>) -> Message {
+    let mut headers = Headers::new()
+        .with(headers::MESSAGE_TYPE, "Reserve")
+        .with(headers::SAGA_ID, SagaId::new())
+        .with(headers::REQUEST_ID, 1);
+    if let Some(reply_to) = reply_to {
+        headers.insert(headers::REPLY_TO, reply_to);
+    }
+    Message::new(
+        crate::payment::LEDGER,
+        headers,
+        r#"{"payment":9999,"amount":1}"#.to_owned(),
+    )
+}
 
 /// A transport that refuses (as permanently unfit) every message `refuse` picks, and passes
 /// everything else to `inner`.

@@ -53,18 +53,6 @@ async fn saga_record(system: &PaymentSystem, id: SagaId) -> saga_core::ports::Sa
     system.store.load(id).await.expect("loads").expect("exists")
 }
 
-/// A command to the ledger that nobody's saga sent, with these routing headers.
-fn stray_command(reply_to: Option<&str>) -> Message {
-    let mut headers = Headers::new()
-        .with(headers::MESSAGE_TYPE, "Reserve")
-        .with(headers::SAGA_ID, SagaId::new())
-        .with(headers::REQUEST_ID, 1);
-    if let Some(reply_to) = reply_to {
-        headers.insert(headers::REPLY_TO, reply_to);
-    }
-    Message::new(LEDGER, headers, r#"{"payment":9999,"amount":1}"#.to_owned())
-}
-
 /// The database refuses every write for 8 s — with the tests' 500 ms backoff cap, many more
 /// redeliveries than the transport's 10-delivery poison limit — and still every saga ends as
 /// it would have, with one effect per step and nothing dead-lettered.
@@ -140,8 +128,8 @@ async fn a_bad_reply_to_is_dead_lettered_and_blocks_nothing(mode: Mode) {
     };
     let system = system_on(db, mode);
     let strays = [
-        stray_command(Some("bad channel")),
-        stray_command(Some("a..b")),
+        faults::stray_command(Some("bad channel")),
+        faults::stray_command(Some("a..b")),
     ];
     system
         .sql_transport()

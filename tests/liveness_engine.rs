@@ -169,11 +169,10 @@ async fn a_command_past_its_deadline_is_not_run() {
         dispatch.dead_letter.is_none(),
         "an expired command is no poison"
     );
-    let reply = dispatch
-        .reply
-        .expect("a failure reply, which the saga ignores");
-    assert_eq!(reply.headers.get(headers::REPLY_OUTCOME), Some("failure"));
-    assert!(reply.payload.contains("expired"), "{}", reply.payload);
+    assert!(
+        dispatch.reply.is_none(),
+        "no answer: it could be taken for the answer to a resend with the same request id"
+    );
 
     let in_time = command_with(routed("replies", Some(2_000_000)));
     let dispatch = participant.dispatch_at(&mut runs, &in_time, now).await;
@@ -335,4 +334,52 @@ fn a_pivot_that_never_answers_parks_instead_of_turning_back() {
         .expect_command(Approve { id: 3 })
         .reply(Done)
         .expect_completed();
+}
+
+#[test]
+fn never_handled_is_about_one_send_and_stale_after_a_resend() {
+    use saga_core::definition::IncomingReply;
+    use saga_core::engine::{self, Outcome, SagaEvent, SagaInstance};
+    let test = SagaTest::<Pivotal>::given(Data { id: 4 })
+        .expect_command(Reserve { id: 4 })
+        .reply(Done)
+        .expect_command(Approve { id: 4 });
+    let first_send = test.state().deadline.expect("a deadline");
+    let test = test.time_out().expect_command(Approve { id: 4 });
+    let second_send = test.state().deadline.expect("a deadline");
+    assert_ne!(first_send, second_send);
+    let Some(saga_core::engine::Pending::Reply { request_id }) = test.state().pending else {
+        panic!("waits for a reply");
+    };
+    let instance = SagaInstance {
+        state: test.state().clone(),
+        data: test.data().clone(),
+    };
+    let undelivered = |before| SagaEvent::Reply {
+        request_id,
+        reply: IncomingReply {
+            undelivered_before: Some(before),
+            ..IncomingReply::from_reply(&CommandFailed::new("dead-lettered")).expect("encodes")
+        },
+    };
+    let now = second_send;
+    let stale = engine::transition(
+        Pivotal::definition(),
+        &instance,
+        &undelivered(first_send),
+        now,
+    )
+    .expect("handled");
+    assert!(matches!(stale, Outcome::Ignored(_)), "{stale:?}");
+    let live = engine::transition(
+        Pivotal::definition(),
+        &instance,
+        &undelivered(second_send),
+        now,
+    )
+    .expect("handled");
+    let Outcome::Applied(transition) = live else {
+        panic!("the current send's failure counts");
+    };
+    assert_eq!(transition.instance.state.status, SagaStatus::Compensated);
 }

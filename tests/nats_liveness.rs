@@ -10,9 +10,10 @@ use async_nats::jetstream;
 use saga_core::message::headers;
 use saga_core::orchestrator::Orchestrator;
 use saga_core::ports::{SagaStore, Transport};
-use saga_core::{Command, Headers, Message, Reply, SagaId, SagaStatus, saga};
+use saga_core::{Command, Headers, Message, Reply, SagaStatus, saga};
 use saga_store::nats::{DEAD_LETTER_REASON, DEAD_LETTER_TRUNCATED, NatsOptions, NatsTransport};
 use saga_store::{SagaRuntime, SqlSagaStore};
+use saga_tests::faults::stray_command;
 use saga_tests::harness::{PaymentSystem, test_runtime_options};
 use saga_tests::payment::{LEDGER, Ledger};
 use saga_tests::testdb::{Backend, TestDb, nats_url, unique};
@@ -41,18 +42,6 @@ fn payments(n: i64) -> Vec<(i64, i64)> {
         .collect()
 }
 
-fn stray(reply_to: &str) -> Message {
-    Message::new(
-        LEDGER,
-        Headers::new()
-            .with(headers::MESSAGE_TYPE, "Reserve")
-            .with(headers::SAGA_ID, SagaId::new())
-            .with(headers::REQUEST_ID, 1)
-            .with(headers::REPLY_TO, reply_to),
-        r#"{"payment":9999,"amount":1}"#.to_owned(),
-    )
-}
-
 /// A command whose `reply-to` is not a subject (`bad channel`, `a..b`) is dead-lettered by the
 /// participant with no reply queued, so the participant's outbox never holds a row NATS
 /// refuses, and every later reply is published.
@@ -62,9 +51,12 @@ async fn a_bad_reply_to_never_blocks_a_services_outbox() {
         return;
     };
     let system = PaymentSystem::new(TestDb::sqlite().await);
-    nats.publish(&[stray("bad channel"), stray("a..b")])
-        .await
-        .expect("publishes");
+    nats.publish(&[
+        stray_command(Some("bad channel")),
+        stray_command(Some("a..b")),
+    ])
+    .await
+    .expect("publishes");
     let ids = system.start(&payments(12)).await;
     system.run_to_end(nats.clone(), &ids).await;
     let dead = system.store.dead_letters().await.expect("reads");

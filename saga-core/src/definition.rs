@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::ids::SagaId;
+use crate::ids::{SagaId, Timestamp};
 use crate::message::{
     Command, CommandFailed, MessageError, NoReply, Reply, ReplyOutcome, encode_payload,
 };
@@ -202,6 +202,11 @@ pub struct IncomingReply {
     pub outcome: ReplyOutcome,
     /// The JSON payload.
     pub payload: String,
+    /// For a reply saying the command was never handled (set aside, dead-lettered — see
+    /// [`headers::UNDELIVERED`](crate::message::headers::UNDELIVERED)): the deadline of the
+    /// send it answers. It fails the step only while the saga still waits on that very send;
+    /// after a resend with the same request id it is stale.
+    pub undelivered_before: Option<Timestamp>,
 }
 
 impl IncomingReply {
@@ -211,6 +216,7 @@ impl IncomingReply {
             reply_type: R::TYPE.to_owned(),
             outcome: reply.outcome(),
             payload: encode_payload(R::TYPE, reply)?,
+            undelivered_before: None,
         })
     }
 }

@@ -515,15 +515,19 @@ impl<'d, D: SagaData> Machine<'d, D> {
                 Ok(None)
             }
             SagaEvent::Reply { request_id, reply } => {
-                match self.instance.state.pending {
-                    Some(Pending::Reply {
-                        request_id: expected,
-                    }) if expected == *request_id => {}
-                    _ => {
-                        return Ok(Some(Ignored::StaleReply {
-                            request_id: *request_id,
-                        }));
-                    }
+                let state = &self.instance.state;
+                let waiting = matches!(
+                    state.pending,
+                    Some(Pending::Reply { request_id: expected }) if expected == *request_id
+                );
+                // "Never handled" is about one send; after a resend it says nothing.
+                let about_an_earlier_send = reply
+                    .undelivered_before
+                    .is_some_and(|deadline| state.deadline != Some(deadline));
+                if !waiting || about_an_earlier_send {
+                    return Ok(Some(Ignored::StaleReply {
+                        request_id: *request_id,
+                    }));
                 }
                 self.on_reply(reply)?;
                 Ok(None)

@@ -38,6 +38,11 @@ pub mod headers {
     pub const DEADLINE: &str = "saga-deadline";
     /// On a replayed message: the id of the dead letter's original message.
     pub const REPLAY_OF: &str = "saga-replay-of";
+    /// On a failure reply the framework sends for a command that was never handled (set
+    /// aside, dead-lettered): `true`. Such a reply also carries the command's
+    /// [`DEADLINE`], so it fails only the send it is about (see
+    /// [`IncomingReply::undelivered_before`](crate::definition::IncomingReply)).
+    pub const UNDELIVERED: &str = "saga-undelivered";
 }
 
 /// The longest channel name, in bytes.
@@ -437,7 +442,14 @@ pub fn failure_reply_for(message: &Message, reason: &str) -> Option<Message> {
     }
     let meta = CommandMeta::from_message(message).ok()?;
     let payload = encode_payload(CommandFailed::TYPE, &CommandFailed::new(reason)).ok()?;
-    meta.reply_message(CommandFailed::TYPE, ReplyOutcome::Failure, payload)
+    let mut reply = meta.reply_message(CommandFailed::TYPE, ReplyOutcome::Failure, payload)?;
+    reply.headers.insert(headers::UNDELIVERED, "true");
+    if let Some(deadline) = meta.deadline {
+        reply
+            .headers
+            .insert(headers::DEADLINE, deadline.as_millis().to_string());
+    }
+    Some(reply)
 }
 
 /// Serializes a payload, naming the type on failure.

@@ -785,6 +785,12 @@ fn reply_event(message: &Message) -> Result<(SagaId, SagaEvent), MessageError> {
     let request_id: RequestId = h.parse(headers::REQUEST_ID)?;
     let outcome: ReplyOutcome = h.parse(headers::REPLY_OUTCOME)?;
     let reply_type = message.message_type()?.to_owned();
+    let undelivered_before = match h.get(headers::UNDELIVERED) {
+        Some(_) if h.get(headers::DEADLINE).is_some() => {
+            Some(Timestamp(h.parse(headers::DEADLINE)?))
+        }
+        _ => None,
+    };
     Ok((
         saga_id,
         SagaEvent::Reply {
@@ -793,6 +799,7 @@ fn reply_event(message: &Message) -> Result<(SagaId, SagaEvent), MessageError> {
                 reply_type,
                 outcome,
                 payload: message.payload.clone(),
+                undelivered_before,
             },
         },
     ))

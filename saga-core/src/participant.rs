@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use crate::ids::Timestamp;
 use crate::message::{
     Command, CommandFailed, CommandMeta, InvalidChannel, Message, MessageError, Reply,
-    ReplyOutcome, encode_payload, headers, validate_channel,
+    ReplyOutcome, encode_payload, failure_reply_for, headers, validate_channel,
 };
 
 /// Why a handler did not produce a reply.
@@ -237,8 +237,8 @@ impl<Ctx: Send + 'static> Participant<Ctx> {
     }
 
     /// Decodes and handles one command message at time `now`. A command whose saga stopped
-    /// waiting before `now` (its `saga-deadline` passed) is not run: it gets a failure reply,
-    /// which the saga, having timed the step out, ignores.
+    /// waiting before `now` (its `saga-deadline` passed) is neither run nor answered: it is
+    /// only recorded as received.
     pub async fn dispatch_at(&self, ctx: &mut Ctx, message: &Message, now: Timestamp) -> Dispatch {
         let meta = match CommandMeta::from_message(message) {
             Ok(meta) => meta,
@@ -252,13 +252,10 @@ impl<Ctx: Send + 'static> Participant<Ctx> {
                 meta.message_id,
                 meta.deadline.map_or(0, Timestamp::as_millis)
             );
+            // No answer: the saga has moved on (resent with the same request id, failed the
+            // step, or parked), and an answer could only be mistaken for the new send's.
             tracing::info!(participant = %self.name, message_id = %message.id, %reason, "command not run");
-            return Dispatch {
-                reply: failure_reply(&meta, &CommandFailed::new(reason))
-                    .ok()
-                    .flatten(),
-                ..Dispatch::default()
-            };
+            return Dispatch::default();
         }
         let Some(handler) = self.handlers.get(meta.command_type.as_str()) else {
             let reason = format!(
@@ -281,11 +278,7 @@ impl<Ctx: Send + 'static> Participant<Ctx> {
             %reason,
             "command dead-lettered"
         );
-        let reply = meta.and_then(|meta| {
-            failure_reply(meta, &CommandFailed::new(format!("rejected: {reason}")))
-                .ok()
-                .flatten()
-        });
+        let reply = meta.and_then(|_| failure_reply_for(message, &format!("rejected: {reason}")));
         Dispatch {
             reply,
             dead_letter: Some(reason),

@@ -308,19 +308,24 @@ pub struct ChannelBacklog {
     pub oldest: Option<Timestamp>,
 }
 
+/// Refuses a message whose destination is not a channel name
+/// ([`validate_channel`](crate::message::validate_channel)): no transport can deliver it.
+pub fn check_destination(message: &Message) -> Result<(), TransportError> {
+    crate::message::validate_channel(&message.destination).map_err(|err| TransportError::Refused {
+        id: message.id,
+        reason: err.to_string(),
+    })
+}
+
 /// Moves messages between channels, at least once.
 #[async_trait]
 pub trait Transport: Send + Sync {
     /// Whether the transport can ever carry `message`, checked before publishing it: an
     /// error is permanent for that message ([`TransportError::TooLarge`],
-    /// [`TransportError::Refused`]). The default checks the destination is a channel name.
+    /// [`TransportError::Refused`]). The default checks the destination is a channel name
+    /// ([`check_destination`]).
     fn check(&self, message: &Message) -> Result<(), TransportError> {
-        crate::message::validate_channel(&message.destination).map_err(|err| {
-            TransportError::Refused {
-                id: message.id,
-                reason: err.to_string(),
-            }
-        })
+        check_destination(message)
     }
 
     /// The largest message (payload and headers) the transport carries, if it has a limit;

@@ -39,8 +39,8 @@ use async_nats::jetstream::{self, AckKind};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::{FutureExt as _, StreamExt, TryStreamExt as _};
-use saga_core::message::{failure_reply_for, validate_channel};
-use saga_core::ports::{ChannelBacklog, Delivery, Transport, TransportError};
+use saga_core::message::failure_reply_for;
+use saga_core::ports::{ChannelBacklog, Delivery, Transport, TransportError, check_destination};
 use saga_core::{Headers, Message, MessageId, Timestamp};
 
 /// The header carrying a dead letter's reason.
@@ -680,10 +680,7 @@ impl Transport for NatsTransport {
     /// The destination must be a channel name (a valid sequence of subject tokens) and the
     /// message, headers included, within the server's `max_payload`.
     fn check(&self, message: &Message) -> Result<(), TransportError> {
-        validate_channel(&message.destination).map_err(|err| TransportError::Refused {
-            id: message.id,
-            reason: err.to_string(),
-        })?;
+        check_destination(message)?;
         let size = wire_size(&nats_headers(message), message.payload.len())
             + self.subject(&message.destination).len();
         let limit = self.limit();

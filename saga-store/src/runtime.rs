@@ -467,6 +467,27 @@ async fn relay_loop(
     lease.release().await;
 }
 
+/// Sets a delivery aside as a dead letter (its saga told); `false` — and a warning — when the
+/// transport could not, and the consumer keeps it.
+async fn set_aside(
+    transport: &dyn Transport,
+    channel: &str,
+    group: &str,
+    delivery: &Delivery,
+    reason: &str,
+) -> bool {
+    match transport
+        .dead_letter(channel, group, delivery, reason)
+        .await
+    {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::warn!(%channel, message_id = %delivery.message.id, error = %err, "could not set a failing message aside; keeping it");
+            false
+        }
+    }
+}
+
 impl Verdict {
     fn reason(&self) -> String {
         match self {
@@ -629,11 +650,13 @@ where
             .map(|h| (h.delivery.receipt, (h.tries, h.permanent, h.since)))
             .collect();
         let mut deliveries: Vec<Delivery> = due.into_iter().map(|h| h.delivery).collect();
+        // The due ones are still held while they are tried again.
+        let holding = self.held.len() + deliveries.len();
         let room = self
             .options
             .batch_size
             .saturating_sub(deliveries.len())
-            .min(self.options.hold_limit.saturating_sub(self.held.len()));
+            .min(self.options.hold_limit.saturating_sub(holding));
         // With held deliveries waiting, wait no longer than until the next one is due.
         let next_due = self.held.iter().map(|h| h.due).min();
         let wait = match (deliveries.is_empty(), next_due) {
@@ -643,9 +666,9 @@ where
         };
         let (channel, group) = (&self.channel, &self.group);
         let transport = self.transport.as_ref();
-        let full = self.held.len() >= self.options.hold_limit;
+        let full = holding >= self.options.hold_limit;
         if full && !self.paused {
-            tracing::warn!(%channel, held = self.held.len(), "holding as many failing messages as allowed; taking no new ones until some succeed");
+            tracing::warn!(%channel, held = holding, "holding as many failing messages as allowed; taking no new ones until some succeed");
             transport.pause(channel, group).await;
         }
         self.paused = full;
@@ -681,14 +704,8 @@ where
                     since.elapsed().as_secs(),
                     verdict.reason()
                 );
-                match transport
-                    .dead_letter(channel, group, &delivery, &reason)
-                    .await
-                {
-                    Ok(()) => continue,
-                    Err(err) => {
-                        tracing::warn!(%channel, message_id = %delivery.message.id, error = %err, "could not set a failing message aside; keeping it")
-                    }
+                if set_aside(transport, channel, group, &delivery, &reason).await {
+                    continue;
                 }
             }
             let (delay, permanent) = match verdict {
@@ -709,14 +726,8 @@ where
                     let permanent = permanent + 1;
                     if permanent >= self.options.permanent_failures {
                         let reason = format!("failed {permanent} times in a row: {error}");
-                        match transport
-                            .dead_letter(channel, group, &delivery, &reason)
-                            .await
-                        {
-                            Ok(()) => continue,
-                            Err(err) => {
-                                tracing::warn!(%channel, message_id = %delivery.message.id, error = %err, "could not set a failing message aside; keeping it")
-                            }
+                        if set_aside(transport, channel, group, &delivery, &reason).await {
+                            continue;
                         }
                     }
                     tracing::warn!(%channel, message_id = %delivery.message.id, %error, tries = tried, "message failed; trying it again after a pause");
@@ -776,6 +787,10 @@ pub(crate) fn reply_consumer(
                         let verdict = match result {
                             Ok(_) => Verdict::Done,
                             Err(OrchestratorError::Store(err)) => Verdict::Failed(err),
+                            // The saga kept changing under concurrent writers: try later.
+                            Err(err @ OrchestratorError::Contended(..)) => {
+                                Verdict::Failed(StoreError::Unavailable(err.to_string()))
+                            }
                             Err(err) => Verdict::Failed(StoreError::Other(err.to_string())),
                         };
                         (delivery, verdict)

@@ -18,7 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use saga_core::message::failure_reply_for;
 use saga_core::ports::{
-    ChannelBacklog, DeadLetter, Delivery, StoreError, Transport, TransportError,
+    ChannelBacklog, DeadLetter, Delivery, StoreError, Transport, TransportError, check_destination,
 };
 use saga_core::{Headers, Message, MessageId, Timestamp};
 use sqlx::AnyConnection;
@@ -340,12 +340,7 @@ impl Transport for SqlTransport {
     /// NUL characters, the payload and headers must have none; and the message must be within
     /// [`SqlTransportOptions::max_message_bytes`], if set.
     fn check(&self, message: &Message) -> Result<(), TransportError> {
-        saga_core::message::validate_channel(&message.destination).map_err(|err| {
-            TransportError::Refused {
-                id: message.id,
-                reason: err.to_string(),
-            }
-        })?;
+        check_destination(message)?;
         let nul = message.payload.contains('\0')
             || message
                 .headers
