@@ -261,6 +261,13 @@ async fn a_stuck_saga_is_parked_by_the_watchdog_and_an_operator_moves_it_on(mode
     assert_eq!(stalled.len(), 1);
     assert_eq!(stalled[0].saga_id, ids[0]);
     assert_eq!(stalled[0].current_step.as_deref(), Some("reserve"));
+    // Operators see the same in SQL.
+    assert_eq!(
+        system
+            .scalar("SELECT COUNT(*) AS n FROM saga_stalled WHERE idle_ms > 60000")
+            .await,
+        1
+    );
     let report = system
         .orchestrator
         .watchdog(Duration::from_secs(1), WatchdogAction::Park, 10)

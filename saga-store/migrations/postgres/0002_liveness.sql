@@ -23,3 +23,14 @@ ALTER TABLE saga_dead_letters ADD COLUMN resolution_reason TEXT;
 ALTER TABLE saga_dead_letters ADD COLUMN replay_message_id TEXT;
 CREATE INDEX saga_dead_letters_unresolved ON saga_dead_letters (id) WHERE resolved_at IS NULL;
 
+
+-- Running sagas that wait without a deadline, or whose deadline has passed, with how long
+-- (ms) they have waited: `SELECT * FROM saga_stalled WHERE idle_ms > 900000` lists what the
+-- watchdog would report (it also knows which steps wait without a deadline by design).
+CREATE VIEW saga_stalled AS
+SELECT saga_id, saga_type, status, current_step, deadline, updated_at,
+       CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) - COALESCE(deadline, updated_at)
+           AS idle_ms
+FROM saga_instances
+WHERE status IN ('running', 'compensating')
+  AND (deadline IS NULL OR deadline < CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT));
