@@ -5,6 +5,9 @@
 #
 #   examples/ftgo/bench-matrix.sh            # all rows, 3 runs each
 #   RUNS=1 ONLY=sqlite examples/ftgo/bench-matrix.sh
+#   BASELINE=/path/to/old/ftgo examples/ftgo/bench-matrix.sh
+#                                            # before/after in one sitting: each run of each row
+#                                            # runs the baseline binary, then this one
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-3}
@@ -28,15 +31,22 @@ configs=(
   "sqlite-single-normal-256|--single-database --sqlite-sync normal --sagas 4000 --concurrency 256"
 )
 
+BASELINE=${BASELINE:-}
+binaries=("after|$BIN")
+[[ -n "$BASELINE" ]] && binaries=("before|$BASELINE" "after|$BIN")
+
 for entry in "${configs[@]}"; do
   name=${entry%%|*}
   args=${entry#*|}
   [[ -n "$ONLY" && "$name" != *"$ONLY"* ]] && continue
   for run in $(seq "$RUNS"); do
-    # shellcheck disable=SC2086
-    line=$("$BIN" bench $args --raw-seconds 1 2>/dev/null | tail -n 1)
-    echo "{\"config\":\"$name\",\"run\":$run,\"report\":$line}" >> "$OUT"
-    echo "$name run $run: $(echo "$line" | cut -c1-160)…" >&2
+    for binary in "${binaries[@]}"; do
+      which=${binary%%|*}
+      # shellcheck disable=SC2086
+      line=$("${binary#*|}" bench $args --raw-seconds 1 2>/dev/null | tail -n 1)
+      echo "{\"config\":\"$name\",\"which\":\"$which\",\"run\":$run,\"report\":$line}" >> "$OUT"
+      echo "$name $which run $run: $(echo "$line" | cut -c1-160)…" >&2
+    done
   done
 done
 
@@ -44,12 +54,36 @@ python3 - "$OUT" <<'PY'
 import json, statistics, sys
 
 rows = {}
+pairs = {}
 for line in open(sys.argv[1]):
     record = json.loads(line)
-    rows.setdefault(record["config"], []).append(record["report"])
+    pairs.setdefault(record["config"], {}).setdefault(record["which"], []).append(record["report"])
+    if record["which"] == "after":
+        rows.setdefault(record["config"], []).append(record["report"])
 
 def median(reports, field):
     return statistics.median(field(r) for r in reports)
+
+if any("before" in by_binary for by_binary in pairs.values()):
+    print("| config | before sagas/s (runs) | after sagas/s (runs) | p50 ms | p99 ms | max ms "
+          "| commits/saga | raw commits/s (1 client) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, by_binary in pairs.items():
+        before, after = by_binary.get("before", []), by_binary.get("after", [])
+        if not before or not after:
+            continue
+        def both(field, digits):
+            return f"{median(before, field):.{digits}f} → {median(after, field):.{digits}f}"
+        def rates(reports):
+            runs = ", ".join(f"{r['sagas_per_s']:.0f}" for r in reports)
+            return f"{median(reports, lambda r: r['sagas_per_s']):.0f} ({runs})"
+        print(f"| {name} | {rates(before)} | {rates(after)} "
+              f"| {both(lambda r: r['latency_ms']['p50'], 1)} "
+              f"| {both(lambda r: r['latency_ms']['p99'], 0)} "
+              f"| {both(lambda r: r['latency_ms']['max'], 0)} "
+              f"| {both(lambda r: r['commits_per_saga'], 2)} "
+              f"| {both(lambda r: r['raw_commits_per_s']['clients_1'], 0)} |")
+    print()
 
 print("| config | sagas/s (runs) | p50 ms | p95 ms | p99 ms | max ms | msgs/s | commits/saga "
       "| pg xacts/saga | raw commits/s 1 / 4 | sagas/s ÷ raw(1) | RSS MiB |")
