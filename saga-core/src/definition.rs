@@ -28,35 +28,9 @@ pub trait Saga: Send + Sync + 'static {
     fn definition() -> &'static SagaDefinition<Self::Data>;
 }
 
-/// The kind of a step, which decides what happens when it fails.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StepKind {
-    /// May be undone later by its compensation; its failure turns the saga back.
-    Compensatable,
-    /// The go/no-go point (at most one); its failure turns the saga back, its success commits
-    /// the saga to completing.
-    Pivot,
-    /// After the pivot; retried with backoff until it succeeds, never turns the saga back.
-    Retriable,
-}
-
-impl StepKind {
-    /// The lowercase name used in graphs and errors.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Compensatable => "compensatable",
-            Self::Pivot => "pivot",
-            Self::Retriable => "retriable",
-        }
-    }
-}
-
-impl fmt::Display for StepKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The kind of a step, which decides what happens when it fails (from `saga-rules`, where the
+/// step rules live).
+pub use saga_rules::StepKind;
 
 /// How often and how fast a failing step (or compensation, or timed-out command) is retried.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -673,6 +647,7 @@ impl<D: SagaData, R: Reply> From<StepBuilder<D, R>> for StepDefinition<D> {
 
 /// A step rule a definition breaks.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DefinitionError {
     /// The saga has no steps.
     #[error("saga `{0}` has no steps")]
@@ -722,77 +697,61 @@ pub enum DefinitionError {
     },
 }
 
-/// Checks the step rules over `(name, kind, has_compensation)` triples.
-///
-/// This is the one implementation of the rules: the builder calls it at run time, and the
-/// `saga!` macro mirrors it at compile time.
+/// Checks the step rules over `(name, kind, has_compensation)` triples, reporting the first
+/// that is broken. The rules themselves are `saga_rules::violations`, which the `saga!` macro
+/// applies at compile time too.
 pub fn check_step_rules<'a>(
     saga: &str,
     steps: impl IntoIterator<Item = (&'a str, StepKind, bool)>,
 ) -> Result<(), DefinitionError> {
-    let mut seen = std::collections::BTreeSet::new();
-    let mut pivot: Option<&str> = None;
-    let mut last_retriable: Option<&str> = None;
-    let mut any = false;
-    let steps: Vec<_> = steps.into_iter().collect();
-    let later_pivot = |index: usize| {
-        steps[index..]
-            .iter()
-            .find(|(_, kind, _)| *kind == StepKind::Pivot)
-            .map(|(name, _, _)| *name)
+    let shapes: Vec<saga_rules::StepShape<'a>> = steps
+        .into_iter()
+        .map(|(name, kind, has_compensation)| saga_rules::StepShape {
+            name,
+            kind: Some(kind),
+            has_compensation,
+        })
+        .collect();
+    let Some(violation) = saga_rules::violations(&shapes).into_iter().next() else {
+        return Ok(());
     };
-    for (index, &(name, kind, has_compensation)) in steps.iter().enumerate() {
-        any = true;
-        if !seen.insert(name) {
-            return Err(DefinitionError::DuplicateStep(name.to_owned()));
+    let name = |index: usize| shapes[index].name.to_owned();
+    Err(match violation {
+        saga_rules::Violation::DuplicateStep { step, .. } => {
+            DefinitionError::DuplicateStep(name(step))
         }
-        if has_compensation && kind != StepKind::Compensatable {
-            return Err(DefinitionError::CompensationNotAllowed {
-                step: name.to_owned(),
-                kind,
-            });
-        }
-        match kind {
-            StepKind::Pivot => {
-                if let Some(first) = pivot {
-                    return Err(DefinitionError::SecondPivot {
-                        step: name.to_owned(),
-                        first: first.to_owned(),
-                    });
-                }
-                pivot = Some(name);
-            }
-            StepKind::Compensatable => {
-                if let Some(previous) = pivot {
-                    return Err(DefinitionError::CompensatableTooLate {
-                        step: name.to_owned(),
-                        after: "the pivot",
-                        previous: previous.to_owned(),
-                    });
-                }
-                if let Some(previous) = last_retriable {
-                    return Err(DefinitionError::CompensatableTooLate {
-                        step: name.to_owned(),
-                        after: "retriable",
-                        previous: previous.to_owned(),
-                    });
-                }
-            }
-            StepKind::Retriable => {
-                if let (None, Some(pivot)) = (pivot, later_pivot(index)) {
-                    return Err(DefinitionError::RetriableBeforePivot {
-                        step: name.to_owned(),
-                        pivot: pivot.to_owned(),
-                    });
-                }
-                last_retriable = Some(name);
+        saga_rules::Violation::SecondPivot { step, first } => DefinitionError::SecondPivot {
+            step: name(step),
+            first: name(first),
+        },
+        saga_rules::Violation::CompensatableAfterPivot { step, pivot } => {
+            DefinitionError::CompensatableTooLate {
+                step: name(step),
+                after: "the pivot",
+                previous: name(pivot),
             }
         }
-    }
-    if !any {
-        return Err(DefinitionError::Empty(saga.to_owned()));
-    }
-    Ok(())
+        saga_rules::Violation::CompensatableAfterRetriable { step, retriable } => {
+            DefinitionError::CompensatableTooLate {
+                step: name(step),
+                after: "retriable",
+                previous: name(retriable),
+            }
+        }
+        saga_rules::Violation::RetriableBeforePivot { step, pivot } => {
+            DefinitionError::RetriableBeforePivot {
+                step: name(step),
+                pivot: name(pivot),
+            }
+        }
+        saga_rules::Violation::CompensationNotAllowed { step } => {
+            DefinitionError::CompensationNotAllowed {
+                step: name(step),
+                kind: shapes[step].kind.unwrap_or(StepKind::Compensatable),
+            }
+        }
+        _ => DefinitionError::Empty(saga.to_owned()),
+    })
 }
 
 /// A complete saga definition: a name, ordered steps and a version hash of the graph.

@@ -1,15 +1,8 @@
 //! Analysis: [`SagaAst`] → [`SagaModel`], checking option conflicts and the step rules.
 //!
-//! The step rules mirror `saga_core::definition::check_step_rules`, which the runtime builder
+//! The step rules are `saga_rules::violations` — the same function the runtime builder
 //! applies; here every violation is reported (not only the first), each at the offending
-//! step. Keep the two in sync:
-//!
-//! - a saga has at least one step;
-//! - step names are unique;
-//! - at most one pivot;
-//! - compensatable steps come before the pivot and before any retriable step;
-//! - retriable steps come after the pivot (when the saga has one);
-//! - only compensatable steps have a compensation.
+//! step, in the macro's own words.
 //!
 //! Whatever is wrong is reported and left out of the model (or, for rule violations, kept
 //! as written), so code generation can still run and produce the saga's type.
@@ -207,89 +200,87 @@ fn analyze_step(step: StepAst, errors: &mut Errors) -> StepModel {
     model
 }
 
-/// The step rules; see the module documentation.
+/// The step rules (`saga_rules::violations`), each violation reported at the offending step.
 fn check_step_rules(steps: &[StepModel], errors: &mut Errors) {
-    let mut names: BTreeSet<String> = BTreeSet::new();
-    let mut pivot: Option<&Ident> = None;
-    let mut last_retriable: Option<&Ident> = None;
-    for (index, step) in steps.iter().enumerate() {
-        if !names.insert(step.name.to_string()) {
-            errors.error(
-                step.name.span(),
+    let names: Vec<String> = steps.iter().map(|s| s.name.to_string()).collect();
+    let shapes: Vec<saga_rules::StepShape<'_>> = steps
+        .iter()
+        .zip(&names)
+        .map(|(step, name)| saga_rules::StepShape {
+            name,
+            kind: step.kind,
+            has_compensation: step.compensation.is_some(),
+        })
+        .collect();
+    for violation in saga_rules::violations(&shapes) {
+        use saga_rules::Violation as V;
+        let (at, message) = match violation {
+            // Reported where the saga is named, by `analyze`.
+            V::Empty => continue,
+            V::DuplicateStep { step, .. } => (
+                steps[step].name.span(),
                 format!(
                     "duplicate step name `{}`; step names must be unique within a saga (the \
                      saga's state refers to steps by name)",
-                    step.name
+                    steps[step].name
                 ),
-            );
-            continue;
-        }
-        let Some(kind) = step.kind else { continue };
-        if kind != Kind::Compensatable
-            && let Some((key, _)) = &step.compensation
-        {
-            errors.error(
-                key.span(),
-                format!(
-                    "{} step `{}` cannot have a compensation: only compensatable steps can \
-                     have a compensation; pivot/retriable steps are never undone",
-                    kind.keyword(),
-                    step.name
-                ),
-            );
-        }
-        match kind {
-            Kind::Pivot => match pivot {
-                Some(first) => errors.error(
-                    step.name.span(),
+            ),
+            V::CompensationNotAllowed { step } => {
+                let key = steps[step]
+                    .compensation
+                    .as_ref()
+                    .map_or(steps[step].name.span(), |(key, _)| key.span());
+                (
+                    key,
                     format!(
-                        "step `{}` is a second pivot (the first is `{first}`); a saga has at \
-                         most one pivot",
-                        step.name
+                        "{} step `{}` cannot have a compensation: only compensatable steps \
+                         can have a compensation; pivot/retriable steps are never undone",
+                        steps[step].kind.map_or("this", Kind::as_str),
+                        steps[step].name
                     ),
+                )
+            }
+            V::SecondPivot { step, first } => (
+                steps[step].name.span(),
+                format!(
+                    "step `{}` is a second pivot (the first is `{}`); a saga has at most one \
+                     pivot",
+                    steps[step].name, steps[first].name
                 ),
-                None => pivot = Some(&step.name),
-            },
-            Kind::Compensatable => {
-                if let Some(pivot) = pivot {
-                    errors.error(
-                        step.name.span(),
-                        format!(
-                            "compensatable step `{}` comes after the pivot `{pivot}`; \
-                             compensatable steps must come before the pivot (once the pivot \
-                             succeeds, the saga is never undone)",
-                            step.name
-                        ),
-                    );
-                } else if let Some(retriable) = last_retriable {
-                    errors.error(
-                        step.name.span(),
-                        format!(
-                            "compensatable step `{}` comes after retriable step `{retriable}`; \
-                             compensatable steps must come before any retriable step",
-                            step.name
-                        ),
-                    );
-                }
-            }
-            Kind::Retriable => {
-                if pivot.is_none()
-                    && let Some(later) = steps[index..]
-                        .iter()
-                        .find(|later| later.kind == Some(Kind::Pivot))
-                {
-                    errors.error(
-                        step.name.span(),
-                        format!(
-                            "retriable step `{}` comes before the pivot `{}`; retriable steps \
-                             must follow the pivot",
-                            step.name, later.name
-                        ),
-                    );
-                }
-                last_retriable = Some(&step.name);
-            }
-        }
+            ),
+            V::CompensatableAfterPivot { step, pivot } => (
+                steps[step].name.span(),
+                format!(
+                    "compensatable step `{}` comes after the pivot `{}`; compensatable steps \
+                     must come before the pivot (once the pivot succeeds, the saga is never \
+                     undone)",
+                    steps[step].name, steps[pivot].name
+                ),
+            ),
+            V::CompensatableAfterRetriable { step, retriable } => (
+                steps[step].name.span(),
+                format!(
+                    "compensatable step `{}` comes after retriable step `{}`; compensatable \
+                     steps must come before any retriable step",
+                    steps[step].name, steps[retriable].name
+                ),
+            ),
+            V::RetriableBeforePivot { step, pivot } => (
+                steps[step].name.span(),
+                format!(
+                    "retriable step `{}` comes before the pivot `{}`; retriable steps must \
+                     follow the pivot",
+                    steps[step].name, steps[pivot].name
+                ),
+            ),
+            _ => (
+                steps
+                    .first()
+                    .map_or(proc_macro2::Span::call_site(), |s| s.name.span()),
+                format!("step rule broken: {violation:?}"),
+            ),
+        };
+        errors.error(at, message);
     }
 }
 

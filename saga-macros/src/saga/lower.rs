@@ -132,7 +132,7 @@ fn lower_step(step: &StepModel) -> LoweredStep {
         calls.push(call(key, "on_timeout", CallArg::TimeoutAction(variant)));
     }
     LoweredStep {
-        constructor: Ident::new(kind.keyword(), Span::call_site()),
+        constructor: Ident::new(kind.as_str(), Span::call_site()),
         name: LitStr::new(&step.name.unraw().to_string(), step.name.span()),
         calls,
     }

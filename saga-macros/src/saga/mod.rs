@@ -2,8 +2,8 @@
 //!
 //! 1. [`parse`]: tokens → a syntax tree close to what was written, recovering from syntax
 //!    errors so that every mistake is reported at once;
-//! 2. [`analyze`]: the syntax tree → a checked model (option conflicts, the step rules of
-//!    `saga_core::definition::check_step_rules`, mirrored at compile time);
+//! 2. [`analyze`]: the syntax tree → a checked model (option conflicts, and the step rules of
+//!    `saga-rules`, which the runtime builder applies too);
 //! 3. [`lower`]: the model → the builder calls each step makes, in a fixed order;
 //! 4. [`codegen`]: the lowered saga → Rust tokens.
 //!
@@ -20,40 +20,9 @@ use proc_macro2::TokenStream;
 
 use crate::errors::Errors;
 
-/// The kind of a step, as written in the DSL.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kind {
-    /// `compensatable`: may be undone; comes before the pivot.
-    Compensatable,
-    /// `pivot`: the go/no-go step; at most one.
-    Pivot,
-    /// `retriable`: retried until it succeeds; comes after the pivot.
-    Retriable,
-}
-
-impl Kind {
-    /// The keywords, in the order they are listed in messages.
-    pub(crate) const KEYWORDS: [&'static str; 3] = ["compensatable", "pivot", "retriable"];
-
-    /// The kind a keyword names.
-    pub(crate) fn from_keyword(keyword: &str) -> Option<Self> {
-        match keyword {
-            "compensatable" => Some(Self::Compensatable),
-            "pivot" => Some(Self::Pivot),
-            "retriable" => Some(Self::Retriable),
-            _ => None,
-        }
-    }
-
-    /// The keyword, which is also the name of the `Step` constructor.
-    pub(crate) fn keyword(self) -> &'static str {
-        match self {
-            Self::Compensatable => "compensatable",
-            Self::Pivot => "pivot",
-            Self::Retriable => "retriable",
-        }
-    }
-}
+/// The kind of a step, as written in the DSL: its keyword is `Kind::as_str`, which is also
+/// the name of the `Step` constructor.
+pub(crate) use saga_rules::StepKind as Kind;
 
 /// Expands a `saga!` invocation.
 pub(crate) fn expand(input: TokenStream) -> TokenStream {
@@ -76,7 +45,7 @@ mod tests {
     fn kinds_round_trip() {
         for keyword in Kind::KEYWORDS {
             let kind = Kind::from_keyword(keyword);
-            assert_eq!(kind.map(Kind::keyword), Some(keyword));
+            assert_eq!(kind.map(Kind::as_str), Some(keyword));
         }
         assert_eq!(Kind::from_keyword("retryable"), None);
     }

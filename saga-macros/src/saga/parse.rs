@@ -322,7 +322,7 @@ fn parse_step(input: ParseStream<'_>, errors: &mut Errors) -> syn::Result<StepAs
             );
         }
         if !input.peek(Ident) {
-            let what = kind.map_or("step", Kind::keyword);
+            let what = kind.map_or("step", Kind::as_str);
             return Err(input.error(format!("expected the name of the {what} step")));
         }
         input.parse::<Ident>()?
