@@ -184,6 +184,7 @@ pub enum SagaTimer {
 
 /// Something that happens to a saga.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SagaEvent {
     /// Start the saga.
     Start,
@@ -219,6 +220,7 @@ pub struct OutgoingCommand {
 
 /// What the orchestrator must do after a transition.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum SagaAction {
     /// Send a command or notification (through the outbox).
     Send(OutgoingCommand),
@@ -241,6 +243,7 @@ pub enum SagaAction {
 /// One entry of a saga's timeline.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum HistoryEvent {
     /// The saga started.
     Started,
@@ -345,6 +348,7 @@ pub struct Transition<D> {
 
 /// Why an event changed nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Ignored {
     /// A reply whose request id is not the one the saga waits for (late or duplicate).
     StaleReply {
@@ -388,6 +392,7 @@ impl<D> Outcome<D> {
 
 /// Why the engine refused an event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EngineError {
     /// The state names a step the definition does not have (the definition changed).
     #[error(
@@ -429,12 +434,33 @@ pub enum EngineError {
         status: SagaStatus,
     },
     /// The state is inconsistent with the definition (e.g. waiting on a step with no command).
-    #[error("saga {saga_id} is in an inconsistent state: {reason}")]
+    #[error("saga {saga_id} is in an inconsistent state: {problem}")]
     Inconsistent {
         /// The saga.
         saga_id: SagaId,
         /// What is wrong.
-        reason: String,
+        problem: Inconsistency,
+    },
+}
+
+/// How a saga's state contradicts its definition.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Inconsistency {
+    /// It is running but at no step.
+    #[error("no current step")]
+    NoCurrentStep,
+    /// It is compensating a step that has no compensation.
+    #[error("step `{step}` has no compensation")]
+    NoCompensation {
+        /// The step.
+        step: String,
+    },
+    /// It waits for a reply at a step that sends no command.
+    #[error("waiting for a reply at step `{step}`, which sends no command")]
+    NoCommand {
+        /// The step.
+        step: String,
     },
 }
 
@@ -553,7 +579,7 @@ impl<'d, D: SagaData> Machine<'d, D> {
         let name = state
             .current_step
             .as_deref()
-            .ok_or_else(|| self.inconsistent("no current step"))?;
+            .ok_or_else(|| self.inconsistent(Inconsistency::NoCurrentStep))?;
         self.step_named(name)
     }
 
@@ -568,10 +594,10 @@ impl<'d, D: SagaData> Machine<'d, D> {
             })
     }
 
-    fn inconsistent(&self, reason: impl Into<String>) -> EngineError {
+    fn inconsistent(&self, problem: Inconsistency) -> EngineError {
         EngineError::Inconsistent {
             saga_id: self.instance.state.saga_id,
-            reason: reason.into(),
+            problem,
         }
     }
 
@@ -580,7 +606,9 @@ impl<'d, D: SagaData> Machine<'d, D> {
         match self.instance.state.direction {
             Direction::Forward => Ok(step.action()),
             Direction::Backward => step.compensation().ok_or_else(|| {
-                self.inconsistent(format!("step `{}` has no compensation", step.name()))
+                self.inconsistent(Inconsistency::NoCompensation {
+                    step: step.name().to_owned(),
+                })
             }),
         }
     }
@@ -863,10 +891,9 @@ impl<'d, D: SagaData> Machine<'d, D> {
     fn on_reply(&mut self, reply: &IncomingReply) -> Result<(), EngineError> {
         let (index, step) = self.current()?;
         let Action::Command(command) = self.current_action(step)? else {
-            return Err(self.inconsistent(format!(
-                "waiting for a reply at step `{}`, which sends no command",
-                step.name()
-            )));
+            return Err(self.inconsistent(Inconsistency::NoCommand {
+                step: step.name().to_owned(),
+            }));
         };
         let failure = command
             .apply_reply(&mut self.instance.data, reply)

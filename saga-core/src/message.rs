@@ -320,8 +320,6 @@ impl fmt::Display for CommandFailed {
     }
 }
 
-impl std::error::Error for CommandFailed {}
-
 impl Reply for CommandFailed {
     const TYPE: &'static str = "saga.CommandFailed";
     fn outcome(&self) -> ReplyOutcome {

@@ -24,6 +24,7 @@ use crate::ports::{
 
 /// Why the orchestrator could not do what was asked.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OrchestratorError {
     /// The store failed.
     #[error(transparent)]
@@ -38,22 +39,37 @@ pub enum OrchestratorError {
     #[error("saga type `{0}` is not registered with this orchestrator")]
     UnregisteredType(String),
     /// Saga data could not be converted to or from JSON.
-    #[error("saga {saga_id} data does not fit `{saga_type}`: {reason}")]
+    #[error("saga {saga_id} data does not fit `{saga_type}`: {source}")]
     Data {
         /// The saga.
         saga_id: SagaId,
         /// The saga type.
         saga_type: String,
-        /// The (de)serializer's message.
-        reason: String,
+        /// The (de)serializer's error.
+        #[source]
+        source: serde_json::Error,
     },
     /// The saga kept changing under concurrent writers.
-    #[error("saga {0} kept changing concurrently; gave up after {1} attempts")]
-    Contended(SagaId, usize),
+    #[error("saga {saga_id} kept changing concurrently; gave up after {attempts} attempts")]
+    Contended {
+        /// The saga.
+        saga_id: SagaId,
+        /// How many times it was tried.
+        attempts: usize,
+    },
+    /// An operator command changed nothing (the saga had moved on, or the event was stale).
+    #[error("the operator command had no effect on saga {saga_id}: {handled:?}")]
+    NoEffect {
+        /// The saga.
+        saga_id: SagaId,
+        /// What handling it did instead.
+        handled: Handled,
+    },
 }
 
 /// What handling one message did.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Handled {
     /// The saga moved; its status afterwards.
     Applied(SagaStatus),
@@ -155,11 +171,11 @@ trait ErasedSaga: Send + Sync {
 
 struct Typed<S>(PhantomData<fn() -> S>);
 
-fn data_error(saga_id: SagaId, saga_type: &str, err: serde_json::Error) -> OrchestratorError {
+fn data_error(saga_id: SagaId, saga_type: &str, source: serde_json::Error) -> OrchestratorError {
     OrchestratorError::Data {
         saga_id,
         saga_type: saga_type.to_owned(),
-        reason: err.to_string(),
+        source,
     }
 }
 
@@ -415,7 +431,12 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
         results
             .into_iter()
             .map(|r| {
-                r.unwrap_or_else(|| Err(StoreError::Other("reply left unhandled".into()).into()))
+                r.unwrap_or_else(|| {
+                    Err(StoreError::Bug {
+                        what: "a reply of the batch was left unhandled",
+                    }
+                    .into())
+                })
             })
             .collect()
     }
@@ -570,7 +591,10 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
                 CommitOutcome::Conflict => {}
             }
         }
-        Err(OrchestratorError::Contended(saga_id, MAX_CONFLICT_RETRIES))
+        Err(OrchestratorError::Contended {
+            saga_id,
+            attempts: MAX_CONFLICT_RETRIES,
+        })
     }
 
     /// Looks for sagas that stopped moving — running or compensating, with no deadline and
@@ -639,10 +663,7 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
             .await?
         {
             Handled::Applied(status) => Ok(status),
-            other => Err(OrchestratorError::Engine(EngineError::Inconsistent {
-                saga_id,
-                reason: format!("operator command had no effect: {other:?}"),
-            })),
+            handled => Err(OrchestratorError::NoEffect { saga_id, handled }),
         }
     }
 
@@ -694,7 +715,10 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
                 }
             }
         }
-        Err(OrchestratorError::Contended(saga_id, MAX_CONFLICT_RETRIES))
+        Err(OrchestratorError::Contended {
+            saga_id,
+            attempts: MAX_CONFLICT_RETRIES,
+        })
     }
 
     async fn dead_letter(

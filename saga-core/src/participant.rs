@@ -13,21 +13,48 @@ use std::marker::PhantomData;
 use async_trait::async_trait;
 
 use crate::ids::Timestamp;
+use crate::ports::{ErrorSource, source};
 use crate::message::{
     Command, CommandFailed, CommandMeta, InvalidChannel, Message, MessageError, Reply,
     ReplyOutcome, encode_payload, failure_reply_for, headers, validate_channel,
 };
 
 /// Why a handler did not produce a reply.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+///
+/// `?` turns any error into a transient failure (an `sqlx::Error`, your own error types):
+/// nothing the handler wrote is kept and the command is tried again. A business refusal is a
+/// [`CommandFailed`] — `Err(CommandFailed::new("…"))?` or [`HandlerError::refused`] — and
+/// becomes a failure reply. `HandlerError` deliberately does not implement
+/// `std::error::Error`, which is what lets both conversions exist side by side.
+#[derive(Debug)]
+#[non_exhaustive]
 pub enum HandlerError {
     /// The command is refused for a business reason: the saga gets a failure reply.
-    #[error("refused: {0}")]
-    Refused(#[from] CommandFailed),
+    Refused(CommandFailed),
     /// Something transient went wrong (a database error, a lost connection): nothing is
-    /// committed and the command is delivered again later.
-    #[error("transient failure: {0}")]
-    Transient(String),
+    /// committed and the command is tried again later.
+    Transient(ErrorSource),
+}
+
+impl std::fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Refused(failed) => write!(f, "refused: {failed}"),
+            Self::Transient(error) => write!(f, "transient failure: {error}"),
+        }
+    }
+}
+
+impl From<CommandFailed> for HandlerError {
+    fn from(failed: CommandFailed) -> Self {
+        Self::Refused(failed)
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
+    fn from(error: E) -> Self {
+        Self::Transient(std::sync::Arc::new(error))
+    }
 }
 
 impl HandlerError {
@@ -36,9 +63,9 @@ impl HandlerError {
         Self::Refused(CommandFailed::new(reason))
     }
 
-    /// A transient failure; the command is retried.
-    pub fn transient(error: impl std::fmt::Display) -> Self {
-        Self::Transient(error.to_string())
+    /// A transient failure caused by `error`; the command is tried again.
+    pub fn transient(error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        Self::Transient(source(error))
     }
 }
 
@@ -57,20 +84,20 @@ pub trait CommandHandler<C: Command, Ctx: Send>: Send + Sync {
 }
 
 /// What dispatching one message produced.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Dispatch {
     /// The reply to send, if the command expects one.
     pub reply: Option<Message>,
     /// Why the message was set aside, if it was.
     pub dead_letter: Option<String>,
     /// A transient failure: commit nothing and have the message delivered again.
-    pub retry: Option<String>,
+    pub retry: Option<ErrorSource>,
 }
 
 impl Dispatch {
-    fn retry(reason: String) -> Self {
+    fn retry(error: ErrorSource) -> Self {
         Self {
-            retry: Some(reason),
+            retry: Some(error),
             ..Self::default()
         }
     }
@@ -111,9 +138,9 @@ where
                 tracing::info!(command = C::TYPE, reason = %failure.reason, "command refused");
                 failure_reply(meta, &failure)?
             }
-            Err(HandlerError::Transient(reason)) => {
-                tracing::warn!(command = C::TYPE, %reason, "command failed transiently; will be redelivered");
-                return Ok(Dispatch::retry(reason));
+            Err(HandlerError::Transient(error)) => {
+                tracing::warn!(command = C::TYPE, %error, "command failed transiently; will be tried again");
+                return Ok(Dispatch::retry(error));
             }
         };
         Ok(Dispatch {

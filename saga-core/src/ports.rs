@@ -150,25 +150,82 @@ pub struct OutboxEntry {
     pub message: Message,
 }
 
-/// A store failure.
+/// The error behind a store or transport failure. Shared, so that one failure can reach every
+/// caller it concerns (all the pieces of work of a group commit, say) with its source intact.
+pub type ErrorSource = std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Wraps any error as an [`ErrorSource`].
+pub fn source(error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> ErrorSource {
+    std::sync::Arc::from(error.into())
+}
+
+/// A store failure: what a caller should do about it (the variant), and why (the source).
 #[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
-    /// The database could not be reached or the connection broke; worth retrying.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
+    /// The database could not be reached, or cannot serve for now (out of resources, failing
+    /// over, a lost race): worth retrying later.
+    #[error("store unavailable: {source}")]
+    Unavailable {
+        /// The underlying error.
+        #[source]
+        source: ErrorSource,
+    },
+    /// The database refused the operation for a reason that repeats (a constraint, a
+    /// statement it cannot run): retrying the same operation does not help.
+    #[error("store error: {source}")]
+    Rejected {
+        /// The underlying error.
+        #[source]
+        source: ErrorSource,
+    },
     /// Stored data could not be read back.
-    #[error("corrupt stored data: {0}")]
-    Corrupt(String),
-    /// Any other database error.
-    #[error("store error: {0}")]
-    Other(String),
+    #[error("corrupt stored {what}: {source}")]
+    Corrupt {
+        /// What could not be read (a table and column, a record).
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: ErrorSource,
+    },
+    /// The store was asked for something it cannot do — a bug in the caller or the store.
+    #[error("store invariant broken: {what}")]
+    Bug {
+        /// What went wrong.
+        what: &'static str,
+    },
 }
 
 impl StoreError {
+    /// An [`StoreError::Unavailable`] failure caused by `error`.
+    pub fn unavailable(error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        Self::Unavailable {
+            source: source(error),
+        }
+    }
+
+    /// A [`StoreError::Rejected`] failure caused by `error`.
+    pub fn rejected(error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        Self::Rejected {
+            source: source(error),
+        }
+    }
+
+    /// A [`StoreError::Corrupt`] failure: `what` could not be read, because of `error`.
+    pub fn corrupt(
+        what: &'static str,
+        error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        Self::Corrupt {
+            what,
+            source: source(error),
+        }
+    }
+
     /// Whether trying again later can succeed: the store was unreachable or out of resources.
     /// Other failures repeat for the same input.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
+        matches!(self, Self::Unavailable { .. })
     }
 }
 
@@ -256,12 +313,16 @@ pub struct Delivery {
 /// [`TransportError::TooLarge`] and [`TransportError::Refused`] are permanent and name the one
 /// message they are about: set exactly that message aside ([`TransportError::refused_message`])
 /// and go on with the others. The rest are worth retrying after a pause.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TransportError {
     /// The broker or database could not be reached; worth retrying.
-    #[error("transport unavailable: {0}")]
-    Unavailable(String),
+    #[error("transport unavailable: {source}")]
+    Unavailable {
+        /// The underlying error.
+        #[source]
+        source: ErrorSource,
+    },
     /// A message is too large for the transport.
     #[error("message {id} is {size} bytes, over the transport's limit of {limit}")]
     TooLarge {
@@ -274,19 +335,49 @@ pub enum TransportError {
     },
     /// The transport will never take this message as it is (its destination is not a channel
     /// name, it holds bytes the transport cannot carry, …).
-    #[error("message {id} refused: {reason}")]
+    #[error("message {id} refused: {source}")]
     Refused {
         /// The message id.
         id: MessageId,
         /// Why.
-        reason: String,
+        #[source]
+        source: ErrorSource,
     },
     /// Any other failure; treated as transient.
-    #[error("transport error: {0}")]
-    Other(String),
+    #[error("transport error: {source}")]
+    Failed {
+        /// The underlying error.
+        #[source]
+        source: ErrorSource,
+    },
 }
 
 impl TransportError {
+    /// An [`TransportError::Unavailable`] failure caused by `error`.
+    pub fn unavailable(error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        Self::Unavailable {
+            source: source(error),
+        }
+    }
+
+    /// A [`TransportError::Failed`] failure caused by `error`.
+    pub fn failed(error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        Self::Failed {
+            source: source(error),
+        }
+    }
+
+    /// A [`TransportError::Refused`] failure of message `id`, because of `error`.
+    pub fn refused(
+        id: MessageId,
+        error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        Self::Refused {
+            id,
+            source: source(error),
+        }
+    }
+
     /// The message this error is permanent for, if it is permanent.
     pub fn refused_message(&self) -> Option<MessageId> {
         match self {
@@ -311,10 +402,8 @@ pub struct ChannelBacklog {
 /// Refuses a message whose destination is not a channel name
 /// ([`validate_channel`](crate::message::validate_channel)): no transport can deliver it.
 pub fn check_destination(message: &Message) -> Result<(), TransportError> {
-    crate::message::validate_channel(&message.destination).map_err(|err| TransportError::Refused {
-        id: message.id,
-        reason: err.to_string(),
-    })
+    crate::message::validate_channel(&message.destination)
+        .map_err(|err| TransportError::refused(message.id, err))
 }
 
 /// Moves messages between channels, at least once.
@@ -420,8 +509,8 @@ pub trait Transport: Send + Sync {
         reason: &str,
     ) -> Result<(), TransportError> {
         let _ = (channel, group, delivery, reason);
-        Err(TransportError::Other(
-            "this transport cannot set messages aside".to_owned(),
+        Err(TransportError::failed(
+            "this transport cannot set messages aside",
         ))
     }
 

@@ -1,13 +1,19 @@
-//! Errors, and the mapping of sqlx errors onto saga-core's port errors.
+//! Errors: why a database could not be opened, and how sqlx's errors map onto saga-core's
+//! port errors — keeping the sqlx error as the source and classifying it (transient or not),
+//! which is what callers act on.
 
 use saga_core::ports::{StoreError, TransportError};
 
 /// Why a database could not be opened or prepared.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DatabaseError {
     /// The URL names no supported database.
-    #[error("unsupported database URL `{0}`: expected sqlite:… or postgres://…")]
-    UnsupportedUrl(String),
+    #[error("unsupported database URL `{url}`: expected sqlite:… or postgres://…")]
+    UnsupportedUrl {
+        /// The URL, with any password removed.
+        url: String,
+    },
     /// The database did not answer (after the configured retries).
     #[error("cannot reach the database at {url}: {source}")]
     Unreachable {
@@ -18,8 +24,11 @@ pub enum DatabaseError {
         source: sqlx::Error,
     },
     /// A schema name that is not a plain identifier.
-    #[error("invalid schema name {0:?}: use letters, digits and underscores")]
-    InvalidSchema(String),
+    #[error("invalid schema name {schema:?}: use letters, digits and underscores")]
+    InvalidSchema {
+        /// The name given.
+        schema: String,
+    },
     /// Applying the migrations failed.
     #[error("migrating the database failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -67,36 +76,39 @@ fn transient_code(code: &str) -> bool {
         )
 }
 
-/// Maps an sqlx error onto a [`StoreError`].
+/// An sqlx error as a [`StoreError`]: unavailable when transient, rejected otherwise.
 pub(crate) fn store_error(err: sqlx::Error) -> StoreError {
     if is_transient(&err) {
-        StoreError::Unavailable(err.to_string())
+        StoreError::unavailable(err)
     } else {
-        StoreError::Other(err.to_string())
+        StoreError::rejected(err)
     }
 }
 
-/// Maps an sqlx error onto a [`TransportError`].
+/// An sqlx error as a [`TransportError`]: unavailable when transient, failed otherwise.
 pub(crate) fn transport_error(err: sqlx::Error) -> TransportError {
     if is_transient(&err) {
-        TransportError::Unavailable(err.to_string())
+        TransportError::unavailable(err)
     } else {
-        TransportError::Other(err.to_string())
+        TransportError::failed(err)
     }
 }
 
-/// A store failure met by the transport (they share the database): still "unavailable" when
-/// it was.
+/// A store failure met by the transport (they share the database), keeping its source and
+/// whether it is transient.
 pub(crate) fn transport_error_of(err: StoreError) -> TransportError {
     match err {
-        StoreError::Unavailable(reason) => TransportError::Unavailable(reason),
-        other => TransportError::Other(other.to_string()),
+        StoreError::Unavailable { source } => TransportError::Unavailable { source },
+        other => TransportError::failed(other),
     }
 }
 
 /// A stored value that does not read back.
-pub(crate) fn corrupt(what: &str, err: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("{what}: {err}"))
+pub(crate) fn corrupt(
+    what: &'static str,
+    err: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+) -> StoreError {
+    StoreError::corrupt(what, err)
 }
 
 #[cfg(test)]

@@ -1,73 +1,64 @@
 //! # saga-store
 //!
 //! Durable sagas on SQL: saga-core's ports implemented with sqlx on **SQLite** (the embedded
-//! default: a file, no server) and **PostgreSQL** (production).
+//! default: a file, no server) and **PostgreSQL** (production), with typed transactions for
+//! participants.
 //!
-//! - [`Database`]: the pool, dialect, migrations and wake-ups, and group commit
-//!   ([`Database::write`], [`group`]): many callers' transactions share one durable commit;
-//! - [`SqlSagaStore`]: saga instances, timeline, timers, outbox, dedup and dead letters —
-//!   one atomic unit of work per handled message, batches of them written with multi-row
-//!   statements;
-//! - [`SqlTransport`]: a durable queue in the database (`FOR UPDATE SKIP LOCKED` on
-//!   PostgreSQL, so several processes share a channel);
-//! - [`SagaRuntime`]: the workers — outbox relay, reply consumers, timers, participants'
-//!   command consumers, retention; with the queue in the same database
-//!   ([`SagaRuntime::embedded`]), messages are handled in place, one transaction per batch;
-//! - [`start_saga_in`]: start a saga inside your own transaction;
-//! - [`locks`]: the semantic-lock table.
+//! ## Typed backends
+//!
+//! A transaction is a PostgreSQL one or a SQLite one, never an erased "any": a participant
+//! written for PostgreSQL takes a [`PgTx`] (`Participant<PgTx>`) and uses sqlx's PostgreSQL
+//! types (`uuid::Uuid`, `jsonb`, timestamps, arrays) and checked `query!` macros — with
+//! offline query data (`cargo sqlx prepare`, checked into the repository) or against a live
+//! database at build time (`DATABASE_URL`), as sqlx documents. Code that runs on either
+//! backend (the FTGO example, chosen by a flag) takes the portable [`Tx`] and writes each
+//! statement once with [`on_backend!`]: the body is compiled for each backend with its
+//! concrete types, so nothing generic has to be spelled out and a statement that does not fit
+//! one backend fails to compile there. On PostgreSQL, ids are `uuid` and saga data, history
+//! events and headers are `jsonb` (`SELECT data->>'order_id' FROM saga_instances` works);
+//! on SQLite they are `TEXT`. Databases created by saga-store 0.1 are carried forward by
+//! migration `0003`.
+//!
+//! ## The folders follow a message's trip
+//!
+//! | folder | what |
+//! |---|---|
+//! | [`db`] | the pool, options and dialect; typed transactions ([`db::backend`]); group commit ([`db::group`]); in-process wake-ups and PostgreSQL `LISTEN` |
+//! | [`sql`] | one file per table: its statements (single-row and multi-row) and row codec |
+//! | [`store`] | the [`SagaStore`](saga_core::ports::SagaStore) port: units of work, transactional start, dead letters for operators |
+//! | [`transport`] | [`SqlTransport`] (the queue table) and, with `nats`, `NatsTransport` |
+//! | [`outbox`] | the relay that publishes the outbox, under an expiring lease, and retention |
+//! | `consume` | the consumers: leased, in place, replies, commands, timers and the watchdog |
+//! | [`runtime`] | wiring only: [`RuntimeBuilder`] and [`SagaRuntime`] |
+//!
+//! Imports point one way, from lower to higher: `error`, `worker`, [`options`] → [`db`] →
+//! [`sql`] → [`store`] → [`transport`] → [`outbox`] → `consume` → [`runtime`].
 //!
 //! | feature | default | what |
 //! |---|---|---|
-//! | `sqlite` | yes | SQLite driver |
-//! | `postgres` | no | PostgreSQL driver and `LISTEN/NOTIFY` wake-ups |
-//! | `nats` | no | the NATS JetStream transport ([`nats::NatsTransport`]) |
+//! | `nats` | no | the NATS JetStream transport ([`transport::nats::NatsTransport`]) |
 
-mod bulk;
-mod codec;
-pub mod database;
-pub mod dead_letters;
+mod consume;
+pub mod db;
 pub mod error;
-pub mod group;
-mod in_place;
-mod lease;
-#[cfg(feature = "postgres")]
-mod listen;
-pub mod locks;
-#[cfg(feature = "nats")]
-pub mod nats;
+pub mod options;
+pub mod outbox;
 pub mod runtime;
+pub mod sql;
 pub mod store;
 pub mod transport;
+mod worker;
 
-pub use database::{Database, DatabaseOptions, Dialect, SqliteSync, Tx};
+pub use db::backend::{Conn, PgTx, PoolConn, SqliteTx, Tx, TxContext};
+pub use db::group::Finish;
+pub use db::{Database, DatabaseOptions, Dialect, SqliteSync};
 pub use error::DatabaseError;
-pub use group::Finish;
-pub use runtime::{RetentionPolicy, RuntimeOptions, SagaRuntime, WatchdogOptions, apply_retention};
+pub use options::{RetentionPolicy, RuntimeOptions, WatchdogOptions};
+pub use outbox::retention::{RetentionReport, apply_retention};
+pub use runtime::{RuntimeBuilder, SagaRuntime};
 pub use saga_core;
-pub use store::SqlSagaStore;
-pub use transport::{SqlTransport, SqlTransportOptions};
-
-use saga_core::orchestrator::{Orchestrator, OrchestratorError};
-use saga_core::ports::CommitOutcome;
-use saga_core::{Saga, SagaId};
-
-/// Starts a saga inside the caller's transaction: the saga row, its timeline and its first
-/// commands are written to `tx`, so they commit — or roll back — with the caller's own
-/// writes. Call [`Database::wake_relay`] after committing on SQLite to publish at once
-/// (otherwise the relay's next poll does).
-pub async fn start_saga_in<S: Saga>(
-    orchestrator: &Orchestrator<SqlSagaStore>,
-    tx: &mut Tx,
-    data: S::Data,
-) -> Result<SagaId, OrchestratorError> {
-    let prepared = orchestrator.prepare_start::<S>(data, orchestrator.clock().now())?;
-    match orchestrator.store().write_unit(tx, &prepared.unit).await? {
-        CommitOutcome::Committed => Ok(prepared.saga_id),
-        other => Err(OrchestratorError::Store(
-            saga_core::ports::StoreError::Other(format!(
-                "starting saga {} wrote nothing: {other:?}",
-                prepared.saga_id
-            )),
-        )),
-    }
-}
+pub use sql::locks;
+pub use store::{SqlSagaStore, start_saga_in};
+#[cfg(feature = "nats")]
+pub use transport::nats;
+pub use transport::sql::{SqlTransport, SqlTransportOptions};

@@ -1,5 +1,5 @@
-//! Consumers for an embedded deployment, where the queue table is in the consumer's own
-//! database ([`SagaRuntime::embedded`](crate::SagaRuntime::embedded)).
+//! Consumers that handle messages in place, where the queue table is in the consumer's own
+//! database ([`RuntimeBuilder::in_place`](crate::RuntimeBuilder::in_place)).
 //!
 //! Each pass is one piece of group-committed work: take a batch of visible messages from the
 //! queue (locked, not leased), handle them, write the answers straight into the queue, delete
@@ -17,20 +17,19 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use saga_core::Message;
 use saga_core::orchestrator::reply_saga_ids;
-use saga_core::participant::Participant;
 use saga_core::ports::{Delivery, StoreError};
 
-use crate::bulk;
-use crate::codec::to_i64;
-use crate::database::{Database, Dialect, NotifyTopic, Topic, Tx};
-use crate::error::store_error;
-use crate::group::Finish;
-use crate::runtime::{
-    Backoff, Consumer, RuntimeOptions, SharedOrchestrator, Shutdown, Verdict, run_commands_in,
-};
-use crate::store::load_many_on;
-use crate::transport::SqlTransport;
-use sqlx::query;
+use crate::consume::commands::{self, Commands, Ran};
+use crate::consume::{Consumer, SharedOrchestrator, Verdict};
+use crate::db::Database;
+use crate::db::backend::Tx;
+use crate::db::group::{Finish, WriteKind};
+use crate::db::wakeups::{NotifyTopic, Topic};
+use crate::options::RuntimeOptions;
+use crate::sql::{self, to_i64};
+use crate::store::{self, batchable};
+use crate::transport::sql::SqlTransport;
+use crate::worker::{Backoff, Shutdown};
 
 /// What one pass did.
 enum Pass<T> {
@@ -70,8 +69,7 @@ async fn pass_loop<T, F, C, Fut>(
     let database: Database = queue.database().clone();
     let mut writes = database.wakeups().outbox_writes();
     let mine = database.wakeups().get(&Topic::Queue(channel.clone()));
-    let notify = (database.dialect() == Dialect::Postgres)
-        .then(|| database.notify_channel(NotifyTopic::Queue));
+    let notify = database.notify_channel(NotifyTopic::Queue);
     let mut backoff = Backoff::new(options.max_backoff);
     while !shutdown.requested() {
         writes.borrow_and_update();
@@ -83,9 +81,9 @@ async fn pass_loop<T, F, C, Fut>(
             options.batch_size,
         );
         let passed = database
-            .submit_pass(move |tx| {
+            .write_as(WriteKind::Pass, move |tx: &mut Tx| {
                 Box::pin(async move {
-                    let mut read = queue_in_pass.take_in(tx, &channel_in_pass, max).await?;
+                    let mut read = queue_in_pass.take_in(tx.conn(), &channel_in_pass, max).await?;
                     let taken = std::mem::take(&mut read.deliveries);
                     if taken.is_empty() {
                         // Rows set aside as dead letters (and the failure replies that tell
@@ -102,17 +100,9 @@ async fn pass_loop<T, F, C, Fut>(
                     destinations.extend(read.replied_to);
                     destinations.sort_unstable();
                     destinations.dedup();
-                    if let Some(notify) = &notify {
-                        // Consumers in other processes: delivered by the commit.
-                        for destination in &destinations {
-                            query("SELECT pg_notify($1, $2)")
-                                .bind(notify)
-                                .bind(destination)
-                                .execute(&mut **tx)
-                                .await
-                                .map_err(store_error)?;
-                        }
-                    }
+                    // Consumers in other processes (PostgreSQL): delivered by the commit.
+                    let channels: Vec<&str> = destinations.iter().map(String::as_str).collect();
+                    sql::queue::notify(tx.conn(), &notify, &channels).await?;
                     Ok(Finish::Commit(Pass::Handled(
                         taken.len(),
                         done,
@@ -125,17 +115,13 @@ async fn pass_loop<T, F, C, Fut>(
             Ok(Pass::Handled(count, done, destinations)) => {
                 backoff.reset();
                 // Wake exactly the consumers that have work now.
-                for destination in destinations {
-                    database.wakeups().wake(&Topic::Queue(destination));
-                }
+                database.wakeups().wake_channels(&destinations);
                 after(done);
                 tracing::trace!(%channel, count, "handled in place");
                 false
             }
             Ok(Pass::SetAside(channels)) => {
-                for channel in channels {
-                    database.wakeups().wake(&Topic::Queue(channel));
-                }
+                database.wakeups().wake_channels(&channels);
                 false
             }
             Ok(Pass::Empty) => {
@@ -181,17 +167,22 @@ pub(crate) async fn reply_loop<C, Fut>(
         let orchestrator = orchestrator.clone();
         Box::new(move |tx, messages| {
             Box::pin(async move {
-                let records = load_many_on(tx, &reply_saga_ids(&messages)).await?;
+                let records = sql::instances::load_many(tx.conn(), &reply_saga_ids(&messages)).await?;
                 let now = orchestrator.clock().now();
                 let plan = orchestrator.plan_replies(&messages, records, now);
-                if !plan.one_by_one.is_empty() || !bulk::eligible(&plan.units) {
+                if !plan.one_by_one.is_empty() || !batchable(&plan.units) {
                     return Ok(None);
                 }
                 let at = to_i64(now.as_millis());
-                if !bulk::write_units(tx, &plan.units, at, true).await? {
+                let store = orchestrator.store();
+                if !store.write_units(tx.conn(), &plan.units, at).await? {
                     return Ok(None);
                 }
-                Ok(Some((plan.planned, bulk::destinations(&plan.units))))
+                let destinations = match store.is_in_place() {
+                    true => store::destinations(plan.units.iter().flat_map(|u| &u.outbox)),
+                    false => Vec::new(),
+                };
+                Ok(Some((plan.planned, destinations)))
             })
         })
     };
@@ -205,7 +196,7 @@ pub(crate) async fn reply_loop<C, Fut>(
 
 /// A participant's command consumer, in place.
 pub(crate) async fn command_loop<C, Fut>(
-    participant: Arc<Participant<Tx>>,
+    participant: Arc<dyn Commands>,
     queue: SqlTransport,
     fallback: Consumer<C>,
     options: Arc<RuntimeOptions>,
@@ -219,10 +210,12 @@ pub(crate) async fn command_loop<C, Fut>(
         let participant = participant.clone();
         Box::new(move |tx, messages| {
             Box::pin(async move {
-                Ok(run_commands_in(tx, &participant, &messages, true)
-                    .await?
-                    .ok()
-                    .map(|(_, destinations)| ((), destinations)))
+                Ok(
+                    match commands::run_in(tx, participant.as_ref(), &messages, true).await? {
+                        Ran::Handled { destinations, .. } => Some(((), destinations)),
+                        Ran::Retry(_) => None,
+                    },
+                )
             })
         })
     };

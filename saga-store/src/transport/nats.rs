@@ -128,8 +128,26 @@ const PULL_EXPIRES: Duration = Duration::from_secs(30);
 /// Messages a subscription asks for at a time (and so holds, delivered but unread, at most).
 const PULL_BATCH: usize = 64;
 
-fn unavailable(err: impl std::fmt::Display) -> TransportError {
-    TransportError::Unavailable(err.to_string())
+/// Something that went wrong talking to the server, as an unavailable transport.
+fn unavailable(err: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> TransportError {
+    TransportError::unavailable(err)
+}
+
+/// An exchange with the server that failed, with the client's error as its source.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+struct ExchangeFailed {
+    what: &'static str,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync + 'static>,
+}
+
+/// An exchange with the server that got no answer in time.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: no answer from NATS within {millis} ms")]
+struct NoAnswer {
+    what: &'static str,
+    millis: u128,
 }
 
 /// How long any single exchange with the server may take. While NATS is away, requests can
@@ -138,17 +156,22 @@ fn unavailable(err: impl std::fmt::Display) -> TransportError {
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs `exchange`, failing with [`TransportError::Unavailable`] after `limit`.
-async fn within<T, E: std::fmt::Display>(
-    what: &str,
+async fn within<T, E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>>(
+    what: &'static str,
     limit: Duration,
     exchange: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, TransportError> {
     match tokio::time::timeout(limit, exchange).await {
-        Ok(result) => result.map_err(|err| unavailable(format!("{what}: {err}"))),
-        Err(_) => Err(unavailable(format!(
-            "{what}: no answer from NATS within {} ms",
-            limit.as_millis()
-        ))),
+        Ok(result) => result.map_err(|err| {
+            unavailable(ExchangeFailed {
+                what,
+                source: err.into(),
+            })
+        }),
+        Err(_) => Err(unavailable(NoAnswer {
+            what,
+            millis: limit.as_millis(),
+        })),
     }
 }
 
@@ -194,7 +217,7 @@ impl NatsTransport {
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
                 Err(err) => {
-                    return Err(TransportError::Unavailable(format!(
+                    return Err(TransportError::unavailable(format!(
                         "cannot reach NATS at {url}: {err}"
                     )));
                 }
@@ -588,7 +611,7 @@ impl NatsTransport {
         .await?;
         let letter = self.read_dead_letter(raw);
         let Some(original) = letter.message else {
-            return Err(TransportError::Other(format!(
+            return Err(TransportError::failed(format!(
                 "dead letter {sequence} cannot be replayed: its message is unreadable or was cut to fit"
             )));
         };
@@ -924,7 +947,7 @@ impl Transport for NatsTransport {
         reason: &str,
     ) -> Result<(), TransportError> {
         let Some(message) = self.take(delivery) else {
-            return Err(TransportError::Other(format!(
+            return Err(TransportError::failed(format!(
                 "message {} is not in hand",
                 delivery.message.id
             )));

@@ -1,33 +1,35 @@
-//! A connection pool to the saga database, SQLite or PostgreSQL, chosen by URL.
+//! The saga database: a pool on SQLite or PostgreSQL (chosen by URL), its migrations, typed
+//! transactions ([`backend`]), group commit ([`group`]), in-process wake-ups ([`wakeups`],
+//! fed by PostgreSQL's `LISTEN/NOTIFY` through [`listen`]).
 //!
 //! The store, the SQL-table transport and participants' handlers all work through a
-//! [`Database`]: one pool, the SQL dialect, the migrations, and in-process wake-ups (fed by
-//! `LISTEN/NOTIFY` on PostgreSQL) so that workers react to new work without polling delays.
+//! [`Database`].
 
-use std::collections::HashMap;
+pub mod backend;
+pub mod group;
+mod listen;
+pub(crate) mod wakeups;
+
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use saga_core::ports::StoreError;
-use tokio::sync::{mpsc, watch};
-
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{Any, AnyPool, Executor};
-use tokio::sync::Notify;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Executor, PgPool, SqlitePool};
+use tokio::sync::mpsc;
 
 use crate::error::{DatabaseError, is_transient};
-use crate::group::{Answer, Finish, Work, WriterContext, spawn_writers, unwrap_value};
-
-/// A transaction on the saga database. Participants' handlers get one as their context, so
-/// their business writes commit together with the dedup record and the reply.
-pub type Tx = sqlx::Transaction<'static, Any>;
+use backend::{PoolConn, Tx, TxContext};
+use group::{Finish, Work, WriteKind, WriterContext};
+use wakeups::{NotifyTopic, Topic, Wakeups};
 
 /// The two SQL dialects the store speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Dialect {
     /// SQLite 3.35+ (embedded; WAL, `BEGIN IMMEDIATE`).
     Sqlite,
@@ -43,7 +45,7 @@ impl Dialect {
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Ok(Self::Postgres)
         } else {
-            Err(DatabaseError::UnsupportedUrl(redact(url)))
+            Err(DatabaseError::UnsupportedUrl { url: redact(url) })
         }
     }
 }
@@ -99,59 +101,41 @@ impl Default for DatabaseOptions {
     }
 }
 
-/// Wake-up topics.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Topic {
-    /// New outbox rows.
-    Outbox,
-    /// New messages on a queue channel.
-    Queue(String),
+/// A pool of one backend.
+#[derive(Clone, Debug)]
+pub(crate) enum Pool {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
 }
 
-/// In-process wake-ups, one [`Notify`] per topic, and a counter of committed outbox writes
-/// that any number of in-database consumers can watch without missing a change.
-#[derive(Debug)]
-pub(crate) struct Wakeups {
-    topics: Mutex<HashMap<Topic, Arc<Notify>>>,
-    outbox_writes: watch::Sender<u64>,
-}
+impl Pool {
+    pub(crate) async fn acquire(&self) -> Result<PoolConn, sqlx::Error> {
+        Ok(match self {
+            Self::Postgres(pool) => PoolConn::Postgres(pool.acquire().await?),
+            Self::Sqlite(pool) => PoolConn::Sqlite(pool.acquire().await?),
+        })
+    }
 
-impl Default for Wakeups {
-    fn default() -> Self {
-        Self {
-            topics: Mutex::default(),
-            outbox_writes: watch::Sender::new(0),
+    /// Begins a write transaction (`BEGIN IMMEDIATE` on SQLite, so writers queue on the lock
+    /// instead of failing to upgrade it).
+    pub(crate) async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        Ok(match self {
+            Self::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+            Self::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+        })
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            Self::Postgres(pool) => pool.is_closed(),
+            Self::Sqlite(pool) => pool.is_closed(),
         }
-    }
-}
-
-impl Wakeups {
-    pub(crate) fn get(&self, topic: &Topic) -> Arc<Notify> {
-        let mut topics = self
-            .topics
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        topics.entry(topic.clone()).or_default().clone()
-    }
-
-    pub(crate) fn wake(&self, topic: &Topic) {
-        self.get(topic).notify_one();
-        if *topic == Topic::Outbox {
-            self.outbox_writes
-                .send_modify(|count| *count = count.wrapping_add(1));
-        }
-    }
-
-    /// Changes whenever outbox rows (or, with the queue in the same database, queue rows)
-    /// were committed.
-    pub(crate) fn outbox_writes(&self) -> watch::Receiver<u64> {
-        self.outbox_writes.subscribe()
     }
 }
 
 #[derive(Debug)]
 struct Inner {
-    pool: AnyPool,
+    pool: Pool,
     dialect: Dialect,
     url: String,
     schema: Option<String>,
@@ -161,9 +145,6 @@ struct Inner {
     write_batch: usize,
     /// Where [`Database::write`] sends work; the writer tasks start on first use.
     work: OnceLock<mpsc::Sender<Work>>,
-    /// Outgoing messages go straight into this database's queue table (see
-    /// [`Database::queue_in_place`]).
-    queue_in_place: std::sync::atomic::AtomicBool,
 }
 
 /// A pool on the saga database, with its dialect and wake-ups. Cheap to clone.
@@ -213,15 +194,18 @@ impl Database {
     /// Opens `url` with `options`, retrying with backoff until `options.connect_timeout`, and
     /// applies the migrations.
     pub async fn connect_with(url: &str, options: DatabaseOptions) -> Result<Self, DatabaseError> {
-        sqlx::any::install_default_drivers();
         let dialect = Dialect::of_url(url)?;
         if let Some(schema) = &options.schema
             && !valid_identifier(schema)
         {
-            return Err(DatabaseError::InvalidSchema(schema.clone()));
+            return Err(DatabaseError::InvalidSchema {
+                schema: schema.clone(),
+            });
         }
-        let connect_options = AnyConnectOptions::from_str(url)?;
-        let pool = Self::pool_options(dialect, &options).connect_lazy_with(connect_options);
+        let pool = match dialect {
+            Dialect::Sqlite => Pool::Sqlite(sqlite_pool(url, &options)?),
+            Dialect::Postgres => Pool::Postgres(postgres_pool(url, &options)?),
+        };
         let database = Self {
             inner: Arc::new(Inner {
                 pool,
@@ -236,66 +220,16 @@ impl Database {
                 }),
                 write_batch: options.write_batch.max(1),
                 work: OnceLock::new(),
-                queue_in_place: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         database
             .wait_until_reachable(options.connect_timeout)
             .await?;
         database.migrate().await?;
-        #[cfg(feature = "postgres")]
         if dialect == Dialect::Postgres {
-            crate::listen::spawn_listener(&database, url);
+            listen::spawn_listener(&database, url);
         }
         Ok(database)
-    }
-
-    fn pool_options(dialect: Dialect, options: &DatabaseOptions) -> AnyPoolOptions {
-        let max = options.max_connections.unwrap_or(match dialect {
-            Dialect::Sqlite => 4,
-            Dialect::Postgres => 10,
-        });
-        let schema = options.schema.clone();
-        let sync = options.sqlite_sync;
-        let busy = options.sqlite_busy_timeout.as_millis();
-        let idle_in_transaction = options.idle_in_transaction_timeout.as_millis();
-        AnyPoolOptions::new()
-            .max_connections(max)
-            .acquire_timeout(Duration::from_secs(5))
-            .after_connect(move |conn, _meta| {
-                let schema = schema.clone();
-                Box::pin(async move {
-                    match dialect {
-                        Dialect::Sqlite => {
-                            conn.execute("PRAGMA journal_mode = WAL").await?;
-                            conn.execute(match sync {
-                                SqliteSync::Full => "PRAGMA synchronous = FULL",
-                                SqliteSync::Normal => "PRAGMA synchronous = NORMAL",
-                            })
-                            .await?;
-                            conn.execute(sqlx::AssertSqlSafe(format!(
-                                "PRAGMA busy_timeout = {busy}"
-                            )))
-                            .await?;
-                        }
-                        Dialect::Postgres => {
-                            conn.execute(sqlx::AssertSqlSafe(format!(
-                                "SET idle_in_transaction_session_timeout = {idle_in_transaction}"
-                            )))
-                            .await?;
-                            if let Some(schema) = schema {
-                                // The name was checked to be a plain identifier.
-                                conn.execute(sqlx::AssertSqlSafe(format!(
-                                    "CREATE SCHEMA IF NOT EXISTS \"{schema}\"; \
-                                     SET search_path TO \"{schema}\""
-                                )))
-                                .await?;
-                            }
-                        }
-                    }
-                    Ok(())
-                })
-            })
     }
 
     async fn wait_until_reachable(&self, timeout: Duration) -> Result<(), DatabaseError> {
@@ -332,23 +266,24 @@ impl Database {
 
     /// Applies a set of migrations that shares the database with others (the saga tables',
     /// the application's): migrations applied by another set are not an error. Give each set
-    /// its own version numbers.
+    /// its own version numbers — saga-store's are `0001`… (small numbers), so an
+    /// application using timestamps (`20261122000100_…`) never clashes.
     pub async fn run_migrations(
         &self,
         mut migrator: sqlx::migrate::Migrator,
     ) -> Result<(), DatabaseError> {
         migrator.set_ignore_missing(true);
-        migrator.run(&self.inner.pool).await?;
+        match &self.inner.pool {
+            Pool::Postgres(pool) => migrator.run(pool).await?,
+            Pool::Sqlite(pool) => migrator.run(pool).await?,
+        }
         Ok(())
     }
 
     /// Begins a write transaction (`BEGIN IMMEDIATE` on SQLite, so writers queue on the lock
     /// instead of failing to upgrade it).
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
-        match self.inner.dialect {
-            Dialect::Sqlite => self.inner.pool.begin_with("BEGIN IMMEDIATE").await,
-            Dialect::Postgres => self.inner.pool.begin().await,
-        }
+        self.inner.pool.begin().await
     }
 
     /// Commits a transaction begun with [`Database::begin`], counting it (see
@@ -359,84 +294,97 @@ impl Database {
         Ok(())
     }
 
+    /// A connection from the pool, for statements of your own outside a transaction.
+    pub async fn acquire(&self) -> Result<PoolConn, sqlx::Error> {
+        self.inner.pool.acquire().await
+    }
+
+    /// The PostgreSQL pool, if this is a PostgreSQL database (for `query!` and the rest of
+    /// sqlx's typed API).
+    pub fn postgres_pool(&self) -> Option<&PgPool> {
+        match &self.inner.pool {
+            Pool::Postgres(pool) => Some(pool),
+            Pool::Sqlite(_) => None,
+        }
+    }
+
+    /// The SQLite pool, if this is a SQLite database.
+    pub fn sqlite_pool(&self) -> Option<&SqlitePool> {
+        match &self.inner.pool {
+            Pool::Sqlite(pool) => Some(pool),
+            Pool::Postgres(_) => None,
+        }
+    }
+
     /// Counts a committed write (a transaction, or a write statement run on its own).
     pub(crate) fn count_commit(&self) {
         self.inner.commits.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Runs `work` in a transaction shared with other callers' work and commits it with them
-    /// (group commit: see [`crate::group`]). `work` gets the transaction inside a savepoint
-    /// of its own; returning [`Finish::Rollback`] or an error undoes only its writes. The
-    /// result arrives once the shared commit is durable; if that commit fails, so does this
-    /// call. Do not call `write` from inside `work`: it would wait for itself.
+    /// (group commit: see [`group`]). `work` gets the transaction inside a savepoint of its
+    /// own — as the portable [`Tx`], or as this backend's [`PgTx`](backend::PgTx) /
+    /// [`SqliteTx`](backend::SqliteTx), as its parameter's type says; returning
+    /// [`Finish::Rollback`] or an error undoes only its writes. The result arrives once the
+    /// shared commit is durable; if that commit fails, so does this call. Do not call `write`
+    /// from inside `work`: it would wait for itself.
     ///
     /// ```no_run
     /// # async fn example(database: saga_store::Database) -> Result<(), saga_core::ports::StoreError> {
-    /// use saga_store::Finish;
+    /// use saga_store::{Finish, PgTx};
     /// let rows = database
-    ///     .write(|tx| {
+    ///     .write(|tx: &mut PgTx| {
     ///         Box::pin(async move {
     ///             let done = sqlx::query("UPDATE accounts SET balance = balance - 5 WHERE id = 1")
     ///                 .execute(&mut **tx)
     ///                 .await
-    ///                 .map_err(|e| saga_core::ports::StoreError::Other(e.to_string()))?;
+    ///                 .map_err(saga_core::ports::StoreError::rejected)?;
     ///             Ok(Finish::Commit(done.rows_affected()))
     ///         })
     ///     })
     ///     .await?;
     /// # let _ = rows; Ok(()) }
     /// ```
-    pub async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    pub async fn write<C, T, F>(&self, work: F) -> Result<T, StoreError>
     where
+        C: TxContext,
         T: Send + 'static,
-        F: for<'c> FnOnce(&'c mut Tx) -> BoxFuture<'c, Result<Finish<T>, StoreError>>
+        F: for<'c> FnOnce(&'c mut C) -> BoxFuture<'c, Result<Finish<T>, StoreError>>
             + Send
             + 'static,
     {
-        self.submit(work, false).await
+        self.write_as(WriteKind::Plain, work).await
     }
 
-    /// [`Database::write`] for work that may write outbox rows: the relay is woken (and on
-    /// PostgreSQL notified once per batch) after the commit.
-    pub(crate) async fn submit<T, F>(&self, work: F, wakes_relay: bool) -> Result<T, StoreError>
+    /// [`Database::write`] for the framework's own kinds of work (see [`WriteKind`]).
+    pub(crate) async fn write_as<C, T, F>(&self, kind: WriteKind, work: F) -> Result<T, StoreError>
     where
+        C: TxContext,
         T: Send + 'static,
-        F: for<'c> FnOnce(&'c mut Tx) -> BoxFuture<'c, Result<Finish<T>, StoreError>>
+        F: for<'c> FnOnce(&'c mut C) -> BoxFuture<'c, Result<Finish<T>, StoreError>>
             + Send
             + 'static,
     {
-        self.hand_over(Work::new(work, wakes_relay, false)).await
-    }
-
-    /// [`Database::write`] for an in-place pass, which reads only inside the transaction
-    /// (see `Work::reads_inside`).
-    pub(crate) async fn submit_pass<T, F>(&self, work: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: for<'c> FnOnce(&'c mut Tx) -> BoxFuture<'c, Result<Finish<T>, StoreError>>
-            + Send
-            + 'static,
-    {
-        self.hand_over(Work::new(work, false, true)).await
-    }
-
-    async fn hand_over<T: 'static>(&self, (work, result): (Work, Answer)) -> Result<T, StoreError> {
+        let (work, answer) = Work::new(work, kind);
         let sender = self.inner.work.get_or_init(|| {
             let context = WriterContext {
                 pool: self.inner.pool.clone(),
-                dialect: self.inner.dialect,
                 commits: self.inner.commits.clone(),
                 wakeups: self.inner.wakeups.clone(),
                 outbox_channel: self.notify_channel(NotifyTopic::Outbox),
                 max_batch: self.inner.write_batch,
                 writers: self.inner.writers,
             };
-            spawn_writers(context, self.inner.writers)
+            group::spawn_writers(context)
         });
-        let stopped = || StoreError::Unavailable("the database's writers have stopped".into());
-        sender.send(work).await.map_err(|_| stopped())?;
-        let value = result.await.map_err(|_| stopped())??;
-        unwrap_value(value)
+        if sender.send(work).await.is_err() {
+            return Err(StoreError::Bug {
+                what: "the database's writers have stopped",
+            });
+        }
+        answer.await.unwrap_or(Err(StoreError::Bug {
+            what: "the database's writers stopped before answering",
+        }))
     }
 
     /// How many write transactions this process committed on this database through the saga
@@ -444,11 +392,6 @@ impl Database {
     /// [`Database::commit`]): the durable commits, for benchmarks.
     pub fn commits(&self) -> u64 {
         self.inner.commits.load(Ordering::Relaxed)
-    }
-
-    /// The pool, for queries of your own.
-    pub fn pool(&self) -> &AnyPool {
-        &self.inner.pool
     }
 
     /// The SQL dialect.
@@ -472,18 +415,6 @@ impl Database {
         self.inner.wakeups.wake(&Topic::Outbox);
     }
 
-    /// Whether outgoing messages skip the outbox and go straight into this database's queue
-    /// table, in the transaction that produces them: set by [`crate::SagaRuntime::embedded`]
-    /// when the SQL-table transport lives in this database, so a message costs no relay pass
-    /// and no separate commit.
-    pub fn queue_in_place(&self) -> bool {
-        self.inner.queue_in_place.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn set_queue_in_place(&self) {
-        self.inner.queue_in_place.store(true, Ordering::Relaxed);
-    }
-
     pub(crate) fn wakeups(&self) -> &Wakeups {
         &self.inner.wakeups
     }
@@ -505,19 +436,59 @@ impl Database {
         Arc::ptr_eq(&self.inner, &other.inner)
     }
 
+    /// Whether the pool is closed.
+    pub fn is_closed(&self) -> bool {
+        self.inner.pool.is_closed()
+    }
+
     /// Closes the pool.
     pub async fn close(&self) {
-        self.inner.pool.close().await;
+        match &self.inner.pool {
+            Pool::Postgres(pool) => pool.close().await,
+            Pool::Sqlite(pool) => pool.close().await,
+        }
     }
 }
 
-/// PostgreSQL `NOTIFY` channels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum NotifyTopic {
-    /// New outbox rows.
-    Outbox,
-    /// New queue rows; the payload names the channel.
-    Queue,
+fn sqlite_pool(url: &str, options: &DatabaseOptions) -> Result<SqlitePool, DatabaseError> {
+    let connect = SqliteConnectOptions::from_str(url)?
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(match options.sqlite_sync {
+            SqliteSync::Full => SqliteSynchronous::Full,
+            SqliteSync::Normal => SqliteSynchronous::Normal,
+        })
+        .busy_timeout(options.sqlite_busy_timeout);
+    Ok(SqlitePoolOptions::new()
+        .max_connections(options.max_connections.unwrap_or(4))
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(connect))
+}
+
+fn postgres_pool(url: &str, options: &DatabaseOptions) -> Result<PgPool, DatabaseError> {
+    let connect = PgConnectOptions::from_str(url)?;
+    let schema = options.schema.clone();
+    let idle_in_transaction = options.idle_in_transaction_timeout.as_millis();
+    Ok(PgPoolOptions::new()
+        .max_connections(options.max_connections.unwrap_or(10))
+        .acquire_timeout(Duration::from_secs(5))
+        .after_connect(move |conn, _meta| {
+            let schema = schema.clone();
+            Box::pin(async move {
+                conn.execute(sqlx::AssertSqlSafe(format!(
+                    "SET idle_in_transaction_session_timeout = {idle_in_transaction}"
+                )))
+                .await?;
+                if let Some(schema) = schema {
+                    // The name was checked to be a plain identifier.
+                    conn.execute(sqlx::AssertSqlSafe(format!(
+                        "CREATE SCHEMA IF NOT EXISTS \"{schema}\"; SET search_path TO \"{schema}\""
+                    )))
+                    .await?;
+                }
+                Ok(())
+            })
+        })
+        .connect_lazy_with(connect))
 }
 
 #[cfg(test)]

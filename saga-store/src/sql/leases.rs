@@ -1,4 +1,4 @@
-//! Leases: how a singleton role (the outbox relay of a database) is held by one process at a
+//! `saga_leases` — leases: how a singleton role (the outbox relay of a database) is held by one process at a
 //! time and passed on when its holder dies **or hangs**.
 //!
 //! A lease is a row in `saga_leases`: the role's name, its holder and when it expires. The
@@ -14,9 +14,10 @@ use std::time::Duration;
 use saga_core::ports::StoreError;
 use sqlx::query;
 
-use crate::codec::to_i64;
-use crate::database::{Database, Dialect};
+use crate::db::{Database, Dialect};
 use crate::error::store_error;
+use crate::on_backend;
+use crate::sql::to_i64;
 
 /// One process's claim on a named singleton role.
 #[derive(Debug)]
@@ -64,23 +65,24 @@ impl Lease {
             return Ok(true);
         }
         let started = tokio::time::Instant::now();
-        let sql = match self.database.dialect() {
-            Dialect::Postgres => ACQUIRE_POSTGRES,
-            Dialect::Sqlite => ACQUIRE_SQLITE,
-        };
-        let statement = query(sql)
-            .bind(&self.name)
-            .bind(&self.holder)
-            .bind(to_i64(self.duration.as_millis() as u64));
-        let statement = match self.database.dialect() {
-            Dialect::Postgres => statement,
-            Dialect::Sqlite => statement.bind(to_i64(saga_core::Timestamp::now().as_millis())),
-        };
-        let held = statement
-            .execute(self.database.pool())
-            .await
-            .map_err(store_error)?
-            .rows_affected()
+        let duration = to_i64(self.duration.as_millis() as u64);
+        let now = to_i64(saga_core::Timestamp::now().as_millis());
+        let mut conn = self.database.acquire().await.map_err(store_error)?;
+        let held = on_backend!(conn.conn(), |c| {
+            let statement = match self.database.dialect() {
+                Dialect::Postgres => query(ACQUIRE_POSTGRES)
+                    .bind(&self.name)
+                    .bind(&self.holder)
+                    .bind(duration),
+                Dialect::Sqlite => query(ACQUIRE_SQLITE)
+                    .bind(&self.name)
+                    .bind(&self.holder)
+                    .bind(duration)
+                    .bind(now),
+            };
+            statement.execute(c).await.map(|done| done.rows_affected())
+        })
+        .map_err(store_error)?
             == 1;
         self.database.count_commit();
         let was_held = self.renewed.is_some();
@@ -102,11 +104,17 @@ impl Lease {
         if self.renewed.take().is_none() {
             return;
         }
-        let released = query("DELETE FROM saga_leases WHERE name = $1 AND holder = $2")
-            .bind(&self.name)
-            .bind(&self.holder)
-            .execute(self.database.pool())
-            .await;
+        let released = match self.database.acquire().await {
+            Ok(mut conn) => on_backend!(conn.conn(), |c| {
+                query("DELETE FROM saga_leases WHERE name = $1 AND holder = $2")
+                    .bind(&self.name)
+                    .bind(&self.holder)
+                    .execute(c)
+                    .await
+                    .map(drop)
+            }),
+            Err(err) => Err(err),
+        };
         if let Err(err) = released {
             tracing::warn!(role = %self.name, error = %err, "could not give the lease up; it expires by itself");
         }

@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use sqlx::postgres::PgListener;
 
-use crate::database::{Database, NotifyTopic, Topic};
+use crate::db::Database;
+use crate::db::wakeups::{NotifyTopic, Topic};
 
+/// Starts the listener task of `database` (reconnecting with backoff until the pool closes).
 pub(crate) fn spawn_listener(database: &Database, url: &str) {
     let database = database.clone();
     let url = url.to_owned();
@@ -19,7 +21,7 @@ pub(crate) fn spawn_listener(database: &Database, url: &str) {
         let queue = database.notify_channel(NotifyTopic::Queue);
         let mut delay = Duration::from_millis(200);
         loop {
-            if database.pool().is_closed() {
+            if database.is_closed() {
                 return;
             }
             match PgListener::connect(&url).await {
@@ -49,7 +51,7 @@ pub(crate) fn spawn_listener(database: &Database, url: &str) {
                                     break;
                                 }
                             }
-                            if database.pool().is_closed() {
+                            if database.is_closed() {
                                 return;
                             }
                         }

@@ -1,0 +1,267 @@
+//! A participant's command handling. A batch of commands is handled in one group-committed
+//! transaction: one statement records them all as received (a duplicate is skipped), each
+//! handler runs in the same transaction (typed as the participant asked: [`Tx`], `PgTx` or
+//! `SqliteTx`), one statement queues all replies. If any handler asks for another try, or
+//! anything fails, the batch is undone and its commands are handled one by one, so one bad
+//! command affects only itself.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures_util::future::join_all;
+use saga_core::participant::{Dispatch, Participant};
+use saga_core::ports::{DeadLetter, Delivery, ErrorSource, StoreError, source};
+use saga_core::{Message, Timestamp};
+
+use crate::consume::{Consumer, Handling, SharedTransport, Verdict};
+use crate::db::backend::{Tx, TxContext};
+use crate::db::group::{Finish, WriteKind};
+use crate::db::{Database, Dialect};
+use crate::options::RuntimeOptions;
+use crate::sql::{self, to_i64};
+use crate::store;
+
+/// A participant, whatever kind of transaction its handlers take.
+#[async_trait]
+pub(crate) trait Commands: Send + Sync {
+    /// Its name (its dedup identity).
+    fn name(&self) -> &str;
+    /// The channel it listens on.
+    fn channel(&self) -> &str;
+    /// Handles one command inside `tx`.
+    async fn dispatch(&self, tx: &mut Tx, message: &Message) -> Dispatch;
+}
+
+/// A participant whose handlers take a `C`.
+struct Typed<C>(Participant<C>);
+
+#[async_trait]
+impl<C: TxContext> Commands for Typed<C> {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    fn channel(&self) -> &str {
+        self.0.channel()
+    }
+
+    async fn dispatch(&self, tx: &mut Tx, message: &Message) -> Dispatch {
+        match C::from_tx(tx) {
+            Some(context) => self.0.dispatch(context, message).await,
+            None => Dispatch {
+                retry: Some(source("the participant's handlers need another backend's transaction")),
+                ..Dispatch::default()
+            },
+        }
+    }
+}
+
+/// `participant` erased, for the runtime; panics when its handlers need another backend
+/// than `database`'s (a wiring mistake, found when the runtime is built).
+pub(crate) fn erase<C: TxContext>(database: &Database, participant: Participant<C>) -> Arc<dyn Commands> {
+    if let Some(backend) = C::BACKEND
+        && backend != database.dialect()
+    {
+        let wanted = match backend {
+            Dialect::Postgres => "PostgreSQL",
+            Dialect::Sqlite => "SQLite",
+        };
+        panic!(
+            "participant `{}` handles commands in {wanted} transactions, but its database ({}) \
+             is not {wanted}; give it the portable `saga_store::Tx` to run on either",
+            participant.name(),
+            database.url()
+        );
+    }
+    Arc::new(Typed(participant))
+}
+
+/// What handling one command did.
+pub(crate) enum Handled {
+    Done,
+    Duplicate,
+    Retry(ErrorSource),
+}
+
+/// What running a batch of commands inside a transaction came to.
+pub(crate) enum Ran {
+    /// Every command was handled (or was a duplicate); the replies went to these channels.
+    Handled {
+        /// Each command's outcome, in order.
+        outcomes: Vec<Handled>,
+        /// The channels the replies went to.
+        destinations: Vec<String>,
+    },
+    /// A handler asked for another try: undo the batch.
+    Retry(ErrorSource),
+}
+
+/// Runs a batch of commands inside `tx`: one statement records them all as received (a
+/// duplicate is skipped), each handler runs, one statement queues all replies — into the
+/// outbox, or with `in_place` straight into the queue.
+pub(crate) async fn run_in(
+    tx: &mut Tx,
+    participant: &dyn Commands,
+    batch: &[Message],
+    in_place: bool,
+) -> Result<Ran, StoreError> {
+    let now = Timestamp::now();
+    let at = to_i64(now.as_millis());
+    let ids: Vec<_> = batch.iter().map(|m| m.id).collect();
+    let mut fresh = sql::received::insert_fresh(tx.conn(), participant.name(), &ids, at).await?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut replies = Vec::new();
+    let mut dead_letters = Vec::new();
+    for message in batch {
+        // `remove`: a message twice in one batch runs once.
+        if !fresh.remove(&message.id) {
+            outcomes.push(Handled::Duplicate);
+            continue;
+        }
+        let dispatch = participant.dispatch(tx, message).await;
+        if let Some(error) = dispatch.retry {
+            return Ok(Ran::Retry(error));
+        }
+        replies.extend(dispatch.reply);
+        dead_letters.extend(dispatch.dead_letter.map(|reason| DeadLetter {
+            consumer: participant.name().to_owned(),
+            message: message.clone(),
+            reason,
+            at: now,
+        }));
+        outcomes.push(Handled::Done);
+    }
+    let replies: Vec<&Message> = replies.iter().collect();
+    store::send(tx.conn(), in_place, &replies, at).await?;
+    for dead in &dead_letters {
+        sql::dead_letters::insert(tx.conn(), dead).await?;
+    }
+    let destinations = store::destinations(replies.into_iter());
+    Ok(Ran::Handled {
+        outcomes,
+        destinations,
+    })
+}
+
+/// The kind of group-committed work that handles commands.
+fn kind(in_place: bool) -> WriteKind {
+    match in_place {
+        true => WriteKind::Plain,
+        false => WriteKind::Outbox,
+    }
+}
+
+/// Handles one command in one (group-committed) transaction: dedup record, the handler's own
+/// writes, the reply and any dead letter.
+async fn handle_one(
+    database: &Database,
+    participant: Arc<dyn Commands>,
+    message: Message,
+    in_place: bool,
+) -> Result<Handled, StoreError> {
+    let (handled, destinations) = database
+        .write_as(kind(in_place), move |tx: &mut Tx| {
+            Box::pin(async move {
+                let ran = run_in(tx, participant.as_ref(), std::slice::from_ref(&message), in_place)
+                    .await?;
+                Ok(match ran {
+                    Ran::Handled {
+                        mut outcomes,
+                        destinations,
+                    } => match outcomes.pop() {
+                        Some(Handled::Done) => Finish::Commit((Handled::Done, destinations)),
+                        // A duplicate: nothing was written.
+                        _ => Finish::Rollback((Handled::Duplicate, Vec::new())),
+                    },
+                    Ran::Retry(error) => Finish::Rollback((Handled::Retry(error), Vec::new())),
+                })
+            })
+        })
+        .await?;
+    if in_place {
+        database.wakeups().wake_channels(&destinations);
+    }
+    Ok(handled)
+}
+
+/// Handles a batch of commands in one transaction where it can (see the module docs).
+async fn handle_batch(
+    database: &Database,
+    participant: &Arc<dyn Commands>,
+    messages: Vec<Message>,
+    in_place: bool,
+) -> Vec<Result<Handled, StoreError>> {
+    if messages.len() > 1 {
+        let batch = messages.clone();
+        let in_tx = participant.clone();
+        let batched = database
+            .write_as(kind(in_place), move |tx: &mut Tx| {
+                Box::pin(async move {
+                    Ok(match run_in(tx, in_tx.as_ref(), &batch, in_place).await? {
+                        Ran::Handled {
+                            outcomes,
+                            destinations,
+                        } => Finish::Commit(Some((outcomes, destinations))),
+                        Ran::Retry(_) => Finish::Rollback(None),
+                    })
+                })
+            })
+            .await;
+        match batched {
+            Ok(Some((outcomes, destinations))) => {
+                if in_place {
+                    database.wakeups().wake_channels(&destinations);
+                }
+                return outcomes.into_iter().map(Ok).collect();
+            }
+            Ok(None) => {
+                tracing::debug!("a command asked for another try; handling the batch one by one")
+            }
+            Err(err) => tracing::debug!(error = %err, "batch failed; handling it one by one"),
+        }
+    }
+    // One by one, concurrently, so their transactions still share group commits.
+    join_all(
+        messages
+            .into_iter()
+            .map(|message| handle_one(database, participant.clone(), message, in_place)),
+    )
+    .await
+}
+
+/// A participant's leased command consumer.
+pub(crate) fn consumer(
+    database: Database,
+    participant: Arc<dyn Commands>,
+    transport: SharedTransport,
+    options: Arc<RuntimeOptions>,
+    in_place: bool,
+) -> Consumer<impl FnMut(Vec<Delivery>) -> Handling> {
+    let channel = participant.channel().to_owned();
+    let group = participant.name().to_owned();
+    Consumer::new(
+        channel,
+        group,
+        transport,
+        options,
+        move |deliveries| -> Handling {
+            let (database, participant) = (database.clone(), participant.clone());
+            Box::pin(async move {
+                let messages = deliveries.iter().map(|d| d.message.clone()).collect();
+                let results = handle_batch(&database, &participant, messages, in_place).await;
+                deliveries
+                    .into_iter()
+                    .zip(results)
+                    .map(|(delivery, result)| {
+                        let verdict = match result {
+                            Ok(Handled::Done | Handled::Duplicate) => Verdict::Done,
+                            Ok(Handled::Retry(error)) => Verdict::Retry(error),
+                            Err(err) => Verdict::Failed(err),
+                        };
+                        (delivery, verdict)
+                    })
+                    .collect()
+            })
+        },
+    )
+}

@@ -1,0 +1,225 @@
+//! `saga_dead_letters`: messages that could not be processed, with the reason, and what an
+//! operator did with each since (replayed as which message, or discarded; when and why).
+
+use saga_core::ports::{DeadLetter, StoreError};
+use saga_core::{Headers, Message, MessageId, Timestamp};
+use sqlx::{AssertSqlSafe, query};
+
+use crate::db::backend::Conn;
+use crate::error::{corrupt, store_error};
+use crate::on_backend;
+use crate::sql::{Bind, Get, headers_json, headers_of, to_i64, to_u64, without_nul};
+
+/// A dead letter as stored, with its id and what became of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredDeadLetter {
+    /// Its id in `saga_dead_letters`.
+    pub id: i64,
+    /// The message, who set it aside, why and when.
+    pub dead_letter: DeadLetter,
+    /// `None` while nobody has acted on it.
+    pub resolution: Option<Resolution>,
+}
+
+/// What an operator did with a dead letter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Resolution {
+    /// Put back on its channel as a new message.
+    Replayed {
+        /// When.
+        at: Timestamp,
+        /// The id of the message that carries it now.
+        message_id: MessageId,
+        /// Why, as the operator said.
+        reason: String,
+    },
+    /// Given up on.
+    Discarded {
+        /// When.
+        at: Timestamp,
+        /// Why, as the operator said.
+        reason: String,
+    },
+}
+
+/// Inserts a dead letter. Text PostgreSQL cannot store (NUL characters) is stored with each
+/// NUL written as `\u0000` and the reason says so: a dead letter is never lost to its own
+/// content.
+pub(crate) async fn insert(conn: Conn<'_>, dead: &DeadLetter) -> Result<(), StoreError> {
+    let (payload, escaped_payload) = without_nul(&dead.message.payload);
+    let headers: Headers = dead
+        .message
+        .headers
+        .iter()
+        .map(|(k, v)| (without_nul(k).0.into_owned(), without_nul(v).0.into_owned()))
+        .fold(Headers::new(), |h, (k, v)| h.with(k, v));
+    let escaped_headers = headers != dead.message.headers;
+    let (destination, _) = without_nul(&dead.message.destination);
+    let (consumer, _) = without_nul(&dead.consumer);
+    let (reason, _) = without_nul(&dead.reason);
+    let reason = match escaped_payload || escaped_headers {
+        true => format!("{reason} (NUL characters stored as \\u0000)"),
+        false => reason.into_owned(),
+    };
+    let headers = headers_json(&headers);
+    on_backend!(conn, |c| {
+        query(
+            "INSERT INTO saga_dead_letters \
+             (consumer, message_id, destination, headers, payload, reason, at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(consumer.as_ref())
+        .bind_id(dead.message.id.0)
+        .bind(destination.as_ref())
+        .bind_json(&headers)
+        .bind(payload.as_ref())
+        .bind(reason.as_str())
+        .bind(to_i64(dead.at.as_millis()))
+        .execute(c)
+        .await
+        .map(drop)
+        .map_err(store_error)
+    })
+}
+
+const COLUMNS: &str = "id, consumer, message_id, destination, headers, payload, reason, at, \
+     resolved_at, resolution, resolution_reason, replay_message_id";
+
+fn dead_letter(row: &impl Get) -> Result<DeadLetter, StoreError> {
+    let headers = row.json("headers")?;
+    // A dead letter may hold headers that are not a map of strings; keep them as they are.
+    let headers = headers_of(headers.clone())
+        .unwrap_or_else(|_| Headers::new().with("x-unreadable-headers", headers.to_string()));
+    Ok(DeadLetter {
+        consumer: row.text("consumer")?,
+        message: Message {
+            id: MessageId(row.id("message_id")?),
+            destination: row.text("destination")?,
+            headers,
+            payload: row.text("payload")?,
+        },
+        reason: row.text("reason")?,
+        at: Timestamp(to_u64(row.int("at")?)),
+    })
+}
+
+fn stored(row: &impl Get) -> Result<StoredDeadLetter, StoreError> {
+    let at = row.opt_int("resolved_at")?.map(|ms| Timestamp(to_u64(ms)));
+    let reason = row.opt_text("resolution_reason")?.unwrap_or_default();
+    let resolution = match (at, row.opt_text("resolution")?.as_deref()) {
+        (Some(at), Some("replayed")) => Some(Resolution::Replayed {
+            at,
+            message_id: MessageId(row.id("replay_message_id")?),
+            reason,
+        }),
+        (Some(at), Some("discarded")) => Some(Resolution::Discarded { at, reason }),
+        (Some(_), other) => {
+            return Err(corrupt(
+                "dead letter resolution",
+                format!("unknown resolution {other:?}"),
+            ));
+        }
+        (None, _) => None,
+    };
+    Ok(StoredDeadLetter {
+        id: row.int("id")?,
+        dead_letter: dead_letter(row)?,
+        resolution,
+    })
+}
+
+/// Dead letters with an id above `after`, oldest first, at most `limit`; only those nobody
+/// has acted on when `unresolved_only`.
+pub(crate) async fn list(
+    conn: Conn<'_>,
+    after: i64,
+    limit: usize,
+    unresolved_only: bool,
+) -> Result<Vec<StoredDeadLetter>, StoreError> {
+    let unresolved = match unresolved_only {
+        true => " AND resolved_at IS NULL",
+        false => "",
+    };
+    let sql = format!(
+        "SELECT {COLUMNS} FROM saga_dead_letters WHERE id > $1{unresolved} ORDER BY id LIMIT $2"
+    );
+    on_backend!(conn, |c| {
+        query(AssertSqlSafe(sql))
+            .bind(after)
+            .bind(to_i64(limit as u64))
+            .fetch_all(c)
+            .await
+            .map_err(store_error)?
+            .iter()
+            .map(stored)
+            .collect()
+    })
+}
+
+/// One dead letter.
+pub(crate) async fn get(conn: Conn<'_>, id: i64) -> Result<Option<StoredDeadLetter>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM saga_dead_letters WHERE id = $1");
+    on_backend!(conn, |c| {
+        query(AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(c)
+            .await
+            .map_err(store_error)?
+            .as_ref()
+            .map(stored)
+            .transpose()
+    })
+}
+
+/// How a dead letter is resolved.
+pub(crate) enum Resolve {
+    /// Replayed as this message.
+    Replayed(MessageId),
+    /// Discarded.
+    Discarded,
+}
+
+/// Marks dead letter `id` resolved at `at` — only if nobody has; `false` if somebody had.
+pub(crate) async fn resolve(
+    conn: Conn<'_>,
+    id: i64,
+    how: Resolve,
+    reason: &str,
+    at: i64,
+) -> Result<bool, StoreError> {
+    let (resolution, replay) = match how {
+        Resolve::Replayed(message_id) => ("replayed", Some(message_id.0)),
+        Resolve::Discarded => ("discarded", None),
+    };
+    on_backend!(conn, |c| {
+        query(
+            "UPDATE saga_dead_letters SET resolved_at = $1, resolution = $2, \
+             resolution_reason = $3, replay_message_id = $4 \
+             WHERE id = $5 AND resolved_at IS NULL",
+        )
+        .bind(at)
+        .bind(resolution)
+        .bind(reason)
+        .bind_opt_id(replay)
+        .bind(id)
+            .execute(c)
+            .await
+            .map(|done| done.rows_affected() == 1)
+            .map_err(store_error)
+    })
+}
+
+/// Every dead letter, oldest first (for [`SagaStore::dead_letters`](saga_core::ports::SagaStore::dead_letters)).
+pub(crate) async fn all(conn: Conn<'_>) -> Result<Vec<DeadLetter>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM saga_dead_letters ORDER BY id");
+    on_backend!(conn, |c| {
+        query(AssertSqlSafe(sql))
+            .fetch_all(c)
+            .await
+            .map_err(store_error)?
+            .iter()
+            .map(dead_letter)
+            .collect()
+    })
+}

@@ -1,0 +1,58 @@
+//! `saga_history`: the append-only timeline of every saga, one row per transition, the event
+//! as JSON (`jsonb` on PostgreSQL).
+
+use saga_core::ports::{HistoryRecord, StoreError};
+use saga_core::{SagaId, Timestamp};
+use sqlx::{AssertSqlSafe, query};
+
+use crate::db::backend::Conn;
+use crate::error::{corrupt, store_error};
+use crate::on_backend;
+use crate::sql::{Bind, CHUNK, Col, Get, to_i64, to_u64, values};
+
+/// Appends `entries`, one statement per [`CHUNK`].
+pub(crate) async fn insert_many(mut conn: Conn<'_>, entries: &[&HistoryRecord]) -> Result<(), StoreError> {
+    let dialect = conn.dialect();
+    for chunk in entries.chunks(CHUNK) {
+        let events = chunk
+            .iter()
+            .map(|entry| serde_json::to_value(&entry.event).map_err(|e| corrupt("history event", e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let sql = format!(
+            "INSERT INTO saga_history (saga_id, at, event) VALUES {}",
+            values(dialect, chunk.len(), &[Col::Plain, Col::Plain, Col::Plain])
+        );
+        on_backend!(conn.reborrow(), |c| {
+            let mut statement = query(AssertSqlSafe(sql));
+            for (entry, event) in chunk.iter().zip(&events) {
+                statement = statement
+                    .bind_id(entry.saga_id.0)
+                    .bind(to_i64(entry.at.as_millis()))
+                    .bind_json(event);
+            }
+            statement.execute(c).await.map(drop).map_err(store_error)
+        })?;
+    }
+    Ok(())
+}
+
+/// A saga's timeline, oldest first.
+pub(crate) async fn list(conn: Conn<'_>, saga_id: SagaId) -> Result<Vec<HistoryRecord>, StoreError> {
+    on_backend!(conn, |c| {
+        query("SELECT at, event FROM saga_history WHERE saga_id = $1 ORDER BY id")
+            .bind_id(saga_id.0)
+            .fetch_all(c)
+            .await
+            .map_err(store_error)?
+            .iter()
+            .map(|row| {
+                Ok(HistoryRecord {
+                    saga_id,
+                    at: Timestamp(to_u64(row.int("at")?)),
+                    event: serde_json::from_value(row.json("event")?)
+                        .map_err(|e| corrupt("history event", e))?,
+                })
+            })
+            .collect()
+    })
+}

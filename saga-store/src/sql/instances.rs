@@ -1,0 +1,367 @@
+//! `saga_instances`: one row per saga — its state (step by name, status, direction, what it
+//! waits for and until when), its data (`jsonb` on PostgreSQL) and an optimistic-concurrency
+//! `version`. The `deadline` is the saga's one timer: [`due`] reads the instances whose
+//! deadline has passed.
+
+use saga_core::engine::{Direction, Pending, SagaState, SagaStatus, SagaTimer};
+use saga_core::ports::{SagaRecord, SagaWrite, StalledSaga, StoreError, TimerRecord};
+use saga_core::{RequestId, SagaId, Timestamp};
+use sqlx::{AssertSqlSafe, query};
+
+use crate::db::backend::Conn;
+use crate::error::{corrupt, store_error};
+use crate::on_backend;
+use crate::sql::{Bind, CHUNK, Col, Get, placeholders, to_i64, to_u64, values};
+
+/// The columns read for a [`SagaRecord`], in [`record`]'s order.
+const COLUMNS: &str = "saga_id, saga_type, definition_version, status, direction, current_step, \
+     pending_kind, pending_request_id, deadline, attempt, completed_steps, compensation_reason, \
+     last_error, next_request_id, data, version";
+
+fn parse_status(name: &str) -> Result<SagaStatus, StoreError> {
+    Ok(match name {
+        "created" => SagaStatus::Created,
+        "running" => SagaStatus::Running,
+        "compensating" => SagaStatus::Compensating,
+        "completed" => SagaStatus::Completed,
+        "compensated" => SagaStatus::Compensated,
+        "failed" => SagaStatus::Failed,
+        other => return Err(corrupt("saga status", format!("unknown status {other:?}"))),
+    })
+}
+
+fn direction_name(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Forward => "forward",
+        Direction::Backward => "backward",
+    }
+}
+
+fn parse_direction(name: &str) -> Result<Direction, StoreError> {
+    match name {
+        "forward" => Ok(Direction::Forward),
+        "backward" => Ok(Direction::Backward),
+        other => Err(corrupt(
+            "saga direction",
+            format!("unknown direction {other:?}"),
+        )),
+    }
+}
+
+/// `(kind, request id)` columns of a pending wait.
+fn pending_columns(pending: Option<Pending>) -> (Option<&'static str>, Option<i64>) {
+    match pending {
+        None => (None, None),
+        Some(Pending::Reply { request_id }) => (Some("reply"), Some(to_i64(request_id.0))),
+        Some(Pending::Retry { request_id }) => (Some("retry"), Some(to_i64(request_id.0))),
+    }
+}
+
+fn parse_pending(kind: Option<String>, request: Option<i64>) -> Result<Option<Pending>, StoreError> {
+    match (kind.as_deref(), request) {
+        (None, _) => Ok(None),
+        (Some("reply"), Some(id)) => Ok(Some(Pending::Reply {
+            request_id: RequestId(to_u64(id)),
+        })),
+        (Some("retry"), Some(id)) => Ok(Some(Pending::Retry {
+            request_id: RequestId(to_u64(id)),
+        })),
+        (Some(other), id) => Err(corrupt(
+            "pending request",
+            format!("kind {other:?} with request id {id:?}"),
+        )),
+    }
+}
+
+/// A saga record from a row with [`COLUMNS`].
+fn record(row: &impl Get) -> Result<SagaRecord, StoreError> {
+    let state = SagaState {
+        saga_id: SagaId(row.id("saga_id")?),
+        saga_type: row.text("saga_type")?,
+        definition_version: row.text("definition_version")?,
+        status: parse_status(&row.text("status")?)?,
+        direction: parse_direction(&row.text("direction")?)?,
+        current_step: row.opt_text("current_step")?,
+        pending: parse_pending(row.opt_text("pending_kind")?, row.opt_int("pending_request_id")?)?,
+        deadline: row.opt_int("deadline")?.map(|ms| Timestamp(to_u64(ms))),
+        attempt: u32::try_from(row.int("attempt")?).unwrap_or(u32::MAX),
+        completed_steps: serde_json::from_value(row.json("completed_steps")?)
+            .map_err(|e| corrupt("completed_steps", e))?,
+        compensation_reason: row.opt_text("compensation_reason")?,
+        last_error: row.opt_text("last_error")?,
+        next_request_id: to_u64(row.int("next_request_id")?),
+    };
+    Ok(SagaRecord {
+        state,
+        data: row.json("data")?,
+        version: to_u64(row.int("version")?),
+    })
+}
+
+/// The columns a write binds, in statement order.
+struct Columns<'w> {
+    state: &'w SagaState,
+    pending_kind: Option<&'static str>,
+    pending_request: Option<i64>,
+    completed: serde_json::Value,
+    record: &'w SagaRecord,
+}
+
+impl<'w> Columns<'w> {
+    fn of(write: &'w SagaWrite) -> Self {
+        let (pending_kind, pending_request) = pending_columns(write.record.state.pending);
+        Self {
+            state: &write.record.state,
+            pending_kind,
+            pending_request,
+            completed: serde_json::Value::from(write.record.state.completed_steps.clone()),
+            record: &write.record,
+        }
+    }
+}
+
+/// Binds a write's columns — saga id, type, definition version, status, direction, current
+/// step, pending kind, pending request, deadline, attempt, completed steps, compensation
+/// reason, last error, next request id, data, version, updated at — to `$q`.
+macro_rules! bind_columns {
+    ($q:expr, $columns:expr, $at:expr) => {{
+        let c = $columns;
+        $q.bind_id(c.state.saga_id.0)
+            .bind(c.state.saga_type.as_str())
+            .bind(c.state.definition_version.as_str())
+            .bind(c.state.status.as_str())
+            .bind(direction_name(c.state.direction))
+            .bind(c.state.current_step.as_deref())
+            .bind(c.pending_kind)
+            .bind(c.pending_request)
+            .bind(c.state.deadline.map(|d| to_i64(d.as_millis())))
+            .bind(i64::from(c.state.attempt))
+            .bind_json(&c.completed)
+            .bind(c.state.compensation_reason.as_deref())
+            .bind(c.state.last_error.as_deref())
+            .bind(to_i64(c.state.next_request_id))
+            .bind_json(&c.record.data)
+            .bind(to_i64(c.record.version))
+            .bind($at)
+    }};
+}
+
+/// Inserts (`expected_version` `None`) or updates the saga row; `false` when the row had
+/// moved on (an optimistic-version conflict) or already existed.
+pub(crate) async fn write(conn: Conn<'_>, write: &SagaWrite, at: i64) -> Result<bool, StoreError> {
+    let sql = match write.expected_version {
+        None => {
+            "INSERT INTO saga_instances (saga_id, saga_type, definition_version, status, \
+             direction, current_step, pending_kind, pending_request_id, deadline, attempt, \
+             completed_steps, compensation_reason, last_error, next_request_id, data, version, \
+             updated_at, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17)"
+        }
+        Some(_) => {
+            "UPDATE saga_instances SET saga_type = $2, definition_version = $3, status = $4, \
+             direction = $5, current_step = $6, pending_kind = $7, pending_request_id = $8, \
+             deadline = $9, attempt = $10, completed_steps = $11, compensation_reason = $12, \
+             last_error = $13, next_request_id = $14, data = $15, version = $16, updated_at = $17 \
+             WHERE saga_id = $1 AND version = $18"
+        }
+    };
+    let columns = Columns::of(write);
+    let written = on_backend!(conn, |c| {
+        let mut statement = bind_columns!(query(sql), &columns, at);
+        if let Some(expected) = write.expected_version {
+            statement = statement.bind(to_i64(expected));
+        }
+        statement.execute(c).await.map(|done| done.rows_affected())
+    });
+    match written {
+        Ok(rows) => Ok(rows == 1),
+        // Two starts of one id cannot happen (ids are fresh UUIDs); treat like a conflict.
+        Err(sqlx::Error::Database(err)) if err.is_unique_violation() => Ok(false),
+        Err(err) => Err(store_error(err)),
+    }
+}
+
+/// Updates many saga rows with one statement per [`CHUNK`]; `false` when any had moved on
+/// (the caller undoes the transaction's work and writes them one by one).
+pub(crate) async fn update_many(
+    mut conn: Conn<'_>,
+    writes: &[&SagaWrite],
+    at: i64,
+) -> Result<bool, StoreError> {
+    let dialect = conn.dialect();
+    for chunk in writes.chunks(CHUNK) {
+        let cols = [
+            Col::Id,
+            Col::Text,
+            Col::Text,
+            Col::Text,
+            Col::Text,
+            Col::Text,
+            Col::Text,
+            Col::BigInt,
+            Col::BigInt,
+            Col::BigInt,
+            Col::Json,
+            Col::Text,
+            Col::Text,
+            Col::BigInt,
+            Col::Json,
+            Col::BigInt,
+            Col::BigInt,
+            Col::BigInt,
+        ];
+        let sql = format!(
+            "WITH v (saga_id, saga_type, definition_version, status, direction, current_step, \
+             pending_kind, pending_request_id, deadline, attempt, completed_steps, \
+             compensation_reason, last_error, next_request_id, data, version, updated_at, \
+             expected) AS (VALUES {}) \
+             UPDATE saga_instances SET saga_type = v.saga_type, \
+             definition_version = v.definition_version, status = v.status, \
+             direction = v.direction, current_step = v.current_step, \
+             pending_kind = v.pending_kind, pending_request_id = v.pending_request_id, \
+             deadline = v.deadline, attempt = v.attempt, completed_steps = v.completed_steps, \
+             compensation_reason = v.compensation_reason, last_error = v.last_error, \
+             next_request_id = v.next_request_id, data = v.data, version = v.version, \
+             updated_at = v.updated_at \
+             FROM v WHERE saga_instances.saga_id = v.saga_id \
+             AND saga_instances.version = v.expected",
+            values(dialect, chunk.len(), &cols)
+        );
+        let all: Vec<Columns<'_>> = chunk.iter().map(|w| Columns::of(w)).collect();
+        let updated = on_backend!(conn.reborrow(), |c| {
+            let mut statement = query(AssertSqlSafe(sql));
+            for (columns, write) in all.iter().zip(chunk) {
+                statement =
+                    bind_columns!(statement, columns, at).bind(write.expected_version.map(to_i64));
+            }
+            statement.execute(c).await.map(|done| done.rows_affected())
+        })
+        .map_err(store_error)?;
+        if updated != chunk.len() as u64 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// A saga record.
+pub(crate) async fn load(conn: Conn<'_>, saga_id: SagaId) -> Result<Option<SagaRecord>, StoreError> {
+    let sql = AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM saga_instances WHERE saga_id = $1"
+    ));
+    on_backend!(conn, |c| {
+        let row = query(sql)
+            .bind_id(saga_id.0)
+            .fetch_optional(c)
+            .await
+            .map_err(store_error)?;
+        row.as_ref().map(record).transpose()
+    })
+}
+
+/// The records of `saga_ids` (those that exist), one query per 500 ids.
+pub(crate) async fn load_many(
+    mut conn: Conn<'_>,
+    saga_ids: &[SagaId],
+) -> Result<Vec<SagaRecord>, StoreError> {
+    let dialect = conn.dialect();
+    let mut records = Vec::with_capacity(saga_ids.len());
+    for chunk in saga_ids.chunks(500) {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM saga_instances WHERE saga_id IN ({})",
+            placeholders(dialect, 1, chunk.len())
+        );
+        on_backend!(conn.reborrow(), |c| {
+            let mut statement = query(AssertSqlSafe(sql));
+            for saga_id in chunk {
+                statement = statement.bind_id(saga_id.0);
+            }
+            for row in statement.fetch_all(c).await.map_err(store_error)? {
+                records.push(record(&row)?);
+            }
+            Ok::<_, StoreError>(())
+        })?;
+    }
+    Ok(records)
+}
+
+/// The timer a due instance waits for: a reply timeout or a retry backoff.
+fn due_timer(row: &impl Get) -> Result<TimerRecord, StoreError> {
+    let saga_id = SagaId(row.id("saga_id")?);
+    let pending = parse_pending(row.opt_text("pending_kind")?, row.opt_int("pending_request_id")?)?;
+    let attempt = u32::try_from(row.int("attempt")?).unwrap_or(u32::MAX);
+    let timer = match pending {
+        Some(Pending::Reply { request_id }) => SagaTimer::Timeout {
+            request_id,
+            attempt,
+        },
+        Some(Pending::Retry { request_id }) => SagaTimer::RetryDue { request_id },
+        None => {
+            return Err(corrupt(
+                "saga deadline",
+                format!("saga {saga_id} has a deadline but waits for nothing"),
+            ));
+        }
+    };
+    Ok(TimerRecord {
+        saga_id,
+        timer,
+        due: Timestamp(to_u64(row.int("deadline")?)),
+    })
+}
+
+/// The instances whose deadline has passed at `now`, as the timer each waits for, soonest
+/// first, at most `limit`.
+pub(crate) async fn due(conn: Conn<'_>, now: Timestamp, limit: usize) -> Result<Vec<TimerRecord>, StoreError> {
+    on_backend!(conn, |c| {
+        query(
+            "SELECT saga_id, pending_kind, pending_request_id, attempt, deadline \
+             FROM saga_instances WHERE deadline IS NOT NULL AND deadline <= $1 \
+             AND status IN ('running', 'compensating') ORDER BY deadline LIMIT $2",
+        )
+        .bind(to_i64(now.as_millis()))
+        .bind(to_i64(limit as u64))
+        .fetch_all(c)
+        .await
+        .map_err(store_error)?
+        .iter()
+        .map(due_timer)
+        .collect()
+    })
+}
+
+fn stalled_saga(row: &impl Get) -> Result<StalledSaga, StoreError> {
+    Ok(StalledSaga {
+        saga_id: SagaId(row.id("saga_id")?),
+        saga_type: row.text("saga_type")?,
+        status: parse_status(&row.text("status")?)?,
+        current_step: row.opt_text("current_step")?,
+        deadline: row.opt_int("deadline")?.map(|ms| Timestamp(to_u64(ms))),
+        updated_at: Timestamp(to_u64(row.int("updated_at")?)),
+    })
+}
+
+/// Running or compensating sagas with no deadline, unchanged since before `cutoff`, or with a
+/// deadline before it; longest idle first, at most `limit`.
+pub(crate) async fn stalled(
+    conn: Conn<'_>,
+    cutoff: i64,
+    limit: usize,
+) -> Result<Vec<StalledSaga>, StoreError> {
+    on_backend!(conn, |c| {
+        query(
+            "SELECT saga_id, saga_type, status, current_step, deadline, updated_at \
+             FROM saga_instances WHERE status IN ('running', 'compensating') \
+             AND ((deadline IS NULL AND updated_at < $1) OR deadline < $1) \
+             ORDER BY updated_at LIMIT $2",
+        )
+        .bind(cutoff)
+        .bind(to_i64(limit as u64))
+        .fetch_all(c)
+        .await
+        .map_err(store_error)?
+        .iter()
+        .map(stalled_saga)
+        .collect()
+    })
+}

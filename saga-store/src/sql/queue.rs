@@ -1,0 +1,272 @@
+//! `saga_queue`: the SQL-table transport's durable queue, one row per message on a channel.
+//! A consumer claims rows by moving `visible_at` a lease into the future (`FOR UPDATE SKIP
+//! LOCKED` on PostgreSQL) and counting the delivery, or — handling them in place — takes them
+//! (deletes and returns them) inside the transaction that handles them.
+
+use saga_core::Message;
+use saga_core::ports::{ChannelBacklog, StoreError};
+use saga_core::{MessageId, Timestamp};
+use sqlx::{AssertSqlSafe, query};
+
+use crate::db::Dialect;
+use crate::db::backend::Conn;
+use crate::error::store_error;
+use crate::on_backend;
+use crate::sql::{Bind, CHUNK, Col, Get, headers_json, headers_of, placeholders, to_i64, to_u64, values};
+
+/// A row as claimed or taken.
+#[derive(Debug)]
+pub(crate) struct QueueRow {
+    /// The row id (the delivery's receipt).
+    pub(crate) id: i64,
+    /// The message, or what could be read of an envelope that cannot be.
+    pub(crate) message: Result<Message, Unreadable>,
+    /// Deliveries so far, this one included.
+    pub(crate) deliveries: i64,
+}
+
+/// An envelope that cannot be read, as stored.
+#[derive(Debug)]
+pub(crate) struct Unreadable {
+    /// The message id as stored.
+    pub(crate) message_id: String,
+    /// The headers as stored.
+    pub(crate) headers: String,
+    /// The payload.
+    pub(crate) payload: String,
+    /// Why it cannot be read.
+    pub(crate) reason: String,
+}
+
+fn queue_row(row: &impl Get, channel: &str) -> Result<QueueRow, StoreError> {
+    let payload = row.text("payload")?;
+    let message = match (row.id("message_id"), row.json("headers")) {
+        (Ok(id), Ok(headers)) => match headers_of(headers.clone()) {
+            Ok(headers) => Ok(Message {
+                id: MessageId(id),
+                destination: channel.to_owned(),
+                headers,
+                payload,
+            }),
+            Err(err) => Err(Unreadable {
+                message_id: id.to_string(),
+                headers: headers.to_string(),
+                payload,
+                reason: format!("unreadable headers: {err}"),
+            }),
+        },
+        (id, headers) => Err(Unreadable {
+            message_id: row.text("message_id").unwrap_or_default(),
+            headers: row.text("headers").unwrap_or_default(),
+            payload,
+            reason: match (id, headers) {
+                (Err(err), _) => format!("invalid message id: {err}"),
+                (_, Err(err)) => format!("unreadable headers: {err}"),
+                _ => "unreadable".to_owned(),
+            },
+        }),
+    };
+    Ok(QueueRow {
+        id: row.int("id")?,
+        message,
+        deliveries: row.int("deliveries")?,
+    })
+}
+
+/// Appends `messages` (visible at once), in order, one statement per [`CHUNK`].
+pub(crate) async fn insert_many(mut conn: Conn<'_>, messages: &[&Message], at: i64) -> Result<(), StoreError> {
+    let dialect = conn.dialect();
+    for chunk in messages.chunks(CHUNK) {
+        let headers: Vec<_> = chunk.iter().map(|m| headers_json(&m.headers)).collect();
+        let sql = format!(
+            "INSERT INTO saga_queue (channel, message_id, headers, payload, enqueued_at, \
+             visible_at) VALUES {}",
+            values(dialect, chunk.len(), &[Col::Plain; 6])
+        );
+        on_backend!(conn.reborrow(), |c| {
+            let mut statement = query(AssertSqlSafe(sql));
+            for (message, headers) in chunk.iter().zip(&headers) {
+                statement = statement
+                    .bind(message.destination.as_str())
+                    .bind_id(message.id.0)
+                    .bind_json(headers)
+                    .bind(message.payload.as_str())
+                    .bind(at)
+                    .bind(at);
+            }
+            statement.execute(c).await.map(drop).map_err(store_error)
+        })?;
+    }
+    Ok(())
+}
+
+/// On PostgreSQL, a `NOTIFY` on `notify_channel` naming each of `channels` (delivered by the
+/// commit, so consumers in every process wake); nothing on SQLite.
+pub(crate) async fn notify(
+    conn: Conn<'_>,
+    notify_channel: &str,
+    channels: &[&str],
+) -> Result<(), StoreError> {
+    let Conn::Postgres(c) = conn else {
+        return Ok(());
+    };
+    for channel in channels {
+        query("SELECT pg_notify($1, $2)")
+            .bind(notify_channel)
+            .bind(*channel)
+            .execute(&mut *c)
+            .await
+            .map_err(store_error)?;
+    }
+    Ok(())
+}
+
+/// Claims up to `max` visible rows of `channel` until `lease_end`, counting the delivery.
+pub(crate) async fn claim(
+    conn: Conn<'_>,
+    channel: &str,
+    now: Timestamp,
+    lease_end: Timestamp,
+    max: usize,
+) -> Result<Vec<QueueRow>, StoreError> {
+    let sql = match conn.dialect() {
+        Dialect::Postgres => {
+            "UPDATE saga_queue SET visible_at = $1, deliveries = deliveries + 1 \
+             WHERE id IN (SELECT id FROM saga_queue WHERE channel = $2 AND visible_at <= $3 \
+                          ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) \
+             RETURNING id, message_id, headers, payload, deliveries"
+        }
+        Dialect::Sqlite => {
+            "UPDATE saga_queue SET visible_at = $1, deliveries = deliveries + 1 \
+             WHERE id IN (SELECT id FROM saga_queue WHERE channel = $2 AND visible_at <= $3 \
+                          ORDER BY id LIMIT $4) \
+             RETURNING id, message_id, headers, payload, deliveries"
+        }
+    };
+    on_backend!(conn, |c| {
+        query(sql)
+            .bind(to_i64(lease_end.as_millis()))
+            .bind(channel)
+            .bind(to_i64(now.as_millis()))
+            .bind(to_i64(max as u64))
+            .fetch_all(c)
+            .await
+            .map_err(store_error)?
+            .iter()
+            .map(|row| queue_row(row, channel))
+            .collect()
+    })
+}
+
+/// Takes (deletes and returns) up to `max` visible rows of `channel`; taking counts as a
+/// delivery, as a claim does (`deliveries + 1`).
+pub(crate) async fn take(
+    conn: Conn<'_>,
+    channel: &str,
+    now: Timestamp,
+    max: usize,
+) -> Result<Vec<QueueRow>, StoreError> {
+    let sql = match conn.dialect() {
+        Dialect::Postgres => {
+            "DELETE FROM saga_queue WHERE id IN (SELECT id FROM saga_queue \
+             WHERE channel = $1 AND visible_at <= $2 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             RETURNING id, message_id, headers, payload, deliveries + 1 AS deliveries"
+        }
+        Dialect::Sqlite => {
+            "DELETE FROM saga_queue WHERE id IN (SELECT id FROM saga_queue \
+             WHERE channel = $1 AND visible_at <= $2 ORDER BY id LIMIT $3) \
+             RETURNING id, message_id, headers, payload, deliveries + 1 AS deliveries"
+        }
+    };
+    on_backend!(conn, |c| {
+        query(sql)
+            .bind(channel)
+            .bind(to_i64(now.as_millis()))
+            .bind(to_i64(max as u64))
+            .fetch_all(c)
+            .await
+            .map_err(store_error)?
+            .iter()
+            .map(|row| queue_row(row, channel))
+            .collect()
+    })
+}
+
+/// Deletes rows by id, one statement per 500.
+pub(crate) async fn delete(mut conn: Conn<'_>, ids: &[i64]) -> Result<(), StoreError> {
+    let dialect = conn.dialect();
+    for chunk in ids.chunks(500) {
+        let sql = format!(
+            "DELETE FROM saga_queue WHERE id IN ({})",
+            placeholders(dialect, 1, chunk.len())
+        );
+        on_backend!(conn.reborrow(), |c| {
+            let mut statement = query(AssertSqlSafe(sql));
+            for id in chunk {
+                statement = statement.bind(*id);
+            }
+            statement.execute(c).await.map(drop).map_err(store_error)
+        })?;
+    }
+    Ok(())
+}
+
+/// Makes a row visible again at `visible`, not counting the delivery (the consumer gave it
+/// back unprocessed).
+pub(crate) async fn release(conn: Conn<'_>, id: i64, visible: Timestamp) -> Result<(), StoreError> {
+    on_backend!(conn, |c| {
+        query(
+            "UPDATE saga_queue SET visible_at = $1, \
+             deliveries = CASE WHEN deliveries > 0 THEN deliveries - 1 ELSE 0 END WHERE id = $2",
+        )
+        .bind(to_i64(visible.as_millis()))
+        .bind(id)
+        .execute(c)
+        .await
+        .map(drop)
+        .map_err(store_error)
+    })
+}
+
+/// Keeps rows invisible until `visible` (a lease renewal), one statement per 500.
+pub(crate) async fn extend(mut conn: Conn<'_>, ids: &[i64], visible: Timestamp) -> Result<(), StoreError> {
+    let dialect = conn.dialect();
+    for chunk in ids.chunks(500) {
+        let sql = format!(
+            "UPDATE saga_queue SET visible_at = {} WHERE id IN ({})",
+            placeholders(dialect, 1, 1),
+            placeholders(dialect, 2, chunk.len())
+        );
+        on_backend!(conn.reborrow(), |c| {
+            let mut statement = query(AssertSqlSafe(sql)).bind(to_i64(visible.as_millis()));
+            for id in chunk {
+                statement = statement.bind(*id);
+            }
+            statement.execute(c).await.map(drop).map_err(store_error)
+        })?;
+    }
+    Ok(())
+}
+
+/// Channels holding messages never delivered that were enqueued before `cutoff`.
+pub(crate) async fn unconsumed(conn: Conn<'_>, cutoff: i64) -> Result<Vec<ChannelBacklog>, StoreError> {
+    on_backend!(conn, |c| {
+        query(
+            "SELECT channel, COUNT(*) AS messages, MIN(enqueued_at) AS oldest FROM saga_queue \
+             WHERE deliveries = 0 AND enqueued_at < $1 GROUP BY channel ORDER BY channel",
+        )
+        .bind(cutoff)
+        .fetch_all(c)
+        .await
+        .map_err(store_error)?
+        .iter()
+        .map(|row| {
+            Ok(ChannelBacklog {
+                channel: row.text("channel")?,
+                messages: to_u64(row.int("messages")?),
+                oldest: Some(Timestamp(to_u64(row.int("oldest")?))),
+            })
+        })
+        .collect()
+    })
+}

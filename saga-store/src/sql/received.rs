@@ -1,0 +1,113 @@
+//! `saga_received`: `(consumer, message_id)` of every message a consumer processed — the
+//! dedup record. Inserted in the transaction that handles the message; a duplicate insert
+//! means the message was handled before.
+
+use std::collections::HashSet;
+
+use saga_core::MessageId;
+use saga_core::ports::StoreError;
+use sqlx::{AssertSqlSafe, query};
+
+use crate::db::backend::Conn;
+use crate::error::store_error;
+use crate::on_backend;
+use crate::sql::{Bind, CHUNK, Col, Get, values};
+
+/// Records `message_id` as received by `consumer`; `false` if it was already.
+pub(crate) async fn insert(
+    conn: Conn<'_>,
+    consumer: &str,
+    message_id: MessageId,
+    at: i64,
+) -> Result<bool, StoreError> {
+    on_backend!(conn, |c| {
+        query(
+            "INSERT INTO saga_received (consumer, message_id, received_at) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(consumer)
+        .bind_id(message_id.0)
+        .bind(at)
+        .execute(c)
+        .await
+        .map(|done| done.rows_affected() == 1)
+        .map_err(store_error)
+    })
+}
+
+/// Records many `(consumer, message id)` pairs, one statement per [`CHUNK`]; `false` if any
+/// was already recorded (the caller undoes the transaction's work).
+pub(crate) async fn insert_all(
+    mut conn: Conn<'_>,
+    records: &[(&str, MessageId)],
+    at: i64,
+) -> Result<bool, StoreError> {
+    let dialect = conn.dialect();
+    for chunk in records.chunks(CHUNK) {
+        let sql = format!(
+            "INSERT INTO saga_received (consumer, message_id, received_at) VALUES {} \
+             ON CONFLICT DO NOTHING",
+            values(dialect, chunk.len(), &[Col::Plain, Col::Plain, Col::Plain])
+        );
+        let inserted = on_backend!(conn.reborrow(), |c| {
+            let mut statement = query(AssertSqlSafe(sql));
+            for (consumer, id) in chunk {
+                statement = statement.bind(*consumer).bind_id(id.0).bind(at);
+            }
+            statement
+                .execute(c)
+                .await
+                .map(|done| done.rows_affected())
+                .map_err(store_error)
+        })?;
+        if inserted != chunk.len() as u64 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Records `message_ids` as received by `consumer`; returns those that were not already.
+pub(crate) async fn insert_fresh(
+    mut conn: Conn<'_>,
+    consumer: &str,
+    message_ids: &[MessageId],
+    at: i64,
+) -> Result<HashSet<MessageId>, StoreError> {
+    let dialect = conn.dialect();
+    let mut fresh = HashSet::with_capacity(message_ids.len());
+    for chunk in message_ids.chunks(CHUNK) {
+        let sql = format!(
+            "INSERT INTO saga_received (consumer, message_id, received_at) VALUES {} \
+             ON CONFLICT DO NOTHING RETURNING message_id",
+            values(dialect, chunk.len(), &[Col::Plain, Col::Plain, Col::Plain])
+        );
+        on_backend!(conn.reborrow(), |c| {
+            let mut statement = query(AssertSqlSafe(sql));
+            for id in chunk {
+                statement = statement.bind(consumer).bind_id(id.0).bind(at);
+            }
+            for row in statement.fetch_all(c).await.map_err(store_error)? {
+                fresh.insert(MessageId(row.id("message_id")?));
+            }
+            Ok::<_, StoreError>(())
+        })?;
+    }
+    Ok(fresh)
+}
+
+/// Deletes dedup records older than `cutoff`, at most `limit`; returns how many.
+pub(crate) async fn delete_older(conn: Conn<'_>, cutoff: i64, limit: i64) -> Result<u64, StoreError> {
+    on_backend!(conn, |c| {
+        query(
+            "DELETE FROM saga_received WHERE (consumer, message_id) IN \
+             (SELECT consumer, message_id FROM saga_received WHERE received_at < $1 LIMIT $2)",
+        )
+        .bind(cutoff)
+        .bind(limit)
+        .execute(c)
+        .await
+        .map(|done| done.rows_affected())
+        .map_err(store_error)
+    })
+}
