@@ -4,14 +4,12 @@
 
 use std::time::Duration;
 
+use crate::testdb::{TestDb, execute};
 use async_trait::async_trait;
 use saga_core::message::headers;
 use saga_core::ports::{ChannelBacklog, Delivery, Transport, TransportError};
 use saga_core::{Headers, Message, MessageId, SagaId};
 use saga_store::{Database, DatabaseOptions, Dialect};
-use sqlx::AssertSqlSafe;
-
-use crate::testdb::TestDb;
 
 /// A `Reserve` command to the ledger that no saga of the test sent, answered to `reply_to`
 /// (`None`: a one-way command).
@@ -43,10 +41,10 @@ pub struct Refusing<T> {
 impl<T: Transport> Transport for Refusing<T> {
     fn check(&self, message: &Message) -> Result<(), TransportError> {
         if (self.refuse)(message) {
-            return Err(TransportError::Refused {
-                id: message.id,
-                reason: "refused by the test".to_owned(),
-            });
+            return Err(TransportError::refused(
+                message.id,
+                std::io::Error::other("refused by the test"),
+            ));
         }
         self.inner.check(message)
     }
@@ -135,14 +133,10 @@ pub async fn refuse_writes_for(db: &TestDb, outage: Duration) {
                 "CREATE TRIGGER saga_test_disk_full BEFORE INSERT ON saga_received \
                  FOR EACH STATEMENT EXECUTE FUNCTION saga_test_disk_full()",
             ] {
-                sqlx::query(sql)
-                    .execute(admin.pool())
-                    .await
-                    .expect("installs the fault");
+                execute(&admin, sql).await.expect("installs the fault");
             }
             tokio::time::sleep(outage).await;
-            sqlx::query("DROP TRIGGER saga_test_disk_full ON saga_received")
-                .execute(admin.pool())
+            execute(&admin, "DROP TRIGGER saga_test_disk_full ON saga_received")
                 .await
                 .expect("removes the fault");
             admin.close().await;
@@ -178,8 +172,7 @@ pub async fn refuse_message(db: &TestDb, id: MessageId) {
         )],
     };
     for sql in statements {
-        sqlx::query(AssertSqlSafe(sql))
-            .execute(db.database.pool())
+        execute(&db.database, &sql)
             .await
             .expect("installs the fault");
     }

@@ -50,7 +50,7 @@ static POSTGRES_SLOTS: Semaphore = Semaphore::const_new(2);
 #[derive(Clone, Copy, Debug)]
 struct Mode {
     backend: Backend,
-    single_database: bool,
+    in_place: bool,
 }
 
 /// FTGO on fresh storage, removed by [`TestFtgo::cleanup`].
@@ -77,7 +77,7 @@ impl TestFtgo {
             }
         };
         let mut options = FtgoOptions::new(storage.clone());
-        options.single_database = mode.single_database;
+        options.in_place = mode.in_place;
         options.runtime.poll_interval = Duration::from_millis(50);
         options.transport.poll_interval = Duration::from_millis(50);
         match Ftgo::open(options).await {
@@ -169,8 +169,7 @@ async fn remove_storage(storage: Storage) {
                 .expect("reconnects to drop the schemas");
             for name in SERVICES.into_iter().chain([MESSAGES, SHARED]) {
                 let drop = format!("DROP SCHEMA IF EXISTS \"{schema_prefix}_{name}\" CASCADE");
-                sqlx::query(sqlx::AssertSqlSafe(drop))
-                    .execute(database.pool())
+                saga_tests::testdb::execute(&database, &drop)
                     .await
                     .expect("drops the schema");
             }
@@ -835,27 +834,27 @@ ftgo_e2e!(
     sqlite,
     Mode {
         backend: Backend::Sqlite,
-        single_database: false
+        in_place: false
     }
 );
 ftgo_e2e!(
     postgres,
     Mode {
         backend: Backend::Postgres,
-        single_database: false
+        in_place: false
     }
 );
 ftgo_e2e!(
-    sqlite_single_database,
+    sqlite_in_place,
     Mode {
         backend: Backend::Sqlite,
-        single_database: true
+        in_place: true
     }
 );
 ftgo_e2e!(
-    postgres_single_database,
+    postgres_in_place,
     Mode {
         backend: Backend::Postgres,
-        single_database: true
+        in_place: true
     }
 );

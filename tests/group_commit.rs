@@ -6,9 +6,10 @@ use std::collections::BTreeSet;
 
 use futures_util::future::join_all;
 use saga_core::ports::StoreError;
-use saga_store::{Database, Finish};
-use saga_tests::testdb::{Backend, TestDb};
-use sqlx::{Row, query};
+use saga_store::error::store_error;
+use saga_store::{Database, Finish, Tx, on_backend};
+use saga_tests::testdb::{Backend, TestDb, execute};
+use sqlx::{query, query_scalar};
 
 /// What the `n`-th caller's work does after inserting its row.
 fn ending(n: i64) -> &'static str {
@@ -22,15 +23,20 @@ fn ending(n: i64) -> &'static str {
 
 async fn insert_then(database: &Database, n: i64) -> Result<i64, StoreError> {
     database
-        .write(move |tx| {
+        .write(move |tx: &mut Tx| {
             Box::pin(async move {
-                query("INSERT INTO group_rows (n) VALUES ($1)")
-                    .bind(n)
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(|e| StoreError::Other(e.to_string()))?;
+                on_backend!(tx.conn(), |c| {
+                    query("INSERT INTO group_rows (n) VALUES ($1)")
+                        .bind(n)
+                        .execute(c)
+                        .await
+                        .map(drop)
+                })
+                .map_err(store_error)?;
                 match ending(n) {
-                    "error" => Err(StoreError::Other(format!("work {n} failed"))),
+                    "error" => Err(StoreError::rejected(std::io::Error::other(format!(
+                        "work {n} failed"
+                    )))),
                     "rollback" => Ok(Finish::Rollback(-n)),
                     "panic" => panic!("work {n} panics"),
                     _ => Ok(Finish::Commit(n)),
@@ -45,8 +51,7 @@ async fn each_piece_keeps_its_own_outcome(backend: Backend) {
         return;
     };
     let database = db.database.clone();
-    query("CREATE TABLE group_rows (n BIGINT PRIMARY KEY)")
-        .execute(database.pool())
+    execute(&database, "CREATE TABLE group_rows (n BIGINT PRIMARY KEY)")
         .await
         .expect("creates the table");
     let before = database.commits();
@@ -61,20 +66,20 @@ async fn each_piece_keeps_its_own_outcome(backend: Backend) {
                 expected.insert(n);
             }
             ("rollback", Ok(value)) => assert_eq!(*value, -n),
-            ("error", Err(StoreError::Other(reason))) => {
-                assert_eq!(reason, &format!("work {n} failed"));
+            ("error", Err(StoreError::Rejected { source })) => {
+                assert_eq!(source.to_string(), format!("work {n} failed"));
             }
-            ("panic", Err(StoreError::Other(reason))) => assert!(reason.contains("panicked")),
+            ("panic", Err(StoreError::Bug { what })) => assert!(what.contains("panicked")),
             (ending, other) => panic!("work {n} ({ending}) answered {other:?}"),
         }
     }
-    let stored: BTreeSet<i64> = query("SELECT n FROM group_rows")
-        .fetch_all(database.pool())
-        .await
-        .expect("reads")
-        .iter()
-        .map(|row| row.try_get::<i64, _>("n").expect("n"))
-        .collect();
+    let mut conn = database.acquire().await.expect("connects");
+    let stored: Vec<i64> = on_backend!(conn.conn(), |c| {
+        query_scalar("SELECT n FROM group_rows").fetch_all(c).await
+    })
+    .expect("reads");
+    drop(conn);
+    let stored: BTreeSet<i64> = stored.into_iter().collect();
     assert_eq!(stored, expected, "exactly the committed pieces are stored");
     let commits = database.commits() - before;
     assert!(
@@ -92,17 +97,19 @@ async fn a_closed_database_fails_every_caller(backend: Backend) {
     let Some(db) = TestDb::open(backend, "group_commit_closed").await else {
         return;
     };
-    query("CREATE TABLE group_rows (n BIGINT PRIMARY KEY)")
-        .execute(db.database.pool())
-        .await
-        .expect("creates the table");
+    execute(
+        &db.database,
+        "CREATE TABLE group_rows (n BIGINT PRIMARY KEY)",
+    )
+    .await
+    .expect("creates the table");
     // A second handle, closed (the test's own stays open to clean up).
     let database = TestDb::reopen(&db.url, db.schema.as_deref()).await;
     database.close().await;
     let results = join_all((0..10).map(|n| insert_then(&database, n * 2))).await;
     for result in results {
         assert!(
-            matches!(result, Err(StoreError::Unavailable(_))),
+            matches!(result, Err(StoreError::Unavailable { .. })),
             "expected unavailable, got {result:?}"
         );
     }

@@ -9,10 +9,10 @@ use saga_core::SagaId;
 use saga_core::engine::SagaStatus;
 use saga_core::orchestrator::Orchestrator;
 use saga_core::ports::{SagaStore, Transport};
+use saga_store::on_backend;
 use saga_store::{
     RuntimeOptions, SagaRuntime, SqlSagaStore, SqlTransport, SqlTransportOptions, start_saga_in,
 };
-use sqlx::{Row, query};
 
 use crate::payment::{Ledger, PaymentData, PaymentSaga, REPLIES, ledger_participant};
 use crate::testdb::TestDb;
@@ -26,8 +26,9 @@ pub struct PaymentSystem {
     pub store: SqlSagaStore,
     /// The orchestrator.
     pub orchestrator: Arc<Orchestrator<SqlSagaStore>>,
-    /// Handle messages in place (`RuntimeBuilder::in_place`, the queue being in the same
-    /// database) instead of through leases, relay and acks.
+    /// Whether messages are handled in place (`SqlSagaStore::in_place` and
+    /// `RuntimeBuilder::in_place`, the queue being in the same database) instead of going
+    /// through the outbox, the relay, leases and acks.
     pub in_place: bool,
     /// Settings of [`PaymentSystem::sql_transport`].
     pub transport_options: SqlTransportOptions,
@@ -52,16 +53,24 @@ pub fn test_runtime_options() -> RuntimeOptions {
 }
 
 impl PaymentSystem {
-    /// The system on `db`.
+    /// The system on `db`, its messages through the outbox.
     pub fn new(db: TestDb) -> Self {
-        let store = SqlSagaStore::new(db.database.clone());
+        Self::on(db, false)
+    }
+
+    /// The system on `db`, handling messages in place when `in_place`.
+    pub fn on(db: TestDb, in_place: bool) -> Self {
+        let store = match in_place {
+            true => SqlSagaStore::in_place(db.database.clone()),
+            false => SqlSagaStore::new(db.database.clone()),
+        };
         let orchestrator =
             Arc::new(Orchestrator::new(Arc::new(store.clone()), REPLIES).register::<PaymentSaga>());
         Self {
             db,
             store,
             orchestrator,
-            in_place: false,
+            in_place,
             transport_options: test_transport_options(),
         }
     }
@@ -153,21 +162,15 @@ impl PaymentSystem {
 
     /// Every effect the ledger recorded: `(saga, action) → count`.
     pub async fn effects(&self) -> BTreeMap<(String, String), i64> {
-        let rows =
-            query("SELECT saga, action, COUNT(*) AS n FROM test_effects GROUP BY saga, action")
-                .fetch_all(self.db.database.pool())
+        let mut conn = self.db.database.acquire().await.expect("connects");
+        let rows: Vec<(String, String, i64)> = on_backend!(conn.conn(), |c| {
+            sqlx::query_as("SELECT saga, action, COUNT(*) FROM test_effects GROUP BY saga, action")
+                .fetch_all(c)
                 .await
-                .expect("reads effects");
-        rows.iter()
-            .map(|row| {
-                (
-                    (
-                        row.try_get::<String, _>("saga").expect("saga"),
-                        row.try_get::<String, _>("action").expect("action"),
-                    ),
-                    row.try_get::<i64, _>("n").expect("n"),
-                )
-            })
+        })
+        .expect("reads effects");
+        rows.into_iter()
+            .map(|(saga, action, n)| ((saga, action), n))
             .collect()
     }
 
@@ -208,13 +211,10 @@ impl PaymentSystem {
             .await
     }
 
-    /// The `n` column of the one row `sql` returns.
+    /// The first column of the one row `sql` returns.
     pub async fn scalar(&self, sql: &str) -> i64 {
-        query(sqlx::AssertSqlSafe(sql.to_owned()))
-            .fetch_one(self.db.database.pool())
+        crate::testdb::scalar(&self.db.database, sql)
             .await
             .expect("counts")
-            .try_get("n")
-            .expect("n")
     }
 }

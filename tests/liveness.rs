@@ -12,13 +12,12 @@ use saga_core::message::headers;
 use saga_core::orchestrator::WatchdogAction;
 use saga_core::ports::{DeadLetter, SagaStore, Transport, UnitOfWork};
 use saga_core::{Headers, Message, SagaId, SagaStatus, Timestamp};
-use saga_store::dead_letters::{DeadLetterError, Resolution};
-use saga_store::{RuntimeOptions, SqlTransportOptions};
+use saga_store::{DeadLetterError, Resolution, RuntimeOptions, SqlTransportOptions, on_backend};
 use saga_tests::faults::{self, Refusing};
 use saga_tests::harness::PaymentSystem;
 use saga_tests::payment::{LEDGER, Ledger};
-use saga_tests::testdb::{Backend, TestDb};
-use sqlx::{Row, query};
+use saga_tests::testdb::{Backend, TestDb, execute};
+use sqlx::query_scalar;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -29,9 +28,15 @@ struct Mode {
 }
 
 fn system_on(db: TestDb, mode: Mode) -> PaymentSystem {
-    let mut system = PaymentSystem::new(db);
-    system.in_place = mode.in_place;
-    system
+    PaymentSystem::on(db, mode.in_place)
+}
+
+/// Where a saga's commands go when it starts: the queue in place, else the outbox.
+fn sent_to(system: &PaymentSystem) -> &'static str {
+    match system.in_place {
+        true => "saga_queue",
+        false => "saga_outbox",
+    }
 }
 
 /// Payments 1..=n: every fourth over the limit (compensated), the rest completed.
@@ -212,14 +217,19 @@ async fn a_message_that_always_fails_is_set_aside_and_its_saga_told(mode: Mode) 
     };
     let system = system_on(db, mode);
     let ids = system.start(&payments(6)).await;
-    let row = query(
-        "SELECT message_id FROM saga_outbox WHERE payload LIKE '%\"payment\":2,%' \
-         AND headers LIKE '%Reserve%'",
-    )
-    .fetch_one(system.db.database.pool())
-    .await
+    let find = format!(
+        "SELECT CAST(message_id AS TEXT) FROM {} \
+         WHERE payload LIKE '%\"payment\":2,%' AND CAST(headers AS TEXT) LIKE '%Reserve%'",
+        sent_to(&system)
+    );
+    let mut conn = system.db.database.acquire().await.expect("connects");
+    let id: String = on_backend!(conn.conn(), |c| {
+        query_scalar(sqlx::AssertSqlSafe(find.as_str()))
+            .fetch_one(c)
+            .await
+    })
     .expect("payment 2's first command");
-    let id: String = row.try_get("message_id").expect("id");
+    drop(conn);
     faults::refuse_message(&system.db, id.parse().expect("a message id")).await;
     let runtime = system.run(Arc::new(system.sql_transport()), Ledger::default());
     system.wait_terminal(&ids, WAIT).await;
@@ -243,16 +253,17 @@ async fn a_stuck_saga_is_parked_by_the_watchdog_and_an_operator_moves_it_on(mode
     };
     let system = system_on(db, mode);
     let ids = system.start(&[(1, 20)]).await;
-    let pool = system.db.database.pool();
     // Its first command is lost, and so is its deadline: nothing would ever move it.
-    query("DELETE FROM saga_outbox")
-        .execute(pool)
+    let database = &system.db.database;
+    execute(database, &format!("DELETE FROM {}", sent_to(&system)))
         .await
         .expect("loses the command");
-    query("UPDATE saga_instances SET deadline = NULL, updated_at = 0")
-        .execute(pool)
-        .await
-        .expect("loses the deadline");
+    execute(
+        database,
+        "UPDATE saga_instances SET deadline = NULL, updated_at = 0",
+    )
+    .await
+    .expect("loses the deadline");
     let stalled = system
         .store
         .stalled(Timestamp::now(), Duration::from_secs(1), 10)
@@ -461,12 +472,13 @@ async fn a_frozen_relay_is_replaced_within_its_lease(mode: Mode) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let holder = || async {
-        query("SELECT holder FROM saga_leases")
-            .fetch_one(system.db.database.pool())
-            .await
-            .expect("a holder")
-            .try_get::<String, _>("holder")
-            .expect("holder")
+        let mut conn = system.db.database.acquire().await.expect("connects");
+        on_backend!(conn.conn(), |c| {
+            query_scalar::<_, String>("SELECT holder FROM saga_leases")
+                .fetch_one(c)
+                .await
+        })
+        .expect("a holder")
     };
     let frozen = holder().await;
     let signal = |name: &str| {

@@ -8,9 +8,9 @@ use async_trait::async_trait;
 use saga_core::message::CommandMeta;
 use saga_core::participant::{CommandHandler, HandlerError, Participant};
 use saga_core::{Command, Reply, saga};
-use saga_store::{Database, Dialect, Tx};
+use saga_store::{Database, Dialect, Tx, on_backend};
 use serde::{Deserialize, Serialize};
-use sqlx::{AssertSqlSafe, Executor, Row, query};
+use sqlx::{query, query_scalar};
 
 /// The ledger's channel.
 pub const LEDGER: &str = "ledger";
@@ -124,14 +124,11 @@ pub async fn create_effects_table(database: &Database) -> Result<(), sqlx::Error
         Dialect::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
         Dialect::Postgres => "BIGSERIAL PRIMARY KEY",
     };
-    database
-        .pool()
-        .execute(AssertSqlSafe(format!(
-            "CREATE TABLE IF NOT EXISTS test_effects (id {id}, saga TEXT NOT NULL, \
-             payment BIGINT NOT NULL, action TEXT NOT NULL)"
-        )))
-        .await?;
-    Ok(())
+    let create = format!(
+        "CREATE TABLE IF NOT EXISTS test_effects (id {id}, saga TEXT NOT NULL, \
+         payment BIGINT NOT NULL, action TEXT NOT NULL)"
+    );
+    crate::testdb::execute(database, &create).await.map(drop)
 }
 
 /// The ledger participant: records effects, optionally slowly.
@@ -148,13 +145,15 @@ async fn record(
     action: &str,
 ) -> Result<(), HandlerError> {
     let saga = meta.saga_id.map(|id| id.to_string()).unwrap_or_default();
-    query("INSERT INTO test_effects (saga, payment, action) VALUES ($1, $2, $3)")
-        .bind(saga)
-        .bind(payment)
-        .bind(action)
-        .execute(&mut **ctx)
-        .await
-        .map_err(HandlerError::transient)?;
+    on_backend!(ctx.conn(), |c| {
+        query("INSERT INTO test_effects (saga, payment, action) VALUES ($1, $2, $3)")
+            .bind(&saga)
+            .bind(payment)
+            .bind(action)
+            .execute(c)
+            .await
+            .map(drop)
+    })?;
     Ok(())
 }
 
@@ -234,14 +233,14 @@ impl CommandHandler<Confirm, Tx> for Ledger {
 /// How many `action` effects the saga of `meta` has.
 async fn count(ctx: &mut Tx, meta: &CommandMeta, action: &str) -> Result<i64, HandlerError> {
     let saga = meta.saga_id.map(|id| id.to_string()).unwrap_or_default();
-    query("SELECT COUNT(*) AS n FROM test_effects WHERE saga = $1 AND action = $2")
-        .bind(saga)
-        .bind(action)
-        .fetch_one(&mut **ctx)
-        .await
-        .map_err(HandlerError::transient)?
-        .try_get("n")
-        .map_err(HandlerError::transient)
+    let n = on_backend!(ctx.conn(), |c| {
+        query_scalar("SELECT COUNT(*) FROM test_effects WHERE saga = $1 AND action = $2")
+            .bind(&saga)
+            .bind(action)
+            .fetch_one(c)
+            .await
+    })?;
+    Ok(n)
 }
 
 /// The ledger as a participant working in transactions.

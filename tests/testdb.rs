@@ -9,7 +9,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use saga_store::{Database, DatabaseOptions};
+use saga_store::{Database, DatabaseOptions, on_backend};
 
 /// The variable naming the PostgreSQL server for tests.
 pub const POSTGRES_URL_VAR: &str = "SAGA_TEST_POSTGRES_URL";
@@ -185,14 +185,37 @@ impl TestDb {
     /// Closes the pool and removes the database (the SQLite directory or the schema).
     pub async fn cleanup(self) {
         if let Some(schema) = &self.schema {
-            let drop = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
-            let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
-                .execute(self.database.pool())
-                .await;
+            let _ = execute(
+                &self.database,
+                &format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"),
+            )
+            .await;
         }
         self.database.close().await;
         if let Some(dir) = self.dir {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// Runs `sql` (statements without parameters, e.g. DDL or a fault to inject) on a connection
+/// of `database`; the rows affected.
+pub async fn execute(database: &Database, sql: &str) -> Result<u64, sqlx::Error> {
+    let mut conn = database.acquire().await?;
+    on_backend!(conn.conn(), |c| {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(c)
+            .await
+            .map(|done| done.rows_affected())
+    })
+}
+
+/// The first column of the one row `sql` returns, as an integer.
+pub async fn scalar(database: &Database, sql: &str) -> Result<i64, sqlx::Error> {
+    let mut conn = database.acquire().await?;
+    on_backend!(conn.conn(), |c| {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(c)
+            .await
+    })
 }

@@ -13,11 +13,11 @@ use std::marker::PhantomData;
 use async_trait::async_trait;
 
 use crate::ids::Timestamp;
-use crate::ports::{ErrorSource, source};
 use crate::message::{
     Command, CommandFailed, CommandMeta, InvalidChannel, Message, MessageError, Reply,
     ReplyOutcome, encode_payload, failure_reply_for, headers, validate_channel,
 };
+use crate::ports::{ErrorSource, source};
 
 /// Why a handler did not produce a reply.
 ///

@@ -198,7 +198,9 @@ pub enum StoreError {
 
 impl StoreError {
     /// An [`StoreError::Unavailable`] failure caused by `error`.
-    pub fn unavailable(error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+    pub fn unavailable(
+        error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
         Self::Unavailable {
             source: source(error),
         }
@@ -354,7 +356,9 @@ pub enum TransportError {
 
 impl TransportError {
     /// An [`TransportError::Unavailable`] failure caused by `error`.
-    pub fn unavailable(error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+    pub fn unavailable(
+        error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
         Self::Unavailable {
             source: source(error),
         }

@@ -76,8 +76,9 @@ fn transient_code(code: &str) -> bool {
         )
 }
 
-/// An sqlx error as a [`StoreError`]: unavailable when transient, rejected otherwise.
-pub(crate) fn store_error(err: sqlx::Error) -> StoreError {
+/// An sqlx error as a [`StoreError`]: unavailable when transient, rejected otherwise — for
+/// a [`Database::write`](crate::Database::write) closure that runs statements of its own.
+pub fn store_error(err: sqlx::Error) -> StoreError {
     if is_transient(&err) {
         StoreError::unavailable(err)
     } else {

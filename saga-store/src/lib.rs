@@ -58,7 +58,7 @@ pub use outbox::retention::{RetentionReport, apply_retention};
 pub use runtime::{RuntimeBuilder, SagaRuntime};
 pub use saga_core;
 pub use sql::locks;
-pub use store::{SqlSagaStore, start_saga_in};
+pub use store::{DeadLetterError, Resolution, SqlSagaStore, StoredDeadLetter, start_saga_in};
 #[cfg(feature = "nats")]
 pub use transport::nats;
 pub use transport::sql::{SqlTransport, SqlTransportOptions};

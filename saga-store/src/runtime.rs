@@ -94,7 +94,11 @@ impl RuntimeBuilder {
     ///
     /// If the participant's handlers take one backend's transactions and `database` is of the
     /// other.
-    pub fn participant<C: TxContext>(mut self, database: &Database, participant: Participant<C>) -> Self {
+    pub fn participant<C: TxContext>(
+        mut self,
+        database: &Database,
+        participant: Participant<C>,
+    ) -> Self {
         self.add_database(database);
         let participant = commands::erase(database, participant);
         self.participants.push((database.clone(), participant));
@@ -136,8 +140,11 @@ impl RuntimeBuilder {
             )));
         }
         for orchestrator in &self.orchestrators {
-            let consumer =
-                replies::consumer(orchestrator.clone(), self.transport.clone(), options.clone());
+            let consumer = replies::consumer(
+                orchestrator.clone(),
+                self.transport.clone(),
+                options.clone(),
+            );
             tasks.push(match self.in_place_queue(orchestrator.store().database()) {
                 Some(queue) => tokio::spawn(in_place::reply_loop(
                     orchestrator.clone(),

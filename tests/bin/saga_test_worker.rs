@@ -52,10 +52,12 @@ async fn main() {
             ..SqlTransportOptions::default()
         },
     );
-    let orchestrator = Arc::new(
-        Orchestrator::new(Arc::new(SqlSagaStore::new(database.clone())), REPLIES)
-            .register::<PaymentSaga>(),
-    );
+    let store = match args.in_place {
+        true => SqlSagaStore::in_place(database.clone()),
+        false => SqlSagaStore::new(database.clone()),
+    };
+    let orchestrator =
+        Arc::new(Orchestrator::new(Arc::new(store), REPLIES).register::<PaymentSaga>());
     let ledger = Ledger {
         delay: Duration::from_millis(args.delay_ms),
     };

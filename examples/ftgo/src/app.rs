@@ -11,8 +11,8 @@ use saga_core::ports::{SagaStore, Transport, TransportError};
 use saga_core::{SagaId, Timestamp};
 use saga_store::nats::{NatsOptions, NatsTransport};
 use saga_store::{
-    Database, DatabaseError, DatabaseOptions, RuntimeOptions, SagaRuntime, SqlTransport,
-    SqlTransportOptions, SqliteSync,
+    Database, DatabaseError, DatabaseOptions, RuntimeOptions, SagaRuntime, SqlSagaStore,
+    SqlTransport, SqlTransportOptions, SqliteSync,
 };
 use serde::Serialize;
 
@@ -42,7 +42,7 @@ pub enum Storage {
 pub const SERVICES: [&str; 4] = ["order", "consumer", "kitchen", "accounting"];
 /// The message queue's database name.
 pub const MESSAGES: &str = "messages";
-/// The database name of a single-database deployment.
+/// The database name of an in-place deployment (see [`FtgoOptions::in_place`]).
 pub const SHARED: &str = "ftgo";
 
 impl Storage {
@@ -110,10 +110,10 @@ pub struct FtgoOptions {
     /// How long an API request may take, reading its body included (default 10 s).
     pub request_timeout: Duration,
     /// Keep all four services and the message queue in **one** database (`ftgo.db`, or the
-    /// `<prefix>_ftgo` schema): an embedded, single-process deployment. Messages are then
-    /// handled in place — taken from the queue, handled and answered in one transaction (see
-    /// `SagaRuntime::embedded`). Ignored with NATS.
-    pub single_database: bool,
+    /// `<prefix>_ftgo` schema) and handle messages **in place**: taken from the queue, handled
+    /// and answered in one transaction, with no outbox or relay (see
+    /// `SqlSagaStore::in_place` and `RuntimeBuilder::in_place`). Ignored with NATS.
+    pub in_place: bool,
 }
 
 /// A callback told whenever a saga finishes.
@@ -146,20 +146,20 @@ impl FtgoOptions {
             max_connections: None,
             saga_observer: None,
             request_timeout: crate::api::REQUEST_TIMEOUT,
-            single_database: false,
+            in_place: false,
         }
     }
 
-    /// Whether the services share one database with the queue (see
-    /// [`FtgoOptions::single_database`]).
-    pub fn in_one_database(&self) -> bool {
-        self.single_database && self.nats.is_none()
+    /// Whether the services share one database with the queue and handle messages in place
+    /// (see [`FtgoOptions::in_place`]).
+    pub fn is_in_place(&self) -> bool {
+        self.in_place && self.nats.is_none()
     }
 
     /// Opens the database `name` with these options (the one shared database, whatever the
-    /// name, with [`FtgoOptions::single_database`]).
+    /// name, with [`FtgoOptions::in_place`]).
     pub async fn database(&self, name: &str) -> Result<Database, DatabaseError> {
-        let name = if self.in_one_database() { SHARED } else { name };
+        let name = if self.is_in_place() { SHARED } else { name };
         self.storage
             .open(name, self.sqlite_sync, self.max_connections)
             .await
@@ -213,9 +213,9 @@ impl FtgoError {
         match self {
             Self::Order(err) => err.is_unavailable(),
             Self::Sql(err) => saga_store::error::is_transient(err),
-            Self::Store(err) => matches!(err, saga_core::ports::StoreError::Unavailable(_)),
+            Self::Store(err) => matches!(err, saga_core::ports::StoreError::Unavailable { .. }),
             Self::Database(DatabaseError::Unreachable { .. }) => true,
-            Self::Transport(err) => matches!(err, TransportError::Unavailable(_)),
+            Self::Transport(err) => matches!(err, TransportError::Unavailable { .. }),
             _ => false,
         }
     }
@@ -305,9 +305,8 @@ impl Ftgo {
     /// Opens every database and service; the saga workers are not running yet.
     pub async fn open(options: FtgoOptions) -> Result<Self, FtgoError> {
         let observer = options.saga_observer.clone().map(|o| o.0);
-        // One pool for everything in a single-database deployment (the workers recognise
-        // the queue's database by its pool).
-        let shared = match options.in_one_database() {
+        // One pool for everything in place.
+        let shared = match options.is_in_place() {
             true => Some(options.database(SHARED).await?),
             false => None,
         };
@@ -316,7 +315,12 @@ impl Ftgo {
             None => options.database(name).await,
         };
         let (transport, messages) = options.transport(shared.as_ref()).await?;
-        let orders = OrderService::open_observed(database("order").await?, observer)
+        let order_database = database("order").await?;
+        let store = match options.is_in_place() {
+            true => SqlSagaStore::in_place(order_database),
+            false => SqlSagaStore::new(order_database),
+        };
+        let orders = OrderService::open_on(store, observer)
             .await?
             .with_message_limit(transport.max_message_bytes());
         let consumers = ConsumerService::open(database("consumer").await?).await?;
@@ -347,12 +351,13 @@ impl Ftgo {
         if slot.is_some() {
             return;
         }
-        let builder = match (&self.messages, self.options.in_one_database()) {
-            (Some(queue), true) => SagaRuntime::embedded(SqlTransport::with_options(
+        let builder = SagaRuntime::builder(self.transport.clone());
+        let builder = match (&self.messages, self.options.is_in_place()) {
+            (Some(queue), true) => builder.in_place(SqlTransport::with_options(
                 queue.clone(),
                 self.options.transport.clone(),
             )),
-            _ => SagaRuntime::builder(self.transport.clone()),
+            _ => builder,
         };
         let runtime = builder
             .options(self.options.runtime.clone())

@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use saga_core::{SagaId, SagaStatus};
-use saga_store::{Database, Dialect};
+use saga_store::{Database, Dialect, on_backend};
 use serde::Serialize;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::AssertSqlSafe;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::app::{Ftgo, FtgoError, FtgoOptions, MESSAGES, SERVICES, SHARED, SagaObserver, Storage};
@@ -64,7 +64,7 @@ pub struct BenchReport {
     /// `sql` or `nats`.
     pub transport: &'static str,
     /// `per-service` (each service on its own database, the queue on another) or
-    /// `single-database` (all in one, messages handled in place).
+    /// `in-place` (all in one database, messages handled in place).
     pub layout: &'static str,
     /// SQLite's `synchronous` setting (`full` unless asked otherwise).
     pub sqlite_sync: &'static str,
@@ -148,11 +148,17 @@ async fn raw_commit_rate(
         Dialect::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
         Dialect::Postgres => "BIGSERIAL PRIMARY KEY",
     };
-    sqlx::query(AssertSqlSafe(format!(
+    let create = format!(
         "CREATE TABLE IF NOT EXISTS bench_raw (id {id}, client BIGINT NOT NULL, at BIGINT NOT NULL)"
-    )))
-    .execute(database.pool())
-    .await?;
+    );
+    let mut conn = database.acquire().await?;
+    on_backend!(conn.conn(), |c| {
+        sqlx::raw_sql(AssertSqlSafe(create.as_str()))
+            .execute(c)
+            .await
+            .map(drop)
+    })?;
+    drop(conn);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for client in 0..clients {
@@ -161,11 +167,14 @@ async fn raw_commit_rate(
             let mut commits = 0u64;
             while started.elapsed() < duration {
                 let mut tx = database.begin().await?;
-                sqlx::query("INSERT INTO bench_raw (client, at) VALUES ($1, $2)")
-                    .bind(i64::try_from(client).unwrap_or(0))
-                    .bind(i64::try_from(commits).unwrap_or(0))
-                    .execute(&mut *tx)
-                    .await?;
+                on_backend!(tx.conn(), |c| {
+                    sqlx::query("INSERT INTO bench_raw (client, at) VALUES ($1, $2)")
+                        .bind(i64::try_from(client).unwrap_or(0))
+                        .bind(i64::try_from(commits).unwrap_or(0))
+                        .execute(c)
+                        .await
+                        .map(drop)
+                })?;
                 tx.commit().await?;
                 commits += 1;
             }
@@ -206,20 +215,26 @@ fn declined(i: usize, rate: f64) -> bool {
 }
 
 async fn count_rows(database: &Database, table: &'static str) -> Result<u64, BenchError> {
-    let n: i64 = sqlx::query(AssertSqlSafe(format!("SELECT COUNT(*) AS n FROM {table}")))
-        .fetch_one(database.pool())
-        .await?
-        .try_get("n")?;
+    let count = format!("SELECT COUNT(*) FROM {table}");
+    let mut conn = database.acquire().await?;
+    let n: i64 = on_backend!(conn.conn(), |c| {
+        sqlx::query_scalar(AssertSqlSafe(count.as_str()))
+            .fetch_one(c)
+            .await
+    })?;
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
 async fn pg_xact_commit(database: &Database) -> Result<i64, BenchError> {
-    Ok(
-        sqlx::query("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
-            .fetch_one(database.pool())
-            .await?
-            .try_get("xact_commit")?,
-    )
+    let mut conn = database.acquire().await?;
+    let commits = on_backend!(conn.conn(), |c| {
+        sqlx::query_scalar(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+        )
+        .fetch_one(c)
+        .await
+    })?;
+    Ok(commits)
 }
 
 /// Runs the benchmark, reporting progress through `progress`.
@@ -266,7 +281,7 @@ pub async fn run(
     .into_iter()
     .flatten()
     .collect();
-    // A single-database deployment shares one pool: count it once.
+    // In place, everything shares one pool: count it once.
     databases.dedup_by(|a, b| a.same_pool(b));
     let pg_before = match store {
         "postgres" => Some(pg_xact_commit(ftgo.orders.database()).await?),
@@ -395,8 +410,8 @@ pub async fn run(
     Ok(BenchReport {
         store,
         transport,
-        layout: match config.options.in_one_database() {
-            true => "single-database",
+        layout: match config.options.is_in_place() {
+            true => "in-place",
             false => "per-service",
         },
         sqlite_sync: match config.options.sqlite_sync {
@@ -432,7 +447,7 @@ pub async fn run(
 
 /// Opens every FTGO database again (to count what the run left behind).
 async fn reopen_all(options: &FtgoOptions) -> Result<Vec<Database>, BenchError> {
-    if options.in_one_database() {
+    if options.is_in_place() {
         return Ok(vec![
             options.database(SHARED).await.map_err(FtgoError::from)?,
         ]);

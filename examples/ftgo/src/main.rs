@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use ftgo::app::{
-    Ftgo, FtgoOptions, MESSAGES, NatsSettings, SERVICES, ServiceName, ServiceProcess, Storage,
+    Ftgo, FtgoOptions, MESSAGES, NatsSettings, SERVICES, SHARED, ServiceName, ServiceProcess,
+    Storage,
 };
 use saga_store::SqliteSync;
 use saga_store::nats::NatsOptions;
@@ -112,11 +113,11 @@ struct StorageArgs {
     /// The JetStream stream name, with `--transport nats`.
     #[arg(long, global = true, default_value = "FTGO")]
     nats_stream: String,
-    /// Keep all four services and the message queue in one database (an embedded,
-    /// single-process deployment: messages are handled in place, with no relay). Not with
+    /// Keep all four services and the message queue in one database and handle messages in
+    /// place (taken, handled and answered in one transaction; no outbox, no relay). Not with
     /// `--transport nats` or `service`.
     #[arg(long, global = true)]
-    single_database: bool,
+    in_place: bool,
 }
 
 impl StorageArgs {
@@ -156,7 +157,7 @@ impl StorageArgs {
         if self.sqlite_sync == "normal" {
             options.sqlite_sync = SqliteSync::Normal;
         }
-        options.single_database = self.single_database;
+        options.in_place = self.in_place;
         if self.transport == "nats" {
             options.nats = Some(NatsSettings {
                 url: self.nats_url.clone(),
@@ -347,11 +348,16 @@ async fn cleanup(options: &FtgoOptions, temporary: Option<PathBuf>) {
         && schema_prefix.starts_with("ftgo_demo_")
         && let Ok(database) = saga_store::Database::connect(url).await
     {
-        for name in SERVICES.iter().chain([&MESSAGES, &"bench_raw"]) {
-            let drop = format!("DROP SCHEMA IF EXISTS \"{schema_prefix}_{name}\" CASCADE");
-            let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
-                .execute(database.pool())
-                .await;
+        if let Ok(mut conn) = database.acquire().await {
+            for name in SERVICES.iter().chain([&MESSAGES, &SHARED, &"bench_raw"]) {
+                let statement = format!("DROP SCHEMA IF EXISTS \"{schema_prefix}_{name}\" CASCADE");
+                let _ = saga_store::on_backend!(conn.conn(), |c| {
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(statement.as_str()))
+                        .execute(c)
+                        .await
+                        .map(drop)
+                });
+            }
         }
         database.close().await;
     }

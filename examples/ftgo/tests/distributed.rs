@@ -141,7 +141,9 @@ impl Deployment {
         let db = Database::connect(&self.database_url).await.expect("opens");
         for name in ["order", "consumer", "kitchen", "accounting", "messages"] {
             let drop = format!("DROP SCHEMA IF EXISTS \"{}_{name}\" CASCADE", self.prefix);
-            let _ = sqlx::query(AssertSqlSafe(drop)).execute(db.pool()).await;
+            let _ = sqlx::query(AssertSqlSafe(drop))
+                .execute(db.postgres_pool().expect("PostgreSQL"))
+                .await;
         }
         db.close().await;
         let options = NatsOptions {
@@ -238,7 +240,7 @@ async fn wait_until_settled(orders: &Database, expected: usize, timeout: Duratio
     let deadline = Instant::now() + timeout;
     loop {
         let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM ftgo_orders GROUP BY state")
-            .fetch_all(orders.pool())
+            .fetch_all(orders.postgres_pool().expect("PostgreSQL"))
             .await
             .expect("counts");
         let counts: Vec<(String, i64)> = rows
@@ -272,7 +274,7 @@ async fn assert_consistent(deployment: &Deployment, placed: &[(i64, &'static str
         let db = db.clone();
         async move {
             sqlx::query(sql)
-                .fetch_all(db.pool())
+                .fetch_all(db.postgres_pool().expect("PostgreSQL"))
                 .await
                 .expect("reads")
                 .iter()
@@ -456,7 +458,7 @@ async fn refuse_kitchen_writes(kitchen: &Database) {
          FOR EACH STATEMENT EXECUTE FUNCTION soak_disk_full()",
     ] {
         sqlx::query(sql)
-            .execute(kitchen.pool())
+            .execute(kitchen.postgres_pool().expect("PostgreSQL"))
             .await
             .expect("installs the fault");
     }
@@ -464,7 +466,7 @@ async fn refuse_kitchen_writes(kitchen: &Database) {
 
 async fn accept_kitchen_writes(kitchen: &Database) {
     sqlx::query("DROP TRIGGER soak_disk_full ON saga_received")
-        .execute(kitchen.pool())
+        .execute(kitchen.postgres_pool().expect("PostgreSQL"))
         .await
         .expect("removes the fault");
 }
@@ -582,7 +584,7 @@ async fn every_saga_ends_whatever_breaks() {
     let orders = deployment.schema("order").await;
     let held_up: i64 =
         sqlx::query("SELECT COUNT(*) AS n FROM ftgo_orders WHERE state = 'APPROVAL_PENDING'")
-            .fetch_one(orders.pool())
+            .fetch_one(orders.postgres_pool().expect("PostgreSQL"))
             .await
             .expect("counts")
             .try_get("n")
@@ -604,7 +606,7 @@ async fn every_saga_ends_whatever_breaks() {
              AND (last_error IS NULL OR last_error = '')) AS unexplained \
              FROM saga_instances GROUP BY status",
         )
-        .fetch_all(orders.pool())
+        .fetch_all(orders.postgres_pool().expect("PostgreSQL"))
         .await
         .expect("counts");
         let statuses: std::collections::BTreeMap<String, i64> = rows

@@ -49,7 +49,9 @@ impl<C: TxContext> Commands for Typed<C> {
         match C::from_tx(tx) {
             Some(context) => self.0.dispatch(context, message).await,
             None => Dispatch {
-                retry: Some(source("the participant's handlers need another backend's transaction")),
+                retry: Some(source(
+                    "the participant's handlers need another backend's transaction",
+                )),
                 ..Dispatch::default()
             },
         }
@@ -58,7 +60,10 @@ impl<C: TxContext> Commands for Typed<C> {
 
 /// `participant` erased, for the runtime; panics when its handlers need another backend
 /// than `database`'s (a wiring mistake, found when the runtime is built).
-pub(crate) fn erase<C: TxContext>(database: &Database, participant: Participant<C>) -> Arc<dyn Commands> {
+pub(crate) fn erase<C: TxContext>(
+    database: &Database,
+    participant: Participant<C>,
+) -> Arc<dyn Commands> {
     if let Some(backend) = C::BACKEND
         && backend != database.dialect()
     {
@@ -162,8 +167,13 @@ async fn handle_one(
     let (handled, destinations) = database
         .write_as(kind(in_place), move |tx: &mut Tx| {
             Box::pin(async move {
-                let ran = run_in(tx, participant.as_ref(), std::slice::from_ref(&message), in_place)
-                    .await?;
+                let ran = run_in(
+                    tx,
+                    participant.as_ref(),
+                    std::slice::from_ref(&message),
+                    in_place,
+                )
+                .await?;
                 Ok(match ran {
                     Ran::Handled {
                         mut outcomes,

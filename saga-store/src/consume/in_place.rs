@@ -83,7 +83,9 @@ async fn pass_loop<T, F, C, Fut>(
         let passed = database
             .write_as(WriteKind::Pass, move |tx: &mut Tx| {
                 Box::pin(async move {
-                    let mut read = queue_in_pass.take_in(tx.conn(), &channel_in_pass, max).await?;
+                    let mut read = queue_in_pass
+                        .take_in(tx.conn(), &channel_in_pass, max)
+                        .await?;
                     let taken = std::mem::take(&mut read.deliveries);
                     if taken.is_empty() {
                         // Rows set aside as dead letters (and the failure replies that tell
@@ -167,7 +169,8 @@ pub(crate) async fn reply_loop<C, Fut>(
         let orchestrator = orchestrator.clone();
         Box::new(move |tx, messages| {
             Box::pin(async move {
-                let records = sql::instances::load_many(tx.conn(), &reply_saga_ids(&messages)).await?;
+                let records =
+                    sql::instances::load_many(tx.conn(), &reply_saga_ids(&messages)).await?;
                 let now = orchestrator.clock().now();
                 let plan = orchestrator.plan_replies(&messages, records, now);
                 if !plan.one_by_one.is_empty() || !batchable(&plan.units) {

@@ -340,4 +340,3 @@ async fn give_back(
         tracing::warn!(%channel, message_id = %delivery.message.id, error = %err, "release failed");
     }
 }
-

@@ -16,9 +16,11 @@ fn verdict(result: Result<saga_core::orchestrator::Handled, OrchestratorError>) 
     match result {
         Ok(_) => Verdict::Done,
         Err(OrchestratorError::Store(err)) => Verdict::Failed(err),
-        Err(err @ OrchestratorError::Contended { .. }) => Verdict::Failed(StoreError::Unavailable {
-            source: source(err),
-        }),
+        Err(err @ OrchestratorError::Contended { .. }) => {
+            Verdict::Failed(StoreError::Unavailable {
+                source: source(err),
+            })
+        }
         Err(err) => Verdict::Failed(StoreError::rejected(err)),
     }
 }

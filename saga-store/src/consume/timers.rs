@@ -78,4 +78,3 @@ pub(crate) async fn watchdog_loop(
         }
     }
 }
-

@@ -106,6 +106,30 @@ impl Conn<'_> {
     }
 }
 
+impl<'c> From<&'c mut Tx> for Conn<'c> {
+    fn from(tx: &'c mut Tx) -> Self {
+        tx.conn()
+    }
+}
+
+impl<'c> From<&'c mut PgTx> for Conn<'c> {
+    fn from(tx: &'c mut PgTx) -> Self {
+        Conn::Postgres(tx)
+    }
+}
+
+impl<'c> From<&'c mut SqliteTx> for Conn<'c> {
+    fn from(tx: &'c mut SqliteTx) -> Self {
+        Conn::Sqlite(tx)
+    }
+}
+
+impl<'c> From<&'c mut PoolConn> for Conn<'c> {
+    fn from(conn: &'c mut PoolConn) -> Self {
+        conn.conn()
+    }
+}
+
 /// A connection taken from a saga database's pool.
 #[derive(Debug)]
 pub enum PoolConn {

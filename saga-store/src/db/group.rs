@@ -110,7 +110,10 @@ pub(crate) struct Work {
 
 impl Work {
     /// Wraps `work` (run with the transaction as a `C`) and the channel its result comes on.
-    pub(crate) fn new<C, T, F>(work: F, kind: WriteKind) -> (Self, oneshot::Receiver<Result<T, StoreError>>)
+    pub(crate) fn new<C, T, F>(
+        work: F,
+        kind: WriteKind,
+    ) -> (Self, oneshot::Receiver<Result<T, StoreError>>)
     where
         C: TxContext,
         T: Send + 'static,
@@ -328,8 +331,14 @@ async fn run_batch(
 /// Runs a piece of work inside a savepoint of its own, released if it keeps its writes and
 /// rolled back to if not (or if it panicked: `None`). An error here (not the work's own)
 /// means the transaction is broken.
-async fn run_in_savepoint(work: Work, tx: &mut Tx) -> Result<Option<(Ran, WriteKind)>, sqlx::Error> {
-    on_backend!(tx.conn(), |c| query("SAVEPOINT saga_work").execute(c).await.map(drop))?;
+async fn run_in_savepoint(
+    work: Work,
+    tx: &mut Tx,
+) -> Result<Option<(Ran, WriteKind)>, sqlx::Error> {
+    on_backend!(tx.conn(), |c| query("SAVEPOINT saga_work")
+        .execute(c)
+        .await
+        .map(drop))?;
     let ran = run_work(work, tx).await;
     if !ran.as_ref().is_some_and(|(ran, _)| ran.keep) {
         on_backend!(tx.conn(), |c| query("ROLLBACK TO SAVEPOINT saga_work")
@@ -345,12 +354,7 @@ async fn run_in_savepoint(work: Work, tx: &mut Tx) -> Result<Option<(Ran, WriteK
 }
 
 /// Commits a group and tells every caller in it.
-async fn commit(
-    context: &WriterContext,
-    mut tx: Tx,
-    kept: Vec<Box<dyn Answer>>,
-    wake_relay: bool,
-) {
+async fn commit(context: &WriterContext, mut tx: Tx, kept: Vec<Box<dyn Answer>>, wake_relay: bool) {
     if wake_relay && let Tx::Postgres(pg) = &mut tx {
         // One notification for the whole group, delivered by the commit.
         let notified = query("SELECT pg_notify($1, '')")

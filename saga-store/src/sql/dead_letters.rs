@@ -203,10 +203,10 @@ pub(crate) async fn resolve(
         .bind(reason)
         .bind_opt_id(replay)
         .bind(id)
-            .execute(c)
-            .await
-            .map(|done| done.rows_affected() == 1)
-            .map_err(store_error)
+        .execute(c)
+        .await
+        .map(|done| done.rows_affected() == 1)
+        .map_err(store_error)
     })
 }
 

@@ -11,12 +11,17 @@ use crate::on_backend;
 use crate::sql::{Bind, CHUNK, Col, Get, to_i64, to_u64, values};
 
 /// Appends `entries`, one statement per [`CHUNK`].
-pub(crate) async fn insert_many(mut conn: Conn<'_>, entries: &[&HistoryRecord]) -> Result<(), StoreError> {
+pub(crate) async fn insert_many(
+    mut conn: Conn<'_>,
+    entries: &[&HistoryRecord],
+) -> Result<(), StoreError> {
     let dialect = conn.dialect();
     for chunk in entries.chunks(CHUNK) {
         let events = chunk
             .iter()
-            .map(|entry| serde_json::to_value(&entry.event).map_err(|e| corrupt("history event", e)))
+            .map(|entry| {
+                serde_json::to_value(&entry.event).map_err(|e| corrupt("history event", e))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let sql = format!(
             "INSERT INTO saga_history (saga_id, at, event) VALUES {}",
@@ -37,7 +42,10 @@ pub(crate) async fn insert_many(mut conn: Conn<'_>, entries: &[&HistoryRecord]) 
 }
 
 /// A saga's timeline, oldest first.
-pub(crate) async fn list(conn: Conn<'_>, saga_id: SagaId) -> Result<Vec<HistoryRecord>, StoreError> {
+pub(crate) async fn list(
+    conn: Conn<'_>,
+    saga_id: SagaId,
+) -> Result<Vec<HistoryRecord>, StoreError> {
     on_backend!(conn, |c| {
         query("SELECT at, event FROM saga_history WHERE saga_id = $1 ORDER BY id")
             .bind_id(saga_id.0)

@@ -57,7 +57,10 @@ fn pending_columns(pending: Option<Pending>) -> (Option<&'static str>, Option<i6
     }
 }
 
-fn parse_pending(kind: Option<String>, request: Option<i64>) -> Result<Option<Pending>, StoreError> {
+fn parse_pending(
+    kind: Option<String>,
+    request: Option<i64>,
+) -> Result<Option<Pending>, StoreError> {
     match (kind.as_deref(), request) {
         (None, _) => Ok(None),
         (Some("reply"), Some(id)) => Ok(Some(Pending::Reply {
@@ -82,7 +85,10 @@ fn record(row: &impl Get) -> Result<SagaRecord, StoreError> {
         status: parse_status(&row.text("status")?)?,
         direction: parse_direction(&row.text("direction")?)?,
         current_step: row.opt_text("current_step")?,
-        pending: parse_pending(row.opt_text("pending_kind")?, row.opt_int("pending_request_id")?)?,
+        pending: parse_pending(
+            row.opt_text("pending_kind")?,
+            row.opt_int("pending_request_id")?,
+        )?,
         deadline: row.opt_int("deadline")?.map(|ms| Timestamp(to_u64(ms))),
         attempt: u32::try_from(row.int("attempt")?).unwrap_or(u32::MAX),
         completed_steps: serde_json::from_value(row.json("completed_steps")?)
@@ -245,7 +251,10 @@ pub(crate) async fn update_many(
 }
 
 /// A saga record.
-pub(crate) async fn load(conn: Conn<'_>, saga_id: SagaId) -> Result<Option<SagaRecord>, StoreError> {
+pub(crate) async fn load(
+    conn: Conn<'_>,
+    saga_id: SagaId,
+) -> Result<Option<SagaRecord>, StoreError> {
     let sql = AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM saga_instances WHERE saga_id = $1"
     ));
@@ -288,7 +297,10 @@ pub(crate) async fn load_many(
 /// The timer a due instance waits for: a reply timeout or a retry backoff.
 fn due_timer(row: &impl Get) -> Result<TimerRecord, StoreError> {
     let saga_id = SagaId(row.id("saga_id")?);
-    let pending = parse_pending(row.opt_text("pending_kind")?, row.opt_int("pending_request_id")?)?;
+    let pending = parse_pending(
+        row.opt_text("pending_kind")?,
+        row.opt_int("pending_request_id")?,
+    )?;
     let attempt = u32::try_from(row.int("attempt")?).unwrap_or(u32::MAX);
     let timer = match pending {
         Some(Pending::Reply { request_id }) => SagaTimer::Timeout {
@@ -312,7 +324,11 @@ fn due_timer(row: &impl Get) -> Result<TimerRecord, StoreError> {
 
 /// The instances whose deadline has passed at `now`, as the timer each waits for, soonest
 /// first, at most `limit`.
-pub(crate) async fn due(conn: Conn<'_>, now: Timestamp, limit: usize) -> Result<Vec<TimerRecord>, StoreError> {
+pub(crate) async fn due(
+    conn: Conn<'_>,
+    now: Timestamp,
+    limit: usize,
+) -> Result<Vec<TimerRecord>, StoreError> {
     on_backend!(conn, |c| {
         query(
             "SELECT saga_id, pending_kind, pending_request_id, attempt, deadline \

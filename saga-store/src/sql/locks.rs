@@ -3,8 +3,8 @@
 //! A participant that puts a record into a `*_PENDING` state can also record the lock here,
 //! in the same transaction, naming the resource (e.g. `order:1001`) and the saga; other work
 //! asks [`holder`] and is refused with a precise reason; the saga's confirming or compensating
-//! command calls [`release`]. Each function takes the transaction's connection
-//! ([`Tx::conn`](crate::Tx::conn)).
+//! command calls [`release`]. Each function takes the transaction (`&mut Tx`, `&mut PgTx`,
+//! `&mut SqliteTx`) or its connection ([`Tx::conn`](crate::Tx::conn)).
 
 use saga_core::ports::StoreError;
 use saga_core::{SagaId, Timestamp};
@@ -42,12 +42,13 @@ pub enum LockError {
 }
 
 /// Takes the lock on `resource` for `saga_id` (idempotent for the same saga).
-pub async fn acquire(
-    mut conn: Conn<'_>,
+pub async fn acquire<'c>(
+    conn: impl Into<Conn<'c>>,
     resource: &str,
     saga_id: SagaId,
     state: &str,
 ) -> Result<(), LockError> {
+    let mut conn = conn.into();
     loop {
         let inserted = on_backend!(conn.reborrow(), |c| {
             query(
@@ -81,8 +82,11 @@ pub async fn acquire(
 }
 
 /// Who holds `resource`, if anyone.
-pub async fn holder(conn: Conn<'_>, resource: &str) -> Result<Option<LockHolder>, StoreError> {
-    on_backend!(conn, |c| {
+pub async fn holder<'c>(
+    conn: impl Into<Conn<'c>>,
+    resource: &str,
+) -> Result<Option<LockHolder>, StoreError> {
+    on_backend!(conn.into(), |c| {
         query("SELECT saga_id, state FROM saga_locks WHERE resource = $1")
             .bind(resource)
             .fetch_optional(c)
@@ -99,8 +103,12 @@ pub async fn holder(conn: Conn<'_>, resource: &str) -> Result<Option<LockHolder>
 }
 
 /// Releases `resource` if `saga_id` holds it; returns whether it did.
-pub async fn release(conn: Conn<'_>, resource: &str, saga_id: SagaId) -> Result<bool, StoreError> {
-    on_backend!(conn, |c| {
+pub async fn release<'c>(
+    conn: impl Into<Conn<'c>>,
+    resource: &str,
+    saga_id: SagaId,
+) -> Result<bool, StoreError> {
+    on_backend!(conn.into(), |c| {
         query("DELETE FROM saga_locks WHERE resource = $1 AND saga_id = $2")
             .bind(resource)
             .bind_id(saga_id.0)

@@ -251,7 +251,10 @@ mod tests {
             values(Dialect::Postgres, 1, &[Col::Id, Col::Json, Col::Text]),
             "(CAST($1 AS UUID), CAST($2 AS JSONB), CAST($3 AS TEXT))"
         );
-        assert_eq!(values(Dialect::Sqlite, 2, &[Col::Id, Col::Json]), "(?, ?), (?, ?)");
+        assert_eq!(
+            values(Dialect::Sqlite, 2, &[Col::Id, Col::Json]),
+            "(?, ?), (?, ?)"
+        );
         assert_eq!(placeholders(Dialect::Postgres, 2, 3), "$2, $3, $4");
         assert_eq!(placeholders(Dialect::Sqlite, 2, 2), "?, ?");
     }

@@ -11,7 +11,11 @@ use crate::on_backend;
 use crate::sql::{Bind, CHUNK, Col, Get, headers_json, message, to_i64, to_u64, values};
 
 /// Appends `messages`, in order, one statement per [`CHUNK`].
-pub(crate) async fn insert_many(mut conn: Conn<'_>, messages: &[&Message], at: i64) -> Result<(), StoreError> {
+pub(crate) async fn insert_many(
+    mut conn: Conn<'_>,
+    messages: &[&Message],
+    at: i64,
+) -> Result<(), StoreError> {
     let dialect = conn.dialect();
     for chunk in messages.chunks(CHUNK) {
         let headers: Vec<_> = chunk.iter().map(|m| headers_json(&m.headers)).collect();
@@ -37,7 +41,10 @@ pub(crate) async fn insert_many(mut conn: Conn<'_>, messages: &[&Message], at: i
 }
 
 /// Rows not yet published, in order, at most `limit`.
-pub(crate) async fn unpublished(conn: Conn<'_>, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+pub(crate) async fn unpublished(
+    conn: Conn<'_>,
+    limit: usize,
+) -> Result<Vec<OutboxEntry>, StoreError> {
     on_backend!(conn, |c| {
         query(
             "SELECT sequence, message_id, destination, headers, payload FROM saga_outbox \
@@ -65,7 +72,11 @@ pub(crate) async fn unpublished(conn: Conn<'_>, limit: usize) -> Result<Vec<Outb
 
 /// Stamps rows as published at `at`: one statement when the sequences are contiguous (the
 /// usual case), else one per row.
-pub(crate) async fn mark_published(mut conn: Conn<'_>, sequences: &[u64], at: i64) -> Result<(), StoreError> {
+pub(crate) async fn mark_published(
+    mut conn: Conn<'_>,
+    sequences: &[u64],
+    at: i64,
+) -> Result<(), StoreError> {
     let (Some(&first), Some(&last)) = (sequences.iter().min(), sequences.iter().max()) else {
         return Ok(());
     };
@@ -99,7 +110,11 @@ pub(crate) async fn mark_published(mut conn: Conn<'_>, sequences: &[u64], at: i6
 }
 
 /// Deletes rows published before `cutoff`, at most `limit`; returns how many.
-pub(crate) async fn delete_published(conn: Conn<'_>, cutoff: i64, limit: i64) -> Result<u64, StoreError> {
+pub(crate) async fn delete_published(
+    conn: Conn<'_>,
+    cutoff: i64,
+    limit: i64,
+) -> Result<u64, StoreError> {
     on_backend!(conn, |c| {
         query(
             "DELETE FROM saga_outbox WHERE sequence IN (SELECT sequence FROM saga_outbox \

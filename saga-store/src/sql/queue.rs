@@ -12,7 +12,9 @@ use crate::db::Dialect;
 use crate::db::backend::Conn;
 use crate::error::store_error;
 use crate::on_backend;
-use crate::sql::{Bind, CHUNK, Col, Get, headers_json, headers_of, placeholders, to_i64, to_u64, values};
+use crate::sql::{
+    Bind, CHUNK, Col, Get, headers_json, headers_of, placeholders, to_i64, to_u64, values,
+};
 
 /// A row as claimed or taken.
 #[derive(Debug)]
@@ -74,7 +76,11 @@ fn queue_row(row: &impl Get, channel: &str) -> Result<QueueRow, StoreError> {
 }
 
 /// Appends `messages` (visible at once), in order, one statement per [`CHUNK`].
-pub(crate) async fn insert_many(mut conn: Conn<'_>, messages: &[&Message], at: i64) -> Result<(), StoreError> {
+pub(crate) async fn insert_many(
+    mut conn: Conn<'_>,
+    messages: &[&Message],
+    at: i64,
+) -> Result<(), StoreError> {
     let dialect = conn.dialect();
     for chunk in messages.chunks(CHUNK) {
         let headers: Vec<_> = chunk.iter().map(|m| headers_json(&m.headers)).collect();
@@ -229,7 +235,11 @@ pub(crate) async fn release(conn: Conn<'_>, id: i64, visible: Timestamp) -> Resu
 }
 
 /// Keeps rows invisible until `visible` (a lease renewal), one statement per 500.
-pub(crate) async fn extend(mut conn: Conn<'_>, ids: &[i64], visible: Timestamp) -> Result<(), StoreError> {
+pub(crate) async fn extend(
+    mut conn: Conn<'_>,
+    ids: &[i64],
+    visible: Timestamp,
+) -> Result<(), StoreError> {
     let dialect = conn.dialect();
     for chunk in ids.chunks(500) {
         let sql = format!(
@@ -249,7 +259,10 @@ pub(crate) async fn extend(mut conn: Conn<'_>, ids: &[i64], visible: Timestamp) 
 }
 
 /// Channels holding messages never delivered that were enqueued before `cutoff`.
-pub(crate) async fn unconsumed(conn: Conn<'_>, cutoff: i64) -> Result<Vec<ChannelBacklog>, StoreError> {
+pub(crate) async fn unconsumed(
+    conn: Conn<'_>,
+    cutoff: i64,
+) -> Result<Vec<ChannelBacklog>, StoreError> {
     on_backend!(conn, |c| {
         query(
             "SELECT channel, COUNT(*) AS messages, MIN(enqueued_at) AS oldest FROM saga_queue \

@@ -97,7 +97,11 @@ pub(crate) async fn insert_fresh(
 }
 
 /// Deletes dedup records older than `cutoff`, at most `limit`; returns how many.
-pub(crate) async fn delete_older(conn: Conn<'_>, cutoff: i64, limit: i64) -> Result<u64, StoreError> {
+pub(crate) async fn delete_older(
+    conn: Conn<'_>,
+    cutoff: i64,
+    limit: i64,
+) -> Result<u64, StoreError> {
     on_backend!(conn, |c| {
         query(
             "DELETE FROM saga_received WHERE (consumer, message_id) IN \

@@ -53,14 +53,21 @@ impl SqlSagaStore {
     }
 
     /// One dead letter.
-    pub async fn stored_dead_letter(&self, id: i64) -> Result<Option<StoredDeadLetter>, StoreError> {
+    pub async fn stored_dead_letter(
+        &self,
+        id: i64,
+    ) -> Result<Option<StoredDeadLetter>, StoreError> {
         let mut conn = self.database().acquire().await.map_err(store_error)?;
         sql::dead_letters::get(conn.conn(), id).await
     }
 
     /// Puts dead letter `id` back on its channel as a new message (see the module docs) and
     /// records that, with `reason`; returns the new message's id.
-    pub async fn replay_dead_letter(&self, id: i64, reason: &str) -> Result<MessageId, DeadLetterError> {
+    pub async fn replay_dead_letter(
+        &self,
+        id: i64,
+        reason: &str,
+    ) -> Result<MessageId, DeadLetterError> {
         let original = self.unresolved(id).await?.dead_letter.message;
         let mut replay = Message::new(
             original.destination.clone(),

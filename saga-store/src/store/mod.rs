@@ -31,7 +31,7 @@ use saga_core::ports::{
 use saga_core::{Message, Saga, SagaId, Timestamp};
 
 use crate::db::Database;
-use crate::db::backend::{Conn, PgTx, SqliteTx, Tx};
+use crate::db::backend::{Conn, Tx};
 use crate::db::group::{Finish, WriteKind};
 use crate::error::store_error;
 use crate::sql::{self, to_i64};
@@ -47,24 +47,6 @@ pub struct SqlSagaStore {
 
 fn now() -> i64 {
     to_i64(Timestamp::now().as_millis())
-}
-
-impl<'c> From<&'c mut Tx> for Conn<'c> {
-    fn from(tx: &'c mut Tx) -> Self {
-        tx.conn()
-    }
-}
-
-impl<'c> From<&'c mut PgTx> for Conn<'c> {
-    fn from(tx: &'c mut PgTx) -> Self {
-        Conn::Postgres(tx)
-    }
-}
-
-impl<'c> From<&'c mut SqliteTx> for Conn<'c> {
-    fn from(tx: &'c mut SqliteTx) -> Self {
-        Conn::Sqlite(tx)
-    }
 }
 
 impl SqlSagaStore {

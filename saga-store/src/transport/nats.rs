@@ -129,7 +129,9 @@ const PULL_EXPIRES: Duration = Duration::from_secs(30);
 const PULL_BATCH: usize = 64;
 
 /// Something that went wrong talking to the server, as an unavailable transport.
-fn unavailable(err: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> TransportError {
+fn unavailable(
+    err: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+) -> TransportError {
     TransportError::unavailable(err)
 }
 
@@ -698,6 +700,56 @@ fn readable(channel: &str, message: &jetstream::Message) -> Option<Message> {
     })
 }
 
+impl NatsTransport {
+    /// One pull for [`Transport::receive`]: what arrives within `wait`, poison set aside.
+    async fn receive_once(
+        &self,
+        channel: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, TransportError> {
+        let subscription = self.subscription(channel).await?;
+        let mut stream = subscription.lock().await;
+        let mut pulled = Vec::new();
+        let first = match wait.is_zero() {
+            true => stream.next().now_or_never(),
+            false => tokio::time::timeout(wait, stream.next()).await.ok(),
+        };
+        let failure = match first {
+            None => return Ok(Vec::new()),
+            Some(None) => Some("the subscription ended".to_owned()),
+            Some(Some(Err(err))) => Some(err.to_string()),
+            Some(Some(Ok(message))) => {
+                pulled.push(message);
+                let mut failure = None;
+                while pulled.len() < max {
+                    match stream.next().now_or_never() {
+                        Some(Some(Ok(message))) => pulled.push(message),
+                        Some(Some(Err(err))) => {
+                            failure = Some(err.to_string());
+                            break;
+                        }
+                        Some(None) => {
+                            failure = Some("the subscription ended".to_owned());
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                failure
+            }
+        };
+        drop(stream);
+        if let Some(why) = failure {
+            self.forget(channel, &why).await;
+            if pulled.is_empty() {
+                return Err(unavailable(format!("receiving from {channel}: {why}")));
+            }
+        }
+        Ok(self.collect(channel, pulled).await)
+    }
+}
+
 #[async_trait]
 impl Transport for NatsTransport {
     /// The destination must be a channel name (a valid sequence of subject tokens) and the
@@ -784,45 +836,16 @@ impl Transport for NatsTransport {
         max: usize,
         wait: Duration,
     ) -> Result<Vec<Delivery>, TransportError> {
-        let subscription = self.subscription(channel).await?;
-        let mut stream = subscription.lock().await;
-        let mut pulled = Vec::new();
-        let first = match wait.is_zero() {
-            true => stream.next().now_or_never(),
-            false => tokio::time::timeout(wait, stream.next()).await.ok(),
-        };
-        let failure = match first {
-            None => return Ok(Vec::new()),
-            Some(None) => Some("the subscription ended".to_owned()),
-            Some(Some(Err(err))) => Some(err.to_string()),
-            Some(Some(Ok(message))) => {
-                pulled.push(message);
-                let mut failure = None;
-                while pulled.len() < max {
-                    match stream.next().now_or_never() {
-                        Some(Some(Ok(message))) => pulled.push(message),
-                        Some(Some(Err(err))) => {
-                            failure = Some(err.to_string());
-                            break;
-                        }
-                        Some(None) => {
-                            failure = Some("the subscription ended".to_owned());
-                            break;
-                        }
-                        None => break,
-                    }
-                }
-                failure
-            }
-        };
-        drop(stream);
-        if let Some(why) = failure {
-            self.forget(channel, &why).await;
-            if pulled.is_empty() {
-                return Err(unavailable(format!("receiving from {channel}: {why}")));
+        // Poison messages are set aside by `collect`: a batch of only those waits on for the
+        // rest of `wait` rather than returning nothing early.
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let deliveries = self.receive_once(channel, max, left).await?;
+            if !deliveries.is_empty() || left.is_zero() {
+                return Ok(deliveries);
             }
         }
-        Ok(self.collect(channel, pulled).await)
     }
 
     async fn ack(

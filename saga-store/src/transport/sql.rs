@@ -19,8 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use saga_core::message::failure_reply_for;
 use saga_core::ports::{
-    ChannelBacklog, DeadLetter, Delivery, StoreError, Transport, TransportError,
-    check_destination,
+    ChannelBacklog, DeadLetter, Delivery, StoreError, Transport, TransportError, check_destination,
 };
 use saga_core::{Headers, Message, MessageId, Timestamp};
 
@@ -209,7 +208,10 @@ impl SqlTransport {
                 Err(unreadable) => {
                     let problem = format!("unreadable envelope: {}", unreadable.reason);
                     let message = Message {
-                        id: unreadable.message_id.parse().unwrap_or_else(|_| MessageId::new()),
+                        id: unreadable
+                            .message_id
+                            .parse()
+                            .unwrap_or_else(|_| MessageId::new()),
                         destination: channel.to_owned(),
                         headers: Headers::new().with("x-stored-headers", unreadable.headers),
                         payload: unreadable.payload,
@@ -272,7 +274,8 @@ impl Transport for SqlTransport {
             return Err(TransportError::refused(message.id, HoldsNul));
         }
         if let Some(limit) = self.options.max_message_bytes {
-            let size = message.payload.len() + sql::headers_json(&message.headers).to_string().len();
+            let size =
+                message.payload.len() + sql::headers_json(&message.headers).to_string().len();
             if size > limit {
                 return Err(TransportError::TooLarge {
                     id: message.id,
@@ -422,9 +425,13 @@ impl Transport for SqlTransport {
         delay: Duration,
     ) -> Result<(), TransportError> {
         let mut conn = self.database.acquire().await.map_err(transport_error)?;
-        sql::queue::release(conn.conn(), to_i64(delivery.receipt), Timestamp::now().plus(delay))
-            .await
-            .map_err(transport_error_of)?;
+        sql::queue::release(
+            conn.conn(),
+            to_i64(delivery.receipt),
+            Timestamp::now().plus(delay),
+        )
+        .await
+        .map_err(transport_error_of)?;
         self.database.count_commit();
         Ok(())
     }

@@ -4,10 +4,9 @@
 use async_trait::async_trait;
 use saga_core::message::CommandMeta;
 use saga_core::participant::{CommandHandler, HandlerError, Participant};
-use saga_store::{Database, DatabaseError, Tx};
-use sqlx::{Row, query};
+use saga_store::{Conn, Database, DatabaseError, Tx, on_backend};
+use sqlx::{query, query_as, query_scalar};
 
-use super::transient;
 use crate::messages::{
     AuthorizationReversal, AuthorizeCard, CardAuthorization, Cents, ReverseAuthorization, channels,
 };
@@ -64,16 +63,20 @@ impl AccountingService {
         database
             .run_migrations(sqlx::migrate!("migrations/accounting"))
             .await?;
+        let mut conn = database.acquire().await?;
         for account in SAMPLE_ACCOUNTS {
-            query(
-                "INSERT INTO ftgo_accounts (consumer_id, card_limit, card_enabled) \
-                 VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-            )
-            .bind(account.consumer_id)
-            .bind(account.card_limit)
-            .bind(i64::from(account.card_enabled))
-            .execute(database.pool())
-            .await?;
+            on_backend!(conn.conn(), |c| {
+                query(
+                    "INSERT INTO ftgo_accounts (consumer_id, card_limit, card_enabled) \
+                     VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                )
+                .bind(account.consumer_id)
+                .bind(account.card_limit)
+                .bind(i64::from(account.card_enabled))
+                .execute(c)
+                .await
+                .map(drop)
+            })?;
         }
         Ok(Self { database })
     }
@@ -85,12 +88,8 @@ impl AccountingService {
 
     /// The state of the authorization for `order_id` (`AUTHORIZED`, `REVERSED`), if any.
     pub async fn authorization_state(&self, order_id: i64) -> Result<Option<String>, sqlx::Error> {
-        query("SELECT state FROM ftgo_authorizations WHERE order_id = $1")
-            .bind(order_id)
-            .fetch_optional(self.database.pool())
-            .await?
-            .map(|row| row.try_get("state"))
-            .transpose()
+        let mut conn = self.database.acquire().await?;
+        authorization(conn.conn(), order_id).await
     }
 
     /// The Accounting service as a participant.
@@ -99,6 +98,16 @@ impl AccountingService {
             .handle::<AuthorizeCard>(AccountingHandlers)
             .handle::<ReverseAuthorization>(AccountingHandlers)
     }
+}
+
+/// The state of the authorization for `order_id`, if any.
+async fn authorization(conn: Conn<'_>, order_id: i64) -> Result<Option<String>, sqlx::Error> {
+    on_backend!(conn, |c| {
+        query_scalar("SELECT state FROM ftgo_authorizations WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_optional(c)
+            .await
+    })
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -115,35 +124,25 @@ impl CommandHandler<AuthorizeCard, Tx> for AccountingHandlers {
         let authorized = |order_id| CardAuthorization::Authorized {
             authorization_id: format!("auth-{order_id}"),
         };
-        let existing = query("SELECT state FROM ftgo_authorizations WHERE order_id = $1")
-            .bind(cmd.order_id)
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(transient)?;
-        if existing.is_some() {
+        if authorization(tx.conn(), cmd.order_id).await?.is_some() {
             return Ok(authorized(cmd.order_id));
         }
-        let account =
-            query("SELECT card_limit, card_enabled FROM ftgo_accounts WHERE consumer_id = $1")
+        let account: Option<(i64, i64)> = on_backend!(tx.conn(), |c| {
+            query_as("SELECT card_limit, card_enabled FROM ftgo_accounts WHERE consumer_id = $1")
                 .bind(cmd.consumer_id)
-                .fetch_optional(&mut **tx)
+                .fetch_optional(c)
                 .await
-                .map_err(transient)?;
-        let Some(account) = account else {
+        })?;
+        let Some((limit, card_enabled)) = account else {
             return Ok(CardAuthorization::Declined {
                 reason: format!("consumer {} has no card on file", cmd.consumer_id),
             });
         };
-        if account
-            .try_get::<i64, _>("card_enabled")
-            .map_err(transient)?
-            == 0
-        {
+        if card_enabled == 0 {
             return Ok(CardAuthorization::Declined {
                 reason: format!("card of consumer {} is disabled", cmd.consumer_id),
             });
         }
-        let limit: i64 = account.try_get("card_limit").map_err(transient)?;
         if cmd.order_total > limit {
             return Ok(CardAuthorization::Declined {
                 reason: format!(
@@ -153,17 +152,19 @@ impl CommandHandler<AuthorizeCard, Tx> for AccountingHandlers {
                 ),
             });
         }
-        query(
-            "INSERT INTO ftgo_authorizations (order_id, consumer_id, amount, state) \
-             VALUES ($1, $2, $3, $4)",
-        )
-        .bind(cmd.order_id)
-        .bind(cmd.consumer_id)
-        .bind(cmd.order_total)
-        .bind(AUTHORIZED)
-        .execute(&mut **tx)
-        .await
-        .map_err(transient)?;
+        on_backend!(tx.conn(), |c| {
+            query(
+                "INSERT INTO ftgo_authorizations (order_id, consumer_id, amount, state) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(cmd.order_id)
+            .bind(cmd.consumer_id)
+            .bind(cmd.order_total)
+            .bind(AUTHORIZED)
+            .execute(c)
+            .await
+            .map(drop)
+        })?;
         Ok(authorized(cmd.order_id))
     }
 }
@@ -176,26 +177,19 @@ impl CommandHandler<ReverseAuthorization, Tx> for AccountingHandlers {
         cmd: ReverseAuthorization,
         _: &CommandMeta,
     ) -> Result<AuthorizationReversal, HandlerError> {
-        let updated =
+        let updated = on_backend!(tx.conn(), |c| {
             query("UPDATE ftgo_authorizations SET state = $1 WHERE order_id = $2 AND state = $3")
                 .bind(REVERSED)
                 .bind(cmd.order_id)
                 .bind(AUTHORIZED)
-                .execute(&mut **tx)
+                .execute(c)
                 .await
-                .map_err(transient)?;
-        if updated.rows_affected() == 1 {
+                .map(|done| done.rows_affected())
+        })?;
+        if updated == 1 {
             return Ok(AuthorizationReversal::Reversed);
         }
-        let state: Option<String> =
-            query("SELECT state FROM ftgo_authorizations WHERE order_id = $1")
-                .bind(cmd.order_id)
-                .fetch_optional(&mut **tx)
-                .await
-                .map_err(transient)?
-                .map(|row| row.try_get("state"))
-                .transpose()
-                .map_err(transient)?;
+        let state = authorization(tx.conn(), cmd.order_id).await?;
         Ok(match state.as_deref() {
             Some(REVERSED) => AuthorizationReversal::Reversed,
             _ => AuthorizationReversal::Refused {

@@ -3,10 +3,9 @@
 use async_trait::async_trait;
 use saga_core::message::CommandMeta;
 use saga_core::participant::{CommandHandler, HandlerError, Participant};
-use saga_store::{Database, DatabaseError, Tx};
-use sqlx::{Row, query};
+use saga_store::{Database, DatabaseError, Tx, on_backend};
+use sqlx::{query, query_scalar};
 
-use super::transient;
 use crate::messages::{ConsumerVerification, ValidateOrderByConsumer, channels};
 
 /// A consumer of the sample data.
@@ -56,13 +55,17 @@ impl ConsumerService {
         database
             .run_migrations(sqlx::migrate!("migrations/consumer"))
             .await?;
+        let mut conn = database.acquire().await?;
         for consumer in SAMPLE_CONSUMERS {
-            query("INSERT INTO ftgo_consumers (id, name, blocked) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-                .bind(consumer.id)
-                .bind(consumer.name)
-                .bind(i64::from(consumer.blocked))
-                .execute(database.pool())
-                .await?;
+            on_backend!(conn.conn(), |c| {
+                query("INSERT INTO ftgo_consumers (id, name, blocked) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                    .bind(consumer.id)
+                    .bind(consumer.name)
+                    .bind(i64::from(consumer.blocked))
+                    .execute(c)
+                    .await
+                    .map(drop)
+            })?;
         }
         Ok(Self { database })
     }
@@ -90,20 +93,19 @@ impl CommandHandler<ValidateOrderByConsumer, Tx> for ConsumerHandlers {
         cmd: ValidateOrderByConsumer,
         _: &CommandMeta,
     ) -> Result<ConsumerVerification, HandlerError> {
-        let row = query("SELECT blocked FROM ftgo_consumers WHERE id = $1")
-            .bind(cmd.consumer_id)
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(transient)?;
-        let verdict = match row {
+        let blocked: Option<i64> = on_backend!(tx.conn(), |c| {
+            query_scalar("SELECT blocked FROM ftgo_consumers WHERE id = $1")
+                .bind(cmd.consumer_id)
+                .fetch_optional(c)
+                .await
+        })?;
+        let verdict = match blocked {
             None => ConsumerVerification::Invalid {
                 reason: format!("unknown consumer {}", cmd.consumer_id),
             },
-            Some(row) if row.try_get::<i64, _>("blocked").map_err(transient)? != 0 => {
-                ConsumerVerification::Invalid {
-                    reason: format!("consumer {} is blocked", cmd.consumer_id),
-                }
-            }
+            Some(blocked) if blocked != 0 => ConsumerVerification::Invalid {
+                reason: format!("consumer {} is blocked", cmd.consumer_id),
+            },
             Some(_) => ConsumerVerification::Verified,
         };
         Ok(verdict)

@@ -6,11 +6,11 @@ use async_trait::async_trait;
 use saga_core::message::CommandMeta;
 use saga_core::participant::{CommandHandler, HandlerError, Participant};
 use saga_core::{SemanticLock, Timestamp};
-use saga_store::{Database, DatabaseError, Tx};
+use saga_store::{Conn, Database, DatabaseError, Tx, on_backend};
 use serde::{Deserialize, Serialize};
-use sqlx::{Row, query};
+use sqlx::{query, query_as, query_scalar};
 
-use super::{StoredState, advance, transient};
+use super::{StoredState, advance};
 use crate::messages::{
     BeginCancelTicket, CancelCreateTicket, ConfirmCancelTicket, ConfirmCreateTicket, CreateTicket,
     TicketCancelPending, TicketCancelUndone, TicketCancelled, TicketConfirmed, TicketCreated,
@@ -87,13 +87,17 @@ impl KitchenService {
         database
             .run_migrations(sqlx::migrate!("migrations/kitchen"))
             .await?;
+        let mut conn = database.acquire().await?;
         for restaurant in SAMPLE_RESTAURANTS {
-            query("INSERT INTO ftgo_restaurants (id, name, open) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-                .bind(restaurant.id)
-                .bind(restaurant.name)
-                .bind(i64::from(restaurant.open))
-                .execute(database.pool())
-                .await?;
+            on_backend!(conn.conn(), |c| {
+                query("INSERT INTO ftgo_restaurants (id, name, open) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                    .bind(restaurant.id)
+                    .bind(restaurant.name)
+                    .bind(i64::from(restaurant.open))
+                    .execute(c)
+                    .await
+                    .map(drop)
+            })?;
         }
         Ok(Self { database })
     }
@@ -105,14 +109,9 @@ impl KitchenService {
 
     /// The state of the ticket for `order_id`, if there is one.
     pub async fn ticket_state(&self, order_id: i64) -> Result<Option<TicketState>, sqlx::Error> {
-        let row = query("SELECT state FROM ftgo_tickets WHERE order_id = $1")
-            .bind(order_id)
-            .fetch_optional(self.database.pool())
-            .await?;
-        Ok(row
-            .map(|row| row.try_get::<String, _>("state"))
-            .transpose()?
-            .and_then(|name| TicketState::from_stored(&name).ok()))
+        let mut conn = self.database.acquire().await?;
+        let state = stored_state(conn.conn(), order_id).await?;
+        Ok(state.and_then(|name| TicketState::from_stored(&name).ok()))
     }
 
     /// The Kitchen service as a participant.
@@ -127,24 +126,33 @@ impl KitchenService {
     }
 }
 
+/// The stored state of the ticket for `order_id`, if there is one.
+async fn stored_state(conn: Conn<'_>, order_id: i64) -> Result<Option<String>, sqlx::Error> {
+    on_backend!(conn, |c| {
+        query_scalar("SELECT state FROM ftgo_tickets WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_optional(c)
+            .await
+    })
+}
+
 async fn ticket(tx: &mut Tx, order_id: i64) -> Result<Option<TicketState>, HandlerError> {
-    let row = query("SELECT state FROM ftgo_tickets WHERE order_id = $1")
-        .bind(order_id)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(transient)?;
-    row.map(|row| TicketState::from_stored(&row.try_get::<String, _>("state").map_err(transient)?))
+    let state = stored_state(tx.conn(), order_id).await?;
+    state
+        .map(|name| TicketState::from_stored(&name))
         .transpose()
 }
 
 async fn set_ticket(tx: &mut Tx, order_id: i64, state: TicketState) -> Result<(), HandlerError> {
-    query("UPDATE ftgo_tickets SET state = $1, updated_at = $2 WHERE order_id = $3")
-        .bind(state.state_name())
-        .bind(now())
-        .bind(order_id)
-        .execute(&mut **tx)
-        .await
-        .map_err(transient)?;
+    on_backend!(tx.conn(), |c| {
+        query("UPDATE ftgo_tickets SET state = $1, updated_at = $2 WHERE order_id = $3")
+            .bind(state.state_name())
+            .bind(now())
+            .bind(order_id)
+            .execute(c)
+            .await
+            .map(drop)
+    })?;
     Ok(())
 }
 
@@ -177,11 +185,12 @@ impl CommandHandler<CreateTicket, Tx> for KitchenHandlers {
         cmd: CreateTicket,
         _: &CommandMeta,
     ) -> Result<TicketCreated, HandlerError> {
-        let restaurant = query("SELECT name, open FROM ftgo_restaurants WHERE id = $1")
-            .bind(cmd.restaurant_id)
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(transient)?;
+        let restaurant: Option<(String, i64)> = on_backend!(tx.conn(), |c| {
+            query_as("SELECT name, open FROM ftgo_restaurants WHERE id = $1")
+                .bind(cmd.restaurant_id)
+                .fetch_optional(c)
+                .await
+        })?;
         match restaurant {
             None => {
                 return Err(HandlerError::refused(format!(
@@ -189,8 +198,7 @@ impl CommandHandler<CreateTicket, Tx> for KitchenHandlers {
                     cmd.restaurant_id
                 )));
             }
-            Some(row) if row.try_get::<i64, _>("open").map_err(transient)? == 0 => {
-                let name: String = row.try_get("name").map_err(transient)?;
+            Some((name, 0)) => {
                 return Err(HandlerError::refused(format!(
                     "restaurant {} ({name}) is closed",
                     cmd.restaurant_id
@@ -210,19 +218,21 @@ impl CommandHandler<CreateTicket, Tx> for KitchenHandlers {
                 ))),
             };
         }
-        let items = serde_json::to_string(&cmd.line_items).map_err(HandlerError::transient)?;
-        query(
-            "INSERT INTO ftgo_tickets (order_id, restaurant_id, line_items, state, updated_at) \
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(cmd.order_id)
-        .bind(cmd.restaurant_id)
-        .bind(items)
-        .bind(TicketState::CreatePending.state_name())
-        .bind(now())
-        .execute(&mut **tx)
-        .await
-        .map_err(transient)?;
+        let items = serde_json::to_string(&cmd.line_items)?;
+        on_backend!(tx.conn(), |c| {
+            query(
+                "INSERT INTO ftgo_tickets (order_id, restaurant_id, line_items, state, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(cmd.order_id)
+            .bind(cmd.restaurant_id)
+            .bind(items.as_str())
+            .bind(TicketState::CreatePending.state_name())
+            .bind(now())
+            .execute(c)
+            .await
+            .map(drop)
+        })?;
         Ok(TicketCreated {
             ticket_id: cmd.order_id,
         })

@@ -13,11 +13,6 @@ pub mod order;
 use saga_core::SemanticLock;
 use saga_core::participant::HandlerError;
 
-/// A database error inside a handler: transient, so the command is retried.
-pub(crate) fn transient(err: sqlx::Error) -> HandlerError {
-    HandlerError::transient(err)
-}
-
 /// Decides a state change a saga command asks for: `Ok(None)` when the record is in `to`
 /// already (a replayed command), `Ok(Some(to))` to move it. Moving out of a pending state
 /// releases the saga's semantic lock; moving into one takes it (refused when another saga

@@ -10,11 +10,13 @@ use saga_core::orchestrator::{FinishedObserver, Orchestrator, OrchestratorError}
 use saga_core::participant::{CommandHandler, HandlerError, Participant};
 use saga_core::ports::StoreError;
 use saga_core::{Locked, SagaId, SemanticLock, Timestamp};
-use saga_store::{Database, DatabaseError, Finish, SqlSagaStore, Tx, start_saga_in};
+use saga_store::{
+    Conn, Database, DatabaseError, Finish, SqlSagaStore, Tx, on_backend, start_saga_in,
+};
 use serde::{Deserialize, Serialize};
-use sqlx::{AnyConnection, Row, query};
+use sqlx::{query, query_as, query_scalar};
 
-use super::{StoredState, advance, transient};
+use super::{StoredState, advance};
 use crate::cancel_order::{CancelOrderData, CancelOrderSaga};
 use crate::create_order::{CreateOrderData, CreateOrderSaga};
 use crate::messages::{
@@ -187,7 +189,7 @@ impl OrderError {
         match self {
             Self::Database(err) => saga_store::error::is_transient(err),
             Self::Store(err) | Self::Saga(OrchestratorError::Store(err)) => {
-                matches!(err, StoreError::Unavailable(_))
+                matches!(err, StoreError::Unavailable { .. })
             }
             _ => false,
         }
@@ -214,37 +216,40 @@ fn now() -> i64 {
 impl OrderService {
     /// Opens the service on its database: migrates, seeds the menus, registers the sagas.
     pub async fn open(database: Database) -> Result<Self, DatabaseError> {
-        Self::open_observed(database, None).await
+        Self::open_on(SqlSagaStore::new(database), None).await
     }
 
-    /// Like [`OrderService::open`], with `observer` told whenever a saga finishes.
-    pub async fn open_observed(
-        database: Database,
+    /// Like [`OrderService::open`], on the database of `store` (which decides whether the
+    /// sagas' messages go through the outbox or straight into an in-place queue), with
+    /// `observer` told whenever a saga finishes.
+    pub async fn open_on(
+        store: SqlSagaStore,
         observer: Option<FinishedObserver>,
     ) -> Result<Self, DatabaseError> {
+        let database = store.database().clone();
         database
             .run_migrations(sqlx::migrate!("migrations/order"))
             .await?;
         let mut tx = database.begin().await?;
         for item in sample_menus() {
-            query(
-                "INSERT INTO ftgo_restaurant_menus (restaurant_id, menu_item_id, name, price) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-            )
-            .bind(item.restaurant_id)
-            .bind(&item.menu_item_id)
-            .bind(&item.name)
-            .bind(item.price)
-            .execute(&mut *tx)
-            .await?;
+            on_backend!(tx.conn(), |c| {
+                query(
+                    "INSERT INTO ftgo_restaurant_menus (restaurant_id, menu_item_id, name, price) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                )
+                .bind(item.restaurant_id)
+                .bind(&item.menu_item_id)
+                .bind(&item.name)
+                .bind(item.price)
+                .execute(c)
+                .await
+                .map(drop)
+            })?;
         }
-        tx.commit().await?;
-        let orchestrator = Orchestrator::new(
-            Arc::new(SqlSagaStore::new(database.clone())),
-            channels::ORDER_SAGA_REPLIES,
-        )
-        .register::<CreateOrderSaga>()
-        .register::<CancelOrderSaga>();
+        database.commit(tx).await?;
+        let orchestrator = Orchestrator::new(Arc::new(store), channels::ORDER_SAGA_REPLIES)
+            .register::<CreateOrderSaga>()
+            .register::<CancelOrderSaga>();
         let orchestrator = match observer {
             Some(observer) => orchestrator.on_finished(move |id, status| observer(id, status)),
             None => orchestrator,
@@ -288,7 +293,7 @@ impl OrderService {
         // Group-committed with other orders' and the sagas' writes.
         let placed = self
             .database
-            .write(move |tx| {
+            .write(move |tx: &mut Tx| {
                 Box::pin(async move { settle(place_in(tx, &orchestrator, &request, limit).await) })
             })
             .await??;
@@ -302,7 +307,7 @@ impl OrderService {
         let orchestrator = self.orchestrator.clone();
         let saga_id = self
             .database
-            .write(move |tx| {
+            .write(move |tx: &mut Tx| {
                 Box::pin(async move { settle(cancel_in(tx, &orchestrator, order_id).await) })
             })
             .await??;
@@ -312,8 +317,8 @@ impl OrderService {
 
     /// An order, if it exists.
     pub async fn order(&self, order_id: i64) -> Result<Option<OrderRecord>, OrderError> {
-        let mut conn = self.database.pool().acquire().await?;
-        load_order(&mut conn, order_id).await
+        let mut conn = self.database.acquire().await?;
+        load_order(conn.conn(), order_id).await
     }
 
     /// The Order service as a participant (commands sent by its own sagas).
@@ -342,7 +347,7 @@ async fn place_in(
     request: &NewOrder,
     message_limit: Option<usize>,
 ) -> Result<PlacedOrder, OrderError> {
-    let menu = menu_of(tx, request.restaurant_id).await?;
+    let menu = menu_of(tx.conn(), request.restaurant_id).await?;
     if menu.is_empty() {
         return Err(OrderError::Invalid(format!(
             "unknown restaurant {}",
@@ -385,12 +390,13 @@ async fn place_in(
             return Err(OrderError::TooLarge { size, limit });
         }
     }
-    let order_id: i64 = query(
-        "UPDATE ftgo_order_ids SET next = next + 1 WHERE name = 'orders' RETURNING next - 1 AS id",
-    )
-    .fetch_one(&mut **tx)
-    .await?
-    .try_get("id")?;
+    let order_id: i64 = on_backend!(tx.conn(), |c| {
+        query_scalar(
+            "UPDATE ftgo_order_ids SET next = next + 1 WHERE name = 'orders' RETURNING next - 1",
+        )
+        .fetch_one(c)
+        .await
+    })?;
     let items_json =
         serde_json::to_string(&line_items).map_err(|e| OrderError::Corrupt(e.to_string()))?;
     let data = CreateOrderData::new(
@@ -400,21 +406,24 @@ async fn place_in(
         line_items,
         total,
     );
-    let saga_id = start_saga_in::<CreateOrderSaga>(orchestrator, tx, data).await?;
-    query(
-        "INSERT INTO ftgo_orders (id, consumer_id, restaurant_id, line_items, total, state, \
-             create_saga_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(order_id)
-    .bind(request.consumer_id)
-    .bind(request.restaurant_id)
-    .bind(items_json)
-    .bind(total)
-    .bind(OrderState::ApprovalPending.state_name())
-    .bind(saga_id.to_string())
-    .bind(now())
-    .execute(&mut **tx)
-    .await?;
+    let saga_id = start_saga_in::<CreateOrderSaga>(orchestrator, &mut *tx, data).await?;
+    on_backend!(tx.conn(), |c| {
+        query(
+            "INSERT INTO ftgo_orders (id, consumer_id, restaurant_id, line_items, total, state, \
+                 create_saga_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(order_id)
+        .bind(request.consumer_id)
+        .bind(request.restaurant_id)
+        .bind(&items_json)
+        .bind(total)
+        .bind(OrderState::ApprovalPending.state_name())
+        .bind(saga_id.to_string())
+        .bind(now())
+        .execute(c)
+        .await
+        .map(drop)
+    })?;
     Ok(PlacedOrder {
         order_id,
         total,
@@ -428,7 +437,7 @@ async fn cancel_in(
     orchestrator: &Orchestrator<SqlSagaStore>,
     order_id: i64,
 ) -> Result<SagaId, OrderError> {
-    let order = load_order(tx, order_id)
+    let order = load_order(tx.conn(), order_id)
         .await?
         .ok_or(OrderError::NotFound(order_id))?;
     let mut state = order.state;
@@ -445,18 +454,19 @@ async fn cancel_in(
         consumer_id: order.consumer_id,
         order_total: order.total,
     };
-    let saga_id = start_saga_in::<CancelOrderSaga>(orchestrator, tx, data).await?;
+    let saga_id = start_saga_in::<CancelOrderSaga>(orchestrator, &mut *tx, data).await?;
     // Guarded on the state read above: a concurrent cancel that got here first wins.
-    let updated = query(
-        "UPDATE ftgo_orders SET state = $1, cancel_saga_id = $2 WHERE id = $3 AND state = $4",
-    )
-    .bind(state.state_name())
-    .bind(saga_id.to_string())
-    .bind(order_id)
-    .bind(order.state.state_name())
-    .execute(&mut **tx)
-    .await?;
-    if updated.rows_affected() != 1 {
+    let updated = on_backend!(tx.conn(), |c| {
+        query("UPDATE ftgo_orders SET state = $1, cancel_saga_id = $2 WHERE id = $3 AND state = $4")
+            .bind(state.state_name())
+            .bind(saga_id.to_string())
+            .bind(order_id)
+            .bind(order.state.state_name())
+            .execute(c)
+            .await
+            .map(|done| done.rows_affected())
+    })?;
+    if updated != 1 {
         return Err(OrderError::Locked(Locked::Pending {
             record: OrderState::RECORD,
             id: order_id.to_string(),
@@ -466,60 +476,67 @@ async fn cancel_in(
     Ok(saga_id)
 }
 
-async fn menu_of(
-    conn: &mut AnyConnection,
-    restaurant_id: i64,
-) -> Result<Vec<MenuItem>, sqlx::Error> {
-    let rows = query(
-        "SELECT restaurant_id, menu_item_id, name, price FROM ftgo_restaurant_menus \
-         WHERE restaurant_id = $1",
-    )
-    .bind(restaurant_id)
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(MenuItem {
-                restaurant_id: row.try_get("restaurant_id")?,
-                menu_item_id: row.try_get("menu_item_id")?,
-                name: row.try_get("name")?,
-                price: row.try_get("price")?,
-            })
+async fn menu_of(conn: Conn<'_>, restaurant_id: i64) -> Result<Vec<MenuItem>, sqlx::Error> {
+    let rows: Vec<(i64, String, String, i64)> = on_backend!(conn, |c| {
+        query_as(
+            "SELECT restaurant_id, menu_item_id, name, price FROM ftgo_restaurant_menus \
+             WHERE restaurant_id = $1",
+        )
+        .bind(restaurant_id)
+        .fetch_all(c)
+        .await
+    })?;
+    Ok(rows
+        .into_iter()
+        .map(|(restaurant_id, menu_item_id, name, price)| MenuItem {
+            restaurant_id,
+            menu_item_id,
+            name,
+            price,
         })
-        .collect()
+        .collect())
 }
 
-async fn load_order(
-    conn: &mut AnyConnection,
-    order_id: i64,
-) -> Result<Option<OrderRecord>, OrderError> {
-    let Some(row) = query(
-        "SELECT id, consumer_id, restaurant_id, line_items, total, state, reason, \
-         create_saga_id, cancel_saga_id FROM ftgo_orders WHERE id = $1",
-    )
-    .bind(order_id)
-    .fetch_optional(&mut *conn)
-    .await?
-    else {
+/// An order's row, as stored.
+#[derive(sqlx::FromRow)]
+struct OrderRow {
+    consumer_id: i64,
+    restaurant_id: i64,
+    line_items: String,
+    total: i64,
+    state: String,
+    reason: Option<String>,
+    create_saga_id: Option<String>,
+    cancel_saga_id: Option<String>,
+}
+
+async fn load_order(conn: Conn<'_>, order_id: i64) -> Result<Option<OrderRecord>, OrderError> {
+    let row: Option<OrderRow> = on_backend!(conn, |c| {
+        query_as(
+            "SELECT consumer_id, restaurant_id, line_items, total, state, reason, \
+             create_saga_id, cancel_saga_id FROM ftgo_orders WHERE id = $1",
+        )
+        .bind(order_id)
+        .fetch_optional(c)
+        .await
+    })?;
+    let Some(row) = row else {
         return Ok(None);
     };
     let corrupt = |e: &dyn std::fmt::Display| OrderError::Corrupt(format!("order {order_id}: {e}"));
-    let items: String = row.try_get("line_items")?;
-    let state: String = row.try_get("state")?;
-    let saga = |column: &str| -> Result<Option<SagaId>, OrderError> {
-        let text: Option<String> = row.try_get(column)?;
+    let saga = |text: Option<String>| -> Result<Option<SagaId>, OrderError> {
         text.map(|t| t.parse().map_err(|e| corrupt(&e))).transpose()
     };
     Ok(Some(OrderRecord {
         order_id,
-        consumer_id: row.try_get("consumer_id")?,
-        restaurant_id: row.try_get("restaurant_id")?,
-        line_items: serde_json::from_str(&items).map_err(|e| corrupt(&e))?,
-        total: row.try_get("total")?,
-        state: OrderState::from_stored(&state).map_err(|e| corrupt(&e))?,
-        reason: row.try_get("reason")?,
-        create_saga_id: saga("create_saga_id")?,
-        cancel_saga_id: saga("cancel_saga_id")?,
+        consumer_id: row.consumer_id,
+        restaurant_id: row.restaurant_id,
+        line_items: serde_json::from_str(&row.line_items).map_err(|e| corrupt(&e))?,
+        total: row.total,
+        state: OrderState::from_stored(&row.state).map_err(|e| corrupt(&e))?,
+        reason: row.reason,
+        create_saga_id: saga(row.create_saga_id)?,
+        cancel_saga_id: saga(row.cancel_saga_id)?,
     }))
 }
 
@@ -531,23 +548,25 @@ async fn release_order(
     to: OrderState,
     reason: Option<&str>,
 ) -> Result<(), HandlerError> {
-    let row = query("SELECT state FROM ftgo_orders WHERE id = $1")
-        .bind(order_id)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(transient)?
-        .ok_or_else(|| HandlerError::refused(format!("no order {order_id}")))?;
-    let state = OrderState::from_stored(&row.try_get::<String, _>("state").map_err(transient)?)?;
-    let Some(next) = advance(state, order_id, from, to)? else {
+    let state: Option<String> = on_backend!(tx.conn(), |c| {
+        query_scalar("SELECT state FROM ftgo_orders WHERE id = $1")
+            .bind(order_id)
+            .fetch_optional(c)
+            .await
+    })?;
+    let state = state.ok_or_else(|| HandlerError::refused(format!("no order {order_id}")))?;
+    let Some(next) = advance(OrderState::from_stored(&state)?, order_id, from, to)? else {
         return Ok(());
     };
-    query("UPDATE ftgo_orders SET state = $1, reason = COALESCE($2, reason) WHERE id = $3")
-        .bind(next.state_name())
-        .bind(reason)
-        .bind(order_id)
-        .execute(&mut **tx)
-        .await
-        .map_err(transient)?;
+    on_backend!(tx.conn(), |c| {
+        query("UPDATE ftgo_orders SET state = $1, reason = COALESCE($2, reason) WHERE id = $3")
+            .bind(next.state_name())
+            .bind(reason)
+            .bind(order_id)
+            .execute(c)
+            .await
+            .map(drop)
+    })?;
     Ok(())
 }
 
