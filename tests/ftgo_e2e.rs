@@ -13,7 +13,7 @@ use ftgo::app::{Ftgo, FtgoOptions, MESSAGES, OrderView, SERVICES, SHARED, SagaVi
 use ftgo::services::order::{NewLineItem, NewOrder, OrderError, PlacedOrder};
 use saga_core::engine::HistoryEvent;
 use saga_core::{Locked, SagaId, SagaStatus};
-use saga_store::{Database, DatabaseOptions};
+use saga_store::{Database, DatabaseOptions, Dialect};
 use saga_tests::testdb::{Backend, postgres_url_for, unique};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::task::JoinSet;
@@ -351,6 +351,72 @@ async fn approved_order(mode: Mode) {
     assert_eq!(view.order.consumer_id, 1);
     assert_eq!(view.order.restaurant_id, 2);
     assert_eq!(view.order.line_items.len(), 2);
+    system.cleanup().await;
+}
+
+/// Operators read saga state in SQL: on PostgreSQL the data is `jsonb` and the ids `uuid`,
+/// so `SELECT data->>'order_id' FROM saga_instances` works as written (SQLite's `->>` needs
+/// a cast, its JSON being text).
+async fn operators_query_saga_data_in_sql(mode: Mode) {
+    let Some(system) = TestFtgo::start(mode, "saga_data_in_sql").await else {
+        return;
+    };
+    let view = system.place_and_wait(&order(1, 1, &[("samosa", 2)])).await;
+    assert_approved(&view);
+    let database = system.ftgo.orders.database();
+    let (order_ids, history): (Vec<String>, Vec<String>) = match database.dialect() {
+        Dialect::Postgres => {
+            let pool = database.postgres_pool().expect("PostgreSQL");
+            let types: Vec<String> = sqlx::query_scalar(
+                "SELECT data_type FROM information_schema.columns \
+                 WHERE table_schema = current_schema() AND table_name = 'saga_instances' \
+                 AND column_name IN ('saga_id', 'data') ORDER BY column_name",
+            )
+            .fetch_all(pool)
+            .await
+            .expect("reads the catalog");
+            assert_eq!(types, ["jsonb", "uuid"]);
+            let order_ids = sqlx::query_scalar("SELECT data->>'order_id' FROM saga_instances")
+                .fetch_all(pool)
+                .await
+                .expect("queries saga data");
+            let history = sqlx::query_scalar(
+                "SELECT event->>'event' FROM saga_history WHERE saga_id = $1 ORDER BY id",
+            )
+            .bind(view.order.create_saga_id.map(|id| id.0))
+            .fetch_all(pool)
+            .await
+            .expect("queries saga history");
+            (order_ids, history)
+        }
+        Dialect::Sqlite => {
+            let pool = database.sqlite_pool().expect("SQLite");
+            let order_ids =
+                sqlx::query_scalar("SELECT CAST(data->>'order_id' AS TEXT) FROM saga_instances")
+                    .fetch_all(pool)
+                    .await
+                    .expect("queries saga data");
+            let history = sqlx::query_scalar(
+                "SELECT event->>'event' FROM saga_history WHERE saga_id = $1 ORDER BY id",
+            )
+            .bind(view.order.create_saga_id.map(|id| id.to_string()))
+            .fetch_all(pool)
+            .await
+            .expect("queries saga history");
+            (order_ids, history)
+        }
+    };
+    assert_eq!(order_ids, [view.order.order_id.to_string()]);
+    assert_eq!(
+        history.first().map(String::as_str),
+        Some("started"),
+        "{history:?}"
+    );
+    assert_eq!(
+        history.last().map(String::as_str),
+        Some("finished"),
+        "{history:?}"
+    );
     system.cleanup().await;
 }
 
@@ -780,6 +846,11 @@ macro_rules! ftgo_e2e {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn approved_order() {
                 super::approved_order($variant).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn operators_query_saga_data_in_sql() {
+                super::operators_query_saga_data_in_sql($variant).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

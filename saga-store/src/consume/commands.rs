@@ -72,17 +72,16 @@ pub(crate) fn erase<C: TxContext>(
             Dialect::Sqlite => "SQLite",
         };
         panic!(
-            "participant `{}` handles commands in {wanted} transactions, but its database ({}) \
-             is not {wanted}; give it the portable `saga_store::Tx` to run on either",
+            "participant `{}` handles commands in {wanted} transactions, but its database is \
+             not {wanted}; give it the portable `saga_store::Tx` to run on either",
             participant.name(),
-            database.url()
         );
     }
     Arc::new(Typed(participant))
 }
 
 /// What handling one command did.
-pub(crate) enum Handled {
+pub(crate) enum CommandOutcome {
     Done,
     Duplicate,
     Retry(ErrorSource),
@@ -93,7 +92,7 @@ pub(crate) enum Ran {
     /// Every command was handled (or was a duplicate); the replies went to these channels.
     Handled {
         /// Each command's outcome, in order.
-        outcomes: Vec<Handled>,
+        outcomes: Vec<CommandOutcome>,
         /// The channels the replies went to.
         destinations: Vec<String>,
     },
@@ -120,7 +119,7 @@ pub(crate) async fn run_in(
     for message in batch {
         // `remove`: a message twice in one batch runs once.
         if !fresh.remove(&message.id) {
-            outcomes.push(Handled::Duplicate);
+            outcomes.push(CommandOutcome::Duplicate);
             continue;
         }
         let dispatch = participant.dispatch(tx, message).await;
@@ -134,7 +133,7 @@ pub(crate) async fn run_in(
             reason,
             at: now,
         }));
-        outcomes.push(Handled::Done);
+        outcomes.push(CommandOutcome::Done);
     }
     let replies: Vec<&Message> = replies.iter().collect();
     store::send(tx.conn(), in_place, &replies, at).await?;
@@ -163,7 +162,7 @@ async fn handle_one(
     participant: Arc<dyn Commands>,
     message: Message,
     in_place: bool,
-) -> Result<Handled, StoreError> {
+) -> Result<CommandOutcome, StoreError> {
     let (handled, destinations) = database
         .write_as(kind(in_place), move |tx: &mut Tx| {
             Box::pin(async move {
@@ -179,11 +178,15 @@ async fn handle_one(
                         mut outcomes,
                         destinations,
                     } => match outcomes.pop() {
-                        Some(Handled::Done) => Finish::Commit((Handled::Done, destinations)),
+                        Some(CommandOutcome::Done) => {
+                            Finish::Commit((CommandOutcome::Done, destinations))
+                        }
                         // A duplicate: nothing was written.
-                        _ => Finish::Rollback((Handled::Duplicate, Vec::new())),
+                        _ => Finish::Rollback((CommandOutcome::Duplicate, Vec::new())),
                     },
-                    Ran::Retry(error) => Finish::Rollback((Handled::Retry(error), Vec::new())),
+                    Ran::Retry(error) => {
+                        Finish::Rollback((CommandOutcome::Retry(error), Vec::new()))
+                    }
                 })
             })
         })
@@ -200,7 +203,7 @@ async fn handle_batch(
     participant: &Arc<dyn Commands>,
     messages: Vec<Message>,
     in_place: bool,
-) -> Vec<Result<Handled, StoreError>> {
+) -> Vec<Result<CommandOutcome, StoreError>> {
     if messages.len() > 1 {
         let batch = messages.clone();
         let in_tx = participant.clone();
@@ -264,8 +267,8 @@ pub(crate) fn consumer(
                     .zip(results)
                     .map(|(delivery, result)| {
                         let verdict = match result {
-                            Ok(Handled::Done | Handled::Duplicate) => Verdict::Done,
-                            Ok(Handled::Retry(error)) => Verdict::Retry(error),
+                            Ok(CommandOutcome::Done | CommandOutcome::Duplicate) => Verdict::Done,
+                            Ok(CommandOutcome::Retry(error)) => Verdict::Retry(error),
                             Err(err) => Verdict::Failed(err),
                         };
                         (delivery, verdict)
