@@ -13,7 +13,7 @@ use saga_core::orchestrator::Handled;
 use saga_core::ports::{Delivery, SagaStore, Transport, TransportError};
 use saga_core::{Headers, Message, SagaStatus};
 use saga_store::{
-    Database, DatabaseError, DatabaseOptions, Dialect, RetentionPolicy, Tx, apply_retention, locks,
+    Database, DatabaseError, DatabaseOptions, Dialect, RetentionPolicy, Tx, apply_retention, lock_table,
     on_backend,
 };
 use saga_tests::harness::PaymentSystem;
@@ -534,17 +534,17 @@ async fn semantic_locks_are_held_by_one_saga_at_a_time(mode: Mode) {
     let database = &system.db.database;
     let (first, second) = (saga_core::SagaId::new(), saga_core::SagaId::new());
     let mut tx = database.begin().await.expect("begins");
-    locks::acquire(&mut tx, "order:7", first, "APPROVAL_PENDING")
+    lock_table::acquire(&mut tx, "order:7", first, "APPROVAL_PENDING")
         .await
         .expect("locks");
     // Taking it again for the same saga is fine.
-    locks::acquire(&mut tx, "order:7", first, "APPROVAL_PENDING")
+    lock_table::acquire(&mut tx, "order:7", first, "APPROVAL_PENDING")
         .await
         .expect("idempotent");
     tx.commit().await.expect("commits");
 
     let mut tx = database.begin().await.expect("begins");
-    let err = locks::acquire(&mut tx, "order:7", second, "CANCEL_PENDING")
+    let err = lock_table::acquire(&mut tx, "order:7", second, "CANCEL_PENDING")
         .await
         .expect_err("held");
     assert_eq!(
@@ -552,20 +552,20 @@ async fn semantic_locks_are_held_by_one_saga_at_a_time(mode: Mode) {
         format!("order:7 is locked in state APPROVAL_PENDING by saga {first}")
     );
     assert!(
-        !locks::release(&mut tx, "order:7", second)
+        !lock_table::release(&mut tx, "order:7", second)
             .await
             .expect("runs"),
         "not the holder"
     );
     assert!(
-        locks::release(&mut tx, "order:7", first)
+        lock_table::release(&mut tx, "order:7", first)
             .await
             .expect("runs")
     );
-    locks::acquire(&mut tx, "order:7", second, "CANCEL_PENDING")
+    lock_table::acquire(&mut tx, "order:7", second, "CANCEL_PENDING")
         .await
         .expect("free now");
-    let holder = locks::holder(&mut tx, "order:7")
+    let holder = lock_table::holder(&mut tx, "order:7")
         .await
         .expect("reads")
         .expect("held");

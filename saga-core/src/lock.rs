@@ -34,6 +34,7 @@ use std::fmt;
 
 /// A record was met in a pending state held by another saga.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Locked {
     /// The record is pending; the work that met it is refused.
     #[error("{record} {id} is locked in state {state} by a saga in progress")]

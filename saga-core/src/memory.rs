@@ -22,7 +22,7 @@ use crate::ports::{
 };
 use crate::relay::{RelayError, relay_batch};
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+fn guard<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A poisoned lock only means another test thread panicked; the data is still usable.
     mutex
         .lock()
@@ -54,12 +54,12 @@ impl InMemoryStore {
 
     /// Whether `consumed` has been recorded as received.
     pub fn is_received(&self, consumed: &Consumed) -> bool {
-        lock(&self.tables).received.contains(consumed)
+        guard(&self.tables).received.contains(consumed)
     }
 
     /// All saga records.
     pub fn sagas(&self) -> Vec<SagaRecord> {
-        let mut sagas: Vec<_> = lock(&self.tables).sagas.values().cloned().collect();
+        let mut sagas: Vec<_> = guard(&self.tables).sagas.values().cloned().collect();
         sagas.sort_by_key(|r| r.state.saga_id);
         sagas
     }
@@ -68,11 +68,11 @@ impl InMemoryStore {
 #[async_trait]
 impl SagaStore for InMemoryStore {
     async fn load(&self, saga_id: SagaId) -> Result<Option<SagaRecord>, StoreError> {
-        Ok(lock(&self.tables).sagas.get(&saga_id).cloned())
+        Ok(guard(&self.tables).sagas.get(&saga_id).cloned())
     }
 
     async fn commit(&self, unit: UnitOfWork) -> Result<CommitOutcome, StoreError> {
-        let mut tables = lock(&self.tables);
+        let mut tables = guard(&self.tables);
         if let Some(consumed) = &unit.consumed
             && tables.received.contains(consumed)
         {
@@ -116,7 +116,7 @@ impl SagaStore for InMemoryStore {
         now: Timestamp,
         limit: usize,
     ) -> Result<Vec<TimerRecord>, StoreError> {
-        let tables = lock(&self.tables);
+        let tables = guard(&self.tables);
         let mut due: Vec<_> = tables
             .timers
             .iter()
@@ -135,7 +135,7 @@ impl SagaStore for InMemoryStore {
         idle: Duration,
         limit: usize,
     ) -> Result<Vec<StalledSaga>, StoreError> {
-        let tables = lock(&self.tables);
+        let tables = guard(&self.tables);
         let idle = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
         let cutoff = Timestamp(now.as_millis().saturating_sub(idle));
         let mut updated: HashMap<SagaId, Timestamp> = HashMap::new();
@@ -170,7 +170,7 @@ impl SagaStore for InMemoryStore {
     }
 
     async fn history(&self, saga_id: SagaId) -> Result<Vec<HistoryRecord>, StoreError> {
-        Ok(lock(&self.tables)
+        Ok(guard(&self.tables)
             .history
             .iter()
             .filter(|h| h.saga_id == saga_id)
@@ -179,7 +179,7 @@ impl SagaStore for InMemoryStore {
     }
 
     async fn unpublished(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
-        Ok(lock(&self.tables)
+        Ok(guard(&self.tables)
             .outbox
             .iter()
             .take(limit)
@@ -191,7 +191,7 @@ impl SagaStore for InMemoryStore {
     }
 
     async fn mark_published(&self, sequences: &[u64]) -> Result<(), StoreError> {
-        let mut tables = lock(&self.tables);
+        let mut tables = guard(&self.tables);
         for sequence in sequences {
             tables.outbox.remove(sequence);
         }
@@ -199,11 +199,11 @@ impl SagaStore for InMemoryStore {
     }
 
     async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
-        Ok(lock(&self.tables).dead_letters.clone())
+        Ok(guard(&self.tables).dead_letters.clone())
     }
 
     async fn set_aside(&self, entry: &OutboxEntry, reason: &str) -> Result<(), StoreError> {
-        let mut tables = lock(&self.tables);
+        let mut tables = guard(&self.tables);
         if tables.outbox.remove(&entry.sequence).is_none() {
             return Ok(());
         }
@@ -302,7 +302,7 @@ impl InMemoryTransport {
     /// Puts every delivered but unacknowledged message back in its queue, as a broker does
     /// when a consumer dies.
     pub fn requeue_unacked(&self) {
-        let mut channels = lock(&self.channels);
+        let mut channels = guard(&self.channels);
         for group in channels.groups.values_mut() {
             let mut in_flight: Vec<_> = group.in_flight.drain().collect();
             in_flight.sort_by_key(|(receipt, _)| *receipt);
@@ -314,12 +314,12 @@ impl InMemoryTransport {
 
     /// The messages consumers set aside ([`Transport::dead_letter`]), with the reasons.
     pub fn set_aside(&self) -> Vec<(Message, String)> {
-        lock(&self.channels).dead.clone()
+        guard(&self.channels).dead.clone()
     }
 
     /// How many messages wait (queued or unacknowledged) across all groups.
     pub fn backlog(&self) -> usize {
-        lock(&self.channels)
+        guard(&self.channels)
             .groups
             .values()
             .map(|g| g.queue.len() + g.in_flight.len())
@@ -327,7 +327,7 @@ impl InMemoryTransport {
     }
 
     fn enqueue(&self, group: &mut Group, message: &Message) {
-        let mut rng = lock(&self.rng);
+        let mut rng = guard(&self.rng);
         let copies = if rng.chance(self.faults.duplicate) {
             2
         } else {
@@ -348,7 +348,7 @@ impl InMemoryTransport {
 #[async_trait]
 impl Transport for InMemoryTransport {
     async fn publish(&self, messages: &[Message]) -> Result<(), TransportError> {
-        let mut channels = lock(&self.channels);
+        let mut channels = guard(&self.channels);
         for message in messages {
             channels
                 .log
@@ -377,7 +377,7 @@ impl Transport for InMemoryTransport {
         max: usize,
         _wait: Duration,
     ) -> Result<Vec<Delivery>, TransportError> {
-        let mut channels = lock(&self.channels);
+        let mut channels = guard(&self.channels);
         let key = (channel.to_owned(), group.to_owned());
         if !channels.groups.contains_key(&key) {
             let mut fresh = Group::default();
@@ -414,7 +414,7 @@ impl Transport for InMemoryTransport {
         group: &str,
         delivery: &Delivery,
     ) -> Result<(), TransportError> {
-        let mut channels = lock(&self.channels);
+        let mut channels = guard(&self.channels);
         if let Some(group) = channels
             .groups
             .get_mut(&(channel.to_owned(), group.to_owned()))
@@ -434,7 +434,7 @@ impl Transport for InMemoryTransport {
         reason: &str,
     ) -> Result<(), TransportError> {
         self.ack(channel, group, delivery).await?;
-        lock(&self.channels)
+        guard(&self.channels)
             .dead
             .push((delivery.message.clone(), reason.to_owned()));
         let replies: Vec<Message> = failure_reply_for(&delivery.message, reason)
@@ -450,7 +450,7 @@ impl Transport for InMemoryTransport {
         delivery: &Delivery,
         _delay: Duration,
     ) -> Result<(), TransportError> {
-        let mut channels = lock(&self.channels);
+        let mut channels = guard(&self.channels);
         if let Some(group) = channels
             .groups
             .get_mut(&(channel.to_owned(), group.to_owned()))
@@ -525,6 +525,7 @@ impl<Ctx: Send + 'static> Endpoint for ParticipantEndpoint<Ctx> {
 
 /// Why the in-memory runtime stopped.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RuntimeError {
     /// The orchestrator failed.
     #[error(transparent)]
@@ -621,7 +622,7 @@ impl InMemoryRuntime {
 
     /// What every reply delivery to the orchestrator did, in order.
     pub fn handled(&self) -> Vec<Handled> {
-        lock(&self.handled).clone()
+        guard(&self.handled).clone()
     }
 
     /// Dead letters of every participant and of the orchestrator.
@@ -671,7 +672,7 @@ impl InMemoryRuntime {
             .await?
         {
             let handled = self.orchestrator.handle_reply(&delivery.message).await?;
-            lock(&self.handled).push(handled);
+            guard(&self.handled).push(handled);
             self.transport.ack(&replies, GROUP, &delivery).await?;
             work += 1;
         }

@@ -184,6 +184,7 @@ impl Message {
 
 /// Why a message could not be understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum MessageError {
     /// A header the message needs is absent.
     #[error("missing header `{0}`")]

@@ -10,6 +10,7 @@ use crate::ports::{OutboxEntry, SagaStore, StoreError, Transport, TransportError
 
 /// Why a relay pass stopped.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RelayError {
     /// Reading or marking the outbox failed.
     #[error(transparent)]

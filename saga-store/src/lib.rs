@@ -57,7 +57,7 @@ pub use options::{RetentionPolicy, RuntimeOptions, WatchdogOptions};
 pub use outbox::retention::{RetentionReport, apply_retention};
 pub use runtime::{RuntimeBuilder, SagaRuntime};
 pub use saga_core;
-pub use sql::locks;
+pub use sql::locks as lock_table;
 pub use store::{DeadLetterError, Resolution, SqlSagaStore, StoredDeadLetter, start_saga_in};
 #[cfg(feature = "nats")]
 pub use transport::nats;

@@ -24,7 +24,7 @@ use crate::consume::{Consumer, SharedOrchestrator, Verdict};
 use crate::db::Database;
 use crate::db::backend::Tx;
 use crate::db::group::{Finish, WriteKind};
-use crate::db::wakeups::{NotifyTopic, Topic};
+use crate::db::wakeups::Topic;
 use crate::options::RuntimeOptions;
 use crate::sql::{self, to_i64};
 use crate::store::{self, batchable};
@@ -69,7 +69,7 @@ async fn pass_loop<T, F, C, Fut>(
     let database: Database = queue.database().clone();
     let mut writes = database.wakeups().outbox_writes();
     let mine = database.wakeups().get(&Topic::Queue(channel.clone()));
-    let notify = database.notify_channel(NotifyTopic::Queue);
+    let notify = database.queue_notify_channel();
     let mut backoff = Backoff::new(options.max_backoff);
     while !shutdown.requested() {
         writes.borrow_and_update();

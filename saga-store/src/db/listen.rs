@@ -10,15 +10,15 @@ use std::time::Duration;
 use sqlx::postgres::PgListener;
 
 use crate::db::Database;
-use crate::db::wakeups::{NotifyTopic, Topic};
+use crate::db::wakeups::Topic;
 
 /// Starts the listener task of `database` (reconnecting with backoff until the pool closes).
 pub(crate) fn spawn_listener(database: &Database, url: &str) {
     let database = database.clone();
     let url = url.to_owned();
     tokio::spawn(async move {
-        let outbox = database.notify_channel(NotifyTopic::Outbox);
-        let queue = database.notify_channel(NotifyTopic::Queue);
+        let outbox = database.outbox_notify_channel();
+        let queue = database.queue_notify_channel();
         let mut delay = Duration::from_millis(200);
         loop {
             if database.is_closed() {

@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use crate::error::{DatabaseError, is_transient};
 use backend::{PoolConn, Tx, TxContext};
 use group::{Finish, Work, WriteKind, WriterContext};
-use wakeups::{NotifyTopic, Topic, Wakeups};
+use wakeups::{Topic, Wakeups};
 
 /// The two SQL dialects the store speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -371,7 +371,7 @@ impl Database {
                 pool: self.inner.pool.clone(),
                 commits: self.inner.commits.clone(),
                 wakeups: self.inner.wakeups.clone(),
-                outbox_channel: self.notify_channel(NotifyTopic::Outbox),
+                outbox_channel: self.outbox_notify_channel(),
                 max_batch: self.inner.write_batch,
                 writers: self.inner.writers,
             };
@@ -419,12 +419,18 @@ impl Database {
         &self.inner.wakeups
     }
 
-    /// The `NOTIFY` channel for a topic (namespaced by schema).
-    pub(crate) fn notify_channel(&self, topic: NotifyTopic) -> String {
-        let base = match topic {
-            NotifyTopic::Outbox => "saga_outbox",
-            NotifyTopic::Queue => "saga_queue",
-        };
+    /// The PostgreSQL `NOTIFY` channel announcing new outbox rows (namespaced by schema).
+    pub(crate) fn outbox_notify_channel(&self) -> String {
+        self.notify_channel("saga_outbox")
+    }
+
+    /// The PostgreSQL `NOTIFY` channel announcing new queue rows, the payload naming their
+    /// queue channel (namespaced by schema).
+    pub(crate) fn queue_notify_channel(&self) -> String {
+        self.notify_channel("saga_queue")
+    }
+
+    fn notify_channel(&self, base: &str) -> String {
         match &self.inner.schema {
             Some(schema) => format!("{base}_{schema}"),
             None => base.to_owned(),

@@ -16,15 +16,6 @@ pub(crate) enum Topic {
     Queue(String),
 }
 
-/// PostgreSQL `NOTIFY` channels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum NotifyTopic {
-    /// New outbox rows.
-    Outbox,
-    /// New queue rows; the payload names the channel.
-    Queue,
-}
-
 /// One [`Notify`] per topic, and a counter of committed outbox writes that any number of
 /// in-database consumers can watch without missing a change.
 #[derive(Debug)]

@@ -99,18 +99,17 @@ impl SqlSagaStore {
     /// (delivered by the commit): the relay, or with the queue in place the channels'
     /// consumers.
     async fn announce(&self, conn: Conn<'_>, messages: &[Message]) -> Result<(), StoreError> {
-        use crate::db::wakeups::NotifyTopic;
         let Conn::Postgres(c) = conn else {
             return Ok(());
         };
         if self.in_place {
             let channels = destinations(messages.iter());
             let channels: Vec<&str> = channels.iter().map(String::as_str).collect();
-            let notify = self.database.notify_channel(NotifyTopic::Queue);
+            let notify = self.database.queue_notify_channel();
             return sql::queue::notify(Conn::Postgres(c), &notify, &channels).await;
         }
         sqlx::query("SELECT pg_notify($1, '')")
-            .bind(self.database.notify_channel(NotifyTopic::Outbox))
+            .bind(self.database.outbox_notify_channel())
             .execute(&mut *c)
             .await
             .map_err(store_error)?;

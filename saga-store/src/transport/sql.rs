@@ -24,7 +24,7 @@ use saga_core::ports::{
 use saga_core::{Headers, Message, MessageId, Timestamp};
 
 use crate::db::backend::Conn;
-use crate::db::wakeups::{NotifyTopic, Topic};
+use crate::db::wakeups::Topic;
 use crate::db::{Database, Dialect};
 use crate::error::{transport_error, transport_error_of};
 use crate::sql::queue::QueueRow;
@@ -117,7 +117,7 @@ impl SqlTransport {
     async fn notify(&self, conn: Conn<'_>, messages: &[Message]) -> Result<(), StoreError> {
         let channels = crate::store::destinations(messages.iter());
         let channels: Vec<&str> = channels.iter().map(String::as_str).collect();
-        let notify = self.database.notify_channel(NotifyTopic::Queue);
+        let notify = self.database.queue_notify_channel();
         sql::queue::notify(conn, &notify, &channels).await
     }
 

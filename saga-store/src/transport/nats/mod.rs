@@ -24,13 +24,18 @@
 //!
 //! The client reconnects by itself with backoff; while NATS is down, publishing fails (the
 //! relay keeps the rows in the outbox and retries), and consumers log and retry.
+//!
+//! Files: `envelope` (a saga message as NATS headers and back), `dead_letters` (the
+//! dead-letter stream). This file, at about 700 lines, keeps the connection, the streams, the
+//! per-channel subscriptions and the `Transport` operations together: every operation works
+//! on the same subscription and in-flight state, and splitting them would only spread that
+//! state across files.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
@@ -39,9 +44,14 @@ use async_nats::jetstream::{self, AckKind};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::{FutureExt as _, StreamExt, TryStreamExt as _};
-use saga_core::message::failure_reply_for;
 use saga_core::ports::{ChannelBacklog, Delivery, Transport, TransportError, check_destination};
-use saga_core::{Headers, Message, MessageId, Timestamp};
+use saga_core::{Message, Timestamp};
+
+mod dead_letters;
+mod envelope;
+
+pub use dead_letters::NatsDeadLetter;
+use envelope::{nats_headers, wire_size};
 
 /// The header carrying a dead letter's reason.
 pub const DEAD_LETTER_REASON: &str = "saga-dead-letter-reason";
@@ -82,21 +92,6 @@ impl Default for NatsOptions {
             max_age: Duration::from_secs(7 * 24 * 3600),
             replicas: 1,
             connect_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-/// A message that cannot be delivered, and why.
-struct Rejected {
-    message: Box<jetstream::Message>,
-    reason: String,
-}
-
-impl Rejected {
-    fn new(message: jetstream::Message, reason: String) -> Self {
-        Self {
-            message: Box::new(message),
-            reason,
         }
     }
 }
@@ -363,107 +358,10 @@ impl NatsTransport {
         self.subscriptions.lock().await.remove(channel);
     }
 
-    /// Turns a JetStream message into a delivery, or says why it cannot be one.
-    fn delivery(&self, channel: &str, message: jetstream::Message) -> Result<Delivery, Rejected> {
-        let attempt = match message.info() {
-            Ok(info) => u32::try_from(info.delivered).unwrap_or(u32::MAX),
-            Err(err) => return Err(Rejected::new(message, format!("no delivery info: {err}"))),
-        };
-        if attempt > self.options.max_deliver {
-            let reason = format!("delivered {} times without being acknowledged", attempt - 1);
-            return Err(Rejected::new(message, reason));
-        }
-        let mut headers = Headers::new();
-        let mut id = None;
-        if let Some(map) = &message.headers {
-            for (name, values) in map.iter() {
-                let name: &str = name.as_ref();
-                let Some(value) = values.first() else {
-                    continue;
-                };
-                if name == NATS_MSG_ID {
-                    id = Some(value.as_str().to_owned());
-                } else {
-                    headers.insert(name, value.as_str());
-                }
-            }
-        }
-        let id: MessageId = match id.as_deref().map(str::parse) {
-            Some(Ok(id)) => id,
-            Some(Err(err)) => {
-                return Err(Rejected::new(
-                    message,
-                    format!("invalid Nats-Msg-Id: {err}"),
-                ));
-            }
-            None => return Err(Rejected::new(message, "no Nats-Msg-Id header".to_owned())),
-        };
-        let payload = match std::str::from_utf8(&message.payload) {
-            Ok(text) => text.to_owned(),
-            Err(err) => {
-                return Err(Rejected::new(
-                    message,
-                    format!("payload is not UTF-8: {err}"),
-                ));
-            }
-        };
-        let receipt = self.next_receipt.fetch_add(1, Ordering::Relaxed);
-        let delivery = Delivery {
-            message: Message {
-                id,
-                destination: channel.to_owned(),
-                headers,
-                payload,
-            },
-            attempt,
-            receipt,
-        };
-        self.lock_in_flight().insert(receipt, message);
-        Ok(delivery)
-    }
-
     fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<u64, jetstream::Message>> {
         self.in_flight
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Moves a message to the dead-letter stream with `reason` — telling its saga first, when
-    /// it is a command that waits for an answer — then acknowledges it.
-    async fn dead_letter(
-        &self,
-        channel: &str,
-        message: &jetstream::Message,
-        reason: &str,
-    ) -> Result<(), TransportError> {
-        tracing::warn!(channel, %reason, "NATS message dead-lettered");
-        if let Some(command) = readable(channel, message)
-            && let Some(reply) = failure_reply_for(&command, reason)
-        {
-            self.publish_one(&reply).await?;
-        }
-        let mut headers = message.headers.clone().unwrap_or_default();
-        headers.insert(DEAD_LETTER_REASON, reason);
-        let mut payload = message.payload.clone();
-        let limit = self.limit();
-        let size = wire_size(&headers, payload.len());
-        if size > limit {
-            // Keep what fits; the reason and the original size say what happened.
-            headers.insert(DEAD_LETTER_TRUNCATED, payload.len().to_string().as_str());
-            let keep = limit.saturating_sub(wire_size(&headers, 0) + 256);
-            payload = payload.slice(..keep.min(payload.len()));
-        }
-        let subject = format!("{}_dead.{channel}", self.options.subject_prefix);
-        let publish = PublishMessage::build().payload(payload).headers(headers);
-        let sending = self.jetstream.send_publish(subject, publish);
-        let ack = within("publishing a dead letter", EXCHANGE_TIMEOUT, sending).await?;
-        within("storing a dead letter", EXCHANGE_TIMEOUT, ack.into_future()).await?;
-        within(
-            "acknowledging a dead letter",
-            EXCHANGE_TIMEOUT,
-            message.ack(),
-        )
-        .await
     }
 
     /// Turns pulled messages into deliveries; each one that cannot be delivered is
@@ -500,204 +398,6 @@ impl NatsTransport {
     fn take(&self, delivery: &Delivery) -> Option<jetstream::Message> {
         self.lock_in_flight().remove(&delivery.receipt)
     }
-}
-
-/// A message in the NATS dead-letter stream.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NatsDeadLetter {
-    /// Its sequence in the dead-letter stream: how to name it to replay or discard it.
-    pub sequence: u64,
-    /// The channel it was sent to.
-    pub channel: String,
-    /// Why it was set aside.
-    pub reason: String,
-    /// The message, as far as it can be read (`None`: no readable id or payload).
-    pub message: Option<Message>,
-}
-
-impl NatsTransport {
-    fn dead_stream_name(&self) -> String {
-        format!("{}_DEAD", self.options.stream)
-    }
-
-    /// The dead letters with a sequence from `from` on, oldest first, at most `limit`.
-    pub async fn dead_letters(
-        &self,
-        from: u64,
-        limit: usize,
-    ) -> Result<Vec<NatsDeadLetter>, TransportError> {
-        let stream = within(
-            "looking up the dead-letter stream",
-            EXCHANGE_TIMEOUT,
-            self.jetstream.get_stream(self.dead_stream_name()),
-        )
-        .await?;
-        let info = within(
-            "reading the stream's state",
-            EXCHANGE_TIMEOUT,
-            stream.get_info(),
-        )
-        .await?;
-        let (first, last) = (
-            info.state.first_sequence.max(from),
-            info.state.last_sequence,
-        );
-        let mut letters = Vec::new();
-        for sequence in first..=last {
-            if letters.len() >= limit {
-                break;
-            }
-            if let Ok(Ok(raw)) =
-                tokio::time::timeout(EXCHANGE_TIMEOUT, stream.get_raw_message(sequence)).await
-            {
-                letters.push(self.read_dead_letter(raw));
-            }
-        }
-        Ok(letters)
-    }
-
-    fn read_dead_letter(&self, raw: jetstream::message::StreamMessage) -> NatsDeadLetter {
-        let prefix = format!("{}_dead.", self.options.subject_prefix);
-        let channel = raw
-            .subject
-            .as_str()
-            .strip_prefix(&prefix)
-            .unwrap_or(raw.subject.as_str())
-            .to_owned();
-        let header = |name: &str| raw.headers.get(name).map(|v| v.as_str().to_owned());
-        let mut headers = Headers::new();
-        for (name, values) in raw.headers.iter() {
-            let name: &str = name.as_ref();
-            if name != NATS_MSG_ID
-                && name != DEAD_LETTER_REASON
-                && name != DEAD_LETTER_TRUNCATED
-                && let Some(value) = values.first()
-            {
-                headers.insert(name, value.as_str());
-            }
-        }
-        let id = header(NATS_MSG_ID).and_then(|id| id.parse::<MessageId>().ok());
-        let payload = std::str::from_utf8(&raw.payload).ok().map(str::to_owned);
-        let truncated = header(DEAD_LETTER_TRUNCATED).is_some();
-        NatsDeadLetter {
-            sequence: raw.sequence,
-            reason: header(DEAD_LETTER_REASON).unwrap_or_default(),
-            message: match (id, payload, truncated) {
-                (Some(id), Some(payload), false) => Some(Message {
-                    id,
-                    destination: channel.clone(),
-                    headers,
-                    payload,
-                }),
-                _ => None,
-            },
-            channel,
-        }
-    }
-
-    /// Puts dead letter `sequence` back on its channel under a new message id (the original's
-    /// in `saga-replay-of`), then removes it from the dead-letter stream; returns the new id.
-    /// A dead letter whose message cannot be read (or was cut to fit) cannot be replayed.
-    pub async fn replay_dead_letter(&self, sequence: u64) -> Result<MessageId, TransportError> {
-        let stream = within(
-            "looking up the dead-letter stream",
-            EXCHANGE_TIMEOUT,
-            self.jetstream.get_stream(self.dead_stream_name()),
-        )
-        .await?;
-        let raw = within(
-            "reading a dead letter",
-            EXCHANGE_TIMEOUT,
-            stream.get_raw_message(sequence),
-        )
-        .await?;
-        let letter = self.read_dead_letter(raw);
-        let Some(original) = letter.message else {
-            return Err(TransportError::failed(format!(
-                "dead letter {sequence} cannot be replayed: its message is unreadable or was cut to fit"
-            )));
-        };
-        let mut replay = Message::new(
-            original.destination.clone(),
-            original.headers.clone(),
-            original.payload,
-        );
-        replay.headers.insert(
-            saga_core::message::headers::REPLAY_OF,
-            original.id.to_string(),
-        );
-        self.publish_one(&replay).await?;
-        self.discard_dead_letter(sequence).await?;
-        tracing::info!(dead_letter = sequence, message_id = %replay.id, channel = %original.destination, "NATS dead letter replayed");
-        Ok(replay.id)
-    }
-
-    /// Removes dead letter `sequence` from the dead-letter stream.
-    pub async fn discard_dead_letter(&self, sequence: u64) -> Result<(), TransportError> {
-        let stream = within(
-            "looking up the dead-letter stream",
-            EXCHANGE_TIMEOUT,
-            self.jetstream.get_stream(self.dead_stream_name()),
-        )
-        .await?;
-        within(
-            "deleting a dead letter",
-            EXCHANGE_TIMEOUT,
-            stream.delete_message(sequence),
-        )
-        .await?;
-        Ok(())
-    }
-}
-
-/// The bytes a message with `headers` and a payload of `payload` bytes takes against the
-/// server's `max_payload` (the header block as sent, plus the payload).
-fn wire_size(headers: &HeaderMap, payload: usize) -> usize {
-    let block: usize = headers
-        .iter()
-        .map(|(name, values)| {
-            let name: &str = name.as_ref();
-            values
-                .iter()
-                .map(|v| name.len() + v.as_str().len() + 4)
-                .sum::<usize>()
-        })
-        .sum();
-    "NATS/1.0\r\n\r\n".len() + block + payload
-}
-
-/// The NATS headers a message is published with.
-fn nats_headers(message: &Message) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert(NATS_MSG_ID, message.id.to_string().as_str());
-    for (name, value) in message.headers.iter() {
-        headers.insert(name, value);
-    }
-    headers
-}
-
-/// A JetStream message read back as a saga message, when its id and payload can be read.
-fn readable(channel: &str, message: &jetstream::Message) -> Option<Message> {
-    let map = message.headers.as_ref()?;
-    let mut headers = Headers::new();
-    let mut id = None;
-    for (name, values) in map.iter() {
-        let name: &str = name.as_ref();
-        let Some(value) = values.first() else {
-            continue;
-        };
-        if name == NATS_MSG_ID {
-            id = value.as_str().parse().ok();
-        } else {
-            headers.insert(name, value.as_str());
-        }
-    }
-    Some(Message {
-        id: id?,
-        destination: channel.to_owned(),
-        headers,
-        payload: std::str::from_utf8(&message.payload).ok()?.to_owned(),
-    })
 }
 
 impl NatsTransport {
