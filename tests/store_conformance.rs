@@ -13,8 +13,8 @@ use saga_core::orchestrator::Handled;
 use saga_core::ports::{Delivery, SagaStore, Transport, TransportError};
 use saga_core::{Headers, Message, SagaStatus};
 use saga_store::{
-    Database, DatabaseError, DatabaseOptions, Dialect, RetentionPolicy, Tx, apply_retention, lock_table,
-    on_backend,
+    Database, DatabaseError, DatabaseOptions, Dialect, RetentionPolicy, Tx, apply_retention,
+    lock_table, on_backend,
 };
 use saga_tests::harness::PaymentSystem;
 use saga_tests::payment::{FLAKY_AMOUNT, LEDGER, Ledger, PaymentSaga, REPLIES};

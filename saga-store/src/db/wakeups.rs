@@ -1,6 +1,6 @@
 //! In-process wake-ups: a worker waiting for work (the relay, a consumer) is woken as soon as
 //! another task of this process commits some — and, through PostgreSQL's `LISTEN/NOTIFY`
-//! ([`super::listen`]), when another process does. Only a hint: every worker also polls.
+//! (the `listen` module), when another process does. Only a hint: every worker also polls.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -223,3 +223,80 @@ pub(crate) async fn all(conn: Conn<'_>) -> Result<Vec<DeadLetter>, StoreError> {
             .collect()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sql::testing::databases;
+
+    fn dead(n: u64, payload: &str) -> DeadLetter {
+        DeadLetter {
+            consumer: "ledger".to_owned(),
+            message: Message::new(
+                "ledger",
+                Headers::new().with("message-type", "Reserve"),
+                payload.to_owned(),
+            ),
+            reason: format!("malformed payload {n}"),
+            at: Timestamp(1_000 + n),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dead_letter_keeps_any_payload_and_is_resolved_once() {
+        for db in databases("dead_letters").await {
+            let mut tx = db.database.begin().await.expect("begins");
+            let not_json = dead(1, "{not json");
+            let with_nul = dead(2, "a\0b");
+            insert(tx.conn(), &not_json).await.expect("inserts");
+            insert(tx.conn(), &with_nul).await.expect("inserts");
+            let stored = list(tx.conn(), 0, 10, true).await.expect("lists");
+            assert_eq!(stored.len(), 2);
+            assert_eq!(stored[0].dead_letter, not_json);
+            assert_eq!(stored[1].dead_letter.message.payload, "a\\u0000b");
+            assert!(
+                stored[1].dead_letter.reason.contains("NUL characters"),
+                "{:?}",
+                stored[1].dead_letter.reason
+            );
+            let (first, second) = (stored[0].id, stored[1].id);
+            let replay = MessageId::new();
+            assert!(
+                resolve(tx.conn(), first, Resolve::Replayed(replay), "fixed", 2_000)
+                    .await
+                    .expect("resolves")
+            );
+            assert!(
+                !resolve(tx.conn(), first, Resolve::Discarded, "again", 2_001)
+                    .await
+                    .expect("runs"),
+                "resolved already"
+            );
+            let replayed = get(tx.conn(), first).await.expect("reads").expect("exists");
+            assert_eq!(
+                replayed.resolution,
+                Some(Resolution::Replayed {
+                    at: Timestamp(2_000),
+                    message_id: replay,
+                    reason: "fixed".to_owned(),
+                })
+            );
+            let unresolved = list(tx.conn(), 0, 10, true).await.expect("lists");
+            assert_eq!(
+                unresolved.iter().map(|d| d.id).collect::<Vec<_>>(),
+                [second]
+            );
+            assert_eq!(
+                list(tx.conn(), first, 10, false)
+                    .await
+                    .expect("lists")
+                    .len(),
+                1
+            );
+            assert_eq!(all(tx.conn()).await.expect("reads").len(), 2);
+            assert_eq!(get(tx.conn(), second + 100).await.expect("reads"), None);
+            tx.rollback().await.expect("rolls back");
+            db.drop().await;
+        }
+    }
+}

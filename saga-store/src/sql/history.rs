@@ -64,3 +64,48 @@ pub(crate) async fn list(
             .collect()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use saga_core::engine::HistoryEvent;
+
+    use super::*;
+    use crate::sql::testing::databases;
+
+    #[tokio::test]
+    async fn a_timeline_reads_back_in_order_per_saga() {
+        for db in databases("history").await {
+            let mut tx = db.database.begin().await.expect("begins");
+            let (saga, other) = (SagaId::new(), SagaId::new());
+            let entries: Vec<HistoryRecord> = (0..CHUNK as u64 + 3)
+                .map(|i| HistoryRecord {
+                    saga_id: if i % 2 == 0 { saga } else { other },
+                    at: Timestamp(1_000 + i),
+                    event: match i {
+                        0 => HistoryEvent::Started,
+                        _ => HistoryEvent::StepSucceeded {
+                            step: format!("step \"{i}\" ✓"),
+                        },
+                    },
+                })
+                .collect();
+            let refs: Vec<&HistoryRecord> = entries.iter().collect();
+            insert_many(tx.conn(), &refs).await.expect("appends");
+            let timeline = list(tx.conn(), saga).await.expect("reads");
+            let expected: Vec<HistoryRecord> = entries
+                .iter()
+                .filter(|e| e.saga_id == saga)
+                .cloned()
+                .collect();
+            assert_eq!(timeline, expected);
+            assert!(
+                list(tx.conn(), SagaId::new())
+                    .await
+                    .expect("reads")
+                    .is_empty()
+            );
+            tx.rollback().await.expect("rolls back");
+            db.drop().await;
+        }
+    }
+}

@@ -381,3 +381,152 @@ pub(crate) async fn stalled(
         .collect()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::sql::testing::databases;
+
+    fn record(saga_id: SagaId, version: u64) -> SagaRecord {
+        SagaRecord {
+            state: SagaState {
+                saga_id,
+                saga_type: "TestSaga".to_owned(),
+                definition_version: "1".to_owned(),
+                status: SagaStatus::Running,
+                direction: Direction::Forward,
+                current_step: Some("reserve".to_owned()),
+                pending: Some(Pending::Reply {
+                    request_id: RequestId(3),
+                }),
+                deadline: Some(Timestamp(5_000)),
+                attempt: 2,
+                completed_steps: vec!["validate".to_owned()],
+                compensation_reason: None,
+                last_error: Some("it said \"no\"".to_owned()),
+                next_request_id: 4,
+            },
+            data: json!({ "order_id": 7, "items": ["naan", "samosa"], "note": null }),
+            version,
+        }
+    }
+
+    fn insert(record: SagaRecord) -> SagaWrite {
+        SagaWrite {
+            record,
+            expected_version: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_saga_row_reads_back_as_written_and_a_stale_write_changes_nothing() {
+        for db in databases("instances::write").await {
+            // Outside a transaction: on PostgreSQL a failed insert would abort one.
+            let mut conn = db.database.acquire().await.expect("connects");
+            let id = SagaId::new();
+            let first = insert(record(id, 1));
+            assert!(write(conn.conn(), &first, 10).await.expect("inserts"));
+            assert!(
+                !write(conn.conn(), &first, 10).await.expect("runs"),
+                "exists"
+            );
+            let loaded = load(conn.conn(), id).await.expect("loads");
+            assert_eq!(loaded, Some(first.record.clone()));
+
+            let mut done = record(id, 2);
+            done.state.status = SagaStatus::Completed;
+            done.state.pending = None;
+            done.state.deadline = None;
+            let update = SagaWrite {
+                record: done.clone(),
+                expected_version: Some(1),
+            };
+            assert!(write(conn.conn(), &update, 20).await.expect("updates"));
+            assert!(
+                !write(conn.conn(), &update, 30).await.expect("runs"),
+                "stale"
+            );
+            assert_eq!(load(conn.conn(), id).await.expect("loads"), Some(done));
+            assert_eq!(load(conn.conn(), SagaId::new()).await.expect("loads"), None);
+            drop(conn);
+            db.drop().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn many_rows_update_in_one_statement_or_not_at_all() {
+        for db in databases("instances::update_many").await {
+            let mut tx = db.database.begin().await.expect("begins");
+            // More than one chunk.
+            let ids: Vec<SagaId> = (0..CHUNK + 5).map(|_| SagaId::new()).collect();
+            for id in &ids {
+                assert!(
+                    write(tx.conn(), &insert(record(*id, 1)), 10)
+                        .await
+                        .expect("inserts")
+                );
+            }
+            let updates: Vec<SagaWrite> = ids
+                .iter()
+                .map(|id| SagaWrite {
+                    record: record(*id, 2),
+                    expected_version: Some(1),
+                })
+                .collect();
+            let refs: Vec<&SagaWrite> = updates.iter().collect();
+            assert!(update_many(tx.conn(), &refs, 20).await.expect("updates"));
+            let loaded = load_many(tx.conn(), &ids).await.expect("loads");
+            assert_eq!(loaded.len(), ids.len());
+            assert!(
+                loaded
+                    .iter()
+                    .all(|r| r.version == 2 && r.data["order_id"] == 7)
+            );
+            // They are at version 2 now: the same batch is stale.
+            assert!(!update_many(tx.conn(), &refs[..3], 30).await.expect("runs"));
+            tx.rollback().await.expect("rolls back");
+            db.drop().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn due_lists_the_timers_whose_deadline_passed() {
+        for db in databases("instances::due").await {
+            let mut tx = db.database.begin().await.expect("begins");
+            let (soon, later) = (SagaId::new(), SagaId::new());
+            let mut retry = record(later, 1);
+            retry.state.pending = Some(Pending::Retry {
+                request_id: RequestId(9),
+            });
+            retry.state.deadline = Some(Timestamp(8_000));
+            write(tx.conn(), &insert(record(soon, 1)), 10)
+                .await
+                .expect("inserts");
+            write(tx.conn(), &insert(retry), 10).await.expect("inserts");
+            let timers = due(tx.conn(), Timestamp(6_000), 10).await.expect("reads");
+            assert_eq!(
+                timers,
+                [TimerRecord {
+                    saga_id: soon,
+                    timer: SagaTimer::Timeout {
+                        request_id: RequestId(3),
+                        attempt: 2,
+                    },
+                    due: Timestamp(5_000),
+                }]
+            );
+            let timers = due(tx.conn(), Timestamp(9_000), 10).await.expect("reads");
+            assert_eq!(timers.len(), 2);
+            assert_eq!(
+                timers[1].timer,
+                SagaTimer::RetryDue {
+                    request_id: RequestId(9)
+                }
+            );
+            tx.rollback().await.expect("rolls back");
+            db.drop().await;
+        }
+    }
+}

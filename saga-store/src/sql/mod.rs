@@ -14,6 +14,8 @@ pub mod locks;
 pub(crate) mod outbox;
 pub(crate) mod queue;
 pub(crate) mod received;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::time::Duration;
 

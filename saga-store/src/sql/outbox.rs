@@ -128,3 +128,59 @@ pub(crate) async fn delete_published(
         .map_err(store_error)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use saga_core::Headers;
+
+    use super::*;
+    use crate::sql::testing::databases;
+
+    #[tokio::test]
+    async fn rows_are_published_in_order_and_retention_takes_only_published_ones() {
+        for db in databases("outbox").await {
+            let mut tx = db.database.begin().await.expect("begins");
+            let messages: Vec<Message> = (0..CHUNK + 2)
+                .map(|i| {
+                    Message::new(
+                        "kitchen",
+                        Headers::new()
+                            .with("message-type", "CreateTicket")
+                            .with("note", format!("«{i}» \"quoted\"")),
+                        format!(r#"{{"order_id":{i},"name":"Naïve"}}"#),
+                    )
+                })
+                .collect();
+            let refs: Vec<&Message> = messages.iter().collect();
+            insert_many(tx.conn(), &refs, 10).await.expect("appends");
+            let entries = unpublished(tx.conn(), 3).await.expect("reads");
+            let read: Vec<&Message> = entries.iter().map(|e| &e.message).collect();
+            assert_eq!(read, refs[..3]);
+            assert!(entries.windows(2).all(|w| w[0].sequence < w[1].sequence));
+            // A contiguous run, then a gap.
+            let sequences: Vec<u64> = entries.iter().map(|e| e.sequence).collect();
+            mark_published(tx.conn(), &sequences, 20)
+                .await
+                .expect("marks");
+            let next = unpublished(tx.conn(), 10).await.expect("reads");
+            assert_eq!(next[0].message, messages[3]);
+            mark_published(tx.conn(), &[next[0].sequence, next[2].sequence], 30)
+                .await
+                .expect("marks");
+            let left = unpublished(tx.conn(), 1_000).await.expect("reads");
+            assert_eq!(left.len(), messages.len() - 5);
+            assert_eq!(left[0].message, messages[4]);
+            assert_eq!(
+                delete_published(tx.conn(), 25, 100).await.expect("deletes"),
+                3
+            );
+            assert_eq!(
+                delete_published(tx.conn(), 31, 100).await.expect("deletes"),
+                2
+            );
+            assert_eq!(unpublished(tx.conn(), 1_000).await.expect("reads"), left);
+            tx.rollback().await.expect("rolls back");
+            db.drop().await;
+        }
+    }
+}

@@ -283,3 +283,82 @@ pub(crate) async fn unconsumed(
         .collect()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use saga_core::Headers;
+
+    use super::*;
+    use crate::sql::testing::databases;
+
+    fn message(channel: &str, n: usize) -> Message {
+        Message::new(
+            channel,
+            Headers::new().with("message-type", "Reserve"),
+            format!(r#"{{"n":{n}}}"#),
+        )
+    }
+
+    fn readable(rows: &[QueueRow]) -> Vec<Message> {
+        rows.iter()
+            .map(|row| row.message.as_ref().expect("readable").clone())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn claimed_rows_are_hidden_for_the_lease_and_taken_rows_are_gone() {
+        for db in databases("queue").await {
+            let mut tx = db.database.begin().await.expect("begins");
+            let ledger: Vec<Message> = (0..4).map(|n| message("ledger", n)).collect();
+            let other = message("other", 9);
+            let mut refs: Vec<&Message> = ledger.iter().collect();
+            refs.push(&other);
+            insert_many(tx.conn(), &refs, 100).await.expect("enqueues");
+
+            let claimed = claim(tx.conn(), "ledger", Timestamp(100), Timestamp(1_000), 2)
+                .await
+                .expect("claims");
+            let mut got = readable(&claimed);
+            got.sort_by_key(|m| m.payload.clone());
+            assert_eq!(got, ledger[..2]);
+            assert!(claimed.iter().all(|row| row.deliveries == 1));
+            // Hidden until the lease ends: the next claim gets the other two.
+            let rest = claim(tx.conn(), "ledger", Timestamp(200), Timestamp(1_000), 10)
+                .await
+                .expect("claims");
+            assert_eq!(rest.len(), 2);
+            // Given back with its delivery uncounted, the first is visible at once.
+            release(tx.conn(), claimed[0].id, Timestamp(200))
+                .await
+                .expect("releases");
+            delete(tx.conn(), &[claimed[1].id]).await.expect("deletes");
+            let taken = take(tx.conn(), "ledger", Timestamp(300), 10)
+                .await
+                .expect("takes");
+            assert_eq!(taken.len(), 1);
+            assert_eq!(taken[0].deliveries, 1, "a release does not count");
+            assert!(
+                take(tx.conn(), "ledger", Timestamp(300), 10)
+                    .await
+                    .expect("takes")
+                    .is_empty()
+            );
+            // After the lease, the two claimed by the second claim come back.
+            let again = take(tx.conn(), "ledger", Timestamp(1_000), 10)
+                .await
+                .expect("takes");
+            assert_eq!(again.len(), 2);
+            assert!(again.iter().all(|row| row.deliveries == 2));
+            assert_eq!(
+                readable(
+                    &take(tx.conn(), "other", Timestamp(1_000), 10)
+                        .await
+                        .expect("takes")
+                ),
+                [other.clone()]
+            );
+            tx.rollback().await.expect("rolls back");
+            db.drop().await;
+        }
+    }
+}

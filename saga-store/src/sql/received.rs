@@ -115,3 +115,50 @@ pub(crate) async fn delete_older(
         .map_err(store_error)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sql::testing::databases;
+
+    #[tokio::test]
+    async fn a_message_is_received_once_per_consumer() {
+        for db in databases("received").await {
+            let mut tx = db.database.begin().await.expect("begins");
+            let (first, second, third) = (MessageId::new(), MessageId::new(), MessageId::new());
+            assert!(
+                insert(tx.conn(), "kitchen", first, 10)
+                    .await
+                    .expect("records")
+            );
+            assert!(
+                !insert(tx.conn(), "kitchen", first, 11).await.expect("runs"),
+                "duplicate"
+            );
+            assert!(
+                insert(tx.conn(), "accounting", first, 12)
+                    .await
+                    .expect("records")
+            );
+            assert!(
+                insert_all(tx.conn(), &[("kitchen", second), ("kitchen", third)], 13)
+                    .await
+                    .expect("records")
+            );
+            assert!(
+                !insert_all(tx.conn(), &[("order", second), ("kitchen", third)], 14)
+                    .await
+                    .expect("runs"),
+                "one of them is a duplicate"
+            );
+            let fourth = MessageId::new();
+            let fresh = insert_fresh(tx.conn(), "kitchen", &[first, fourth, second], 15)
+                .await
+                .expect("records");
+            assert_eq!(fresh, HashSet::from([fourth]));
+            assert_eq!(delete_older(tx.conn(), 13, 100).await.expect("deletes"), 2);
+            tx.rollback().await.expect("rolls back");
+            db.drop().await;
+        }
+    }
+}

@@ -9,8 +9,7 @@ use saga_core::{Headers, Message, MessageId};
 
 use super::envelope::{readable, wire_size};
 use super::{
-    DEAD_LETTER_REASON, DEAD_LETTER_TRUNCATED, EXCHANGE_TIMEOUT, NATS_MSG_ID, NatsTransport,
-    within,
+    DEAD_LETTER_REASON, DEAD_LETTER_TRUNCATED, EXCHANGE_TIMEOUT, NATS_MSG_ID, NatsTransport, within,
 };
 
 impl NatsTransport {

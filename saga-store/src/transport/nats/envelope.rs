@@ -27,7 +27,11 @@ impl Rejected {
 
 impl NatsTransport {
     /// Turns a JetStream message into a delivery, or says why it cannot be one.
-    pub(super) fn delivery(&self, channel: &str, message: jetstream::Message) -> Result<Delivery, Rejected> {
+    pub(super) fn delivery(
+        &self,
+        channel: &str,
+        message: jetstream::Message,
+    ) -> Result<Delivery, Rejected> {
         let attempt = match message.info() {
             Ok(info) => u32::try_from(info.delivered).unwrap_or(u32::MAX),
             Err(err) => return Err(Rejected::new(message, format!("no delivery info: {err}"))),
