@@ -8,6 +8,7 @@
 #   BASELINE=/path/to/old/ftgo examples/ftgo/bench-matrix.sh
 #                                            # before/after in one sitting: each run of each row
 #                                            # runs the baseline binary, then this one
+#   BASELINE_IN_PLACE=--single-database      # the baseline's name for --in-place, if older
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-3}
@@ -18,17 +19,17 @@ BIN=target/release/ftgo
 : > "$OUT"
 
 configs=(
-  "sqlite-single-256|--single-database --sagas 4000 --concurrency 256"
-  "sqlite-single-1|--single-database --sagas 300 --concurrency 1"
+  "sqlite-in-place-256|--in-place --sagas 4000 --concurrency 256"
+  "sqlite-in-place-1|--in-place --sagas 300 --concurrency 1"
   "sqlite-per-service-256|--sagas 4000 --concurrency 256"
   "sqlite-per-service-1|--sagas 300 --concurrency 1"
-  "postgres-single-256|--store postgres --single-database --sagas 4000 --concurrency 256"
-  "postgres-single-1|--store postgres --single-database --sagas 300 --concurrency 1"
+  "postgres-in-place-256|--store postgres --in-place --sagas 4000 --concurrency 256"
+  "postgres-in-place-1|--store postgres --in-place --sagas 300 --concurrency 1"
   "postgres-per-service-256|--store postgres --sagas 4000 --concurrency 256"
   "postgres-per-service-1|--store postgres --sagas 300 --concurrency 1"
   "postgres-nats-256|--store postgres --transport nats --sagas 4000 --concurrency 256"
   "postgres-nats-1|--store postgres --transport nats --sagas 300 --concurrency 1"
-  "sqlite-single-normal-256|--single-database --sqlite-sync normal --sagas 4000 --concurrency 256"
+  "sqlite-in-place-normal-256|--in-place --sqlite-sync normal --sagas 4000 --concurrency 256"
 )
 
 BASELINE=${BASELINE:-}
@@ -42,8 +43,10 @@ for entry in "${configs[@]}"; do
   for run in $(seq "$RUNS"); do
     for binary in "${binaries[@]}"; do
       which=${binary%%|*}
+      run_args=$args
+      [[ "$which" == before ]] && run_args=${args//--in-place/${BASELINE_IN_PLACE:---in-place}}
       # shellcheck disable=SC2086
-      line=$("${binary#*|}" bench $args --raw-seconds 1 2>/dev/null | tail -n 1)
+      line=$("${binary#*|}" bench $run_args --raw-seconds 1 2>/dev/null | tail -n 1)
       echo "{\"config\":\"$name\",\"which\":\"$which\",\"run\":$run,\"report\":$line}" >> "$OUT"
       echo "$name $which run $run: $(echo "$line" | cut -c1-160)…" >&2
     done

@@ -355,7 +355,7 @@ mod tests {
                         .await
                         .expect("takes")
                 ),
-                [other.clone()]
+                std::slice::from_ref(&other)
             );
             tx.rollback().await.expect("rolls back");
             db.drop().await;
