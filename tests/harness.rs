@@ -75,6 +75,15 @@ impl PaymentSystem {
         }
     }
 
+    /// The table a saga's outgoing messages are written to: the queue in place, else the
+    /// outbox.
+    pub fn sent_table(&self) -> &'static str {
+        match self.in_place {
+            true => "saga_queue",
+            false => "saga_outbox",
+        }
+    }
+
     /// The SQL-table transport on the test database.
     pub fn sql_transport(&self) -> SqlTransport {
         SqlTransport::with_options(self.db.database.clone(), self.transport_options.clone())

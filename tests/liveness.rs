@@ -31,14 +31,6 @@ fn system_on(db: TestDb, mode: Mode) -> PaymentSystem {
     PaymentSystem::on(db, mode.in_place)
 }
 
-/// Where a saga's commands go when it starts: the queue in place, else the outbox.
-fn sent_to(system: &PaymentSystem) -> &'static str {
-    match system.in_place {
-        true => "saga_queue",
-        false => "saga_outbox",
-    }
-}
-
 /// Payments 1..=n: every fourth over the limit (compensated), the rest completed.
 fn payments(n: i64) -> Vec<(i64, i64)> {
     (1..=n)
@@ -220,7 +212,7 @@ async fn a_message_that_always_fails_is_set_aside_and_its_saga_told(mode: Mode) 
     let find = format!(
         "SELECT CAST(message_id AS TEXT) FROM {} \
          WHERE payload LIKE '%\"payment\":2,%' AND CAST(headers AS TEXT) LIKE '%Reserve%'",
-        sent_to(&system)
+        system.sent_table()
     );
     let mut conn = system.db.database.acquire().await.expect("connects");
     let id: String = on_backend!(conn.conn(), |c| {
@@ -255,7 +247,7 @@ async fn a_stuck_saga_is_parked_by_the_watchdog_and_an_operator_moves_it_on(mode
     let ids = system.start(&[(1, 20)]).await;
     // Its first command is lost, and so is its deadline: nothing would ever move it.
     let database = &system.db.database;
-    execute(database, &format!("DELETE FROM {}", sent_to(&system)))
+    execute(database, &format!("DELETE FROM {}", system.sent_table()))
         .await
         .expect("loses the command");
     execute(

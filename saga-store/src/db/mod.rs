@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod group;
 mod listen;
+mod migrate;
 pub(crate) mod wakeups;
 
 use std::path::Path;
@@ -252,32 +253,6 @@ impl Database {
                 Err(err) => return Err(err.into()),
             }
         }
-    }
-
-    /// Applies the saga tables' migrations (idempotent). The application's own migrations
-    /// may share the database: see [`Database::run_migrations`].
-    pub async fn migrate(&self) -> Result<(), DatabaseError> {
-        let migrator = match self.inner.dialect {
-            Dialect::Sqlite => sqlx::migrate!("migrations/sqlite"),
-            Dialect::Postgres => sqlx::migrate!("migrations/postgres"),
-        };
-        self.run_migrations(migrator).await
-    }
-
-    /// Applies a set of migrations that shares the database with others (the saga tables',
-    /// the application's): migrations applied by another set are not an error. Give each set
-    /// its own version numbers — saga-store's are `0001`… (small numbers), so an
-    /// application using timestamps (`20261122000100_…`) never clashes.
-    pub async fn run_migrations(
-        &self,
-        mut migrator: sqlx::migrate::Migrator,
-    ) -> Result<(), DatabaseError> {
-        migrator.set_ignore_missing(true);
-        match &self.inner.pool {
-            Pool::Postgres(pool) => migrator.run(pool).await?,
-            Pool::Sqlite(pool) => migrator.run(pool).await?,
-        }
-        Ok(())
     }
 
     /// Begins a write transaction (`BEGIN IMMEDIATE` on SQLite, so writers queue on the lock
