@@ -346,20 +346,16 @@ async fn cleanup(options: &FtgoOptions, temporary: Option<PathBuf>) {
     }
     if let Storage::Postgres { url, schema_prefix } = &options.storage
         && schema_prefix.starts_with("ftgo_demo_")
-        && let Ok(database) = saga_store::Database::connect(url).await
+        // A plain pool: `Database::connect` would put the saga tables in the default schema.
+        && let Ok(pool) = sqlx::PgPool::connect(url).await
     {
-        if let Ok(mut conn) = database.acquire().await {
-            for name in SERVICES.iter().chain([&MESSAGES, &SHARED, &"bench_raw"]) {
-                let statement = format!("DROP SCHEMA IF EXISTS \"{schema_prefix}_{name}\" CASCADE");
-                let _ = saga_store::on_backend!(conn.conn(), |c| {
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(statement.as_str()))
-                        .execute(c)
-                        .await
-                        .map(drop)
-                });
-            }
+        for name in SERVICES.iter().chain([&MESSAGES, &SHARED, &"bench_raw"]) {
+            let statement = format!("DROP SCHEMA IF EXISTS \"{schema_prefix}_{name}\" CASCADE");
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+                .execute(&pool)
+                .await;
         }
-        database.close().await;
+        pool.close().await;
     }
     if let Some(nats) = &options.nats
         && nats.options.stream.starts_with("FTGO_BENCH_")

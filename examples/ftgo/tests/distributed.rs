@@ -138,12 +138,13 @@ impl Deployment {
 
     /// Drops the schemas and the NATS streams.
     async fn remove_data(&self) {
-        let db = Database::connect(&self.database_url).await.expect("opens");
+        // A plain pool: `Database::connect` would put the saga tables in the default schema.
+        let db = sqlx::PgPool::connect(&self.database_url)
+            .await
+            .expect("opens");
         for name in ["order", "consumer", "kitchen", "accounting", "messages"] {
             let drop = format!("DROP SCHEMA IF EXISTS \"{}_{name}\" CASCADE", self.prefix);
-            let _ = sqlx::query(AssertSqlSafe(drop))
-                .execute(db.postgres_pool().expect("PostgreSQL"))
-                .await;
+            let _ = sqlx::query(AssertSqlSafe(drop)).execute(&db).await;
         }
         db.close().await;
         let options = NatsOptions {
