@@ -432,14 +432,18 @@ fn reply_decoder<D: 'static, R: Reply>(
             let typed: R = serde_json::from_str(&reply.payload).map_err(|err| {
                 MessageError::MalformedPayload {
                     message_type: Some(R::TYPE.to_owned()),
-                    reason: err.to_string(),
+                    source: crate::error::source(err),
                 }
             })?;
             if typed.outcome() != reply.outcome {
                 return Err(MessageError::InvalidHeader {
                     name: crate::message::headers::REPLY_OUTCOME,
                     value: reply.outcome.to_string(),
-                    reason: format!("the `{}` payload reports {}", R::TYPE, typed.outcome()),
+                    source: crate::error::source(format!(
+                        "the `{}` payload reports {}",
+                        R::TYPE,
+                        typed.outcome()
+                    )),
                 });
             }
             if let Some(handler) = &handler {
@@ -458,7 +462,7 @@ fn reply_decoder<D: 'static, R: Reply>(
             let failed: CommandFailed = serde_json::from_str(&reply.payload).map_err(|err| {
                 MessageError::MalformedPayload {
                     message_type: Some(CommandFailed::TYPE.to_owned()),
-                    reason: err.to_string(),
+                    source: crate::error::source(err),
                 }
             })?;
             Ok(Some(failed.reason))

@@ -412,6 +412,7 @@ pub enum EngineError {
         /// The step.
         step: String,
         /// What is wrong.
+        #[source]
         error: MessageError,
     },
     /// A command could not be encoded.
@@ -420,6 +421,7 @@ pub enum EngineError {
         /// The step.
         step: String,
         /// What went wrong.
+        #[source]
         error: MessageError,
     },
     /// `Start` sent to a saga that has started.

@@ -6,7 +6,8 @@
 //!   local steps, notifications, compensations, conditions, retry and timeout policies;
 //! - [`engine`]: the pure transition function `(definition, state, event) -> (state, actions)`;
 //! - [`message`]: the envelope, headers, and the [`Command`] / [`Reply`] traits;
-//! - [`ports`]: the store and transport traits the runtime is written against;
+//! - [`ports`]: the store and transport traits the runtime is written against, and their
+//!   errors (each keeps its [`error::ErrorSource`]);
 //! - [`orchestrator`] and [`participant`]: the dispatch logic over those ports;
 //! - [`memory`]: in-memory store and transport, so a whole saga runs in one test;
 //! - [`lock`]: semantic locks for participants' records;
@@ -19,6 +20,7 @@
 pub mod clock;
 pub mod definition;
 pub mod engine;
+pub mod error;
 mod graph;
 pub mod ids;
 pub mod lock;

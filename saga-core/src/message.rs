@@ -10,6 +10,7 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::error::{ErrorSource, source};
 use crate::ids::{MessageId, RequestId, SagaId, Timestamp};
 
 /// Well-known header names.
@@ -122,14 +123,14 @@ impl Headers {
     /// Parses a required header.
     pub fn parse<T: std::str::FromStr>(&self, name: &'static str) -> Result<T, MessageError>
     where
-        T::Err: fmt::Display,
+        T::Err: std::error::Error + Send + Sync + 'static,
     {
         let raw = self.require(name)?;
         raw.parse()
             .map_err(|err: T::Err| MessageError::InvalidHeader {
                 name,
                 value: raw.to_owned(),
-                reason: err.to_string(),
+                source: source(err),
             })
     }
 
@@ -172,7 +173,7 @@ impl Message {
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, MessageError> {
         serde_json::from_str(&self.payload).map_err(|err| MessageError::MalformedPayload {
             message_type: self.headers.get(headers::MESSAGE_TYPE).map(str::to_owned),
-            reason: err.to_string(),
+            source: source(err),
         })
     }
 
@@ -182,38 +183,42 @@ impl Message {
     }
 }
 
-/// Why a message could not be understood.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a message could not be understood. The decoder's own error is kept as the source;
+/// two errors compare equal when they say the same (sources themselves do not compare).
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum MessageError {
     /// A header the message needs is absent.
     #[error("missing header `{0}`")]
     MissingHeader(&'static str),
     /// A header is present but cannot be parsed.
-    #[error("invalid header `{name}` = {value:?}: {reason}")]
+    #[error("invalid header `{name}` = {value:?}: {source}")]
     InvalidHeader {
         /// The header name.
         name: &'static str,
         /// The raw value.
         value: String,
         /// Why it did not parse.
-        reason: String,
+        #[source]
+        source: ErrorSource,
     },
     /// The payload is not valid JSON for the declared type.
-    #[error("malformed payload{}: {reason}", message_type.as_deref().map(|t| format!(" for `{t}`")).unwrap_or_default())]
+    #[error("malformed payload{}: {source}", message_type.as_deref().map(|t| format!(" for `{t}`")).unwrap_or_default())]
     MalformedPayload {
         /// The declared message type, when known.
         message_type: Option<String>,
-        /// The decoder's message.
-        reason: String,
+        /// The decoder's error.
+        #[source]
+        source: ErrorSource,
     },
     /// A payload could not be serialized.
-    #[error("cannot serialize `{message_type}`: {reason}")]
+    #[error("cannot serialize `{message_type}`: {source}")]
     Serialize {
         /// The message type.
         message_type: &'static str,
-        /// The encoder's message.
-        reason: String,
+        /// The encoder's error.
+        #[source]
+        source: ErrorSource,
     },
     /// No handler knows this message type.
     #[error("unknown message type `{0}`")]
@@ -258,13 +263,27 @@ impl fmt::Display for ReplyOutcome {
     }
 }
 
+impl PartialEq for MessageError {
+    fn eq(&self, other: &Self) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+            && self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for MessageError {}
+
+/// A `saga-reply-outcome` header that is neither `success` nor `failure`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("expected `success` or `failure`, got {0:?}")]
+pub struct UnknownOutcome(pub String);
+
 impl std::str::FromStr for ReplyOutcome {
-    type Err = String;
+    type Err = UnknownOutcome;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "success" => Ok(Self::Success),
             "failure" => Ok(Self::Failure),
-            other => Err(format!("expected `success` or `failure`, got {other:?}")),
+            other => Err(UnknownOutcome(other.to_owned())),
         }
     }
 }
@@ -370,7 +389,7 @@ impl CommandMeta {
             validate_channel(channel).map_err(|err| MessageError::InvalidHeader {
                 name: headers::REPLY_TO,
                 value: channel.clone(),
-                reason: err.reason.to_owned(),
+                source: source(err),
             })?;
         }
         let deadline = match h.get(headers::DEADLINE) {
@@ -458,6 +477,44 @@ pub fn encode_payload<T: Serialize>(
 ) -> Result<String, MessageError> {
     serde_json::to_string(value).map_err(|err| MessageError::Serialize {
         message_type,
-        reason: err.to_string(),
+        source: source(err),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn a_decoding_error_keeps_the_decoders_error_as_its_source() {
+        let message = Message::new(
+            "ledger",
+            Headers::new().with(headers::MESSAGE_TYPE, "Reserve"),
+            "{not json".to_owned(),
+        );
+        let err = message.decode::<serde_json::Value>().expect_err("not JSON");
+        assert!(
+            err.to_string()
+                .starts_with("malformed payload for `Reserve`: "),
+            "{err}"
+        );
+        let source = err.source().expect("a source");
+        assert!(
+            source.downcast_ref::<serde_json::Error>().is_some(),
+            "{source:?}"
+        );
+
+        let headers = Headers::new().with(headers::REPLY_OUTCOME, "maybe");
+        let err = headers
+            .parse::<ReplyOutcome>(headers::REPLY_OUTCOME)
+            .expect_err("unknown outcome");
+        let source = err.source().expect("a source");
+        assert_eq!(
+            source.downcast_ref::<UnknownOutcome>(),
+            Some(&UnknownOutcome("maybe".to_owned()))
+        );
+        assert_eq!(err.clone(), err, "errors compare by what they say");
+    }
 }

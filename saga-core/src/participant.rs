@@ -53,7 +53,7 @@ impl From<CommandFailed> for HandlerError {
 
 impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
     fn from(error: E) -> Self {
-        Self::Transient(std::sync::Arc::new(error))
+        Self::Transient(crate::error::ErrorSource::new(error))
     }
 }
 

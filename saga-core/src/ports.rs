@@ -150,14 +150,7 @@ pub struct OutboxEntry {
     pub message: Message,
 }
 
-/// The error behind a store or transport failure. Shared, so that one failure can reach every
-/// caller it concerns (all the pieces of work of a group commit, say) with its source intact.
-pub type ErrorSource = std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>;
-
-/// Wraps any error as an [`ErrorSource`].
-pub fn source(error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> ErrorSource {
-    std::sync::Arc::from(error.into())
-}
+pub use crate::error::{ErrorSource, source};
 
 /// A store failure: what a caller should do about it (the variant), and why (the source).
 #[derive(Clone, Debug, thiserror::Error)]

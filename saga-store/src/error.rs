@@ -114,7 +114,22 @@ pub(crate) fn corrupt(
 
 #[cfg(test)]
 mod tests {
-    use super::transient_code;
+    use super::{store_error, transient_code};
+
+    #[test]
+    fn a_store_error_keeps_the_sqlx_error_to_downcast() {
+        use std::error::Error as _;
+        let err = store_error(sqlx::Error::PoolTimedOut);
+        assert!(err.is_transient(), "{err}");
+        let source = err.source().expect("a source");
+        assert!(
+            matches!(
+                source.downcast_ref::<sqlx::Error>(),
+                Some(sqlx::Error::PoolTimedOut)
+            ),
+            "{source:?}"
+        );
+    }
 
     #[test]
     fn classifies_sqlstates_and_sqlite_codes() {

@@ -23,7 +23,7 @@
 //!
 //! | folder | what |
 //! |---|---|
-//! | [`db`] | the pool, options and dialect; typed transactions ([`db::backend`]); group commit ([`db::group`]); in-process wake-ups and PostgreSQL `LISTEN` |
+//! | [`db`] | the pool, options and dialect; migrations; typed transactions ([`db::backend`]); group commit ([`db::group`]); in-process wake-ups and PostgreSQL `LISTEN` |
 //! | [`sql`] | one file per table: its statements (single-row and multi-row) and row codec |
 //! | [`store`] | the [`SagaStore`](saga_core::ports::SagaStore) port: units of work, transactional start, dead letters for operators |
 //! | [`transport`] | [`SqlTransport`] (the queue table) and, with `nats`, `NatsTransport` |
