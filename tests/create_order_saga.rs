@@ -219,3 +219,69 @@ fn operator_skip_moves_a_parked_compensation_on() {
         .reply(OrderRejected)
         .expect_compensated();
 }
+
+#[test]
+fn an_operator_cancel_is_refused_once_the_pivot_is_reached() {
+    ticket_created()
+        .expect_command(authorize())
+        .expect_refused(OperatorCommand::Cancel, "has reached `authorize_card`")
+        .reply(CardAuthorization::Authorized {
+            authorization_id: "auth-1".to_owned(),
+        })
+        .expect_command(ConfirmCreateTicket { ticket_id: 55 })
+        .expect_refused(OperatorCommand::Cancel, "has reached `authorize_card`");
+}
+
+#[test]
+fn an_operator_cancel_before_the_pivot_undoes_what_ran_in_reverse() {
+    SagaTest::<CreateOrderSaga>::given(data())
+        .expect_command(validate())
+        .cancel("duplicate order")
+        // verify_consumer changes nothing, so only the order is rejected.
+        .expect_compensation(reject())
+        .reply(OrderRejected)
+        .expect_compensated()
+        .expect_compensated_steps(&["create_order"]);
+}
+
+#[test]
+fn an_operator_cancel_while_a_step_awaits_its_reply_undoes_that_step_too() {
+    let test = SagaTest::<CreateOrderSaga>::given(data())
+        .expect_command(validate())
+        .reply(ConsumerVerification::Verified)
+        .expect_command(create_ticket())
+        .cancel("the customer phoned to cancel")
+        .expect_status(SagaStatus::Compensating)
+        // The ticket may have been created: it is cancelled, then the order rejected.
+        .expect_compensation(CancelCreateTicket { order_id: ORDER })
+        .reply(TicketCancelled)
+        .expect_compensation(reject())
+        .reply(OrderRejected)
+        .expect_compensated()
+        .expect_compensated_steps(&["create_ticket", "create_order"]);
+    let reason = test.state().compensation_reason.clone().unwrap_or_default();
+    assert_eq!(reason, "cancelled by test: the customer phoned to cancel");
+}
+
+#[test]
+fn retry_and_skip_are_refused_on_a_running_saga_and_cancel_on_a_parked_one() {
+    let running = ticket_created().expect_command(authorize());
+    running
+        .expect_refused(OperatorCommand::Retry, "parked in `failed`")
+        .expect_refused(OperatorCommand::Skip, "parked in `failed`");
+    let mut parked = ticket_created()
+        .expect_command(authorize())
+        .fail("accounting down")
+        .expect_compensation(CancelCreateTicket { order_id: ORDER });
+    for attempt in 1..=10 {
+        parked = parked.fail("still failing");
+        if attempt < 10 {
+            parked = parked
+                .fire_retry()
+                .expect_compensation(CancelCreateTicket { order_id: ORDER });
+        }
+    }
+    parked
+        .expect_failed("still failing")
+        .expect_refused(OperatorCommand::Cancel, "at or after its pivot");
+}

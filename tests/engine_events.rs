@@ -9,7 +9,7 @@ use saga_core::engine::{
 };
 use saga_core::testing::SagaTest;
 use saga_core::{
-    Command, OperatorCommand, Reply, RetryPolicy, Saga, SagaDefinition, SagaId, SagaStatus, Step,
+    Command, OperatorCommand, OperatorRequest, Reply, RetryPolicy, Saga, SagaDefinition, SagaId, SagaStatus, Step,
     Timestamp, saga,
 };
 use serde::{Deserialize, Serialize};
@@ -239,14 +239,15 @@ fn operator_commands_apply_only_to_parked_sagas() {
     let err = engine::transition(
         OrderSaga::definition(),
         &instance,
-        &SagaEvent::Operator(OperatorCommand::Retry),
+        &SagaEvent::Operator(OperatorRequest::new(OperatorCommand::Retry, "test", "")),
         Timestamp(1),
     )
     .expect_err("refused");
     assert!(matches!(
         err,
-        EngineError::NotParked {
+        EngineError::OperatorRefused {
             status: SagaStatus::Running,
+            command: OperatorCommand::Retry,
             ..
         }
     ));

@@ -8,7 +8,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use saga_core::definition::IncomingReply;
 use saga_core::engine::{
-    self, HistoryEvent, OperatorCommand, Outcome, Pending, SagaAction, SagaEvent, SagaInstance,
+    self, HistoryEvent, OperatorCommand, OperatorRequest, Outcome, Pending, SagaAction, SagaEvent, SagaInstance,
     SagaStatus, SagaTimer,
 };
 use saga_core::{
@@ -204,9 +204,9 @@ proptest! {
                 (status, _) if status.is_terminal() => break,
                 (SagaStatus::Failed, _) => {
                     if skips.next().unwrap_or(false) {
-                        SagaEvent::Operator(OperatorCommand::Skip)
+                        SagaEvent::Operator(OperatorRequest::new(OperatorCommand::Skip, "test", ""))
                     } else {
-                        SagaEvent::Operator(OperatorCommand::Retry)
+                        SagaEvent::Operator(OperatorRequest::new(OperatorCommand::Retry, "test", ""))
                     }
                 }
                 (_, Some(Pending::Reply { request_id })) => SagaEvent::Reply {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use saga_core::OperatorCommand;
+use saga_core::{OperatorCommand, OperatorRequest};
 use saga_core::engine::HistoryEvent;
 use saga_core::message::headers;
 use saga_core::orchestrator::WatchdogAction;
@@ -299,7 +299,10 @@ async fn a_stuck_saga_is_parked_by_the_watchdog_and_an_operator_moves_it_on(mode
 
     let status = system
         .orchestrator
-        .operator(ids[0], OperatorCommand::Retry)
+        .operator(
+            ids[0],
+            OperatorRequest::new(OperatorCommand::Retry, "ops", "the ledger is back"),
+        )
         .await
         .expect("retries");
     assert_eq!(status, SagaStatus::Running);
@@ -347,11 +350,11 @@ async fn a_dead_letter_is_replayed_once_or_discarded(mode: Mode) {
 
     let replayed = system
         .store
-        .replay_dead_letter(a, "the handler is deployed now")
+        .replay_dead_letter(a, "ops", "the handler is deployed now")
         .await
         .expect("replays");
     assert_ne!(replayed, first.message.id, "a new message id");
-    let again = system.store.replay_dead_letter(a, "twice").await;
+    let again = system.store.replay_dead_letter(a, "ops", "twice").await;
     assert!(
         matches!(
             again,
@@ -364,15 +367,15 @@ async fn a_dead_letter_is_replayed_once_or_discarded(mode: Mode) {
     );
     system
         .store
-        .discard_dead_letter(b, "not needed any more")
+        .discard_dead_letter(b, "ops", "not needed any more")
         .await
         .expect("discards");
     assert!(matches!(
-        system.store.discard_dead_letter(b, "again").await,
+        system.store.discard_dead_letter(b, "ops", "again").await,
         Err(DeadLetterError::Resolved { .. })
     ));
     assert!(matches!(
-        system.store.replay_dead_letter(999_999, "none").await,
+        system.store.replay_dead_letter(999_999, "ops", "none").await,
         Err(DeadLetterError::NotFound(999_999))
     ));
 

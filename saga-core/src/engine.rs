@@ -34,8 +34,8 @@ pub enum SagaStatus {
     Completed,
     /// Terminal: the saga turned back and every completed step was undone.
     Compensated,
-    /// Parked: a retriable step or a compensation kept failing past its retry limit. An
-    /// operator `retry` or `skip` moves it on.
+    /// Parked: a retriable step or a compensation kept failing past its retry limit, or the
+    /// watchdog found it stuck. An operator `retry` or `skip` moves it on.
     Failed,
 }
 
@@ -55,6 +55,27 @@ impl SagaStatus {
     /// Completed or compensated: nothing more will happen.
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Completed | Self::Compensated)
+    }
+}
+
+impl std::str::FromStr for SagaStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "created" => Self::Created,
+            "running" => Self::Running,
+            "compensating" => Self::Compensating,
+            "completed" => Self::Completed,
+            "compensated" => Self::Compensated,
+            "failed" => Self::Failed,
+            other => {
+                return Err(format!(
+                    "unknown saga status `{other}` (expected running, compensating, completed, \
+                     compensated or failed)"
+                ));
+            }
+        })
     }
 }
 
@@ -154,14 +175,73 @@ impl<D: SagaData> SagaInstance<D> {
     }
 }
 
-/// A command an operator gives a parked (`failed`) saga.
+/// A command an operator gives a saga.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OperatorCommand {
-    /// Try the current step or compensation again, with a fresh retry budget.
+    /// Parked sagas only: try the current step or compensation again, with a fresh retry
+    /// budget.
     Retry,
-    /// Treat the current step or compensation as done and move on.
+    /// Parked sagas only: treat the current step or compensation as done and move on.
     Skip,
+    /// Running sagas before their pivot only: abort, and compensate the compensatable steps
+    /// that ran (the one awaiting its reply included, since it may have taken effect) in
+    /// reverse order.
+    Cancel,
+}
+
+impl OperatorCommand {
+    /// The lowercase name (`retry`, `skip`, `cancel`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Retry => "retry",
+            Self::Skip => "skip",
+            Self::Cancel => "cancel",
+        }
+    }
+}
+
+impl fmt::Display for OperatorCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for OperatorCommand {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "retry" => Ok(Self::Retry),
+            "skip" => Ok(Self::Skip),
+            "cancel" => Ok(Self::Cancel),
+            other => Err(format!(
+                "unknown operator command `{other}` (expected retry, skip or cancel)"
+            )),
+        }
+    }
+}
+
+/// An operator's command with who gave it and why, as the saga's timeline records it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct OperatorRequest {
+    /// What to do.
+    pub command: OperatorCommand,
+    /// Who asked (a user name, `console`, a script's name).
+    pub actor: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl OperatorRequest {
+    /// `command`, asked by `actor` because of `reason`.
+    pub fn new(command: OperatorCommand, actor: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            command,
+            actor: actor.into(),
+            reason: reason.into(),
+        }
+    }
 }
 
 /// A timer the engine asked for; it comes back as [`SagaEvent::Timer`].
@@ -197,8 +277,8 @@ pub enum SagaEvent {
     },
     /// A timer fired.
     Timer(SagaTimer),
-    /// An operator acted on a parked saga.
-    Operator(OperatorCommand),
+    /// An operator acted.
+    Operator(OperatorRequest),
 }
 
 /// A command (or notification) the orchestrator must send.
@@ -327,6 +407,23 @@ pub enum HistoryEvent {
         command: OperatorCommand,
         /// The step it applied to.
         step: String,
+        /// Who (empty in timelines written before operators were named).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        actor: String,
+        /// Why.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        reason: String,
+    },
+    /// An operator command the saga refused (it changed nothing else).
+    OperatorRefused {
+        /// The command.
+        command: OperatorCommand,
+        /// Who asked.
+        actor: String,
+        /// Why they asked.
+        reason: String,
+        /// Why it was refused.
+        refused: String,
     },
     /// A terminal state was reached.
     Finished {
@@ -427,13 +524,18 @@ pub enum EngineError {
     /// `Start` sent to a saga that has started.
     #[error("saga {0} has already started")]
     AlreadyStarted(SagaId),
-    /// An operator command for a saga that is not parked.
-    #[error("saga {saga_id} is {status}; operator commands apply only to failed sagas")]
-    NotParked {
+    /// An operator command the saga's state does not allow (e.g. `retry` on a running saga,
+    /// `cancel` after the pivot).
+    #[error("{command} refused for saga {saga_id} ({status}): {why}")]
+    OperatorRefused {
         /// The saga.
         saga_id: SagaId,
+        /// The command.
+        command: OperatorCommand,
         /// Its status.
         status: SagaStatus,
+        /// Why, and what to do instead.
+        why: String,
     },
     /// The state is inconsistent with the definition (e.g. waiting on a step with no command).
     #[error("saga {saga_id} is in an inconsistent state: {problem}")]
@@ -561,14 +663,8 @@ impl<'d, D: SagaData> Machine<'d, D> {
                 Ok(None)
             }
             SagaEvent::Timer(timer) => self.on_timer(*timer),
-            SagaEvent::Operator(command) => {
-                if status != SagaStatus::Failed {
-                    return Err(EngineError::NotParked {
-                        saga_id: self.instance.state.saga_id,
-                        status,
-                    });
-                }
-                self.on_operator(*command)?;
+            SagaEvent::Operator(request) => {
+                self.on_operator(request)?;
                 Ok(None)
             }
         }
@@ -994,12 +1090,36 @@ impl<'d, D: SagaData> Machine<'d, D> {
         self.forward_failed(step, reason, true)
     }
 
-    fn on_operator(&mut self, command: OperatorCommand) -> Result<(), EngineError> {
+    fn refuse(&self, command: OperatorCommand, why: impl Into<String>) -> EngineError {
+        let state = &self.instance.state;
+        EngineError::OperatorRefused {
+            saga_id: state.saga_id,
+            command,
+            status: state.status,
+            why: why.into(),
+        }
+    }
+
+    fn on_operator(&mut self, request: &OperatorRequest) -> Result<(), EngineError> {
+        let command = request.command;
+        let status = self.instance.state.status;
+        match command {
+            OperatorCommand::Retry | OperatorCommand::Skip if status != SagaStatus::Failed => {
+                return Err(self.refuse(
+                    command,
+                    "retry and skip apply only to sagas parked in `failed`",
+                ));
+            }
+            OperatorCommand::Cancel => return self.cancel(request),
+            OperatorCommand::Retry | OperatorCommand::Skip => {}
+        }
         let current = self.current()?;
         let step = current.1;
         self.history.push(HistoryEvent::Operator {
             command,
             step: step.name().to_owned(),
+            actor: request.actor.clone(),
+            reason: request.reason.clone(),
         });
         let state = &mut self.instance.state;
         state.status = match state.direction {
@@ -1013,7 +1133,68 @@ impl<'d, D: SagaData> Machine<'d, D> {
                 let progress = self.attempt(step, None)?;
                 self.after_attempt(current, progress, false)
             }
-            OperatorCommand::Skip => self.after_attempt(current, Progress::Done, false),
+            _ => self.after_attempt(current, Progress::Done, false),
         }
+    }
+
+    /// Aborts a running saga before its pivot: the step awaiting its reply may have taken
+    /// effect, so it is undone with the steps before it (as after a timeout).
+    fn cancel(&mut self, request: &OperatorRequest) -> Result<(), EngineError> {
+        let command = request.command;
+        let state = &self.instance.state;
+        if state.status != SagaStatus::Running || state.direction != Direction::Forward {
+            return Err(self.refuse(
+                command,
+                match state.status {
+                    SagaStatus::Compensating => "it is compensating already".to_owned(),
+                    SagaStatus::Failed => "it is parked at or after its pivot, which cannot be \
+                                          undone; retry or skip it instead"
+                        .to_owned(),
+                    status => format!("cancel applies only to running sagas, not {status} ones"),
+                },
+            ));
+        }
+        let (_, step) = self.current()?;
+        let ran_pivot = self.definition.steps().iter().find(|s| {
+            s.kind() != StepKind::Compensatable
+                && (s.name() == step.name() || state.completed_steps.iter().any(|c| c == s.name()))
+        });
+        if let Some(pivot) = ran_pivot {
+            return Err(self.refuse(
+                command,
+                format!(
+                    "it has reached `{}`, past the point where it can turn back; it will finish \
+                     on its own",
+                    pivot.name()
+                ),
+            ));
+        }
+        self.history.push(HistoryEvent::Operator {
+            command,
+            step: step.name().to_owned(),
+            actor: request.actor.clone(),
+            reason: request.reason.clone(),
+        });
+        let awaiting = matches!(state.pending, Some(Pending::Reply { .. }));
+        if awaiting && step.compensation().is_some() {
+            self.instance
+                .state
+                .completed_steps
+                .push(step.name().to_owned());
+        }
+        let reason = match request.reason.is_empty() {
+            true => format!("cancelled by {}", request.actor),
+            false => format!("cancelled by {}: {}", request.actor, request.reason),
+        };
+        let state = &mut self.instance.state;
+        state.status = SagaStatus::Compensating;
+        state.direction = Direction::Backward;
+        state.compensation_reason = Some(reason.clone());
+        state.last_error = None;
+        self.history.push(HistoryEvent::CompensationStarted {
+            step: step.name().to_owned(),
+            reason,
+        });
+        self.run_compensations()
     }
 }

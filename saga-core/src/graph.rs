@@ -1,60 +1,102 @@
-//! Renders a saga definition as a state graph, in Mermaid or Graphviz DOT.
+//! A saga definition as a state graph ([`SagaGraph`]), rendered in Mermaid or Graphviz DOT,
+//! bare or with one instance's path drawn on it ([`SagaPath`]).
 //!
 //! Both renderings are deterministic text (fit for snapshot tests and READMEs) and show the
 //! same facts: each step with its kind and action, the pivot, forward edges, conditional
 //! skips, failure edges into the compensation chain, the compensation chain itself, retry
-//! loops, and the terminal states `completed`, `compensated` and `failed`.
+//! loops, and the terminal states `completed`, `compensated` and `failed`. The graph is plain
+//! data (serde), so tools that do not have the saga's Rust types — the `saga` CLI, the
+//! console — can render it from what the orchestrator stored.
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
+use serde::{Deserialize, Serialize};
+
 use crate::definition::{Action, SagaDefinition, StepDefinition, StepKind};
+use crate::engine::{Direction, HistoryEvent, SagaState, SagaStatus};
 
-/// A node-and-edge view of a definition, shared by both renderers.
-struct Graph {
-    nodes: Vec<Node>,
-    edges: Vec<Edge>,
+/// A definition's nodes and edges.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaGraph {
+    /// The saga type.
+    pub name: String,
+    /// Start, steps, compensations and terminal states, top to bottom.
+    pub nodes: Vec<GraphNode>,
+    /// Transitions between them.
+    pub edges: Vec<GraphEdge>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Shape {
+/// What a node stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Shape {
+    /// `start`, `completed`, `compensated`, `failed`.
     Terminal,
+    /// A compensatable step.
     Compensatable,
+    /// The pivot.
     Pivot,
+    /// A retriable step.
     Retriable,
+    /// A step's compensation.
     Compensation,
 }
 
-struct Node {
-    id: String,
-    title: String,
-    detail: String,
-    shape: Shape,
+/// A node of a [`SagaGraph`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GraphNode {
+    /// `start`, `step_<name>`, `undo_<name>`, `completed`, `compensated` or `failed`.
+    pub id: String,
+    /// What to show first (the step's name).
+    pub title: String,
+    /// Kind, action and condition.
+    pub detail: String,
+    /// What it stands for.
+    pub shape: Shape,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Style {
+/// What kind of transition an edge is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Style {
+    /// Going forward (or skipping a step).
     Forward,
+    /// A failure: turning back, retrying, parking.
     Failure,
+    /// One compensation to the next.
     Compensation,
 }
 
-struct Edge {
-    from: String,
-    to: String,
-    label: Option<String>,
-    style: Style,
+/// An edge of a [`SagaGraph`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GraphEdge {
+    /// The node it leaves.
+    pub from: String,
+    /// The node it enters.
+    pub to: String,
+    /// `success`, `failure`, `skip <step>`, …
+    pub label: Option<String>,
+    /// What kind of transition.
+    pub style: Style,
 }
+
+type Graph = SagaGraph;
+type Node = GraphNode;
+type Edge = GraphEdge;
 
 const START: &str = "start";
 const COMPLETED: &str = "completed";
 const COMPENSATED: &str = "compensated";
 const FAILED: &str = "failed";
 
-fn step_id(name: &str) -> String {
+/// The node id of a step.
+pub fn step_id(name: &str) -> String {
     format!("step_{name}")
 }
 
-fn undo_id(name: &str) -> String {
+/// The node id of a step's compensation.
+pub fn undo_id(name: &str) -> String {
     format!("undo_{name}")
 }
 
@@ -66,6 +108,7 @@ impl Graph {
     fn of<D>(definition: &SagaDefinition<D>) -> Self {
         let steps = definition.steps();
         let mut graph = Graph {
+            name: definition.name().to_owned(),
             nodes: Vec::new(),
             edges: Vec::new(),
         };
@@ -213,11 +256,28 @@ fn dot_text(text: &str) -> String {
 }
 
 impl<D> SagaDefinition<D> {
+    /// The state graph, as data.
+    pub fn graph(&self) -> SagaGraph {
+        Graph::of(self)
+    }
+
     /// The state graph as a Mermaid flowchart.
     pub fn to_mermaid(&self) -> String {
-        let graph = Graph::of(self);
+        self.graph().to_mermaid(None)
+    }
+
+    /// The state graph in Graphviz DOT.
+    pub fn to_dot(&self) -> String {
+        self.graph().to_dot(None)
+    }
+}
+
+impl SagaGraph {
+    /// The graph as a Mermaid flowchart, with `path` (one instance's) drawn on it when given.
+    pub fn to_mermaid(&self, path: Option<&SagaPath>) -> String {
+        let graph = self;
         let mut out = String::new();
-        let _ = writeln!(out, "---\ntitle: {}\n---", mermaid_text(self.name()));
+        let _ = writeln!(out, "---\ntitle: {}\n---", mermaid_text(&self.name));
         out.push_str("flowchart TD\n");
         for node in &graph.nodes {
             let label = if node.detail.is_empty() {
@@ -277,14 +337,46 @@ impl<D> SagaDefinition<D> {
                 let _ = writeln!(out, "    class {} {class}", ids.join(","));
             }
         }
+        if let Some(path) = path {
+            out.push_str("    classDef visited stroke:#1d4ed8,stroke-width:3px\n");
+            out.push_str("    classDef current fill:#bfdbfe,stroke:#1d4ed8,stroke-width:4px\n");
+            out.push_str("    classDef skipped stroke:#9ca3af,stroke-dasharray:2 2,color:#6b7280\n");
+            for (class, ids) in [
+                ("visited", path.visited_nodes()),
+                ("skipped", path.skipped_nodes()),
+                ("current", path.current.iter().cloned().collect()),
+            ] {
+                let ids: Vec<String> = ids
+                    .into_iter()
+                    .filter(|id| graph.nodes.iter().any(|n| &n.id == id))
+                    .collect();
+                if !ids.is_empty() {
+                    let _ = writeln!(out, "    class {} {class}", ids.join(","));
+                }
+            }
+            let taken: Vec<String> = graph
+                .edges
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| path.took(e))
+                .map(|(i, _)| i.to_string())
+                .collect();
+            if !taken.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "    linkStyle {} stroke:#1d4ed8,stroke-width:3px",
+                    taken.join(",")
+                );
+            }
+        }
         out
     }
 
-    /// The state graph in Graphviz DOT.
-    pub fn to_dot(&self) -> String {
-        let graph = Graph::of(self);
+    /// The graph in Graphviz DOT, with `path` (one instance's) drawn on it when given.
+    pub fn to_dot(&self, path: Option<&SagaPath>) -> String {
+        let graph = self;
         let mut out = String::new();
-        let _ = writeln!(out, "digraph \"{}\" {{", dot_text(self.name()));
+        let _ = writeln!(out, "digraph \"{}\" {{", dot_text(&self.name));
         out.push_str("    rankdir=TB;\n    node [fontname=\"Helvetica\"];\n");
         out.push_str("    edge [fontname=\"Helvetica\", fontsize=10];\n");
         for node in &graph.nodes {
@@ -300,7 +392,12 @@ impl<D> SagaDefinition<D> {
                 Shape::Retriable => "shape=box, style=\"rounded,filled\", fillcolor=\"#dcfce7\"",
                 Shape::Compensation => "shape=box, style=\"dashed,filled\", fillcolor=\"#fee2e2\"",
             };
-            let _ = writeln!(out, "    {} [label=\"{label}\", {attrs}];", node.id);
+            let marks = path.map(|p| p.dot_node_marks(&node.id)).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "    {} [label=\"{label}\", {attrs}{marks}];",
+                node.id
+            );
         }
         for edge in &graph.edges {
             let mut attrs = Vec::new();
@@ -311,6 +408,9 @@ impl<D> SagaDefinition<D> {
                 Style::Forward => {}
                 Style::Failure => attrs.push("style=dashed, color=\"#b91c1c\"".to_owned()),
                 Style::Compensation => attrs.push("color=\"#b91c1c\"".to_owned()),
+            }
+            if path.is_some_and(|p| p.took(edge)) {
+                attrs.push("penwidth=3, color=\"#1d4ed8\"".to_owned());
             }
             if attrs.is_empty() {
                 let _ = writeln!(out, "    {} -> {};", edge.from, edge.to);
@@ -326,5 +426,123 @@ impl<D> SagaDefinition<D> {
         }
         out.push_str("}\n");
         out
+    }
+}
+
+/// One instance's way through its graph, read from its timeline: the nodes it went through
+/// in order, the steps its conditions skipped, and where it is now.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaPath {
+    /// Node ids in the order the saga went through them (no node twice in a row).
+    pub visits: Vec<String>,
+    /// Steps skipped by their condition.
+    pub skipped: Vec<String>,
+    /// Steps whose retry loop it went round.
+    pub retried: Vec<String>,
+    /// The node it is at, while it is not finished.
+    pub current: Option<String>,
+}
+
+impl SagaPath {
+    /// The path of the saga whose timeline is `events` and whose state is `state`.
+    pub fn from_timeline<'e>(
+        events: impl IntoIterator<Item = &'e HistoryEvent>,
+        state: &SagaState,
+    ) -> Self {
+        let mut path = SagaPath::default();
+        let mut direction = Direction::Forward;
+        let node = |direction: Direction, step: &str| match direction {
+            Direction::Forward => step_id(step),
+            Direction::Backward => undo_id(step),
+        };
+        for event in events {
+            let visit = match event {
+                HistoryEvent::Started => Some(START.to_owned()),
+                HistoryEvent::CommandSent {
+                    step, compensation, ..
+                } => Some(match compensation {
+                    true => undo_id(step),
+                    false => step_id(step),
+                }),
+                HistoryEvent::StepSucceeded { step } | HistoryEvent::StepFailed { step, .. } => {
+                    Some(step_id(step))
+                }
+                HistoryEvent::StepSkipped { step } => {
+                    path.skipped.push(step.clone());
+                    None
+                }
+                HistoryEvent::RetryScheduled { step, .. } => {
+                    if direction == Direction::Forward && !path.retried.contains(step) {
+                        path.retried.push(step.clone());
+                    }
+                    None
+                }
+                HistoryEvent::CompensationStarted { .. } => {
+                    direction = Direction::Backward;
+                    None
+                }
+                HistoryEvent::StepCompensated { step }
+                | HistoryEvent::CompensationFailed { step, .. } => Some(undo_id(step)),
+                HistoryEvent::Parked { .. } => Some(FAILED.to_owned()),
+                HistoryEvent::Operator { step, .. } => Some(node(direction, step)),
+                HistoryEvent::Finished { status } => Some(match status {
+                    SagaStatus::Compensated => COMPENSATED.to_owned(),
+                    _ => COMPLETED.to_owned(),
+                }),
+                HistoryEvent::TimedOut { .. } | HistoryEvent::OperatorRefused { .. } => None,
+            };
+            if let Some(visit) = visit
+                && path.visits.last() != Some(&visit)
+            {
+                path.visits.push(visit);
+            }
+        }
+        if !state.status.is_terminal() {
+            path.current = state
+                .current_step
+                .as_deref()
+                .map(|step| node(state.direction, step));
+        }
+        path
+    }
+
+    /// The nodes it went through, each once.
+    pub fn visited_nodes(&self) -> Vec<String> {
+        let mut seen = BTreeSet::new();
+        self.visits
+            .iter()
+            .filter(|id| seen.insert(id.as_str()))
+            .cloned()
+            .collect()
+    }
+
+    /// The node ids of the skipped steps.
+    pub fn skipped_nodes(&self) -> Vec<String> {
+        self.skipped.iter().map(|s| step_id(s)).collect()
+    }
+
+    /// Whether the saga went along `edge`.
+    pub fn took(&self, edge: &GraphEdge) -> bool {
+        if edge.from == edge.to {
+            return self
+                .retried
+                .iter()
+                .any(|step| step_id(step) == edge.from);
+        }
+        self.visits
+            .windows(2)
+            .any(|pair| pair[0] == edge.from && pair[1] == edge.to)
+    }
+
+    fn dot_node_marks(&self, id: &str) -> String {
+        if self.current.as_deref() == Some(id) {
+            ", penwidth=4, color=\"#1d4ed8\", peripheries=2".to_owned()
+        } else if self.visits.iter().any(|v| v == id) {
+            ", penwidth=3, color=\"#1d4ed8\"".to_owned()
+        } else if self.skipped_nodes().iter().any(|v| v == id) {
+            ", color=\"#9ca3af\", fontcolor=\"#6b7280\"".to_owned()
+        } else {
+            String::new()
+        }
     }
 }

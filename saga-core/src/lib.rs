@@ -21,10 +21,11 @@ pub mod clock;
 pub mod definition;
 pub mod engine;
 pub mod error;
-mod graph;
+pub mod graph;
 pub mod ids;
 pub mod lock;
 pub mod memory;
+pub mod operator;
 pub mod message;
 pub mod orchestrator;
 pub mod participant;
@@ -36,7 +37,7 @@ pub use definition::{
     Action, RetryPolicy, Saga, SagaData, SagaDefinition, Step, StepDefinition, StepFailure,
     StepKind, TimeoutAction,
 };
-pub use engine::{OperatorCommand, SagaStatus};
+pub use engine::{OperatorCommand, OperatorRequest, SagaStatus};
 pub use ids::{MessageId, RequestId, SagaId, Timestamp};
 pub use lock::{Locked, SemanticLock};
 pub use message::{Command, CommandFailed, Headers, Message, Reply, ReplyOutcome};

@@ -12,11 +12,13 @@ use std::sync::Arc;
 use crate::clock::{Clock, SystemClock};
 use crate::definition::{IncomingReply, Saga};
 use crate::engine::{
-    self, EngineError, OperatorCommand, Outcome, SagaAction, SagaEvent, SagaInstance, SagaState,
+    self, EngineError, HistoryEvent, OperatorRequest, Outcome, SagaAction, SagaEvent, SagaInstance, SagaState,
     SagaStatus,
 };
+use crate::graph::SagaGraph;
 use crate::ids::{RequestId, SagaId, Timestamp};
 use crate::message::{Headers, Message, MessageError, ReplyOutcome, headers};
+use crate::operator;
 use crate::ports::{
     CommitOutcome, Consumed, DeadLetter, HistoryRecord, SagaRecord, SagaStore, SagaWrite,
     StalledSaga, StoreError, TimerRecord, UnitOfWork,
@@ -79,6 +81,8 @@ pub enum Handled {
     Duplicate,
     /// The message could not be used; it was dead-lettered with this reason.
     DeadLettered(String),
+    /// An operator request the saga refused; the refusal is in its timeline.
+    Refused(String),
 }
 
 /// What [`Orchestrator::plan_replies`] decided for a batch of replies.
@@ -156,8 +160,21 @@ enum ErasedOutcome {
     Ignored(String),
 }
 
+/// A saga type an orchestrator runs, as tools see it without its Rust types.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegisteredSaga {
+    /// The saga type (definition name).
+    pub saga_type: String,
+    /// The definition version (a hash of the graph).
+    pub version: String,
+    /// The state graph.
+    pub graph: SagaGraph,
+}
+
 /// A registered saga type, with its data type erased to JSON.
 trait ErasedSaga: Send + Sync {
+    fn describe(&self) -> RegisteredSaga;
+
     /// Whether `step` waits for its reply without a deadline by design (`no_timeout`).
     fn waits_without_deadline(&self, step: &str) -> bool;
 
@@ -194,6 +211,15 @@ fn erase<S: Saga>(
 }
 
 impl<S: Saga> ErasedSaga for Typed<S> {
+    fn describe(&self) -> RegisteredSaga {
+        let definition = S::definition();
+        RegisteredSaga {
+            saga_type: definition.name().to_owned(),
+            version: definition.version().to_owned(),
+            graph: definition.graph(),
+        }
+    }
+
     fn waits_without_deadline(&self, step: &str) -> bool {
         S::definition()
             .step(step)
@@ -301,6 +327,13 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
         self
     }
 
+    /// The registered saga types: name, definition version and state graph, by name.
+    pub fn definitions(&self) -> Vec<RegisteredSaga> {
+        let mut sagas: Vec<RegisteredSaga> = self.sagas.values().map(|s| s.describe()).collect();
+        sagas.sort_by(|a, b| a.saga_type.cmp(&b.saga_type));
+        sagas
+    }
+
     /// The channel participants reply to.
     pub fn reply_channel(&self) -> &str {
         &self.reply_channel
@@ -353,6 +386,9 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
             consumer: self.consumer.clone(),
             message_id: message.id,
         };
+        if operator::is_operator_message(message) {
+            return self.handle_operator_message(message, consumed).await;
+        }
         let (saga_id, event) = match reply_event(message) {
             Ok(parsed) => parsed,
             Err(err) => {
@@ -651,19 +687,93 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
         Ok(report)
     }
 
-    /// Applies an operator command (`retry` or `skip`) to a parked saga.
+    /// Applies an operator request (`retry` or `skip` a parked saga, `cancel` a running one)
+    /// and returns the saga's status afterwards. A refusal is recorded in the saga's timeline
+    /// and returned as [`EngineError::OperatorRefused`].
     pub async fn operator(
         &self,
         saga_id: SagaId,
-        command: OperatorCommand,
+        request: OperatorRequest,
     ) -> Result<SagaStatus, OrchestratorError> {
-        let event = SagaEvent::Operator(command);
         match self
-            .apply_event(saga_id, &event, UnitOfWork::default())
-            .await?
+            .apply_operator(saga_id, &request, UnitOfWork::default())
+            .await
         {
-            Handled::Applied(status) => Ok(status),
-            handled => Err(OrchestratorError::NoEffect { saga_id, handled }),
+            Ok(Handled::Applied(status)) => Ok(status),
+            Ok(handled) => Err(OrchestratorError::NoEffect { saga_id, handled }),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Applies `request` on top of `base`; when the engine refuses it, commits `base` with the
+    /// refusal in the saga's timeline instead, and returns the engine's error.
+    async fn apply_operator(
+        &self,
+        saga_id: SagaId,
+        request: &OperatorRequest,
+        base: UnitOfWork,
+    ) -> Result<Handled, OrchestratorError> {
+        let event = SagaEvent::Operator(request.clone());
+        match self.apply_event(saga_id, &event, base.clone()).await {
+            Err(OrchestratorError::Engine(EngineError::OperatorRefused {
+                saga_id,
+                command,
+                status,
+                why,
+            })) => {
+                tracing::warn!(%saga_id, command = %request.command, actor = %request.actor, %why, "operator request refused");
+                let mut unit = base;
+                unit.history.push(HistoryRecord {
+                    saga_id,
+                    at: self.clock.now(),
+                    event: HistoryEvent::OperatorRefused {
+                        command: request.command,
+                        actor: request.actor.clone(),
+                        reason: request.reason.clone(),
+                        refused: why.clone(),
+                    },
+                });
+                self.store.commit(unit).await?;
+                Err(EngineError::OperatorRefused {
+                    saga_id,
+                    command,
+                    status,
+                    why,
+                }
+                .into())
+            }
+            other => other,
+        }
+    }
+
+    /// Handles an operator request that came as a message (see [`crate::operator`]).
+    async fn handle_operator_message(
+        &self,
+        message: &Message,
+        consumed: Consumed,
+    ) -> Result<Handled, OrchestratorError> {
+        let (saga_id, request) = match operator::parse_operator_message(message) {
+            Ok(parsed) => parsed,
+            Err(err) => {
+                let reason = format!("unusable operator request: {err}");
+                return self.dead_letter(message, consumed, reason).await;
+            }
+        };
+        tracing::info!(%saga_id, command = %request.command, actor = %request.actor, reason = %request.reason, "operator request");
+        let base = UnitOfWork {
+            consumed: Some(consumed.clone()),
+            ..UnitOfWork::default()
+        };
+        match self.apply_operator(saga_id, &request, base).await {
+            Ok(handled) => Ok(handled),
+            Err(OrchestratorError::Engine(EngineError::OperatorRefused { why, .. })) => {
+                Ok(Handled::Refused(why))
+            }
+            Err(OrchestratorError::Store(err)) => Err(OrchestratorError::Store(err)),
+            Err(err) => {
+                let reason = format!("operator request for saga {saga_id} failed: {err}");
+                self.dead_letter(message, consumed, reason).await
+            }
         }
     }
 

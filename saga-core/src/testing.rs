@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use crate::definition::{IncomingReply, Saga};
 use crate::engine::{
-    self, HistoryEvent, OperatorCommand, Outcome, OutgoingCommand, Pending, SagaAction, SagaEvent,
+    self, EngineError, HistoryEvent, OperatorCommand, OperatorRequest, Outcome, OutgoingCommand, Pending, SagaAction, SagaEvent,
     SagaInstance, SagaState, SagaStatus, SagaTimer,
 };
 use crate::ids::{SagaId, Timestamp};
@@ -266,10 +266,36 @@ impl<S: Saga> SagaTest<S> {
         self
     }
 
-    /// Gives an operator command to a parked saga.
+    /// Gives an operator command (by the operator `test`, with no reason).
     #[track_caller]
     pub fn operator(self, command: OperatorCommand) -> Self {
-        self.event(SagaEvent::Operator(command))
+        self.event(SagaEvent::Operator(OperatorRequest::new(command, "test", "")))
+    }
+
+    /// An operator cancels the saga with `reason`: it turns back and compensates what ran.
+    #[track_caller]
+    pub fn cancel(self, reason: &str) -> Self {
+        self.event(SagaEvent::Operator(OperatorRequest::new(
+            OperatorCommand::Cancel,
+            "test",
+            reason,
+        )))
+    }
+
+    /// Asserts that the saga refuses operator `command`, for a reason containing `why`, and
+    /// that nothing changed.
+    #[track_caller]
+    pub fn expect_refused(self, command: OperatorCommand, why: &str) -> Self {
+        let event = SagaEvent::Operator(OperatorRequest::new(command, "test", ""));
+        match engine::transition(S::definition(), &self.instance, &event, self.now) {
+            Err(EngineError::OperatorRefused { why: actual, .. }) => assert!(
+                actual.contains(why),
+                "{command} was refused because {actual:?}, which does not contain {why:?}"
+            ),
+            Err(other) => panic!("{command} failed with {other}, not a refusal"),
+            Ok(_) => panic!("{command} was not refused"),
+        }
+        self
     }
 
     /// Asserts the saga's status.

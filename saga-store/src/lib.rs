@@ -25,7 +25,7 @@
 //! |---|---|
 //! | [`db`] | the pool, options and dialect; migrations; typed transactions ([`db::backend`]); group commit ([`db::group`]); in-process wake-ups and PostgreSQL `LISTEN` |
 //! | [`sql`] | one file per table: its statements (single-row and multi-row) and row codec |
-//! | [`store`] | the [`SagaStore`](saga_core::ports::SagaStore) port: units of work, transactional start, dead letters for operators |
+//! | [`store`] | the [`SagaStore`](saga_core::ports::SagaStore) port: units of work, transactional start; what operators do (find sagas, stats, operator requests, dead letters) |
 //! | [`transport`] | [`SqlTransport`] (the queue table) and, with `nats`, `NatsTransport` |
 //! | [`outbox`] | the relay that publishes the outbox, under an expiring lease, and retention |
 //! | `consume` | the consumers: leased, in place, replies, commands, timers and the watchdog |
@@ -58,7 +58,10 @@ pub use outbox::retention::{RetentionReport, apply_retention};
 pub use runtime::{RuntimeBuilder, SagaRuntime};
 pub use saga_core;
 pub use sql::locks as lock_table;
-pub use store::{DeadLetterError, Resolution, SqlSagaStore, StoredDeadLetter, start_saga_in};
+pub use store::{
+    DeadLetterError, OperatorRequestError, Resolution, SagaFilter, SqlSagaStore, StoreStats,
+    StoredDeadLetter, StoredDefinition, StoredSaga, start_saga_in,
+};
 #[cfg(feature = "nats")]
 pub use transport::nats;
 pub use transport::sql::{SqlTransport, SqlTransportOptions};

@@ -2,7 +2,8 @@
 //! it as tokio tasks until shut down.
 //!
 //! - an **outbox relay** and a **retention** task per database ([`crate::outbox`]);
-//! - a **reply consumer**, a **timer loop** and a **watchdog** per orchestrator;
+//! - a **reply consumer**, a **timer loop** and a **watchdog** per orchestrator, which also
+//!   records the saga types it runs in `saga_definitions` (for the `saga` CLI and console);
 //! - a **command consumer** per participant ([`crate::consume`]).
 //!
 //! With the queue in the consumers' own database ([`RuntimeBuilder::in_place`]) the consumers
@@ -25,7 +26,7 @@ use crate::options::RuntimeOptions;
 use crate::outbox::{relay, retention};
 use crate::store::SqlSagaStore;
 use crate::transport::sql::SqlTransport;
-use crate::worker::Shutdown;
+use crate::worker::{Backoff, Shutdown};
 
 /// Collects what to run, then starts it.
 pub struct RuntimeBuilder {
@@ -140,6 +141,10 @@ impl RuntimeBuilder {
             )));
         }
         for orchestrator in &self.orchestrators {
+            tasks.push(tokio::spawn(record_definitions(
+                orchestrator.clone(),
+                shutdown.clone(),
+            )));
             let consumer = replies::consumer(
                 orchestrator.clone(),
                 self.transport.clone(),
@@ -188,6 +193,27 @@ impl RuntimeBuilder {
             });
         }
         SagaRuntime { stop, tasks }
+    }
+}
+
+/// Records the saga types `orchestrator` runs, retrying until the database takes them.
+async fn record_definitions(orchestrator: SharedOrchestrator, mut shutdown: Shutdown) {
+    let sagas = orchestrator.definitions();
+    let mut backoff = Backoff::new(std::time::Duration::from_secs(5));
+    loop {
+        match orchestrator
+            .store()
+            .record_definitions(orchestrator.reply_channel(), &sagas)
+            .await
+        {
+            Ok(()) => return,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot record the saga definitions yet; retrying");
+                if shutdown.pause(backoff.next(), None).await {
+                    return;
+                }
+            }
+        }
     }
 }
 

@@ -5,7 +5,9 @@
 //! The order row itself is created by the transaction that starts the saga, so the first
 //! step does nothing going forward; it only carries the compensation that rejects the order.
 
-use saga_core::saga;
+use std::time::Duration;
+
+use saga_core::{RetryPolicy, saga};
 use serde::{Deserialize, Serialize};
 
 use crate::messages::{
@@ -121,7 +123,9 @@ saga! {
         compensatable create_ticket   { invoke: create_ticket, on_reply: ticket_created,
                                         compensate: cancel_create_ticket }
         pivot         authorize_card  { invoke: authorize_card, on_reply: card_authorized }
-        retriable     confirm_ticket  { invoke: confirm_create_ticket }
+        retriable     confirm_ticket  { invoke: confirm_create_ticket,
+                                        retry: RetryPolicy::exponential(Duration::from_millis(200))
+                                            .max_attempts(5) }
         retriable     approve_order   { invoke: approve_order }
     }
 }

@@ -31,6 +31,8 @@ pub enum Resolution {
         at: Timestamp,
         /// The id of the message that carries it now.
         message_id: MessageId,
+        /// Who.
+        by: String,
         /// Why, as the operator said.
         reason: String,
     },
@@ -38,6 +40,8 @@ pub enum Resolution {
     Discarded {
         /// When.
         at: Timestamp,
+        /// Who.
+        by: String,
         /// Why, as the operator said.
         reason: String,
     },
@@ -84,7 +88,7 @@ pub(crate) async fn insert(conn: Conn<'_>, dead: &DeadLetter) -> Result<(), Stor
 }
 
 const COLUMNS: &str = "id, consumer, message_id, destination, headers, payload, reason, at, \
-     resolved_at, resolution, resolution_reason, replay_message_id";
+     resolved_at, resolution, resolution_reason, replay_message_id, resolved_by";
 
 fn dead_letter(row: &impl Get) -> Result<DeadLetter, StoreError> {
     let headers = row.json("headers")?;
@@ -107,13 +111,15 @@ fn dead_letter(row: &impl Get) -> Result<DeadLetter, StoreError> {
 fn stored(row: &impl Get) -> Result<StoredDeadLetter, StoreError> {
     let at = row.opt_int("resolved_at")?.map(|ms| Timestamp(to_u64(ms)));
     let reason = row.opt_text("resolution_reason")?.unwrap_or_default();
+    let by = row.opt_text("resolved_by")?.unwrap_or_default();
     let resolution = match (at, row.opt_text("resolution")?.as_deref()) {
         (Some(at), Some("replayed")) => Some(Resolution::Replayed {
             at,
             message_id: MessageId(row.id("replay_message_id")?),
+            by,
             reason,
         }),
-        (Some(at), Some("discarded")) => Some(Resolution::Discarded { at, reason }),
+        (Some(at), Some("discarded")) => Some(Resolution::Discarded { at, by, reason }),
         (Some(_), other) => {
             return Err(corrupt(
                 "dead letter resolution",
@@ -185,6 +191,7 @@ pub(crate) async fn resolve(
     conn: Conn<'_>,
     id: i64,
     how: Resolve,
+    by: &str,
     reason: &str,
     at: i64,
 ) -> Result<bool, StoreError> {
@@ -195,13 +202,14 @@ pub(crate) async fn resolve(
     on_backend!(conn, |c| {
         query(
             "UPDATE saga_dead_letters SET resolved_at = $1, resolution = $2, \
-             resolution_reason = $3, replay_message_id = $4 \
-             WHERE id = $5 AND resolved_at IS NULL",
+             resolution_reason = $3, replay_message_id = $4, resolved_by = $5 \
+             WHERE id = $6 AND resolved_at IS NULL",
         )
         .bind(at)
         .bind(resolution)
         .bind(reason)
         .bind_opt_id(replay)
+        .bind(by)
         .bind(id)
         .execute(c)
         .await
@@ -221,6 +229,17 @@ pub(crate) async fn all(conn: Conn<'_>) -> Result<Vec<DeadLetter>, StoreError> {
             .iter()
             .map(dead_letter)
             .collect()
+    })
+}
+
+/// How many dead letters nobody has acted on.
+pub(crate) async fn unresolved_count(conn: Conn<'_>) -> Result<u64, StoreError> {
+    on_backend!(conn, |c| {
+        let row = query("SELECT COUNT(*) AS n FROM saga_dead_letters WHERE resolved_at IS NULL")
+            .fetch_one(c)
+            .await
+            .map_err(store_error)?;
+        Ok(to_u64(row.int("n")?))
     })
 }
 
@@ -262,12 +281,12 @@ mod tests {
             let (first, second) = (stored[0].id, stored[1].id);
             let replay = MessageId::new();
             assert!(
-                resolve(tx.conn(), first, Resolve::Replayed(replay), "fixed", 2_000)
+                resolve(tx.conn(), first, Resolve::Replayed(replay), "ana", "fixed", 2_000)
                     .await
                     .expect("resolves")
             );
             assert!(
-                !resolve(tx.conn(), first, Resolve::Discarded, "again", 2_001)
+                !resolve(tx.conn(), first, Resolve::Discarded, "ana", "again", 2_001)
                     .await
                     .expect("runs"),
                 "resolved already"
@@ -278,6 +297,7 @@ mod tests {
                 Some(Resolution::Replayed {
                     at: Timestamp(2_000),
                     message_id: replay,
+                    by: "ana".to_owned(),
                     reason: "fixed".to_owned(),
                 })
             );

@@ -11,7 +11,7 @@ use sqlx::{AssertSqlSafe, query};
 use crate::db::backend::Conn;
 use crate::error::{corrupt, store_error};
 use crate::on_backend;
-use crate::sql::{Bind, CHUNK, Col, Get, placeholders, to_i64, to_u64, values};
+use crate::sql::{Bind, CHUNK, Col, Get, parameter, placeholders, to_i64, to_u64, values};
 
 /// The columns read for a [`SagaRecord`], in [`record`]'s order.
 const COLUMNS: &str = "saga_id, saga_type, definition_version, status, direction, current_step, \
@@ -378,6 +378,199 @@ pub(crate) async fn stalled(
         .map_err(store_error)?
         .iter()
         .map(stalled_saga)
+        .collect()
+    })
+}
+
+/// Which sagas [`search`] and [`count`] select; empty fields select all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SagaFilter {
+    /// Of this type.
+    pub saga_type: Option<String>,
+    /// In any of these statuses.
+    pub statuses: Vec<SagaStatus>,
+    /// At this step.
+    pub current_step: Option<String>,
+    /// Started with this definition version.
+    pub definition_version: Option<String>,
+    /// Created before this time (older than some age).
+    pub created_before: Option<Timestamp>,
+    /// Created after this time.
+    pub created_after: Option<Timestamp>,
+    /// Last changed before this time (idle for some time).
+    pub updated_before: Option<Timestamp>,
+}
+
+/// A saga row: its record and when it was created and last changed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredSaga {
+    /// State, data and version.
+    pub record: SagaRecord,
+    /// When it started.
+    pub created_at: Timestamp,
+    /// When it last changed.
+    pub updated_at: Timestamp,
+}
+
+/// A filter's `WHERE` clause and its parameters, in order.
+fn filter_sql(dialect: crate::db::Dialect, filter: &SagaFilter) -> (String, Vec<FilterValue>) {
+    let mut clauses = Vec::new();
+    let mut values = Vec::new();
+    let param = |values: &mut Vec<FilterValue>, value: FilterValue| {
+        values.push(value);
+        parameter(dialect, values.len())
+    };
+    if let Some(saga_type) = &filter.saga_type {
+        let p = param(&mut values, FilterValue::Text(saga_type.clone()));
+        clauses.push(format!("saga_type = {p}"));
+    }
+    if !filter.statuses.is_empty() {
+        let list: Vec<String> = filter
+            .statuses
+            .iter()
+            .map(|status| param(&mut values, FilterValue::Text(status.as_str().to_owned())))
+            .collect();
+        clauses.push(format!("status IN ({})", list.join(", ")));
+    }
+    if let Some(step) = &filter.current_step {
+        let p = param(&mut values, FilterValue::Text(step.clone()));
+        clauses.push(format!("current_step = {p}"));
+    }
+    if let Some(version) = &filter.definition_version {
+        let p = param(&mut values, FilterValue::Text(version.clone()));
+        clauses.push(format!("definition_version = {p}"));
+    }
+    for (column, op, at) in [
+        ("created_at", "<", filter.created_before),
+        ("created_at", ">", filter.created_after),
+        ("updated_at", "<", filter.updated_before),
+    ] {
+        if let Some(at) = at {
+            let p = param(&mut values, FilterValue::Int(to_i64(at.as_millis())));
+            clauses.push(format!("{column} {op} {p}"));
+        }
+    }
+    let sql = match clauses.is_empty() {
+        true => String::new(),
+        false => format!(" WHERE {}", clauses.join(" AND ")),
+    };
+    (sql, values)
+}
+
+/// A parameter of a filter.
+enum FilterValue {
+    Text(String),
+    Int(i64),
+}
+
+macro_rules! bind_filter {
+    ($statement:expr, $values:expr) => {{
+        let mut statement = $statement;
+        for value in $values {
+            statement = match value {
+                FilterValue::Text(text) => statement.bind(text.as_str()),
+                FilterValue::Int(int) => statement.bind(*int),
+            };
+        }
+        statement
+    }};
+}
+
+fn stored_saga(row: &impl Get) -> Result<StoredSaga, StoreError> {
+    Ok(StoredSaga {
+        record: record(row)?,
+        created_at: Timestamp(to_u64(row.int("created_at")?)),
+        updated_at: Timestamp(to_u64(row.int("updated_at")?)),
+    })
+}
+
+/// The sagas `filter` selects, newest first, `limit` of them after skipping `offset`.
+pub(crate) async fn search(
+    conn: Conn<'_>,
+    filter: &SagaFilter,
+    limit: usize,
+    offset: usize,
+) -> Result<Vec<StoredSaga>, StoreError> {
+    select(conn, filter, "DESC", limit, offset).await
+}
+
+/// The oldest saga `filter` selects.
+pub(crate) async fn oldest(
+    conn: Conn<'_>,
+    filter: &SagaFilter,
+) -> Result<Option<StoredSaga>, StoreError> {
+    Ok(select(conn, filter, "ASC", 1, 0).await?.into_iter().next())
+}
+
+/// One saga with its times.
+pub(crate) async fn find(conn: Conn<'_>, saga_id: SagaId) -> Result<Option<StoredSaga>, StoreError> {
+    let sql = format!("SELECT {COLUMNS}, created_at, updated_at FROM saga_instances WHERE saga_id = $1");
+    on_backend!(conn, |c| {
+        query(AssertSqlSafe(sql))
+            .bind_id(saga_id.0)
+            .fetch_optional(c)
+            .await
+            .map_err(store_error)?
+            .as_ref()
+            .map(stored_saga)
+            .transpose()
+    })
+}
+
+async fn select(
+    conn: Conn<'_>,
+    filter: &SagaFilter,
+    order: &'static str,
+    limit: usize,
+    offset: usize,
+) -> Result<Vec<StoredSaga>, StoreError> {
+    let (clause, values) = filter_sql(conn.dialect(), filter);
+    let sql = format!(
+        "SELECT {COLUMNS}, created_at, updated_at FROM saga_instances{clause} \
+         ORDER BY created_at {order}, saga_id {order} LIMIT {limit} OFFSET {offset}"
+    );
+    on_backend!(conn, |c| {
+        bind_filter!(query(AssertSqlSafe(sql)), &values)
+            .fetch_all(c)
+            .await
+            .map_err(store_error)?
+            .iter()
+            .map(stored_saga)
+            .collect()
+    })
+}
+
+/// How many sagas `filter` selects.
+pub(crate) async fn count(conn: Conn<'_>, filter: &SagaFilter) -> Result<u64, StoreError> {
+    let (clause, values) = filter_sql(conn.dialect(), filter);
+    let sql = format!("SELECT COUNT(*) AS n FROM saga_instances{clause}");
+    on_backend!(conn, |c| {
+        let row = bind_filter!(query(AssertSqlSafe(sql)), &values)
+            .fetch_one(c)
+            .await
+            .map_err(store_error)?;
+        Ok(to_u64(row.int("n")?))
+    })
+}
+
+/// How many sagas there are of each type in each status, by type and status.
+pub(crate) async fn counts(conn: Conn<'_>) -> Result<Vec<(String, SagaStatus, u64)>, StoreError> {
+    on_backend!(conn, |c| {
+        query(
+            "SELECT saga_type, status, COUNT(*) AS n FROM saga_instances \
+             GROUP BY saga_type, status ORDER BY saga_type, status",
+        )
+        .fetch_all(c)
+        .await
+        .map_err(store_error)?
+        .iter()
+        .map(|row| {
+            Ok((
+                row.text("saga_type")?,
+                parse_status(&row.text("status")?)?,
+                to_u64(row.int("n")?),
+            ))
+        })
         .collect()
     })
 }

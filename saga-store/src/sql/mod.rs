@@ -7,6 +7,7 @@
 //! helpers pick each backend's encoding.
 
 pub(crate) mod dead_letters;
+pub(crate) mod definitions;
 pub(crate) mod history;
 pub(crate) mod instances;
 pub(crate) mod leases;
@@ -67,7 +68,7 @@ pub(crate) enum Col {
 
 /// The parameter number `n` on `dialect`: `$n` on PostgreSQL, a plain `?` on SQLite (where
 /// sqlx looks numbered parameters up by name, which costs time quadratic in their count).
-fn parameter(dialect: Dialect, n: usize) -> String {
+pub(crate) fn parameter(dialect: Dialect, n: usize) -> String {
     match dialect {
         Dialect::Postgres => format!("${n}"),
         Dialect::Sqlite => "?".to_owned(),

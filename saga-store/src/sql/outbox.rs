@@ -1,7 +1,7 @@
 //! `saga_outbox`: messages written in the same transaction as the state change that produced
 //! them, published in order by the relay, which stamps `published_at`.
 
-use saga_core::Message;
+use saga_core::{Message, Timestamp};
 use saga_core::ports::{OutboxEntry, StoreError};
 use sqlx::{AssertSqlSafe, query};
 
@@ -126,6 +126,23 @@ pub(crate) async fn delete_published(
         .await
         .map(|done| done.rows_affected())
         .map_err(store_error)
+    })
+}
+
+/// How many messages wait for the relay, and when the oldest was written.
+pub(crate) async fn backlog(conn: Conn<'_>) -> Result<(u64, Option<Timestamp>), StoreError> {
+    on_backend!(conn, |c| {
+        let row = query(
+            "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM saga_outbox \
+             WHERE published_at IS NULL",
+        )
+        .fetch_one(c)
+        .await
+        .map_err(store_error)?;
+        Ok((
+            to_u64(row.int("n")?),
+            row.opt_int("oldest")?.map(|ms| Timestamp(to_u64(ms))),
+        ))
     })
 }
 

@@ -284,6 +284,29 @@ pub(crate) async fn unconsumed(
     })
 }
 
+/// Every channel's messages waiting in the queue (in flight included), with the oldest's
+/// enqueue time.
+pub(crate) async fn depth(conn: Conn<'_>) -> Result<Vec<ChannelBacklog>, StoreError> {
+    on_backend!(conn, |c| {
+        query(
+            "SELECT channel, COUNT(*) AS messages, MIN(enqueued_at) AS oldest FROM saga_queue \
+             GROUP BY channel ORDER BY channel",
+        )
+        .fetch_all(c)
+        .await
+        .map_err(store_error)?
+        .iter()
+        .map(|row| {
+            Ok(ChannelBacklog {
+                channel: row.text("channel")?,
+                messages: to_u64(row.int("messages")?),
+                oldest: row.opt_int("oldest")?.map(|ms| Timestamp(to_u64(ms))),
+            })
+        })
+        .collect()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use saga_core::Headers;

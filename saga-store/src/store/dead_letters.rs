@@ -62,10 +62,11 @@ impl SqlSagaStore {
     }
 
     /// Puts dead letter `id` back on its channel as a new message (see the module docs) and
-    /// records that, with `reason`; returns the new message's id.
+    /// records that `by` did, with `reason`; returns the new message's id.
     pub async fn replay_dead_letter(
         &self,
         id: i64,
+        by: &str,
         reason: &str,
     ) -> Result<MessageId, DeadLetterError> {
         let original = self.unresolved(id).await?.dead_letter.message;
@@ -80,6 +81,7 @@ impl SqlSagaStore {
         let replay_id = replay.id;
         let store = self.clone();
         let reason = reason.to_owned();
+        let by = by.to_owned();
         let kind = match self.is_in_place() {
             true => WriteKind::Plain,
             false => WriteKind::Outbox,
@@ -90,7 +92,7 @@ impl SqlSagaStore {
                 Box::pin(async move {
                     let at = to_i64(Timestamp::now().as_millis());
                     let how = Resolve::Replayed(replay_id);
-                    if !sql::dead_letters::resolve(tx.conn(), id, how, &reason, at).await? {
+                    if !sql::dead_letters::resolve(tx.conn(), id, how, &by, &reason, at).await? {
                         return Ok(Finish::Rollback(false));
                     }
                     store.send(tx.conn(), &[&replay], at).await?;
@@ -113,18 +115,31 @@ impl SqlSagaStore {
         Ok(replay_id)
     }
 
-    /// Gives dead letter `id` up, recording `reason`.
-    pub async fn discard_dead_letter(&self, id: i64, reason: &str) -> Result<(), DeadLetterError> {
+    /// Gives dead letter `id` up, recording that `by` did, with `reason`.
+    pub async fn discard_dead_letter(
+        &self,
+        id: i64,
+        by: &str,
+        reason: &str,
+    ) -> Result<(), DeadLetterError> {
         self.unresolved(id).await?;
         let reason = reason.to_owned();
+        let by = by.to_owned();
         let resolved = self
             .database()
             .write(move |tx: &mut Tx| {
                 Box::pin(async move {
                     let at = to_i64(Timestamp::now().as_millis());
                     let done =
-                        sql::dead_letters::resolve(tx.conn(), id, Resolve::Discarded, &reason, at)
-                            .await?;
+                        sql::dead_letters::resolve(
+                            tx.conn(),
+                            id,
+                            Resolve::Discarded,
+                            &by,
+                            &reason,
+                            at,
+                        )
+                        .await?;
                     Ok(match done {
                         true => Finish::Commit(true),
                         false => Finish::Rollback(false),

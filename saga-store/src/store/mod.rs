@@ -14,9 +14,13 @@
 //! effect once.
 
 mod dead_letters;
+mod operations;
 
 pub use crate::sql::dead_letters::{Resolution, StoredDeadLetter};
+pub use crate::sql::definitions::StoredDefinition;
+pub use crate::sql::instances::{SagaFilter, StoredSaga};
 pub use dead_letters::DeadLetterError;
+pub use operations::{OperatorRequestError, StoreStats};
 
 use std::sync::Arc;
 

@@ -50,24 +50,37 @@ pub struct SampleRestaurant {
     pub name: &'static str,
     /// Whether it accepts tickets.
     pub open: bool,
+    /// Whether someone is on shift to confirm them.
+    pub staffed: bool,
 }
 
-/// The sample restaurants: Ajanta (1), Luigi's (2), and the closed Night Owl (13).
-pub const SAMPLE_RESTAURANTS: [SampleRestaurant; 3] = [
+/// The sample restaurants: Ajanta (1), Luigi's (2), the closed Night Owl (13), and Graveyard
+/// Shift (21), which takes tickets but has nobody on shift to confirm them (its orders park
+/// in `failed` at `confirm_ticket` until it is staffed and an operator retries them).
+pub const SAMPLE_RESTAURANTS: [SampleRestaurant; 4] = [
     SampleRestaurant {
         id: 1,
         name: "Ajanta",
         open: true,
+        staffed: true,
     },
     SampleRestaurant {
         id: 2,
         name: "Luigi's",
         open: true,
+        staffed: true,
     },
     SampleRestaurant {
         id: 13,
         name: "Night Owl",
         open: false,
+        staffed: false,
+    },
+    SampleRestaurant {
+        id: 21,
+        name: "Graveyard Shift",
+        open: true,
+        staffed: false,
     },
 ];
 
@@ -90,10 +103,11 @@ impl KitchenService {
         let mut conn = database.acquire().await?;
         for restaurant in SAMPLE_RESTAURANTS {
             on_backend!(conn.conn(), |c| {
-                query("INSERT INTO ftgo_restaurants (id, name, open) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                query("INSERT INTO ftgo_restaurants (id, name, open, staffed) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
                     .bind(restaurant.id)
                     .bind(restaurant.name)
                     .bind(i64::from(restaurant.open))
+                    .bind(i64::from(restaurant.staffed))
                     .execute(c)
                     .await
                     .map(drop)
@@ -105,6 +119,21 @@ impl KitchenService {
     /// The service's database.
     pub fn database(&self) -> &Database {
         &self.database
+    }
+
+    /// Puts someone on shift at `restaurant_id` (or takes them off); `false` if there is no
+    /// such restaurant.
+    pub async fn set_staffed(&self, restaurant_id: i64, staffed: bool) -> Result<bool, sqlx::Error> {
+        let mut conn = self.database.acquire().await?;
+        let rows = on_backend!(conn.conn(), |c| {
+            query("UPDATE ftgo_restaurants SET staffed = $1 WHERE id = $2")
+                .bind(i64::from(staffed))
+                .bind(restaurant_id)
+                .execute(c)
+                .await
+                .map(|done| done.rows_affected())
+        })?;
+        Ok(rows == 1)
     }
 
     /// The state of the ticket for `order_id`, if there is one.
@@ -247,6 +276,20 @@ impl CommandHandler<ConfirmCreateTicket, Tx> for KitchenHandlers {
         cmd: ConfirmCreateTicket,
         _: &CommandMeta,
     ) -> Result<TicketConfirmed, HandlerError> {
+        let staffing: Option<(i64, String, i64)> = on_backend!(tx.conn(), |c| {
+            query_as(
+                "SELECT r.id, r.name, r.staffed FROM ftgo_tickets t \
+                 JOIN ftgo_restaurants r ON r.id = t.restaurant_id WHERE t.order_id = $1",
+            )
+            .bind(cmd.ticket_id)
+            .fetch_optional(c)
+            .await
+        })?;
+        if let Some((id, name, 0)) = staffing {
+            return Err(HandlerError::refused(format!(
+                "restaurant {id} ({name}) has nobody on shift to confirm tickets"
+            )));
+        }
         move_ticket(
             tx,
             cmd.ticket_id,
