@@ -154,28 +154,7 @@ impl TestFtgo {
 
 /// Removes FTGO's storage: the directory, or the five schemas.
 async fn remove_storage(storage: Storage) {
-    match storage {
-        Storage::Sqlite { dir } => {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-        Storage::Postgres { url, schema_prefix } => {
-            // Any of the schemas will do to connect (it is created if it was not).
-            let options = DatabaseOptions {
-                schema: Some(format!("{schema_prefix}_{MESSAGES}")),
-                ..DatabaseOptions::default()
-            };
-            let database = Database::connect_with(&url, options)
-                .await
-                .expect("reconnects to drop the schemas");
-            for name in SERVICES.into_iter().chain([MESSAGES, SHARED]) {
-                let drop = format!("DROP SCHEMA IF EXISTS \"{schema_prefix}_{name}\" CASCADE");
-                saga_tests::testdb::execute(&database, &drop)
-                    .await
-                    .expect("drops the schema");
-            }
-            database.close().await;
-        }
-    }
+    saga_tests::testdb::remove_ftgo_storage(storage).await;
 }
 
 fn order(consumer_id: i64, restaurant_id: i64, items: &[(&str, i64)]) -> NewOrder {

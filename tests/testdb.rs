@@ -219,3 +219,28 @@ pub async fn scalar(database: &Database, sql: &str) -> Result<i64, sqlx::Error> 
             .await
     })
 }
+
+/// Removes an FTGO deployment's storage: its directory, or its schemas
+/// (`<prefix>_<service>`, the queue's and the in-place one).
+pub async fn remove_ftgo_storage(storage: ftgo::app::Storage) {
+    use ftgo::app::{MESSAGES, SERVICES, SHARED, Storage};
+    match storage {
+        Storage::Sqlite { dir } => {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        Storage::Postgres { url, schema_prefix } => {
+            // A plain pool: connecting through `Database` would create and migrate a schema.
+            let pool = sqlx::PgPool::connect(&url)
+                .await
+                .expect("reconnects to drop the schemas");
+            for name in SERVICES.into_iter().chain([MESSAGES, SHARED]) {
+                let drop = format!("DROP SCHEMA IF EXISTS \"{schema_prefix}_{name}\" CASCADE");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
+                    .execute(&pool)
+                    .await
+                    .expect("drops the schema");
+            }
+            pool.close().await;
+        }
+    }
+}

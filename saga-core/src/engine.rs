@@ -632,6 +632,10 @@ impl<'d, D: SagaData> Machine<'d, D> {
     fn apply(&mut self, event: &SagaEvent) -> Result<Option<Ignored>, EngineError> {
         let status = self.instance.state.status;
         if status.is_terminal() {
+            if let SagaEvent::Operator(request) = event {
+                // An operator hears why nothing happened.
+                return Err(self.refuse(request.command, format!("it has finished ({status})")));
+            }
             return Ok(Some(Ignored::Finished(status)));
         }
         match event {

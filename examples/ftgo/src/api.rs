@@ -6,6 +6,7 @@
 //! | `GET` | `/orders/{id}` | the order, its ticket and authorization, its sagas and their timelines | `200`, `404` |
 //! | `POST` | `/orders/{id}/cancel` | cancel an approved order (starts CancelOrderSaga) | `202`, `404`, `409` when a saga holds the order or it is not approved |
 //! | `GET` | `/health` | liveness | `200` |
+//! | | `/console/…` | the operator console ([`saga_ops::console`]): sagas, timelines, graphs, dead letters, retry / skip / cancel / replay / discard | HTML |
 //!
 //! Errors are JSON: `{"error": {"code": "invalid_order", "message": "…"}}`, with `400` for a
 //! malformed body or path, or a request that is not valid HTTP (`bad_request`), `408` when a
@@ -213,9 +214,18 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// The API's routes over a running FTGO.
+/// The API's routes over a running FTGO, with the operator console at `/console` (on the
+/// Order service's database, where the sagas live).
 pub fn router(ftgo: Arc<Ftgo>) -> Router {
     let timeout = ftgo.options().request_timeout;
+    let console = saga_ops::console::router(
+        ftgo.orders.orchestrator().store().as_ref().clone(),
+        saga_ops::console::ConsoleOptions {
+            token: ftgo.options().console_token.clone(),
+            base_path: "/console".to_owned(),
+            ..saga_ops::console::ConsoleOptions::default()
+        },
+    );
     Router::new()
         .route("/orders", post(place_order))
         .route("/orders/{id}", get(get_order))
@@ -231,6 +241,7 @@ pub fn router(ftgo: Arc<Ftgo>) -> Router {
                 .timeout(timeout),
         )
         .with_state(ftgo)
+        .nest("/console", console)
 }
 
 /// Serves the API on `listener` until `shutdown` resolves.

@@ -109,6 +109,9 @@ pub struct FtgoOptions {
     pub saga_observer: Option<SagaObserver>,
     /// How long an API request may take, reading its body included (default 10 s).
     pub request_timeout: Duration,
+    /// The token the operator console (`/console` on the API) asks for; `None` for none,
+    /// which `ftgo serve` allows only on a loopback address.
+    pub console_token: Option<String>,
     /// Keep all four services and the message queue in **one** database (`ftgo.db`, or the
     /// `<prefix>_ftgo` schema) and handle messages **in place**: taken from the queue, handled
     /// and answered in one transaction, with no outbox or relay (see
@@ -146,6 +149,7 @@ impl FtgoOptions {
             max_connections: None,
             saga_observer: None,
             request_timeout: crate::api::REQUEST_TIMEOUT,
+            console_token: None,
             in_place: false,
         }
     }
@@ -368,6 +372,14 @@ impl Ftgo {
             .participant(self.accounting.database(), self.accounting.participant())
             .start();
         *slot = Some(runtime);
+    }
+
+    /// Stops the saga workers (after the messages in hand), keeping the databases open;
+    /// [`Ftgo::start_workers`] starts them again.
+    pub async fn stop_workers(&self) {
+        if let Some(runtime) = self.runtime.lock().await.take() {
+            runtime.shutdown().await;
+        }
     }
 
     /// Stops the workers and closes the databases (it may be called on a shared handle,

@@ -5,9 +5,7 @@
 //! The order row itself is created by the transaction that starts the saga, so the first
 //! step does nothing going forward; it only carries the compensation that rejects the order.
 
-use std::time::Duration;
-
-use saga_core::{RetryPolicy, saga};
+use saga_core::saga;
 use serde::{Deserialize, Serialize};
 
 use crate::messages::{

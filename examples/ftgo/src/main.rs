@@ -37,6 +37,10 @@ enum Command {
         /// Serve the API only: the services run as `ftgo service …` processes.
         #[arg(long)]
         api_only: bool,
+        /// The token the operator console at `/console` asks for (needed to listen on
+        /// anything but a loopback address).
+        #[arg(long, env = "SAGA_CONSOLE_TOKEN", hide_env_values = true)]
+        console_token: Option<String>,
     },
     /// Benchmark: run CreateOrderSaga under load on fresh storage and print one JSON line of
     /// figures (and a readable summary on stderr).
@@ -184,7 +188,11 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         None | Some(Command::Demo) => demo(cli.storage).await,
-        Some(Command::Serve { listen, api_only }) => serve(cli.storage, listen, api_only).await,
+        Some(Command::Serve {
+            listen,
+            api_only,
+            console_token,
+        }) => serve(cli.storage, listen, api_only, console_token).await,
         Some(Command::Service { name }) => service(name.into(), cli.storage).await,
         Some(Command::Bench {
             sagas,
@@ -241,8 +249,19 @@ async fn serve(
     storage: StorageArgs,
     listen: SocketAddr,
     api_only: bool,
+    console_token: Option<String>,
 ) -> Result<ExitCode, Failure> {
-    let (options, _) = storage.options(false);
+    let (mut options, _) = storage.options(false);
+    if !listen.ip().is_loopback() && console_token.as_deref().is_none_or(str::is_empty) {
+        let _ = writeln!(
+            std::io::stderr(),
+            "error: the operator console at /console would be reachable beyond this machine \
+             with no token: give --console-token (or set SAGA_CONSOLE_TOKEN), or listen on \
+             127.0.0.1"
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    options.console_token = console_token;
     let where_ = describe(&options.storage);
     let ftgo = if api_only {
         Ftgo::open(options).await?

@@ -79,6 +79,7 @@ pub fn sample_menus() -> Vec<MenuItem> {
         item(2, "margherita", "Pizza Margherita", 1_100),
         item(2, "tiramisu", "Tiramisu", 650),
         item(13, "soup", "Soup of the Day", 700),
+        item(21, "night-burger", "Night Burger", 950),
     ]
 }
 
