@@ -9,8 +9,8 @@ use saga_core::engine::{
 };
 use saga_core::testing::SagaTest;
 use saga_core::{
-    Command, OperatorCommand, OperatorRequest, Reply, RetryPolicy, Saga, SagaDefinition, SagaId, SagaStatus, Step,
-    Timestamp, saga,
+    Command, OperatorCommand, OperatorRequest, Reply, RetryPolicy, Saga, SagaDefinition, SagaId,
+    SagaStatus, Step, Timestamp, saga,
 };
 use serde::{Deserialize, Serialize};
 

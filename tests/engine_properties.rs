@@ -8,8 +8,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 use saga_core::definition::IncomingReply;
 use saga_core::engine::{
-    self, HistoryEvent, OperatorCommand, OperatorRequest, Outcome, Pending, SagaAction, SagaEvent, SagaInstance,
-    SagaStatus, SagaTimer,
+    self, HistoryEvent, OperatorCommand, OperatorRequest, Outcome, Pending, SagaAction, SagaEvent,
+    SagaInstance, SagaStatus, SagaTimer,
 };
 use saga_core::{
     Command, CommandFailed, Reply, RetryPolicy, SagaDefinition, SagaId, Step, StepDefinition,

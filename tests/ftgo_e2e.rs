@@ -9,11 +9,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use ftgo::app::{Ftgo, FtgoOptions, MESSAGES, OrderView, SERVICES, SHARED, SagaView, Storage};
+use ftgo::app::{Ftgo, FtgoOptions, OrderView, SagaView, Storage};
 use ftgo::services::order::{NewLineItem, NewOrder, OrderError, PlacedOrder};
 use saga_core::engine::HistoryEvent;
 use saga_core::{Locked, SagaId, SagaStatus};
-use saga_store::{Database, DatabaseOptions, Dialect};
+use saga_store::Dialect;
 use saga_tests::testdb::{Backend, postgres_url_for, unique};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::task::JoinSet;

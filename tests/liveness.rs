@@ -6,12 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use saga_core::{OperatorCommand, OperatorRequest};
 use saga_core::engine::HistoryEvent;
 use saga_core::message::headers;
 use saga_core::orchestrator::WatchdogAction;
 use saga_core::ports::{DeadLetter, SagaStore, Transport, UnitOfWork};
 use saga_core::{Headers, Message, SagaId, SagaStatus, Timestamp};
+use saga_core::{OperatorCommand, OperatorRequest};
 use saga_store::{DeadLetterError, Resolution, RuntimeOptions, SqlTransportOptions, on_backend};
 use saga_tests::faults::{self, Refusing};
 use saga_tests::harness::PaymentSystem;
@@ -375,7 +375,10 @@ async fn a_dead_letter_is_replayed_once_or_discarded(mode: Mode) {
         Err(DeadLetterError::Resolved { .. })
     ));
     assert!(matches!(
-        system.store.replay_dead_letter(999_999, "ops", "none").await,
+        system
+            .store
+            .replay_dead_letter(999_999, "ops", "none")
+            .await,
         Err(DeadLetterError::NotFound(999_999))
     ));
 

@@ -191,9 +191,7 @@ async fn the_cli_finds_shows_draws_and_repairs_sagas(backend: Backend) {
     );
     let (_, paged) = system.saga(&["list", "--limit", "1", "--page", "2"]).await;
     assert!(paged.contains("2–2 of 4; --page 3 for more"), "{paged}");
-    let (_, none) = system
-        .saga(&["list", "--type", "CancelOrderSaga"])
-        .await;
+    let (_, none) = system.saga(&["list", "--type", "CancelOrderSaga"]).await;
     assert!(none.contains("no sagas match"), "{none}");
     let (_, old) = system.saga(&["list", "--older-than", "1h"]).await;
     assert!(old.contains("no sagas match"), "{old}");
@@ -213,14 +211,19 @@ async fn the_cli_finds_shows_draws_and_repairs_sagas(backend: Backend) {
         "nobody on shift",
         "\"order_id\"",
     ] {
-        assert!(shown.contains(expected), "{expected:?} missing in:\n{shown}");
+        assert!(
+            shown.contains(expected),
+            "{expected:?} missing in:\n{shown}"
+        );
     }
-    let (_, shown_json) = system
-        .saga(&["show", &refused.to_string(), "--json"])
-        .await;
+    let (_, shown_json) = system.saga(&["show", &refused.to_string(), "--json"]).await;
     let shown_json = json(&shown_json);
     assert_eq!(shown_json["saga"]["status"], "compensated");
-    assert!(shown_json["timeline"].as_array().is_some_and(|t| t.len() > 5));
+    assert!(
+        shown_json["timeline"]
+            .as_array()
+            .is_some_and(|t| t.len() > 5)
+    );
 
     // graph: the compensated instance's path, and a bare definition.
     let (_, graph) = system.saga(&["graph", &refused.to_string()]).await;
@@ -229,7 +232,10 @@ async fn the_cli_finds_shows_draws_and_repairs_sagas(backend: Backend) {
         .saga(&["graph", "--type", "CreateOrderSaga", "--format", "dot"])
         .await;
     assert!(dot.starts_with("digraph \"CreateOrderSaga\""), "{dot}");
-    assert!(!dot.contains("penwidth=3"), "a bare graph draws no path: {dot}");
+    assert!(
+        !dot.contains("penwidth=3"),
+        "a bare graph draws no path: {dot}"
+    );
 
     // stats.
     let (_, stats) = system.saga(&["stats", "--json"]).await;
@@ -241,7 +247,10 @@ async fn the_cli_finds_shows_draws_and_repairs_sagas(backend: Backend) {
             .map(|r| r["count"].as_u64().unwrap_or(0))
             .unwrap_or(0)
     };
-    assert_eq!((count("completed"), count("compensated"), count("failed")), (1, 1, 2));
+    assert_eq!(
+        (count("completed"), count("compensated"), count("failed")),
+        (1, 1, 2)
+    );
 
     // Every action needs a reason, a target, and is refused where the rules say so.
     let id = parked[0].to_string();
@@ -258,10 +267,20 @@ async fn the_cli_finds_shows_draws_and_repairs_sagas(backend: Backend) {
             .contains("needs a saga id")
     );
     let (code, refusal) = system
-        .saga(&["cancel", &approved.to_string(), "--reason", "too late", "--actor", "ana"])
+        .saga(&[
+            "cancel",
+            &approved.to_string(),
+            "--reason",
+            "too late",
+            "--actor",
+            "ana",
+        ])
         .await;
     assert_eq!(code, 1, "{refusal}");
-    assert!(refusal.contains("refused: it has finished (completed)"), "{refusal}");
+    assert!(
+        refusal.contains("refused: it has finished (completed)"),
+        "{refusal}"
+    );
     assert!(system.timeline(approved).await.iter().any(|e| matches!(
         e,
         HistoryEvent::OperatorRefused { actor, reason, .. } if actor == "ana" && reason == "too late"
@@ -269,14 +288,28 @@ async fn the_cli_finds_shows_draws_and_repairs_sagas(backend: Backend) {
 
     // skip one parked saga while the kitchen is still unstaffed: it moves on and completes.
     let (code, skipped) = system
-        .saga(&["skip", &id, "--reason", "confirmed by phone", "--actor", "ana"])
+        .saga(&[
+            "skip",
+            &id,
+            "--reason",
+            "confirmed by phone",
+            "--actor",
+            "ana",
+        ])
         .await;
     assert_eq!(code, 0, "{skipped}");
     assert!(skipped.contains("applied"), "{skipped}");
     system.wait_for(parked[0], SagaStatus::Completed).await;
 
     // Staff the kitchen, then retry the other in bulk: a dry run first changes nothing.
-    assert!(system.ftgo.kitchen.set_staffed(21, true).await.expect("staffs"));
+    assert!(
+        system
+            .ftgo
+            .kitchen
+            .set_staffed(21, true)
+            .await
+            .expect("staffs")
+    );
     let bulk = [
         "retry",
         "--where",
@@ -362,14 +395,23 @@ async fn the_cli_finds_shows_draws_and_repairs_sagas(backend: Backend) {
     let deadline = Instant::now() + WAIT;
     let letter = loop {
         let letters = store.stored_dead_letters(0, 10, true).await.expect("lists");
-        if let Some(letter) = letters.iter().find(|l| l.dead_letter.message.id == bogus.id) {
+        if let Some(letter) = letters
+            .iter()
+            .find(|l| l.dead_letter.message.id == bogus.id)
+        {
             break letter.id;
         }
-        assert!(Instant::now() < deadline, "the bogus reply was not dead-lettered");
+        assert!(
+            Instant::now() < deadline,
+            "the bogus reply was not dead-lettered"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let (_, listed) = system.saga(&["dead-letters", "list"]).await;
-    assert!(listed.contains("NotAReply") && listed.contains("unusable reply"), "{listed}");
+    assert!(
+        listed.contains("NotAReply") && listed.contains("unusable reply"),
+        "{listed}"
+    );
     let (_, shown) = system
         .saga(&["dead-letters", "show", &letter.to_string()])
         .await;
@@ -385,15 +427,27 @@ async fn the_cli_finds_shows_draws_and_repairs_sagas(backend: Backend) {
             "ana",
         ])
         .await;
-    assert!(replayed.contains(&format!("dead letter {letter} replayed as message")), "{replayed}");
+    assert!(
+        replayed.contains(&format!("dead letter {letter} replayed as message")),
+        "{replayed}"
+    );
     let again = system
-        .saga_error(&["dead-letters", "replay", &letter.to_string(), "--reason", "twice"])
+        .saga_error(&[
+            "dead-letters",
+            "replay",
+            &letter.to_string(),
+            "--reason",
+            "twice",
+        ])
         .await;
     assert!(again.contains("replayed already"), "{again}");
     // The replay is unusable too: it comes back as a new dead letter, which is discarded.
     let deadline = Instant::now() + WAIT;
     let second = loop {
-        let letters = store.stored_dead_letters(letter, 10, true).await.expect("lists");
+        let letters = store
+            .stored_dead_letters(letter, 10, true)
+            .await
+            .expect("lists");
         if let Some(l) = letters.first() {
             assert_eq!(
                 l.dead_letter.message.headers.get(headers::REPLAY_OF),
@@ -405,19 +459,36 @@ async fn the_cli_finds_shows_draws_and_repairs_sagas(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let (_, discarded) = system
-        .saga(&["dead-letters", "discard", &second.to_string(), "--reason", "a test message"])
+        .saga(&[
+            "dead-letters",
+            "discard",
+            &second.to_string(),
+            "--reason",
+            "a test message",
+        ])
         .await;
     assert!(discarded.contains("discarded"), "{discarded}");
     let (_, open) = system.saga(&["dead-letters", "list"]).await;
     assert!(open.contains("no dead letters"), "{open}");
-    let (_, all) = system.saga(&["dead-letters", "list", "--all", "--json"]).await;
+    let (_, all) = system
+        .saga(&["dead-letters", "list", "--all", "--json"])
+        .await;
     let all = json(&all);
     assert_eq!(all.as_array().map(Vec::len), Some(2), "{all:#}");
-    assert!(all[0]["resolved"].as_str().is_some_and(|r| r.contains("replayed as") && r.contains("by ana")));
+    assert!(
+        all[0]["resolved"]
+            .as_str()
+            .is_some_and(|r| r.contains("replayed as") && r.contains("by ana"))
+    );
 
     // Unknown ids are clear errors.
     let missing = SagaId::new().to_string();
-    assert!(system.saga_error(&["show", &missing]).await.contains("no saga"));
+    assert!(
+        system
+            .saga_error(&["show", &missing])
+            .await
+            .contains("no saga")
+    );
     assert!(
         system
             .saga_error(&["dead-letters", "show", "999999"])

@@ -235,7 +235,11 @@ pub struct OperatorRequest {
 
 impl OperatorRequest {
     /// `command`, asked by `actor` because of `reason`.
-    pub fn new(command: OperatorCommand, actor: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub fn new(
+        command: OperatorCommand,
+        actor: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
         Self {
             command,
             actor: actor.into(),

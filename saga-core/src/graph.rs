@@ -340,7 +340,9 @@ impl SagaGraph {
         if let Some(path) = path {
             out.push_str("    classDef visited stroke:#1d4ed8,stroke-width:3px\n");
             out.push_str("    classDef current fill:#bfdbfe,stroke:#1d4ed8,stroke-width:4px\n");
-            out.push_str("    classDef skipped stroke:#9ca3af,stroke-dasharray:2 2,color:#6b7280\n");
+            out.push_str(
+                "    classDef skipped stroke:#9ca3af,stroke-dasharray:2 2,color:#6b7280\n",
+            );
             for (class, ids) in [
                 ("visited", path.visited_nodes()),
                 ("skipped", path.skipped_nodes()),
@@ -393,11 +395,7 @@ impl SagaGraph {
                 Shape::Compensation => "shape=box, style=\"dashed,filled\", fillcolor=\"#fee2e2\"",
             };
             let marks = path.map(|p| p.dot_node_marks(&node.id)).unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "    {} [label=\"{label}\", {attrs}{marks}];",
-                node.id
-            );
+            let _ = writeln!(out, "    {} [label=\"{label}\", {attrs}{marks}];", node.id);
         }
         for edge in &graph.edges {
             let mut attrs = Vec::new();
@@ -524,10 +522,7 @@ impl SagaPath {
     /// Whether the saga went along `edge`.
     pub fn took(&self, edge: &GraphEdge) -> bool {
         if edge.from == edge.to {
-            return self
-                .retried
-                .iter()
-                .any(|step| step_id(step) == edge.from);
+            return self.retried.iter().any(|step| step_id(step) == edge.from);
         }
         self.visits
             .windows(2)

@@ -49,7 +49,9 @@ pub fn is_operator_message(message: &Message) -> bool {
 }
 
 /// Reads an operator request message.
-pub fn parse_operator_message(message: &Message) -> Result<(SagaId, OperatorRequest), MessageError> {
+pub fn parse_operator_message(
+    message: &Message,
+) -> Result<(SagaId, OperatorRequest), MessageError> {
     let payload: Payload = message.decode()?;
     Ok((payload.saga_id, payload.request))
 }
@@ -86,8 +88,14 @@ mod tests {
         let message = operator_message("orders-replies", saga_id, &request).expect("encodes");
         assert!(is_operator_message(&message));
         assert_eq!(message.destination, "orders-replies");
-        assert_eq!(message.headers.get(headers::SAGA_ID), Some(saga_id.to_string().as_str()));
-        assert_eq!(parse_operator_message(&message).expect("decodes"), (saga_id, request));
+        assert_eq!(
+            message.headers.get(headers::SAGA_ID),
+            Some(saga_id.to_string().as_str())
+        );
+        assert_eq!(
+            parse_operator_message(&message).expect("decodes"),
+            (saga_id, request)
+        );
     }
 
     #[test]

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use crate::clock::{Clock, SystemClock};
 use crate::definition::{IncomingReply, Saga};
 use crate::engine::{
-    self, EngineError, HistoryEvent, OperatorRequest, Outcome, SagaAction, SagaEvent, SagaInstance, SagaState,
-    SagaStatus,
+    self, EngineError, HistoryEvent, OperatorRequest, Outcome, SagaAction, SagaEvent, SagaInstance,
+    SagaState, SagaStatus,
 };
 use crate::graph::SagaGraph;
 use crate::ids::{RequestId, SagaId, Timestamp};

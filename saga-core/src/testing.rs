@@ -39,8 +39,8 @@ use std::time::Duration;
 
 use crate::definition::{IncomingReply, Saga};
 use crate::engine::{
-    self, EngineError, HistoryEvent, OperatorCommand, OperatorRequest, Outcome, OutgoingCommand, Pending, SagaAction, SagaEvent,
-    SagaInstance, SagaState, SagaStatus, SagaTimer,
+    self, EngineError, HistoryEvent, OperatorCommand, OperatorRequest, Outcome, OutgoingCommand,
+    Pending, SagaAction, SagaEvent, SagaInstance, SagaState, SagaStatus, SagaTimer,
 };
 use crate::ids::{SagaId, Timestamp};
 use crate::message::{Command, CommandFailed, Reply};
@@ -269,7 +269,9 @@ impl<S: Saga> SagaTest<S> {
     /// Gives an operator command (by the operator `test`, with no reason).
     #[track_caller]
     pub fn operator(self, command: OperatorCommand) -> Self {
-        self.event(SagaEvent::Operator(OperatorRequest::new(command, "test", "")))
+        self.event(SagaEvent::Operator(OperatorRequest::new(
+            command, "test", "",
+        )))
     }
 
     /// An operator cancels the saga with `reason`: it turns back and compensates what ran.

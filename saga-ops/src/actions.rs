@@ -3,10 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use saga_core::engine::{HistoryEvent, OperatorRequest, SagaStatus};
-use saga_core::ports::SagaStore;
 use saga_core::SagaId;
+use saga_core::engine::{HistoryEvent, OperatorRequest, SagaStatus};
 use saga_core::operator::answers;
+use saga_core::ports::SagaStore;
 use saga_store::{SagaFilter, SqlSagaStore, StoredSaga};
 
 use crate::OpsError;

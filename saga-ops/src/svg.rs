@@ -9,10 +9,10 @@ use std::fmt::Write as _;
 
 use saga_core::graph::{GraphEdge, SagaGraph, SagaPath, Shape, Style};
 
-const NODE_W: f64 = 210.0;
+const NODE_W: f64 = 290.0;
 const NODE_H: f64 = 44.0;
 const ROW: f64 = 78.0;
-const COLUMNS: [f64; 3] = [30.0, 330.0, 600.0];
+const COLUMNS: [f64; 3] = [110.0, 480.0, 840.0];
 const TOP: f64 = 20.0;
 
 #[derive(Clone, Copy)]
@@ -45,11 +45,9 @@ fn layout(graph: &SagaGraph) -> HashMap<&str, Place> {
     for id in &steps {
         row += 1;
         places.insert(*id, place(0, row));
-        if let Some(undo) = graph
-            .nodes
-            .iter()
-            .find(|n| n.shape == Shape::Compensation && n.id.strip_prefix("undo_") == id.strip_prefix("step_"))
-        {
+        if let Some(undo) = graph.nodes.iter().find(|n| {
+            n.shape == Shape::Compensation && n.id.strip_prefix("undo_") == id.strip_prefix("step_")
+        }) {
             places.insert(undo.id.as_str(), place(1, row));
         }
     }
@@ -98,7 +96,7 @@ fn edge_path(edge: &GraphEdge, from: Place, to: Place) -> (String, (f64, f64)) {
             x,
             y + 10.0
         );
-        return (d, (x - 46.0, y));
+        return (d, (x - 44.0, y + 3.0));
     }
     let (a, b) = (from.center(), to.center());
     let same_column = (from.x - to.x).abs() < 1.0;
@@ -121,16 +119,16 @@ fn edge_path(edge: &GraphEdge, from: Place, to: Place) -> (String, (f64, f64)) {
         "M {:.0} {:.0} L {:.0} {:.0}",
         start.0, start.1, end.0, end.1
     );
-    (d, ((start.0 + end.0) / 2.0 + 4.0, (start.1 + end.1) / 2.0 - 4.0))
+    (
+        d,
+        ((start.0 + end.0) / 2.0 + 4.0, (start.1 + end.1) / 2.0 - 4.0),
+    )
 }
 
 /// `graph` as an SVG document fragment, with `path` drawn on it when given.
 pub fn render(graph: &SagaGraph, path: Option<&SagaPath>) -> String {
     let places = layout(graph);
-    let rows = places
-        .values()
-        .map(|p| p.y)
-        .fold(0.0_f64, f64::max);
+    let rows = places.values().map(|p| p.y).fold(0.0_f64, f64::max);
     let (width, height) = (COLUMNS[2] + NODE_W + 30.0, rows + NODE_H + TOP + 10.0);
     let mut out = String::new();
     let _ = write!(
@@ -162,9 +160,10 @@ pub fn render(graph: &SagaGraph, path: Option<&SagaPath>) -> String {
             r#"<path class="{class}" d="{d}" fill="none" stroke="{stroke}" stroke-width="{width}"{dash} marker-end="url(#{marker})"/>"#
         );
         if let Some(label) = &edge.label {
+            let anchor = if edge.from == edge.to { "end" } else { "start" };
             let _ = write!(
                 out,
-                r##"<text x="{:.0}" y="{:.0}" font-size="10" fill="#374151">{}</text>"##,
+                r##"<text x="{:.0}" y="{:.0}" font-size="10" fill="#374151" text-anchor="{anchor}">{}</text>"##,
                 label_at.0,
                 label_at.1,
                 escape(label)
@@ -205,7 +204,11 @@ pub fn render(graph: &SagaGraph, path: Option<&SagaPath>) -> String {
             y = place.y,
         );
         let (cx, cy) = place.center();
-        let title_y = if node.detail.is_empty() { cy + 4.0 } else { cy - 3.0 };
+        let title_y = if node.detail.is_empty() {
+            cy + 4.0
+        } else {
+            cy - 3.0
+        };
         let _ = write!(
             out,
             r##"<text x="{cx:.0}" y="{title_y:.0}" text-anchor="middle" font-size="13" font-weight="600" fill="#111827">{}</text>"##,

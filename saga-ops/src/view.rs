@@ -131,7 +131,11 @@ pub fn describe(event: &HistoryEvent) -> (String, String) {
             "timed out".to_owned(),
             format!(
                 "{}{step}, attempt {attempt}",
-                if *compensation { "compensation of " } else { "" }
+                if *compensation {
+                    "compensation of "
+                } else {
+                    ""
+                }
             ),
         ),
         HistoryEvent::RetryScheduled { step, attempt, due } => (
@@ -157,7 +161,9 @@ pub fn describe(event: &HistoryEvent) -> (String, String) {
             reason,
         } => (
             format!("operator {command}"),
-            format!("at {step} {}", by(actor, reason)).trim_end().to_owned(),
+            format!("at {step} {}", by(actor, reason))
+                .trim_end()
+                .to_owned(),
         ),
         HistoryEvent::OperatorRefused {
             command,

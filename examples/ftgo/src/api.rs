@@ -242,6 +242,10 @@ pub fn router(ftgo: Arc<Ftgo>) -> Router {
         )
         .with_state(ftgo)
         .nest("/console", console)
+        .route(
+            "/console/",
+            get(|| async { axum::response::Redirect::permanent("/console") }),
+        )
 }
 
 /// Serves the API on `listener` until `shutdown` resolves.

@@ -127,9 +127,7 @@ impl FilterArgs {
             };
             let value = value.trim().to_owned();
             match key.trim() {
-                "status" => self
-                    .status
-                    .push(value.parse().map_err(OpsError::Usage)?),
+                "status" => self.status.push(value.parse().map_err(OpsError::Usage)?),
                 "type" => self.saga_type = Some(value),
                 "step" => self.step = Some(value),
                 "version" => self.definition_version = Some(value),
@@ -357,11 +355,12 @@ async fn dispatch(
                     })?
                 }
                 (None, Some(saga_type)) => {
-                    let definition = store.definition(&saga_type, None).await?.ok_or_else(|| {
-                        OpsError::NotFound(format!(
-                            "no orchestrator has recorded saga type `{saga_type}` here"
-                        ))
-                    })?;
+                    let definition =
+                        store.definition(&saga_type, None).await?.ok_or_else(|| {
+                            OpsError::NotFound(format!(
+                                "no orchestrator has recorded saga type `{saga_type}` here"
+                            ))
+                        })?;
                     match dot {
                         true => definition.graph.to_dot(None),
                         false => definition.graph.to_mermaid(None),
@@ -407,7 +406,11 @@ async fn act(
     if args.reason.trim().is_empty() {
         return Err(OpsError::Usage("--reason must say why".to_owned()));
     }
-    let filter = args.filter.clone().with_conditions(&args.conditions)?.filter(now);
+    let filter = args
+        .filter
+        .clone()
+        .with_conditions(&args.conditions)?
+        .filter(now);
     let targets: Vec<SagaId> = match args.id {
         Some(id) if actions::selects_everything(&filter) => vec![id],
         Some(_) => {
@@ -478,14 +481,22 @@ async fn dead_letters(
                 .ok_or_else(|| OpsError::NotFound(format!("no dead letter {id}")))?;
             output::dead_letter_text(out, &letter)?;
         }
-        DeadLetterCommand::Replay { id, reason, actor: who } => {
+        DeadLetterCommand::Replay {
+            id,
+            reason,
+            actor: who,
+        } => {
             require_reason(&reason)?;
             let message_id = store
                 .replay_dead_letter(id, &actor(who.as_ref()), &reason)
                 .await?;
             writeln!(out, "dead letter {id} replayed as message {message_id}")?;
         }
-        DeadLetterCommand::Discard { id, reason, actor: who } => {
+        DeadLetterCommand::Discard {
+            id,
+            reason,
+            actor: who,
+        } => {
             require_reason(&reason)?;
             store
                 .discard_dead_letter(id, &actor(who.as_ref()), &reason)

@@ -79,7 +79,15 @@ pub(super) fn sagas_table(
         .collect();
     table(
         out,
-        &["ID", "TYPE", "STATUS", "STEP", "DIRECTION", "AGE", "LAST REASON"],
+        &[
+            "ID",
+            "TYPE",
+            "STATUS",
+            "STEP",
+            "DIRECTION",
+            "AGE",
+            "LAST REASON",
+        ],
         &rows,
     )?;
     let shown_to = offset + sagas.len();
@@ -262,7 +270,11 @@ pub(super) fn dead_letter_text(out: &mut dyn Write, letter: &StoredDeadLetter) -
     Ok(())
 }
 
-pub(super) fn stats_text(out: &mut dyn Write, stats: &StoreStats, now: Timestamp) -> io::Result<()> {
+pub(super) fn stats_text(
+    out: &mut dyn Write,
+    stats: &StoreStats,
+    now: Timestamp,
+) -> io::Result<()> {
     let rows: Vec<Vec<String>> = stats
         .sagas
         .iter()

@@ -143,7 +143,10 @@ pub fn router(store: SqlSagaStore, options: ConsoleOptions) -> Router {
     Router::new()
         .route("/", get(list_page))
         .route("/sagas/{id}", get(saga_page))
-        .route("/sagas/{id}/{action}", get(confirm_saga_action).post(saga_action))
+        .route(
+            "/sagas/{id}/{action}",
+            get(confirm_saga_action).post(saga_action),
+        )
         .route("/dead-letters", get(dead_letters_page))
         .route("/dead-letters/{id}", get(dead_letter_page))
         .route(
@@ -208,14 +211,21 @@ fn presented_token(headers: &HeaderMap) -> Option<String> {
 
 /// Whether a state-changing request may come from where it says it comes from.
 fn same_site(headers: &HeaderMap) -> bool {
-    let header_text = |name| headers.get(name).and_then(|v: &header::HeaderValue| v.to_str().ok());
+    let header_text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &header::HeaderValue| v.to_str().ok())
+    };
     if let Some(site) = header_text("sec-fetch-site")
         && site != "same-origin"
         && site != "none"
     {
         return false;
     }
-    match (header_text(header::ORIGIN.as_str()), header_text(header::HOST.as_str())) {
+    match (
+        header_text(header::ORIGIN.as_str()),
+        header_text(header::HOST.as_str()),
+    ) {
         (Some(origin), Some(host)) => {
             let origin = origin
                 .strip_prefix("http://")
@@ -247,8 +257,7 @@ async fn guard(State(console): State<Shared>, request: Request, next: Next) -> R
             return match is_post {
                 true => PageError::new(StatusCode::UNAUTHORIZED, "a valid console token is needed")
                     .into_response(),
-                false => Redirect::to(&format!("{}/login", console.options.base_path))
-                    .into_response(),
+                false => Redirect::to(&pages::link(&console, "/login")).into_response(),
             };
         }
     }
@@ -265,7 +274,10 @@ async fn guard(State(console): State<Shared>, request: Request, next: Next) -> R
             "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'",
         ),
     );
-    headers.insert(header::X_FRAME_OPTIONS, header::HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::X_FRAME_OPTIONS,
+        header::HeaderValue::from_static("DENY"),
+    );
     headers.insert(
         header::REFERRER_POLICY,
         header::HeaderValue::from_static("same-origin"),
@@ -280,7 +292,9 @@ fn form_fields(body: &[u8]) -> Result<BTreeMap<String, String>, PageError> {
     let mut fields = BTreeMap::new();
     for (name, value) in pairs {
         if fields.insert(name.clone(), value).is_some() {
-            return Err(PageError::bad_request(format!("form field `{name}` given twice")));
+            return Err(PageError::bad_request(format!(
+                "form field `{name}` given twice"
+            )));
         }
     }
     Ok(fields)
@@ -301,7 +315,9 @@ fn confirmed(console: &Console, body: &[u8]) -> Result<(String, String), PageErr
         return Err(PageError::bad_request("say why: the reason is required"));
     }
     if reason.chars().count() > 1000 {
-        return Err(PageError::bad_request("the reason is limited to 1000 characters"));
+        return Err(PageError::bad_request(
+            "the reason is limited to 1000 characters",
+        ));
     }
     let actor = fields
         .get("actor")
@@ -309,7 +325,9 @@ fn confirmed(console: &Console, body: &[u8]) -> Result<(String, String), PageErr
         .filter(|a| !a.is_empty())
         .unwrap_or("console");
     if actor.chars().count() > 100 {
-        return Err(PageError::bad_request("the name is limited to 100 characters"));
+        return Err(PageError::bad_request(
+            "the name is limited to 100 characters",
+        ));
     }
     Ok((reason.to_owned(), format!("{actor} (console)")))
 }
@@ -370,7 +388,10 @@ async fn list_page(State(console): State<Shared>, RawQuery(raw): RawQuery) -> Pa
     let query = list_query(raw.as_deref())?;
     let size = console.options.page_size;
     let offset = (query.page - 1) * size;
-    let sagas = console.store.find_sagas(&query.filter, size, offset).await?;
+    let sagas = console
+        .store
+        .find_sagas(&query.filter, size, offset)
+        .await?;
     let total = console.store.count_sagas(&query.filter).await?;
     let types: Vec<String> = {
         let mut types: Vec<String> = console
@@ -383,7 +404,14 @@ async fn list_page(State(console): State<Shared>, RawQuery(raw): RawQuery) -> Pa
         types.dedup();
         types
     };
-    Ok(pages::list(&console, &query, &sagas, total, &types, Timestamp::now()))
+    Ok(pages::list(
+        &console,
+        &query,
+        &sagas,
+        total,
+        &types,
+        Timestamp::now(),
+    ))
 }
 
 async fn load_view(console: &Console, id: &str) -> Result<SagaView, PageError> {
@@ -529,7 +557,7 @@ async fn login(State(console): State<Shared>, RawForm(body): RawForm) -> Respons
         &console.form_token,
     );
     let Some(expected) = console.options.token.as_deref() else {
-        return Redirect::to(&format!("{}/", console.options.base_path)).into_response();
+        return Redirect::to(&pages::link(&console, "/")).into_response();
     };
     let given = fields.get("token").map(String::as_str).unwrap_or("");
     if !form_ok || !same(given, expected) {
@@ -546,7 +574,7 @@ async fn login(State(console): State<Shared>, RawForm(body): RawForm) -> Respons
     let cookie = format!("{COOKIE}={given}; Path={path}; HttpOnly; SameSite=Strict");
     Response::builder()
         .status(StatusCode::SEE_OTHER)
-        .header(header::LOCATION, format!("{}/", console.options.base_path))
+        .header(header::LOCATION, pages::link(&console, "/"))
         .header(header::SET_COOKIE, cookie)
         .body(Body::empty())
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
@@ -574,21 +602,31 @@ mod tests {
 
     #[test]
     fn the_list_query_is_validated_not_guessed() {
-        let query = list_query(Some("type=CreateOrderSaga&status=failed&status=running&page=2"))
-            .expect("parses");
+        let query = list_query(Some(
+            "type=CreateOrderSaga&status=failed&status=running&page=2",
+        ))
+        .expect("parses");
         assert_eq!(query.filter.saga_type.as_deref(), Some("CreateOrderSaga"));
         assert_eq!(
             query.filter.statuses,
             [SagaStatus::Failed, SagaStatus::Running]
         );
         assert_eq!(query.page, 2);
-        assert_eq!(list_query(Some("status=&type=")).expect("empty is no filter"), ListQuery {
-            page: 1,
-            ..ListQuery::default()
-        });
+        assert_eq!(
+            list_query(Some("status=&type=")).expect("empty is no filter"),
+            ListQuery {
+                page: 1,
+                ..ListQuery::default()
+            }
+        );
         for bad in ["status=exploded", "page=0", "page=x", "colour=red", "%zz=1"] {
             let err = list_query(Some(bad)).expect_err(bad);
-            assert_eq!(err.status, StatusCode::BAD_REQUEST, "{bad}: {}", err.message);
+            assert_eq!(
+                err.status,
+                StatusCode::BAD_REQUEST,
+                "{bad}: {}",
+                err.message
+            );
         }
     }
 
@@ -617,7 +655,10 @@ mod tests {
     #[test]
     fn tokens_are_read_from_a_bearer_header_or_the_cookie() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::AUTHORIZATION, header::HeaderValue::from_static("Bearer s3cret"));
+        headers.insert(
+            header::AUTHORIZATION,
+            header::HeaderValue::from_static("Bearer s3cret"),
+        );
         assert_eq!(presented_token(&headers).as_deref(), Some("s3cret"));
         let mut headers = HeaderMap::new();
         headers.insert(

@@ -2,13 +2,15 @@
 
 use axum::http::StatusCode;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
-use saga_core::engine::{OperatorCommand, SagaStatus};
 use saga_core::Timestamp;
+use saga_core::engine::{OperatorCommand, SagaStatus};
 use saga_store::{Resolution, StoreStats, StoredDeadLetter, StoredSaga};
 
 use super::{Console, ListQuery};
 use crate::svg;
-use crate::view::{SagaView, describe, direction_name, format_age, format_duration, format_time, last_reason};
+use crate::view::{
+    SagaView, describe, direction_name, format_age, format_duration, format_time, last_reason,
+};
 
 /// A banner above a page: what an action did.
 pub(crate) enum Notice {
@@ -28,6 +30,7 @@ table{border-collapse:collapse;width:100%;background:#fff;border:1px solid #e5e7
 th,td{text-align:left;padding:6px 10px;border-bottom:1px solid #e5e7eb;vertical-align:top}
 th{background:#f3f4f6;font-weight:600;font-size:12px;text-transform:uppercase;color:#374151}
 td.mono,code,pre{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12px}
+td.mono{white-space:nowrap}
 pre{background:#fff;border:1px solid #e5e7eb;padding:10px;overflow:auto;max-height:420px}
 .status{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600}
 .status-running{background:#dbeafe;color:#1e40af}.status-compensating{background:#fef3c7;color:#92400e}
@@ -47,8 +50,12 @@ dl.fields dt{color:#6b7280}dl.fields dd{margin:0}
 .muted{color:#6b7280}
 ";
 
-fn link(console: &Console, path: &str) -> String {
-    format!("{}{path}", console.options.base_path)
+/// `path` under the console's mount point (the list itself is the mount point).
+pub(crate) fn link(console: &Console, path: &str) -> String {
+    match (path, console.options.base_path.is_empty()) {
+        ("/", false) => console.options.base_path.clone(),
+        _ => format!("{}{path}", console.options.base_path),
+    }
 }
 
 fn layout(console: &Console, title: &str, body: Markup) -> Markup {
@@ -58,6 +65,7 @@ fn layout(console: &Console, title: &str, body: Markup) -> Markup {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
+                link rel="icon" href="data:,";
                 title { (title) " · saga console" }
                 style { (PreEscaped(STYLE)) }
             }
@@ -254,7 +262,11 @@ pub(crate) fn saga(console: &Console, view: &SagaView, banner: Option<Notice>) -
         h2 { "Data" }
         pre #data { (data) }
     };
-    layout(console, &format!("{} {}", state.saga_type, state.saga_id), body)
+    layout(
+        console,
+        &format!("{} {}", state.saga_type, state.saga_id),
+        body,
+    )
 }
 
 fn reason_form(console: &Console, action: &str, back: &str, what: &str, danger: bool) -> Markup {
@@ -274,9 +286,15 @@ fn reason_form(console: &Console, action: &str, back: &str, what: &str, danger: 
 pub(crate) fn confirm_saga(console: &Console, view: &SagaView, command: OperatorCommand) -> Markup {
     let state = &view.saga.record.state;
     let explain = match command {
-        OperatorCommand::Retry => "Sends the current step (or compensation) again, with a fresh retry budget.",
-        OperatorCommand::Skip => "Treats the current step (or compensation) as done and moves on. Use it only when you have made sure its effect happened (or does not matter).",
-        OperatorCommand::Cancel => "Aborts the saga and compensates the steps that ran, in reverse order. Refused once it has reached its pivot.",
+        OperatorCommand::Retry => {
+            "Sends the current step (or compensation) again, with a fresh retry budget."
+        }
+        OperatorCommand::Skip => {
+            "Treats the current step (or compensation) as done and moves on. Use it only when you have made sure its effect happened (or does not matter)."
+        }
+        OperatorCommand::Cancel => {
+            "Aborts the saga and compensates the steps that ran, in reverse order. Refused once it has reached its pivot."
+        }
     };
     let action = link(console, &format!("/sagas/{}/{command}", state.saga_id));
     let body = html! {
@@ -330,7 +348,11 @@ pub(crate) fn dead_letters(console: &Console, letters: &[StoredDeadLetter], all:
     layout(console, "Dead letters", body)
 }
 
-pub(crate) fn dead_letter(console: &Console, letter: &StoredDeadLetter, banner: Option<Notice>) -> Markup {
+pub(crate) fn dead_letter(
+    console: &Console,
+    letter: &StoredDeadLetter,
+    banner: Option<Notice>,
+) -> Markup {
     let dead = &letter.dead_letter;
     let payload = serde_json::from_str::<serde_json::Value>(&dead.message.payload)
         .ok()
@@ -361,9 +383,15 @@ pub(crate) fn dead_letter(console: &Console, letter: &StoredDeadLetter, banner: 
     layout(console, &format!("Dead letter {}", letter.id), body)
 }
 
-pub(crate) fn confirm_dead_letter(console: &Console, letter: &StoredDeadLetter, action: &str) -> Markup {
+pub(crate) fn confirm_dead_letter(
+    console: &Console,
+    letter: &StoredDeadLetter,
+    action: &str,
+) -> Markup {
     let explain = match action {
-        "replay" => "Puts the message back on its channel as a new message, with a fresh delivery count. It is replayed at most once.",
+        "replay" => {
+            "Puts the message back on its channel as a new message, with a fresh delivery count. It is replayed at most once."
+        }
         _ => "Gives the message up for good, recording why.",
     };
     let target = link(console, &format!("/dead-letters/{}/{action}", letter.id));
@@ -373,7 +401,11 @@ pub(crate) fn confirm_dead_letter(console: &Console, letter: &StoredDeadLetter, 
         p { "Channel " strong { (letter.dead_letter.message.destination) } ": " (letter.dead_letter.reason) }
         (reason_form(console, &target, &link(console, &format!("/dead-letters/{}", letter.id)), action, action == "discard"))
     };
-    layout(console, &format!("{action} dead letter {}", letter.id), body)
+    layout(
+        console,
+        &format!("{action} dead letter {}", letter.id),
+        body,
+    )
 }
 
 pub(crate) fn stats(console: &Console, stats: &StoreStats, now: Timestamp) -> Markup {

@@ -281,9 +281,16 @@ mod tests {
             let (first, second) = (stored[0].id, stored[1].id);
             let replay = MessageId::new();
             assert!(
-                resolve(tx.conn(), first, Resolve::Replayed(replay), "ana", "fixed", 2_000)
-                    .await
-                    .expect("resolves")
+                resolve(
+                    tx.conn(),
+                    first,
+                    Resolve::Replayed(replay),
+                    "ana",
+                    "fixed",
+                    2_000
+                )
+                .await
+                .expect("resolves")
             );
             assert!(
                 !resolve(tx.conn(), first, Resolve::Discarded, "ana", "again", 2_001)

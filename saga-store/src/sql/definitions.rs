@@ -2,9 +2,9 @@
 //! graph, and the reply channel their operator requests go to — recorded when a runtime
 //! starts, so tools without the sagas' Rust types can draw graphs and address orchestrators.
 
+use saga_core::Timestamp;
 use saga_core::graph::SagaGraph;
 use saga_core::ports::StoreError;
-use saga_core::Timestamp;
 use sqlx::query;
 
 use crate::db::backend::Conn;
@@ -28,7 +28,10 @@ pub struct StoredDefinition {
 }
 
 /// Records `definition` (again: the newest registration wins).
-pub(crate) async fn upsert(conn: Conn<'_>, definition: &StoredDefinition) -> Result<(), StoreError> {
+pub(crate) async fn upsert(
+    conn: Conn<'_>,
+    definition: &StoredDefinition,
+) -> Result<(), StoreError> {
     let graph = serde_json::to_value(&definition.graph).map_err(|e| corrupt("graph", e))?;
     on_backend!(conn, |c| {
         query(
@@ -105,9 +108,15 @@ mod tests {
     async fn a_definition_is_recorded_once_per_version_and_the_newest_comes_first() {
         for db in databases("definitions").await {
             let mut conn = db.database.acquire().await.expect("connects");
-            upsert(conn.conn(), &stored("v1", 1)).await.expect("records");
-            upsert(conn.conn(), &stored("v1", 5)).await.expect("records again");
-            upsert(conn.conn(), &stored("v2", 3)).await.expect("records");
+            upsert(conn.conn(), &stored("v1", 1))
+                .await
+                .expect("records");
+            upsert(conn.conn(), &stored("v1", 5))
+                .await
+                .expect("records again");
+            upsert(conn.conn(), &stored("v2", 3))
+                .await
+                .expect("records");
             let all = list(conn.conn()).await.expect("lists");
             let url = db.database.url().to_owned();
             assert_eq!(all, vec![stored("v1", 5), stored("v2", 3)], "{url}");

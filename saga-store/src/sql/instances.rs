@@ -503,8 +503,12 @@ pub(crate) async fn oldest(
 }
 
 /// One saga with its times.
-pub(crate) async fn find(conn: Conn<'_>, saga_id: SagaId) -> Result<Option<StoredSaga>, StoreError> {
-    let sql = format!("SELECT {COLUMNS}, created_at, updated_at FROM saga_instances WHERE saga_id = $1");
+pub(crate) async fn find(
+    conn: Conn<'_>,
+    saga_id: SagaId,
+) -> Result<Option<StoredSaga>, StoreError> {
+    let sql =
+        format!("SELECT {COLUMNS}, created_at, updated_at FROM saga_instances WHERE saga_id = $1");
     on_backend!(conn, |c| {
         query(AssertSqlSafe(sql))
             .bind_id(saga_id.0)

@@ -1,8 +1,8 @@
 //! `saga_outbox`: messages written in the same transaction as the state change that produced
 //! them, published in order by the relay, which stamps `published_at`.
 
-use saga_core::{Message, Timestamp};
 use saga_core::ports::{OutboxEntry, StoreError};
+use saga_core::{Message, Timestamp};
 use sqlx::{AssertSqlSafe, query};
 
 use crate::db::backend::Conn;

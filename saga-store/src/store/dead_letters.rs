@@ -130,16 +130,15 @@ impl SqlSagaStore {
             .write(move |tx: &mut Tx| {
                 Box::pin(async move {
                     let at = to_i64(Timestamp::now().as_millis());
-                    let done =
-                        sql::dead_letters::resolve(
-                            tx.conn(),
-                            id,
-                            Resolve::Discarded,
-                            &by,
-                            &reason,
-                            at,
-                        )
-                        .await?;
+                    let done = sql::dead_letters::resolve(
+                        tx.conn(),
+                        id,
+                        Resolve::Discarded,
+                        &by,
+                        &reason,
+                        at,
+                    )
+                    .await?;
                     Ok(match done {
                         true => Finish::Commit(true),
                         false => Finish::Rollback(false),

@@ -15,8 +15,8 @@ use saga_core::orchestrator::RegisteredSaga;
 use saga_core::ports::{ChannelBacklog, HistoryRecord, StoreError};
 use saga_core::{MessageId, SagaId, Timestamp};
 
-use crate::db::group::{Finish, WriteKind};
 use crate::db::backend::Tx;
+use crate::db::group::{Finish, WriteKind};
 use crate::error::store_error;
 use crate::sql::definitions::StoredDefinition;
 use crate::sql::instances::{SagaFilter, StoredSaga};
@@ -144,7 +144,13 @@ impl SqlSagaStore {
         };
         let oldest_running = sql::instances::oldest(conn.conn(), &running)
             .await?
-            .map(|s| (s.record.state.saga_id, s.record.state.saga_type, s.created_at));
+            .map(|s| {
+                (
+                    s.record.state.saga_id,
+                    s.record.state.saga_type,
+                    s.created_at,
+                )
+            });
         let (outbox_backlog, outbox_oldest) = sql::outbox::backlog(conn.conn()).await?;
         let queue = sql::queue::depth(conn.conn()).await?;
         let dead_letters = sql::dead_letters::unresolved_count(conn.conn()).await?;

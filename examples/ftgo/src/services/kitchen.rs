@@ -123,7 +123,11 @@ impl KitchenService {
 
     /// Puts someone on shift at `restaurant_id` (or takes them off); `false` if there is no
     /// such restaurant.
-    pub async fn set_staffed(&self, restaurant_id: i64, staffed: bool) -> Result<bool, sqlx::Error> {
+    pub async fn set_staffed(
+        &self,
+        restaurant_id: i64,
+        staffed: bool,
+    ) -> Result<bool, sqlx::Error> {
         let mut conn = self.database.acquire().await?;
         let rows = on_backend!(conn.conn(), |c| {
             query("UPDATE ftgo_restaurants SET staffed = $1 WHERE id = $2")
