@@ -562,3 +562,217 @@ async fn an_order_too_large_for_the_transport_is_413_and_stores_nothing() {
     );
     server.stop().await;
 }
+
+/// The console at `/console`: its token guards every page (a bearer header, or the login
+/// page's cookie), `POST`s need the page's form token and a same-site origin, bad input is a
+/// 4xx page, and a body over 16 KiB is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_needs_its_token_and_refuses_cross_site_posts_and_bad_input() {
+    let server = Server::start_with(true, |options| {
+        options.console_token = Some("s3cret".to_owned());
+    })
+    .await;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("an HTTP client");
+    let get = |path: &str, bearer: Option<&str>| {
+        let mut request = client.get(server.url(path));
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+
+    // No token, a wrong one: to the login page. The right one: the list.
+    let anonymous = get("/console", None).await.expect("answers");
+    assert_eq!(anonymous.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        anonymous
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok()),
+        Some("/console/login")
+    );
+    let wrong = get("/console", Some("guess")).await.expect("answers");
+    assert_eq!(wrong.status(), StatusCode::SEE_OTHER);
+    let list = get("/console", Some("s3cret")).await.expect("answers");
+    assert_eq!(list.status(), StatusCode::OK);
+    assert!(
+        list.headers()
+            .get("content-security-policy")
+            .is_some_and(|v| v.to_str().unwrap_or("").contains("default-src 'none'"))
+    );
+    let page = list.text().await.expect("a body");
+    assert!(page.contains("<h1>Sagas</h1>"), "{page}");
+
+    // Bad input: clear 4xx pages in the console's layout.
+    for (path, status, says) in [
+        (
+            "/console?status=exploded",
+            StatusCode::BAD_REQUEST,
+            "unknown saga status",
+        ),
+        (
+            "/console/sagas/not-an-id",
+            StatusCode::BAD_REQUEST,
+            "is not a saga id",
+        ),
+        (
+            "/console/sagas/01a0f0f0-0000-7000-8000-000000000000",
+            StatusCode::NOT_FOUND,
+            "no saga",
+        ),
+        (
+            "/console/dead-letters/x",
+            StatusCode::BAD_REQUEST,
+            "is not a dead letter id",
+        ),
+        (
+            "/console/dead-letters/424242",
+            StatusCode::NOT_FOUND,
+            "no dead letter 424242",
+        ),
+        ("/console/nowhere", StatusCode::NOT_FOUND, "no such page"),
+    ] {
+        let response = get(path, Some("s3cret")).await.expect("answers");
+        assert_eq!(response.status(), status, "{path}");
+        let body = response.text().await.expect("a body");
+        assert!(
+            body.contains(says) && body.contains("saga console"),
+            "{path}: {body}"
+        );
+    }
+
+    // POSTs: without the token, without the form token, from another site, too big.
+    let (_, _, saga) = server
+        .place(&json!({
+            "consumer_id": 1, "restaurant_id": 2,
+            "line_items": [{"menu_item_id": "margherita", "quantity": 1}]
+        }))
+        .await;
+    let action = server.url(&format!("/console/sagas/{saga}/cancel"));
+    let form_token = {
+        let page = get(&format!("/console/sagas/{saga}/cancel"), Some("s3cret"))
+            .await
+            .expect("answers")
+            .text()
+            .await
+            .expect("a body");
+        let start = page
+            .find("name=\"form_token\" value=\"")
+            .expect("a form token")
+            + 25;
+        page[start..start + 32].to_owned()
+    };
+    let post = |body: String, bearer: Option<&str>, origin: Option<&str>| {
+        let mut request = client
+            .post(action.clone())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        request.send()
+    };
+    let good = format!("form_token={form_token}&reason=test");
+    let status = |r: reqwest::Response| r.status();
+    assert_eq!(
+        status(post(good.clone(), None, None).await.expect("answers")),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        status(
+            post("reason=test".to_owned(), Some("s3cret"), None)
+                .await
+                .expect("answers")
+        ),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        status(
+            post(good.clone(), Some("s3cret"), Some("http://evil.example"))
+                .await
+                .expect("answers")
+        ),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        status(
+            post(
+                format!("form_token={form_token}&reason="),
+                Some("s3cret"),
+                None
+            )
+            .await
+            .expect("answers")
+        ),
+        StatusCode::BAD_REQUEST
+    );
+    let huge = format!("form_token={form_token}&reason={}", "x".repeat(20_000));
+    assert_eq!(
+        status(post(huge, Some("s3cret"), None).await.expect("answers")),
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+
+    // Signing in on the login page sets the cookie the browser then carries.
+    let login_page = get("/console/login", None)
+        .await
+        .expect("answers")
+        .text()
+        .await
+        .expect("a body");
+    let start = login_page
+        .find("name=\"form_token\" value=\"")
+        .expect("a form token")
+        + 25;
+    let login_token = &login_page[start..start + 32];
+    let login = |token: &str| {
+        client
+            .post(server.url("/console/login"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("form_token={login_token}&token={token}"))
+            .send()
+    };
+    assert_eq!(
+        login("guess").await.expect("answers").status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let signed_in = login("s3cret").await.expect("answers");
+    assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
+    let cookie = signed_in
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .expect("a cookie")
+        .to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let with_cookie = client
+        .get(server.url("/console/stats"))
+        .header("cookie", cookie.split(';').next().unwrap_or_default())
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(with_cookie.status(), StatusCode::OK);
+
+    // A cancel that is allowed goes through (the saga may have finished already: then the
+    // saga refuses it, which the page says).
+    let done = post(good, Some("s3cret"), Some(&server.base))
+        .await
+        .expect("answers");
+    assert_eq!(done.status(), StatusCode::OK);
+    let body = done.text().await.expect("a body");
+    assert!(
+        body.contains("cancel: applied") || body.contains("cancel: refused"),
+        "{body}"
+    );
+    server.stop().await;
+}
