@@ -207,7 +207,9 @@ async fn operator_actions_under_load_lose_nothing_and_apply_once(backend: Backen
             *outcomes.entry(kind).or_default() += 1;
         }
     }
-    eprintln!("{requests} operator requests under load: {outcomes:?}");
+    saga_tests::testdb::notice(&format!(
+        "{requests} operator requests under load: {outcomes:?}"
+    ));
     assert!(
         outcomes.get("retry applied").is_some_and(|n| *n > 0),
         "{outcomes:?}"

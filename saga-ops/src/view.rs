@@ -94,6 +94,43 @@ pub fn format_duration(duration: Duration) -> String {
     humantime::format_duration(Duration::from_secs(duration.as_secs())).to_string()
 }
 
+/// A timeline entry as shown: when, how long after the one before, what, the details.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimelineRow {
+    /// When (RFC 3339).
+    pub at: String,
+    /// `+12ms` after the entry before (empty for the first).
+    pub after: String,
+    /// What happened, in a few words.
+    pub kind: String,
+    /// The details.
+    pub detail: String,
+}
+
+/// `timeline` as rows to show.
+pub fn timeline_rows(timeline: &[HistoryRecord]) -> Vec<TimelineRow> {
+    let mut previous: Option<Timestamp> = None;
+    timeline
+        .iter()
+        .map(|entry| {
+            let after = previous
+                .map(|p| {
+                    let gap = entry.at.as_millis().saturating_sub(p.as_millis());
+                    format!("+{}", format_duration(Duration::from_millis(gap)))
+                })
+                .unwrap_or_default();
+            previous = Some(entry.at);
+            let (kind, detail) = describe(&entry.event);
+            TimelineRow {
+                at: format_time(entry.at),
+                after,
+                kind,
+                detail,
+            }
+        })
+        .collect()
+}
+
 /// One timeline entry as a short kind and a detail line.
 pub fn describe(event: &HistoryEvent) -> (String, String) {
     let by = |actor: &str, reason: &str| match (actor.is_empty(), reason.is_empty()) {

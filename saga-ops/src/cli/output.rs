@@ -7,8 +7,7 @@ use saga_store::{Resolution, StoreStats, StoredDeadLetter, StoredSaga};
 use serde_json::json;
 
 use crate::view::{
-    SagaSummary, SagaView, describe, direction_name, format_age, format_duration, format_time,
-    last_reason,
+    SagaSummary, SagaView, direction_name, format_age, format_time, last_reason, timeline_rows,
 };
 
 /// Prints `rows` under `header`, each column as wide as its widest cell.
@@ -131,25 +130,9 @@ pub(super) fn saga_text(out: &mut dyn Write, view: &SagaView) -> io::Result<()> 
         writeln!(out, "  {line}")?;
     }
     writeln!(out, "\ntimeline")?;
-    let mut previous: Option<Timestamp> = None;
-    let rows: Vec<Vec<String>> = view
-        .timeline
-        .iter()
-        .map(|entry| {
-            let gap = previous
-                .map(|p| {
-                    format!(
-                        "+{}",
-                        format_duration(std::time::Duration::from_millis(
-                            entry.at.as_millis().saturating_sub(p.as_millis())
-                        ))
-                    )
-                })
-                .unwrap_or_default();
-            previous = Some(entry.at);
-            let (kind, detail) = describe(&entry.event);
-            vec![format_time(entry.at), gap, kind, detail]
-        })
+    let rows: Vec<Vec<String>> = timeline_rows(&view.timeline)
+        .into_iter()
+        .map(|row| vec![row.at, row.after, row.kind, row.detail])
         .collect();
     table(out, &["AT", "AFTER", "EVENT", "DETAIL"], &rows)
 }

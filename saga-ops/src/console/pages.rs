@@ -8,9 +8,7 @@ use saga_store::{Resolution, StoreStats, StoredDeadLetter, StoredSaga};
 
 use super::{Console, ListQuery};
 use crate::svg;
-use crate::view::{
-    SagaView, describe, direction_name, format_age, format_duration, format_time, last_reason,
-};
+use crate::view::{SagaView, direction_name, format_age, format_time, last_reason, timeline_rows};
 
 /// A banner above a page: what an action did.
 pub(crate) enum Notice {
@@ -215,7 +213,6 @@ fn actions_for(console: &Console, view: &SagaView) -> Markup {
 pub(crate) fn saga(console: &Console, view: &SagaView, banner: Option<Notice>) -> Markup {
     let state = &view.saga.record.state;
     let data = serde_json::to_string_pretty(&view.saga.record.data).unwrap_or_default();
-    let mut previous: Option<Timestamp> = None;
     let body = html! {
         (notice(banner.as_ref()))
         h1 { (state.saga_type) " " span.mono.muted { (state.saga_id) } " " (status_badge(state.status)) }
@@ -246,16 +243,13 @@ pub(crate) fn saga(console: &Console, view: &SagaView, banner: Option<Notice>) -
         table #timeline {
             thead { tr { th { "At" } th { "After" } th { "Event" } th { "Detail" } } }
             tbody {
-                @for entry in &view.timeline {
-                    @let gap = previous.map(|p| format!("+{}", format_duration(std::time::Duration::from_millis(entry.at.as_millis().saturating_sub(p.as_millis()))))).unwrap_or_default();
-                    @let (kind, detail) = describe(&entry.event);
+                @for row in timeline_rows(&view.timeline) {
                     tr {
-                        td.mono { (format_time(entry.at)) }
-                        td.mono { (gap) }
-                        td { (kind) }
-                        td { (detail) }
+                        td.mono { (row.at) }
+                        td.mono { (row.after) }
+                        td { (row.kind) }
+                        td { (row.detail) }
                     }
-                    @let _ = { previous = Some(entry.at); };
                 }
             }
         }
