@@ -61,17 +61,7 @@ impl System {
 
     /// Runs `saga <database args> <args>`; returns the exit code and what it printed.
     async fn saga(&self, args: &[&str]) -> (u8, String) {
-        let mut argv = vec!["saga".to_owned()];
-        argv.extend(self.database_args());
-        argv.extend(args.iter().map(|a| (*a).to_owned()));
-        let cli = Cli::try_parse_from(&argv).unwrap_or_else(|err| panic!("{argv:?}: {err}"));
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        let code = saga_ops::cli::run(cli, &mut out, &mut err)
-            .await
-            .unwrap_or_else(|e| panic!("saga {args:?} failed: {e}"));
-        let mut text = String::from_utf8(out).expect("UTF-8");
-        text.push_str(&String::from_utf8(err).expect("UTF-8"));
-        (code, text)
+        saga(&self.database_args(), args).await
     }
 
     /// `saga <args>` that must fail with an error; returns its message.
@@ -144,6 +134,21 @@ impl System {
         self.ftgo.shutdown().await;
         saga_tests::testdb::remove_ftgo_storage(self.storage).await;
     }
+}
+
+/// Runs `saga <database> <args>`; returns the exit code and what it printed.
+async fn saga(database: &[String], args: &[&str]) -> (u8, String) {
+    let mut argv = vec!["saga".to_owned()];
+    argv.extend(database.iter().cloned());
+    argv.extend(args.iter().map(|a| (*a).to_owned()));
+    let cli = Cli::try_parse_from(&argv).unwrap_or_else(|err| panic!("{argv:?}: {err}"));
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = saga_ops::cli::run(cli, &mut out, &mut err)
+        .await
+        .unwrap_or_else(|e| panic!("saga {args:?} failed: {e}"));
+    let mut text = String::from_utf8(out).expect("UTF-8");
+    text.push_str(&String::from_utf8(err).expect("UTF-8"));
+    (code, text)
 }
 
 fn json(text: &str) -> serde_json::Value {
@@ -520,4 +525,142 @@ fn the_cli_refuses_bad_arguments_before_touching_a_database() {
     ] {
         assert!(Cli::try_parse_from(&bad).is_err(), "{bad:?} parsed");
     }
+}
+
+/// On NATS, poison messages sit in JetStream's dead-letter stream: the CLI lists, shows,
+/// replays and discards them there (`--nats-url`, ids `nats:<sequence>`), and records each
+/// action, resolved, in the saga database's `saga_dead_letters`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_the_cli_repairs_dead_letters_in_the_nats_stream() {
+    use saga_core::ports::Transport;
+    use saga_store::nats::{NatsOptions, NatsTransport};
+    let Some(url) = saga_tests::testdb::nats_url("ops_cli_nats") else {
+        return;
+    };
+    let name = unique("opsdl");
+    let options = NatsOptions {
+        stream: name.to_uppercase(),
+        subject_prefix: name.clone(),
+        ack_wait: Duration::from_secs(1),
+        max_deliver: 1,
+        ..NatsOptions::default()
+    };
+    let nats = NatsTransport::connect(&url, options.clone())
+        .await
+        .expect("connects");
+    let poison: Vec<Message> = (0..2)
+        .map(|n| {
+            Message::new(
+                "ledger",
+                Headers::new().with(headers::MESSAGE_TYPE, "Reserve"),
+                format!("{{\"n\": {n}}}"),
+            )
+        })
+        .collect();
+    nats.publish(&poison).await.expect("publishes");
+    for _ in 0..2 {
+        let got = nats
+            .receive("ledger", "g", 1, Duration::from_secs(2))
+            .await
+            .expect("receives");
+        nats.release("ledger", "g", &got[0], Duration::ZERO)
+            .await
+            .expect("releases");
+    }
+    // Past max_deliver: both are moved to the dead-letter stream.
+    let deadline = Instant::now() + WAIT;
+    let dead = loop {
+        let _ = nats
+            .receive("ledger", "g", 1, Duration::from_millis(500))
+            .await
+            .expect("receives");
+        let dead = nats.dead_letters(0, 10).await.expect("lists");
+        if dead.len() == 2 {
+            break dead;
+        }
+        assert!(Instant::now() < deadline, "{dead:?}");
+    };
+    let dir = std::env::temp_dir().join(unique("ops_cli_nats"));
+    std::fs::create_dir_all(&dir).expect("a dir");
+    let database = vec![
+        "--database-url".to_owned(),
+        format!("sqlite://{}?mode=rwc", dir.join("saga.db").display()),
+    ];
+    let nats_args = [
+        "--nats-url",
+        url.as_str(),
+        "--nats-stream",
+        options.stream.as_str(),
+        "--nats-subject-prefix",
+        options.subject_prefix.as_str(),
+    ];
+    // `saga dead-letters <command> … --nats-url …`
+    let saga = async |args: &[&str]| saga(&database, &[args, &nats_args[..]].concat()).await;
+    let (first, second) = (
+        format!("nats:{}", dead[0].sequence),
+        format!("nats:{}", dead[1].sequence),
+    );
+    let (_, listed) = saga(&["dead-letters", "list"]).await;
+    assert!(
+        listed.contains(&first) && listed.contains(&second),
+        "{listed}"
+    );
+    let (_, shown) = saga(&["dead-letters", "show", &first]).await;
+    assert!(
+        shown.contains("\"n\": 0") && shown.contains("channel     ledger"),
+        "{shown}"
+    );
+    let (_, replayed) = saga(&[
+        "dead-letters",
+        "replay",
+        &first,
+        "--reason",
+        "ledger fixed",
+        "--actor",
+        "ana",
+    ])
+    .await;
+    assert!(
+        replayed.contains(&format!("dead letter {first} replayed as message")),
+        "{replayed}"
+    );
+    let back = nats
+        .receive("ledger", "g2", 10, Duration::from_secs(2))
+        .await
+        .expect("receives");
+    assert!(
+        back.iter()
+            .any(|d| d.message.headers.get(headers::REPLAY_OF)
+                == Some(poison[0].id.to_string().as_str())),
+        "the replay is back on its channel: {back:?}"
+    );
+    let (_, discarded) = saga(&[
+        "dead-letters",
+        "discard",
+        &second,
+        "--reason",
+        "a duplicate",
+        "--actor",
+        "ana",
+    ])
+    .await;
+    assert!(discarded.contains("discarded"), "{discarded}");
+    let (_, open) = saga(&["dead-letters", "list", "--json"]).await;
+    assert_eq!(json(&open).as_array().map(Vec::len), Some(0), "{open}");
+    let (_, all) = saga(&["dead-letters", "list", "--all", "--json"]).await;
+    let all = json(&all);
+    let resolved: Vec<&str> = all
+        .as_array()
+        .expect("an array")
+        .iter()
+        .filter_map(|l| l["resolved"].as_str())
+        .collect();
+    assert_eq!(resolved.len(), 2, "{all:#}");
+    assert!(
+        resolved[0].starts_with("replayed as") && resolved[0].contains("by ana"),
+        "{all:#}"
+    );
+    assert!(resolved[1].starts_with("discarded by ana"), "{all:#}");
+    nats.delete_streams().await.expect("deleted");
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -8,6 +8,7 @@
 //!
 //! [`run`] writes to the given writers, so tests drive exactly what the binary does.
 
+mod dead_letters;
 mod output;
 
 use std::io::Write;
@@ -60,9 +61,10 @@ pub enum Command {
     Skip(ActionArgs),
     /// Abort a running saga before its pivot and compensate what ran, in reverse order.
     Cancel(ActionArgs),
-    /// Messages that could not be processed.
-    #[command(subcommand, name = "dead-letters")]
-    DeadLetters(DeadLetterCommand),
+    /// Messages that could not be processed: this database's, and with `--nats-url` those in
+    /// NATS JetStream's dead-letter stream (ids `nats:<sequence>`).
+    #[command(name = "dead-letters")]
+    DeadLetters(DeadLettersArgs),
     /// Counts per saga type and status, the oldest running saga, what waits.
     Stats {
         /// Print JSON.
@@ -216,6 +218,52 @@ pub struct ActionArgs {
 }
 
 /// `saga dead-letters …`.
+#[derive(Debug, Args)]
+pub struct DeadLettersArgs {
+    /// Where NATS keeps its dead letters, in the NATS layout.
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: DeadLetterCommand,
+}
+
+/// The NATS JetStream deployment whose dead-letter stream to include.
+#[derive(Debug, Args, Clone)]
+pub struct NatsArgs {
+    /// The NATS server (`nats://127.0.0.1:4222`).
+    #[arg(long, env = "SAGA_NATS_URL", global = true)]
+    pub nats_url: Option<String>,
+    /// The services' stream (its dead letters are in `<stream>_DEAD`).
+    #[arg(long, default_value = "SAGA", global = true)]
+    pub nats_stream: String,
+    /// The services' subject prefix.
+    #[arg(long, default_value = "saga", global = true)]
+    pub nats_subject_prefix: String,
+}
+
+/// A dead letter's id: `7` in the database, `nats:7` in NATS's dead-letter stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeadLetterId {
+    /// In `saga_dead_letters`.
+    Sql(i64),
+    /// In the NATS dead-letter stream, by sequence.
+    Nats(u64),
+}
+
+impl std::str::FromStr for DeadLetterId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("`{s}` is not a dead letter id (a number, or nats:<sequence>)");
+        match s.strip_prefix("nats:") {
+            Some(sequence) => sequence.parse().map(Self::Nats).map_err(|_| bad()),
+            None => s.parse().map(Self::Sql).map_err(|_| bad()),
+        }
+    }
+}
+
+/// `saga dead-letters …` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum DeadLetterCommand {
     /// List dead letters nobody has acted on (`--all`: every one).
@@ -230,12 +278,12 @@ pub enum DeadLetterCommand {
     /// Show one dead letter: its message, headers, payload and reason.
     Show {
         /// Its id.
-        id: i64,
+        id: DeadLetterId,
     },
     /// Put a dead letter back on its channel (as a new message, a fresh delivery count).
     Replay {
         /// Its id.
-        id: i64,
+        id: DeadLetterId,
         /// Why.
         #[arg(long)]
         reason: String,
@@ -246,7 +294,7 @@ pub enum DeadLetterCommand {
     /// Give a dead letter up, recording why.
     Discard {
         /// Its id.
-        id: i64,
+        id: DeadLetterId,
         /// Why.
         #[arg(long)]
         reason: String,
@@ -268,7 +316,7 @@ pub struct ConsoleArgs {
     pub token: Option<String>,
 }
 
-fn actor(given: Option<&String>) -> String {
+pub(crate) fn actor(given: Option<&String>) -> String {
     given
         .cloned()
         .or_else(|| std::env::var("USER").ok())
@@ -297,6 +345,16 @@ pub async fn open_store(cli: &Cli) -> Result<SqlSagaStore, OpsError> {
 /// (0: done; 1: something was refused or not applied).
 pub async fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8, OpsError> {
     let store = open_store(&cli).await?;
+    if !matches!(cli.command, Command::Console(_) | Command::DeadLetters(_))
+        && store.definitions().await?.is_empty()
+        && store.count_sagas(&SagaFilter::default()).await? == 0
+    {
+        writeln!(
+            err,
+            "note: this database holds no sagas and no orchestrator has recorded any here; \
+             check --database-url and --schema"
+        )?;
+    }
     let result = dispatch(cli.command, &store, out, err).await;
     store.database().close().await;
     result
@@ -376,7 +434,7 @@ async fn dispatch(
         Command::Retry(args) => act(OperatorCommand::Retry, args, store, out, now).await,
         Command::Skip(args) => act(OperatorCommand::Skip, args, store, out, now).await,
         Command::Cancel(args) => act(OperatorCommand::Cancel, args, store, out, now).await,
-        Command::DeadLetters(command) => dead_letters(command, store, out).await,
+        Command::DeadLetters(args) => dead_letters::run(args, store, out).await,
         Command::Stats { json } => {
             let stats = store.stats().await?;
             match json {
@@ -461,53 +519,7 @@ async fn act(
     Ok(if failures == 0 { 0 } else { 1 })
 }
 
-async fn dead_letters(
-    command: DeadLetterCommand,
-    store: &SqlSagaStore,
-    out: &mut dyn Write,
-) -> Result<u8, OpsError> {
-    match command {
-        DeadLetterCommand::List { all, json } => {
-            let letters = store.stored_dead_letters(0, 10_000, !all).await?;
-            match json {
-                true => output::dead_letters_json(out, &letters)?,
-                false => output::dead_letters_table(out, &letters)?,
-            }
-        }
-        DeadLetterCommand::Show { id } => {
-            let letter = store
-                .stored_dead_letter(id)
-                .await?
-                .ok_or_else(|| OpsError::NotFound(format!("no dead letter {id}")))?;
-            output::dead_letter_text(out, &letter)?;
-        }
-        DeadLetterCommand::Replay {
-            id,
-            reason,
-            actor: who,
-        } => {
-            require_reason(&reason)?;
-            let message_id = store
-                .replay_dead_letter(id, &actor(who.as_ref()), &reason)
-                .await?;
-            writeln!(out, "dead letter {id} replayed as message {message_id}")?;
-        }
-        DeadLetterCommand::Discard {
-            id,
-            reason,
-            actor: who,
-        } => {
-            require_reason(&reason)?;
-            store
-                .discard_dead_letter(id, &actor(who.as_ref()), &reason)
-                .await?;
-            writeln!(out, "dead letter {id} discarded")?;
-        }
-    }
-    Ok(0)
-}
-
-fn require_reason(reason: &str) -> Result<(), OpsError> {
+pub(crate) fn require_reason(reason: &str) -> Result<(), OpsError> {
     match reason.trim().is_empty() {
         true => Err(OpsError::Usage("--reason must say why".to_owned())),
         false => Ok(()),

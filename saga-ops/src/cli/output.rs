@@ -3,6 +3,7 @@
 use std::io::{self, Write};
 
 use saga_core::Timestamp;
+use saga_store::nats::NatsDeadLetter;
 use saga_store::{Resolution, StoreStats, StoredDeadLetter, StoredSaga};
 use serde_json::json;
 
@@ -169,14 +170,22 @@ fn resolution(letter: &StoredDeadLetter) -> String {
     }
 }
 
+fn message_type(headers: &saga_core::Headers) -> String {
+    headers
+        .get(saga_core::message::headers::MESSAGE_TYPE)
+        .unwrap_or("-")
+        .to_owned()
+}
+
 pub(super) fn dead_letters_table(
     out: &mut dyn Write,
     letters: &[StoredDeadLetter],
+    from_nats: &[NatsDeadLetter],
 ) -> io::Result<()> {
-    if letters.is_empty() {
+    if letters.is_empty() && from_nats.is_empty() {
         return writeln!(out, "no dead letters");
     }
-    let rows: Vec<Vec<String>> = letters
+    let mut rows: Vec<Vec<String>> = letters
         .iter()
         .map(|letter| {
             let dead = &letter.dead_letter;
@@ -184,16 +193,26 @@ pub(super) fn dead_letters_table(
                 letter.id.to_string(),
                 format_time(dead.at),
                 dead.message.destination.clone(),
-                dead.message
-                    .headers
-                    .get(saga_core::message::headers::MESSAGE_TYPE)
-                    .unwrap_or("-")
-                    .to_owned(),
+                message_type(&dead.message.headers),
                 clip(&dead.reason, 60),
                 resolution(letter),
             ]
         })
         .collect();
+    rows.extend(from_nats.iter().map(|letter| {
+        vec![
+            format!("nats:{}", letter.sequence),
+            "-".to_owned(),
+            letter.channel.clone(),
+            letter
+                .message
+                .as_ref()
+                .map(|m| message_type(&m.headers))
+                .unwrap_or_else(|| "(unreadable)".to_owned()),
+            clip(&letter.reason, 60),
+            "-".to_owned(),
+        ]
+    }));
     table(
         out,
         &["ID", "AT", "CHANNEL", "TYPE", "REASON", "RESOLVED"],
@@ -204,9 +223,51 @@ pub(super) fn dead_letters_table(
 pub(super) fn dead_letters_json(
     out: &mut dyn Write,
     letters: &[StoredDeadLetter],
+    from_nats: &[NatsDeadLetter],
 ) -> io::Result<()> {
-    let rows: Vec<serde_json::Value> = letters.iter().map(dead_letter_value).collect();
+    let mut rows: Vec<serde_json::Value> = letters.iter().map(dead_letter_value).collect();
+    rows.extend(from_nats.iter().map(|letter| {
+        json!({
+            "id": format!("nats:{}", letter.sequence),
+            "channel": letter.channel,
+            "reason": letter.reason,
+            "message_id": letter.message.as_ref().map(|m| m.id.to_string()),
+            "headers": letter.message.as_ref().map(|m| &m.headers),
+            "payload": letter.message.as_ref().map(|m| &m.payload),
+            "resolved": null,
+        })
+    }));
     json_line(out, &rows)
+}
+
+pub(super) fn nats_dead_letter_text(
+    out: &mut dyn Write,
+    letter: &NatsDeadLetter,
+) -> io::Result<()> {
+    writeln!(out, "{:<12}nats:{}", "dead letter", letter.sequence)?;
+    writeln!(out, "{:<12}{}", "channel", letter.channel)?;
+    writeln!(out, "{:<12}{}", "reason", letter.reason)?;
+    let Some(message) = &letter.message else {
+        return writeln!(out, "\nthe message could not be read (or was cut to fit)");
+    };
+    writeln!(out, "{:<12}{}", "message", message.id)?;
+    message_body(out, message)
+}
+
+fn message_body(out: &mut dyn Write, message: &saga_core::Message) -> io::Result<()> {
+    writeln!(out, "\nheaders")?;
+    for (name, value) in message.headers.iter() {
+        writeln!(out, "  {name}: {value}")?;
+    }
+    writeln!(out, "\npayload")?;
+    let payload = serde_json::from_str::<serde_json::Value>(&message.payload)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| message.payload.clone());
+    for line in payload.lines() {
+        writeln!(out, "  {line}")?;
+    }
+    Ok(())
 }
 
 fn dead_letter_value(letter: &StoredDeadLetter) -> serde_json::Value {
@@ -238,19 +299,7 @@ pub(super) fn dead_letter_text(out: &mut dyn Write, letter: &StoredDeadLetter) -
     {
         writeln!(out, "{:<12}{reason}", "because")?;
     }
-    writeln!(out, "\nheaders")?;
-    for (name, value) in dead.message.headers.iter() {
-        writeln!(out, "  {name}: {value}")?;
-    }
-    writeln!(out, "\npayload")?;
-    let payload = serde_json::from_str::<serde_json::Value>(&dead.message.payload)
-        .ok()
-        .and_then(|v| serde_json::to_string_pretty(&v).ok())
-        .unwrap_or_else(|| dead.message.payload.clone());
-    for line in payload.lines() {
-        writeln!(out, "  {line}")?;
-    }
-    Ok(())
+    message_body(out, &dead.message)
 }
 
 pub(super) fn stats_text(

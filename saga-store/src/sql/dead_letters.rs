@@ -47,10 +47,10 @@ pub enum Resolution {
     },
 }
 
-/// Inserts a dead letter. Text PostgreSQL cannot store (NUL characters) is stored with each
+/// Inserts a dead letter; returns its id. Text PostgreSQL cannot store (NUL characters) is stored with each
 /// NUL written as `\u0000` and the reason says so: a dead letter is never lost to its own
 /// content.
-pub(crate) async fn insert(conn: Conn<'_>, dead: &DeadLetter) -> Result<(), StoreError> {
+pub(crate) async fn insert(conn: Conn<'_>, dead: &DeadLetter) -> Result<i64, StoreError> {
     let (payload, escaped_payload) = without_nul(&dead.message.payload);
     let headers: Headers = dead
         .message
@@ -71,7 +71,7 @@ pub(crate) async fn insert(conn: Conn<'_>, dead: &DeadLetter) -> Result<(), Stor
         query(
             "INSERT INTO saga_dead_letters \
              (consumer, message_id, destination, headers, payload, reason, at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
         )
         .bind(consumer.as_ref())
         .bind_id(dead.message.id.0)
@@ -80,10 +80,10 @@ pub(crate) async fn insert(conn: Conn<'_>, dead: &DeadLetter) -> Result<(), Stor
         .bind(payload.as_ref())
         .bind(reason.as_str())
         .bind(to_i64(dead.at.as_millis()))
-        .execute(c)
+        .fetch_one(c)
         .await
-        .map(drop)
         .map_err(store_error)
+        .and_then(|row| row.int("id"))
     })
 }
 

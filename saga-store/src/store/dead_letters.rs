@@ -9,7 +9,7 @@
 //! once.
 
 use saga_core::message::headers;
-use saga_core::ports::StoreError;
+use saga_core::ports::{DeadLetter, StoreError};
 use saga_core::{Message, MessageId, Timestamp};
 
 use crate::db::backend::Tx;
@@ -154,6 +154,33 @@ impl SqlSagaStore {
         }
         tracing::info!(dead_letter = id, "dead letter discarded");
         Ok(())
+    }
+
+    /// Records a dead letter that was kept elsewhere (NATS's dead-letter stream) and that `by`
+    /// has just replayed (as `replayed_as`) or discarded, with `reason`: this table is then
+    /// the one record of what operators did with dead letters. Returns its id here.
+    pub async fn record_resolved_dead_letter(
+        &self,
+        dead: DeadLetter,
+        replayed_as: Option<MessageId>,
+        by: &str,
+        reason: &str,
+    ) -> Result<i64, StoreError> {
+        let (by, reason) = (by.to_owned(), reason.to_owned());
+        self.database()
+            .write(move |tx: &mut Tx| {
+                Box::pin(async move {
+                    let at = to_i64(Timestamp::now().as_millis());
+                    let id = sql::dead_letters::insert(tx.conn(), &dead).await?;
+                    let how = match replayed_as {
+                        Some(message_id) => Resolve::Replayed(message_id),
+                        None => Resolve::Discarded,
+                    };
+                    sql::dead_letters::resolve(tx.conn(), id, how, &by, &reason, at).await?;
+                    Ok(Finish::Commit(id))
+                })
+            })
+            .await
     }
 
     async fn unresolved(&self, id: i64) -> Result<StoredDeadLetter, DeadLetterError> {
