@@ -8,8 +8,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 use saga_core::definition::IncomingReply;
 use saga_core::engine::{
-    self, HistoryEvent, OperatorCommand, OperatorRequest, Outcome, Pending, SagaAction, SagaEvent,
-    SagaInstance, SagaStatus, SagaTimer,
+    self, EngineError, HistoryEvent, OperatorCommand, OperatorRequest, Outcome, Pending,
+    SagaAction, SagaEvent, SagaInstance, SagaStatus, SagaTimer,
 };
 use saga_core::{
     Command, CommandFailed, Reply, RetryPolicy, SagaDefinition, SagaId, Step, StepDefinition,
@@ -307,6 +307,104 @@ proptest! {
                 prop_assert_eq!(undo_commands, command_compensated);
             }
             other => prop_assert!(false, "not terminal: {other}"),
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// An operator cancel at any point of a run is either refused — only once the pivot (or a
+    /// retriable step) has been reached — or turns the saga back: it ends compensated, having
+    /// undone exactly the steps that ran (and the one awaiting its reply) in reverse order.
+    #[test]
+    fn a_cancel_is_refused_after_the_pivot_and_otherwise_undoes_what_ran(
+        shape in shape(),
+        outcomes in prop::collection::vec(any::<bool>(), 0..40),
+        cancel_at in 0usize..12,
+    ) {
+        let (definition, failing_locals) = build(&shape);
+        let data = Data { failing_locals, attempts: Vec::new() };
+        let mut now = Timestamp(1_000);
+        let start = engine::start(&definition, SagaId::new(), data, now).expect("starts");
+        let mut instance: SagaInstance<Data> = start.instance;
+        let mut history = start.history;
+        let mut outcomes = outcomes.into_iter();
+        let mut cancel: Option<Result<Vec<String>, String>> = None;
+
+        for event_number in 0..10_000 {
+            let status = instance.state.status;
+            if status.is_terminal() {
+                break;
+            }
+            if cancel.is_none() && event_number >= cancel_at && status == SagaStatus::Running {
+                let request = OperatorRequest::new(OperatorCommand::Cancel, "ops", "test");
+                let state = &instance.state;
+                // What a cancel must undo: the steps that ran, and the one awaiting its reply.
+                let mut ran = state.completed_steps.clone();
+                if let Some(step) = &state.current_step
+                    && matches!(state.pending, Some(Pending::Reply { .. }))
+                {
+                    ran.push(step.clone());
+                }
+                let reached_pivot = ran.iter().chain(state.current_step.iter()).any(|s| {
+                    definition.step(s).is_some_and(|(_, d)| d.kind() != StepKind::Compensatable)
+                });
+                match engine::transition(&definition, &instance, &SagaEvent::Operator(request), now) {
+                    Ok(Outcome::Applied(transition)) => {
+                        prop_assert!(!reached_pivot, "cancel applied after the pivot");
+                        instance = transition.instance;
+                        history.extend(transition.history);
+                        cancel = Some(Ok(ran));
+                        continue;
+                    }
+                    Err(EngineError::OperatorRefused { why, .. }) => {
+                        prop_assert!(reached_pivot, "cancel refused before the pivot: {}", why);
+                        cancel = Some(Err(why));
+                    }
+                    other => prop_assert!(false, "cancel gave {:?}", other.map(|_| ())),
+                }
+            }
+            let event = match (status, instance.state.pending) {
+                (SagaStatus::Failed, _) => {
+                    SagaEvent::Operator(OperatorRequest::new(OperatorCommand::Skip, "test", ""))
+                }
+                (_, Some(Pending::Reply { request_id })) => SagaEvent::Reply {
+                    request_id,
+                    reply: reply(outcomes.next().unwrap_or(true)),
+                },
+                (_, Some(Pending::Retry { request_id })) => {
+                    now = instance.state.deadline.unwrap_or(now);
+                    SagaEvent::Timer(SagaTimer::RetryDue { request_id })
+                }
+                (status, None) => panic!("saga stuck in {status} with nothing pending"),
+            };
+            let outcome = engine::transition(&definition, &instance, &event, now).expect("applies");
+            let Outcome::Applied(transition) = outcome else {
+                panic!("live event ignored: {event:?}");
+            };
+            instance = transition.instance;
+            history.extend(transition.history);
+        }
+        prop_assert!(instance.state.status.is_terminal());
+        if let Some(Ok(ran)) = cancel {
+            // Skipped compensations (operator skips of a parked one) still count as undone.
+            let undone: Vec<String> = history
+                .iter()
+                .skip_while(|e| !matches!(e, HistoryEvent::Operator { command: OperatorCommand::Cancel, .. }))
+                .filter_map(|e| match e {
+                    HistoryEvent::StepCompensated { step } => Some(step.clone()),
+                    _ => None,
+                })
+                .collect();
+            let expected: Vec<String> = ran
+                .iter()
+                .rev()
+                .filter(|s| definition.step(s).and_then(|(_, d)| d.compensation()).is_some())
+                .cloned()
+                .collect();
+            prop_assert_eq!(instance.state.status, SagaStatus::Compensated);
+            prop_assert_eq!(undone, expected);
         }
     }
 }

@@ -626,15 +626,21 @@ async fn the_console_needs_its_token_and_refuses_cross_site_posts_and_bad_input(
             "no saga",
         ),
         (
-            "/console/dead-letters/x",
+            "/console/dead-letters/order/x",
             StatusCode::BAD_REQUEST,
             "is not a dead letter id",
         ),
         (
-            "/console/dead-letters/424242",
+            "/console/dead-letters/kitchen/424242",
             StatusCode::NOT_FOUND,
-            "no dead letter 424242",
+            "no dead letter 424242 in `kitchen`",
         ),
+        (
+            "/console/dead-letters/nowhere/1",
+            StatusCode::NOT_FOUND,
+            "no database `nowhere`",
+        ),
+        ("/console/stats", StatusCode::OK, "<td>messages</td>"),
         ("/console/nowhere", StatusCode::NOT_FOUND, "no such page"),
     ] {
         let response = get(path, Some("s3cret")).await.expect("answers");

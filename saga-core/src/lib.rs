@@ -11,8 +11,11 @@
 //! - [`orchestrator`] and [`participant`]: the dispatch logic over those ports;
 //! - [`memory`]: in-memory store and transport, so a whole saga runs in one test;
 //! - [`lock`]: semantic locks for participants' records;
+//! - [`operator`]: operator requests (`retry`, `skip`, `cancel`) as messages to an
+//!   orchestrator, for tools that have only its database;
 //! - [`testing`]: the saga unit-test DSL;
-//! - graph rendering: [`SagaDefinition::to_mermaid`] and [`SagaDefinition::to_dot`].
+//! - [`graph`]: a definition as plain-data state graph, rendered in Mermaid or DOT, bare
+//!   ([`SagaDefinition::to_mermaid`], [`SagaDefinition::to_dot`]) or with one instance's path.
 //!
 //! With the default `macros` feature it re-exports the `saga!` DSL and the `Command`,
 //! `Reply` and `SemanticLock` derives.

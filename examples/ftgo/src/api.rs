@@ -214,8 +214,8 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// The API's routes over a running FTGO, with the operator console at `/console` (on the
-/// Order service's database, where the sagas live).
+/// The API's routes over a running FTGO, with the operator console at `/console`: the sagas
+/// from the Order service's database, dead letters and backlogs from every database.
 pub fn router(ftgo: Arc<Ftgo>) -> Router {
     let timeout = ftgo.options().request_timeout;
     let console = saga_ops::console::router(
@@ -223,6 +223,8 @@ pub fn router(ftgo: Arc<Ftgo>) -> Router {
         saga_ops::console::ConsoleOptions {
             token: ftgo.options().console_token.clone(),
             base_path: "/console".to_owned(),
+            name: "order".to_owned(),
+            databases: ftgo.console_databases(),
             ..saga_ops::console::ConsoleOptions::default()
         },
     );

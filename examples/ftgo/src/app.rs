@@ -374,6 +374,24 @@ impl Ftgo {
         *slot = Some(runtime);
     }
 
+    /// The databases besides the Order service's, by name, for the console's dead letters and
+    /// backlogs (none in place: everything is in the one database).
+    pub fn console_databases(&self) -> Vec<(String, SqlSagaStore)> {
+        if self.options.is_in_place() {
+            return Vec::new();
+        }
+        let services = [
+            ("consumer", self.consumers.database()),
+            ("kitchen", self.kitchen.database()),
+            ("accounting", self.accounting.database()),
+        ];
+        services
+            .into_iter()
+            .chain(self.messages.as_ref().map(|db| (MESSAGES, db)))
+            .map(|(name, db)| (name.to_owned(), SqlSagaStore::new(db.clone())))
+            .collect()
+    }
+
     /// Stops the saga workers (after the messages in hand), keeping the databases open;
     /// [`Ftgo::start_workers`] starts them again.
     pub async fn stop_workers(&self) {

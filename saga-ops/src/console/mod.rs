@@ -51,6 +51,11 @@ pub struct ConsoleOptions {
     pub wait: Duration,
     /// Sagas per page.
     pub page_size: usize,
+    /// What the sagas' own database is called on the dead letters and stats pages.
+    pub name: String,
+    /// Other databases of the deployment whose dead letters and backlogs to show too (a
+    /// database per service, the SQL queue's), by name.
+    pub databases: Vec<(String, SqlSagaStore)>,
 }
 
 impl Default for ConsoleOptions {
@@ -60,6 +65,8 @@ impl Default for ConsoleOptions {
             base_path: String::new(),
             wait: Duration::from_secs(5),
             page_size: 50,
+            name: "sagas".to_owned(),
+            databases: Vec::new(),
         }
     }
 }
@@ -74,6 +81,18 @@ pub(crate) struct Console {
 }
 
 type Shared = Arc<Console>;
+
+impl Console {
+    /// Every database by name, the sagas' own first.
+    fn databases(&self) -> impl Iterator<Item = (&str, &SqlSagaStore)> {
+        std::iter::once((self.options.name.as_str(), &self.store)).chain(
+            self.options
+                .databases
+                .iter()
+                .map(|(name, store)| (name.as_str(), store)),
+        )
+    }
+}
 
 const COOKIE: &str = "saga_console_token";
 const BODY_LIMIT: usize = 16 * 1024;
@@ -148,9 +167,9 @@ pub fn router(store: SqlSagaStore, options: ConsoleOptions) -> Router {
             get(confirm_saga_action).post(saga_action),
         )
         .route("/dead-letters", get(dead_letters_page))
-        .route("/dead-letters/{id}", get(dead_letter_page))
+        .route("/dead-letters/{db}/{id}", get(dead_letter_page))
         .route(
-            "/dead-letters/{id}/{action}",
+            "/dead-letters/{db}/{id}/{action}",
             get(confirm_dead_letter_action).post(dead_letter_action),
         )
         .route("/stats", get(stats_page))
@@ -458,24 +477,48 @@ fn dead_letter_id(id: &str) -> Result<i64, PageError> {
         .map_err(|_| PageError::bad_request(format!("`{id}` is not a dead letter id")))
 }
 
+/// The database named `name`: the sagas' own, or one of [`ConsoleOptions::databases`].
+fn database<'c>(console: &'c Console, name: &str) -> Result<&'c SqlSagaStore, PageError> {
+    console
+        .databases()
+        .find(|(n, _)| *n == name)
+        .map(|(_, store)| store)
+        .ok_or_else(|| PageError::not_found(format!("no database `{name}` in this console")))
+}
+
+async fn stored_letter(
+    store: &SqlSagaStore,
+    name: &str,
+    id: i64,
+) -> Result<saga_store::StoredDeadLetter, PageError> {
+    store
+        .stored_dead_letter(id)
+        .await?
+        .ok_or_else(|| PageError::not_found(format!("no dead letter {id} in `{name}`")))
+}
+
 async fn dead_letters_page(State(console): State<Shared>, RawQuery(raw): RawQuery) -> Page {
     let all = match raw.as_deref() {
         None | Some("") => false,
         Some("all=1") => true,
         Some(other) => return Err(PageError::bad_request(format!("unknown filter `{other}`"))),
     };
-    let letters = console.store.stored_dead_letters(0, 1_000, !all).await?;
+    let mut letters = Vec::new();
+    for (name, store) in console.databases() {
+        for letter in store.stored_dead_letters(0, 1_000, !all).await? {
+            letters.push((name, letter));
+        }
+    }
     Ok(pages::dead_letters(&console, &letters, all))
 }
 
-async fn dead_letter_page(State(console): State<Shared>, Path(id): Path<String>) -> Page {
-    let id = dead_letter_id(&id)?;
-    let letter = console
-        .store
-        .stored_dead_letter(id)
-        .await?
-        .ok_or_else(|| PageError::not_found(format!("no dead letter {id}")))?;
-    Ok(pages::dead_letter(&console, &letter, None))
+async fn dead_letter_page(
+    State(console): State<Shared>,
+    Path((db, id)): Path<(String, String)>,
+) -> Page {
+    let store = database(&console, &db)?;
+    let letter = stored_letter(store, &db, dead_letter_id(&id)?).await?;
+    Ok(pages::dead_letter(&console, &db, &letter, None))
 }
 
 fn dead_letter_action_name(action: &str) -> Result<&'static str, PageError> {
@@ -488,51 +531,43 @@ fn dead_letter_action_name(action: &str) -> Result<&'static str, PageError> {
 
 async fn confirm_dead_letter_action(
     State(console): State<Shared>,
-    Path((id, action)): Path<(String, String)>,
+    Path((db, id, action)): Path<(String, String, String)>,
 ) -> Page {
     let action = dead_letter_action_name(&action)?;
-    let id = dead_letter_id(&id)?;
-    let letter = console
-        .store
-        .stored_dead_letter(id)
-        .await?
-        .ok_or_else(|| PageError::not_found(format!("no dead letter {id}")))?;
-    Ok(pages::confirm_dead_letter(&console, &letter, action))
+    let store = database(&console, &db)?;
+    let letter = stored_letter(store, &db, dead_letter_id(&id)?).await?;
+    Ok(pages::confirm_dead_letter(&console, &db, &letter, action))
 }
 
 async fn dead_letter_action(
     State(console): State<Shared>,
-    Path((id, action)): Path<(String, String)>,
+    Path((db, id, action)): Path<(String, String, String)>,
     RawForm(body): RawForm,
 ) -> Page {
     let action = dead_letter_action_name(&action)?;
+    let store = database(&console, &db)?;
     let id = dead_letter_id(&id)?;
     let (reason, actor) = confirmed(&console, &body)?;
     let notice = match action {
         "replay" => {
-            let message = console
-                .store
+            let message = store
                 .replay_dead_letter(id, &actor, &reason)
                 .await
                 .map_err(OpsError::from)?;
             format!("replayed as message {message}")
         }
         _ => {
-            console
-                .store
+            store
                 .discard_dead_letter(id, &actor, &reason)
                 .await
                 .map_err(OpsError::from)?;
             "discarded".to_owned()
         }
     };
-    let letter = console
-        .store
-        .stored_dead_letter(id)
-        .await?
-        .ok_or_else(|| PageError::not_found(format!("no dead letter {id}")))?;
+    let letter = stored_letter(store, &db, id).await?;
     Ok(pages::dead_letter(
         &console,
+        &db,
         &letter,
         Some(pages::Notice::Done(notice)),
     ))
@@ -540,7 +575,11 @@ async fn dead_letter_action(
 
 async fn stats_page(State(console): State<Shared>) -> Page {
     let stats = console.store.stats().await?;
-    Ok(pages::stats(&console, &stats, Timestamp::now()))
+    let mut others = Vec::new();
+    for (name, store) in console.databases().skip(1) {
+        others.push((name, store.stats().await?));
+    }
+    Ok(pages::stats(&console, &stats, &others, Timestamp::now()))
 }
 
 async fn login_page(State(console): State<Shared>) -> Markup {

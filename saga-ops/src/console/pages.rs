@@ -311,7 +311,11 @@ fn resolution(letter: &StoredDeadLetter) -> Markup {
     }
 }
 
-pub(crate) fn dead_letters(console: &Console, letters: &[StoredDeadLetter], all: bool) -> Markup {
+pub(crate) fn dead_letters(
+    console: &Console,
+    letters: &[(&str, StoredDeadLetter)],
+    all: bool,
+) -> Markup {
     let body = html! {
         h1 { "Dead letters" }
         p {
@@ -322,12 +326,13 @@ pub(crate) fn dead_letters(console: &Console, letters: &[StoredDeadLetter], all:
             p.muted { "No dead letters." }
         } @else {
             table #dead-letters {
-                thead { tr { th { "Id" } th { "At" } th { "Channel" } th { "Type" } th { "Reason" } th { "Resolved" } } }
+                thead { tr { th { "Database" } th { "Id" } th { "At" } th { "Channel" } th { "Type" } th { "Reason" } th { "Resolved" } } }
                 tbody {
-                    @for letter in letters {
+                    @for (db, letter) in letters {
                         @let dead = &letter.dead_letter;
-                        tr data-dead-letter=(letter.id) {
-                            td { a href=(link(console, &format!("/dead-letters/{}", letter.id))) { (letter.id) } }
+                        tr data-dead-letter=(letter.id) data-database=(db) {
+                            td { (db) }
+                            td { a href=(link(console, &format!("/dead-letters/{db}/{}", letter.id))) { (letter.id) } }
                             td.mono { (format_time(dead.at)) }
                             td { (dead.message.destination) }
                             td { (dead.message.headers.get(saga_core::message::headers::MESSAGE_TYPE).unwrap_or("–")) }
@@ -344,6 +349,7 @@ pub(crate) fn dead_letters(console: &Console, letters: &[StoredDeadLetter], all:
 
 pub(crate) fn dead_letter(
     console: &Console,
+    db: &str,
     letter: &StoredDeadLetter,
     banner: Option<Notice>,
 ) -> Markup {
@@ -352,13 +358,14 @@ pub(crate) fn dead_letter(
         .ok()
         .and_then(|v| serde_json::to_string_pretty(&v).ok())
         .unwrap_or_else(|| dead.message.payload.clone());
+    let here = format!("/dead-letters/{db}/{}", letter.id);
     let body = html! {
         (notice(banner.as_ref()))
-        h1 { "Dead letter " (letter.id) }
+        h1 { "Dead letter " (letter.id) " " span.muted { "in " (db) } }
         @if letter.resolution.is_none() {
             div.actions {
-                a.button href=(link(console, &format!("/dead-letters/{}/replay", letter.id))) data-action="replay" { "replay…" }
-                a.button.danger href=(link(console, &format!("/dead-letters/{}/discard", letter.id))) data-action="discard" { "discard…" }
+                a.button href=(link(console, &format!("{here}/replay"))) data-action="replay" { "replay…" }
+                a.button.danger href=(link(console, &format!("{here}/discard"))) data-action="discard" { "discard…" }
             }
         }
         dl.fields {
@@ -379,6 +386,7 @@ pub(crate) fn dead_letter(
 
 pub(crate) fn confirm_dead_letter(
     console: &Console,
+    db: &str,
     letter: &StoredDeadLetter,
     action: &str,
 ) -> Markup {
@@ -388,12 +396,13 @@ pub(crate) fn confirm_dead_letter(
         }
         _ => "Gives the message up for good, recording why.",
     };
-    let target = link(console, &format!("/dead-letters/{}/{action}", letter.id));
+    let here = format!("/dead-letters/{db}/{}", letter.id);
+    let target = link(console, &format!("{here}/{action}"));
     let body = html! {
-        h1 { (action) " dead letter " (letter.id) }
+        h1 { (action) " dead letter " (letter.id) " " span.muted { "in " (db) } }
         p { (explain) }
         p { "Channel " strong { (letter.dead_letter.message.destination) } ": " (letter.dead_letter.reason) }
-        (reason_form(console, &target, &link(console, &format!("/dead-letters/{}", letter.id)), action, action == "discard"))
+        (reason_form(console, &target, &link(console, &here), action, action == "discard"))
     };
     layout(
         console,
@@ -402,7 +411,24 @@ pub(crate) fn confirm_dead_letter(
     )
 }
 
-pub(crate) fn stats(console: &Console, stats: &StoreStats, now: Timestamp) -> Markup {
+fn backlog(console: &Console, name: &str, stats: &StoreStats, now: Timestamp) -> Markup {
+    html! {
+        tr {
+            td { (name) }
+            td { (stats.outbox_backlog) @if let Some(at) = stats.outbox_oldest { span.muted { " (oldest " (format_age(now, at)) ")" } } }
+            td { (stats.queue.iter().map(|c| c.messages).sum::<u64>())
+                @for channel in &stats.queue { br; span.muted { (channel.channel) ": " (channel.messages) } } }
+            td { a href=(link(console, "/dead-letters")) { (stats.dead_letters) " open" } }
+        }
+    }
+}
+
+pub(crate) fn stats(
+    console: &Console,
+    stats: &StoreStats,
+    others: &[(&str, StoreStats)],
+    now: Timestamp,
+) -> Markup {
     let body = html! {
         h1 { "Stats" }
         table #stats {
@@ -419,10 +445,14 @@ pub(crate) fn stats(console: &Console, stats: &StoreStats, now: Timestamp) -> Ma
                 Some((id, saga_type, at)) => { a.mono href=(link(console, &format!("/sagas/{id}"))) { (id) } " (" (saga_type) ", " (format_age(now, *at)) ")" },
                 None => "–",
             } }
-            dt { "Outbox backlog" } dd { (stats.outbox_backlog) @if let Some(at) = stats.outbox_oldest { " (oldest " (format_age(now, at)) ")" } }
-            dt { "Queue depth" } dd { (stats.queue.iter().map(|c| c.messages).sum::<u64>())
-                @for channel in &stats.queue { br; span.muted { (channel.channel) ": " (channel.messages) } } }
-            dt { "Dead letters" } dd { a href=(link(console, "/dead-letters")) { (stats.dead_letters) " open" } }
+        }
+        h2 { "What waits, per database" }
+        table #backlogs {
+            thead { tr { th { "Database" } th { "Outbox backlog" } th { "Queue depth" } th { "Dead letters" } } }
+            tbody {
+                (backlog(console, &console.options.name, stats, now))
+                @for (name, other) in others { (backlog(console, name, other, now)) }
+            }
         }
     };
     layout(console, "Stats", body)
