@@ -782,3 +782,80 @@ async fn the_console_needs_its_token_and_refuses_cross_site_posts_and_bad_input(
     );
     server.stop().await;
 }
+
+fn check_names(readiness: &Value) -> Vec<&str> {
+    readiness["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .map(|c| c["name"].as_str().expect("a name"))
+        .collect()
+}
+
+/// `/health/live` always answers; `/health/ready` checks every database, the transport and
+/// the workers (when this process runs them), and says which check fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_checks_every_database_the_transport_and_the_workers() {
+    let server = Server::start(true).await;
+    let (status, live) = server.get("/health/live").await;
+    assert_eq!(
+        (status, live["status"].as_str()),
+        (StatusCode::OK, Some("live"))
+    );
+    let (status, ready) = server.get("/health/ready").await;
+    assert_eq!(status, StatusCode::OK, "{ready:#}");
+    assert_eq!(ready["ready"], true);
+    assert_eq!(
+        check_names(&ready),
+        [
+            "order",
+            "consumer",
+            "kitchen",
+            "accounting",
+            "messages",
+            "transport",
+            "workers"
+        ]
+    );
+    // With the workers stopped, the process is not ready: it would take no work.
+    server.ftgo.stop_workers().await;
+    let (status, ready) = server.get("/health/ready").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "an API without workers is ready: {ready:#}"
+    );
+    assert!(!check_names(&ready).contains(&"workers"));
+    // A database that is gone fails its check, by name.
+    server.ftgo.kitchen.database().close().await;
+    let (status, ready) = server.get("/health/ready").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready:#}");
+    let kitchen = ready["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "kitchen"))
+        .expect("a kitchen check");
+    assert_eq!(kitchen["ok"], false);
+    assert!(
+        kitchen["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{kitchen:#}"
+    );
+    server.stop().await;
+}
+
+/// A service process reports its own database, the queue's, the transport and its workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_process_reports_its_readiness() {
+    use ftgo::app::{ServiceName, ServiceProcess};
+    use ftgo::health::Ready;
+    let dir = unique_dir();
+    let options = FtgoOptions::new(Storage::Sqlite { dir: dir.clone() });
+    let process = ServiceProcess::start(ServiceName::Kitchen, options)
+        .await
+        .expect("starts");
+    let readiness = process.readiness().await;
+    assert!(readiness.ready, "{readiness:?}");
+    let names: Vec<&str> = readiness.checks.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["kitchen", "messages", "transport", "workers"]);
+    process.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -17,6 +17,9 @@
 #   RUN_DIR        ./ftgo-run      pid files and logs (<name>.pid, <name>.log)
 #   FTGO_BIN       the ftgo binary (default: built here with cargo build -p ftgo)
 #   RUST_LOG       log filter for every process (default: info)
+#   HEALTH_BASE_PORT  if set, service process number i (order 0, consumer 1, kitchen-1 2,
+#                  kitchen-2 3, accounting 4) serves /health/live and /health/ready on
+#                  127.0.0.1:$((HEALTH_BASE_PORT + i)); the API serves them on LISTEN
 set -euo pipefail
 
 DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
@@ -60,9 +63,18 @@ start_one() {
     echo "$name already runs (pid $(cat "$RUN_DIR/$name.pid"))"
     return
   fi
+  local health=()
+  if [[ -n "${HEALTH_BASE_PORT:-}" ]]; then
+    local i
+    for i in "${!PROCESSES[@]}"; do
+      if [[ "${PROCESSES[$i]}" == "$name" ]]; then
+        health=(--listen "127.0.0.1:$((HEALTH_BASE_PORT + i))")
+      fi
+    done
+  fi
   case "$name" in
-    order|consumer|accounting) set -- service "$name" ;;
-    kitchen-*) set -- service kitchen ;;
+    order|consumer|accounting) set -- service "$name" "${health[@]}" ;;
+    kitchen-*) set -- service kitchen "${health[@]}" ;;
     api) set -- serve --api-only --listen "$LISTEN" ;;
     *) echo "unknown process $name (expected: ${PROCESSES[*]})" >&2; exit 2 ;;
   esac

@@ -484,6 +484,12 @@ pub trait Transport: Send + Sync {
         let _ = (channel, group);
     }
 
+    /// Whether the transport can carry messages now (its broker or database answers), for
+    /// readiness checks. The default says yes.
+    async fn ready(&self) -> Result<(), TransportError> {
+        Ok(())
+    }
+
     /// Channels holding messages that nobody has taken for longer than `older_than` (nobody
     /// consumes the channel, or its consumers are stuck), for the watchdog. The default
     /// reports none.

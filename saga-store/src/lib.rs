@@ -55,7 +55,7 @@ pub use db::{Database, DatabaseOptions, Dialect, SqliteSync};
 pub use error::DatabaseError;
 pub use options::{RetentionPolicy, RuntimeOptions, WatchdogOptions};
 pub use outbox::retention::{RetentionReport, apply_retention};
-pub use runtime::{RuntimeBuilder, SagaRuntime};
+pub use runtime::{RuntimeBuilder, SagaRuntime, WorkersHandle};
 pub use saga_core;
 pub use sql::locks as lock_table;
 pub use store::{

@@ -126,6 +126,8 @@ impl RuntimeBuilder {
         let (stop, signal) = watch::channel(false);
         let shutdown = Shutdown(signal);
         let mut tasks = Vec::new();
+        // Tasks that end once done (not workers): waited for at shutdown, not watched.
+        let mut once = Vec::new();
         let options = Arc::new(self.options.clone());
         for database in &self.databases {
             tasks.push(tokio::spawn(relay::relay_loop(
@@ -141,7 +143,7 @@ impl RuntimeBuilder {
             )));
         }
         for orchestrator in &self.orchestrators {
-            tasks.push(tokio::spawn(record_definitions(
+            once.push(tokio::spawn(record_definitions(
                 orchestrator.clone(),
                 shutdown.clone(),
             )));
@@ -192,7 +194,7 @@ impl RuntimeBuilder {
                 None => tokio::spawn(consumer.run(shutdown.clone())),
             });
         }
-        SagaRuntime { stop, tasks }
+        SagaRuntime { stop, tasks, once }
     }
 }
 
@@ -221,7 +223,28 @@ async fn record_definitions(orchestrator: SharedOrchestrator, mut shutdown: Shut
 #[derive(Debug)]
 pub struct SagaRuntime {
     stop: watch::Sender<bool>,
+    /// The worker loops: each runs until shutdown.
     tasks: Vec<JoinHandle<()>>,
+    /// Tasks that end once done.
+    once: Vec<JoinHandle<()>>,
+}
+
+/// A cheap handle that tells whether a runtime's workers still run (for readiness checks).
+#[derive(Clone, Debug)]
+pub struct WorkersHandle {
+    tasks: Arc<[tokio::task::AbortHandle]>,
+    stop: watch::Receiver<bool>,
+}
+
+impl WorkersHandle {
+    /// How many workers have stopped although no shutdown was asked for (a worker loop
+    /// ends only on shutdown, or by panicking); `None` once shutdown was asked for.
+    pub fn stopped_unexpectedly(&self) -> Option<usize> {
+        if *self.stop.borrow() {
+            return None;
+        }
+        Some(self.tasks.iter().filter(|t| t.is_finished()).count())
+    }
 }
 
 impl SagaRuntime {
@@ -237,10 +260,18 @@ impl SagaRuntime {
         }
     }
 
+    /// A handle that tells whether the workers still run.
+    pub fn workers(&self) -> WorkersHandle {
+        WorkersHandle {
+            tasks: self.tasks.iter().map(JoinHandle::abort_handle).collect(),
+            stop: self.stop.subscribe(),
+        }
+    }
+
     /// Stops every worker and waits for them.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        for task in self.tasks {
+        for task in self.tasks.into_iter().chain(self.once) {
             if let Err(err) = task.await
                 && err.is_panic()
             {

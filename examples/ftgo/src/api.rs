@@ -6,6 +6,7 @@
 //! | `GET` | `/orders/{id}` | the order, its ticket and authorization, its sagas and their timelines | `200`, `404` |
 //! | `POST` | `/orders/{id}/cancel` | cancel an approved order (starts CancelOrderSaga) | `202`, `404`, `409` when a saga holds the order or it is not approved |
 //! | `GET` | `/health` | liveness | `200` |
+//! | `GET` | `/health/live`, `/health/ready` | liveness; readiness: databases, transport and workers ([`crate::health`]) | `200`, `503` with the failing checks |
 //! | | `/console/…` | the operator console ([`saga_ops::console`]): sagas, timelines, graphs, dead letters, retry / skip / cancel / replay / discard | HTML |
 //!
 //! Errors are JSON: `{"error": {"code": "invalid_order", "message": "…"}}`, with `400` for a
@@ -242,7 +243,8 @@ pub fn router(ftgo: Arc<Ftgo>) -> Router {
                 }))
                 .timeout(timeout),
         )
-        .with_state(ftgo)
+        .with_state(ftgo.clone())
+        .merge(crate::health::router(ftgo))
         .nest("/console", console)
         .route(
             "/console/",

@@ -374,6 +374,23 @@ impl Ftgo {
         *slot = Some(runtime);
     }
 
+    /// Every database by name (one, in place).
+    fn named_databases(&self) -> Vec<(&str, &Database)> {
+        if self.options.is_in_place() {
+            return vec![(SHARED, self.orders.database())];
+        }
+        let services = [
+            ("order", self.orders.database()),
+            ("consumer", self.consumers.database()),
+            ("kitchen", self.kitchen.database()),
+            ("accounting", self.accounting.database()),
+        ];
+        services
+            .into_iter()
+            .chain(self.messages.as_ref().map(|db| (MESSAGES, db)))
+            .collect()
+    }
+
     /// The databases besides the Order service's, by name, for the console's dead letters and
     /// backlogs (none in place: everything is in the one database).
     pub fn console_databases(&self) -> Vec<(String, SqlSagaStore)> {
@@ -524,6 +541,21 @@ pub enum ServiceName {
     Accounting,
 }
 
+#[async_trait::async_trait]
+impl crate::health::Ready for Ftgo {
+    /// Every database and the transport answer, and the workers run if this process started
+    /// them (`ftgo serve --api-only` runs none).
+    async fn readiness(&self) -> crate::health::Readiness {
+        let workers = self.runtime.lock().await.as_ref().map(SagaRuntime::workers);
+        crate::health::readiness(
+            &self.named_databases(),
+            self.transport.as_ref(),
+            workers.as_ref(),
+        )
+        .await
+    }
+}
+
 impl ServiceName {
     /// The database name, as in [`SERVICES`].
     pub fn as_str(self) -> &'static str {
@@ -539,10 +571,31 @@ impl ServiceName {
 /// One service running on its own, as its own process: its database, its participant (and,
 /// for the Order service, the orchestrator), and the saga workers for them. Run several of
 /// one service and they share its channel's work.
-#[derive(Debug)]
 pub struct ServiceProcess {
+    name: ServiceName,
     runtime: SagaRuntime,
     databases: Vec<Database>,
+    transport: Arc<dyn Transport>,
+}
+
+impl std::fmt::Debug for ServiceProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceProcess")
+            .field("name", &self.name)
+            .field("runtime", &self.runtime)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::health::Ready for ServiceProcess {
+    async fn readiness(&self) -> crate::health::Readiness {
+        let names = [self.name.as_str(), MESSAGES];
+        let databases: Vec<(&str, &Database)> =
+            names.into_iter().zip(self.databases.iter()).collect();
+        let workers = self.runtime.workers();
+        crate::health::readiness(&databases, self.transport.as_ref(), Some(&workers)).await
+    }
 }
 
 impl ServiceProcess {
@@ -550,7 +603,7 @@ impl ServiceProcess {
     pub async fn start(name: ServiceName, options: FtgoOptions) -> Result<Self, FtgoError> {
         let database = options.database(name.as_str()).await?;
         let (transport, messages) = options.transport(None).await?;
-        let builder = SagaRuntime::builder(transport).options(options.runtime.clone());
+        let builder = SagaRuntime::builder(transport.clone()).options(options.runtime.clone());
         let builder = match name {
             ServiceName::Order => {
                 let orders = OrderService::open(database.clone()).await?;
@@ -572,8 +625,10 @@ impl ServiceProcess {
             }
         };
         Ok(Self {
+            name,
             runtime: builder.start(),
             databases: std::iter::once(database).chain(messages).collect(),
+            transport,
         })
     }
 

@@ -15,6 +15,7 @@ pub mod bench;
 pub mod cancel_order;
 pub mod create_order;
 pub mod demo;
+pub mod health;
 pub mod messages;
 pub mod protocol_errors;
 pub mod services;

@@ -23,6 +23,16 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     storage: StorageArgs,
+    /// Log lines as text or as JSON objects (one per line, with `saga_id`, `saga_type`,
+    /// `step`, `message_id` fields where they apply). The level comes from `RUST_LOG`.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -68,6 +78,9 @@ enum Command {
         /// Which service.
         #[arg(value_enum)]
         name: ServiceArg,
+        /// Serve `/health/live` and `/health/ready` on this address.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
     },
 }
 
@@ -178,14 +191,20 @@ impl StorageArgs {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
     let result = match cli.command {
         None | Some(Command::Demo) => demo(cli.storage).await,
         Some(Command::Serve {
@@ -193,7 +212,7 @@ async fn main() -> ExitCode {
             api_only,
             console_token,
         }) => serve(cli.storage, listen, api_only, console_token).await,
-        Some(Command::Service { name }) => service(name.into(), cli.storage).await,
+        Some(Command::Service { name, listen }) => service(name.into(), cli.storage, listen).await,
         Some(Command::Bench {
             sagas,
             concurrency,
@@ -313,14 +332,35 @@ async fn bench(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn service(name: ServiceName, storage: StorageArgs) -> Result<ExitCode, Failure> {
+async fn service(
+    name: ServiceName,
+    storage: StorageArgs,
+    listen: Option<SocketAddr>,
+) -> Result<ExitCode, Failure> {
     let (options, _) = storage.options(false);
     let where_ = describe(&options.storage);
     let transport = match &options.nats {
         Some(nats) => format!("NATS {} (stream {})", nats.url, nats.options.stream),
         None => "the SQL queue".to_owned(),
     };
-    let process = ServiceProcess::start(name, options).await?;
+    let process = Arc::new(ServiceProcess::start(name, options).await?);
+    let health = match listen {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address).await?;
+            let _ = writeln!(
+                std::io::stderr(),
+                "health endpoints on http://{}/health/ready",
+                listener.local_addr()?
+            );
+            let router = ftgo::health::router(process.clone());
+            Some(tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown_signal())
+                    .await
+            }))
+        }
+        None => None,
+    };
     let _ = writeln!(
         std::io::stderr(),
         "FTGO {} service running (pid {}) on {where_}, messages over {transport}; Ctrl-C stops it",
@@ -328,7 +368,15 @@ async fn service(name: ServiceName, storage: StorageArgs) -> Result<ExitCode, Fa
         std::process::id()
     );
     shutdown_signal().await;
-    process.shutdown().await;
+    if let Some(server) = health {
+        server.abort();
+    }
+    match Arc::into_inner(process) {
+        Some(process) => process.shutdown().await,
+        None => tracing::warn!(
+            "the health server still holds the service; exiting without a clean shutdown"
+        ),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -55,10 +55,24 @@ struct Deployment {
     run_dir: PathBuf,
     vars: Vec<(&'static str, String)>,
     base: String,
+    /// The Order service process's health endpoints.
+    health: String,
     database_url: String,
     prefix: String,
     nats_url: String,
     stream: String,
+}
+
+/// The first of `n` consecutive free ports.
+fn free_ports(n: u16) -> u16 {
+    loop {
+        let first = free_port();
+        if first < u16::MAX - n
+            && (1..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", first + i)).is_ok())
+        {
+            return first;
+        }
+    }
 }
 
 fn free_port() -> u16 {
@@ -75,6 +89,7 @@ impl Deployment {
         let prefix = format!("ftgo_dist_{unique}");
         let stream = format!("FTGO_DIST_{unique}").to_uppercase();
         let port = free_port();
+        let health = free_ports(5);
         let run_dir = std::env::temp_dir().join(&prefix);
         std::fs::create_dir_all(&run_dir).expect("run dir");
         let vars = vec![
@@ -86,8 +101,10 @@ impl Deployment {
             ("RUN_DIR", run_dir.display().to_string()),
             ("FTGO_BIN", env!("CARGO_BIN_EXE_ftgo").to_owned()),
             ("RUST_LOG", "info".to_owned()),
+            ("HEALTH_BASE_PORT", health.to_string()),
         ];
         let deployment = Self {
+            health: format!("http://127.0.0.1:{health}"),
             run_dir,
             vars,
             base: format!("http://127.0.0.1:{port}"),
@@ -373,6 +390,30 @@ impl Drop for NatsGuard {
     }
 }
 
+/// Polls `/health/ready` until it says `ready` (within 20 s); returns its body.
+async fn wait_for_readiness(base: &str, ready: bool) -> Value {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("an HTTP client");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(response) = client.get(format!("{base}/health/ready")).send().await {
+            let status = response.status();
+            let body: Value = response.json().await.unwrap_or_default();
+            if status.is_success() == ready && body["ready"] == ready {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "readiness never became {ready}: {status} {body:#}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn nats_up(url: &str) -> bool {
     let address = url.trim_start_matches("nats://");
     std::net::TcpStream::connect(address).is_ok()
@@ -409,6 +450,15 @@ async fn a_ten_second_nats_outage_loses_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The API and the Order service say they are not ready while NATS is down, and why.
+    wait_for_readiness(&deployment.health, false).await;
+    let readiness = wait_for_readiness(&deployment.base, false).await;
+    let transport = readiness["checks"]
+        .as_array()
+        .and_then(|checks| checks.iter().find(|c| c["name"] == "transport"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(transport["ok"], false, "{readiness:#}");
     // Orders keep coming while NATS is down: they wait in the Order service's outbox.
     placed.extend(place_all(&deployment.base, 100..200).await);
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(stopped.elapsed())).await;
@@ -421,6 +471,8 @@ async fn a_ten_second_nats_outage_loses_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    wait_for_readiness(&deployment.base, true).await;
+    wait_for_readiness(&deployment.health, true).await;
     placed.extend(place_all(&deployment.base, 200..250).await);
     let orders = deployment.schema("order").await;
     wait_until_settled(&orders, 250, Duration::from_secs(180)).await;

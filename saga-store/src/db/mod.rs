@@ -274,6 +274,24 @@ impl Database {
         self.inner.pool.acquire().await
     }
 
+    /// Whether the database answers a query within 2 s, for readiness checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let ping = async {
+            let mut conn = self.inner.pool.acquire().await?;
+            crate::on_backend!(conn.conn(), |c| sqlx::query("SELECT 1")
+                .execute(c)
+                .await
+                .map(drop))
+        };
+        match tokio::time::timeout(Duration::from_secs(2), ping).await {
+            Ok(result) => result.map_err(crate::error::store_error),
+            Err(_) => Err(StoreError::unavailable(format!(
+                "{} did not answer within 2 s",
+                self.inner.url
+            ))),
+        }
+    }
+
     /// The PostgreSQL pool, if this is a PostgreSQL database (for `query!` and the rest of
     /// sqlx's typed API).
     pub fn postgres_pool(&self) -> Option<&PgPool> {

@@ -295,6 +295,10 @@ impl Transport for SqlTransport {
         Some(self.options.lease)
     }
 
+    async fn ready(&self) -> Result<(), TransportError> {
+        self.database.ping().await.map_err(transport_error_of)
+    }
+
     async fn publish(&self, messages: &[Message]) -> Result<(), TransportError> {
         if messages.is_empty() {
             return Ok(());

@@ -477,6 +477,14 @@ impl Transport for NatsTransport {
         Some(self.options.ack_wait)
     }
 
+    /// Connected to the server now (the client reconnects by itself after an outage).
+    async fn ready(&self) -> Result<(), TransportError> {
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            state => Err(unavailable(format!("the NATS connection is {state}"))),
+        }
+    }
+
     async fn publish(&self, messages: &[Message]) -> Result<(), TransportError> {
         for message in messages {
             self.check(message)?;
