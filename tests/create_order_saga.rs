@@ -199,8 +199,9 @@ fn a_compensation_that_keeps_failing_parks_the_saga_until_an_operator_retries() 
     assert_eq!(test.state().last_error, None);
 }
 
-#[test]
-fn operator_skip_moves_a_parked_compensation_on() {
+/// The card is declined and the ticket's cancellation keeps failing past its retry limit:
+/// the saga parks in `failed`, compensating.
+fn parked_cancelling_the_ticket() -> SagaTest<CreateOrderSaga> {
     let mut test = ticket_created()
         .expect_command(authorize())
         .fail("accounting down")
@@ -213,7 +214,13 @@ fn operator_skip_moves_a_parked_compensation_on() {
                 .expect_compensation(CancelCreateTicket { order_id: ORDER });
         }
     }
-    test.expect_failed("still failing")
+    test
+}
+
+#[test]
+fn operator_skip_moves_a_parked_compensation_on() {
+    parked_cancelling_the_ticket()
+        .expect_failed("still failing")
         .operator(OperatorCommand::Skip)
         .expect_compensation(reject())
         .reply(OrderRejected)
@@ -269,19 +276,7 @@ fn retry_and_skip_are_refused_on_a_running_saga_and_cancel_on_a_parked_one() {
     running
         .expect_refused(OperatorCommand::Retry, "parked in `failed`")
         .expect_refused(OperatorCommand::Skip, "parked in `failed`");
-    let mut parked = ticket_created()
-        .expect_command(authorize())
-        .fail("accounting down")
-        .expect_compensation(CancelCreateTicket { order_id: ORDER });
-    for attempt in 1..=10 {
-        parked = parked.fail("still failing");
-        if attempt < 10 {
-            parked = parked
-                .fire_retry()
-                .expect_compensation(CancelCreateTicket { order_id: ORDER });
-        }
-    }
-    parked
+    parked_cancelling_the_ticket()
         .expect_failed("still failing")
         .expect_refused(OperatorCommand::Cancel, "at or after its pivot");
 }

@@ -180,6 +180,35 @@ fn reply(success: bool) -> IncomingReply {
     }
 }
 
+/// What happens next to a saga that has not finished: the operator's retry or skip (as
+/// `skip` says) when it is parked, else the reply it waits for (a success or a failure, from
+/// `outcomes`), or its retry timer, with the clock moved to when that is due.
+fn next_event(
+    instance: &SagaInstance<Data>,
+    now: &mut Timestamp,
+    outcomes: &mut impl Iterator<Item = bool>,
+    skip: &mut dyn FnMut() -> bool,
+) -> SagaEvent {
+    match (instance.state.status, instance.state.pending) {
+        (SagaStatus::Failed, _) => {
+            let command = match skip() {
+                true => OperatorCommand::Skip,
+                false => OperatorCommand::Retry,
+            };
+            SagaEvent::Operator(OperatorRequest::new(command, "test", ""))
+        }
+        (_, Some(Pending::Reply { request_id })) => SagaEvent::Reply {
+            request_id,
+            reply: reply(outcomes.next().unwrap_or(true)),
+        },
+        (_, Some(Pending::Retry { request_id })) => {
+            *now = instance.state.deadline.unwrap_or(*now);
+            SagaEvent::Timer(SagaTimer::RetryDue { request_id })
+        }
+        (status, None) => panic!("saga stuck in {status} with nothing pending"),
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -200,25 +229,12 @@ proptest! {
         let mut skips = operator_skips.into_iter();
 
         for _ in 0..10_000 {
-            let event = match (instance.state.status, instance.state.pending) {
-                (status, _) if status.is_terminal() => break,
-                (SagaStatus::Failed, _) => {
-                    if skips.next().unwrap_or(false) {
-                        SagaEvent::Operator(OperatorRequest::new(OperatorCommand::Skip, "test", ""))
-                    } else {
-                        SagaEvent::Operator(OperatorRequest::new(OperatorCommand::Retry, "test", ""))
-                    }
-                }
-                (_, Some(Pending::Reply { request_id })) => SagaEvent::Reply {
-                    request_id,
-                    reply: reply(outcomes.next().unwrap_or(true)),
-                },
-                (_, Some(Pending::Retry { request_id })) => {
-                    now = instance.state.deadline.unwrap_or(now);
-                    SagaEvent::Timer(SagaTimer::RetryDue { request_id })
-                }
-                (status, None) => panic!("saga stuck in {status} with nothing pending"),
-            };
+            if instance.state.status.is_terminal() {
+                break;
+            }
+            let event = next_event(&instance, &mut now, &mut outcomes, &mut || {
+                skips.next().unwrap_or(false)
+            });
             let outcome = engine::transition(&definition, &instance, &event, now).expect("applies");
             let Outcome::Applied(transition) = outcome else {
                 panic!("live event ignored: {event:?}");
@@ -365,20 +381,7 @@ proptest! {
                     other => prop_assert!(false, "cancel gave {:?}", other.map(|_| ())),
                 }
             }
-            let event = match (status, instance.state.pending) {
-                (SagaStatus::Failed, _) => {
-                    SagaEvent::Operator(OperatorRequest::new(OperatorCommand::Skip, "test", ""))
-                }
-                (_, Some(Pending::Reply { request_id })) => SagaEvent::Reply {
-                    request_id,
-                    reply: reply(outcomes.next().unwrap_or(true)),
-                },
-                (_, Some(Pending::Retry { request_id })) => {
-                    now = instance.state.deadline.unwrap_or(now);
-                    SagaEvent::Timer(SagaTimer::RetryDue { request_id })
-                }
-                (status, None) => panic!("saga stuck in {status} with nothing pending"),
-            };
+            let event = next_event(&instance, &mut now, &mut outcomes, &mut || true);
             let outcome = engine::transition(&definition, &instance, &event, now).expect("applies");
             let Outcome::Applied(transition) = outcome else {
                 panic!("live event ignored: {event:?}");
