@@ -8,15 +8,14 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ftgo::app::{Ftgo, FtgoOptions, Storage};
-use ftgo::services::order::{NewLineItem, NewOrder};
 use saga_core::engine::HistoryEvent;
-use saga_core::message::headers;
-use saga_core::ports::{SagaStore, UnitOfWork};
-use saga_core::{Headers, Message, SagaId, SagaStatus};
+use saga_core::ports::SagaStore;
+use saga_core::{SagaId, SagaStatus};
 use saga_store::Resolution;
+use saga_tests::operating;
 use saga_tests::testdb::{notice, remove_ftgo_storage, unique};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -38,35 +37,8 @@ fn browser_enabled() -> bool {
     }
 }
 
-async fn place(ftgo: &Ftgo, restaurant_id: i64, item: &str) -> SagaId {
-    let order = NewOrder {
-        consumer_id: 1,
-        restaurant_id,
-        line_items: vec![NewLineItem {
-            menu_item_id: item.to_owned(),
-            quantity: 1,
-        }],
-    };
-    ftgo.orders
-        .place_order(&order)
-        .await
-        .expect("placed")
-        .saga_id
-}
-
 async fn wait_for(ftgo: &Ftgo, saga_id: SagaId, status: SagaStatus) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let now = ftgo.saga_status(saga_id).await.expect("reads");
-        if now == Some(status) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "saga {saga_id} is {now:?}, not {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    operating::wait_for_status(ftgo, saga_id, status, WAIT).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,9 +62,9 @@ async fn an_operator_repairs_sagas_in_the_console_in_a_real_browser() {
     options.runtime.poll_interval = Duration::from_millis(50);
     options.transport.poll_interval = Duration::from_millis(50);
     let ftgo = Arc::new(Ftgo::start(options).await.expect("FTGO starts"));
-    let approved = place(&ftgo, 2, "margherita").await;
-    let refused = place(&ftgo, 13, "soup").await;
-    let parked = place(&ftgo, 21, "night-burger").await;
+    let approved = operating::place(&ftgo, 2).await;
+    let refused = operating::place(&ftgo, 13).await;
+    let parked = operating::place(&ftgo, 21).await;
     wait_for(&ftgo, approved, SagaStatus::Completed).await;
     wait_for(&ftgo, refused, SagaStatus::Compensated).await;
     wait_for(&ftgo, parked, SagaStatus::Failed).await;
@@ -100,32 +72,12 @@ async fn an_operator_repairs_sagas_in_the_console_in_a_real_browser() {
     assert!(ftgo.kitchen.set_staffed(21, true).await.expect("staffs"));
     // A dead letter: an unusable message on the orchestrator's reply channel.
     let store = ftgo.orders.orchestrator().store().clone();
-    let bogus = Message::new(
-        ftgo.orders.orchestrator().reply_channel(),
-        Headers::new().with(headers::MESSAGE_TYPE, "NotAReply"),
-        "{\"from\": \"a consumer deployed by mistake\"}".to_owned(),
-    );
-    store
-        .commit(UnitOfWork {
-            outbox: vec![bogus.clone()],
-            ..UnitOfWork::default()
-        })
-        .await
-        .expect("commits");
-    let deadline = Instant::now() + WAIT;
-    while !store
-        .stored_dead_letters(0, 10, true)
-        .await
-        .expect("lists")
-        .iter()
-        .any(|l| l.dead_letter.message.id == bogus.id)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the bogus reply was not dead-lettered"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (bogus, _) = operating::dead_letter_a_bogus_reply(
+        &ftgo,
+        "{\"from\": \"a consumer deployed by mistake\"}",
+        WAIT,
+    )
+    .await;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

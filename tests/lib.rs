@@ -6,5 +6,6 @@
 
 pub mod faults;
 pub mod harness;
+pub mod operating;
 pub mod payment;
 pub mod testdb;

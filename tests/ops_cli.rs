@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use ftgo::app::{Ftgo, FtgoOptions, Storage};
-use ftgo::services::order::{NewLineItem, NewOrder};
 use saga_core::engine::HistoryEvent;
 use saga_core::message::headers;
-use saga_core::ports::{SagaStore, UnitOfWork};
+use saga_core::ports::SagaStore;
 use saga_core::{Headers, Message, SagaId, SagaStatus};
 use saga_ops::cli::Cli;
+use saga_tests::operating;
 use saga_tests::testdb::{Backend, postgres_url_for, unique};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -78,25 +78,7 @@ impl System {
     }
 
     async fn place(&self, restaurant_id: i64) -> SagaId {
-        let order = NewOrder {
-            consumer_id: 1,
-            restaurant_id,
-            line_items: vec![NewLineItem {
-                menu_item_id: match restaurant_id {
-                    13 => "soup",
-                    21 => "night-burger",
-                    _ => "margherita",
-                }
-                .to_owned(),
-                quantity: 1,
-            }],
-        };
-        self.ftgo
-            .orders
-            .place_order(&order)
-            .await
-            .expect("placed")
-            .saga_id
+        operating::place(&self.ftgo, restaurant_id).await
     }
 
     async fn status(&self, saga_id: SagaId) -> SagaStatus {
@@ -108,15 +90,7 @@ impl System {
     }
 
     async fn wait_for(&self, saga_id: SagaId, status: SagaStatus) {
-        let deadline = Instant::now() + WAIT;
-        while self.status(saga_id).await != status {
-            assert!(
-                Instant::now() < deadline,
-                "saga {saga_id} did not become {status}: {}",
-                self.status(saga_id).await
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        operating::wait_for_status(&self.ftgo, saga_id, status, WAIT).await;
     }
 
     async fn timeline(&self, saga_id: SagaId) -> Vec<HistoryEvent> {
@@ -384,34 +358,8 @@ async fn the_cli_finds_shows_draws_and_repairs_sagas(backend: Backend) {
 
     // Dead letters: an unusable message on the orchestrator's reply channel is set aside.
     let store = system.ftgo.orders.orchestrator().store();
-    let reply_channel = system.ftgo.orders.orchestrator().reply_channel().to_owned();
-    let bogus = Message::new(
-        reply_channel,
-        Headers::new().with(headers::MESSAGE_TYPE, "NotAReply"),
-        "{\"surprise\": true}".to_owned(),
-    );
-    store
-        .commit(UnitOfWork {
-            outbox: vec![bogus.clone()],
-            ..UnitOfWork::default()
-        })
-        .await
-        .expect("commits");
-    let deadline = Instant::now() + WAIT;
-    let letter = loop {
-        let letters = store.stored_dead_letters(0, 10, true).await.expect("lists");
-        if let Some(letter) = letters
-            .iter()
-            .find(|l| l.dead_letter.message.id == bogus.id)
-        {
-            break letter.id;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the bogus reply was not dead-lettered"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (bogus, letter) =
+        operating::dead_letter_a_bogus_reply(&system.ftgo, "{\"surprise\": true}", WAIT).await;
     let (_, listed) = system.saga(&["dead-letters", "list"]).await;
     assert!(
         listed.contains("NotAReply") && listed.contains("unusable reply"),

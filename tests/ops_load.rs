@@ -10,35 +10,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ftgo::app::{Ftgo, FtgoOptions, Storage};
-use ftgo::services::order::{NewLineItem, NewOrder};
+use ftgo::services::order::NewOrder;
 use saga_core::SagaId;
 use saga_core::engine::{HistoryEvent, OperatorCommand, OperatorRequest, SagaStatus};
 use saga_core::operator::answers;
 use saga_core::ports::SagaStore;
 use saga_store::{SagaFilter, SqlSagaStore};
+use saga_tests::operating;
 use saga_tests::testdb::{Backend, postgres_url_for, remove_ftgo_storage, unique};
 use tokio::task::JoinSet;
 
 const ORDERS: usize = 90;
 const WAIT: Duration = Duration::from_secs(120);
 
-fn order(n: usize) -> (i64, NewOrder) {
-    // A third each: approved (Luigi's), refused by the kitchen (Night Owl), parked at
-    // confirm_ticket (Graveyard Shift, nobody on shift).
-    let (restaurant_id, item) = match n % 3 {
-        0 => (2, "margherita"),
-        1 => (13, "soup"),
-        _ => (21, "night-burger"),
-    };
-    let request = NewOrder {
-        consumer_id: 1,
-        restaurant_id,
-        line_items: vec![NewLineItem {
-            menu_item_id: item.to_owned(),
-            quantity: 1,
-        }],
-    };
-    (restaurant_id, request)
+/// A third each: approved (Luigi's), refused by the kitchen (Night Owl), parked at
+/// confirm_ticket (Graveyard Shift, nobody on shift).
+fn order(n: usize) -> NewOrder {
+    operating::one_item_order([2, 13, 21][n % 3])
 }
 
 /// Every request the operator sent, by saga.
@@ -117,8 +105,7 @@ async fn operator_actions_under_load_lose_nothing_and_apply_once(backend: Backen
     for n in 0..ORDERS {
         let ftgo = ftgo.clone();
         placing.spawn(async move {
-            let (_, request) = order(n);
-            let placed = ftgo.orders.place_order(&request).await.expect("placed");
+            let placed = ftgo.orders.place_order(&order(n)).await.expect("placed");
             (placed.order_id, placed.saga_id)
         });
         if n % 8 == 7 {

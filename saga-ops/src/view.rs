@@ -36,7 +36,7 @@ impl SagaView {
         let definition = store
             .definition(&state.saga_type, Some(&state.definition_version))
             .await?;
-        let path = SqlSagaStore::path_of(&saga, &timeline);
+        let path = SagaPath::from_timeline(timeline.iter().map(|h| &h.event), &saga.record.state);
         Ok(Some(Self {
             saga,
             timeline,

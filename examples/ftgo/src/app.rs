@@ -394,17 +394,10 @@ impl Ftgo {
     /// The databases besides the Order service's, by name, for the console's dead letters and
     /// backlogs (none in place: everything is in the one database).
     pub fn console_databases(&self) -> Vec<(String, SqlSagaStore)> {
-        if self.options.is_in_place() {
-            return Vec::new();
-        }
-        let services = [
-            ("consumer", self.consumers.database()),
-            ("kitchen", self.kitchen.database()),
-            ("accounting", self.accounting.database()),
-        ];
-        services
+        // The first of the named databases is the Order service's (or the shared one).
+        self.named_databases()
             .into_iter()
-            .chain(self.messages.as_ref().map(|db| (MESSAGES, db)))
+            .skip(1)
             .map(|(name, db)| (name.to_owned(), SqlSagaStore::new(db.clone())))
             .collect()
     }

@@ -9,18 +9,15 @@
 //! applied once, and waits in the outbox while no orchestrator runs.
 
 use saga_core::engine::{OperatorRequest, SagaStatus};
-use saga_core::graph::SagaPath;
 use saga_core::operator::operator_message;
 use saga_core::orchestrator::RegisteredSaga;
-use saga_core::ports::{ChannelBacklog, HistoryRecord, StoreError};
+use saga_core::ports::{ChannelBacklog, SagaStore, StoreError, UnitOfWork};
 use saga_core::{MessageId, SagaId, Timestamp};
 
-use crate::db::backend::Tx;
-use crate::db::group::{Finish, WriteKind};
 use crate::error::store_error;
+use crate::sql;
 use crate::sql::definitions::StoredDefinition;
 use crate::sql::instances::{SagaFilter, StoredSaga};
-use crate::sql::{self, to_i64};
 use crate::store::SqlSagaStore;
 
 /// What `saga stats` shows: where the sagas are and what waits.
@@ -129,11 +126,6 @@ impl SqlSagaStore {
         sql::instances::find(conn.conn(), saga_id).await
     }
 
-    /// A saga's path through its graph, read from its timeline.
-    pub fn path_of(saga: &StoredSaga, timeline: &[HistoryRecord]) -> SagaPath {
-        SagaPath::from_timeline(timeline.iter().map(|h| &h.event), &saga.record.state)
-    }
-
     /// Where the sagas are and what waits.
     pub async fn stats(&self) -> Result<StoreStats, StoreError> {
         let mut conn = self.database().acquire().await.map_err(store_error)?;
@@ -184,25 +176,12 @@ impl SqlSagaStore {
         let message = operator_message(&definition.reply_channel, saga_id, request)
             .map_err(OperatorRequestError::Encode)?;
         let id = message.id;
-        let store = self.clone();
-        let kind = match self.is_in_place() {
-            true => WriteKind::Plain,
-            false => WriteKind::Outbox,
-        };
-        self.database()
-            .write_as(kind, move |tx: &mut Tx| {
-                Box::pin(async move {
-                    let at = to_i64(Timestamp::now().as_millis());
-                    store.send(tx.conn(), &[&message], at).await?;
-                    Ok(Finish::Commit(()))
-                })
-            })
-            .await?;
-        if self.is_in_place() {
-            self.database()
-                .wakeups()
-                .wake_channels([&definition.reply_channel]);
-        }
+        // A unit of work that only sends: the outbox, or with the queue in place the queue.
+        self.commit(UnitOfWork {
+            outbox: vec![message],
+            ..UnitOfWork::default()
+        })
+        .await?;
         tracing::info!(%saga_id, command = %request.command, actor = %request.actor, message_id = %id, "operator request sent");
         Ok(id)
     }
