@@ -17,6 +17,18 @@ impl SagaId {
     pub fn new() -> Self {
         Self(Uuid::now_v7())
     }
+
+    /// When the id was made (the saga started), read from the UUIDv7; `None` for an id of
+    /// another kind.
+    pub fn created_at(&self) -> Option<Timestamp> {
+        uuid_time(&self.0)
+    }
+}
+
+/// The creation time a time-based UUID carries, to the millisecond.
+fn uuid_time(uuid: &Uuid) -> Option<Timestamp> {
+    let (seconds, nanos) = uuid.get_timestamp()?.to_unix();
+    Some(Timestamp(seconds * 1000 + u64::from(nanos) / 1_000_000))
 }
 
 impl Default for SagaId {
@@ -47,6 +59,12 @@ impl MessageId {
     /// A fresh, time-ordered message id.
     pub fn new() -> Self {
         Self(Uuid::now_v7())
+    }
+
+    /// When the id was made (the message was produced), read from the UUIDv7; `None` for an
+    /// id of another kind.
+    pub fn created_at(&self) -> Option<Timestamp> {
+        uuid_time(&self.0)
     }
 }
 

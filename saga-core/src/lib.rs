@@ -34,7 +34,9 @@ pub mod orchestrator;
 pub mod participant;
 pub mod ports;
 pub mod relay;
+pub mod telemetry;
 pub mod testing;
+pub mod trace;
 
 pub use definition::{
     Action, RetryPolicy, Saga, SagaData, SagaDefinition, Step, StepDefinition, StepFailure,

@@ -347,6 +347,10 @@ impl InMemoryTransport {
 
 #[async_trait]
 impl Transport for InMemoryTransport {
+    fn system(&self) -> &'static str {
+        "in_memory"
+    }
+
     async fn publish(&self, messages: &[Message]) -> Result<(), TransportError> {
         let mut channels = guard(&self.channels);
         for message in messages {

@@ -31,8 +31,10 @@ pub mod headers {
     pub const REPLY_OUTCOME: &str = "reply-outcome";
     /// The message id of the command a reply answers.
     pub const IN_REPLY_TO: &str = "in-reply-to";
-    /// W3C trace context.
+    /// W3C trace context: the producing span (see [`crate::trace`]).
     pub const TRACEPARENT: &str = "traceparent";
+    /// W3C trace context: vendor-specific trace state, passed on with the `traceparent`.
+    pub const TRACESTATE: &str = "tracestate";
     /// When the saga stops waiting for the reply to this command (milliseconds since the
     /// epoch). A participant that gets the command later does not run it: the saga has
     /// already timed the step out and moved on.
@@ -378,6 +380,8 @@ pub struct CommandMeta {
     pub reply_to: Option<String>,
     /// When the saga stops waiting for the reply, if it set a deadline.
     pub deadline: Option<Timestamp>,
+    /// The trace context the command came with; its reply continues that trace.
+    pub trace: Option<crate::trace::TraceContext>,
 }
 
 impl CommandMeta {
@@ -418,6 +422,7 @@ impl CommandMeta {
             request_id,
             reply_to,
             deadline,
+            trace: crate::trace::TraceContext::from_headers(h),
         })
     }
 
@@ -446,6 +451,9 @@ impl CommandMeta {
         }
         if let Some(request_id) = self.request_id {
             headers.insert(headers::REQUEST_ID, request_id.to_string());
+        }
+        if let Some(trace) = crate::trace::outgoing(self.trace.as_ref()) {
+            trace.write_to(&mut headers);
         }
         Some(Message::new(reply_to, headers, payload))
     }

@@ -7,7 +7,9 @@
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use tracing::Instrument as _;
 
 use crate::clock::{Clock, SystemClock};
 use crate::definition::{IncomingReply, Saga};
@@ -19,6 +21,8 @@ use crate::graph::SagaGraph;
 use crate::ids::{RequestId, SagaId, Timestamp};
 use crate::message::{Headers, Message, MessageError, ReplyOutcome, headers};
 use crate::operator;
+use crate::telemetry;
+use crate::trace::{self, TraceContext};
 use crate::ports::{
     CommitOutcome, Consumed, DeadLetter, HistoryRecord, SagaRecord, SagaStore, SagaWrite,
     StalledSaga, StoreError, TimerRecord, UnitOfWork,
@@ -106,6 +110,47 @@ pub struct PlannedReply {
     pub saga_id: SagaId,
     /// What it does once committed.
     pub handled: Handled,
+    /// What to record once it committed.
+    change: Change,
+}
+
+/// What a committed event changed, for the metrics and the finished-observers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Change {
+    saga_type: String,
+    /// The status before (`None` for a start) and after.
+    before: Option<SagaStatus>,
+    after: Option<SagaStatus>,
+    /// For a reply: its step, direction and when the step's command was produced.
+    replied: Option<(String, &'static str, Timestamp)>,
+}
+
+impl Change {
+    fn of(before: Option<&SagaRecord>, after: &SagaState, message: Option<&Message>) -> Self {
+        let replied = before.zip(message).and_then(|(record, message)| {
+            let sent = message
+                .headers
+                .get(headers::IN_REPLY_TO)?
+                .parse::<crate::MessageId>()
+                .ok()?
+                .created_at()?;
+            let step = record.state.current_step.clone()?;
+            Some((step, direction_name(record.state.direction), sent))
+        });
+        Self {
+            saga_type: after.saga_type.clone(),
+            before: before.map(|r| r.state.status),
+            after: Some(after.status),
+            replied,
+        }
+    }
+}
+
+fn direction_name(direction: engine::Direction) -> &'static str {
+    match direction {
+        engine::Direction::Forward => "forward",
+        engine::Direction::Backward => "compensation",
+    }
 }
 
 /// The sagas a batch of replies is for (unreadable replies left out), each once.
@@ -257,6 +302,8 @@ pub struct Orchestrator<S: ?Sized> {
     consumer: String,
     clock: Arc<dyn Clock>,
     observers: Vec<FinishedObserver>,
+    /// The messaging system replies arrive through, for spans (set by the runtime).
+    system: OnceLock<&'static str>,
 }
 
 /// Called with a saga's id and terminal status once the transition that finished it has
@@ -287,7 +334,19 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
             reply_channel,
             clock: Arc::new(SystemClock),
             observers: Vec::new(),
+            system: OnceLock::new(),
         }
+    }
+
+    /// Names the messaging system its replies arrive through (`nats`, `saga_sql_queue`), for
+    /// the `messaging.system` attribute of its `process` spans. The runtime that consumes its
+    /// replies sets it from its transport; the first name set stays.
+    pub fn set_messaging_system(&self, system: &'static str) {
+        let _ = self.system.set(system);
+    }
+
+    fn messaging_system(&self) -> &'static str {
+        self.system.get().copied().unwrap_or("saga")
     }
 
     /// Calls `observer` whenever a saga of this orchestrator reaches a terminal state
@@ -301,12 +360,41 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
         self
     }
 
-    fn finished(&self, saga_id: SagaId, status: SagaStatus) {
+    /// Records what a committed event changed, and tells the observers if the saga finished.
+    fn changed(&self, saga_id: SagaId, change: &Change) {
+        let now = self.clock.now();
+        if let Some((step, direction, sent)) = &change.replied {
+            telemetry::step_replied(&change.saga_type, step, direction, *sent, now);
+        }
+        let Some(status) = change.after.filter(|after| Some(*after) != change.before) else {
+            return;
+        };
+        if change.before.is_none() {
+            telemetry::saga_started(&change.saga_type);
+        }
+        if status.is_terminal() || status == SagaStatus::Failed {
+            telemetry::saga_finished(&change.saga_type, status.as_str(), saga_id.created_at(), now);
+        }
         if status.is_terminal() {
             for observer in &self.observers {
                 observer(saga_id, status);
             }
         }
+    }
+
+    /// Records how a consumed message was handled.
+    fn handled_message(&self, result: &Result<Handled, OrchestratorError>) {
+        let outcome = match result {
+            Ok(Handled::Applied(_)) => "ok",
+            Ok(Handled::Ignored(_)) => "ignored",
+            Ok(Handled::Duplicate) => "duplicate",
+            Ok(Handled::DeadLettered(_)) => "dead_letter",
+            Ok(Handled::Refused(_)) => "refused",
+            Err(OrchestratorError::Store(err)) if err.is_transient() => "transient",
+            Err(OrchestratorError::Contended { .. }) => "transient",
+            Err(_) => "error",
+        };
+        telemetry::message_handled(&self.reply_channel, outcome);
     }
 
     /// Reads time from `clock` instead of the system clock (for tests and simulations).
@@ -347,11 +435,8 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
     /// Starts a saga and commits it, with its first commands, in one unit of work.
     pub async fn start<T: Saga>(&self, data: T::Data) -> Result<SagaId, OrchestratorError> {
         let prepared = self.prepare_start::<T>(data, self.clock.now())?;
-        let status = prepared.unit.saga.as_ref().map(|w| w.record.state.status);
-        self.store.commit(prepared.unit).await?;
-        if let Some(status) = status {
-            self.finished(prepared.saga_id, status);
-        }
+        self.store.commit(prepared.unit.clone()).await?;
+        self.started(&prepared);
         Ok(prepared.saga_id)
     }
 
@@ -367,9 +452,32 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
             return Err(OrchestratorError::UnregisteredType(name.to_owned()));
         }
         let saga_id = SagaId::new();
+        // The saga's trace: a child of the caller's span (an HTTP request's), or a new root.
+        let span = tracing::info_span!(
+            "saga start",
+            otel.name = format!("start {name}"),
+            saga.type = name,
+            saga.id = %saga_id,
+        );
+        let _entered = span.enter();
         let transition = engine::start(T::definition(), saga_id, data, now)?;
-        let unit = self.unit_for(None, erase::<T>(transition)?, now, UnitOfWork::default());
+        let unit = self.unit_for(
+            None,
+            trace::current(),
+            erase::<T>(transition)?,
+            now,
+            UnitOfWork::default(),
+        );
         Ok(PreparedStart { saga_id, unit })
+    }
+
+    /// Tells the orchestrator a [prepared start](Orchestrator::prepare_start) was written,
+    /// for its metrics (`saga_started_total`) and its [`Orchestrator::on_finished`]
+    /// observers. Call it once the caller's transaction committed.
+    pub fn started(&self, prepared: &PreparedStart) {
+        if let Some(write) = &prepared.unit.saga {
+            self.changed(prepared.saga_id, &Change::of(None, &write.record.state, None));
+        }
     }
 
     /// Loads a saga record.
@@ -382,6 +490,13 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
 
     /// Handles a reply message from the reply channel.
     pub async fn handle_reply(&self, message: &Message) -> Result<Handled, OrchestratorError> {
+        telemetry::message_taken(message, self.clock.now());
+        let result = self.handle_reply_once(message).await;
+        self.handled_message(&result);
+        result
+    }
+
+    async fn handle_reply_once(&self, message: &Message) -> Result<Handled, OrchestratorError> {
         let consumed = Consumed {
             consumer: self.consumer.clone(),
             message_id: message.id,
@@ -392,8 +507,11 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
         let (saga_id, event) = match reply_event(message) {
             Ok(parsed) => parsed,
             Err(err) => {
+                let span = trace::process_span(self.messaging_system(), message, None);
+                trace::record_error(&span, "dead_letter");
                 return self
                     .dead_letter(message, consumed, format!("unusable reply: {err}"))
+                    .instrument(span)
                     .await;
             }
         };
@@ -401,7 +519,7 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
             consumed: Some(consumed.clone()),
             ..UnitOfWork::default()
         };
-        match self.apply_event(saga_id, &event, base).await {
+        match self.apply_event(saga_id, &event, Some(message), base).await {
             Ok(handled) => Ok(handled),
             Err(OrchestratorError::Store(err)) => Err(OrchestratorError::Store(err)),
             Err(err) => {
@@ -446,7 +564,11 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
                             self.committed(&planned);
                             Some(Ok(planned.handled))
                         }
-                        CommitOutcome::Duplicate => Some(Ok(Handled::Duplicate)),
+                        CommitOutcome::Duplicate => {
+                            let duplicate = Ok(Handled::Duplicate);
+                            self.handled_message(&duplicate);
+                            Some(duplicate)
+                        }
                         CommitOutcome::Conflict => {
                             one_by_one.push(planned.index);
                             None
@@ -510,25 +632,39 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
                     }),
                     ..UnitOfWork::default()
                 };
+                let span =
+                    trace::process_span(self.messaging_system(), message, record.trace.as_ref());
+                let _entered = span.enter();
+                telemetry::message_taken(message, now);
                 match saga.apply(record, &event, now).ok()? {
                     ErasedOutcome::Applied(transition) => {
                         let status = transition.state.status;
-                        let unit = self.unit_for(Some(record.version), *transition, now, base);
-                        Some((unit, Handled::Applied(status), saga_id))
+                        record_outcome(&span, &transition.state);
+                        let change = Change::of(Some(record), &transition.state, Some(message));
+                        let unit = self.unit_for(
+                            Some(record.version),
+                            record.trace.clone(),
+                            *transition,
+                            now,
+                            base,
+                        );
+                        Some((unit, Handled::Applied(status), saga_id, change))
                     }
                     ErasedOutcome::Ignored(why) => {
                         tracing::debug!(%saga_id, %why, "event ignored");
-                        Some((base, Handled::Ignored(why), saga_id))
+                        span.record(trace::attributes::SAGA_OUTCOME, "ignored");
+                        Some((base, Handled::Ignored(why), saga_id, Change::default()))
                     }
                 }
             });
             match batchable {
-                Some((unit, handled, saga_id)) => {
+                Some((unit, handled, saga_id, change)) => {
                     plan.units.push(unit);
                     plan.planned.push(PlannedReply {
                         index,
                         saga_id,
                         handled,
+                        change,
                     });
                 }
                 None => plan.one_by_one.push(index),
@@ -540,9 +676,8 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
     /// Tells the orchestrator a planned reply's unit of work committed (it tells the
     /// [`Orchestrator::on_finished`] observers if the saga finished).
     pub fn committed(&self, planned: &PlannedReply) {
-        if let Handled::Applied(status) = planned.handled {
-            self.finished(planned.saga_id, status);
-        }
+        self.handled_message(&Ok(planned.handled.clone()));
+        self.changed(planned.saga_id, &planned.change);
     }
 
     /// Fires the timers due now (at most `limit`); returns how many fired.
@@ -556,7 +691,10 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
                 ..UnitOfWork::default()
             };
             let event = SagaEvent::Timer(timer.timer);
-            match self.apply_event_at(timer.saga_id, &event, base, now).await {
+            match self
+                .apply_event_at(timer.saga_id, &event, None, base, now)
+                .await
+            {
                 Ok(_) => {}
                 Err(OrchestratorError::Store(err)) => return Err(err.into()),
                 Err(err) => {
@@ -604,6 +742,7 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
                         state: state.clone(),
                         data: record.data.clone(),
                         version: record.version + 1,
+                        trace: record.trace.clone(),
                     },
                     expected_version: Some(record.version),
                 }),
@@ -621,6 +760,13 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
             match self.store.commit(unit).await? {
                 CommitOutcome::Committed => {
                     tracing::warn!(%saga_id, saga_type = %state.saga_type, %reason, "saga parked in failed; awaiting an operator");
+                    let change = Change {
+                        saga_type: state.saga_type.clone(),
+                        before: Some(record.state.status),
+                        after: Some(SagaStatus::Failed),
+                        replied: None,
+                    };
+                    self.changed(saga_id, &change);
                     return Ok(true);
                 }
                 CommitOutcome::Duplicate => return Ok(false),
@@ -696,7 +842,7 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
         request: OperatorRequest,
     ) -> Result<SagaStatus, OrchestratorError> {
         match self
-            .apply_operator(saga_id, &request, UnitOfWork::default())
+            .apply_operator(saga_id, &request, None, UnitOfWork::default())
             .await
         {
             Ok(Handled::Applied(status)) => Ok(status),
@@ -711,10 +857,11 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
         &self,
         saga_id: SagaId,
         request: &OperatorRequest,
+        message: Option<&Message>,
         base: UnitOfWork,
     ) -> Result<Handled, OrchestratorError> {
         let event = SagaEvent::Operator(request.clone());
-        match self.apply_event(saga_id, &event, base.clone()).await {
+        match self.apply_event(saga_id, &event, message, base.clone()).await {
             Err(OrchestratorError::Engine(EngineError::OperatorRefused {
                 saga_id,
                 command,
@@ -764,7 +911,10 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
             consumed: Some(consumed.clone()),
             ..UnitOfWork::default()
         };
-        match self.apply_operator(saga_id, &request, base).await {
+        match self
+            .apply_operator(saga_id, &request, Some(message), base)
+            .await
+        {
             Ok(handled) => Ok(handled),
             Err(OrchestratorError::Engine(EngineError::OperatorRefused { why, .. })) => {
                 Ok(Handled::Refused(why))
@@ -781,16 +931,51 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
         &self,
         saga_id: SagaId,
         event: &SagaEvent,
+        message: Option<&Message>,
         base: UnitOfWork,
     ) -> Result<Handled, OrchestratorError> {
-        self.apply_event_at(saga_id, event, base, self.clock.now())
+        self.apply_event_at(saga_id, event, message, base, self.clock.now())
             .await
+    }
+
+    /// The span an event is applied in: `process <reply channel>` for a message (parented on
+    /// its trace context, else the saga's), `timer <step>` or `operator <command>` otherwise
+    /// (parented on the saga's stored trace context).
+    fn event_span(
+        &self,
+        record: &SagaRecord,
+        event: &SagaEvent,
+        message: Option<&Message>,
+    ) -> tracing::Span {
+        if let Some(message) = message {
+            return trace::process_span(self.messaging_system(), message, record.trace.as_ref());
+        }
+        let state = &record.state;
+        let step = state.current_step.as_deref().unwrap_or_default();
+        let name = match event {
+            SagaEvent::Operator(request) => format!("operator {}", request.command),
+            _ => format!("timer {step}"),
+        };
+        let span = tracing::info_span!(
+            "saga event",
+            otel.name = name,
+            saga.type = %state.saga_type,
+            saga.id = %state.saga_id,
+            saga.step = step,
+            saga.direction = tracing::field::Empty,
+            saga.outcome = tracing::field::Empty,
+        );
+        if let Some(parent) = &record.trace {
+            trace::set_parent(&span, parent);
+        }
+        span
     }
 
     async fn apply_event_at(
         &self,
         saga_id: SagaId,
         event: &SagaEvent,
+        message: Option<&Message>,
         base: UnitOfWork,
         now: Timestamp,
     ) -> Result<Handled, OrchestratorError> {
@@ -799,24 +984,39 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
             let saga = self.sagas.get(&record.state.saga_type).ok_or_else(|| {
                 OrchestratorError::UnregisteredType(record.state.saga_type.clone())
             })?;
-            let (unit, handled) = match saga.apply(&record, event, now)? {
-                ErasedOutcome::Applied(transition) => {
-                    let status = transition.state.status;
-                    (
-                        self.unit_for(Some(record.version), *transition, now, base.clone()),
-                        Handled::Applied(status),
-                    )
-                }
-                ErasedOutcome::Ignored(why) => {
-                    tracing::debug!(%saga_id, %why, "event ignored");
-                    (base.clone(), Handled::Ignored(why))
+            let span = self.event_span(&record, event, message);
+            let applied = span.in_scope(|| -> Result<_, OrchestratorError> {
+                Ok(match saga.apply(&record, event, now)? {
+                    ErasedOutcome::Applied(transition) => {
+                        let status = transition.state.status;
+                        record_outcome(&span, &transition.state);
+                        let change = Change::of(Some(&record), &transition.state, message);
+                        let unit = self.unit_for(
+                            Some(record.version),
+                            record.trace.clone(),
+                            *transition,
+                            now,
+                            base.clone(),
+                        );
+                        (unit, Handled::Applied(status), change)
+                    }
+                    ErasedOutcome::Ignored(why) => {
+                        tracing::debug!(%saga_id, %why, "event ignored");
+                        span.record(trace::attributes::SAGA_OUTCOME, "ignored");
+                        (base.clone(), Handled::Ignored(why), Change::default())
+                    }
+                })
+            });
+            let (unit, handled, change) = match applied {
+                Ok(applied) => applied,
+                Err(err) => {
+                    trace::record_error(&span, "rejected");
+                    return Err(err);
                 }
             };
-            match self.store.commit(unit).await? {
+            match self.store.commit(unit).instrument(span).await? {
                 CommitOutcome::Committed => {
-                    if let Handled::Applied(status) = handled {
-                        self.finished(saga_id, status);
-                    }
+                    self.changed(saga_id, &change);
                     return Ok(handled);
                 }
                 CommitOutcome::Duplicate => return Ok(Handled::Duplicate),
@@ -837,6 +1037,10 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
         consumed: Consumed,
         reason: String,
     ) -> Result<Handled, OrchestratorError> {
+        telemetry::dead_lettered(match reason.starts_with("unusable") {
+            true => telemetry::DeadLetterReason::Unusable,
+            false => telemetry::DeadLetterReason::Rejected,
+        });
         let unit = UnitOfWork {
             consumed: Some(consumed.clone()),
             dead_letters: vec![DeadLetter {
@@ -857,6 +1061,7 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
     fn unit_for(
         &self,
         previous_version: Option<u64>,
+        trace: Option<TraceContext>,
         transition: ErasedTransition,
         now: Timestamp,
         mut unit: UnitOfWork,
@@ -866,6 +1071,8 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
         for action in transition.actions {
             match action {
                 SagaAction::Send(command) => {
+                    let step_span = step_span(&state, &command);
+                    let outgoing = step_span.in_scope(|| trace::outgoing(trace.as_ref()));
                     let mut headers = Headers::new()
                         .with(headers::MESSAGE_TYPE, &command.command_type)
                         .with(headers::SAGA_ID, saga_id)
@@ -877,6 +1084,9 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
                         if let Some(deadline) = state.deadline {
                             headers.insert(headers::DEADLINE, deadline.as_millis().to_string());
                         }
+                    }
+                    if let Some(context) = outgoing {
+                        context.write_to(&mut headers);
                     }
                     unit.outbox
                         .push(Message::new(command.channel, headers, command.payload));
@@ -905,11 +1115,40 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
                 state,
                 data: transition.data,
                 version: previous_version.map_or(1, |v| v + 1),
+                trace,
             },
             expected_version: previous_version,
         });
         unit
     }
+}
+
+/// The span of one step's (or compensation's) command being sent: `<step>` or
+/// `compensate <step>`; the command carries its trace context.
+fn step_span(state: &SagaState, command: &engine::OutgoingCommand) -> tracing::Span {
+    let (name, direction) = match command.compensation {
+        true => (format!("compensate {}", command.step), "compensation"),
+        false => (command.step.clone(), "forward"),
+    };
+    tracing::info_span!(
+        "saga step",
+        otel.name = name,
+        saga.type = %state.saga_type,
+        saga.id = %state.saga_id,
+        saga.step = %command.step,
+        saga.direction = direction,
+        saga.attempt = state.attempt,
+        messaging.destination.name = %command.channel,
+    )
+}
+
+/// Records on an event's span where the saga went: its status and direction afterwards.
+fn record_outcome(span: &tracing::Span, state: &SagaState) {
+    span.record(trace::attributes::SAGA_OUTCOME, state.status.as_str());
+    span.record(
+        trace::attributes::SAGA_DIRECTION,
+        direction_name(state.direction),
+    );
 }
 
 /// Reads the saga id and the reply event out of a reply message.

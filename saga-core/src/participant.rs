@@ -18,6 +18,7 @@ use crate::message::{
     ReplyOutcome, encode_payload, failure_reply_for, headers, validate_channel,
 };
 use crate::ports::{ErrorSource, source};
+use crate::telemetry::DeadLetterReason;
 
 /// Why a handler did not produce a reply.
 ///
@@ -90,11 +91,29 @@ pub struct Dispatch {
     pub reply: Option<Message>,
     /// Why the message was set aside, if it was.
     pub dead_letter: Option<String>,
+    /// What kind of reason that is, for metrics.
+    pub dead_letter_kind: Option<DeadLetterReason>,
     /// A transient failure: commit nothing and have the message delivered again.
     pub retry: Option<ErrorSource>,
 }
 
 impl Dispatch {
+    /// What the handling came to, as a metric label and span `error.type`: `ok`, `refused`
+    /// (a failure reply), `dead_letter` or `transient`.
+    pub fn outcome(&self) -> &'static str {
+        if self.retry.is_some() {
+            "transient"
+        } else if self.dead_letter.is_some() {
+            "dead_letter"
+        } else if self.reply.as_ref().is_some_and(|reply| {
+            reply.headers.get(headers::REPLY_OUTCOME) == Some(ReplyOutcome::Failure.as_str())
+        }) {
+            "refused"
+        } else {
+            "ok"
+        }
+    }
+
     fn retry(error: ErrorSource) -> Self {
         Self {
             retry: Some(error),
@@ -270,7 +289,8 @@ impl<Ctx: Send + 'static> Participant<Ctx> {
         let meta = match CommandMeta::from_message(message) {
             Ok(meta) => meta,
             Err(err) => {
-                return self.reject(message, None, format!("unusable command: {err}"));
+                let reason = format!("unusable command: {err}");
+                return self.reject(message, None, DeadLetterReason::Unusable, reason);
             }
         };
         if meta.expired_at(now) {
@@ -289,15 +309,24 @@ impl<Ctx: Send + 'static> Participant<Ctx> {
                 "participant `{}` has no handler for command type `{}`",
                 self.name, meta.command_type
             );
-            return self.reject(message, Some(&meta), reason);
+            return self.reject(message, Some(&meta), DeadLetterReason::NoHandler, reason);
         };
         match handler.call(ctx, message, &meta).await {
             Ok(dispatch) => dispatch,
-            Err(err) => self.reject(message, Some(&meta), err.to_string()),
+            Err(err) => {
+                let reason = err.to_string();
+                self.reject(message, Some(&meta), DeadLetterReason::Unusable, reason)
+            }
         }
     }
 
-    fn reject(&self, message: &Message, meta: Option<&CommandMeta>, reason: String) -> Dispatch {
+    fn reject(
+        &self,
+        message: &Message,
+        meta: Option<&CommandMeta>,
+        kind: DeadLetterReason,
+        reason: String,
+    ) -> Dispatch {
         tracing::warn!(
             participant = %self.name,
             message_id = %message.id,
@@ -309,6 +338,7 @@ impl<Ctx: Send + 'static> Participant<Ctx> {
         Dispatch {
             reply,
             dead_letter: Some(reason),
+            dead_letter_kind: Some(kind),
             retry: None,
         }
     }

@@ -26,6 +26,10 @@ pub struct SagaRecord {
     pub data: serde_json::Value,
     /// Bumped on every write; a write that expects an older version is a conflict.
     pub version: u64,
+    /// The trace context the saga started in, written once: the steps it runs later join
+    /// that trace (see [`crate::trace`]).
+    #[serde(default)]
+    pub trace: Option<crate::trace::TraceContext>,
 }
 
 /// One timeline entry.
@@ -348,6 +352,17 @@ pub enum TransportError {
 }
 
 impl TransportError {
+    /// A short, fixed name of the kind of failure, for the `error.type` of spans and metric
+    /// labels: `unavailable`, `too_large`, `refused` or `failed`.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Self::Unavailable { .. } => "unavailable",
+            Self::TooLarge { .. } => "too_large",
+            Self::Refused { .. } => "refused",
+            Self::Failed { .. } => "failed",
+        }
+    }
+
     /// An [`TransportError::Unavailable`] failure caused by `error`.
     pub fn unavailable(
         error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
@@ -406,6 +421,12 @@ pub fn check_destination(message: &Message) -> Result<(), TransportError> {
 /// Moves messages between channels, at least once.
 #[async_trait]
 pub trait Transport: Send + Sync {
+    /// The messaging system's name, for the `messaging.system` attribute of spans and the
+    /// `system` label of metrics (`nats`, `saga_sql_queue`, …).
+    fn system(&self) -> &'static str {
+        "saga"
+    }
+
     /// Whether the transport can ever carry `message`, checked before publishing it: an
     /// error is permanent for that message ([`TransportError::TooLarge`],
     /// [`TransportError::Refused`]). The default checks the destination is a channel name

@@ -6,7 +6,10 @@
 //! failure reply, so it neither blocks the rows behind it nor leaves its saga waiting. Any other
 //! publish failure keeps the rows in the outbox for the next pass.
 
+use tracing::Instrument as _;
+
 use crate::ports::{OutboxEntry, SagaStore, StoreError, Transport, TransportError};
+use crate::{telemetry, trace};
 
 /// Why a relay pass stopped.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +67,14 @@ where
         return Ok(relayed);
     }
     let messages: Vec<_> = fit.iter().map(|e| e.message.clone()).collect();
-    if let Err(err) = transport.publish(&messages).await {
+    let span = trace::publish_span(transport.system(), &messages);
+    let started = std::time::Instant::now();
+    let published = transport.publish(&messages).instrument(span.clone()).await;
+    if published.is_ok() {
+        telemetry::relay_published(transport.system(), messages.len(), started.elapsed());
+    }
+    if let Err(err) = published {
+        trace::record_error(&span, err.class());
         let Some(id) = err.refused_message() else {
             return Err(err.into());
         };
@@ -89,6 +99,7 @@ async fn set_aside<S: SagaStore + ?Sized>(
     error: &TransportError,
 ) -> Result<(), StoreError> {
     let reason = format!("the transport cannot take it: {error}");
+    telemetry::dead_lettered(telemetry::DeadLetterReason::Undeliverable);
     tracing::error!(message_id = %entry.message.id, destination = %entry.message.destination, %reason, "outbox message set aside as a dead letter");
     store.set_aside(entry, &reason).await
 }

@@ -41,6 +41,7 @@
 mod consume;
 pub mod db;
 pub mod error;
+mod gauges;
 pub mod options;
 pub mod outbox;
 pub mod runtime;

@@ -66,6 +66,10 @@ pub struct RuntimeOptions {
     pub hold_at_most: Duration,
     /// The stuck-saga watchdog.
     pub watchdog: WatchdogOptions,
+    /// How often each database's store gauges (sagas by status, outbox backlog, queue depth,
+    /// dead letters) are sampled for metrics (default 10 s; `None`: never). Each sample runs
+    /// a handful of `COUNT` queries.
+    pub gauges_every: Option<Duration>,
 }
 
 /// Settings of the stuck-saga watchdog (see [`Orchestrator::watchdog`](saga_core::orchestrator::Orchestrator::watchdog)).
@@ -107,6 +111,7 @@ impl Default for RuntimeOptions {
             hold_limit: 256,
             permanent_failures: 5,
             hold_at_most: Duration::from_secs(3600),
+            gauges_every: Some(Duration::from_secs(10)),
             watchdog: WatchdogOptions::default(),
         }
     }

@@ -4,7 +4,8 @@
 //! - an **outbox relay** and a **retention** task per database ([`crate::outbox`]);
 //! - a **reply consumer**, a **timer loop** and a **watchdog** per orchestrator, which also
 //!   records the saga types it runs in `saga_definitions` (for the `saga` CLI and console);
-//! - a **command consumer** per participant ([`crate::consume`]).
+//! - a **command consumer** per participant ([`crate::consume`]);
+//! - a **gauges** sampler per database ([`crate::gauges`]), for metrics.
 //!
 //! With the queue in the consumers' own database ([`RuntimeBuilder::in_place`]) the consumers
 //! of that database take, handle and answer each batch in one transaction. Every loop
@@ -22,6 +23,7 @@ use crate::consume::commands::{self, Commands};
 use crate::consume::{SharedOrchestrator, in_place, replies, timers};
 use crate::db::Database;
 use crate::db::backend::TxContext;
+use crate::gauges;
 use crate::options::RuntimeOptions;
 use crate::outbox::{relay, retention};
 use crate::store::SqlSagaStore;
@@ -141,8 +143,19 @@ impl RuntimeBuilder {
                 options.clone(),
                 shutdown.clone(),
             )));
+            if options.gauges_every.is_some() {
+                tasks.push(tokio::spawn(gauges::gauges_loop(
+                    database.clone(),
+                    options.clone(),
+                    shutdown.clone(),
+                )));
+            }
         }
         for orchestrator in &self.orchestrators {
+            orchestrator.set_messaging_system(match self.in_place_queue(orchestrator.store().database()) {
+                Some(queue) => queue.system(),
+                None => self.transport.system(),
+            });
             once.push(tokio::spawn(record_definitions(
                 orchestrator.clone(),
                 shutdown.clone(),

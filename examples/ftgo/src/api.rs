@@ -7,7 +7,11 @@
 //! | `POST` | `/orders/{id}/cancel` | cancel an approved order (starts CancelOrderSaga) | `202`, `404`, `409` when a saga holds the order or it is not approved |
 //! | `GET` | `/health` | liveness | `200` |
 //! | `GET` | `/health/live`, `/health/ready` | liveness; readiness: databases, transport and workers ([`crate::health`]) | `200`, `503` with the failing checks |
+//! | `GET` | `/metrics` | saga's metrics, Prometheus text format | `200` |
 //! | | `/console/…` | the operator console ([`saga_ops::console`]): sagas, timelines, graphs, dead letters, retry / skip / cancel / replay / discard | HTML |
+//!
+//! Every `/orders` request runs in a `server` span that continues the trace of an incoming
+//! W3C `traceparent` header; the saga it starts joins that trace.
 //!
 //! Errors are JSON: `{"error": {"code": "invalid_order", "message": "…"}}`, with `400` for a
 //! malformed body or path, or a request that is not valid HTTP (`bad_request`), `408` when a
@@ -22,7 +26,8 @@ use std::time::Duration;
 
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{Path, State};
+use axum::extract::{MatchedPath, Path, Request, State};
+use axum::middleware::{self, Next};
 use axum::http::StatusCode;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -215,6 +220,35 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
+/// Runs a request in a `server` span named after its route (`POST /orders/{id}/cancel`),
+/// parented on the request's `traceparent` header if it has a valid one.
+async fn traced(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| request.uri().path().to_owned(), |p| p.as_str().to_owned());
+    let span = tracing::info_span!(
+        "http request",
+        otel.name = format!("{} {route}", request.method()),
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let parent = {
+        let headers = request.headers();
+        let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+        header("traceparent")
+            .and_then(|tp| saga_core::trace::TraceContext::parse(tp, header("tracestate")).ok())
+    };
+    if let Some(parent) = parent {
+        saga_core::trace::set_parent(&span, &parent);
+    }
+    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
+}
+
 /// The API's routes over a running FTGO, with the operator console at `/console`: the sagas
 /// from the Order service's database, dead letters and backlogs from every database.
 pub fn router(ftgo: Arc<Ftgo>) -> Router {
@@ -234,6 +268,7 @@ pub fn router(ftgo: Arc<Ftgo>) -> Router {
         .route("/orders/{id}", get(get_order))
         .route("/orders/{id}/cancel", post(cancel_order))
         .route("/health", get(health))
+        .route_layer(middleware::from_fn(traced))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(

@@ -1,15 +1,18 @@
-//! Health endpoints, on the API and on every `ftgo service … --listen` process:
+//! Health and metrics endpoints, on the API and on every `ftgo service … --listen` process:
 //!
 //! - `GET /health/live`: the process answers (`200 {"status":"live"}`);
 //! - `GET /health/ready`: every database and the transport answer, and the saga workers run
 //!   (`200`, or `503` while something does not), with each check and its error:
-//!   `{"ready":false,"checks":[{"name":"transport","ok":false,"error":"the NATS connection is disconnected"}, …]}`.
+//!   `{"ready":false,"checks":[{"name":"transport","ok":false,"error":"the NATS connection is disconnected"}, …]}`;
+//! - `GET /metrics`: saga's metrics in Prometheus text format (`404` where no recorder was
+//!   installed, see [`crate::observability::install_metrics`]).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use saga_core::ports::Transport;
@@ -95,10 +98,25 @@ async fn ready<T: Ready>(State(source): State<Arc<T>>) -> (StatusCode, Json<Read
     (status, Json(readiness))
 }
 
-/// `/health/live` and `/health/ready` over `source`.
+async fn metrics() -> Response {
+    match crate::observability::metrics() {
+        Some(handle) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => {
+            let error = json!({ "error": { "code": "not_found", "message": "metrics are not enabled in this process" } });
+            (StatusCode::NOT_FOUND, Json(error)).into_response()
+        }
+    }
+}
+
+/// `/health/live`, `/health/ready` over `source`, and `/metrics`.
 pub fn router<T: Ready>(source: Arc<T>) -> Router {
     Router::new()
         .route("/health/live", get(live))
         .route("/health/ready", get(ready::<T>))
+        .route("/metrics", get(metrics))
         .with_state(source)
 }

@@ -7,6 +7,7 @@
 //! - [`app`]: all four wired together with the saga workers, embedded (SQLite) or on
 //!   PostgreSQL;
 //! - [`api`]: the HTTP API;
+//! - [`health`] and [`observability`]: health checks, logs, traces and metrics;
 //! - [`demo`]: the demo `cargo run -p ftgo` runs.
 
 pub mod api;
@@ -17,5 +18,6 @@ pub mod create_order;
 pub mod demo;
 pub mod health;
 pub mod messages;
+pub mod observability;
 pub mod protocol_errors;
 pub mod services;

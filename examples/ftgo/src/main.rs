@@ -12,6 +12,7 @@ use ftgo::app::{
     Ftgo, FtgoOptions, MESSAGES, NatsSettings, SERVICES, SHARED, ServiceName, ServiceProcess,
     Storage,
 };
+use ftgo::observability::{self, LogFormat, Otlp};
 use saga_store::SqliteSync;
 use saga_store::nats::NatsOptions;
 
@@ -27,12 +28,11 @@ struct Cli {
     /// `step`, `message_id` fields where they apply). The level comes from `RUST_LOG`.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-}
-
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
+    /// Export traces over OTLP/HTTP to this collector (e.g. http://127.0.0.1:4318; spans go
+    /// to its `/v1/traces`). Off by default. The service name is `OTEL_SERVICE_NAME`, or
+    /// `ftgo-<service>` (`ftgo-api` for the API).
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -71,6 +71,10 @@ enum Command {
         /// Seconds each raw commit-rate measurement runs.
         #[arg(long, default_value_t = 2.0)]
         raw_seconds: f64,
+        /// Run with metrics (a Prometheus recorder) and traces on: spans go over OTLP to
+        /// `--otlp-endpoint`, or to an in-process collector. Off by default.
+        #[arg(long)]
+        observe: bool,
     },
     /// Run one service (its participant, and for `order` the saga orchestrator) in this
     /// process. Start several of one service and they share its work.
@@ -78,8 +82,8 @@ enum Command {
         /// Which service.
         #[arg(value_enum)]
         name: ServiceArg,
-        /// Serve `/health/live` and `/health/ready` on this address.
-        #[arg(long)]
+        /// Serve `/health/live`, `/health/ready` and `/metrics` on this address.
+        #[arg(long, visible_alias = "metrics-listen")]
         listen: Option<SocketAddr>,
     },
 }
@@ -192,18 +196,52 @@ impl StorageArgs {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .init(),
+    let service_name = match &cli.command {
+        Some(Command::Service { name, .. }) => {
+            format!("ftgo-{}", ServiceName::from(*name).as_str())
+        }
+        Some(Command::Serve { api_only: true, .. }) => "ftgo-api".to_owned(),
+        _ => "ftgo".to_owned(),
+    };
+    let bench_observes = match &cli.command {
+        Some(Command::Bench { observe, .. }) => Some(*observe),
+        _ => None,
+    };
+    let mut endpoint = cli.otlp_endpoint.clone().filter(|e| !e.is_empty());
+    if bench_observes == Some(false) {
+        endpoint = None;
+    }
+    // The benchmark's traces go somewhere real: an in-process collector unless told where.
+    let mut collector = None;
+    if bench_observes == Some(true) && endpoint.is_none() {
+        let listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        match observability::collector::Collector::start(listen).await {
+            Ok(started) => {
+                endpoint = Some(started.endpoint());
+                collector = Some(started);
+            }
+            Err(err) => {
+                let _ = writeln!(std::io::stderr(), "ftgo: cannot start a trace collector: {err}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let otlp = endpoint.map(|endpoint| Otlp {
+            endpoint,
+            service_name: std::env::var("OTEL_SERVICE_NAME")
+                .ok()
+                .filter(|name| !name.is_empty())
+                .unwrap_or(service_name),
+        });
+    let telemetry = match observability::init(cli.log_format, otlp.as_ref()) {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            let _ = writeln!(std::io::stderr(), "ftgo: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if bench_observes != Some(false) {
+        observability::install_metrics();
     }
     let result = match cli.command {
         None | Some(Command::Demo) => demo(cli.storage).await,
@@ -219,6 +257,7 @@ async fn main() -> ExitCode {
             store,
             decline_rate,
             raw_seconds,
+            observe: _,
         }) => {
             let mut storage = cli.storage;
             if store == "postgres" && storage.database_url.is_none() {
@@ -231,6 +270,11 @@ async fn main() -> ExitCode {
             bench(storage, config).await
         }
     };
+    telemetry.shutdown();
+    if let Some(collector) = collector {
+        let spans = collector.spans().len();
+        let _ = writeln!(std::io::stderr(), "{spans} spans collected");
+    }
     match result {
         Ok(code) => code,
         Err(err) => {

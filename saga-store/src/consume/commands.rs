@@ -11,7 +11,9 @@ use async_trait::async_trait;
 use futures_util::future::join_all;
 use saga_core::participant::{Dispatch, Participant};
 use saga_core::ports::{DeadLetter, Delivery, ErrorSource, StoreError, source};
-use saga_core::{Message, Timestamp};
+use saga_core::telemetry::{self, DeadLetterReason};
+use saga_core::{Message, Timestamp, trace};
+use tracing::Instrument as _;
 
 use crate::consume::{Consumer, Handling, SharedTransport, Verdict};
 use crate::db::backend::{Tx, TxContext};
@@ -82,9 +84,42 @@ pub(crate) fn erase<C: TxContext>(
 
 /// What handling one command did.
 pub(crate) enum CommandOutcome {
-    Done,
+    /// Handled: how ([`Dispatch::outcome`]), and the kind of dead letter it made, if any.
+    Done {
+        outcome: &'static str,
+        dead_letter: Option<DeadLetterReason>,
+    },
     Duplicate,
     Retry(ErrorSource),
+}
+
+impl CommandOutcome {
+    /// Records its metrics: once its transaction committed (or, for a retry, rolled back).
+    pub(crate) fn record(&self, channel: &str) {
+        let outcome = match self {
+            Self::Done {
+                outcome,
+                dead_letter,
+            } => {
+                if let Some(kind) = dead_letter {
+                    telemetry::dead_lettered(*kind);
+                }
+                outcome
+            }
+            Self::Duplicate => "duplicate",
+            Self::Retry(_) => "transient",
+        };
+        telemetry::message_handled(channel, outcome);
+    }
+}
+
+/// Records the metrics of a consumer's failed handling of a message.
+pub(crate) fn record_failure(channel: &str, error: &StoreError) {
+    let outcome = match error.is_transient() {
+        true => "transient",
+        false => "error",
+    };
+    telemetry::message_handled(channel, outcome);
 }
 
 /// What running a batch of commands inside a transaction came to.
@@ -101,13 +136,15 @@ pub(crate) enum Ran {
 }
 
 /// Runs a batch of commands inside `tx`: one statement records them all as received (a
-/// duplicate is skipped), each handler runs, one statement queues all replies — into the
-/// outbox, or with `in_place` straight into the queue.
+/// duplicate is skipped), each handler runs (in a `process <channel>` span of messaging
+/// system `system`), one statement queues all replies — into the outbox, or with
+/// `in_place` straight into the queue.
 pub(crate) async fn run_in(
     tx: &mut Tx,
     participant: &dyn Commands,
     batch: &[Message],
     in_place: bool,
+    system: &'static str,
 ) -> Result<Ran, StoreError> {
     let now = Timestamp::now();
     let at = to_i64(now.as_millis());
@@ -122,10 +159,28 @@ pub(crate) async fn run_in(
             outcomes.push(CommandOutcome::Duplicate);
             continue;
         }
-        let dispatch = participant.dispatch(tx, message).await;
+        telemetry::message_taken(message, now);
+        let span = trace::process_span(system, message, None);
+        let dispatch = participant
+            .dispatch(tx, message)
+            .instrument(span.clone())
+            .await;
+        let outcome = dispatch.outcome();
+        match outcome {
+            "ok" => span.record(trace::attributes::SAGA_OUTCOME, "success"),
+            "refused" => {
+                span.record(trace::attributes::SAGA_OUTCOME, "failure");
+                span.record(trace::attributes::ERROR_TYPE, "refused")
+            }
+            other => {
+                trace::record_error(&span, other);
+                &span
+            }
+        };
         if let Some(error) = dispatch.retry {
             return Ok(Ran::Retry(error));
         }
+        let dead_letter = dispatch.dead_letter_kind;
         replies.extend(dispatch.reply);
         dead_letters.extend(dispatch.dead_letter.map(|reason| DeadLetter {
             consumer: participant.name().to_owned(),
@@ -133,7 +188,10 @@ pub(crate) async fn run_in(
             reason,
             at: now,
         }));
-        outcomes.push(CommandOutcome::Done);
+        outcomes.push(CommandOutcome::Done {
+            outcome,
+            dead_letter,
+        });
     }
     let replies: Vec<&Message> = replies.iter().collect();
     store::send(tx.conn(), in_place, &replies, at).await?;
@@ -162,8 +220,10 @@ async fn handle_one(
     participant: Arc<dyn Commands>,
     message: Message,
     in_place: bool,
+    system: &'static str,
 ) -> Result<CommandOutcome, StoreError> {
-    let (handled, destinations) = database
+    let channel = participant.channel().to_owned();
+    let written = database
         .write_as(kind(in_place), move |tx: &mut Tx| {
             Box::pin(async move {
                 let ran = run_in(
@@ -171,6 +231,7 @@ async fn handle_one(
                     participant.as_ref(),
                     std::slice::from_ref(&message),
                     in_place,
+                    system,
                 )
                 .await?;
                 Ok(match ran {
@@ -178,8 +239,8 @@ async fn handle_one(
                         mut outcomes,
                         destinations,
                     } => match outcomes.pop() {
-                        Some(CommandOutcome::Done) => {
-                            Finish::Commit((CommandOutcome::Done, destinations))
+                        Some(done @ CommandOutcome::Done { .. }) => {
+                            Finish::Commit((done, destinations))
                         }
                         // A duplicate: nothing was written.
                         _ => Finish::Rollback((CommandOutcome::Duplicate, Vec::new())),
@@ -190,7 +251,15 @@ async fn handle_one(
                 })
             })
         })
-        .await?;
+        .await;
+    let (handled, destinations) = match written {
+        Ok(written) => written,
+        Err(err) => {
+            record_failure(&channel, &err);
+            return Err(err);
+        }
+    };
+    handled.record(&channel);
     if in_place {
         database.wakeups().wake_channels(&destinations);
     }
@@ -203,6 +272,7 @@ async fn handle_batch(
     participant: &Arc<dyn Commands>,
     messages: Vec<Message>,
     in_place: bool,
+    system: &'static str,
 ) -> Vec<Result<CommandOutcome, StoreError>> {
     if messages.len() > 1 {
         let batch = messages.clone();
@@ -210,7 +280,7 @@ async fn handle_batch(
         let batched = database
             .write_as(kind(in_place), move |tx: &mut Tx| {
                 Box::pin(async move {
-                    Ok(match run_in(tx, in_tx.as_ref(), &batch, in_place).await? {
+                    Ok(match run_in(tx, in_tx.as_ref(), &batch, in_place, system).await? {
                         Ran::Handled {
                             outcomes,
                             destinations,
@@ -225,6 +295,9 @@ async fn handle_batch(
                 if in_place {
                     database.wakeups().wake_channels(&destinations);
                 }
+                for outcome in &outcomes {
+                    outcome.record(participant.channel());
+                }
                 return outcomes.into_iter().map(Ok).collect();
             }
             Ok(None) => {
@@ -237,7 +310,7 @@ async fn handle_batch(
     join_all(
         messages
             .into_iter()
-            .map(|message| handle_one(database, participant.clone(), message, in_place)),
+            .map(|message| handle_one(database, participant.clone(), message, in_place, system)),
     )
     .await
 }
@@ -252,6 +325,7 @@ pub(crate) fn consumer(
 ) -> Consumer<impl FnMut(Vec<Delivery>) -> Handling> {
     let channel = participant.channel().to_owned();
     let group = participant.name().to_owned();
+    let system = transport.system();
     Consumer::new(
         channel,
         group,
@@ -261,13 +335,16 @@ pub(crate) fn consumer(
             let (database, participant) = (database.clone(), participant.clone());
             Box::pin(async move {
                 let messages = deliveries.iter().map(|d| d.message.clone()).collect();
-                let results = handle_batch(&database, &participant, messages, in_place).await;
+                let results =
+                    handle_batch(&database, &participant, messages, in_place, system).await;
                 deliveries
                     .into_iter()
                     .zip(results)
                     .map(|(delivery, result)| {
                         let verdict = match result {
-                            Ok(CommandOutcome::Done | CommandOutcome::Duplicate) => Verdict::Done,
+                            Ok(CommandOutcome::Done { .. } | CommandOutcome::Duplicate) => {
+                                Verdict::Done
+                            }
                             Ok(CommandOutcome::Retry(error)) => Verdict::Retry(error),
                             Err(err) => Verdict::Failed(err),
                         };

@@ -17,9 +17,9 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use saga_core::Message;
 use saga_core::orchestrator::reply_saga_ids;
-use saga_core::ports::{Delivery, StoreError};
+use saga_core::ports::{Delivery, StoreError, Transport as _};
 
-use crate::consume::commands::{self, Commands, Ran};
+use crate::consume::commands::{self, CommandOutcome, Commands, Ran};
 use crate::consume::{Consumer, SharedOrchestrator, Verdict};
 use crate::db::Database;
 use crate::db::backend::Tx;
@@ -209,18 +209,26 @@ pub(crate) async fn command_loop<C, Fut>(
     Fut: std::future::Future<Output = Vec<(Delivery, Verdict)>>,
 {
     let channel = participant.channel().to_owned();
-    let batch = || -> Batch<()> {
+    let system = queue.system();
+    let batch = || -> Batch<Vec<CommandOutcome>> {
         let participant = participant.clone();
         Box::new(move |tx, messages| {
             Box::pin(async move {
-                Ok(
-                    match commands::run_in(tx, participant.as_ref(), &messages, true).await? {
-                        Ran::Handled { destinations, .. } => Some(((), destinations)),
-                        Ran::Retry(_) => None,
-                    },
-                )
+                let ran = commands::run_in(tx, participant.as_ref(), &messages, true, system);
+                Ok(match ran.await? {
+                    Ran::Handled {
+                        outcomes,
+                        destinations,
+                    } => Some((outcomes, destinations)),
+                    Ran::Retry(_) => None,
+                })
             })
         })
     };
-    pass_loop(channel, queue, fallback, options, shutdown, batch, |()| {}).await;
+    let after = |outcomes: Vec<CommandOutcome>| {
+        for outcome in &outcomes {
+            outcome.record(participant.channel());
+        }
+    };
+    pass_loop(channel, queue, fallback, options, shutdown, batch, after).await;
 }

@@ -41,7 +41,11 @@ async fn set_aside(
         .dead_letter(channel, group, delivery, reason)
         .await
     {
-        Ok(()) => true,
+        Ok(()) => {
+            saga_core::telemetry::dead_lettered(saga_core::telemetry::DeadLetterReason::Poison);
+            saga_core::telemetry::message_handled(channel, "dead_letter");
+            true
+        }
         Err(err) => {
             tracing::warn!(%channel, message_id = %delivery.message.id, error = %err, "could not set a failing message aside; keeping it");
             false

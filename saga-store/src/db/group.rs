@@ -164,6 +164,8 @@ pub(crate) struct WriterContext {
     pub(crate) commits: Arc<AtomicU64>,
     pub(crate) wakeups: Arc<Wakeups>,
     pub(crate) outbox_channel: String,
+    /// The database's name, for metrics.
+    pub(crate) name: String,
     pub(crate) max_batch: usize,
     /// How many writer tasks share the work.
     pub(crate) writers: usize,
@@ -262,6 +264,7 @@ async fn run_batch(
 ) {
     let mut pending: VecDeque<Work> = batch.into();
     while let Some(first) = pending.pop_front() {
+        let began = std::time::Instant::now();
         let mut tx = match context.pool.begin().await {
             Ok(tx) => tx,
             Err(err) => {
@@ -321,7 +324,7 @@ async fn run_batch(
             }
             return;
         }
-        commit(context, tx, kept, wake_relay).await;
+        commit(context, tx, kept, wake_relay, began).await;
         for answer in undone {
             answer.send(Ok(()));
         }
@@ -354,7 +357,13 @@ async fn run_in_savepoint(
 }
 
 /// Commits a group and tells every caller in it.
-async fn commit(context: &WriterContext, mut tx: Tx, kept: Vec<Box<dyn Answer>>, wake_relay: bool) {
+async fn commit(
+    context: &WriterContext,
+    mut tx: Tx,
+    kept: Vec<Box<dyn Answer>>,
+    wake_relay: bool,
+    began: std::time::Instant,
+) {
     if wake_relay && let Tx::Postgres(pg) = &mut tx {
         // One notification for the whole group, delivered by the commit.
         let notified = query("SELECT pg_notify($1, '')")
@@ -368,6 +377,7 @@ async fn commit(context: &WriterContext, mut tx: Tx, kept: Vec<Box<dyn Answer>>,
     match tx.commit().await {
         Ok(()) => {
             context.commits.fetch_add(1, Ordering::Relaxed);
+            saga_core::telemetry::group_committed(&context.name, kept.len(), began.elapsed());
             if wake_relay {
                 context.wakeups.wake(&Topic::Outbox);
             }

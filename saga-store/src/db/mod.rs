@@ -365,6 +365,7 @@ impl Database {
                 commits: self.inner.commits.clone(),
                 wakeups: self.inner.wakeups.clone(),
                 outbox_channel: self.outbox_notify_channel(),
+                name: self.name(),
                 max_batch: self.inner.write_batch,
                 writers: self.inner.writers,
             };
@@ -400,6 +401,19 @@ impl Database {
     /// The PostgreSQL schema in use, if one was set.
     pub fn schema(&self) -> Option<&str> {
         self.inner.schema.as_deref()
+    }
+
+    /// The database's name in metrics (the `database` label): its schema if it has one, else
+    /// the last part of its URL's path — the SQLite file's name, the PostgreSQL database's.
+    pub fn name(&self) -> String {
+        if let Some(schema) = self.schema() {
+            return schema.to_owned();
+        }
+        let path = self.inner.url.split(['?', '#']).next().unwrap_or_default();
+        match path.rsplit(['/', '\\', ':']).next() {
+            Some(last) if !last.is_empty() => last.to_owned(),
+            _ => "default".to_owned(),
+        }
     }
 
     /// Tells the outbox relay there is work (after committing a transaction of your own that

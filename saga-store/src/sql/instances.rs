@@ -5,6 +5,7 @@
 
 use saga_core::engine::{Direction, Pending, SagaState, SagaStatus, SagaTimer};
 use saga_core::ports::{SagaRecord, SagaWrite, StalledSaga, StoreError, TimerRecord};
+use saga_core::trace::TraceContext;
 use saga_core::{RequestId, SagaId, Timestamp};
 use sqlx::{AssertSqlSafe, query};
 
@@ -16,7 +17,7 @@ use crate::sql::{Bind, CHUNK, Col, Get, parameter, placeholders, to_i64, to_u64,
 /// The columns read for a [`SagaRecord`], in [`record`]'s order.
 const COLUMNS: &str = "saga_id, saga_type, definition_version, status, direction, current_step, \
      pending_kind, pending_request_id, deadline, attempt, completed_steps, compensation_reason, \
-     last_error, next_request_id, data, version";
+     last_error, next_request_id, data, version, traceparent, tracestate";
 
 fn parse_status(name: &str) -> Result<SagaStatus, StoreError> {
     Ok(match name {
@@ -97,10 +98,18 @@ fn record(row: &impl Get) -> Result<SagaRecord, StoreError> {
         last_error: row.opt_text("last_error")?,
         next_request_id: to_u64(row.int("next_request_id")?),
     };
+    // A stored context that no longer parses is dropped: tracing must not fail a saga.
+    let trace = match row.opt_text("traceparent")? {
+        Some(traceparent) => {
+            TraceContext::parse(&traceparent, row.opt_text("tracestate")?.as_deref()).ok()
+        }
+        None => None,
+    };
     Ok(SagaRecord {
         state,
         data: row.json("data")?,
         version: to_u64(row.int("version")?),
+        trace,
     })
 }
 
@@ -160,8 +169,9 @@ pub(crate) async fn write(conn: Conn<'_>, write: &SagaWrite, at: i64) -> Result<
             "INSERT INTO saga_instances (saga_id, saga_type, definition_version, status, \
              direction, current_step, pending_kind, pending_request_id, deadline, attempt, \
              completed_steps, compensation_reason, last_error, next_request_id, data, version, \
-             updated_at, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17)"
+             updated_at, created_at, traceparent, tracestate) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+             $17, $18, $19)"
         }
         Some(_) => {
             "UPDATE saga_instances SET saga_type = $2, definition_version = $3, status = $4, \
@@ -174,9 +184,15 @@ pub(crate) async fn write(conn: Conn<'_>, write: &SagaWrite, at: i64) -> Result<
     let columns = Columns::of(write);
     let written = on_backend!(conn, |c| {
         let mut statement = bind_columns!(query(sql), &columns, at);
-        if let Some(expected) = write.expected_version {
-            statement = statement.bind(to_i64(expected));
-        }
+        statement = match write.expected_version {
+            Some(expected) => statement.bind(to_i64(expected)),
+            None => {
+                let trace = write.record.trace.as_ref();
+                statement
+                    .bind(trace.map(TraceContext::traceparent))
+                    .bind(trace.and_then(TraceContext::tracestate))
+            }
+        };
         statement.execute(c).await.map(|done| done.rows_affected())
     });
     match written {
@@ -607,6 +623,11 @@ mod tests {
             },
             data: json!({ "order_id": 7, "items": ["naan", "samosa"], "note": null }),
             version,
+            trace: TraceContext::parse(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                Some("vendor=1"),
+            )
+            .ok(),
         }
     }
 

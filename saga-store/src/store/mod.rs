@@ -402,7 +402,8 @@ impl SagaStore for SqlSagaStore {
 /// ([`PgTx`], [`SqliteTx`]): the saga row, its timeline and its first commands are written to
 /// it, so they commit — or roll back — with the caller's own writes. Call
 /// [`Database::wake_relay`] after committing on SQLite to publish at once (otherwise the
-/// relay's next poll does).
+/// relay's next poll does). The saga counts as started (`saga_started_total`) once it is
+/// written, so a caller that then rolls back over-counts by one.
 pub async fn start_saga_in<S: Saga>(
     orchestrator: &Orchestrator<SqlSagaStore>,
     tx: impl Into<Conn<'_>>,
@@ -410,7 +411,10 @@ pub async fn start_saga_in<S: Saga>(
 ) -> Result<SagaId, OrchestratorError> {
     let prepared = orchestrator.prepare_start::<S>(data, orchestrator.clock().now())?;
     match orchestrator.store().write_unit(tx, &prepared.unit).await? {
-        CommitOutcome::Committed => Ok(prepared.saga_id),
+        CommitOutcome::Committed => {
+            orchestrator.started(&prepared);
+            Ok(prepared.saga_id)
+        }
         _ => Err(OrchestratorError::Store(StoreError::Bug {
             what: "starting a saga wrote nothing (its id was taken)",
         })),

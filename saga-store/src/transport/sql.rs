@@ -260,6 +260,10 @@ impl SqlTransport {
 
 #[async_trait]
 impl Transport for SqlTransport {
+    fn system(&self) -> &'static str {
+        "saga_sql_queue"
+    }
+
     /// The destination must be a channel name; on PostgreSQL, whose text columns cannot hold
     /// NUL characters, the payload and headers must have none; and the message must be within
     /// [`SqlTransportOptions::max_message_bytes`], if set.

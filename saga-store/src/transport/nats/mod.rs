@@ -452,6 +452,10 @@ impl NatsTransport {
 
 #[async_trait]
 impl Transport for NatsTransport {
+    fn system(&self) -> &'static str {
+        "nats"
+    }
+
     /// The destination must be a channel name (a valid sequence of subject tokens) and the
     /// message, headers included, within the server's `max_payload`.
     fn check(&self, message: &Message) -> Result<(), TransportError> {
