@@ -21,12 +21,12 @@ use crate::graph::SagaGraph;
 use crate::ids::{RequestId, SagaId, Timestamp};
 use crate::message::{Headers, Message, MessageError, ReplyOutcome, headers};
 use crate::operator;
-use crate::telemetry;
-use crate::trace::{self, TraceContext};
 use crate::ports::{
     CommitOutcome, Consumed, DeadLetter, HistoryRecord, SagaRecord, SagaStore, SagaWrite,
     StalledSaga, StoreError, TimerRecord, UnitOfWork,
 };
+use crate::telemetry;
+use crate::trace::{self, TraceContext};
 
 /// Why the orchestrator could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -373,7 +373,12 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
             telemetry::saga_started(&change.saga_type);
         }
         if status.is_terminal() || status == SagaStatus::Failed {
-            telemetry::saga_finished(&change.saga_type, status.as_str(), saga_id.created_at(), now);
+            telemetry::saga_finished(
+                &change.saga_type,
+                status.as_str(),
+                saga_id.created_at(),
+                now,
+            );
         }
         if status.is_terminal() {
             for observer in &self.observers {
@@ -476,7 +481,10 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
     /// observers. Call it once the caller's transaction committed.
     pub fn started(&self, prepared: &PreparedStart) {
         if let Some(write) = &prepared.unit.saga {
-            self.changed(prepared.saga_id, &Change::of(None, &write.record.state, None));
+            self.changed(
+                prepared.saga_id,
+                &Change::of(None, &write.record.state, None),
+            );
         }
     }
 
@@ -861,7 +869,10 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
         base: UnitOfWork,
     ) -> Result<Handled, OrchestratorError> {
         let event = SagaEvent::Operator(request.clone());
-        match self.apply_event(saga_id, &event, message, base.clone()).await {
+        match self
+            .apply_event(saga_id, &event, message, base.clone())
+            .await
+        {
             Err(OrchestratorError::Engine(EngineError::OperatorRefused {
                 saga_id,
                 command,

@@ -89,7 +89,12 @@ pub fn saga_started(saga_type: &str) {
 
 /// A saga of `saga_type` that started at `started` reached `outcome` (`completed`,
 /// `compensated`, `failed`) at `now`.
-pub fn saga_finished(saga_type: &str, outcome: &'static str, started: Option<Timestamp>, now: Timestamp) {
+pub fn saga_finished(
+    saga_type: &str,
+    outcome: &'static str,
+    started: Option<Timestamp>,
+    now: Timestamp,
+) {
     metrics::counter!(names::SAGAS_FINISHED, "saga_type" => saga_type.to_owned(), "outcome" => outcome)
         .increment(1);
     if let Some(started) = started {
@@ -99,7 +104,13 @@ pub fn saga_finished(saga_type: &str, outcome: &'static str, started: Option<Tim
 }
 
 /// The reply to `step`'s command (produced at `sent`) was applied at `now`.
-pub fn step_replied(saga_type: &str, step: &str, direction: &'static str, sent: Timestamp, now: Timestamp) {
+pub fn step_replied(
+    saga_type: &str,
+    step: &str,
+    direction: &'static str,
+    sent: Timestamp,
+    now: Timestamp,
+) {
     metrics::histogram!(
         names::STEP_DURATION,
         "saga_type" => saga_type.to_owned(),

@@ -35,7 +35,8 @@ fn record(database: &str, stats: &StoreStats, seen: &mut Seen, now: Timestamp) {
             .set(0.0);
     }
     seen.instances = instances;
-    metrics::gauge!(names::OUTBOX_BACKLOG, "database" => db.clone()).set(stats.outbox_backlog as f64);
+    metrics::gauge!(names::OUTBOX_BACKLOG, "database" => db.clone())
+        .set(stats.outbox_backlog as f64);
     let oldest_age = stats.outbox_oldest.map_or(0, |oldest| {
         now.as_millis().saturating_sub(oldest.as_millis())
     });
@@ -52,7 +53,8 @@ fn record(database: &str, stats: &StoreStats, seen: &mut Seen, now: Timestamp) {
             .set(0.0);
     }
     seen.channels = channels;
-    metrics::gauge!(names::DEAD_LETTERS_UNRESOLVED, "database" => db).set(stats.dead_letters as f64);
+    metrics::gauge!(names::DEAD_LETTERS_UNRESOLVED, "database" => db)
+        .set(stats.dead_letters as f64);
 }
 
 /// Samples `database`'s gauges until shutdown.

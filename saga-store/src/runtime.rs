@@ -152,10 +152,12 @@ impl RuntimeBuilder {
             }
         }
         for orchestrator in &self.orchestrators {
-            orchestrator.set_messaging_system(match self.in_place_queue(orchestrator.store().database()) {
-                Some(queue) => queue.system(),
-                None => self.transport.system(),
-            });
+            orchestrator.set_messaging_system(
+                match self.in_place_queue(orchestrator.store().database()) {
+                    Some(queue) => queue.system(),
+                    None => self.transport.system(),
+                },
+            );
             once.push(tokio::spawn(record_definitions(
                 orchestrator.clone(),
                 shutdown.clone(),

@@ -27,9 +27,9 @@ use std::time::Duration;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{MatchedPath, Path, Request, State};
-use axum::middleware::{self, Next};
 use axum::http::StatusCode;
 use axum::http::header;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -223,10 +223,10 @@ async fn method_not_allowed() -> ApiError {
 /// Runs a request in a `server` span named after its route (`POST /orders/{id}/cancel`),
 /// parented on the request's `traceparent` header if it has a valid one.
 async fn traced(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| request.uri().path().to_owned(), |p| p.as_str().to_owned());
+    let route = request.extensions().get::<MatchedPath>().map_or_else(
+        || request.uri().path().to_owned(),
+        |p| p.as_str().to_owned(),
+    );
     let span = tracing::info_span!(
         "http request",
         otel.name = format!("{} {route}", request.method()),

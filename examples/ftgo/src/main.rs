@@ -221,18 +221,21 @@ async fn main() -> ExitCode {
                 collector = Some(started);
             }
             Err(err) => {
-                let _ = writeln!(std::io::stderr(), "ftgo: cannot start a trace collector: {err}");
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "ftgo: cannot start a trace collector: {err}"
+                );
                 return ExitCode::FAILURE;
             }
         }
     }
     let otlp = endpoint.map(|endpoint| Otlp {
-            endpoint,
-            service_name: std::env::var("OTEL_SERVICE_NAME")
-                .ok()
-                .filter(|name| !name.is_empty())
-                .unwrap_or(service_name),
-        });
+        endpoint,
+        service_name: std::env::var("OTEL_SERVICE_NAME")
+            .ok()
+            .filter(|name| !name.is_empty())
+            .unwrap_or(service_name),
+    });
     let telemetry = match observability::init(cli.log_format, otlp.as_ref()) {
         Ok(telemetry) => telemetry,
         Err(err) => {

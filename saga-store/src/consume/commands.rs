@@ -280,13 +280,15 @@ async fn handle_batch(
         let batched = database
             .write_as(kind(in_place), move |tx: &mut Tx| {
                 Box::pin(async move {
-                    Ok(match run_in(tx, in_tx.as_ref(), &batch, in_place, system).await? {
-                        Ran::Handled {
-                            outcomes,
-                            destinations,
-                        } => Finish::Commit(Some((outcomes, destinations))),
-                        Ran::Retry(_) => Finish::Rollback(None),
-                    })
+                    Ok(
+                        match run_in(tx, in_tx.as_ref(), &batch, in_place, system).await? {
+                            Ran::Handled {
+                                outcomes,
+                                destinations,
+                            } => Finish::Commit(Some((outcomes, destinations))),
+                            Ran::Retry(_) => Finish::Rollback(None),
+                        },
+                    )
                 })
             })
             .await;

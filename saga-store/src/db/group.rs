@@ -129,29 +129,35 @@ impl Work {
                 let _ = to.send(Err(error));
             }
         });
+        // The work runs in its caller's span, though on a writer task: a saga started in it
+        // joins the caller's trace.
+        let span = tracing::Span::current();
         let run: Run = Box::new(move |tx| {
-            Box::pin(async move {
-                let (keep, result) = match C::from_tx(tx) {
-                    None => (
-                        false,
-                        Err(StoreError::Bug {
-                            what: "the work asks for another backend's transaction",
+            Box::pin(tracing::Instrument::instrument(
+                async move {
+                    let (keep, result) = match C::from_tx(tx) {
+                        None => (
+                            false,
+                            Err(StoreError::Bug {
+                                what: "the work asks for another backend's transaction",
+                            }),
+                        ),
+                        Some(context) => match work(context).await {
+                            Ok(Finish::Commit(value)) => (true, Ok(value)),
+                            Ok(Finish::Rollback(value)) => (false, Ok(value)),
+                            Err(error) => (false, Err(error)),
+                        },
+                    };
+                    Ran {
+                        keep,
+                        answer: Box::new(Reply {
+                            result,
+                            to: take(&slot),
                         }),
-                    ),
-                    Some(context) => match work(context).await {
-                        Ok(Finish::Commit(value)) => (true, Ok(value)),
-                        Ok(Finish::Rollback(value)) => (false, Ok(value)),
-                        Err(error) => (false, Err(error)),
-                    },
-                };
-                Ran {
-                    keep,
-                    answer: Box::new(Reply {
-                        result,
-                        to: take(&slot),
-                    }),
-                }
-            })
+                    }
+                },
+                span,
+            ))
         });
         (Self { run, fail, kind }, answer)
     }

@@ -54,7 +54,11 @@ fn tree_order(spans: &[CollectedSpan]) -> Vec<(usize, &CollectedSpan)> {
 pub fn waterfall_svg(title: &str, spans: &[CollectedSpan]) -> String {
     let rows = tree_order(spans);
     let start = spans.iter().map(|s| s.start_unix_nanos).min().unwrap_or(0);
-    let end = spans.iter().map(|s| s.end_unix_nanos).max().unwrap_or(start);
+    let end = spans
+        .iter()
+        .map(|s| s.end_unix_nanos)
+        .max()
+        .unwrap_or(start);
     let total = end.saturating_sub(start).max(1) as f64;
     let services: BTreeSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
     let colour = |service: &str| {
@@ -88,7 +92,8 @@ pub fn waterfall_svg(title: &str, spans: &[CollectedSpan]) -> String {
                 r##"<rect x="0" y="{y}" width="{width}" height="{ROW}" fill="#f5f5f5"/>"##
             );
         }
-        let x0 = LABEL as f64 + (span.start_unix_nanos.saturating_sub(start)) as f64 / total * BARS as f64;
+        let x0 = LABEL as f64
+            + (span.start_unix_nanos.saturating_sub(start)) as f64 / total * BARS as f64;
         let w = ((span.end_unix_nanos.saturating_sub(span.start_unix_nanos)) as f64 / total
             * BARS as f64)
             .max(1.5);

@@ -253,7 +253,10 @@ pub(crate) async fn place(client: &reqwest::Client, base: &str, i: usize) -> (i6
 }
 
 /// Places orders `range` through the API, 8 at a time; returns `(order id, expected state)`.
-pub(crate) async fn place_all(base: &str, range: std::ops::Range<usize>) -> Vec<(i64, &'static str)> {
+pub(crate) async fn place_all(
+    base: &str,
+    range: std::ops::Range<usize>,
+) -> Vec<(i64, &'static str)> {
     let client = reqwest::Client::new();
     let mut placed = Vec::new();
     let indexes: Vec<usize> = range.collect();
@@ -293,4 +296,3 @@ pub(crate) async fn wait_until_settled(orders: &Database, expected: usize, timeo
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
-
