@@ -201,6 +201,40 @@ impl Collector {
     }
 }
 
+/// What keeps `spans` (one trace) from being one tree in causal order under the span
+/// `parent` (the caller's, outside the trace): a span with no parent or a parent not in the
+/// trace, more or less than one child of `parent`, a child that starts before its parent.
+/// Empty when they are one tree.
+pub fn tree_problems(spans: &[CollectedSpan], parent: &str) -> Vec<String> {
+    let by_id: BTreeMap<&str, &CollectedSpan> =
+        spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    let mut problems = Vec::new();
+    let tops: Vec<&str> = spans
+        .iter()
+        .filter(|s| s.parent_span_id.as_deref() == Some(parent))
+        .map(|s| s.name.as_str())
+        .collect();
+    if tops.len() != 1 {
+        problems.push(format!("{} spans continue the caller's: {tops:?}", tops.len()));
+    }
+    for span in spans {
+        let label = format!("`{}` ({})", span.name, span.service);
+        match span.parent_span_id.as_deref() {
+            None => problems.push(format!("{label} is a root of its own")),
+            Some(id) if id == parent => {}
+            Some(id) => match by_id.get(id) {
+                None => problems.push(format!("{label}: its parent is not in the trace")),
+                // One machine, one clock: a child starts after its parent (1 ms slack).
+                Some(up) if span.start_unix_nanos + 1_000_000 < up.start_unix_nanos => {
+                    problems.push(format!("{label} starts before its parent `{}`", up.name));
+                }
+                Some(_) => {}
+            },
+        }
+    }
+    problems
+}
+
 impl Drop for Collector {
     fn drop(&mut self) {
         self.server.abort();

@@ -130,6 +130,15 @@ fn tracer_provider(otlp: &Otlp) -> Result<SdkTracerProvider, TelemetryError> {
 }
 
 impl Telemetry {
+    /// Exports the spans buffered so far, now.
+    pub fn flush(&self) {
+        if let Some(provider) = &self.traces
+            && let Err(err) = provider.force_flush()
+        {
+            tracing::warn!(error = %err, "could not flush the spans");
+        }
+    }
+
     /// Exports the spans still buffered and stops the exporter.
     pub fn shutdown(self) {
         if let Some(provider) = self.traces
