@@ -15,10 +15,13 @@
 //!   orchestrator, for tools that have only its database;
 //! - [`testing`]: the saga unit-test DSL;
 //! - [`graph`]: a definition as plain-data state graph, rendered in Mermaid or DOT, bare
-//!   ([`SagaDefinition::to_mermaid`], [`SagaDefinition::to_dot`]) or with one instance's path.
+//!   ([`SagaDefinition::to_mermaid`], [`SagaDefinition::to_dot`]) or with one instance's path;
+//! - [`trace`]: W3C trace context in every message and saga, and the spans saga emits;
+//! - [`telemetry`]: the metrics saga records (through the `metrics` crate).
 //!
 //! With the default `macros` feature it re-exports the `saga!` DSL and the `Command`,
-//! `Reply` and `SemanticLock` derives.
+//! `Reply` and `SemanticLock` derives; with `opentelemetry`, its spans join OpenTelemetry
+//! traces (see [`trace`]).
 
 pub mod clock;
 pub mod definition;
