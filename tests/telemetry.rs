@@ -166,15 +166,51 @@ async fn an_embedded_order_is_one_trace_and_the_metrics_count_it() {
         "the declined order's ticket is compensated"
     );
 
+    // A step retried on a timer joins the saga's trace too (through its stored context):
+    // the unstaffed restaurant refuses to confirm the ticket until it is staffed.
+    let night_order = json!({ "consumer_id": 1, "restaurant_id": 21,
+        "line_items": [{ "menu_item_id": "night-burger", "quantity": 1 }] });
+    let (night_trace, night_client, night) = place(&client, &base, night_order).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !collector
+        .trace(&night_trace)
+        .iter()
+        .any(|s| s.name == "timer confirm_ticket")
+    {
+        assert!(Instant::now() < deadline, "confirm_ticket was never retried");
+        telemetry.flush();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ftgo.kitchen.set_staffed(21, true).await.expect("staffs"));
+    let night_id = night["order_id"].as_i64().expect("an order id");
+    assert_eq!(settled(&client, &base, night_id).await, "APPROVED");
+    let night_spans = trace(&collector, &telemetry, &night_trace, 1 + 1 + 7 * 2).await;
+    let problems = tree_problems(&night_spans, &night_client);
+    assert!(problems.is_empty(), "not one tree: {problems:#?}");
+    let retry = night_spans
+        .iter()
+        .find(|s| s.name == "timer confirm_ticket")
+        .expect("the timer's span");
+    assert_eq!(retry.attribute("saga.step"), Some("confirm_ticket"));
+    let start = night_spans
+        .iter()
+        .find(|s| s.name == "start CreateOrderSaga")
+        .expect("the start span");
+    assert_eq!(
+        retry.parent_span_id.as_deref(),
+        Some(start.span_id.as_str()),
+        "a timer's span is a child of the saga's stored context: its start"
+    );
+
     let text = metrics.render();
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
         .expect("Prometheus text");
     let saga = ("saga_type", "CreateOrderSaga");
-    assert_eq!(sample(&scrape, "saga_started_total", &[saga]), 2.0);
-    for outcome in ["completed", "compensated"] {
+    assert_eq!(sample(&scrape, "saga_started_total", &[saga]), 3.0);
+    for (outcome, count) in [("completed", 2.0), ("compensated", 1.0)] {
         let labels = [saga, ("outcome", outcome)];
-        assert_eq!(sample(&scrape, "saga_finished_total", &labels), 1.0);
-        assert_eq!(sample(&scrape, "saga_duration_seconds", &labels), 1.0);
+        assert_eq!(sample(&scrape, "saga_finished_total", &labels), count);
+        assert_eq!(sample(&scrape, "saga_duration_seconds", &labels), count);
     }
     let refused = [("channel", "accountingService"), ("outcome", "refused")];
     assert_eq!(sample(&scrape, "saga_messages_handled_total", &refused), 1.0);

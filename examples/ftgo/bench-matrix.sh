@@ -9,6 +9,9 @@
 #                                            # before/after in one sitting: each run of each row
 #                                            # runs the baseline binary, then this one
 #   BASELINE_IN_PLACE=--single-database      # the baseline's name for --in-place, if older
+#   BASELINE=target/release/ftgo AFTER_ARGS=--observe examples/ftgo/bench-matrix.sh
+#                                            # one binary, tracing + metrics off (before) and
+#                                            # on (after), alternating
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-3}
@@ -21,12 +24,14 @@ BIN=target/release/ftgo
 configs=(
   "sqlite-in-place-256|--in-place --sagas 4000 --concurrency 256"
   "sqlite-in-place-1|--in-place --sagas 300 --concurrency 1"
+  "sqlite-in-place-8|--in-place --sagas 1500 --concurrency 8"
   "sqlite-per-service-256|--sagas 4000 --concurrency 256"
   "sqlite-per-service-1|--sagas 300 --concurrency 1"
   "postgres-in-place-256|--store postgres --in-place --sagas 4000 --concurrency 256"
   "postgres-in-place-1|--store postgres --in-place --sagas 300 --concurrency 1"
   "postgres-per-service-256|--store postgres --sagas 4000 --concurrency 256"
   "postgres-per-service-1|--store postgres --sagas 300 --concurrency 1"
+  "postgres-per-service-8|--store postgres --sagas 1500 --concurrency 8"
   "postgres-nats-256|--store postgres --transport nats --sagas 4000 --concurrency 256"
   "postgres-nats-1|--store postgres --transport nats --sagas 300 --concurrency 1"
   "sqlite-in-place-normal-256|--in-place --sqlite-sync normal --sagas 4000 --concurrency 256"
@@ -45,6 +50,7 @@ for entry in "${configs[@]}"; do
       which=${binary%%|*}
       run_args=$args
       [[ "$which" == before ]] && run_args=${args//--in-place/${BASELINE_IN_PLACE:---in-place}}
+      [[ "$which" == after ]] && run_args="$run_args ${AFTER_ARGS:-}"
       # shellcheck disable=SC2086
       line=$("${binary#*|}" bench $run_args --raw-seconds 1 2>/dev/null | tail -n 1)
       echo "{\"config\":\"$name\",\"which\":\"$which\",\"run\":$run,\"report\":$line}" >> "$OUT"

@@ -123,6 +123,8 @@ struct Change {
     after: Option<SagaStatus>,
     /// For a reply: its step, direction and when the step's command was produced.
     replied: Option<(String, &'static str, Timestamp)>,
+    /// For a message: when it was produced.
+    produced: Option<Timestamp>,
 }
 
 impl Change {
@@ -142,6 +144,7 @@ impl Change {
             before: before.map(|r| r.state.status),
             after: Some(after.status),
             replied,
+            produced: message.and_then(|m| m.id.created_at()),
         }
     }
 }
@@ -586,7 +589,9 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
             }
             Err(err) => {
                 for planned in plan.planned {
-                    results[planned.index] = Some(Err(OrchestratorError::Store(err.clone())));
+                    let failed = Err(OrchestratorError::Store(err.clone()));
+                    self.handled_message(&failed);
+                    results[planned.index] = Some(failed);
                 }
             }
         }
@@ -643,7 +648,6 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
                 let span =
                     trace::process_span(self.messaging_system(), message, record.trace.as_ref());
                 let _entered = span.enter();
-                telemetry::message_taken(message, now);
                 match saga.apply(record, &event, now).ok()? {
                     ErasedOutcome::Applied(transition) => {
                         let status = transition.state.status;
@@ -661,7 +665,11 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
                     ErasedOutcome::Ignored(why) => {
                         tracing::debug!(%saga_id, %why, "event ignored");
                         span.record(trace::attributes::SAGA_OUTCOME, "ignored");
-                        Some((base, Handled::Ignored(why), saga_id, Change::default()))
+                        let change = Change {
+                            produced: message.id.created_at(),
+                            ..Change::default()
+                        };
+                        Some((base, Handled::Ignored(why), saga_id, change))
                     }
                 }
             });
@@ -684,6 +692,9 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
     /// Tells the orchestrator a planned reply's unit of work committed (it tells the
     /// [`Orchestrator::on_finished`] observers if the saga finished).
     pub fn committed(&self, planned: &PlannedReply) {
+        if let Some(produced) = planned.change.produced {
+            telemetry::message_waited(&self.reply_channel, produced, self.clock.now());
+        }
         self.handled_message(&Ok(planned.handled.clone()));
         self.changed(planned.saga_id, &planned.change);
     }
@@ -773,6 +784,7 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
                         before: Some(record.state.status),
                         after: Some(SagaStatus::Failed),
                         replied: None,
+                        produced: None,
                     };
                     self.changed(saga_id, &change);
                     return Ok(true);

@@ -129,9 +129,14 @@ pub fn message_handled(channel: &str, outcome: &'static str) {
 /// A consumer took `message` at `now`: records how long it waited since it was produced.
 pub fn message_taken(message: &crate::Message, now: Timestamp) {
     if let Some(produced) = message.id.created_at() {
-        metrics::histogram!(names::MESSAGE_WAIT, "channel" => message.destination.clone())
-            .record(seconds_between(produced, now));
+        message_waited(&message.destination, produced, now);
     }
+}
+
+/// A message of `channel` produced at `produced` was taken at `now`.
+pub fn message_waited(channel: &str, produced: Timestamp, now: Timestamp) {
+    metrics::histogram!(names::MESSAGE_WAIT, "channel" => channel.to_owned())
+        .record(seconds_between(produced, now));
 }
 
 /// A message was set aside as a dead letter.

@@ -268,6 +268,23 @@ pub fn publish_span(system: &str, messages: &[crate::Message]) -> tracing::Span 
     span
 }
 
+/// Records on a participant's `process` span what handling the command came to (an outcome
+/// of [`Dispatch::outcome`](crate::participant::Dispatch::outcome)): `saga.outcome` is
+/// `success` or `failure` (a refusal, also `error.type` `refused`); anything else is an
+/// error of that type.
+pub fn record_handled(span: &tracing::Span, outcome: &str) {
+    match outcome {
+        "ok" => {
+            span.record(attributes::SAGA_OUTCOME, "success");
+        }
+        "refused" => {
+            span.record(attributes::SAGA_OUTCOME, "failure");
+            span.record(attributes::ERROR_TYPE, "refused");
+        }
+        other => record_error(span, other),
+    }
+}
+
 /// Records on `span` that its work failed, with a short class of why (`error.type`).
 pub fn record_error(span: &tracing::Span, error_type: &str) {
     span.record(attributes::ERROR_TYPE, error_type);

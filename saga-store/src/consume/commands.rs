@@ -166,17 +166,7 @@ pub(crate) async fn run_in(
             .instrument(span.clone())
             .await;
         let outcome = dispatch.outcome();
-        match outcome {
-            "ok" => span.record(trace::attributes::SAGA_OUTCOME, "success"),
-            "refused" => {
-                span.record(trace::attributes::SAGA_OUTCOME, "failure");
-                span.record(trace::attributes::ERROR_TYPE, "refused")
-            }
-            other => {
-                trace::record_error(&span, other);
-                &span
-            }
-        };
+        trace::record_handled(&span, outcome);
         if let Some(error) = dispatch.retry {
             return Ok(Ran::Retry(error));
         }

@@ -60,8 +60,18 @@ impl CollectedSpan {
 #[derive(Debug)]
 pub struct Collector {
     address: SocketAddr,
-    spans: Arc<Mutex<Vec<CollectedSpan>>>,
+    state: Arc<Received>,
     server: tokio::task::JoinHandle<()>,
+}
+
+/// What a collector received.
+#[derive(Debug, Default)]
+struct Received {
+    /// Keep the spans (else only count the requests, as a sink).
+    keep: bool,
+    spans: Mutex<Vec<CollectedSpan>>,
+    requests: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -134,16 +144,26 @@ fn spans_of(request: ExportTraceServiceRequest) -> Vec<CollectedSpan> {
     spans
 }
 
-async fn export(State(spans): State<Arc<Mutex<Vec<CollectedSpan>>>>, body: Bytes) -> Response {
+async fn export(State(state): State<Arc<Received>>, body: Bytes) -> Response {
+    use std::sync::atomic::Ordering::Relaxed;
+    state.requests.fetch_add(1, Relaxed);
+    state.bytes.fetch_add(body.len() as u64, Relaxed);
+    let answer = || {
+        let answer = ExportTraceServiceResponse::default().encode_to_vec();
+        ([(header::CONTENT_TYPE, "application/x-protobuf")], answer).into_response()
+    };
+    if !state.keep {
+        return answer();
+    }
     match ExportTraceServiceRequest::decode(body) {
         Ok(request) => {
             let received = spans_of(request);
-            spans
+            state
+                .spans
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .extend(received);
-            let answer = ExportTraceServiceResponse::default().encode_to_vec();
-            ([(header::CONTENT_TYPE, "application/x-protobuf")], answer).into_response()
+            answer()
         }
         Err(err) => (
             StatusCode::BAD_REQUEST,
@@ -155,15 +175,28 @@ async fn export(State(spans): State<Arc<Mutex<Vec<CollectedSpan>>>>, body: Bytes
 
 impl Collector {
     /// Starts a collector on `listen` (port 0 picks a free one); it takes OTLP/HTTP protobuf
-    /// at `/v1/traces`.
+    /// at `/v1/traces` and keeps the spans.
     pub async fn start(listen: SocketAddr) -> std::io::Result<Self> {
+        Self::start_with(listen, true).await
+    }
+
+    /// Starts a sink: it takes export requests as a collector does, counts them and keeps
+    /// nothing (for the benchmark, where a collector would run elsewhere).
+    pub async fn start_discarding(listen: SocketAddr) -> std::io::Result<Self> {
+        Self::start_with(listen, false).await
+    }
+
+    async fn start_with(listen: SocketAddr, keep: bool) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let address = listener.local_addr()?;
-        let spans = Arc::new(Mutex::new(Vec::new()));
+        let state = Arc::new(Received {
+            keep,
+            ..Received::default()
+        });
         let router = axum::Router::new()
             .route("/v1/traces", post(export))
             .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
-            .with_state(spans.clone());
+            .with_state(state.clone());
         let server = tokio::spawn(async move {
             if let Err(err) = axum::serve(listener, router).await {
                 tracing::warn!(error = %err, "the trace collector stopped");
@@ -171,9 +204,18 @@ impl Collector {
         });
         Ok(Self {
             address,
-            spans,
+            state,
             server,
         })
+    }
+
+    /// How many export requests and bytes it received.
+    pub fn received(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.state.requests.load(Relaxed),
+            self.state.bytes.load(Relaxed),
+        )
     }
 
     /// The base URL to give exporters (`--otlp-endpoint`).
@@ -183,7 +225,8 @@ impl Collector {
 
     /// Every span received so far.
     pub fn spans(&self) -> Vec<CollectedSpan> {
-        self.spans
+        self.state
+            .spans
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()

@@ -4,7 +4,8 @@
 //!   `warn`).
 //! - **Traces**, off by default: with an OTLP endpoint ([`Otlp`]) the spans saga and FTGO
 //!   emit (at `info`, whatever `RUST_LOG` says) are exported over OTLP/HTTP (protobuf) by a
-//!   `tracing-opentelemetry` layer. saga-core's `opentelemetry` feature joins them into one
+//!   `tracing-opentelemetry` layer. The SDK's `OTEL_*` variables apply, e.g. sampling with
+//!   `OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.1`. saga-core's `opentelemetry` feature joins them into one
 //!   trace per saga across every process, through the W3C trace context in each message.
 //! - **Metrics**: a Prometheus recorder for saga's `metrics` ([`install_metrics`]), rendered
 //!   at `/metrics` ([`crate::health::router`]).
@@ -22,7 +23,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::filter::{EnvFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -96,9 +97,14 @@ pub fn init(format: LogFormat, otlp: Option<&Otlp>) -> Result<Telemetry, Telemet
         Some(otlp) => Some(tracer_provider(otlp)?),
         None => None,
     };
+    // Source locations, thread names and busy/idle times would add five attributes (and
+    // their allocations) to every span: saga's own attributes say where a span comes from.
     let spans = traces.as_ref().map(|provider| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("ftgo"))
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
             .with_filter(exported_spans())
     });
     tracing_subscriber::registry()
@@ -123,8 +129,20 @@ fn tracer_provider(otlp: &Otlp) -> Result<SdkTracerProvider, TelemetryError> {
     let resource = Resource::builder()
         .with_service_name(otlp.service_name.clone())
         .build();
+    // A saga makes about 20 spans: the SDK's defaults (a queue of 2048, batches of 512) drop
+    // spans at a few hundred sagas a second. The `OTEL_BSP_*` variables still win.
+    let mut batches = BatchConfigBuilder::default();
+    if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
+        batches = batches.with_max_queue_size(32_768);
+    }
+    if std::env::var_os("OTEL_BSP_MAX_EXPORT_BATCH_SIZE").is_none() {
+        batches = batches.with_max_export_batch_size(4096);
+    }
+    let processor = BatchSpanProcessor::builder(exporter)
+        .with_batch_config(batches.build())
+        .build();
     Ok(SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
+        .with_span_processor(processor)
         .with_resource(resource)
         .build())
 }
