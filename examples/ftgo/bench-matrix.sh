@@ -4,7 +4,7 @@
 # $OUT). Needs PostgreSQL (and NATS for the NATS rows) as in BENCHMARKS.md.
 #
 #   examples/ftgo/bench-matrix.sh            # all rows, 3 runs each
-#   RUNS=1 ONLY=sqlite examples/ftgo/bench-matrix.sh
+#   RUNS=1 ONLY=sqlite examples/ftgo/bench-matrix.sh   # ONLY: a regular expression over the names
 #   BASELINE=/path/to/old/ftgo examples/ftgo/bench-matrix.sh
 #                                            # before/after in one sitting: each run of each row
 #                                            # runs the baseline binary, then this one
@@ -44,7 +44,7 @@ binaries=("after|$BIN")
 for entry in "${configs[@]}"; do
   name=${entry%%|*}
   args=${entry#*|}
-  [[ -n "$ONLY" && "$name" != *"$ONLY"* ]] && continue
+  [[ -n "$ONLY" && ! "$name" =~ $ONLY ]] && continue
   for run in $(seq "$RUNS"); do
     for binary in "${binaries[@]}"; do
       which=${binary%%|*}

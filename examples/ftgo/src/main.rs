@@ -16,11 +16,6 @@ use ftgo::observability::{self, LogFormat, Otlp};
 use saga_store::SqliteSync;
 use saga_store::nats::NatsOptions;
 
-/// glibc's allocator spends much of a busy FTGO's time in its arena locks (tracing on, a
-/// quarter of it): mimalloc's per-thread heaps do not.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// FTGO, the food-delivery example of the saga framework.
 #[derive(Debug, Parser)]
 #[command(version, about)]
