@@ -145,7 +145,10 @@ async fn an_embedded_order_is_one_trace_and_the_metrics_count_it() {
     assert!(process.len() >= 10, "{} process spans", process.len());
     for span in process {
         assert_eq!(span.attribute("messaging.system"), Some("saga_sql_queue"));
-        assert_eq!(span.attribute("messaging.message.conversation_id"), Some(saga_id));
+        assert_eq!(
+            span.attribute("messaging.message.conversation_id"),
+            Some(saga_id)
+        );
         assert!(span.name.starts_with("process "), "{}", span.name);
     }
     let steps: Vec<&str> = spans
@@ -153,7 +156,12 @@ async fn an_embedded_order_is_one_trace_and_the_metrics_count_it() {
         .filter(|s| s.attribute("saga.direction") == Some("forward") && s.kind == "internal")
         .filter_map(|s| s.attribute("saga.step"))
         .collect();
-    for step in ["verify_consumer", "create_ticket", "authorize_card", "approve_order"] {
+    for step in [
+        "verify_consumer",
+        "create_ticket",
+        "authorize_card",
+        "approve_order",
+    ] {
         assert!(steps.contains(&step), "no `{step}` span in {steps:?}");
     }
     let declined_spans = trace(&collector, &telemetry, &declined_trace, 1 + 1 + 5 * 2).await;
@@ -177,7 +185,10 @@ async fn an_embedded_order_is_one_trace_and_the_metrics_count_it() {
         .iter()
         .any(|s| s.name == "timer confirm_ticket")
     {
-        assert!(Instant::now() < deadline, "confirm_ticket was never retried");
+        assert!(
+            Instant::now() < deadline,
+            "confirm_ticket was never retried"
+        );
         telemetry.flush();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -213,8 +224,15 @@ async fn an_embedded_order_is_one_trace_and_the_metrics_count_it() {
         assert_eq!(sample(&scrape, "saga_duration_seconds", &labels), count);
     }
     let refused = [("channel", "accountingService"), ("outcome", "refused")];
-    assert_eq!(sample(&scrape, "saga_messages_handled_total", &refused), 1.0);
-    let step = [saga, ("step", "create_ticket"), ("direction", "compensation")];
+    assert_eq!(
+        sample(&scrape, "saga_messages_handled_total", &refused),
+        1.0
+    );
+    let step = [
+        saga,
+        ("step", "create_ticket"),
+        ("direction", "compensation"),
+    ];
     assert_eq!(sample(&scrape, "saga_step_duration_seconds", &step), 1.0);
 
     server.abort();

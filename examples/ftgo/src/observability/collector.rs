@@ -258,7 +258,10 @@ pub fn tree_problems(spans: &[CollectedSpan], parent: &str) -> Vec<String> {
         .map(|s| s.name.as_str())
         .collect();
     if tops.len() != 1 {
-        problems.push(format!("{} spans continue the caller's: {tops:?}", tops.len()));
+        problems.push(format!(
+            "{} spans continue the caller's: {tops:?}",
+            tops.len()
+        ));
     }
     for span in spans {
         let label = format!("`{}` ({})", span.name, span.service);
