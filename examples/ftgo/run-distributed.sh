@@ -18,8 +18,9 @@
 #   FTGO_BIN       the ftgo binary (default: built here with cargo build -p ftgo)
 #   RUST_LOG       log filter for every process (default: info)
 #   HEALTH_BASE_PORT  if set, service process number i (order 0, consumer 1, kitchen-1 2,
-#                  kitchen-2 3, accounting 4) serves /health/live and /health/ready on
-#                  127.0.0.1:$((HEALTH_BASE_PORT + i)); the API serves them on LISTEN
+#                  kitchen-2 3, accounting 4) serves /health/live, /health/ready and /metrics
+#                  on 127.0.0.1:$((HEALTH_BASE_PORT + i)); the API serves them on LISTEN
+#   OTEL_EXPORTER_OTLP_ENDPOINT  if set, every process exports its traces there (OTLP/HTTP)
 set -euo pipefail
 
 DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
@@ -142,7 +143,7 @@ case "${1:-}" in
     done
     ;;
   *)
-    sed -n '2,24p' "$0"
+    sed -n '2,25p' "$0"
     exit 2
     ;;
 esac
