@@ -143,7 +143,7 @@ case "${1:-}" in
     done
     ;;
   *)
-    sed -n '2,25p' "$0"
+    sed -n '2,23p' "$0"
     exit 2
     ;;
 esac
