@@ -37,6 +37,20 @@ pub async fn place(ftgo: &Ftgo, restaurant_id: i64) -> SagaId {
         .saga_id
 }
 
+/// Waits (at most 30 s) until the Order service's runtime has recorded the sagas it runs:
+/// operator requests are refused until then (no orchestrator is known to apply them).
+pub async fn wait_for_definitions(ftgo: &Ftgo) {
+    let store = ftgo.orders.orchestrator().store();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.definitions().await.map_or(true, |d| d.is_empty()) {
+        assert!(
+            Instant::now() < deadline,
+            "the saga definitions were never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits (at most `timeout`) until saga `saga_id` is `status`.
 pub async fn wait_for_status(ftgo: &Ftgo, saga_id: SagaId, status: SagaStatus, timeout: Duration) {
     let deadline = Instant::now() + timeout;

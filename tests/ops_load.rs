@@ -98,6 +98,8 @@ async fn operator_actions_under_load_lose_nothing_and_apply_once(backend: Backen
     options.transport.poll_interval = Duration::from_millis(50);
     let ftgo = Arc::new(Ftgo::start(options).await.expect("FTGO starts"));
     let store = ftgo.orders.orchestrator().store().as_ref().clone();
+    // As `saga` does, the operator acts once the runtime has told the database its sagas.
+    operating::wait_for_definitions(&ftgo).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let operator = tokio::spawn(operate(store.clone(), stop.clone()));

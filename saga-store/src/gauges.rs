@@ -69,15 +69,17 @@ pub(crate) async fn gauges_loop(
     let name = database.name();
     let store = SqlSagaStore::new(database);
     let mut seen = Seen::default();
+    // The first sample after one interval: at start-up the workers have better things to do
+    // with the database.
     loop {
+        if shutdown.pause(every, None).await {
+            return;
+        }
         match store.stats().await {
             Ok(stats) => record(&name, &stats, &mut seen, Timestamp::now()),
             Err(err) => {
                 tracing::debug!(database = %name, error = %err, "cannot sample the store gauges")
             }
-        }
-        if shutdown.pause(every, None).await {
-            return;
         }
     }
 }
