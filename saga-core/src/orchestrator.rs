@@ -149,6 +149,12 @@ impl Change {
     }
 }
 
+/// What starting `prepared` changes: a new saga in its first status.
+fn start_change(prepared: &PreparedStart) -> Option<Change> {
+    let write = prepared.unit.saga.as_ref()?;
+    Some(Change::of(None, &write.record.state, None))
+}
+
 fn direction_name(direction: engine::Direction) -> &'static str {
     match direction {
         engine::Direction::Forward => "forward",
@@ -443,8 +449,11 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
     /// Starts a saga and commits it, with its first commands, in one unit of work.
     pub async fn start<T: Saga>(&self, data: T::Data) -> Result<SagaId, OrchestratorError> {
         let prepared = self.prepare_start::<T>(data, self.clock.now())?;
-        self.store.commit(prepared.unit.clone()).await?;
-        self.started(&prepared);
+        let change = start_change(&prepared);
+        self.store.commit(prepared.unit).await?;
+        if let Some(change) = change {
+            self.changed(prepared.saga_id, &change);
+        }
         Ok(prepared.saga_id)
     }
 
@@ -483,11 +492,8 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
     /// for its metrics (`saga_started_total`) and its [`Orchestrator::on_finished`]
     /// observers. Call it once the caller's transaction committed.
     pub fn started(&self, prepared: &PreparedStart) {
-        if let Some(write) = &prepared.unit.saga {
-            self.changed(
-                prepared.saga_id,
-                &Change::of(None, &write.record.state, None),
-            );
+        if let Some(change) = start_change(prepared) {
+            self.changed(prepared.saga_id, &change);
         }
     }
 
