@@ -56,6 +56,12 @@ impl SagaStatus {
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Completed | Self::Compensated)
     }
+
+    /// Terminal, or parked in `failed`: nothing more happens unless an operator acts. What
+    /// a caller waiting for a saga waits for ([`Orchestrator::wait`](crate::orchestrator::Orchestrator::wait)).
+    pub fn is_finished(self) -> bool {
+        self.is_terminal() || self == Self::Failed
+    }
 }
 
 impl std::str::FromStr for SagaStatus {

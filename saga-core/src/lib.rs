@@ -39,6 +39,7 @@ pub mod ports;
 pub mod relay;
 pub mod telemetry;
 pub mod testing;
+pub mod timeline;
 pub mod trace;
 
 pub use definition::{

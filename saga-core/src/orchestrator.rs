@@ -63,6 +63,16 @@ pub enum OrchestratorError {
         /// How many times it was tried.
         attempts: usize,
     },
+    /// [`Orchestrator::wait`] gave up: the saga had not finished in time.
+    #[error("saga {saga_id} is still {status} after {timeout:?}")]
+    WaitTimedOut {
+        /// The saga.
+        saga_id: SagaId,
+        /// Its status when the wait gave up.
+        status: SagaStatus,
+        /// How long it was waited for.
+        timeout: std::time::Duration,
+    },
     /// An operator command changed nothing (the saga had moved on, or the event was stale).
     #[error("the operator command had no effect on saga {saga_id}: {handled:?}")]
     NoEffect {
@@ -311,6 +321,8 @@ pub struct Orchestrator<S: ?Sized> {
     consumer: String,
     clock: Arc<dyn Clock>,
     observers: Vec<FinishedObserver>,
+    /// Woken whenever a saga this orchestrator moves finishes, for [`Orchestrator::wait`].
+    finished: Arc<tokio::sync::Notify>,
     /// The messaging system replies arrive through, for spans (set by the runtime).
     system: OnceLock<&'static str>,
 }
@@ -343,6 +355,7 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
             reply_channel,
             clock: Arc::new(SystemClock),
             observers: Vec::new(),
+            finished: Arc::new(tokio::sync::Notify::new()),
             system: OnceLock::new(),
         }
     }
@@ -392,6 +405,46 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
         if status.is_terminal() {
             for observer in &self.observers {
                 observer(saga_id, status);
+            }
+        }
+        if status.is_finished() {
+            self.finished.notify_waiters();
+        }
+    }
+
+    /// Waits until saga `saga_id` [is finished](SagaStatus::is_finished) — completed,
+    /// compensated, or parked in `failed` — and returns its record; at most `timeout`
+    /// ([`OrchestratorError::WaitTimedOut`], with the status it was left in).
+    ///
+    /// It wakes when this orchestrator finishes a saga and also reads the store every
+    /// 250 ms at most, so it sees sagas moved by another process's orchestrator too.
+    pub async fn wait(
+        &self,
+        saga_id: SagaId,
+        timeout: std::time::Duration,
+    ) -> Result<SagaRecord, OrchestratorError> {
+        const MAX_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut poll = std::time::Duration::from_millis(5);
+        loop {
+            // Registered before the read, so a saga finishing in between still wakes us.
+            let finished = self.finished.notified();
+            let record = self.load(saga_id).await?;
+            if record.state.status.is_finished() {
+                return Ok(record);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(OrchestratorError::WaitTimedOut {
+                    saga_id,
+                    status: record.state.status,
+                    timeout,
+                });
+            }
+            let sleep = tokio::time::sleep_until(deadline.min(now + poll));
+            tokio::select! {
+                () = finished => {}
+                () = sleep => poll = (poll * 2).min(MAX_POLL),
             }
         }
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use saga_core::engine::{HistoryEvent, SagaStatus};
-use saga_core::orchestrator::FinishedObserver;
+use saga_core::orchestrator::{FinishedObserver, OrchestratorError};
 use saga_core::ports::{SagaStore, Transport, TransportError};
 use saga_core::{SagaId, Timestamp};
 use saga_store::nats::{NatsOptions, NatsTransport};
@@ -206,6 +206,9 @@ pub enum FtgoError {
     /// The transport could not be reached.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The orchestrator could not read a saga.
+    #[error(transparent)]
+    Orchestrator(#[from] OrchestratorError),
     /// Sagas did not finish in time.
     #[error("{0} sagas did not finish within {1:?}")]
     Timeout(usize, Duration),
@@ -217,7 +220,9 @@ impl FtgoError {
         match self {
             Self::Order(err) => err.is_unavailable(),
             Self::Sql(err) => saga_store::error::is_transient(err),
-            Self::Store(err) => matches!(err, saga_core::ports::StoreError::Unavailable { .. }),
+            Self::Store(err) | Self::Orchestrator(OrchestratorError::Store(err)) => {
+                matches!(err, saga_core::ports::StoreError::Unavailable { .. })
+            }
             Self::Database(DatabaseError::Unreachable { .. }) => true,
             Self::Transport(err) => matches!(err, TransportError::Unavailable { .. }),
             _ => false,
@@ -436,39 +441,28 @@ impl Ftgo {
         Ok(store.load(saga_id).await?.map(|r| r.state.status))
     }
 
-    /// Waits until every saga in `ids` is terminal (completed or compensated), calling
-    /// `progress(finished, total)` as they finish.
+    /// Waits until every saga in `ids` [is finished](SagaStatus::is_finished) (completed,
+    /// compensated or parked), calling `progress(finished, total)` as they finish.
     pub async fn wait_for_sagas(
         &self,
         ids: &[SagaId],
         timeout: Duration,
         mut progress: impl FnMut(usize, usize),
     ) -> Result<(), FtgoError> {
+        let orchestrator = self.orders.orchestrator();
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut last = usize::MAX;
-        loop {
-            let mut finished = 0;
-            for id in ids {
-                if self
-                    .saga_status(*id)
-                    .await?
-                    .is_some_and(SagaStatus::is_terminal)
-                {
-                    finished += 1;
+        progress(0, ids.len());
+        for (finished, id) in ids.iter().enumerate() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match orchestrator.wait(*id, left).await {
+                Ok(_) => progress(finished + 1, ids.len()),
+                Err(OrchestratorError::WaitTimedOut { .. }) => {
+                    return Err(FtgoError::Timeout(ids.len() - finished, timeout));
                 }
+                Err(err) => return Err(err.into()),
             }
-            if finished != last {
-                progress(finished, ids.len());
-                last = finished;
-            }
-            if finished == ids.len() {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(FtgoError::Timeout(ids.len() - finished, timeout));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        Ok(())
     }
 
     /// An order as the API shows it: its state, its ticket's and authorization's states, and

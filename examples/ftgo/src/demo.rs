@@ -5,7 +5,8 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use saga_core::SagaId;
-use saga_core::engine::{HistoryEvent, SagaStatus};
+use saga_core::engine::SagaStatus;
+use saga_core::timeline::TimelineSummary;
 
 use crate::app::{Ftgo, FtgoError, OrderView};
 use crate::services::order::{NewLineItem, NewOrder, OrderError};
@@ -217,21 +218,6 @@ pub async fn run(ftgo: &Ftgo, mut progress: impl FnMut(&str)) -> Result<DemoRepo
     })
 }
 
-/// `step → step ✗ (reason)` for a saga's forward steps, and its compensations.
-fn steps_of(history: &[crate::app::HistoryView]) -> (String, String) {
-    let mut steps = Vec::new();
-    let mut undone = Vec::new();
-    for entry in history {
-        match &entry.event {
-            HistoryEvent::StepSucceeded { step } => steps.push(step.clone()),
-            HistoryEvent::StepFailed { step, reason } => steps.push(format!("{step} ✗ ({reason})")),
-            HistoryEvent::StepCompensated { step } => undone.push(step.clone()),
-            _ => {}
-        }
-    }
-    (steps.join(" → "), undone.join(" → "))
-}
-
 impl fmt::Display for DemoReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
@@ -263,7 +249,8 @@ impl fmt::Display for DemoReport {
                 sagas.join(", "),
             )?;
             for saga in &view.sagas {
-                let (steps, undone) = steps_of(&saga.history);
+                let summary = TimelineSummary::of(saga.history.iter().map(|entry| &entry.event));
+                let (steps, undone) = (summary.forward_line(), summary.compensated_line());
                 writeln!(f, "       {:<16} steps: {steps}", saga.saga_type)?;
                 if !undone.is_empty() {
                     writeln!(f, "       {:<16} compensated: {undone}", "")?;
