@@ -3,7 +3,7 @@
 //! orchestrator's reply channel; the relay delivers it like any reply, and the orchestrator
 //! applies it in its own transaction with the same optimistic version check as every other
 //! event — never a row update racing with the engine. A refusal is recorded in the saga's
-//! timeline ([`HistoryEvent::OperatorRefused`](crate::engine::HistoryEvent::OperatorRefused)).
+//! timeline ([`HistoryEvent::OperatorRefused`]).
 
 use serde::{Deserialize, Serialize};
 

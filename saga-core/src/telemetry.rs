@@ -27,7 +27,7 @@ pub mod names {
     /// Histogram, `channel`: from a message being produced to a consumer taking it — the
     /// time a command or reply waits (Temporal's schedule-to-start).
     pub const MESSAGE_WAIT: &str = "saga_message_wait_seconds";
-    /// Counter, `reason` (see [`DeadLetterReason`]): messages set aside as dead letters.
+    /// Counter, `reason` (see [`DeadLetterReason`](super::DeadLetterReason)): messages set aside as dead letters.
     pub const DEAD_LETTERS: &str = "saga_dead_letters_total";
     /// Histogram, `system`: one relay publish call (a batch) to the transport.
     pub const RELAY_PUBLISH: &str = "saga_relay_publish_seconds";

@@ -4,8 +4,8 @@
 //! - an **outbox relay** and a **retention** task per database ([`crate::outbox`]);
 //! - a **reply consumer**, a **timer loop** and a **watchdog** per orchestrator, which also
 //!   records the saga types it runs in `saga_definitions` (for the `saga` CLI and console);
-//! - a **command consumer** per participant ([`crate::consume`]);
-//! - a **gauges** sampler per database ([`crate::gauges`]), for metrics.
+//! - a **command consumer** per participant (`consume`);
+//! - a **gauges** sampler per database (`gauges`), for metrics.
 //!
 //! With the queue in the consumers' own database ([`RuntimeBuilder::in_place`]) the consumers
 //! of that database take, handle and answer each batch in one transaction. Every loop

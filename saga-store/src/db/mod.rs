@@ -1,6 +1,6 @@
 //! The saga database: a pool on SQLite or PostgreSQL (chosen by URL), its migrations, typed
-//! transactions ([`backend`]), group commit ([`group`]), in-process wake-ups ([`wakeups`],
-//! fed by PostgreSQL's `LISTEN/NOTIFY` through [`listen`]).
+//! transactions ([`backend`]), group commit ([`group`]), in-process wake-ups (`wakeups`,
+//! fed by PostgreSQL's `LISTEN/NOTIFY` through `listen`).
 //!
 //! The store, the SQL-table transport and participants' handlers all work through a
 //! [`Database`].

@@ -398,7 +398,7 @@ pub(crate) async fn stalled(
     })
 }
 
-/// Which sagas [`search`] and [`count`] select; empty fields select all.
+/// Which sagas `search` and `count` select; empty fields select all.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SagaFilter {
     /// Of this type.

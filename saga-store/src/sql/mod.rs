@@ -3,7 +3,7 @@
 //!
 //! Every statement is written once and compiled for both backends with
 //! [`on_backend!`](crate::on_backend); where the backends' column types differ — ids are
-//! `uuid` and JSON is `jsonb` on PostgreSQL, both `TEXT` on SQLite — the [`Bind`] and [`Get`]
+//! `uuid` and JSON is `jsonb` on PostgreSQL, both `TEXT` on SQLite — the `Bind` and `Get`
 //! helpers pick each backend's encoding.
 
 pub(crate) mod dead_letters;

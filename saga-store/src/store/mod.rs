@@ -399,7 +399,7 @@ impl SagaStore for SqlSagaStore {
 }
 
 /// Starts a saga inside the caller's transaction — the portable [`Tx`] or a backend's own
-/// ([`PgTx`], [`SqliteTx`]): the saga row, its timeline and its first commands are written to
+/// ([`PgTx`](crate::PgTx), [`SqliteTx`](crate::SqliteTx)): the saga row, its timeline and its first commands are written to
 /// it, so they commit — or roll back — with the caller's own writes. Call
 /// [`Database::wake_relay`] after committing on SQLite to publish at once (otherwise the
 /// relay's next poll does). The saga counts as started (`saga_started_total`) once it is

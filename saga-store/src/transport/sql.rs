@@ -1,5 +1,5 @@
 //! The SQL-table transport: a durable queue in the database itself (`saga_queue`, see
-//! [`crate::sql::queue`]).
+//! `sql::queue`).
 //!
 //! Publishing inserts rows. A consumer claims visible rows of its channel by moving their
 //! `visible_at` a lease into the future (on PostgreSQL with `FOR UPDATE SKIP LOCKED`, so any
