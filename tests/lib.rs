@@ -8,4 +8,5 @@ pub mod faults;
 pub mod harness;
 pub mod operating;
 pub mod payment;
+pub mod replies;
 pub mod testdb;

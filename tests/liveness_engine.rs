@@ -231,15 +231,7 @@ async fn the_watchdog_parks_sagas_that_stopped_moving_and_spares_those_that_wait
         let Some(saga_core::engine::Pending::Reply { request_id }) = record.state.pending else {
             panic!("waits for a reply");
         };
-        let reply = Message::new(
-            "replies",
-            Headers::new()
-                .with(headers::MESSAGE_TYPE, "Done")
-                .with(headers::SAGA_ID, waiting)
-                .with(headers::REQUEST_ID, request_id)
-                .with(headers::REPLY_OUTCOME, "success"),
-            "null".to_owned(),
-        );
+        let reply = saga_tests::replies::success("replies", "Done", waiting, request_id);
         orchestrator.handle_reply(&reply).await.expect("applies");
     }
     let at_approval = store.load(waiting).await.expect("loads").expect("exists");

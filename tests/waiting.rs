@@ -6,11 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use saga_core::memory::InMemoryStore;
-use saga_core::message::headers;
 use saga_core::orchestrator::{Orchestrator, OrchestratorError, WatchdogAction};
 use saga_core::ports::SagaStore;
 use saga_core::timeline::TimelineSummary;
-use saga_core::{Command, Headers, Message, Reply, SagaId, SagaStatus, saga};
+use saga_core::{Command, Reply, SagaId, SagaStatus, saga};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -50,15 +49,7 @@ async fn reply_success(orchestrator: &Orch, saga_id: SagaId) {
     let Some(saga_core::engine::Pending::Reply { request_id }) = record.state.pending else {
         panic!("waits for a reply");
     };
-    let reply = Message::new(
-        "replies",
-        Headers::new()
-            .with(headers::MESSAGE_TYPE, "Done")
-            .with(headers::SAGA_ID, saga_id)
-            .with(headers::REQUEST_ID, request_id)
-            .with(headers::REPLY_OUTCOME, "success"),
-        "null".to_owned(),
-    );
+    let reply = saga_tests::replies::success("replies", "Done", saga_id, request_id);
     orchestrator.handle_reply(&reply).await.expect("applies");
 }
 
