@@ -227,12 +227,7 @@ async fn the_watchdog_parks_sagas_that_stopped_moving_and_spares_those_that_wait
         .expect("starts");
     // Move `waiting` to its human approval step, which has no deadline.
     for _ in 0..2 {
-        let record = store.load(waiting).await.expect("loads").expect("exists");
-        let Some(saga_core::engine::Pending::Reply { request_id }) = record.state.pending else {
-            panic!("waits for a reply");
-        };
-        let reply = saga_tests::replies::success("replies", "Done", waiting, request_id);
-        orchestrator.handle_reply(&reply).await.expect("applies");
+        saga_tests::replies::succeed(&orchestrator, "replies", "Done", waiting).await;
     }
     let at_approval = store.load(waiting).await.expect("loads").expect("exists");
     assert_eq!(at_approval.state.current_step.as_deref(), Some("approve"));

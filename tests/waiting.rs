@@ -37,20 +37,8 @@ saga! {
     }
 }
 
-type Orch = Orchestrator<InMemoryStore>;
-
-fn orchestrator(store: &Arc<InMemoryStore>) -> Arc<Orch> {
+fn orchestrator(store: &Arc<InMemoryStore>) -> Arc<Orchestrator<InMemoryStore>> {
     Arc::new(Orchestrator::new(store.clone(), "replies").register::<Reservation>())
-}
-
-/// Answers the saga's outstanding command with success.
-async fn reply_success(orchestrator: &Orch, saga_id: SagaId) {
-    let record = orchestrator.load(saga_id).await.expect("loads");
-    let Some(saga_core::engine::Pending::Reply { request_id }) = record.state.pending else {
-        panic!("waits for a reply");
-    };
-    let reply = saga_tests::replies::success("replies", "Done", saga_id, request_id);
-    orchestrator.handle_reply(&reply).await.expect("applies");
 }
 
 #[tokio::test]
@@ -64,7 +52,7 @@ async fn wait_returns_when_this_orchestrator_finishes_the_saga() {
     let replier = orchestrator.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(30)).await;
-        reply_success(&replier, saga_id).await;
+        saga_tests::replies::succeed(&*replier, "replies", "Done", saga_id).await;
     });
     let began = Instant::now();
     let record = orchestrator
@@ -94,7 +82,7 @@ async fn wait_sees_a_saga_another_orchestrator_finished() {
         .expect("starts");
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(30)).await;
-        reply_success(&elsewhere, saga_id).await;
+        saga_tests::replies::succeed(&*elsewhere, "replies", "Done", saga_id).await;
     });
     let record = here
         .wait(saga_id, Duration::from_secs(10))

@@ -322,7 +322,7 @@ pub struct Orchestrator<S: ?Sized> {
     clock: Arc<dyn Clock>,
     observers: Vec<FinishedObserver>,
     /// Woken whenever a saga this orchestrator moves finishes, for [`Orchestrator::wait`].
-    finished: Arc<tokio::sync::Notify>,
+    finished: tokio::sync::Notify,
     /// The messaging system replies arrive through, for spans (set by the runtime).
     system: OnceLock<&'static str>,
 }
@@ -355,7 +355,7 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
             reply_channel,
             clock: Arc::new(SystemClock),
             observers: Vec::new(),
-            finished: Arc::new(tokio::sync::Notify::new()),
+            finished: tokio::sync::Notify::new(),
             system: OnceLock::new(),
         }
     }
@@ -394,21 +394,19 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
         if change.before.is_none() {
             telemetry::saga_started(&change.saga_type);
         }
-        if status.is_terminal() || status == SagaStatus::Failed {
+        if status.is_finished() {
             telemetry::saga_finished(
                 &change.saga_type,
                 status.as_str(),
                 saga_id.created_at(),
                 now,
             );
+            self.finished.notify_waiters();
         }
         if status.is_terminal() {
             for observer in &self.observers {
                 observer(saga_id, status);
             }
-        }
-        if status.is_finished() {
-            self.finished.notify_waiters();
         }
     }
 
