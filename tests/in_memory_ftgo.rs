@@ -37,21 +37,21 @@ pub(crate) enum TicketState {
 }
 
 /// The Order service's records.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Orders {
     /// Order states by order id.
     pub(crate) states: HashMap<i64, OrderState>,
 }
 
 /// The Consumer service's records.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Consumers {
     /// Consumers who may not order.
     pub(crate) blocked: HashSet<i64>,
 }
 
 /// The Kitchen service's records.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Kitchen {
     /// Restaurants that refuse tickets.
     pub(crate) closed_restaurants: HashSet<i64>,
@@ -62,7 +62,7 @@ pub(crate) struct Kitchen {
 }
 
 /// The Accounting service's records.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Accounting {
     /// The largest amount a card may be authorized for.
     pub(crate) limit: Cents,

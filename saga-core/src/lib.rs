@@ -48,7 +48,7 @@ pub use definition::{
 };
 pub use engine::{OperatorCommand, OperatorRequest, SagaStatus};
 pub use ids::{MessageId, RequestId, SagaId, Timestamp};
-pub use lock::{Locked, SemanticLock};
+pub use lock::{Locked, SemanticLock, UnknownState};
 pub use message::{Command, CommandFailed, Headers, Message, Reply, ReplyOutcome};
 
 #[cfg(feature = "macros")]
@@ -60,7 +60,7 @@ pub mod __private {
     pub use crate::definition::{
         RetryPolicy, Saga, SagaDefinition, Step, StepFailure, TimeoutAction,
     };
-    pub use crate::lock::SemanticLock;
+    pub use crate::lock::{SemanticLock, UnknownState};
     pub use crate::message::{Command, Reply, ReplyOutcome};
     pub use std::sync::OnceLock;
     pub use std::time::Duration;

@@ -484,7 +484,7 @@ struct ParticipantEndpoint<Ctx> {
 }
 
 #[async_trait]
-impl<Ctx: Send + 'static> Endpoint for ParticipantEndpoint<Ctx> {
+impl<Ctx: Clone + Send + 'static> Endpoint for ParticipantEndpoint<Ctx> {
     fn channel(&self) -> &str {
         self.participant.channel()
     }
@@ -505,12 +505,18 @@ impl<Ctx: Send + 'static> Endpoint for ParticipantEndpoint<Ctx> {
         if self.store.is_received(&consumed) {
             return Ok(true);
         }
+        // What a rollback returns to, as a database participant's transaction would.
+        let before = ctx.clone();
         let dispatch = self
             .participant
             .dispatch_at(&mut ctx, message, self.clock.now())
             .await;
         if dispatch.retry.is_some() {
+            *ctx = before;
             return Ok(false);
+        }
+        if dispatch.undo_writes {
+            *ctx = before;
         }
         let mut unit = UnitOfWork::consuming(&consumed.consumer, consumed.message_id);
         unit.outbox.extend(dispatch.reply);
@@ -594,8 +600,10 @@ impl InMemoryRuntime {
         }
     }
 
-    /// Adds a participant whose handlers run against `ctx`.
-    pub fn participant<Ctx: Send + 'static>(
+    /// Adds a participant whose handlers run against `ctx`. Like a database transaction, a
+    /// handler's changes to `ctx` are undone when it fails transiently or refuses (see
+    /// [`HandlerError`](crate::participant::HandlerError)): `ctx` is cloned before each command.
+    pub fn participant<Ctx: Clone + Send + 'static>(
         mut self,
         participant: Participant<Ctx>,
         ctx: Arc<tokio::sync::Mutex<Ctx>>,

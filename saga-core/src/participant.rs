@@ -3,9 +3,14 @@
 //! A [`Participant`] maps command types to handlers. [`Participant::dispatch`] decodes a
 //! command message, runs its handler against the participant's context (its state, or its
 //! database transaction), and builds the reply. A refusal becomes a well-formed failure
-//! reply; a transient error asks for redelivery; a message that cannot be understood is dead-lettered with the reason, and
-//! when it names a reply channel the saga also gets a failure reply, so it never waits
-//! forever.
+//! reply, and what the handler wrote is undone unless it asked to keep it
+//! ([`HandlerError::refused_keeping_writes`]); a transient error asks for redelivery; a
+//! message that cannot be understood is dead-lettered with the reason, and when it names a
+//! reply channel the saga also gets a failure reply, so it never waits forever.
+//!
+//! Handlers are registered three ways: a type implementing [`CommandHandler`]
+//! ([`Participant::handle`]), an async closure ([`Participant::handle_async`]), or a
+//! synchronous closure ([`Participant::handle_fn`]).
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -25,13 +30,20 @@ use crate::telemetry::DeadLetterReason;
 /// `?` turns any error into a transient failure (an `sqlx::Error`, your own error types):
 /// nothing the handler wrote is kept and the command is tried again. A business refusal is a
 /// [`CommandFailed`] — `Err(CommandFailed::new("…"))?` or [`HandlerError::refused`] — and
-/// becomes a failure reply. `HandlerError` deliberately does not implement
-/// `std::error::Error`, which is what lets both conversions exist side by side.
+/// becomes a failure reply; the handler's own writes are rolled back (to a savepoint taken
+/// before it ran) while the command's dedup record and the failure reply commit. To keep
+/// them, refuse with [`HandlerError::refused_keeping_writes`] (say, to record the rejected
+/// request). `HandlerError` deliberately does not implement `std::error::Error`, which is
+/// what lets both conversions exist side by side.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum HandlerError {
-    /// The command is refused for a business reason: the saga gets a failure reply.
+    /// The command is refused for a business reason: the saga gets a failure reply and the
+    /// handler's writes are undone.
     Refused(CommandFailed),
+    /// Refused like [`Refused`](Self::Refused), but what the handler wrote commits with the
+    /// failure reply.
+    RefusedKeepingWrites(CommandFailed),
     /// Something transient went wrong (a database error, a lost connection): nothing is
     /// committed and the command is tried again later.
     Transient(ErrorSource),
@@ -40,7 +52,9 @@ pub enum HandlerError {
 impl std::fmt::Display for HandlerError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Refused(failed) => write!(f, "refused: {failed}"),
+            Self::Refused(failed) | Self::RefusedKeepingWrites(failed) => {
+                write!(f, "refused: {failed}")
+            }
             Self::Transient(error) => write!(f, "transient failure: {error}"),
         }
     }
@@ -59,9 +73,14 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
 }
 
 impl HandlerError {
-    /// A business refusal with `reason`.
+    /// A business refusal with `reason`; the handler's writes are undone.
     pub fn refused(reason: impl Into<String>) -> Self {
         Self::Refused(CommandFailed::new(reason))
+    }
+
+    /// A business refusal with `reason` that keeps what the handler wrote.
+    pub fn refused_keeping_writes(reason: impl Into<String>) -> Self {
+        Self::RefusedKeepingWrites(CommandFailed::new(reason))
     }
 
     /// A transient failure caused by `error`; the command is tried again.
@@ -74,8 +93,8 @@ impl HandlerError {
 /// database transaction).
 #[async_trait]
 pub trait CommandHandler<C: Command, Ctx: Send>: Send + Sync {
-    /// Handles `command`. `Err(Refused)` becomes a failure reply; `Err(Transient)` rolls back
-    /// and has the command delivered again.
+    /// Handles `command`. `Err(Refused)` becomes a failure reply (and undoes the handler's
+    /// writes); `Err(Transient)` rolls back and has the command delivered again.
     async fn handle(
         &self,
         ctx: &mut Ctx,
@@ -95,6 +114,9 @@ pub struct Dispatch {
     pub dead_letter_kind: Option<DeadLetterReason>,
     /// A transient failure: commit nothing and have the message delivered again.
     pub retry: Option<ErrorSource>,
+    /// Undo what the handler wrote, but keep the rest (the dedup record, the reply, the dead
+    /// letter): set for a refusal and for a dead letter.
+    pub undo_writes: bool,
 }
 
 impl Dispatch {
@@ -148,14 +170,19 @@ where
         meta: &CommandMeta,
     ) -> Result<Dispatch, MessageError> {
         let command: C = message.decode()?;
-        let reply = match self.0.handle(ctx, command, meta).await {
+        let (reply, undo_writes) = match self.0.handle(ctx, command, meta).await {
             Ok(reply) => {
                 let payload = encode_payload(<C::Reply as Reply>::TYPE, &reply)?;
-                meta.reply_message(<C::Reply as Reply>::TYPE, reply.outcome(), payload)
+                let reply = meta.reply_message(<C::Reply as Reply>::TYPE, reply.outcome(), payload);
+                (reply, false)
             }
             Err(HandlerError::Refused(failure)) => {
                 tracing::info!(command = C::TYPE, reason = %failure.reason, "command refused");
-                failure_reply(meta, &failure)?
+                (failure_reply(meta, &failure)?, true)
+            }
+            Err(HandlerError::RefusedKeepingWrites(failure)) => {
+                tracing::info!(command = C::TYPE, reason = %failure.reason, "command refused; its writes are kept");
+                (failure_reply(meta, &failure)?, false)
             }
             Err(HandlerError::Transient(error)) => {
                 tracing::warn!(command = C::TYPE, %error, "command failed transiently; will be tried again");
@@ -164,6 +191,7 @@ where
         };
         Ok(Dispatch {
             reply,
+            undo_writes,
             ..Dispatch::default()
         })
     }
@@ -194,6 +222,30 @@ where
         meta: &CommandMeta,
     ) -> Result<C::Reply, HandlerError> {
         (self.0)(ctx, command, meta).map_err(HandlerError::Refused)
+    }
+}
+
+/// The future an async closure handler returns: it borrows the context and the metadata.
+pub type HandlerFuture<'a, R> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<R, HandlerError>> + Send + 'a>>;
+
+/// An async closure used as a handler.
+struct AsyncFnHandler<F>(F);
+
+#[async_trait]
+impl<C, Ctx, F> CommandHandler<C, Ctx> for AsyncFnHandler<F>
+where
+    C: Command,
+    Ctx: Send,
+    F: for<'a> Fn(&'a mut Ctx, C, &'a CommandMeta) -> HandlerFuture<'a, C::Reply> + Send + Sync,
+{
+    async fn handle(
+        &self,
+        ctx: &mut Ctx,
+        command: C,
+        meta: &CommandMeta,
+    ) -> Result<C::Reply, HandlerError> {
+        (self.0)(ctx, command, meta).await
     }
 }
 
@@ -259,6 +311,48 @@ impl<Ctx: Send + 'static> Participant<Ctx> {
         self.handlers
             .insert(C::TYPE, Box::new(Typed::<C, _>(handler, PhantomData)));
         self
+    }
+
+    /// Registers an async closure as the handler for command `C`: it gets the context (for a
+    /// database participant, its transaction), the command and its metadata, and returns its
+    /// body boxed — `|tx, cmd, meta| Box::pin(async move { … })`. Inside, `?` works on
+    /// `sqlx::Error` and your own errors (transient) and on [`CommandFailed`] (a refusal).
+    ///
+    /// ```
+    /// # use saga_core::participant::{HandlerError, Participant};
+    /// # use saga_core::{Command, Reply};
+    /// # use serde::{Deserialize, Serialize};
+    /// #[derive(Serialize, Deserialize, Command)]
+    /// #[command(channel = "stock", reply = Reserved)]
+    /// struct Reserve { sku: String, quantity: u32 }
+    ///
+    /// #[derive(Serialize, Deserialize, Reply)]
+    /// struct Reserved;
+    ///
+    /// /// In-memory stock, for the example; a database participant gets its transaction.
+    /// struct Stock { on_hand: u32 }
+    ///
+    /// let participant = Participant::new("stock", "stock").handle_async::<Reserve>(
+    ///     |stock: &mut Stock, cmd, _meta| {
+    ///         Box::pin(async move {
+    ///             if cmd.quantity > stock.on_hand {
+    ///                 return Err(HandlerError::refused(format!("only {} of {}", stock.on_hand, cmd.sku)));
+    ///             }
+    ///             stock.on_hand -= cmd.quantity;
+    ///             Ok(Reserved)
+    ///         })
+    ///     },
+    /// );
+    /// assert!(participant.handles("Reserve"));
+    /// ```
+    pub fn handle_async<C: Command>(
+        self,
+        handler: impl for<'a> Fn(&'a mut Ctx, C, &'a CommandMeta) -> HandlerFuture<'a, C::Reply>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        self.handle::<C>(AsyncFnHandler(handler))
     }
 
     /// Registers a synchronous closure as the handler for command `C`.
@@ -340,6 +434,7 @@ impl<Ctx: Send + 'static> Participant<Ctx> {
             dead_letter: Some(reason),
             dead_letter_kind: Some(kind),
             retry: None,
+            undo_writes: true,
         }
     }
 }

@@ -70,7 +70,8 @@ pub fn derive_reply(input: TokenStream) -> TokenStream {
 
 /// Derives `saga_core::SemanticLock` for an enum of record states: variants marked
 /// `#[pending]` are locked; `#[semantic_lock(record = "...")]` names the record (default:
-/// the enum's name without a trailing `State`).
+/// the enum's name without a trailing `State`). When no variant carries data it also reads
+/// stored names back (`from_state_name`) and lists the states (`all`, for a non-generic enum).
 #[proc_macro_derive(SemanticLock, attributes(semantic_lock, pending))]
 pub fn derive_semantic_lock(input: TokenStream) -> TokenStream {
     let input = syn::parse_macro_input!(input as syn::DeriveInput);

@@ -49,6 +49,8 @@ pub(crate) fn expand(input: &DeriveInput) -> TokenStream {
 
     let mut pending = Vec::new();
     let mut state_arms = Vec::new();
+    // The data-free variants, for the name round trip and the list of states.
+    let mut units = Vec::new();
     for variant in &data.variants {
         reject_attrs(&variant.attrs, &["semantic_lock"], "a variant", &mut errors);
         reject_field_attrs(&variant.fields, &["semantic_lock", "pending"], &mut errors);
@@ -65,6 +67,9 @@ pub(crate) fn expand(input: &DeriveInput) -> TokenStream {
             &screaming_snake_case(&variant.ident.unraw().to_string()),
             variant.ident.span(),
         );
+        if matches!(variant.fields, syn::Fields::Unit) {
+            units.push((pattern.clone(), state.clone()));
+        }
         state_arms.push(quote!(#pattern => #state,));
     }
     if pending.is_empty() {
@@ -82,6 +87,36 @@ pub(crate) fn expand(input: &DeriveInput) -> TokenStream {
     } else {
         quote!(::core::matches!(*self, #(#pending)|*))
     };
+    // Only when every state is data-free can a stored name be read back, and only without
+    // generics can the list be a promoted `'static` slice.
+    let all_units = units.len() == data.variants.len();
+    let from_state_name = all_units.then(|| {
+        let arms = units.iter().map(|(pattern, state)| quote!(#state => Ok(#pattern),));
+        quote! {
+            fn from_state_name(
+                name: &str,
+            ) -> ::core::result::Result<Self, ::saga_core::__private::UnknownState> {
+                match name {
+                    #(#arms)*
+                    _ => Err(::saga_core::__private::UnknownState {
+                        record: #record,
+                        name: ::std::borrow::ToOwned::to_owned(name),
+                    }),
+                }
+            }
+        }
+    });
+    let all = (all_units && input.generics.params.is_empty()).then(|| {
+        let states = units.iter().map(|(pattern, _)| pattern);
+        quote! {
+            fn all() -> &'static [Self]
+            where
+                Self: 'static,
+            {
+                &[#(#states),*]
+            }
+        }
+    });
     let (impl_generics, type_generics, where_clause) = input.generics.split_for_impl();
     let mut output = quote! {
         #[automatically_derived]
@@ -99,6 +134,9 @@ pub(crate) fn expand(input: &DeriveInput) -> TokenStream {
                     #(#state_arms)*
                 }
             }
+
+            #from_state_name
+            #all
         }
     };
     output.extend(errors.into_compile_errors());
@@ -170,6 +208,25 @@ mod tests {
             }
             .to_string()
         );
+    }
+
+    #[test]
+    fn reads_stored_names_back_when_no_state_carries_data() {
+        let code = expand_str("enum TicketState { #[pending] CreatePending, Cancelled }");
+        assert!(
+            code.contains(
+                "\"CREATE_PENDING\" => Ok (Self :: CreatePending) , \"CANCELLED\" => Ok (Self :: Cancelled) ,"
+            ),
+            "{code}"
+        );
+        assert!(
+            code.contains("& [Self :: CreatePending , Self :: Cancelled]"),
+            "{code}"
+        );
+        // Generic: the round trip, but no `'static` list.
+        let code = expand_str("enum S<T> { #[pending] P, Q }");
+        assert!(code.contains("fn from_state_name"), "{code}");
+        assert!(!code.contains("fn all"), "{code}");
     }
 
     #[test]

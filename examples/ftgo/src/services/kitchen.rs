@@ -5,12 +5,11 @@
 use async_trait::async_trait;
 use saga_core::message::CommandMeta;
 use saga_core::participant::{CommandHandler, HandlerError, Participant};
-use saga_core::{SemanticLock, Timestamp};
+use saga_core::{CommandFailed, SemanticLock, Timestamp};
 use saga_store::{Conn, Database, DatabaseError, Tx, on_backend};
 use serde::{Deserialize, Serialize};
 use sqlx::{query, query_as, query_scalar};
 
-use super::{StoredState, advance};
 use crate::messages::{
     BeginCancelTicket, CancelCreateTicket, ConfirmCancelTicket, ConfirmCreateTicket, CreateTicket,
     TicketCancelPending, TicketCancelUndone, TicketCancelled, TicketConfirmed, TicketCreated,
@@ -30,15 +29,6 @@ pub enum TicketState {
     CancelPending,
     /// Cancelled.
     Cancelled,
-}
-
-impl StoredState for TicketState {
-    const ALL: &'static [Self] = &[
-        Self::CreatePending,
-        Self::AwaitingAcceptance,
-        Self::CancelPending,
-        Self::Cancelled,
-    ];
 }
 
 /// A restaurant of the sample data, as the kitchen knows it.
@@ -144,7 +134,7 @@ impl KitchenService {
     pub async fn ticket_state(&self, order_id: i64) -> Result<Option<TicketState>, sqlx::Error> {
         let mut conn = self.database.acquire().await?;
         let state = stored_state(conn.conn(), order_id).await?;
-        Ok(state.and_then(|name| TicketState::from_stored(&name).ok()))
+        Ok(state.and_then(|name| TicketState::from_state_name(&name).ok()))
     }
 
     /// The Kitchen service as a participant.
@@ -171,9 +161,9 @@ async fn stored_state(conn: Conn<'_>, order_id: i64) -> Result<Option<String>, s
 
 async fn ticket(tx: &mut Tx, order_id: i64) -> Result<Option<TicketState>, HandlerError> {
     let state = stored_state(tx.conn(), order_id).await?;
-    state
-        .map(|name| TicketState::from_stored(&name))
-        .transpose()
+    Ok(state
+        .map(|name| TicketState::from_state_name(&name))
+        .transpose()?)
 }
 
 async fn set_ticket(tx: &mut Tx, order_id: i64, state: TicketState) -> Result<(), HandlerError> {
@@ -189,21 +179,22 @@ async fn set_ticket(tx: &mut Tx, order_id: i64, state: TicketState) -> Result<()
     Ok(())
 }
 
-/// Moves the ticket from `from` to `to`, through its semantic lock (see [`advance`]).
+/// Moves the ticket from `from` to `to`, through its semantic lock (see
+/// [`SemanticLock::advance`]).
 async fn move_ticket(
     tx: &mut Tx,
     order_id: i64,
     from: TicketState,
     to: TicketState,
 ) -> Result<(), HandlerError> {
-    let Some(state) = ticket(tx, order_id).await? else {
+    let Some(mut state) = ticket(tx, order_id).await? else {
         return Err(HandlerError::refused(format!(
             "no ticket for order {order_id}"
         )));
     };
-    match advance(state, order_id, from, to)? {
-        Some(next) => set_ticket(tx, order_id, next).await,
-        None => Ok(()),
+    match state.advance(order_id, from, to).map_err(CommandFailed::from)? {
+        true => set_ticket(tx, order_id, state).await,
+        false => Ok(()),
     }
 }
 

@@ -9,14 +9,13 @@ use saga_core::message::CommandMeta;
 use saga_core::orchestrator::{FinishedObserver, Orchestrator, OrchestratorError};
 use saga_core::participant::{CommandHandler, HandlerError, Participant};
 use saga_core::ports::StoreError;
-use saga_core::{Locked, SagaId, SemanticLock, Timestamp};
+use saga_core::{CommandFailed, Locked, SagaId, SemanticLock, Timestamp};
 use saga_store::{
     Conn, Database, DatabaseError, Finish, SqlSagaStore, Tx, on_backend, start_saga_in,
 };
 use serde::{Deserialize, Serialize};
 use sqlx::{query, query_as, query_scalar};
 
-use super::{StoredState, advance};
 use crate::cancel_order::{CancelOrderData, CancelOrderSaga};
 use crate::create_order::{CreateOrderData, CreateOrderSaga};
 use crate::messages::{
@@ -39,16 +38,6 @@ pub enum OrderState {
     CancelPending,
     /// CancelOrderSaga completed.
     Cancelled,
-}
-
-impl StoredState for OrderState {
-    const ALL: &'static [Self] = &[
-        Self::ApprovalPending,
-        Self::Approved,
-        Self::Rejected,
-        Self::CancelPending,
-        Self::Cancelled,
-    ];
 }
 
 /// A menu item of a restaurant, as the Order service knows it.
@@ -534,14 +523,15 @@ async fn load_order(conn: Conn<'_>, order_id: i64) -> Result<Option<OrderRecord>
         restaurant_id: row.restaurant_id,
         line_items: serde_json::from_str(&row.line_items).map_err(|e| corrupt(&e))?,
         total: row.total,
-        state: OrderState::from_stored(&row.state).map_err(|e| corrupt(&e))?,
+        state: OrderState::from_state_name(&row.state).map_err(|e| corrupt(&e))?,
         reason: row.reason,
         create_saga_id: saga(row.create_saga_id)?,
         cancel_saga_id: saga(row.cancel_saga_id)?,
     }))
 }
 
-/// Moves an order from `from` to `to` for the saga that holds it (see [`advance`]).
+/// Moves an order from `from` to `to` for the saga that holds it (see
+/// [`SemanticLock::advance`]).
 async fn release_order(
     tx: &mut Tx,
     order_id: i64,
@@ -556,9 +546,10 @@ async fn release_order(
             .await
     })?;
     let state = state.ok_or_else(|| HandlerError::refused(format!("no order {order_id}")))?;
-    let Some(next) = advance(OrderState::from_stored(&state)?, order_id, from, to)? else {
+    let mut next = OrderState::from_state_name(&state)?;
+    if !next.advance(order_id, from, to).map_err(CommandFailed::from)? {
         return Ok(());
-    };
+    }
     on_backend!(tx.conn(), |c| {
         query("UPDATE ftgo_orders SET state = $1, reason = COALESCE($2, reason) WHERE id = $3")
             .bind(next.state_name())
