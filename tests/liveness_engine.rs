@@ -15,8 +15,8 @@ use saga_core::participant::Participant;
 use saga_core::ports::SagaStore;
 use saga_core::testing::SagaTest;
 use saga_core::{
-    Command, CommandFailed, Headers, Message, OperatorCommand, Reply, Saga, SagaId, SagaStatus,
-    Timestamp, saga,
+    Command, CommandFailed, Headers, Message, OperatorCommand, Reply, RetryPolicy, Saga, SagaId,
+    SagaStatus, Timestamp, saga,
 };
 use serde::{Deserialize, Serialize};
 

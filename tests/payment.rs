@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use saga_core::message::CommandMeta;
 use saga_core::participant::{CommandHandler, HandlerError, Participant};
-use saga_core::{Command, Reply, saga};
+use saga_core::{Command, Reply, RetryPolicy, saga};
 use saga_store::{Database, Dialect, Tx, on_backend};
 use serde::{Deserialize, Serialize};
 use sqlx::{query, query_scalar};
@@ -222,8 +222,11 @@ impl CommandHandler<Confirm, Tx> for Ledger {
     ) -> Result<Done, HandlerError> {
         self.pause().await;
         if cmd.amount == FLAKY_AMOUNT && count(ctx, meta, "confirm_refused").await? == 0 {
+            // Kept, so that the retry finds it and succeeds.
             record(ctx, meta, cmd.payment, "confirm_refused").await?;
-            return Err(HandlerError::refused("ledger busy, try again"));
+            return Err(HandlerError::refused_keeping_writes(
+                "ledger busy, try again",
+            ));
         }
         record(ctx, meta, cmd.payment, "confirm").await?;
         Ok(Done)

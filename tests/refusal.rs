@@ -157,7 +157,9 @@ async fn refusals_on(backend: Backend) {
         return;
     };
     let database = db.database.clone();
-    execute(&database, TABLES).await.expect("creates the tables");
+    execute(&database, TABLES)
+        .await
+        .expect("creates the tables");
     let store = SqlSagaStore::new(database.clone());
     let orchestrator =
         Arc::new(Orchestrator::new(Arc::new(store), REPLIES).register::<PurchaseSaga>());
@@ -214,9 +216,7 @@ async fn refusals_on(backend: Backend) {
         assert_eq!(attempts, i64::from(kept), "attempt row of {purchase:?}");
         let released = scalar(
             &database,
-            &format!(
-                "SELECT COUNT(*) FROM refusal_holds WHERE id = {id} AND state = 'RELEASED'"
-            ),
+            &format!("SELECT COUNT(*) FROM refusal_holds WHERE id = {id} AND state = 'RELEASED'"),
         )
         .await
         .expect("counts");
@@ -233,7 +233,11 @@ async fn refusals_on(backend: Backend) {
     )
     .await
     .expect("counts");
-    assert_eq!(received, 3 * 2 + 9 * 3, "hold + charge (+ release when refused)");
+    assert_eq!(
+        received,
+        3 * 2 + 9 * 3,
+        "hold + charge (+ release when refused)"
+    );
     let dead = scalar(&database, "SELECT COUNT(*) FROM saga_dead_letters")
         .await
         .expect("counts");
@@ -261,8 +265,8 @@ struct Attempts {
 /// the state it had before a refused command.
 #[tokio::test]
 async fn in_memory_a_refusal_undoes_the_state_change_unless_it_keeps_it() {
-    let orchestrator = Orchestrator::new(Arc::new(InMemoryStore::new()), REPLIES)
-        .register::<PurchaseSaga>();
+    let orchestrator =
+        Orchestrator::new(Arc::new(InMemoryStore::new()), REPLIES).register::<PurchaseSaga>();
     let attempts = Arc::new(tokio::sync::Mutex::new(Attempts::default()));
     let participant = Participant::<Attempts>::new("ledger", LEDGER)
         .handle_fn::<Hold>(|_, _, _| Ok(Done))
@@ -280,7 +284,11 @@ async fn in_memory_a_refusal_undoes_the_state_change_unless_it_keeps_it() {
     let runtime = InMemoryRuntime::new(orchestrator, InMemoryTransport::new())
         .participant(participant, attempts.clone());
     let mut ids = Vec::new();
-    for (id, verdict) in [(1, Verdict::Accept), (2, Verdict::Refuse), (3, Verdict::RefuseKeeping)] {
+    for (id, verdict) in [
+        (1, Verdict::Accept),
+        (2, Verdict::Refuse),
+        (3, Verdict::RefuseKeeping),
+    ] {
         ids.push(
             runtime
                 .orchestrator()
@@ -292,7 +300,15 @@ async fn in_memory_a_refusal_undoes_the_state_change_unless_it_keeps_it() {
     runtime.run_until_idle().await.expect("runs");
     let mut statuses = Vec::new();
     for id in ids {
-        statuses.push(runtime.orchestrator().load(id).await.expect("loads").state.status);
+        statuses.push(
+            runtime
+                .orchestrator()
+                .load(id)
+                .await
+                .expect("loads")
+                .state
+                .status,
+        );
     }
     assert_eq!(
         statuses,

@@ -19,9 +19,20 @@
 //! - [`trace`]: W3C trace context in every message and saga, and the spans saga emits;
 //! - [`telemetry`]: the metrics saga records (through the `metrics` crate).
 //!
-//! With the default `macros` feature it re-exports the `saga!` DSL and the `Command`,
-//! `Reply` and `SemanticLock` derives; with `opentelemetry`, its spans join OpenTelemetry
-//! traces (see [`trace`]).
+//! | feature | default | what |
+//! |---|---|---|
+//! | `macros` | yes | re-exports the `saga!` DSL and the `Command`, `Reply` and `SemanticLock` derives |
+//! | `opentelemetry` | no | saga's spans join OpenTelemetry traces (see [`trace`]) |
+//!
+//! ## Where to start
+//!
+//! - A saga: the `saga!` DSL (its rustdoc has the step kinds and every option) and, for its
+//!   tests, [`testing::SagaTest`].
+//! - A participant: [`participant::Participant`] and [`participant::HandlerError`] — what a
+//!   refusal, a transient error and a malformed message each do. The repository's
+//!   `docs/participants.md` is the guide (which error when, the two retry mechanisms, semantic
+//!   locks, deployment layouts, migrations).
+//! - Running it durably: the `saga-store` crate.
 
 pub mod clock;
 pub mod definition;
@@ -52,7 +63,11 @@ pub use lock::{Locked, SemanticLock, UnknownState};
 pub use message::{Command, CommandFailed, Headers, Message, Reply, ReplyOutcome};
 
 #[cfg(feature = "macros")]
-pub use saga_macros::{Command, Reply, SemanticLock, saga};
+pub use saga_macros::{Command, Reply, SemanticLock};
+
+#[cfg(feature = "macros")]
+#[doc = include_str!("saga_macro.md")]
+pub use saga_macros::saga;
 
 /// Paths used by code the macros generate. Not a public API: it may change in any release.
 #[doc(hidden)]

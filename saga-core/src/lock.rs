@@ -135,12 +135,7 @@ pub trait SemanticLock: Sized {
     ///   `next` takes it; otherwise it is a plain [`transition`](Self::transition).
     /// - [`Locked::Pending`] when another saga holds the record, [`Locked::WrongState`] when it
     ///   is in any other state than `expected`.
-    fn advance(
-        &mut self,
-        id: impl fmt::Display,
-        expected: Self,
-        next: Self,
-    ) -> Result<bool, Locked>
+    fn advance(&mut self, id: impl fmt::Display, expected: Self, next: Self) -> Result<bool, Locked>
     where
         Self: PartialEq,
     {

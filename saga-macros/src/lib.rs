@@ -26,26 +26,9 @@ mod saga;
 
 use proc_macro::TokenStream;
 
-/// Declares a saga: a unit struct implementing `saga_core::Saga`.
-///
-/// ```text
-/// saga! {
-///     /// Docs and other outer attributes go on the generated struct.
-///     pub saga CreateOrderSaga(CreateOrderData) {
-///         compensatable create_order  { compensate: local(reject_order) }
-///         compensatable create_ticket { invoke: create_ticket, on_reply: ticket_created,
-///                                       compensate: cancel_create_ticket }
-///         pivot         authorize     { invoke: authorize_card }
-///         retriable     approve_order { invoke: approve_order,
-///                                       retry: RetryPolicy::exponential(Duration::from_millis(100)),
-///                                       timeout: Duration::from_secs(30), on_timeout: retry }
-///     }
-/// }
-/// ```
-///
-/// Step options: `invoke`, `notify` or `local` (at most one), `on_reply` (with `invoke`),
-/// `compensate: path` or `compensate: local(path)`, `when`, `retry`, `timeout`, `on_timeout:
-/// retry | fail`. See `saga_core` for the full documentation.
+/// Declares a saga: a unit struct implementing `saga_core::Saga`, with ordered
+/// `compensatable`, `pivot` and `retriable` steps. The reference (step kinds, every option
+/// with its signature, examples) is on `saga_core::saga!`, where the examples are compiled.
 #[proc_macro]
 pub fn saga(input: TokenStream) -> TokenStream {
     saga::expand(input.into()).into()

@@ -29,6 +29,18 @@ pub enum DatabaseError {
         /// The name given.
         schema: String,
     },
+    /// An application's migration uses a version number saga-store keeps for its own tables.
+    #[error(
+        "migration {version} ({description}) uses a version below {}, which saga-store keeps \
+         for its own tables; number your migrations by timestamp (e.g. 20261122000100_{description})",
+        crate::db::SAGA_MIGRATION_VERSIONS
+    )]
+    ReservedMigrationVersion {
+        /// The version.
+        version: i64,
+        /// The migration's description.
+        description: String,
+    },
     /// Applying the migrations failed.
     #[error("migrating the database failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),

@@ -38,6 +38,11 @@
 //! |---|---|---|
 //! | `nats` | no | the NATS JetStream transport ([`transport::nats::NatsTransport`]) |
 
+/// `docs/participants.md`, whose examples are compiled as this crate's doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/participants.md")]
+pub struct ParticipantsGuide;
+
 mod consume;
 pub mod db;
 pub mod error;
@@ -52,7 +57,7 @@ mod worker;
 
 pub use db::backend::{Conn, PgTx, PoolConn, SqliteTx, Tx, TxContext};
 pub use db::group::Finish;
-pub use db::{Database, DatabaseOptions, Dialect, SqliteSync};
+pub use db::{Database, DatabaseOptions, Dialect, SAGA_MIGRATION_VERSIONS, SqliteSync};
 pub use error::DatabaseError;
 pub use options::{RetentionPolicy, RuntimeOptions, WatchdogOptions};
 pub use outbox::retention::{RetentionReport, apply_retention};

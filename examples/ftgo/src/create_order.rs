@@ -5,7 +5,9 @@
 //! The order row itself is created by the transaction that starts the saga, so the first
 //! step does nothing going forward; it only carries the compensation that rejects the order.
 
-use saga_core::saga;
+use std::time::Duration;
+
+use saga_core::{RetryPolicy, saga};
 use serde::{Deserialize, Serialize};
 
 use crate::messages::{

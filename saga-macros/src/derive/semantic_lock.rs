@@ -91,7 +91,9 @@ pub(crate) fn expand(input: &DeriveInput) -> TokenStream {
     // generics can the list be a promoted `'static` slice.
     let all_units = units.len() == data.variants.len();
     let from_state_name = all_units.then(|| {
-        let arms = units.iter().map(|(pattern, state)| quote!(#state => Ok(#pattern),));
+        let arms = units
+            .iter()
+            .map(|(pattern, state)| quote!(#state => Ok(#pattern),));
         quote! {
             fn from_state_name(
                 name: &str,

@@ -197,6 +197,19 @@ fn analyze_step(step: StepAst, errors: &mut Errors) -> StepModel {
             model.on_reply = None;
         }
     }
+    if model.kind == Some(Kind::Pivot)
+        && let Some((key, ActionModel::Notify(_))) = &model.action
+    {
+        errors.error(
+            key.span(),
+            format!(
+                "pivot `{}` uses `notify`, which cannot fail: the pivot is the step whose \
+                 outcome decides whether the saga goes on or turns back; `invoke` a command \
+                 whose reply can refuse, or make `{}` a retriable step",
+                model.name, model.name
+            ),
+        );
+    }
     model
 }
 
@@ -468,6 +481,19 @@ mod tests {
             }
         });
         assert_eq!(errors.len(), 5, "{errors:?}");
+    }
+
+    #[test]
+    fn a_pivot_that_only_notifies_is_refused() {
+        let (_, errors) = analyze_tokens(quote! {
+            saga S(D) { compensatable a { invoke: x, compensate: y } pivot p { notify: n } }
+        });
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("pivot `p` uses `notify`, which cannot fail"),
+            "{errors:?}"
+        );
+        analyze_ok(quote! { saga S(D) { pivot p { invoke: i } retriable r { notify: n } } });
     }
 
     #[test]

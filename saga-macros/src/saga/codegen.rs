@@ -79,15 +79,8 @@ fn generate_saga_impl(saga: &LoweredSaga) -> TokenStream {
     } = saga;
     let definition = Ident::new("DEFINITION", Span::mixed_site());
     let steps = saga.steps.iter().map(generate_step);
-    let timeout = saga.timeout.as_ref().map(|expr| {
-        quote! {
-            .timeout({
-                #[allow(unused_imports)]
-                use ::saga_core::__private::Duration;
-                #expr
-            })
-        }
-    });
+    // The user's expression, in the user's scope: their own imports resolve it.
+    let timeout = saga.timeout.as_ref().map(|expr| quote!(.timeout(#expr)));
     quote! {
         impl ::saga_core::__private::Saga for #ident {
             type Data = #data;
@@ -129,13 +122,9 @@ fn generate_call(call: &BuilderCall) -> TokenStream {
     let method = &call.method;
     let arg = match &call.arg {
         CallArg::Handler(path) => path.to_token_stream(),
-        CallArg::Value(expr) => quote! {
-            {
-                #[allow(unused_imports)]
-                use ::saga_core::__private::{Duration, RetryPolicy};
-                #expr
-            }
-        },
+        // In the user's scope, like a handler path: `RetryPolicy` and `Duration` are whatever
+        // the user imported.
+        CallArg::Value(expr) => expr.to_token_stream(),
         CallArg::TimeoutAction(variant) => {
             quote!(::saga_core::__private::TimeoutAction::#variant)
         }
@@ -181,7 +170,7 @@ mod tests {
             ". step (:: saga_core :: __private :: Step :: compensatable :: < Self :: Data > (\"create_order\") . compensate_local (reject_order))",
             ". invoke (create_ticket) . on_reply (ticket_created) . compensate (cancel_create_ticket))",
             "Step :: pivot :: < Self :: Data > (\"authorize_card\") . invoke (authorize_card))",
-            ". retry ({ # [allow (unused_imports)] use :: saga_core :: __private :: { Duration , RetryPolicy } ; RetryPolicy :: fixed (Duration :: from_millis (5)) })",
+            ". retry (RetryPolicy :: fixed (Duration :: from_millis (5)))",
             ". on_timeout (:: saga_core :: __private :: TimeoutAction :: Retry)",
         ];
         for snippet in expected {

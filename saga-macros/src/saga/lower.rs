@@ -57,7 +57,7 @@ pub(crate) struct BuilderCall {
 pub(crate) enum CallArg {
     /// A function path, passed as written (so type errors point at it).
     Handler(ExprPath),
-    /// An expression evaluated with `RetryPolicy` and `Duration` in scope.
+    /// An expression (a `RetryPolicy`, a `Duration`), evaluated in the user's scope.
     Value(Expr),
     /// A `TimeoutAction` variant: `Retry` or `Fail`.
     TimeoutAction(Ident),

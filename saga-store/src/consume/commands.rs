@@ -175,11 +175,8 @@ impl HandlerSavepoint {
     }
 
     async fn run(tx: &mut Tx, sql: &'static str) -> Result<(), StoreError> {
-        on_backend!(tx.conn(), |c| sqlx::raw_sql(sql)
-            .execute(c)
-            .await
-            .map(drop))
-        .map_err(store_error)
+        on_backend!(tx.conn(), |c| sqlx::raw_sql(sql).execute(c).await.map(drop))
+            .map_err(store_error)
     }
 }
 

@@ -13,17 +13,33 @@ impl Database {
             Dialect::Sqlite => sqlx::migrate!("migrations/sqlite"),
             Dialect::Postgres => sqlx::migrate!("migrations/postgres"),
         };
-        self.run_migrations(migrator).await
+        self.run_shared(migrator).await
     }
 
-    /// Applies a set of migrations that shares the database with others (the saga tables',
-    /// the application's): migrations applied by another set are not an error. Give each set
-    /// its own version numbers — saga-store's are `0001`… (small numbers), so an
-    /// application using timestamps (`20261122000100_…`) never clashes.
+    /// Applies a set of the application's migrations that shares the database with the saga
+    /// tables' (and other sets): migrations applied by another set are not an error. Each set
+    /// needs its own version numbers: saga-store keeps those below
+    /// [`SAGA_MIGRATION_VERSIONS`](super::SAGA_MIGRATION_VERSIONS) (`0001`…), so number yours
+    /// by timestamp (`20261122000100_orders.sql`, as `sqlx migrate add` does). A set that uses
+    /// a kept number is refused with [`DatabaseError::ReservedMigrationVersion`] before
+    /// anything runs.
     pub async fn run_migrations(
         &self,
-        mut migrator: sqlx::migrate::Migrator,
+        migrator: sqlx::migrate::Migrator,
     ) -> Result<(), DatabaseError> {
+        if let Some(reserved) = migrator
+            .iter()
+            .find(|m| m.version < super::SAGA_MIGRATION_VERSIONS)
+        {
+            return Err(DatabaseError::ReservedMigrationVersion {
+                version: reserved.version,
+                description: reserved.description.to_string(),
+            });
+        }
+        self.run_shared(migrator).await
+    }
+
+    async fn run_shared(&self, mut migrator: sqlx::migrate::Migrator) -> Result<(), DatabaseError> {
         migrator.set_ignore_missing(true);
         match &self.inner.pool {
             Pool::Postgres(pool) => migrator.run(pool).await?,
@@ -71,6 +87,54 @@ mod tests {
              INSERT INTO saga_queue (channel, message_id, headers, payload, enqueued_at, \
              visible_at) VALUES ('kitchen', '{message}', '{{}}', '{{}}', 1, 1)"
         )
+    }
+
+    /// A set of the application's migrations numbered like saga-store's is refused before it
+    /// runs, with the fix; one numbered by timestamp runs beside the saga tables.
+    #[tokio::test]
+    async fn an_application_migration_may_not_use_saga_stores_numbers() {
+        let dir = std::env::temp_dir().join(format!("saga_migrations_{}", uuid::Uuid::now_v7()));
+        let (mine, clashing) = (dir.join("mine"), dir.join("clashing"));
+        std::fs::create_dir_all(&mine).expect("creates");
+        std::fs::create_dir_all(&clashing).expect("creates");
+        std::fs::write(
+            mine.join("20261122000100_orders.sql"),
+            "CREATE TABLE orders (id BIGINT PRIMARY KEY);",
+        )
+        .expect("writes");
+        std::fs::write(
+            clashing.join("0003_orders.sql"),
+            "CREATE TABLE clash (id BIGINT PRIMARY KEY);",
+        )
+        .expect("writes");
+        let url = format!("sqlite://{}?mode=rwc", dir.join("saga.db").display());
+        let database = Database::connect(&url).await.expect("opens and migrates");
+
+        let refused = database
+            .run_migrations(sqlx::migrate::Migrator::new(clashing).await.expect("reads"))
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(
+                refused,
+                DatabaseError::ReservedMigrationVersion { version: 3, .. }
+            ),
+            "{refused:?}"
+        );
+        assert!(
+            refused
+                .to_string()
+                .contains("number your migrations by timestamp"),
+            "{refused}"
+        );
+        database
+            .run_migrations(sqlx::migrate::Migrator::new(mine).await.expect("reads"))
+            .await
+            .expect("runs beside the saga tables");
+        // Both sets stay applied: running the saga tables' again is not an error.
+        database.migrate().await.expect("idempotent");
+        database.close().await;
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[tokio::test]

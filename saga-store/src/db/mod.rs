@@ -148,6 +148,10 @@ struct Inner {
     work: OnceLock<mpsc::Sender<Work>>,
 }
 
+/// Migration versions below this are saga-store's own (`0001_saga_tables.sql`, …); an
+/// application's migrations sharing the database must use larger ones (timestamps).
+pub const SAGA_MIGRATION_VERSIONS: i64 = 10_000;
+
 /// A pool on the saga database, with its dialect and wake-ups. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Database {

@@ -1,7 +1,10 @@
-#![deny(missing_docs)]
+#![deny(missing_docs, unused_imports)]
 //! A saga using every DSL option compiles, and its definition has the declared shape.
+//! `retry:` and `timeout:` resolve the user's own imports (and so use them).
 
-use saga_core::{saga, Command, Reply, Saga, StepFailure, StepKind};
+use std::time::Duration;
+
+use saga_core::{saga, Command, Reply, RetryPolicy, Saga, StepFailure, StepKind};
 use serde::{Deserialize, Serialize};
 
 /// Data.

@@ -192,7 +192,10 @@ async fn move_ticket(
             "no ticket for order {order_id}"
         )));
     };
-    match state.advance(order_id, from, to).map_err(CommandFailed::from)? {
+    match state
+        .advance(order_id, from, to)
+        .map_err(CommandFailed::from)?
+    {
         true => set_ticket(tx, order_id, state).await,
         false => Ok(()),
     }

@@ -547,7 +547,10 @@ async fn release_order(
     })?;
     let state = state.ok_or_else(|| HandlerError::refused(format!("no order {order_id}")))?;
     let mut next = OrderState::from_state_name(&state)?;
-    if !next.advance(order_id, from, to).map_err(CommandFailed::from)? {
+    if !next
+        .advance(order_id, from, to)
+        .map_err(CommandFailed::from)?
+    {
         return Ok(());
     }
     on_backend!(tx.conn(), |c| {
