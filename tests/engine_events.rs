@@ -362,3 +362,59 @@ fn hand_built_definitions_are_checked_at_run_time() {
         "retriable steps may follow compensatable ones when there is no pivot"
     );
 }
+
+/// A one-way command: nothing answers it, so it needs no reply type.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Command)]
+#[command(channel = "emails", notification)]
+struct Receipt {
+    id: u32,
+}
+
+fn receipt(d: &Data) -> Receipt {
+    Receipt { id: d.id }
+}
+
+saga! {
+    /// Pay, then tell the customer.
+    saga NotifyingSaga(Data) {
+        pivot pay { invoke: pay }
+        retriable tell { notify: receipt }
+    }
+}
+
+/// A notification is asserted like any command, and the saga goes on without a reply.
+#[test]
+fn a_notification_is_asserted_like_a_command_and_needs_no_reply() {
+    SagaTest::<NotifyingSaga>::given(data())
+        .expect_command(Pay { id: 9 })
+        .reply(Done)
+        .expect_command(Receipt { id: 9 })
+        .expect_completed();
+}
+
+/// Its participant's handler answers `NoReply`, and nothing is sent back.
+#[tokio::test]
+async fn a_notification_handler_sends_nothing_back() {
+    use saga_core::message::{Headers, encode_payload, headers};
+    use saga_core::participant::Participant;
+    use saga_core::{Message, NoReply};
+
+    let participant = Participant::<Vec<u32>>::new("mailer", "emails").handle_async::<Receipt>(
+        |sent, receipt, meta| {
+            Box::pin(async move {
+                assert_eq!(meta.reply_to, None, "a notification names no reply channel");
+                sent.push(receipt.id);
+                Ok(NoReply)
+            })
+        },
+    );
+    let payload = encode_payload(Receipt::TYPE, &Receipt { id: 9 }).expect("encodes");
+    let mut routing = Headers::new();
+    routing.insert(headers::MESSAGE_TYPE, Receipt::TYPE);
+    let message = Message::new("emails", routing, payload);
+    let mut sent = Vec::new();
+    let dispatch = participant.dispatch(&mut sent, &message).await;
+    assert_eq!(sent, [9]);
+    assert!(dispatch.reply.is_none(), "{dispatch:?}");
+    assert!(dispatch.dead_letter.is_none(), "{dispatch:?}");
+}

@@ -13,7 +13,8 @@ use serde::de::DeserializeOwned;
 
 use crate::ids::{SagaId, Timestamp};
 use crate::message::{
-    Command, CommandFailed, MessageError, NoReply, Reply, ReplyOutcome, encode_payload,
+    AwaitedReply, Command, CommandFailed, MessageError, NoReply, Reply, ReplyOutcome,
+    encode_payload,
 };
 
 /// What saga data must be: serializable (it is stored as JSON), cloneable and shareable.
@@ -525,7 +526,10 @@ impl<D: SagaData, R> StepBuilder<D, R> {
     pub fn invoke<C: Command>(
         self,
         build: impl Fn(&D) -> C + Send + Sync + 'static,
-    ) -> StepBuilder<D, C::Reply> {
+    ) -> StepBuilder<D, C::Reply>
+    where
+        C::Reply: AwaitedReply,
+    {
         self.with_reply(Forward::Command {
             command_type: C::TYPE,
             channel: C::CHANNEL,
@@ -550,10 +554,10 @@ impl<D: SagaData, R> StepBuilder<D, R> {
     }
 
     /// The step is undone by sending the command `build` makes.
-    pub fn compensate<C: Command>(
-        mut self,
-        build: impl Fn(&D) -> C + Send + Sync + 'static,
-    ) -> Self {
+    pub fn compensate<C: Command>(mut self, build: impl Fn(&D) -> C + Send + Sync + 'static) -> Self
+    where
+        C::Reply: AwaitedReply,
+    {
         self.compensation = Some(Action::Command(command_action(build)));
         self
     }

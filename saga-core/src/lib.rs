@@ -60,7 +60,9 @@ pub use definition::{
 pub use engine::{OperatorCommand, OperatorRequest, SagaStatus};
 pub use ids::{MessageId, RequestId, SagaId, Timestamp};
 pub use lock::{Locked, SemanticLock, UnknownState};
-pub use message::{Command, CommandFailed, Headers, Message, Reply, ReplyOutcome};
+pub use message::{
+    AwaitedReply, Command, CommandFailed, Headers, Message, NoReply, Reply, ReplyOutcome,
+};
 
 #[cfg(feature = "macros")]
 pub use saga_macros::{Command, Reply, SemanticLock};
@@ -76,7 +78,7 @@ pub mod __private {
         RetryPolicy, Saga, SagaDefinition, Step, StepFailure, TimeoutAction,
     };
     pub use crate::lock::{SemanticLock, UnknownState};
-    pub use crate::message::{Command, Reply, ReplyOutcome};
+    pub use crate::message::{AwaitedReply, Command, NoReply, Reply, ReplyOutcome};
     pub use std::sync::OnceLock;
     pub use std::time::Duration;
 

@@ -295,12 +295,19 @@ impl std::str::FromStr for ReplyOutcome {
 /// Derive it with `#[derive(Command)]` and `#[command(channel = "...", reply = ReplyType)]`.
 /// The reply type is part of the command's type, so a saga's reply handler that expects a
 /// different reply is a compile error.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a command",
+    label = "not a `Command`",
+    note = "`invoke:`, `notify:` and `compensate:` take a function that builds a command \
+            (`#[derive(Command)]`); a reply (`#[derive(Reply)]`) is what the participant answers"
+)]
 pub trait Command: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The stable type name carried in the `message-type` header.
     const TYPE: &'static str;
     /// The channel the participant that handles this command listens on.
     const CHANNEL: &'static str;
-    /// The reply the participant answers with.
+    /// The reply the participant answers with; [`NoReply`] for a one-way notification
+    /// (`#[command(channel = "...", notification)]`).
     type Reply: Reply;
 }
 
@@ -308,6 +315,12 @@ pub trait Command: Serialize + DeserializeOwned + Send + Sync + 'static {
 ///
 /// Derive it with `#[derive(Reply)]`: a struct is a success unless marked
 /// `#[reply(failure)]`; an enum marks variants `#[success]` or `#[failure]`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a reply",
+    label = "not a `Reply`",
+    note = "a command's `reply = …` and an `on_reply:` handler's second argument are replies \
+            (`#[derive(Reply)]`)"
+)]
 pub trait Reply: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The stable type name carried in the `message-type` header.
     const TYPE: &'static str;
@@ -351,6 +364,17 @@ impl Reply for CommandFailed {
         Some(self.reason.clone())
     }
 }
+
+/// A reply a saga waits for: every reply but [`NoReply`]. `#[derive(Reply)]` implements it;
+/// a hand-written [`Reply`] needs `impl AwaitedReply for MyReply {}` too.
+#[diagnostic::on_unimplemented(
+    message = "this step waits for a reply to a one-way notification, which nothing sends",
+    label = "a notification (its reply is `{Self}`)",
+    note = "send a `#[command(…, notification)]` with `notify:`, not `invoke:` or `compensate:`"
+)]
+pub trait AwaitedReply: Reply {}
+
+impl AwaitedReply for CommandFailed {}
 
 /// The reply type of one-way notifications: no reply is ever sent for them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,5 +1,6 @@
 //! `#[derive(Command)]`: implements `Command` from
-//! `#[command(channel = "...", reply = ReplyType, type_name = "...")]`.
+//! `#[command(channel = "...", reply = ReplyType, type_name = "...")]`, or for a one-way
+//! command `#[command(channel = "...", notification)]` (its reply type is `NoReply`).
 
 use proc_macro2::TokenStream;
 use quote::quote;
@@ -18,6 +19,8 @@ struct CommandArgs {
     reply: Option<Type>,
     /// The stable type name, when not the ident.
     type_name: Option<LitStr>,
+    /// `notification`: a one-way command, answered by nothing.
+    notification: Option<syn::Path>,
 }
 
 /// Expands `#[derive(Command)]`.
@@ -34,14 +37,29 @@ pub(crate) fn expand(input: &DeriveInput) -> TokenStream {
              type are fixed per type",
         ));
     }
-    match (&args.channel, &args.reply) {
+    if let (Some(marker), Some(reply)) = (&args.notification, &args.reply) {
+        errors.push(syn::Error::new_spanned(
+            marker,
+            format!(
+                "command `{ident}` is a `notification` and has `reply = {}`; a notification \
+                 gets no reply: keep one of the two",
+                quote!(#reply)
+            ),
+        ));
+    }
+    let reply = match (&args.reply, &args.notification) {
+        (Some(reply), _) => Some(quote!(#reply)),
+        (None, Some(_)) => Some(quote!(::saga_core::__private::NoReply)),
+        (None, None) => None,
+    };
+    match (&args.channel, &reply) {
         (Some(_), Some(_)) => {}
         (None, None) => errors.error(
             ident.span(),
             format!(
                 "missing `#[command(channel = \"...\", reply = ReplyType)]` on `{ident}`: a \
                  command names the channel its participant listens on and the reply type it \
-                 answers with"
+                 answers with (or `notification` for a one-way command)"
             ),
         ),
         (None, Some(_)) => errors.error(
@@ -55,13 +73,14 @@ pub(crate) fn expand(input: &DeriveInput) -> TokenStream {
             ident.span(),
             format!(
                 "missing `reply` for command `{ident}`: add `reply = ReplyType` (the reply its \
-                 participant answers with) to `#[command(...)]`"
+                 participant answers with) to `#[command(...)]`, or `notification` if nothing \
+                 answers it"
             ),
         ),
     }
 
     let mut output = TokenStream::new();
-    if let (false, Some(reply)) = (generic, &args.reply) {
+    if let (false, Some(reply)) = (generic, &reply) {
         let type_name = args
             .type_name
             .unwrap_or_else(|| LitStr::new(&ident.unraw().to_string(), ident.span()));
@@ -92,6 +111,12 @@ fn parse_args(input: &DeriveInput, errors: &mut Errors) -> CommandArgs {
                 string_value(&meta, "channel", &mut args.channel, &mut inner)
             } else if meta.path.is_ident("type_name") {
                 string_value(&meta, "type_name", &mut args.type_name, &mut inner)
+            } else if meta.path.is_ident("notification") {
+                if args.notification.is_some() {
+                    inner.push(meta.error("duplicate `notification`"));
+                }
+                args.notification = Some(meta.path.clone());
+                Ok(())
             } else if meta.path.is_ident("reply") {
                 let reply: Type = meta.value()?.parse()?;
                 set_once(&meta, "reply", &mut args.reply, reply, &mut inner);
@@ -99,7 +124,7 @@ fn parse_args(input: &DeriveInput, errors: &mut Errors) -> CommandArgs {
             } else {
                 Err(meta.error(
                     "unknown `command` setting; expected `channel = \"...\"`, \
-                     `reply = ReplyType` or `type_name = \"...\"`",
+                     `reply = ReplyType`, `notification` or `type_name = \"...\"`",
                 ))
             }
         });
@@ -183,6 +208,24 @@ mod tests {
         assert!(errors[0].contains("`channel` must not be empty"), "{code}");
         assert!(errors[1].contains("duplicate `channel`"), "{code}");
         assert!(errors[2].contains("unknown `command` setting"), "{code}");
+    }
+
+    #[test]
+    fn a_notification_has_no_reply() {
+        let code = expand_str(r#"#[command(channel = "emails", notification)] struct Email;"#);
+        assert!(
+            code.contains("type Reply = :: saga_core :: __private :: NoReply"),
+            "{code}"
+        );
+        assert!(compile_errors(&code).is_empty(), "{code}");
+        let code =
+            expand_str(r#"#[command(channel = "emails", notification, reply = R)] struct E;"#);
+        let errors = compile_errors(&code);
+        assert_eq!(errors.len(), 1, "{code}");
+        assert!(
+            errors[0].contains("is a `notification` and has `reply = R`"),
+            "{code}"
+        );
     }
 
     #[test]

@@ -103,6 +103,9 @@ pub(crate) fn expand(input: &DeriveInput) -> TokenStream {
                 const TYPE: &'static str = #type_name;
                 #body
             }
+
+            #[automatically_derived]
+            impl ::saga_core::__private::AwaitedReply for #ident #where_clause {}
         });
     }
     output.extend(errors.into_compile_errors());
@@ -349,6 +352,9 @@ mod tests {
                         ::saga_core::__private::ReplyOutcome::Success
                     }
                 }
+
+                #[automatically_derived]
+                impl ::saga_core::__private::AwaitedReply for TicketCreated {}
             }
             .to_string()
         );

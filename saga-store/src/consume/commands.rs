@@ -143,7 +143,9 @@ pub(crate) enum Ran {
 
 /// The savepoint a handler runs inside, so that undoing its writes keeps the rest of the
 /// transaction. Between two handlers of a batch, releasing one savepoint and taking the next
-/// is one round trip.
+/// is one round trip. The last one is released before the replies are queued: an open
+/// savepoint makes the database keep undo data for every later write of the transaction
+/// (measured: leaving it open cost ~30 % of in-place throughput on SQLite).
 #[derive(Default)]
 struct HandlerSavepoint {
     /// Whether a handler's savepoint is taken and not yet released.

@@ -266,10 +266,13 @@ impl Database {
     }
 
     /// Commits a transaction begun with [`Database::begin`], counting it (see
-    /// [`Database::commits`]).
+    /// [`Database::commits`]), and wakes this process's outbox relay: a saga started in it
+    /// ([`start_saga_in`](crate::start_saga_in)) sends its first command at once, not at the
+    /// relay's next poll.
     pub async fn commit(&self, tx: Tx) -> Result<(), sqlx::Error> {
         tx.commit().await?;
         self.count_commit();
+        self.wake_relay();
         Ok(())
     }
 
@@ -421,7 +424,8 @@ impl Database {
     }
 
     /// Tells the outbox relay there is work (after committing a transaction of your own that
-    /// started a saga; on PostgreSQL a `NOTIFY` in the transaction does this already).
+    /// started a saga without [`Database::commit`], which does this; on PostgreSQL a `NOTIFY`
+    /// in the transaction wakes the relays of other processes too).
     pub fn wake_relay(&self) {
         self.inner.wakeups.wake(&Topic::Outbox);
     }

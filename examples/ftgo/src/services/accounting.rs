@@ -1,9 +1,7 @@
 //! The Accounting service: card authorizations. Authorizing is CreateOrderSaga's pivot;
 //! reversing is CancelOrderSaga's.
 
-use async_trait::async_trait;
-use saga_core::message::CommandMeta;
-use saga_core::participant::{CommandHandler, HandlerError, Participant};
+use saga_core::participant::{HandlerError, Participant};
 use saga_store::{Conn, Database, DatabaseError, Tx, on_backend};
 use sqlx::{query, query_as, query_scalar};
 
@@ -95,8 +93,10 @@ impl AccountingService {
     /// The Accounting service as a participant.
     pub fn participant(&self) -> Participant<Tx> {
         Participant::new("accounting-service", channels::ACCOUNTING)
-            .handle::<AuthorizeCard>(AccountingHandlers)
-            .handle::<ReverseAuthorization>(AccountingHandlers)
+            .handle_async::<AuthorizeCard>(|tx, cmd, _| Box::pin(authorize_card(tx, cmd)))
+            .handle_async::<ReverseAuthorization>(|tx, cmd, _| {
+                Box::pin(reverse_authorization(tx, cmd))
+            })
     }
 }
 
@@ -110,93 +110,80 @@ async fn authorization(conn: Conn<'_>, order_id: i64) -> Result<Option<String>, 
     })
 }
 
-#[derive(Clone, Copy, Debug)]
-struct AccountingHandlers;
-
-#[async_trait]
-impl CommandHandler<AuthorizeCard, Tx> for AccountingHandlers {
-    async fn handle(
-        &self,
-        tx: &mut Tx,
-        cmd: AuthorizeCard,
-        _: &CommandMeta,
-    ) -> Result<CardAuthorization, HandlerError> {
-        let authorized = |order_id| CardAuthorization::Authorized {
-            authorization_id: format!("auth-{order_id}"),
-        };
-        if authorization(tx.conn(), cmd.order_id).await?.is_some() {
-            return Ok(authorized(cmd.order_id));
-        }
-        let account: Option<(i64, i64)> = on_backend!(tx.conn(), |c| {
-            query_as("SELECT card_limit, card_enabled FROM ftgo_accounts WHERE consumer_id = $1")
-                .bind(cmd.consumer_id)
-                .fetch_optional(c)
-                .await
-        })?;
-        let Some((limit, card_enabled)) = account else {
-            return Ok(CardAuthorization::Declined {
-                reason: format!("consumer {} has no card on file", cmd.consumer_id),
-            });
-        };
-        if card_enabled == 0 {
-            return Ok(CardAuthorization::Declined {
-                reason: format!("card of consumer {} is disabled", cmd.consumer_id),
-            });
-        }
-        if cmd.order_total > limit {
-            return Ok(CardAuthorization::Declined {
-                reason: format!(
-                    "card limit exceeded: {} > {}",
-                    money(cmd.order_total),
-                    money(limit)
-                ),
-            });
-        }
-        on_backend!(tx.conn(), |c| {
-            query(
-                "INSERT INTO ftgo_authorizations (order_id, consumer_id, amount, state) \
-                 VALUES ($1, $2, $3, $4)",
-            )
-            .bind(cmd.order_id)
+async fn authorize_card(
+    tx: &mut Tx,
+    cmd: AuthorizeCard,
+) -> Result<CardAuthorization, HandlerError> {
+    let authorized = |order_id| CardAuthorization::Authorized {
+        authorization_id: format!("auth-{order_id}"),
+    };
+    if authorization(tx.conn(), cmd.order_id).await?.is_some() {
+        return Ok(authorized(cmd.order_id));
+    }
+    let account: Option<(i64, i64)> = on_backend!(tx.conn(), |c| {
+        query_as("SELECT card_limit, card_enabled FROM ftgo_accounts WHERE consumer_id = $1")
             .bind(cmd.consumer_id)
-            .bind(cmd.order_total)
+            .fetch_optional(c)
+            .await
+    })?;
+    let Some((limit, card_enabled)) = account else {
+        return Ok(CardAuthorization::Declined {
+            reason: format!("consumer {} has no card on file", cmd.consumer_id),
+        });
+    };
+    if card_enabled == 0 {
+        return Ok(CardAuthorization::Declined {
+            reason: format!("card of consumer {} is disabled", cmd.consumer_id),
+        });
+    }
+    if cmd.order_total > limit {
+        return Ok(CardAuthorization::Declined {
+            reason: format!(
+                "card limit exceeded: {} > {}",
+                money(cmd.order_total),
+                money(limit)
+            ),
+        });
+    }
+    on_backend!(tx.conn(), |c| {
+        query(
+            "INSERT INTO ftgo_authorizations (order_id, consumer_id, amount, state) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(cmd.order_id)
+        .bind(cmd.consumer_id)
+        .bind(cmd.order_total)
+        .bind(AUTHORIZED)
+        .execute(c)
+        .await
+        .map(drop)
+    })?;
+    Ok(authorized(cmd.order_id))
+}
+
+async fn reverse_authorization(
+    tx: &mut Tx,
+    cmd: ReverseAuthorization,
+) -> Result<AuthorizationReversal, HandlerError> {
+    let updated = on_backend!(tx.conn(), |c| {
+        query("UPDATE ftgo_authorizations SET state = $1 WHERE order_id = $2 AND state = $3")
+            .bind(REVERSED)
+            .bind(cmd.order_id)
             .bind(AUTHORIZED)
             .execute(c)
             .await
-            .map(drop)
-        })?;
-        Ok(authorized(cmd.order_id))
+            .map(|done| done.rows_affected())
+    })?;
+    if updated == 1 {
+        return Ok(AuthorizationReversal::Reversed);
     }
-}
-
-#[async_trait]
-impl CommandHandler<ReverseAuthorization, Tx> for AccountingHandlers {
-    async fn handle(
-        &self,
-        tx: &mut Tx,
-        cmd: ReverseAuthorization,
-        _: &CommandMeta,
-    ) -> Result<AuthorizationReversal, HandlerError> {
-        let updated = on_backend!(tx.conn(), |c| {
-            query("UPDATE ftgo_authorizations SET state = $1 WHERE order_id = $2 AND state = $3")
-                .bind(REVERSED)
-                .bind(cmd.order_id)
-                .bind(AUTHORIZED)
-                .execute(c)
-                .await
-                .map(|done| done.rows_affected())
-        })?;
-        if updated == 1 {
-            return Ok(AuthorizationReversal::Reversed);
-        }
-        let state = authorization(tx.conn(), cmd.order_id).await?;
-        Ok(match state.as_deref() {
-            Some(REVERSED) => AuthorizationReversal::Reversed,
-            _ => AuthorizationReversal::Refused {
-                reason: format!("no authorization for order {}", cmd.order_id),
-            },
-        })
-    }
+    let state = authorization(tx.conn(), cmd.order_id).await?;
+    Ok(match state.as_deref() {
+        Some(REVERSED) => AuthorizationReversal::Reversed,
+        _ => AuthorizationReversal::Refused {
+            reason: format!("no authorization for order {}", cmd.order_id),
+        },
+    })
 }
 
 /// Formats cents as `12.34`.

@@ -1,8 +1,6 @@
 //! The Consumer service: verifies that a consumer may place an order.
 
-use async_trait::async_trait;
-use saga_core::message::CommandMeta;
-use saga_core::participant::{CommandHandler, HandlerError, Participant};
+use saga_core::participant::{HandlerError, Participant};
 use saga_store::{Database, DatabaseError, Tx, on_backend};
 use sqlx::{query, query_scalar};
 
@@ -78,36 +76,30 @@ impl ConsumerService {
     /// The Consumer service as a participant.
     pub fn participant(&self) -> Participant<Tx> {
         Participant::new("consumer-service", channels::CONSUMER)
-            .handle::<ValidateOrderByConsumer>(ConsumerHandlers)
+            .handle_async::<ValidateOrderByConsumer>(|tx, cmd, _| {
+                Box::pin(validate_order_by_consumer(tx, cmd))
+            })
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-struct ConsumerHandlers;
-
-#[async_trait]
-impl CommandHandler<ValidateOrderByConsumer, Tx> for ConsumerHandlers {
-    async fn handle(
-        &self,
-        tx: &mut Tx,
-        cmd: ValidateOrderByConsumer,
-        _: &CommandMeta,
-    ) -> Result<ConsumerVerification, HandlerError> {
-        let blocked: Option<i64> = on_backend!(tx.conn(), |c| {
-            query_scalar("SELECT blocked FROM ftgo_consumers WHERE id = $1")
-                .bind(cmd.consumer_id)
-                .fetch_optional(c)
-                .await
-        })?;
-        let verdict = match blocked {
-            None => ConsumerVerification::Invalid {
-                reason: format!("unknown consumer {}", cmd.consumer_id),
-            },
-            Some(blocked) if blocked != 0 => ConsumerVerification::Invalid {
-                reason: format!("consumer {} is blocked", cmd.consumer_id),
-            },
-            Some(_) => ConsumerVerification::Verified,
-        };
-        Ok(verdict)
-    }
+async fn validate_order_by_consumer(
+    tx: &mut Tx,
+    cmd: ValidateOrderByConsumer,
+) -> Result<ConsumerVerification, HandlerError> {
+    let blocked: Option<i64> = on_backend!(tx.conn(), |c| {
+        query_scalar("SELECT blocked FROM ftgo_consumers WHERE id = $1")
+            .bind(cmd.consumer_id)
+            .fetch_optional(c)
+            .await
+    })?;
+    let verdict = match blocked {
+        None => ConsumerVerification::Invalid {
+            reason: format!("unknown consumer {}", cmd.consumer_id),
+        },
+        Some(blocked) if blocked != 0 => ConsumerVerification::Invalid {
+            reason: format!("consumer {} is blocked", cmd.consumer_id),
+        },
+        Some(_) => ConsumerVerification::Verified,
+    };
+    Ok(verdict)
 }

@@ -2,9 +2,7 @@
 //! lock held by CreateOrderSaga), confirmed to `AWAITING_ACCEPTANCE` or cancelled; cancelling
 //! an accepted ticket goes through `CANCEL_PENDING` (held by CancelOrderSaga).
 
-use async_trait::async_trait;
-use saga_core::message::CommandMeta;
-use saga_core::participant::{CommandHandler, HandlerError, Participant};
+use saga_core::participant::{HandlerError, Participant};
 use saga_core::{CommandFailed, SemanticLock, Timestamp};
 use saga_store::{Conn, Database, DatabaseError, Tx, on_backend};
 use serde::{Deserialize, Serialize};
@@ -140,12 +138,20 @@ impl KitchenService {
     /// The Kitchen service as a participant.
     pub fn participant(&self) -> Participant<Tx> {
         Participant::new("kitchen-service", channels::KITCHEN)
-            .handle::<CreateTicket>(KitchenHandlers)
-            .handle::<ConfirmCreateTicket>(KitchenHandlers)
-            .handle::<CancelCreateTicket>(KitchenHandlers)
-            .handle::<BeginCancelTicket>(KitchenHandlers)
-            .handle::<UndoBeginCancelTicket>(KitchenHandlers)
-            .handle::<ConfirmCancelTicket>(KitchenHandlers)
+            .handle_async::<CreateTicket>(|tx, cmd, _| Box::pin(create_ticket(tx, cmd)))
+            .handle_async::<ConfirmCreateTicket>(|tx, cmd, _| {
+                Box::pin(confirm_create_ticket(tx, cmd))
+            })
+            .handle_async::<CancelCreateTicket>(|tx, cmd, _| {
+                Box::pin(cancel_create_ticket(tx, cmd))
+            })
+            .handle_async::<BeginCancelTicket>(|tx, cmd, _| Box::pin(begin_cancel_ticket(tx, cmd)))
+            .handle_async::<UndoBeginCancelTicket>(|tx, cmd, _| {
+                Box::pin(undo_begin_cancel_ticket(tx, cmd))
+            })
+            .handle_async::<ConfirmCancelTicket>(|tx, cmd, _| {
+                Box::pin(confirm_cancel_ticket(tx, cmd))
+            })
     }
 }
 
@@ -201,179 +207,143 @@ async fn move_ticket(
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-struct KitchenHandlers;
-
-#[async_trait]
-impl CommandHandler<CreateTicket, Tx> for KitchenHandlers {
-    async fn handle(
-        &self,
-        tx: &mut Tx,
-        cmd: CreateTicket,
-        _: &CommandMeta,
-    ) -> Result<TicketCreated, HandlerError> {
-        let restaurant: Option<(String, i64)> = on_backend!(tx.conn(), |c| {
-            query_as("SELECT name, open FROM ftgo_restaurants WHERE id = $1")
-                .bind(cmd.restaurant_id)
-                .fetch_optional(c)
-                .await
-        })?;
-        match restaurant {
-            None => {
-                return Err(HandlerError::refused(format!(
-                    "unknown restaurant {}",
-                    cmd.restaurant_id
-                )));
-            }
-            Some((name, 0)) => {
-                return Err(HandlerError::refused(format!(
-                    "restaurant {} ({name}) is closed",
-                    cmd.restaurant_id
-                )));
-            }
-            Some(_) => {}
-        }
-        if let Some(existing) = ticket(tx, cmd.order_id).await? {
-            return match existing {
-                TicketState::CreatePending => Ok(TicketCreated {
-                    ticket_id: cmd.order_id,
-                }),
-                other => Err(HandlerError::refused(format!(
-                    "the ticket for order {} is already {}",
-                    cmd.order_id,
-                    other.state_name()
-                ))),
-            };
-        }
-        let items = serde_json::to_string(&cmd.line_items)?;
-        on_backend!(tx.conn(), |c| {
-            query(
-                "INSERT INTO ftgo_tickets (order_id, restaurant_id, line_items, state, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(cmd.order_id)
+async fn create_ticket(tx: &mut Tx, cmd: CreateTicket) -> Result<TicketCreated, HandlerError> {
+    let restaurant: Option<(String, i64)> = on_backend!(tx.conn(), |c| {
+        query_as("SELECT name, open FROM ftgo_restaurants WHERE id = $1")
             .bind(cmd.restaurant_id)
-            .bind(items.as_str())
-            .bind(TicketState::CreatePending.state_name())
-            .bind(now())
-            .execute(c)
-            .await
-            .map(drop)
-        })?;
-        Ok(TicketCreated {
-            ticket_id: cmd.order_id,
-        })
-    }
-}
-
-#[async_trait]
-impl CommandHandler<ConfirmCreateTicket, Tx> for KitchenHandlers {
-    async fn handle(
-        &self,
-        tx: &mut Tx,
-        cmd: ConfirmCreateTicket,
-        _: &CommandMeta,
-    ) -> Result<TicketConfirmed, HandlerError> {
-        let staffing: Option<(i64, String, i64)> = on_backend!(tx.conn(), |c| {
-            query_as(
-                "SELECT r.id, r.name, r.staffed FROM ftgo_tickets t \
-                 JOIN ftgo_restaurants r ON r.id = t.restaurant_id WHERE t.order_id = $1",
-            )
-            .bind(cmd.ticket_id)
             .fetch_optional(c)
             .await
-        })?;
-        if let Some((id, name, 0)) = staffing {
+    })?;
+    match restaurant {
+        None => {
             return Err(HandlerError::refused(format!(
-                "restaurant {id} ({name}) has nobody on shift to confirm tickets"
+                "unknown restaurant {}",
+                cmd.restaurant_id
             )));
         }
-        move_ticket(
-            tx,
-            cmd.ticket_id,
-            TicketState::CreatePending,
-            TicketState::AwaitingAcceptance,
-        )
-        .await?;
-        Ok(TicketConfirmed)
-    }
-}
-
-#[async_trait]
-impl CommandHandler<CancelCreateTicket, Tx> for KitchenHandlers {
-    async fn handle(
-        &self,
-        tx: &mut Tx,
-        cmd: CancelCreateTicket,
-        _: &CommandMeta,
-    ) -> Result<TicketCancelled, HandlerError> {
-        // Nothing to cancel is fine: a compensation must tolerate "it never happened".
-        if ticket(tx, cmd.order_id).await?.is_some() {
-            move_ticket(
-                tx,
-                cmd.order_id,
-                TicketState::CreatePending,
-                TicketState::Cancelled,
-            )
-            .await?;
+        Some((name, 0)) => {
+            return Err(HandlerError::refused(format!(
+                "restaurant {} ({name}) is closed",
+                cmd.restaurant_id
+            )));
         }
-        Ok(TicketCancelled)
+        Some(_) => {}
     }
-}
-
-#[async_trait]
-impl CommandHandler<BeginCancelTicket, Tx> for KitchenHandlers {
-    async fn handle(
-        &self,
-        tx: &mut Tx,
-        cmd: BeginCancelTicket,
-        _: &CommandMeta,
-    ) -> Result<TicketCancelPending, HandlerError> {
-        move_ticket(
-            tx,
-            cmd.order_id,
-            TicketState::AwaitingAcceptance,
-            TicketState::CancelPending,
+    if let Some(existing) = ticket(tx, cmd.order_id).await? {
+        return match existing {
+            TicketState::CreatePending => Ok(TicketCreated {
+                ticket_id: cmd.order_id,
+            }),
+            other => Err(HandlerError::refused(format!(
+                "the ticket for order {} is already {}",
+                cmd.order_id,
+                other.state_name()
+            ))),
+        };
+    }
+    let items = serde_json::to_string(&cmd.line_items)?;
+    on_backend!(tx.conn(), |c| {
+        query(
+            "INSERT INTO ftgo_tickets (order_id, restaurant_id, line_items, state, updated_at) \
+             VALUES ($1, $2, $3, $4, $5)",
         )
-        .await?;
-        Ok(TicketCancelPending)
-    }
+        .bind(cmd.order_id)
+        .bind(cmd.restaurant_id)
+        .bind(items.as_str())
+        .bind(TicketState::CreatePending.state_name())
+        .bind(now())
+        .execute(c)
+        .await
+        .map(drop)
+    })?;
+    Ok(TicketCreated {
+        ticket_id: cmd.order_id,
+    })
 }
 
-#[async_trait]
-impl CommandHandler<UndoBeginCancelTicket, Tx> for KitchenHandlers {
-    async fn handle(
-        &self,
-        tx: &mut Tx,
-        cmd: UndoBeginCancelTicket,
-        _: &CommandMeta,
-    ) -> Result<TicketCancelUndone, HandlerError> {
-        move_ticket(
-            tx,
-            cmd.order_id,
-            TicketState::CancelPending,
-            TicketState::AwaitingAcceptance,
+async fn confirm_create_ticket(
+    tx: &mut Tx,
+    cmd: ConfirmCreateTicket,
+) -> Result<TicketConfirmed, HandlerError> {
+    let staffing: Option<(i64, String, i64)> = on_backend!(tx.conn(), |c| {
+        query_as(
+            "SELECT r.id, r.name, r.staffed FROM ftgo_tickets t \
+             JOIN ftgo_restaurants r ON r.id = t.restaurant_id WHERE t.order_id = $1",
         )
-        .await?;
-        Ok(TicketCancelUndone)
+        .bind(cmd.ticket_id)
+        .fetch_optional(c)
+        .await
+    })?;
+    if let Some((id, name, 0)) = staffing {
+        return Err(HandlerError::refused(format!(
+            "restaurant {id} ({name}) has nobody on shift to confirm tickets"
+        )));
     }
+    move_ticket(
+        tx,
+        cmd.ticket_id,
+        TicketState::CreatePending,
+        TicketState::AwaitingAcceptance,
+    )
+    .await?;
+    Ok(TicketConfirmed)
 }
 
-#[async_trait]
-impl CommandHandler<ConfirmCancelTicket, Tx> for KitchenHandlers {
-    async fn handle(
-        &self,
-        tx: &mut Tx,
-        cmd: ConfirmCancelTicket,
-        _: &CommandMeta,
-    ) -> Result<TicketCancelled, HandlerError> {
+async fn cancel_create_ticket(
+    tx: &mut Tx,
+    cmd: CancelCreateTicket,
+) -> Result<TicketCancelled, HandlerError> {
+    // Nothing to cancel is fine: a compensation must tolerate "it never happened".
+    if ticket(tx, cmd.order_id).await?.is_some() {
         move_ticket(
             tx,
             cmd.order_id,
-            TicketState::CancelPending,
+            TicketState::CreatePending,
             TicketState::Cancelled,
         )
         .await?;
-        Ok(TicketCancelled)
     }
+    Ok(TicketCancelled)
+}
+
+async fn begin_cancel_ticket(
+    tx: &mut Tx,
+    cmd: BeginCancelTicket,
+) -> Result<TicketCancelPending, HandlerError> {
+    move_ticket(
+        tx,
+        cmd.order_id,
+        TicketState::AwaitingAcceptance,
+        TicketState::CancelPending,
+    )
+    .await?;
+    Ok(TicketCancelPending)
+}
+
+async fn undo_begin_cancel_ticket(
+    tx: &mut Tx,
+    cmd: UndoBeginCancelTicket,
+) -> Result<TicketCancelUndone, HandlerError> {
+    move_ticket(
+        tx,
+        cmd.order_id,
+        TicketState::CancelPending,
+        TicketState::AwaitingAcceptance,
+    )
+    .await?;
+    Ok(TicketCancelUndone)
+}
+
+async fn confirm_cancel_ticket(
+    tx: &mut Tx,
+    cmd: ConfirmCancelTicket,
+) -> Result<TicketCancelled, HandlerError> {
+    move_ticket(
+        tx,
+        cmd.order_id,
+        TicketState::CancelPending,
+        TicketState::Cancelled,
+    )
+    .await?;
+    Ok(TicketCancelled)
 }

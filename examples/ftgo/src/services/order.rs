@@ -4,10 +4,8 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use saga_core::message::CommandMeta;
 use saga_core::orchestrator::{FinishedObserver, Orchestrator, OrchestratorError};
-use saga_core::participant::{CommandHandler, HandlerError, Participant};
+use saga_core::participant::{HandlerError, Participant};
 use saga_core::ports::StoreError;
 use saga_core::{CommandFailed, Locked, SagaId, SemanticLock, Timestamp};
 use saga_store::{
@@ -314,10 +312,14 @@ impl OrderService {
     /// The Order service as a participant (commands sent by its own sagas).
     pub fn participant(&self) -> Participant<Tx> {
         Participant::new("order-service", channels::ORDER)
-            .handle::<ApproveOrder>(OrderHandlers)
-            .handle::<RejectOrder>(OrderHandlers)
-            .handle::<ConfirmCancelOrder>(OrderHandlers)
-            .handle::<UndoBeginCancelOrder>(OrderHandlers)
+            .handle_async::<ApproveOrder>(|tx, cmd, _| Box::pin(approve_order(tx, cmd)))
+            .handle_async::<RejectOrder>(|tx, cmd, _| Box::pin(reject_order(tx, cmd)))
+            .handle_async::<ConfirmCancelOrder>(|tx, cmd, _| {
+                Box::pin(confirm_cancel_order(tx, cmd))
+            })
+            .handle_async::<UndoBeginCancelOrder>(|tx, cmd, _| {
+                Box::pin(undo_begin_cancel_order(tx, cmd))
+            })
     }
 }
 
@@ -565,86 +567,56 @@ async fn release_order(
     Ok(())
 }
 
-/// The Order service's command handlers.
-#[derive(Clone, Copy, Debug)]
-struct OrderHandlers;
-
-#[async_trait]
-impl CommandHandler<ApproveOrder, Tx> for OrderHandlers {
-    async fn handle(
-        &self,
-        tx: &mut Tx,
-        cmd: ApproveOrder,
-        _: &CommandMeta,
-    ) -> Result<OrderApproved, HandlerError> {
-        release_order(
-            tx,
-            cmd.order_id,
-            OrderState::ApprovalPending,
-            OrderState::Approved,
-            None,
-        )
-        .await?;
-        Ok(OrderApproved)
-    }
+async fn approve_order(tx: &mut Tx, cmd: ApproveOrder) -> Result<OrderApproved, HandlerError> {
+    release_order(
+        tx,
+        cmd.order_id,
+        OrderState::ApprovalPending,
+        OrderState::Approved,
+        None,
+    )
+    .await?;
+    Ok(OrderApproved)
 }
 
-#[async_trait]
-impl CommandHandler<RejectOrder, Tx> for OrderHandlers {
-    async fn handle(
-        &self,
-        tx: &mut Tx,
-        cmd: RejectOrder,
-        _: &CommandMeta,
-    ) -> Result<OrderRejected, HandlerError> {
-        release_order(
-            tx,
-            cmd.order_id,
-            OrderState::ApprovalPending,
-            OrderState::Rejected,
-            Some(&cmd.reason),
-        )
-        .await?;
-        Ok(OrderRejected)
-    }
+async fn reject_order(tx: &mut Tx, cmd: RejectOrder) -> Result<OrderRejected, HandlerError> {
+    release_order(
+        tx,
+        cmd.order_id,
+        OrderState::ApprovalPending,
+        OrderState::Rejected,
+        Some(&cmd.reason),
+    )
+    .await?;
+    Ok(OrderRejected)
 }
 
-#[async_trait]
-impl CommandHandler<ConfirmCancelOrder, Tx> for OrderHandlers {
-    async fn handle(
-        &self,
-        tx: &mut Tx,
-        cmd: ConfirmCancelOrder,
-        _: &CommandMeta,
-    ) -> Result<OrderCancelled, HandlerError> {
-        release_order(
-            tx,
-            cmd.order_id,
-            OrderState::CancelPending,
-            OrderState::Cancelled,
-            None,
-        )
-        .await?;
-        Ok(OrderCancelled)
-    }
+async fn confirm_cancel_order(
+    tx: &mut Tx,
+    cmd: ConfirmCancelOrder,
+) -> Result<OrderCancelled, HandlerError> {
+    release_order(
+        tx,
+        cmd.order_id,
+        OrderState::CancelPending,
+        OrderState::Cancelled,
+        None,
+    )
+    .await?;
+    Ok(OrderCancelled)
 }
 
-#[async_trait]
-impl CommandHandler<UndoBeginCancelOrder, Tx> for OrderHandlers {
-    async fn handle(
-        &self,
-        tx: &mut Tx,
-        cmd: UndoBeginCancelOrder,
-        _: &CommandMeta,
-    ) -> Result<CancelUndone, HandlerError> {
-        release_order(
-            tx,
-            cmd.order_id,
-            OrderState::CancelPending,
-            OrderState::Approved,
-            None,
-        )
-        .await?;
-        Ok(CancelUndone)
-    }
+async fn undo_begin_cancel_order(
+    tx: &mut Tx,
+    cmd: UndoBeginCancelOrder,
+) -> Result<CancelUndone, HandlerError> {
+    release_order(
+        tx,
+        cmd.order_id,
+        OrderState::CancelPending,
+        OrderState::Approved,
+        None,
+    )
+    .await?;
+    Ok(CancelUndone)
 }
