@@ -1,60 +1,14 @@
 //! CreateOrderSaga, step by step, with the saga unit-test DSL.
 
-use ftgo::create_order::{CreateOrderData, CreateOrderSaga};
+use ftgo::create_order::CreateOrderSaga;
 use ftgo::messages::{
-    ApproveOrder, AuthorizeCard, CancelCreateTicket, CardAuthorization, ConfirmCreateTicket,
-    ConsumerVerification, CreateTicket, LineItem, OrderApproved, OrderRejected, RejectOrder,
-    TicketCancelled, TicketConfirmed, TicketCreated, ValidateOrderByConsumer,
+    ApproveOrder, CancelCreateTicket, CardAuthorization, ConfirmCreateTicket, ConsumerVerification,
+    OrderApproved, OrderRejected, TicketCancelled, TicketConfirmed, TicketCreated,
 };
 use saga_core::testing::SagaTest;
 use saga_core::{OperatorCommand, SagaStatus};
 
-const ORDER: i64 = 1001;
-const CONSUMER: i64 = 7;
-const RESTAURANT: i64 = 3;
-const TOTAL: i64 = 2_450;
-
-fn items() -> Vec<LineItem> {
-    vec![LineItem {
-        menu_item_id: "chicken-vindaloo".to_owned(),
-        quantity: 2,
-    }]
-}
-
-fn data() -> CreateOrderData {
-    CreateOrderData::new(ORDER, CONSUMER, RESTAURANT, items(), TOTAL)
-}
-
-fn validate() -> ValidateOrderByConsumer {
-    ValidateOrderByConsumer {
-        consumer_id: CONSUMER,
-        order_id: ORDER,
-        order_total: TOTAL,
-    }
-}
-
-fn create_ticket() -> CreateTicket {
-    CreateTicket {
-        order_id: ORDER,
-        restaurant_id: RESTAURANT,
-        line_items: items(),
-    }
-}
-
-fn authorize() -> AuthorizeCard {
-    AuthorizeCard {
-        consumer_id: CONSUMER,
-        order_id: ORDER,
-        order_total: TOTAL,
-    }
-}
-
-fn reject() -> RejectOrder {
-    RejectOrder {
-        order_id: ORDER,
-        reason: "create order saga failed".to_owned(),
-    }
-}
+use saga_tests::create_order::{ORDER, authorize, create_ticket, data, reject, validate};
 
 /// The saga up to the point where the ticket exists.
 fn ticket_created() -> SagaTest<CreateOrderSaga> {

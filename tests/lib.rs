@@ -4,6 +4,7 @@
 //! of this package and by the `saga-test-worker` binary (the child process the crash tests
 //! kill).
 
+pub mod create_order;
 pub mod faults;
 pub mod harness;
 pub mod operating;

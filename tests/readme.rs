@@ -1,5 +1,6 @@
-//! The README shows both FTGO sagas' graphs; they must stay equal to what the code renders
-//! (and so to the snapshot tests).
+//! The README cannot drift from the code: it shows both FTGO sagas' graphs, which must stay
+//! equal to what the code renders (and so to the snapshot tests), and every Rust block in it is
+//! compiled.
 
 use saga_core::{Saga, SagaDefinition};
 
@@ -23,4 +24,217 @@ fn readme_shows_the_current_create_order_graph() {
 #[test]
 fn readme_shows_the_current_cancel_order_graph() {
     assert_readme_shows(ftgo::cancel_order::CancelOrderSaga::definition());
+}
+
+/// How many Rust blocks README.md has (counted by `build.rs`).
+mod blocks {
+    include!(concat!(env!("OUT_DIR"), "/readme_blocks.rs"));
+}
+
+/// Every Rust block of the README is compiled below, each in the context it assumes (the
+/// imports and helpers around it in the real code). A new block needs a module here.
+#[test]
+fn every_rust_block_of_the_readme_is_compiled() {
+    assert_eq!(
+        blocks::COUNT,
+        7,
+        "README.md's Rust blocks changed: give each new one a `block_<n>` module in readme.rs"
+    );
+}
+
+/// Commands and replies.
+#[allow(dead_code, unused_imports, unreachable_pub, missing_docs)]
+mod block_0 {
+    use ftgo::messages::LineItem;
+
+    fn compiles() {
+        include!(concat!(env!("OUT_DIR"), "/readme_block_0.rs"))
+    }
+}
+
+/// The saga.
+#[allow(dead_code, unused_imports, unreachable_pub, missing_docs)]
+mod block_1 {
+    use ftgo::create_order::CreateOrderData;
+    use ftgo::messages::{
+        ApproveOrder, AuthorizeCard, CancelCreateTicket, CardAuthorization, ConfirmCreateTicket,
+        CreateTicket, RejectOrder, TicketCreated, ValidateOrderByConsumer,
+    };
+
+    fn reject_order(data: &CreateOrderData) -> RejectOrder {
+        RejectOrder {
+            order_id: data.order_id,
+            reason: "create order saga failed".to_owned(),
+        }
+    }
+    fn validate_order_by_consumer(data: &CreateOrderData) -> ValidateOrderByConsumer {
+        ValidateOrderByConsumer {
+            consumer_id: data.consumer_id,
+            order_id: data.order_id,
+            order_total: data.order_total,
+        }
+    }
+    fn cancel_create_ticket(data: &CreateOrderData) -> CancelCreateTicket {
+        CancelCreateTicket {
+            order_id: data.order_id,
+        }
+    }
+    fn authorize_card(data: &CreateOrderData) -> AuthorizeCard {
+        AuthorizeCard {
+            consumer_id: data.consumer_id,
+            order_id: data.order_id,
+            order_total: data.order_total,
+        }
+    }
+    fn card_authorized(data: &mut CreateOrderData, reply: &CardAuthorization) {
+        if let CardAuthorization::Authorized { authorization_id } = reply {
+            data.authorization_id = Some(authorization_id.clone());
+        }
+    }
+    fn confirm_create_ticket(data: &CreateOrderData) -> ConfirmCreateTicket {
+        ConfirmCreateTicket {
+            ticket_id: data.ticket_id.unwrap_or(data.order_id),
+        }
+    }
+    fn approve_order(data: &CreateOrderData) -> ApproveOrder {
+        ApproveOrder {
+            order_id: data.order_id,
+        }
+    }
+
+    fn compiles() {
+        include!(concat!(env!("OUT_DIR"), "/readme_block_1.rs"))
+    }
+}
+
+/// A participant on in-memory state, with a semantic lock.
+#[allow(dead_code, unused_imports, unreachable_pub, missing_docs)]
+mod block_2 {
+    use std::collections::HashMap;
+
+    use ftgo::messages::{ConfirmCreateTicket, TicketConfirmed};
+    use saga_core::participant::Participant;
+    use saga_core::{CommandFailed, SemanticLock};
+
+    fn compiles() {
+        let _ = include!(concat!(env!("OUT_DIR"), "/readme_block_2.rs"));
+    }
+}
+
+/// A participant on a transaction, with an async closure handler.
+#[allow(dead_code, unused_imports, unreachable_pub, missing_docs)]
+mod block_3 {
+    use ftgo::messages::{ConfirmCreateTicket, TicketConfirmed};
+    use ftgo::services::kitchen::TicketState;
+    use saga_core::participant::{HandlerError, Participant};
+    use saga_core::{CommandFailed, SemanticLock};
+    use saga_store::{Tx, on_backend};
+
+    async fn ticket_state(tx: &mut Tx, ticket: i64) -> Result<TicketState, HandlerError> {
+        let name: String = on_backend!(tx.conn(), |c| {
+            sqlx::query_scalar("SELECT state FROM ftgo_tickets WHERE order_id = $1")
+                .bind(ticket)
+                .fetch_one(c)
+                .await
+        })?;
+        Ok(TicketState::from_state_name(&name)?)
+    }
+    async fn set_ticket_state(
+        tx: &mut Tx,
+        ticket: i64,
+        state: TicketState,
+    ) -> Result<(), sqlx::Error> {
+        on_backend!(tx.conn(), |c| {
+            sqlx::query("UPDATE ftgo_tickets SET state = $1 WHERE order_id = $2")
+                .bind(state.state_name())
+                .bind(ticket)
+                .execute(c)
+                .await
+                .map(drop)
+        })
+    }
+
+    fn compiles() {
+        let _ = include!(concat!(env!("OUT_DIR"), "/readme_block_3.rs"));
+    }
+}
+
+/// A saga unit test (the same test runs in `create_order_saga.rs`).
+#[allow(
+    dead_code,
+    unused_imports,
+    unreachable_pub,
+    missing_docs,
+    unnameable_test_items
+)]
+mod block_4 {
+    use ftgo::create_order::CreateOrderSaga;
+    use ftgo::messages::{
+        CancelCreateTicket, CardAuthorization, ConsumerVerification, OrderRejected,
+        TicketCancelled, TicketCreated,
+    };
+    use saga_tests::create_order::{authorize, create_ticket, data, reject, validate};
+
+    fn compiles() {
+        include!(concat!(env!("OUT_DIR"), "/readme_block_4.rs"))
+    }
+}
+
+/// Durable sagas: the store, a transactional start, the runtime, waiting.
+#[allow(
+    dead_code,
+    unused_imports,
+    unreachable_pub,
+    missing_docs,
+    unused_variables
+)]
+mod block_5 {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use ftgo::create_order::{CreateOrderData, CreateOrderSaga};
+    use saga_core::orchestrator::Orchestrator;
+    use saga_core::participant::Participant;
+    use saga_core::ports::SagaStore;
+    use saga_core::timeline::TimelineSummary;
+    use saga_store::{Tx, on_backend};
+
+    async fn compiles(
+        kitchen_db: saga_store::Database,
+        kitchen_participant: Participant<Tx>,
+        id: i64,
+        data: CreateOrderData,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        include!(concat!(env!("OUT_DIR"), "/readme_block_5.rs"));
+        Ok(())
+    }
+}
+
+/// A PostgreSQL participant with checked queries (as in `typed_postgres.rs`, whose offline
+/// query data this block's `query!` uses).
+#[allow(dead_code, unused_imports, unreachable_pub, missing_docs, non_local_definitions)]
+mod block_6 {
+    use async_trait::async_trait;
+    use saga_core::message::CommandMeta;
+    use saga_core::participant::{CommandHandler, HandlerError};
+    use saga_core::{Command, Reply};
+    use saga_store::PgTx;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize, Command)]
+    #[command(channel = "devices", reply = Done)]
+    struct Register {
+        device: uuid::Uuid,
+        spec: serde_json::Value,
+        tags: Vec<String>,
+    }
+
+    #[derive(Serialize, Deserialize, Reply)]
+    struct Done;
+
+    struct Registry;
+
+    fn compiles() {
+        include!(concat!(env!("OUT_DIR"), "/readme_block_6.rs"))
+    }
 }
