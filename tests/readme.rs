@@ -212,7 +212,13 @@ mod block_5 {
 
 /// A PostgreSQL participant with checked queries (as in `typed_postgres.rs`, whose offline
 /// query data this block's `query!` uses).
-#[allow(dead_code, unused_imports, unreachable_pub, missing_docs, non_local_definitions)]
+#[allow(
+    dead_code,
+    unused_imports,
+    unreachable_pub,
+    missing_docs,
+    non_local_definitions
+)]
 mod block_6 {
     use async_trait::async_trait;
     use saga_core::message::CommandMeta;

@@ -7,6 +7,7 @@
 //! `cargo run -p hello-saga`
 
 use std::error::Error;
+use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -157,8 +158,9 @@ fn fresh_database(name: &str) -> std::io::Result<(std::path::PathBuf, String)> {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
     let (dir, url) = fresh_database("hello-saga")?;
+    let mut stdout = std::io::stdout().lock();
     for (status, timeline) in run(&url).await? {
-        println!("{status}: {timeline}");
+        writeln!(stdout, "{status}: {timeline}")?;
     }
     std::fs::remove_dir_all(dir)?;
     Ok(())
