@@ -55,52 +55,11 @@ mod block_0 {
 /// The saga.
 #[allow(dead_code, unused_imports, unreachable_pub, missing_docs)]
 mod block_1 {
-    use ftgo::create_order::CreateOrderData;
-    use ftgo::messages::{
-        ApproveOrder, AuthorizeCard, CancelCreateTicket, CardAuthorization, ConfirmCreateTicket,
-        CreateTicket, RejectOrder, TicketCreated, ValidateOrderByConsumer,
+    use ftgo::create_order::{
+        CreateOrderData, approve_order, authorize_card, cancel_create_ticket, card_authorized,
+        confirm_create_ticket, reject_order, validate_order_by_consumer,
     };
-
-    fn reject_order(data: &CreateOrderData) -> RejectOrder {
-        RejectOrder {
-            order_id: data.order_id,
-            reason: "create order saga failed".to_owned(),
-        }
-    }
-    fn validate_order_by_consumer(data: &CreateOrderData) -> ValidateOrderByConsumer {
-        ValidateOrderByConsumer {
-            consumer_id: data.consumer_id,
-            order_id: data.order_id,
-            order_total: data.order_total,
-        }
-    }
-    fn cancel_create_ticket(data: &CreateOrderData) -> CancelCreateTicket {
-        CancelCreateTicket {
-            order_id: data.order_id,
-        }
-    }
-    fn authorize_card(data: &CreateOrderData) -> AuthorizeCard {
-        AuthorizeCard {
-            consumer_id: data.consumer_id,
-            order_id: data.order_id,
-            order_total: data.order_total,
-        }
-    }
-    fn card_authorized(data: &mut CreateOrderData, reply: &CardAuthorization) {
-        if let CardAuthorization::Authorized { authorization_id } = reply {
-            data.authorization_id = Some(authorization_id.clone());
-        }
-    }
-    fn confirm_create_ticket(data: &CreateOrderData) -> ConfirmCreateTicket {
-        ConfirmCreateTicket {
-            ticket_id: data.ticket_id.unwrap_or(data.order_id),
-        }
-    }
-    fn approve_order(data: &CreateOrderData) -> ApproveOrder {
-        ApproveOrder {
-            order_id: data.order_id,
-        }
-    }
+    use ftgo::messages::{CreateTicket, TicketCreated};
 
     fn compiles() {
         include!(concat!(env!("OUT_DIR"), "/readme_block_1.rs"))

@@ -55,14 +55,16 @@ impl CreateOrderData {
     }
 }
 
-fn reject_order(data: &CreateOrderData) -> RejectOrder {
+/// The compensation of `create_order`: reject the order.
+pub fn reject_order(data: &CreateOrderData) -> RejectOrder {
     RejectOrder {
         order_id: data.order_id,
         reason: "create order saga failed".to_owned(),
     }
 }
 
-fn validate_order_by_consumer(data: &CreateOrderData) -> ValidateOrderByConsumer {
+/// `verify_consumer`: ask the Consumer service whether the consumer may order.
+pub fn validate_order_by_consumer(data: &CreateOrderData) -> ValidateOrderByConsumer {
     ValidateOrderByConsumer {
         consumer_id: data.consumer_id,
         order_id: data.order_id,
@@ -70,7 +72,8 @@ fn validate_order_by_consumer(data: &CreateOrderData) -> ValidateOrderByConsumer
     }
 }
 
-fn create_ticket(data: &CreateOrderData) -> CreateTicket {
+/// `create_ticket`: ask the kitchen for a ticket.
+pub fn create_ticket(data: &CreateOrderData) -> CreateTicket {
     CreateTicket {
         order_id: data.order_id,
         restaurant_id: data.restaurant_id,
@@ -78,17 +81,20 @@ fn create_ticket(data: &CreateOrderData) -> CreateTicket {
     }
 }
 
-fn ticket_created(data: &mut CreateOrderData, reply: &TicketCreated) {
+/// Keeps the ticket id from the kitchen's reply.
+pub fn ticket_created(data: &mut CreateOrderData, reply: &TicketCreated) {
     data.ticket_id = Some(reply.ticket_id);
 }
 
-fn cancel_create_ticket(data: &CreateOrderData) -> CancelCreateTicket {
+/// The compensation of `create_ticket`.
+pub fn cancel_create_ticket(data: &CreateOrderData) -> CancelCreateTicket {
     CancelCreateTicket {
         order_id: data.order_id,
     }
 }
 
-fn authorize_card(data: &CreateOrderData) -> AuthorizeCard {
+/// `authorize_card`, the pivot: ask Accounting to authorize the card.
+pub fn authorize_card(data: &CreateOrderData) -> AuthorizeCard {
     AuthorizeCard {
         consumer_id: data.consumer_id,
         order_id: data.order_id,
@@ -96,20 +102,23 @@ fn authorize_card(data: &CreateOrderData) -> AuthorizeCard {
     }
 }
 
-fn card_authorized(data: &mut CreateOrderData, reply: &CardAuthorization) {
+/// Keeps the authorization id.
+pub fn card_authorized(data: &mut CreateOrderData, reply: &CardAuthorization) {
     if let CardAuthorization::Authorized { authorization_id } = reply {
         data.authorization_id = Some(authorization_id.clone());
     }
 }
 
-fn confirm_create_ticket(data: &CreateOrderData) -> ConfirmCreateTicket {
+/// `confirm_ticket`: tell the kitchen the ticket stands.
+pub fn confirm_create_ticket(data: &CreateOrderData) -> ConfirmCreateTicket {
     ConfirmCreateTicket {
         // The ticket id comes from the kitchen's reply; the ticket is keyed by order.
         ticket_id: data.ticket_id.unwrap_or(data.order_id),
     }
 }
 
-fn approve_order(data: &CreateOrderData) -> ApproveOrder {
+/// `approve_order`: tell the Order service the order is approved.
+pub fn approve_order(data: &CreateOrderData) -> ApproveOrder {
     ApproveOrder {
         order_id: data.order_id,
     }
