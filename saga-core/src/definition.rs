@@ -608,6 +608,49 @@ impl<D: SagaData, R> StepBuilder<D, R> {
     }
 }
 
+/// Holds when an `on_reply:` handler takes `Self`, the reply of the step's command `C`
+/// (`Expected`). Only the `saga!` macro uses it, to say so when it does not.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{C}` replies with `{Expected}`, not `{Self}`",
+    label = "this `on_reply:` handler takes `&{Self}`",
+    note = "an `on_reply:` handler takes the reply of the step's `invoke:` command: \
+            `fn(&mut Data, &{Expected})`"
+)]
+pub trait ReplyOf<Expected, C> {
+    /// The reply, as the type the handler takes.
+    fn as_handled(reply: &Expected) -> &Self;
+}
+
+impl<R, C> ReplyOf<R, C> for R {
+    fn as_handled(reply: &R) -> &R {
+        reply
+    }
+}
+
+/// The `invoke:` function of a step with an `on_reply:` handler, to check the handler
+/// against the reply of its command `C` ([`ReplyOf`]). Only the `saga!` macro uses it.
+#[doc(hidden)]
+pub struct ReplyCheck<D, C>(fn(&D) -> C);
+
+impl<D: 'static, C: Command> ReplyCheck<D, C> {
+    /// The step's `invoke:` function.
+    pub fn new(invoke: fn(&D) -> C) -> Self {
+        Self(invoke)
+    }
+
+    /// `handler` as the step's `on_reply` function; a handler for another reply type than
+    /// `C`'s is refused, in those terms.
+    pub fn handler<R: ReplyOf<C::Reply, C> + 'static>(
+        self,
+        handler: fn(&mut D, &R),
+    ) -> UserReplyFn<D, C::Reply> {
+        // Boxed, not `impl Fn`: an opaque type would repeat the bound's error at the macro.
+        let _ = self.0;
+        Box::new(move |data, reply| handler(data, R::as_handled(reply)))
+    }
+}
+
 impl<D: SagaData, R: Reply> StepBuilder<D, R> {
     /// Applies the participant's reply to the saga data. The handler's reply type must be the
     /// reply type of the command the step invokes.

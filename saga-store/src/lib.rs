@@ -4,6 +4,24 @@
 //! default: a file, no server) and **PostgreSQL** (production), with typed transactions for
 //! participants.
 //!
+//! ## Getting started
+//!
+//! 1. Open the database: [`Database::connect`] with `sqlite://…?mode=rwc` or
+//!    `postgres://…` (it runs saga-store's migrations; yours go through
+//!    [`Database::run_migrations`]).
+//! 2. The orchestrator keeps its sagas in a [`SqlSagaStore`]; start a saga in the same
+//!    transaction as your business row with [`start_saga_in`], then [`Database::commit`].
+//! 3. Participants are `saga_core::participant::Participant<Tx>` (or `<PgTx>`, `<SqliteTx>`):
+//!    each command's handler, its dedup record and its reply commit in one transaction, and a
+//!    refusal undoes the handler's writes.
+//! 4. [`SagaRuntime::builder`] with a transport ([`SqlTransport`], or NATS) runs the workers:
+//!    relay, consumers, timers, retention.
+//!
+//! The repository's `docs/participants.md` is the guide to writing participants (which error
+//! to return when, semantic locks and [`lock_table`], the deployment layouts with a complete
+//! snippet each, migrations); its examples are this crate's doctests. `examples/hello-saga` is
+//! the smallest complete program.
+//!
 //! ## Typed backends
 //!
 //! A transaction is a PostgreSQL one or a SQLite one, never an erased "any": a participant

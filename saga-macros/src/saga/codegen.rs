@@ -122,6 +122,11 @@ fn generate_call(call: &BuilderCall) -> TokenStream {
     let method = &call.method;
     let arg = match &call.arg {
         CallArg::Handler(path) => path.to_token_stream(),
+        CallArg::ReplyHandler { invoke, handler } => {
+            let span = syn::spanned::Spanned::span(handler);
+            let checked = quote::quote_spanned!(span=> .handler(#handler));
+            quote!(::saga_core::__private::ReplyCheck::new(#invoke) #checked)
+        }
         // In the user's scope, like a handler path: `RetryPolicy` and `Duration` are whatever
         // the user imported.
         CallArg::Value(expr) => expr.to_token_stream(),
@@ -168,7 +173,7 @@ mod tests {
             "type Data = CreateOrderData ;",
             "SagaDefinition :: < Self :: Data > :: builder (\"CreateOrderSaga\")",
             ". step (:: saga_core :: __private :: Step :: compensatable :: < Self :: Data > (\"create_order\") . compensate_local (reject_order))",
-            ". invoke (create_ticket) . on_reply (ticket_created) . compensate (cancel_create_ticket))",
+            ". invoke (create_ticket) . on_reply (:: saga_core :: __private :: ReplyCheck :: new (create_ticket) . handler (ticket_created)) . compensate (cancel_create_ticket))",
             "Step :: pivot :: < Self :: Data > (\"authorize_card\") . invoke (authorize_card))",
             ". retry (RetryPolicy :: fixed (Duration :: from_millis (5)))",
             ". on_timeout (:: saga_core :: __private :: TimeoutAction :: Retry)",

@@ -57,6 +57,14 @@ pub(crate) struct BuilderCall {
 pub(crate) enum CallArg {
     /// A function path, passed as written (so type errors point at it).
     Handler(ExprPath),
+    /// An `on_reply` handler, checked against the reply of the step's `invoke` command so a
+    /// handler for another reply type is reported in those terms.
+    ReplyHandler {
+        /// The `invoke` function.
+        invoke: ExprPath,
+        /// The `on_reply` function.
+        handler: ExprPath,
+    },
     /// An expression (a `RetryPolicy`, a `Duration`), evaluated in the user's scope.
     Value(Expr),
     /// A `TimeoutAction` variant: `Retry` or `Fail`.
@@ -101,7 +109,15 @@ fn lower_step(step: &StepModel) -> LoweredStep {
         });
     }
     if let Some((key, path)) = &step.on_reply {
-        calls.push(call(key, "on_reply", CallArg::Handler(path.clone())));
+        // `analyze` keeps `on_reply` only beside `invoke`.
+        let arg = match &step.action {
+            Some((_, ActionModel::Invoke(invoke))) => CallArg::ReplyHandler {
+                invoke: invoke.clone(),
+                handler: path.clone(),
+            },
+            _ => CallArg::Handler(path.clone()),
+        };
+        calls.push(call(key, "on_reply", arg));
     }
     if let Some((key, compensation)) = &step.compensation {
         calls.push(match compensation {
