@@ -321,10 +321,64 @@ pub struct Orchestrator<S: ?Sized> {
     consumer: String,
     clock: Arc<dyn Clock>,
     observers: Vec<FinishedObserver>,
-    /// Woken whenever a saga this orchestrator moves finishes, for [`Orchestrator::wait`].
-    finished: tokio::sync::Notify,
+    /// The sagas someone [waits](Orchestrator::wait) for, each woken when this orchestrator
+    /// finishes it, with how many are waiting.
+    waiters: Waiters,
     /// The messaging system replies arrive through, for spans (set by the runtime).
     system: OnceLock<&'static str>,
+}
+
+/// The sagas [`Orchestrator::wait`] calls wait for: one `Notify` per saga, shared by its
+/// waiters and removed when the last one leaves, so finishing a saga wakes only its own.
+#[derive(Default)]
+struct Waiters(std::sync::Mutex<HashMap<SagaId, (Arc<tokio::sync::Notify>, usize)>>);
+
+impl Waiters {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<SagaId, (Arc<tokio::sync::Notify>, usize)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// One more waiter for `saga_id`, until the returned guard is dropped.
+    fn register(&self, saga_id: SagaId) -> Waiting<'_> {
+        let mut waiters = self.lock();
+        let (notify, count) = waiters.entry(saga_id).or_default();
+        *count += 1;
+        Waiting {
+            waiters: self,
+            saga_id,
+            notify: notify.clone(),
+        }
+    }
+
+    /// Wakes the waiters of `saga_id`, if any.
+    fn wake(&self, saga_id: SagaId) {
+        if let Some((notify, _)) = self.lock().get(&saga_id) {
+            notify.notify_waiters();
+        }
+    }
+}
+
+/// A registered waiter: leaving deregisters it.
+struct Waiting<'a> {
+    waiters: &'a Waiters,
+    saga_id: SagaId,
+    notify: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut waiters = self.waiters.lock();
+        if let Some((_, count)) = waiters.get_mut(&self.saga_id) {
+            *count -= 1;
+            if *count == 0 {
+                waiters.remove(&self.saga_id);
+            }
+        }
+    }
 }
 
 /// Called with a saga's id and terminal status once the transition that finished it has
@@ -355,7 +409,7 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
             reply_channel,
             clock: Arc::new(SystemClock),
             observers: Vec::new(),
-            finished: tokio::sync::Notify::new(),
+            waiters: Waiters::default(),
             system: OnceLock::new(),
         }
     }
@@ -401,7 +455,7 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
                 saga_id.created_at(),
                 now,
             );
-            self.finished.notify_waiters();
+            self.waiters.wake(saga_id);
         }
         if status.is_terminal() {
             for observer in &self.observers {
@@ -424,9 +478,10 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
         const MAX_POLL: std::time::Duration = std::time::Duration::from_millis(250);
         let deadline = tokio::time::Instant::now() + timeout;
         let mut poll = std::time::Duration::from_millis(5);
+        let waiting = self.waiters.register(saga_id);
         loop {
             // Registered before the read, so a saga finishing in between still wakes us.
-            let finished = self.finished.notified();
+            let finished = waiting.notify.notified();
             let record = self.load(saga_id).await?;
             if record.state.status.is_finished() {
                 return Ok(record);
@@ -1256,4 +1311,50 @@ fn reply_event(message: &Message) -> Result<(SagaId, SagaEvent), MessageError> {
             },
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Finishing a saga wakes its own waiters only, and the last waiter to leave removes its
+    /// entry.
+    #[tokio::test]
+    async fn a_finished_saga_wakes_only_its_own_waiters() {
+        let waiters = Waiters::default();
+        let (mine, other) = (SagaId::new(), SagaId::new());
+        let first = waiters.register(mine);
+        let second = waiters.register(mine);
+        let elsewhere = waiters.register(other);
+        let (mine_notify, other_notify) = (first.notify.clone(), elsewhere.notify.clone());
+        let (woken, not_woken) = (mine_notify.notified(), other_notify.notified());
+        tokio::pin!(woken, not_woken);
+        woken.as_mut().enable();
+        not_woken.as_mut().enable();
+        waiters.wake(mine);
+        tokio::time::timeout(std::time::Duration::from_secs(5), woken)
+            .await
+            .expect("its waiter is woken");
+        assert!(
+            futures_poll_once(not_woken.as_mut()).await.is_none(),
+            "another saga's waiter sleeps on"
+        );
+        drop(first);
+        assert_eq!(waiters.lock().get(&mine).map(|(_, n)| *n), Some(1));
+        drop(second);
+        drop(elsewhere);
+        assert!(waiters.lock().is_empty());
+    }
+
+    /// Polls `future` once: its output if it was ready.
+    async fn futures_poll_once<F: std::future::Future + Unpin>(future: F) -> Option<F::Output> {
+        let mut future = future;
+        std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(match std::pin::Pin::new(&mut future).poll(cx) {
+                std::task::Poll::Ready(output) => Some(output),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await
+    }
 }
