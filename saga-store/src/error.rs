@@ -23,6 +23,20 @@ pub enum DatabaseError {
         #[source]
         source: sqlx::Error,
     },
+    /// TLS to the database could not be set up: TLS not built in (the `postgres-tls`
+    /// feature), a certificate that does not load or verify. A configuration problem, so it
+    /// is reported at once instead of retried like an unreachable server.
+    #[error(
+        "TLS to the database at {url} failed: {source} (check sslmode, sslrootcert, sslcert and \
+         sslkey, and that saga-store's `postgres-tls` feature is on)"
+    )]
+    Tls {
+        /// The URL, with any password removed.
+        url: String,
+        /// The TLS error.
+        #[source]
+        source: sqlx::Error,
+    },
     /// A schema name that is not a plain identifier.
     #[error("invalid schema name {schema:?}: use letters, digits and underscores")]
     InvalidSchema {

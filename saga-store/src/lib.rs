@@ -54,6 +54,7 @@
 //!
 //! | feature | default | what |
 //! |---|---|---|
+//! | `postgres-tls` | yes | TLS to PostgreSQL with rustls (no OpenSSL): `sslmode=require`, `verify-ca`, `verify-full`, and `sslrootcert`, `sslcert`, `sslkey` in the URL; a TLS or certificate error is reported at once ([`DatabaseError::Tls`]), not retried |
 //! | `nats` | no | the NATS JetStream transport ([`transport::nats::NatsTransport`]) |
 
 /// `docs/participants.md`, whose examples are compiled as this crate's doctests.

@@ -158,6 +158,37 @@ pub struct Database {
     inner: Arc<Inner>,
 }
 
+/// Whether connecting failed because of TLS: its setup (`Error::Tls`), or the server's
+/// certificate not verifying (rustls's error inside sqlx's I/O error).
+fn is_tls_failure(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Tls(_) => true,
+        #[cfg(feature = "postgres-tls")]
+        sqlx::Error::Io(io) => io
+            .get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()),
+        _ => false,
+    }
+}
+
+/// Refuses, before connecting, a PostgreSQL URL whose `sslrootcert`, `sslcert` or `sslkey`
+/// names a file that is not there: sqlx would report it as an I/O error, which looks like an
+/// unreachable server and would be retried until the connect timeout.
+fn check_tls_files(url: &str) -> Result<(), DatabaseError> {
+    let Some((_, query)) = url.split_once('?') else {
+        return Ok(());
+    };
+    for (key, value) in query.split('&').filter_map(|pair| pair.split_once('=')) {
+        if matches!(key, "sslrootcert" | "sslcert" | "sslkey") && !Path::new(value).is_file() {
+            return Err(DatabaseError::Tls {
+                url: redact(url),
+                source: sqlx::Error::Tls(format!("{key} {value:?} is not a readable file").into()),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Removes the password from a URL, for messages.
 pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -207,6 +238,9 @@ impl Database {
                 schema: schema.clone(),
             });
         }
+        if dialect == Dialect::Postgres {
+            check_tls_files(url)?;
+        }
         let pool = match dialect {
             Dialect::Sqlite => Pool::Sqlite(sqlite_pool(url, &options)?),
             Dialect::Postgres => Pool::Postgres(postgres_pool(url, &options)?),
@@ -243,6 +277,13 @@ impl Database {
         loop {
             match self.inner.pool.acquire().await {
                 Ok(_) => return Ok(()),
+                // A certificate or TLS setting does not fix itself: say so at once.
+                Err(err) if is_tls_failure(&err) => {
+                    return Err(DatabaseError::Tls {
+                        url: self.inner.url.clone(),
+                        source: err,
+                    });
+                }
                 Err(err) if is_transient(&err) && tokio::time::Instant::now() < deadline => {
                     tracing::warn!(url = %self.inner.url, error = %err, retry_in = ?delay, "database unreachable; retrying");
                     tokio::time::sleep(delay).await;
@@ -524,6 +565,79 @@ mod tests {
         );
         assert_eq!(redact("postgres://user@host/db"), "postgres://user@host/db");
         assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
+    }
+
+    /// `sslmode=require` gives an encrypted session (the machine's PostgreSQL has `ssl = on`);
+    /// `verify-full` checks the certificate and its name; a certificate that does not verify,
+    /// or a certificate file that is not there, is reported at once as a TLS error, not
+    /// retried until the connect timeout like an unreachable server.
+    #[cfg(feature = "postgres-tls")]
+    #[tokio::test]
+    async fn postgres_over_tls() {
+        let Ok(url) = std::env::var("SAGA_TEST_POSTGRES_URL") else {
+            assert!(
+                std::env::var("SAGA_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+                "SAGA_REQUIRE_POSTGRES=1 but SAGA_TEST_POSTGRES_URL is not set"
+            );
+            eprintln!("postgres TLS test did not run: set SAGA_TEST_POSTGRES_URL");
+            return;
+        };
+        let join = if url.contains('?') { '&' } else { '?' };
+        let schema = format!("saga_tls_{}", uuid::Uuid::now_v7().simple());
+        let options = DatabaseOptions {
+            schema: Some(schema.clone()),
+            ..DatabaseOptions::default()
+        };
+        let database = Database::connect_with(&format!("{url}{join}sslmode=require"), options)
+            .await
+            .expect("connects over TLS");
+        let pool = database.postgres_pool().expect("PostgreSQL");
+        let ssl: bool =
+            sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                .fetch_one(pool)
+                .await
+                .expect("reads pg_stat_ssl");
+        assert!(ssl, "the session is encrypted");
+        let drop = format!("DROP SCHEMA \"{schema}\" CASCADE");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
+            .execute(pool)
+            .await
+            .expect("drops the schema");
+        database.close().await;
+
+        // The server's certificate verified against its CA (`SAGA_TEST_POSTGRES_CA`: the
+        // machine's self-signed one, as `.ci/run` sets it), by name: `localhost` is the name
+        // in the certificate, `127.0.0.1` is not.
+        match std::env::var("SAGA_TEST_POSTGRES_CA") {
+            Ok(ca) => {
+                let verified = format!("{url}{join}sslmode=verify-full&sslrootcert={ca}")
+                    .replace("@127.0.0.1:", "@localhost:");
+                let database = Database::connect(&verified).await.expect("verify-full");
+                database.close().await;
+                let began = std::time::Instant::now();
+                let by_address = verified.replace("@localhost:", "@127.0.0.1:");
+                let err = Database::connect(&by_address)
+                    .await
+                    .expect_err("wrong name");
+                assert!(matches!(err, DatabaseError::Tls { .. }), "{err:?}");
+                assert!(err.to_string().contains("not valid for name"), "{err}");
+                assert!(began.elapsed() < Duration::from_secs(5), "not retried");
+            }
+            Err(_) => eprintln!(
+                "postgres verify-full test did not run: set SAGA_TEST_POSTGRES_CA to the \
+                 server's CA certificate"
+            ),
+        }
+
+        let began = std::time::Instant::now();
+        let missing = format!("{url}{join}sslmode=verify-full&sslrootcert=/nonexistent/root.crt");
+        let err = Database::connect(&missing).await.expect_err("refused");
+        assert!(matches!(err, DatabaseError::Tls { .. }), "{err:?}");
+        assert!(err.to_string().contains("sslrootcert"), "{err}");
+        assert!(
+            began.elapsed() < Duration::from_secs(5),
+            "reported at once, not retried"
+        );
     }
 
     #[test]
