@@ -213,6 +213,18 @@ async fn an_embedded_order_is_one_trace_and_the_metrics_count_it() {
         "a timer's span is a child of the saga's stored context: its start"
     );
 
+    // An order is settled once its last command ran; its saga finishes (and is counted) when
+    // the orchestrator has taken that command's reply: wait for that too.
+    let sagas: Vec<saga_core::SagaId> = [&placed, &declined, &night]
+        .iter()
+        .map(|order| {
+            let id = order["saga_id"].as_str().expect("a saga id");
+            id.parse().expect("a saga id")
+        })
+        .collect();
+    ftgo.wait_for_sagas(&sagas, Duration::from_secs(60), |_, _| {})
+        .await
+        .expect("every saga finishes");
     let text = metrics.render();
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
         .expect("Prometheus text");
