@@ -7,19 +7,15 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::postgres::PgListener;
 
 use crate::db::Database;
 use crate::db::wakeups::Topic;
 
 /// Starts the listener task of `database` (reconnecting with backoff until the pool closes).
-pub(crate) fn spawn_listener(database: &Database, connect: PgConnectOptions) {
+pub(crate) fn spawn_listener(database: &Database, url: &str) {
     let database = database.clone();
-    // A pool of its own, of one connection, with the database's connect options (TLS
-    // included), so the listener never takes a connection from the workers.
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .connect_lazy_with(connect);
+    let url = url.to_owned();
     tokio::spawn(async move {
         let outbox = database.outbox_notify_channel();
         let queue = database.queue_notify_channel();
@@ -28,7 +24,7 @@ pub(crate) fn spawn_listener(database: &Database, connect: PgConnectOptions) {
             if database.is_closed() {
                 return;
             }
-            match PgListener::connect_with(&pool).await {
+            match PgListener::connect(&url).await {
                 Ok(mut listener) => {
                     if let Err(err) = listener.listen_all([outbox.as_str(), queue.as_str()]).await {
                         tracing::warn!(error = %err, "LISTEN failed; polling only until it works");

@@ -11,7 +11,7 @@ mod listen;
 mod migrate;
 pub(crate) mod wakeups;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -85,24 +85,6 @@ pub struct DatabaseOptions {
     /// holding a transaction open (frozen, partitioned) would otherwise keep its row locks —
     /// and every other process waiting on them — forever.
     pub idle_in_transaction_timeout: Duration,
-    /// PostgreSQL TLS settings; each one given overrides the URL's.
-    pub tls: PostgresTls,
-}
-
-/// PostgreSQL TLS settings, as `sslmode`, `sslrootcert`, `sslcert` and `sslkey` would give
-/// them in the URL, for settings that come from elsewhere (files mounted by the platform, a
-/// secret store). They apply to every connection, the `LISTEN` one included. Needs the
-/// `postgres-tls` feature.
-#[derive(Clone, Debug, Default)]
-pub struct PostgresTls {
-    /// `disable`, `prefer`, `require`, `verify-ca` or `verify-full`.
-    pub mode: Option<sqlx::postgres::PgSslMode>,
-    /// The CA certificate(s) the server's certificate must chain to (PEM).
-    pub root_cert: Option<PathBuf>,
-    /// The client certificate (PEM), for servers that require one.
-    pub client_cert: Option<PathBuf>,
-    /// The client certificate's private key (PEM).
-    pub client_key: Option<PathBuf>,
 }
 
 impl Default for DatabaseOptions {
@@ -116,7 +98,6 @@ impl Default for DatabaseOptions {
             writers: None,
             write_batch: 256,
             idle_in_transaction_timeout: Duration::from_secs(30),
-            tls: PostgresTls::default(),
         }
     }
 }
@@ -193,48 +174,19 @@ fn is_tls_failure(err: &sqlx::Error) -> bool {
 /// Refuses, before connecting, a PostgreSQL URL whose `sslrootcert`, `sslcert` or `sslkey`
 /// names a file that is not there: sqlx would report it as an I/O error, which looks like an
 /// unreachable server and would be retried until the connect timeout.
-fn check_tls_files(url: &str, tls: &PostgresTls) -> Result<(), DatabaseError> {
-    let query = url.split_once('?').map_or("", |(_, query)| query);
-    let in_url = query
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .filter(|(key, _)| matches!(*key, "sslrootcert" | "sslcert" | "sslkey"))
-        .map(|(key, value)| (key, Path::new(value)));
-    let in_options = [
-        ("root_cert", &tls.root_cert),
-        ("client_cert", &tls.client_cert),
-        ("client_key", &tls.client_key),
-    ]
-    .into_iter()
-    .filter_map(|(key, path)| Some((key, path.as_deref()?)));
-    for (key, path) in in_url.chain(in_options) {
-        if !path.is_file() {
-            let message = format!("{key} {} is not a readable file", path.display());
+fn check_tls_files(url: &str) -> Result<(), DatabaseError> {
+    let Some((_, query)) = url.split_once('?') else {
+        return Ok(());
+    };
+    for (key, value) in query.split('&').filter_map(|pair| pair.split_once('=')) {
+        if matches!(key, "sslrootcert" | "sslcert" | "sslkey") && !Path::new(value).is_file() {
             return Err(DatabaseError::Tls {
                 url: redact(url),
-                source: sqlx::Error::Tls(message.into()),
+                source: sqlx::Error::Tls(format!("{key} {value:?} is not a readable file").into()),
             });
         }
     }
     Ok(())
-}
-
-/// The connect options of `url`, with `tls` over the URL's TLS settings.
-fn postgres_options(url: &str, tls: &PostgresTls) -> Result<PgConnectOptions, DatabaseError> {
-    let mut connect = PgConnectOptions::from_str(url)?;
-    if let Some(mode) = tls.mode {
-        connect = connect.ssl_mode(mode);
-    }
-    if let Some(path) = &tls.root_cert {
-        connect = connect.ssl_root_cert(path);
-    }
-    if let Some(path) = &tls.client_cert {
-        connect = connect.ssl_client_cert(path);
-    }
-    if let Some(path) = &tls.client_key {
-        connect = connect.ssl_client_key(path);
-    }
-    Ok(connect)
 }
 
 /// Removes the password from a URL, for messages.
@@ -286,16 +238,12 @@ impl Database {
                 schema: schema.clone(),
             });
         }
-        let postgres = match dialect {
-            Dialect::Postgres => {
-                check_tls_files(url, &options.tls)?;
-                Some(postgres_options(url, &options.tls)?)
-            }
-            Dialect::Sqlite => None,
-        };
-        let pool = match &postgres {
-            None => Pool::Sqlite(sqlite_pool(url, &options)?),
-            Some(connect) => Pool::Postgres(postgres_pool(connect.clone(), &options)),
+        if dialect == Dialect::Postgres {
+            check_tls_files(url)?;
+        }
+        let pool = match dialect {
+            Dialect::Sqlite => Pool::Sqlite(sqlite_pool(url, &options)?),
+            Dialect::Postgres => Pool::Postgres(postgres_pool(url, &options)?),
         };
         let database = Self {
             inner: Arc::new(Inner {
@@ -317,8 +265,8 @@ impl Database {
             .wait_until_reachable(options.connect_timeout)
             .await?;
         database.migrate().await?;
-        if let Some(connect) = postgres {
-            listen::spawn_listener(&database, connect);
+        if dialect == Dialect::Postgres {
+            listen::spawn_listener(&database, url);
         }
         Ok(database)
     }
@@ -578,10 +526,11 @@ fn sqlite_pool(url: &str, options: &DatabaseOptions) -> Result<SqlitePool, Datab
         .connect_lazy_with(connect))
 }
 
-fn postgres_pool(connect: PgConnectOptions, options: &DatabaseOptions) -> PgPool {
+fn postgres_pool(url: &str, options: &DatabaseOptions) -> Result<PgPool, DatabaseError> {
+    let connect = PgConnectOptions::from_str(url)?;
     let schema = options.schema.clone();
     let idle_in_transaction = options.idle_in_transaction_timeout.as_millis();
-    PgPoolOptions::new()
+    Ok(PgPoolOptions::new()
         .max_connections(options.max_connections.unwrap_or(10))
         .acquire_timeout(Duration::from_secs(5))
         .after_connect(move |conn, _meta| {
@@ -601,7 +550,7 @@ fn postgres_pool(connect: PgConnectOptions, options: &DatabaseOptions) -> PgPool
                 Ok(())
             })
         })
-        .connect_lazy_with(connect)
+        .connect_lazy_with(connect))
 }
 
 #[cfg(test)]
@@ -665,24 +614,6 @@ mod tests {
                     .replace("@127.0.0.1:", "@localhost:");
                 let database = Database::connect(&verified).await.expect("verify-full");
                 database.close().await;
-                // The same through `DatabaseOptions::tls`, for settings not in the URL.
-                let options = DatabaseOptions {
-                    tls: PostgresTls {
-                        mode: Some(sqlx::postgres::PgSslMode::VerifyFull),
-                        root_cert: Some(PathBuf::from(&ca)),
-                        ..PostgresTls::default()
-                    },
-                    ..DatabaseOptions::default()
-                };
-                let by_name = url.replace("@127.0.0.1:", "@localhost:");
-                let database = Database::connect_with(&by_name, options.clone())
-                    .await
-                    .expect("verify-full from the options");
-                database.close().await;
-                let err = Database::connect_with(&url, options)
-                    .await
-                    .expect_err("the options verify the name too");
-                assert!(matches!(err, DatabaseError::Tls { .. }), "{err:?}");
                 let began = std::time::Instant::now();
                 let by_address = verified.replace("@localhost:", "@127.0.0.1:");
                 let err = Database::connect(&by_address)
