@@ -569,7 +569,7 @@ async fn an_order_too_large_for_the_transport_is_413_and_stores_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_needs_its_token_and_refuses_cross_site_posts_and_bad_input() {
     let server = Server::start_with(true, |options| {
-        options.console_token = Some("s3cret".to_owned());
+        options.console_token = Some("s3cret".into());
     })
     .await;
     let client = reqwest::Client::builder()

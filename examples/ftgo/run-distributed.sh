@@ -10,6 +10,10 @@
 #
 # Settings (environment):
 #   DATABASE_URL   postgres://postgres@127.0.0.1:5432/test
+#   DATABASE_URL_ORDER, DATABASE_URL_CONSUMER, DATABASE_URL_KITCHEN, DATABASE_URL_ACCOUNTING,
+#   DATABASE_URL_API  if set, that process connects with it instead (e.g. its own role; see
+#                  docs/security.md); URLs reach the processes in their environment, not
+#                  on their command lines, so a password in one is not shown by `ps`
 #   NATS_URL       nats://127.0.0.1:4222
 #   SCHEMA_PREFIX  ftgo            schemas <prefix>_order, <prefix>_kitchen, ...
 #   NATS_STREAM    FTGO            the JetStream stream
@@ -45,8 +49,14 @@ binary() {
 }
 
 common_args() {
-  echo --database-url "$DATABASE_URL" --schema-prefix "$SCHEMA_PREFIX" \
-    --transport nats --nats-url "$NATS_URL" --nats-stream "$NATS_STREAM"
+  echo --schema-prefix "$SCHEMA_PREFIX" --transport nats --nats-stream "$NATS_STREAM"
+}
+
+# The database URL for process $1: DATABASE_URL_<SERVICE>, else DATABASE_URL.
+database_url() {
+  local service="${1%-*}" var
+  var="DATABASE_URL_${service^^}"
+  echo "${!var:-$DATABASE_URL}"
 }
 
 running() {
@@ -80,7 +90,8 @@ start_one() {
     *) echo "unknown process $name (expected: ${PROCESSES[*]})" >&2; exit 2 ;;
   esac
   # shellcheck disable=SC2086
-  "$bin" "$@" $args >>"$RUN_DIR/$name.log" 2>&1 &
+  FTGO_DATABASE_URL="$(database_url "$name")" NATS_URL="$NATS_URL" \
+    "$bin" "$@" $args >>"$RUN_DIR/$name.log" 2>&1 &
   echo $! >"$RUN_DIR/$name.pid"
   echo "started $name (pid $!)"
 }
@@ -143,7 +154,7 @@ case "${1:-}" in
     done
     ;;
   *)
-    sed -n '2,23p' "$0"
+    sed -n '2,27p' "$0"
     exit 2
     ;;
 esac

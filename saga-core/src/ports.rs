@@ -342,6 +342,14 @@ pub enum TransportError {
         #[source]
         source: ErrorSource,
     },
+    /// A setting is wrong (credentials the server refuses, a certificate that does not
+    /// verify, a file that is not there): retrying will not help, so it is reported at once.
+    #[error("transport misconfigured: {source}")]
+    Misconfigured {
+        /// The underlying error.
+        #[source]
+        source: ErrorSource,
+    },
     /// Any other failure; treated as transient.
     #[error("transport error: {source}")]
     Failed {
@@ -353,12 +361,13 @@ pub enum TransportError {
 
 impl TransportError {
     /// A short, fixed name of the kind of failure, for the `error.type` of spans and metric
-    /// labels: `unavailable`, `too_large`, `refused` or `failed`.
+    /// labels: `unavailable`, `too_large`, `refused`, `misconfigured` or `failed`.
     pub fn class(&self) -> &'static str {
         match self {
             Self::Unavailable { .. } => "unavailable",
             Self::TooLarge { .. } => "too_large",
             Self::Refused { .. } => "refused",
+            Self::Misconfigured { .. } => "misconfigured",
             Self::Failed { .. } => "failed",
         }
     }
@@ -368,6 +377,15 @@ impl TransportError {
         error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
     ) -> Self {
         Self::Unavailable {
+            source: source(error),
+        }
+    }
+
+    /// A [`TransportError::Misconfigured`] failure caused by `error`.
+    pub fn misconfigured(
+        error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        Self::Misconfigured {
             source: source(error),
         }
     }

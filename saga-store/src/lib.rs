@@ -49,7 +49,7 @@
 //! | `consume` | the consumers: leased, in place, replies, commands, timers and the watchdog |
 //! | [`runtime`] | wiring only: [`RuntimeBuilder`] and [`SagaRuntime`] |
 //!
-//! Imports point one way, from lower to higher: `error`, `worker`, [`options`] → [`db`] →
+//! Imports point one way, from lower to higher: `error`, `worker`, [`options`], [`secrets`] → [`db`] →
 //! [`sql`] → [`store`] → [`transport`] → [`outbox`] → `consume` → [`runtime`].
 //!
 //! | feature | default | what |
@@ -69,6 +69,7 @@ mod gauges;
 pub mod options;
 pub mod outbox;
 pub mod runtime;
+pub mod secrets;
 pub mod sql;
 pub mod store;
 pub mod transport;

@@ -10,6 +10,7 @@ use saga_core::orchestrator::{FinishedObserver, OrchestratorError};
 use saga_core::ports::{SagaStore, Transport, TransportError};
 use saga_core::{SagaId, Timestamp};
 use saga_store::nats::{NatsOptions, NatsTransport};
+use saga_store::secrets::redact_url;
 use saga_store::{
     Database, DatabaseError, DatabaseOptions, RuntimeOptions, SagaRuntime, SqlSagaStore,
     SqlTransport, SqlTransportOptions, SqliteSync,
@@ -21,8 +22,8 @@ use crate::services::consumer::ConsumerService;
 use crate::services::kitchen::KitchenService;
 use crate::services::order::{OrderError, OrderRecord, OrderService};
 
-/// Where the services keep their data.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where the services keep their data (`Debug` shows the URL without its password).
+#[derive(Clone, PartialEq, Eq)]
 pub enum Storage {
     /// One SQLite file per service (and one for the message queue) in a directory.
     Sqlite {
@@ -80,13 +81,36 @@ impl Storage {
     }
 }
 
-/// Where NATS is, when the services talk over NATS JetStream instead of the SQL queue.
-#[derive(Clone, Debug)]
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite { dir } => f.debug_struct("Sqlite").field("dir", dir).finish(),
+            Self::Postgres { url, schema_prefix } => f
+                .debug_struct("Postgres")
+                .field("url", &redact_url(url))
+                .field("schema_prefix", schema_prefix)
+                .finish(),
+        }
+    }
+}
+
+/// Where NATS is, when the services talk over NATS JetStream instead of the SQL queue
+/// (`Debug` shows the URL without its credentials).
+#[derive(Clone)]
 pub struct NatsSettings {
     /// The server, e.g. `nats://127.0.0.1:4222`.
     pub url: String,
-    /// Streams and consumers.
+    /// Streams, consumers, credentials and TLS.
     pub options: NatsOptions,
+}
+
+impl std::fmt::Debug for NatsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsSettings")
+            .field("url", &redact_url(&self.url))
+            .field("options", &self.options)
+            .finish()
+    }
 }
 
 /// How to run FTGO.
@@ -111,7 +135,7 @@ pub struct FtgoOptions {
     pub request_timeout: Duration,
     /// The token the operator console (`/console` on the API) asks for; `None` for none,
     /// which `ftgo serve` allows only on a loopback address.
-    pub console_token: Option<String>,
+    pub console_token: Option<saga_store::secrets::SecretString>,
     /// Keep all four services and the message queue in **one** database (`ftgo.db`, or the
     /// `<prefix>_ftgo` schema) and handle messages **in place**: taken from the queue, handled
     /// and answered in one transaction, with no outbox or relay (see

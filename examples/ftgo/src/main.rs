@@ -14,7 +14,8 @@ use ftgo::app::{
 };
 use ftgo::observability::{self, LogFormat, Otlp};
 use saga_store::SqliteSync;
-use saga_store::nats::NatsOptions;
+use saga_store::nats::{NatsAuth, NatsOptions, NatsTls};
+use saga_store::secrets::{ExposeSecret as _, SecretString, redact_url};
 
 /// FTGO, the food-delivery example of the saga framework.
 #[derive(Debug, Parser)]
@@ -50,7 +51,7 @@ enum Command {
         /// The token the operator console at `/console` asks for (needed to listen on
         /// anything but a loopback address).
         #[arg(long, env = "SAGA_CONSOLE_TOKEN", hide_env_values = true)]
-        console_token: Option<String>,
+        console_token: Option<SecretString>,
     },
     /// Benchmark: run CreateOrderSaga under load on fresh storage and print one JSON line of
     /// figures (and a readable summary on stderr).
@@ -124,8 +125,9 @@ struct StorageArgs {
     #[arg(long, global = true, conflicts_with = "database_url")]
     data_dir: Option<PathBuf>,
     /// Use PostgreSQL instead, e.g. postgres://postgres@127.0.0.1:5432/test (one schema per
-    /// service).
-    #[arg(long, global = true)]
+    /// service); `?sslmode=verify-full&sslrootcert=ca.pem` for TLS. A URL with a password is
+    /// better given as the environment variable than on the command line.
+    #[arg(long, global = true, env = "FTGO_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// The PostgreSQL schema prefix (default: `ftgo`, or a fresh one for the demo).
     #[arg(long, global = true)]
@@ -137,9 +139,47 @@ struct StorageArgs {
     /// JetStream (`nats`).
     #[arg(long, global = true, default_value = "sql", value_parser = ["sql", "nats"])]
     transport: String,
-    /// The NATS server, with `--transport nats`.
-    #[arg(long, global = true, default_value = "nats://127.0.0.1:4222")]
+    /// The NATS server, with `--transport nats` (`tls://host:port` for TLS).
+    #[arg(
+        long,
+        global = true,
+        env = "NATS_URL",
+        hide_env_values = true,
+        default_value = "nats://127.0.0.1:4222"
+    )]
     nats_url: String,
+    /// The NATS user, with `--nats-password`.
+    #[arg(long, global = true, env = "NATS_USER", requires = "nats_password")]
+    nats_user: Option<String>,
+    /// The NATS user's password (better given as the environment variable).
+    #[arg(
+        long,
+        global = true,
+        env = "NATS_PASSWORD",
+        hide_env_values = true,
+        requires = "nats_user"
+    )]
+    nats_password: Option<SecretString>,
+    /// The NATS server's token (better given as the environment variable).
+    #[arg(long, global = true, env = "NATS_TOKEN", hide_env_values = true,
+          conflicts_with_all = ["nats_user", "nats_creds", "nats_nkey"])]
+    nats_token: Option<SecretString>,
+    /// A NATS `.creds` file (a user JWT and its seed), for a server in operator mode.
+    #[arg(long, global = true, env = "NATS_CREDS", conflicts_with_all = ["nats_user", "nats_nkey"])]
+    nats_creds: Option<PathBuf>,
+    /// A file holding the NATS user's nkey seed (`SU…`).
+    #[arg(long, global = true, env = "NATS_NKEY", conflicts_with = "nats_user")]
+    nats_nkey: Option<PathBuf>,
+    /// A PEM file of the certificate authorities that sign the NATS server's certificate
+    /// (instead of the system's).
+    #[arg(long, global = true, env = "NATS_CA")]
+    nats_ca: Option<PathBuf>,
+    /// A PEM client certificate for NATS, with `--nats-key`.
+    #[arg(long, global = true, env = "NATS_CERT", requires = "nats_key")]
+    nats_cert: Option<PathBuf>,
+    /// The NATS client certificate's PEM private key.
+    #[arg(long, global = true, env = "NATS_KEY", requires = "nats_cert")]
+    nats_key: Option<PathBuf>,
     /// The JetStream stream name, with `--transport nats`.
     #[arg(long, global = true, default_value = "FTGO")]
     nats_stream: String,
@@ -194,11 +234,36 @@ impl StorageArgs {
                 options: NatsOptions {
                     stream: self.nats_stream.clone(),
                     subject_prefix: self.nats_stream.to_lowercase(),
+                    auth: self.nats_auth(),
+                    tls: NatsTls {
+                        ca_file: self.nats_ca.clone(),
+                        client_cert: self.nats_cert.clone(),
+                        client_key: self.nats_key.clone(),
+                        ..NatsTls::default()
+                    },
                     ..NatsOptions::default()
                 },
             });
         }
         (options, temporary)
+    }
+
+    /// The NATS credentials the flags name (clap lets only one kind through).
+    fn nats_auth(&self) -> NatsAuth {
+        if let (Some(user), Some(password)) = (&self.nats_user, &self.nats_password) {
+            NatsAuth::UserPassword {
+                user: user.clone(),
+                password: password.clone(),
+            }
+        } else if let Some(token) = &self.nats_token {
+            NatsAuth::Token(token.clone())
+        } else if let Some(creds) = &self.nats_creds {
+            NatsAuth::CredentialsFile(creds.clone())
+        } else if let Some(seed) = &self.nats_nkey {
+            NatsAuth::NkeySeedFile(seed.clone())
+        } else {
+            NatsAuth::None
+        }
     }
 }
 
@@ -334,10 +399,14 @@ async fn serve(
     storage: StorageArgs,
     listen: SocketAddr,
     api_only: bool,
-    console_token: Option<String>,
+    console_token: Option<SecretString>,
 ) -> Result<ExitCode, Failure> {
     let (mut options, _) = storage.options(false);
-    if !listen.ip().is_loopback() && console_token.as_deref().is_none_or(str::is_empty) {
+    if !listen.ip().is_loopback()
+        && console_token
+            .as_ref()
+            .is_none_or(|t| t.expose_secret().is_empty())
+    {
         let _ = writeln!(
             std::io::stderr(),
             "error: the operator console at /console would be reachable beyond this machine \
@@ -406,7 +475,11 @@ async fn service(
     let (options, _) = storage.options(false);
     let where_ = describe(&options.storage);
     let transport = match &options.nats {
-        Some(nats) => format!("NATS {} (stream {})", nats.url, nats.options.stream),
+        Some(nats) => format!(
+            "NATS {} (stream {})",
+            redact_url(&nats.url),
+            nats.options.stream
+        ),
         None => "the SQL queue".to_owned(),
     };
     let process = Arc::new(ServiceProcess::start(name, options).await?);
@@ -466,7 +539,7 @@ fn describe(storage: &Storage) -> String {
     match storage {
         Storage::Sqlite { dir } => format!("SQLite files in {}", dir.display()),
         Storage::Postgres { url, schema_prefix } => {
-            format!("PostgreSQL {url}, schemas {schema_prefix}_*")
+            format!("PostgreSQL {}, schemas {schema_prefix}_*", redact_url(url))
         }
     }
 }

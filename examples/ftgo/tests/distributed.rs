@@ -16,79 +16,9 @@ use serde_json::Value;
 use sqlx::Row;
 
 mod common;
-use common::{Deployment, notice, place, place_all, required, wait_until_settled};
-
-/// Every order in its expected state, and consistent across the services.
-async fn assert_consistent(deployment: &Deployment, placed: &[(i64, &'static str)]) {
-    let orders = deployment.schema("order").await;
-    let kitchen = deployment.schema("kitchen").await;
-    let accounting = deployment.schema("accounting").await;
-    let states = |db: &Database, sql: &'static str| {
-        let db = db.clone();
-        async move {
-            sqlx::query(sql)
-                .fetch_all(db.postgres_pool().expect("PostgreSQL"))
-                .await
-                .expect("reads")
-                .iter()
-                .map(|r| {
-                    (
-                        r.try_get::<i64, _>(0).expect("id"),
-                        r.try_get::<String, _>(1).expect("state"),
-                    )
-                })
-                .collect::<std::collections::HashMap<i64, String>>()
-        }
-    };
-    let order_states = states(&orders, "SELECT id, state FROM ftgo_orders").await;
-    let tickets = states(&kitchen, "SELECT order_id, state FROM ftgo_tickets").await;
-    let authorizations = states(
-        &accounting,
-        "SELECT order_id, state FROM ftgo_authorizations",
-    )
-    .await;
-    assert_eq!(order_states.len(), placed.len());
-    for (order_id, expected) in placed {
-        let state = order_states.get(order_id).map(String::as_str);
-        assert_eq!(state, Some(*expected), "order {order_id}");
-        let ticket = tickets.get(order_id).map(String::as_str);
-        let authorization = authorizations.get(order_id).map(String::as_str);
-        match *expected {
-            "APPROVED" => {
-                assert_eq!(
-                    ticket,
-                    Some("AWAITING_ACCEPTANCE"),
-                    "ticket of approved order {order_id}"
-                );
-                assert_eq!(
-                    authorization,
-                    Some("AUTHORIZED"),
-                    "authorization of approved order {order_id}"
-                );
-            }
-            _ => {
-                assert!(
-                    matches!(ticket, None | Some("CANCELLED")),
-                    "rejected order {order_id} has ticket {ticket:?}"
-                );
-                assert_eq!(
-                    authorization, None,
-                    "rejected order {order_id} has an authorization"
-                );
-            }
-        }
-    }
-    // One ticket and one authorization at most per order (the keys), none for unknown orders.
-    assert!(tickets.keys().all(|id| order_states.contains_key(id)));
-    assert!(
-        authorizations
-            .keys()
-            .all(|id| order_states.contains_key(id))
-    );
-    for db in [orders, kitchen, accounting] {
-        db.close().await;
-    }
-}
+use common::{
+    Deployment, assert_consistent, notice, place, place_all, required, wait_until_settled,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_orders_survive_killed_kitchen_and_order_processes() {

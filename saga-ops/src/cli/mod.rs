@@ -18,6 +18,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use saga_core::engine::{OperatorCommand, OperatorRequest, SagaStatus};
 use saga_core::{SagaId, Timestamp};
+use saga_store::secrets::SecretString;
 use saga_store::{Database, DatabaseOptions, SagaFilter, SqlSagaStore};
 
 use crate::OpsError;
@@ -313,7 +314,7 @@ pub struct ConsoleArgs {
     /// The secret every request must carry (a bearer token, or entered once on the login
     /// page).
     #[arg(long, env = "SAGA_CONSOLE_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    pub token: Option<SecretString>,
 }
 
 pub(crate) fn actor(given: Option<&String>) -> String {

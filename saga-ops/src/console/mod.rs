@@ -32,6 +32,7 @@ use axum::routing::get;
 use maud::Markup;
 use saga_core::engine::{OperatorCommand, OperatorRequest, SagaStatus};
 use saga_core::{SagaId, Timestamp};
+use saga_store::secrets::{ExposeSecret, SecretString};
 use saga_store::{SagaFilter, SqlSagaStore};
 use subtle::ConstantTimeEq;
 
@@ -42,8 +43,9 @@ use crate::view::SagaView;
 /// How the console behaves.
 #[derive(Clone, Debug)]
 pub struct ConsoleOptions {
-    /// The secret every request must carry; `None` for none (loopback only).
-    pub token: Option<String>,
+    /// The secret every request must carry; `None` for none (loopback only). `Debug` does not
+    /// show it.
+    pub token: Option<SecretString>,
     /// Where the router is mounted (`/console` in FTGO, empty when served on its own): the
     /// prefix of every link it renders.
     pub base_path: String,
@@ -188,7 +190,12 @@ pub async fn serve(
     listen: SocketAddr,
     notes: &mut dyn Write,
 ) -> Result<(), OpsError> {
-    if !listen.ip().is_loopback() && options.token.as_deref().is_none_or(str::is_empty) {
+    if !listen.ip().is_loopback()
+        && options
+            .token
+            .as_ref()
+            .is_none_or(|t| t.expose_secret().is_empty())
+    {
         return Err(OpsError::Usage(format!(
             "the console would listen on {listen}, beyond this machine, with no token: give \
              --token (or set SAGA_CONSOLE_TOKEN), or listen on 127.0.0.1"
@@ -268,7 +275,11 @@ async fn guard(State(console): State<Shared>, request: Request, next: Next) -> R
         .into_response();
     }
     let login = request.uri().path() == "/login";
-    if let Some(token) = console.options.token.as_deref()
+    if let Some(token) = console
+        .options
+        .token
+        .as_ref()
+        .map(ExposeSecret::expose_secret)
         && !login
     {
         let ok = presented_token(request.headers()).is_some_and(|t| same(&t, token));
@@ -595,7 +606,12 @@ async fn login(State(console): State<Shared>, RawForm(body): RawForm) -> Respons
         fields.get("form_token").map(String::as_str).unwrap_or(""),
         &console.form_token,
     );
-    let Some(expected) = console.options.token.as_deref() else {
+    let Some(expected) = console
+        .options
+        .token
+        .as_ref()
+        .map(ExposeSecret::expose_secret)
+    else {
         return Redirect::to(&pages::link(&console, "/")).into_response();
     };
     let given = fields.get("token").map(String::as_str).unwrap_or("");

@@ -25,6 +25,7 @@ use sqlx::{Executor, PgPool, SqlitePool};
 use tokio::sync::mpsc;
 
 use crate::error::{DatabaseError, is_transient};
+use crate::secrets::redact_url;
 use backend::{PoolConn, Tx, TxContext};
 use group::{Finish, Work, WriteKind, WriterContext};
 use wakeups::{Topic, Wakeups};
@@ -46,7 +47,9 @@ impl Dialect {
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Ok(Self::Postgres)
         } else {
-            Err(DatabaseError::UnsupportedUrl { url: redact(url) })
+            Err(DatabaseError::UnsupportedUrl {
+                url: redact_url(url),
+            })
         }
     }
 }
@@ -181,31 +184,12 @@ fn check_tls_files(url: &str) -> Result<(), DatabaseError> {
     for (key, value) in query.split('&').filter_map(|pair| pair.split_once('=')) {
         if matches!(key, "sslrootcert" | "sslcert" | "sslkey") && !Path::new(value).is_file() {
             return Err(DatabaseError::Tls {
-                url: redact(url),
+                url: redact_url(url),
                 source: sqlx::Error::Tls(format!("{key} {value:?} is not a readable file").into()),
             });
         }
     }
     Ok(())
-}
-
-/// Removes the password from a URL, for messages.
-pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme + 3],
-                    &credentials[..colon],
-                    &url[at..]
-                ),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
 }
 
 fn valid_identifier(name: &str) -> bool {
@@ -249,7 +233,7 @@ impl Database {
             inner: Arc::new(Inner {
                 pool,
                 dialect,
-                url: redact(url),
+                url: redact_url(url),
                 schema: options.schema.clone(),
                 wakeups: Arc::default(),
                 commits: Arc::default(),
@@ -541,9 +525,15 @@ fn postgres_pool(url: &str, options: &DatabaseOptions) -> Result<PgPool, Databas
                 )))
                 .await?;
                 if let Some(schema) = schema {
-                    // The name was checked to be a plain identifier.
+                    // The name was checked to be a plain identifier. `CREATE SCHEMA IF NOT
+                    // EXISTS` would need the CREATE privilege on the database even when the
+                    // schema exists: a role that may use only its own schema could not connect.
                     conn.execute(sqlx::AssertSqlSafe(format!(
-                        "CREATE SCHEMA IF NOT EXISTS \"{schema}\"; SET search_path TO \"{schema}\""
+                        "DO $$ BEGIN \
+                           IF NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = '{schema}') \
+                           THEN CREATE SCHEMA \"{schema}\"; END IF; \
+                         EXCEPTION WHEN duplicate_schema OR unique_violation THEN NULL; \
+                         END $$; SET search_path TO \"{schema}\""
                     )))
                     .await?;
                 }
@@ -556,16 +546,6 @@ fn postgres_pool(url: &str, options: &DatabaseOptions) -> Result<PgPool, Databas
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redacts_passwords_only() {
-        assert_eq!(
-            redact("postgres://user:secret@host:5432/db"),
-            "postgres://user:***@host:5432/db"
-        );
-        assert_eq!(redact("postgres://user@host/db"), "postgres://user@host/db");
-        assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
-    }
 
     /// `sslmode=require` gives an encrypted session (the machine's PostgreSQL has `ssl = on`);
     /// `verify-full` checks the certificate and its name; a certificate that does not verify,

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use saga_store::nats::{NatsOptions, NatsTransport};
+use saga_store::nats::{NatsAuth, NatsOptions, NatsTls, NatsTransport};
 use saga_store::{Database, DatabaseOptions};
 use serde_json::{Value, json};
 use sqlx::{AssertSqlSafe, Row};
@@ -61,6 +61,9 @@ pub(crate) struct Deployment {
     pub(crate) prefix: String,
     pub(crate) nats_url: String,
     pub(crate) stream: String,
+    /// How the test itself reaches NATS (to remove the streams): the processes' credentials.
+    pub(crate) nats_auth: NatsAuth,
+    pub(crate) nats_tls: NatsTls,
 }
 
 /// The first of `n` consecutive free ports.
@@ -123,6 +126,8 @@ impl Deployment {
             prefix,
             nats_url: nats_url.to_owned(),
             stream,
+            nats_auth: NatsAuth::None,
+            nats_tls: NatsTls::default(),
         };
         deployment.script(&["start"]);
         deployment
@@ -179,6 +184,8 @@ impl Deployment {
             stream: self.stream.clone(),
             subject_prefix: self.stream.to_lowercase(),
             connect_timeout: Duration::from_secs(5),
+            auth: self.nats_auth.clone(),
+            tls: self.nats_tls.clone(),
             ..NatsOptions::default()
         };
         if let Ok(nats) = NatsTransport::connect(&self.nats_url, options).await {
@@ -294,5 +301,77 @@ pub(crate) async fn wait_until_settled(orders: &Database, expected: usize, timeo
             "orders not settled after {timeout:?}: {counts:?}"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Every order in its expected state, and consistent across the services.
+pub(crate) async fn assert_consistent(deployment: &Deployment, placed: &[(i64, &'static str)]) {
+    let orders = deployment.schema("order").await;
+    let kitchen = deployment.schema("kitchen").await;
+    let accounting = deployment.schema("accounting").await;
+    let states = |db: &Database, sql: &'static str| {
+        let db = db.clone();
+        async move {
+            sqlx::query(sql)
+                .fetch_all(db.postgres_pool().expect("PostgreSQL"))
+                .await
+                .expect("reads")
+                .iter()
+                .map(|r| {
+                    (
+                        r.try_get::<i64, _>(0).expect("id"),
+                        r.try_get::<String, _>(1).expect("state"),
+                    )
+                })
+                .collect::<std::collections::HashMap<i64, String>>()
+        }
+    };
+    let order_states = states(&orders, "SELECT id, state FROM ftgo_orders").await;
+    let tickets = states(&kitchen, "SELECT order_id, state FROM ftgo_tickets").await;
+    let authorizations = states(
+        &accounting,
+        "SELECT order_id, state FROM ftgo_authorizations",
+    )
+    .await;
+    assert_eq!(order_states.len(), placed.len());
+    for (order_id, expected) in placed {
+        let state = order_states.get(order_id).map(String::as_str);
+        assert_eq!(state, Some(*expected), "order {order_id}");
+        let ticket = tickets.get(order_id).map(String::as_str);
+        let authorization = authorizations.get(order_id).map(String::as_str);
+        match *expected {
+            "APPROVED" => {
+                assert_eq!(
+                    ticket,
+                    Some("AWAITING_ACCEPTANCE"),
+                    "ticket of approved order {order_id}"
+                );
+                assert_eq!(
+                    authorization,
+                    Some("AUTHORIZED"),
+                    "authorization of approved order {order_id}"
+                );
+            }
+            _ => {
+                assert!(
+                    matches!(ticket, None | Some("CANCELLED")),
+                    "rejected order {order_id} has ticket {ticket:?}"
+                );
+                assert_eq!(
+                    authorization, None,
+                    "rejected order {order_id} has an authorization"
+                );
+            }
+        }
+    }
+    // One ticket and one authorization at most per order (the keys), none for unknown orders.
+    assert!(tickets.keys().all(|id| order_states.contains_key(id)));
+    assert!(
+        authorizations
+            .keys()
+            .all(|id| order_states.contains_key(id))
+    );
+    for db in [orders, kitchen, accounting] {
+        db.close().await;
     }
 }

@@ -47,11 +47,15 @@ use futures_util::{FutureExt as _, StreamExt, TryStreamExt as _};
 use saga_core::ports::{ChannelBacklog, Delivery, Transport, TransportError, check_destination};
 use saga_core::{Message, Timestamp};
 
+use crate::secrets::redact_url;
+
 mod dead_letters;
 mod envelope;
+mod security;
 
 pub use dead_letters::NatsDeadLetter;
 use envelope::{nats_headers, wire_size};
+pub use security::{NatsAuth, NatsTls};
 
 /// The header carrying a dead letter's reason.
 pub const DEAD_LETTER_REASON: &str = "saga-dead-letter-reason";
@@ -79,6 +83,10 @@ pub struct NatsOptions {
     pub replicas: usize,
     /// How long to keep trying to reach the server at start-up (default 10 s).
     pub connect_timeout: Duration,
+    /// The credentials to present (default: only what the URL carries).
+    pub auth: NatsAuth,
+    /// TLS beyond what the URL asks for: a CA, a client certificate (default: none).
+    pub tls: NatsTls,
 }
 
 impl Default for NatsOptions {
@@ -92,6 +100,8 @@ impl Default for NatsOptions {
             max_age: Duration::from_secs(7 * 24 * 3600),
             replicas: 1,
             connect_timeout: Duration::from_secs(10),
+            auth: NatsAuth::default(),
+            tls: NatsTls::default(),
         }
     }
 }
@@ -187,12 +197,20 @@ fn consumer_name(channel: &str) -> String {
 }
 
 impl NatsTransport {
-    /// Connects to `url` (retrying until `options.connect_timeout`) and creates the streams.
+    /// Connects to `url` (retrying until `options.connect_timeout` while the server cannot be
+    /// reached) and creates the streams. Credentials the server refuses, a certificate that
+    /// does not verify or a file that is not there fail at once, as
+    /// [`TransportError::Misconfigured`].
     pub async fn connect(url: &str, options: NatsOptions) -> Result<Self, TransportError> {
+        let shown = redact_url(url);
+        let (url, auth) = security::credentials_from_url(url, &options.auth)?;
+        let url = url.as_str();
+        let secured = security::secured_options(&auth, &options.tls)?;
         let deadline = tokio::time::Instant::now() + options.connect_timeout;
         let mut delay = Duration::from_millis(100);
         let client = loop {
-            let attempt = async_nats::ConnectOptions::new()
+            let attempt = secured
+                .clone()
                 .connection_timeout(Duration::from_secs(2))
                 .event_callback(|event| async move {
                     match event {
@@ -208,14 +226,19 @@ impl NatsTransport {
                 .await;
             match attempt {
                 Ok(client) => break client,
+                Err(err) if security::is_misconfiguration(&err) => {
+                    return Err(TransportError::misconfigured(format!(
+                        "NATS at {shown} refused the connection: {err}"
+                    )));
+                }
                 Err(err) if tokio::time::Instant::now() < deadline => {
-                    tracing::warn!(url, error = %err, retry_in = ?delay, "NATS unreachable; retrying");
+                    tracing::warn!(url = %shown, error = %err, retry_in = ?delay, "NATS unreachable; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
                 Err(err) => {
                     return Err(TransportError::unavailable(format!(
-                        "cannot reach NATS at {url}: {err}"
+                        "cannot reach NATS at {shown}: {err}"
                     )));
                 }
             }

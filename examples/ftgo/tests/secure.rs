@@ -1,0 +1,853 @@
+//! Secure deployments, against real servers this test starts for itself: a throwaway
+//! PostgreSQL cluster that takes only TLS connections (password or client-certificate
+//! authentication) and `nats-server`s with TLS and authorization, all with certificates from
+//! a test CA made here. Then FTGO distributed runs over both with every secret set, and its
+//! logs and metrics are searched for the secrets' values.
+//!
+//! Needs `SAGA_TEST_SECURE=1` (`.ci/run` sets it), PostgreSQL's server programs (`initdb`,
+//! `pg_ctl`, `psql`: found under `/usr/lib/postgresql/*/bin`, or `SAGA_TEST_PG_BINDIR`) and
+//! `nats-server` on the `PATH`. Without it the tests say they did not run.
+
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+use saga_core::ports::{Transport, TransportError};
+use saga_core::{Headers, Message};
+use saga_store::nats::{NatsAuth, NatsOptions, NatsTls, NatsTransport};
+use saga_store::{Database, DatabaseError, DatabaseOptions};
+use sqlx::Row;
+
+mod common;
+use common::{Deployment, assert_consistent, free_port, notice, place_all, wait_until_settled};
+
+/// Whether the secure suites run: `SAGA_TEST_SECURE=1`; otherwise they say they did not.
+fn enabled(test: &str) -> bool {
+    if common::env("SAGA_TEST_SECURE").as_deref() == Some("1") {
+        return true;
+    }
+    notice(&format!(
+        "secure deployment test `{test}` did not run: set SAGA_TEST_SECURE=1 (needs initdb, \
+         pg_ctl and nats-server)"
+    ));
+    false
+}
+
+/// A scratch directory, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "saga-secure-{name}-{}",
+            uuid::Uuid::now_v7().simple()
+        ));
+        std::fs::create_dir_all(&dir).expect("scratch directory");
+        // The PostgreSQL cluster's owner must get into it.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        Self(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A secret unique to this run, so that finding it anywhere means it leaked from here.
+fn secret(what: &str) -> String {
+    format!("{what}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A certificate authority made for the test, and the certificates it signs.
+struct TestCa {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+    dir: PathBuf,
+}
+
+impl TestCa {
+    fn new(dir: &Path) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "saga test CA");
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key"))
+            .expect("CA certificate");
+        std::fs::write(dir.join("ca.pem"), issuer.pem()).expect("writes ca.pem");
+        Self {
+            issuer,
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// A certificate for `common_name`, valid for the DNS names or addresses `names`, written
+    /// as `<file>.pem` and `<file>.key`; returns both paths.
+    fn issue(&self, file: &str, common_name: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = CertificateParams::new(names).expect("names");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("signed");
+        let (cert_file, key_file) = (
+            self.dir.join(format!("{file}.pem")),
+            self.dir.join(format!("{file}.key")),
+        );
+        std::fs::write(&cert_file, cert.pem()).expect("writes the certificate");
+        std::fs::write(&key_file, key.serialize_pem()).expect("writes the key");
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod key");
+        (cert_file, key_file)
+    }
+}
+
+/// Runs `command`, panicking with its output when it fails.
+fn run(command: &mut Command) -> String {
+    let output = command.output().expect("the program runs");
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `(uid, gid)` of the `postgres` user when this test runs as root (PostgreSQL refuses to
+/// run as root), `None` otherwise.
+fn cluster_owner() -> Option<(u32, u32)> {
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if !root {
+        return None;
+    }
+    let id = |flag: &str| {
+        run(Command::new("id").args([flag, "postgres"]))
+            .trim()
+            .parse::<u32>()
+            .expect("a numeric id")
+    };
+    Some((id("-u"), id("-g")))
+}
+
+fn postgres_bindir() -> PathBuf {
+    if let Some(dir) = common::env("SAGA_TEST_PG_BINDIR") {
+        return PathBuf::from(dir);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path().join("bin"))
+        .filter(|bin| bin.join("initdb").is_file())
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .expect("PostgreSQL's server programs: set SAGA_TEST_PG_BINDIR")
+}
+
+/// A throwaway PostgreSQL cluster on a free port that takes TCP connections over TLS only:
+/// `saga_cert` by client certificate, everyone else by password (SCRAM). Its server
+/// certificate is valid for `localhost` only. Stopped and deleted on drop.
+struct TlsPostgres {
+    bin: PathBuf,
+    owner: Option<(u32, u32)>,
+    data: PathBuf,
+    socket_dir: PathBuf,
+    port: u16,
+}
+
+impl TlsPostgres {
+    fn start(ca: &TestCa, dir: &Path) -> Self {
+        let bin = postgres_bindir();
+        let owner = cluster_owner();
+        let data = dir.join("pgdata");
+        let postgres = Self {
+            bin,
+            owner,
+            data: data.clone(),
+            socket_dir: dir.to_owned(),
+            port: free_port(),
+        };
+        postgres.chown(dir);
+        run(postgres
+            .as_owner("initdb")
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "-D",
+            ])
+            .arg(&data));
+        let (cert, key) = ca.issue("pg-server", "localhost", &["localhost"]);
+        for (from, to) in [
+            (cert, "server.crt"),
+            (key, "server.key"),
+            (ca.ca_file(), "root.crt"),
+        ] {
+            let target = data.join(to);
+            std::fs::copy(from, &target).expect("copies a certificate file");
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod");
+            postgres.chown(&target);
+        }
+        let settings = format!(
+            "\nport = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+             ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n\
+             ssl_ca_file = 'root.crt'\nfsync = off\nmax_connections = 200\n",
+            postgres.port,
+            dir.display()
+        );
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).expect("postgresql.conf");
+        text.push_str(&settings);
+        std::fs::write(&conf, text).expect("writes postgresql.conf");
+        // No `host` or `hostnossl` line: a connection without TLS is refused.
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\n\
+             hostssl all saga_cert 127.0.0.1/32 cert\n\
+             hostssl all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .expect("writes pg_hba.conf");
+        run(postgres
+            .as_owner("pg_ctl")
+            .args(["-w", "-t", "60", "-l"])
+            .arg(dir.join("postgres.log"))
+            .arg("-D")
+            .arg(&data)
+            .arg("start"));
+        postgres
+    }
+
+    fn chown(&self, path: &Path) {
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown");
+        }
+    }
+
+    /// One of the cluster's programs, run as its owner.
+    fn as_owner(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        match self.owner {
+            Some(_) => {
+                let mut command = Command::new("runuser");
+                command.args(["-u", "postgres", "--"]).arg(path);
+                command
+            }
+            None => Command::new(path),
+        }
+    }
+
+    /// Runs SQL as the superuser in `database`, over the local socket.
+    fn psql(&self, database: &str, sql: &str) -> String {
+        run(self
+            .as_owner("psql")
+            .arg("-h")
+            .arg(&self.socket_dir)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+            ])
+            .args(["-v", "ON_ERROR_STOP=1", "-Atc", sql]))
+    }
+
+    /// A URL for `user` (with `password`, if any) on `host` with `params`.
+    fn url(&self, user: &str, password: Option<&str>, host: &str, params: &str) -> String {
+        let credentials = match password {
+            Some(password) => format!("{user}:{password}"),
+            None => user.to_owned(),
+        };
+        format!(
+            "postgres://{credentials}@{host}:{}/test?{params}",
+            self.port
+        )
+    }
+}
+
+impl Drop for TlsPostgres {
+    fn drop(&mut self) {
+        let _ = self
+            .as_owner("pg_ctl")
+            .args(["-m", "immediate", "-w", "-D"])
+            .arg(&self.data)
+            .arg("stop")
+            .output();
+    }
+}
+
+/// A `nats-server` with JetStream on a free port, configured by `settings`; killed on drop.
+struct NatsServer {
+    child: Child,
+    port: u16,
+}
+
+impl NatsServer {
+    fn start(dir: &Path, name: &str, settings: &str) -> Self {
+        let port = free_port();
+        let config = dir.join(format!("{name}.conf"));
+        std::fs::write(
+            &config,
+            format!(
+                "listen: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\n{settings}\n",
+                dir.join(format!("{name}-js")).display()
+            ),
+        )
+        .expect("writes the NATS configuration");
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
+        let child = Command::new("nats-server")
+            .arg("-c")
+            .arg(&config)
+            .stdout(Stdio::from(log.try_clone().expect("log file")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("nats-server starts (is it on the PATH?)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server {name} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, port }
+    }
+
+    fn url(&self, scheme: &str) -> String {
+        format!("{scheme}://localhost:{}", self.port)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The TLS block of a NATS server configuration; `verify` makes clients show a certificate.
+fn nats_tls_block(ca: &TestCa, name: &str, verify: bool) -> String {
+    let (cert, key) = ca.issue(name, "localhost", &["localhost"]);
+    format!(
+        "tls {{ cert_file: \"{}\", key_file: \"{}\", ca_file: \"{}\", verify: {verify}, timeout: 5 }}",
+        cert.display(),
+        key.display(),
+        ca.ca_file().display()
+    )
+}
+
+fn options(auth: NatsAuth, tls: NatsTls) -> NatsOptions {
+    let stream = format!("SECURE_{}", uuid::Uuid::now_v7().simple()).to_uppercase();
+    NatsOptions {
+        subject_prefix: stream.to_lowercase(),
+        stream,
+        // Long, so that a wrong setting retried like an outage would show as a slow failure.
+        connect_timeout: Duration::from_secs(20),
+        auth,
+        tls,
+        ..NatsOptions::default()
+    }
+}
+
+/// Connects (creating the streams), publishes a message and receives it back.
+async fn round_trip(url: &str, options: NatsOptions) -> Result<(), TransportError> {
+    let transport = NatsTransport::connect(url, options).await?;
+    let message = Message::new(
+        "secure.check",
+        Headers::new().with("message-type", "Check"),
+        "{}".to_owned(),
+    );
+    transport.publish(std::slice::from_ref(&message)).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = transport
+            .receive("secure.check", "g", 1, Duration::from_secs(1))
+            .await?;
+        if let Some(delivery) = got.first() {
+            assert_eq!(delivery.message.id, message.id);
+            transport.ack("secure.check", "g", delivery).await?;
+            break;
+        }
+        assert!(Instant::now() < deadline, "the message did not come back");
+    }
+    transport.delete_streams().await?;
+    Ok(())
+}
+
+/// `round_trip` fails at once (not after the connect timeout) as a misconfiguration whose
+/// message names none of `secrets`.
+async fn refused(url: &str, options: NatsOptions, secrets: &[&str], case: &str) {
+    let started = Instant::now();
+    let err = round_trip(url, options)
+        .await
+        .expect_err(&format!("{case}: connects"));
+    assert_eq!(err.class(), "misconfigured", "{case}: {err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{case}: took {:?}, like an unreachable server",
+        started.elapsed()
+    );
+    let shown = format!("{err} {err:?}");
+    for secret in secrets {
+        assert!(
+            !shown.contains(secret),
+            "{case}: the error shows a secret: {shown}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_over_tls_with_each_kind_of_credential() {
+    if !enabled("nats over TLS") {
+        return;
+    }
+    let scratch = Scratch::new("nats");
+    let ca = TestCa::new(&scratch.0);
+    let (client_cert, client_key) = ca.issue("nats-client", "saga client", &["saga-client"]);
+    let password = secret("nats-password");
+    let token = secret("nats-token");
+    let nkey = nkeys::KeyPair::new_user();
+    let seed_file = scratch.0.join("user.nk");
+    std::fs::write(&seed_file, nkey.seed().expect("seed")).expect("writes the seed");
+    // Client certificates required; a user with a password and one with an nkey.
+    let verifying = NatsServer::start(
+        &scratch.0,
+        "verifying",
+        &format!(
+            "{}\nauthorization {{ users: [ {{ user: saga, password: \"{password}\" }}, {{ nkey: {} }} ] }}",
+            nats_tls_block(&ca, "nats-verifying", true),
+            nkey.public_key()
+        ),
+    );
+    // Server certificate only; a token.
+    let token_server = NatsServer::start(
+        &scratch.0,
+        "token",
+        &format!(
+            "{}\nauthorization {{ token: \"{token}\" }}",
+            nats_tls_block(&ca, "nats-token", false)
+        ),
+    );
+    let tls = NatsTls {
+        ca_file: Some(ca.ca_file()),
+        client_cert: Some(client_cert.clone()),
+        client_key: Some(client_key.clone()),
+        ..NatsTls::default()
+    };
+    let ca_only = NatsTls {
+        ca_file: Some(ca.ca_file()),
+        ..NatsTls::default()
+    };
+    let with_password = |password: &str| NatsAuth::UserPassword {
+        user: "saga".to_owned(),
+        password: password.to_owned().into(),
+    };
+
+    // What works: each credential, over TLS, verified against the test CA.
+    round_trip(
+        &verifying.url("tls"),
+        options(with_password(&password), tls.clone()),
+    )
+    .await
+    .expect("user and password, with a client certificate");
+    round_trip(
+        &verifying.url("tls"),
+        options(NatsAuth::NkeySeedFile(seed_file.clone()), tls.clone()),
+    )
+    .await
+    .expect("an nkey seed file");
+    round_trip(
+        &token_server.url("tls"),
+        options(NatsAuth::Token(token.clone().into()), ca_only.clone()),
+    )
+    .await
+    .expect("a token");
+    // A `nats://` URL upgrades to TLS when the server requires it.
+    round_trip(
+        &format!("nats://{token}@localhost:{}", token_server.port),
+        options(NatsAuth::None, ca_only.clone()),
+    )
+    .await
+    .expect("a token in the URL");
+
+    // What does not, reported at once and without the secrets.
+    let secrets = [password.as_str(), token.as_str()];
+    refused(
+        &verifying.url("tls"),
+        options(with_password("not-the-password"), tls.clone()),
+        &["not-the-password"],
+        "a wrong password",
+    )
+    .await;
+    refused(
+        &token_server.url("tls"),
+        options(NatsAuth::Token("not-the-token".into()), ca_only.clone()),
+        &["not-the-token"],
+        "a wrong token",
+    )
+    .await;
+    refused(
+        &format!("nats://not-the-token@localhost:{}", token_server.port),
+        options(NatsAuth::None, ca_only.clone()),
+        &["not-the-token"],
+        "a wrong token in the URL",
+    )
+    .await;
+    refused(
+        &verifying.url("tls"),
+        options(with_password(&password), ca_only.clone()),
+        &secrets,
+        "no client certificate",
+    )
+    .await;
+    refused(
+        &token_server.url("tls"),
+        options(NatsAuth::Token(token.clone().into()), NatsTls::default()),
+        &secrets,
+        "a server certificate the system's roots do not trust",
+    )
+    .await;
+    let missing = NatsTls {
+        ca_file: Some(scratch.0.join("missing-ca.pem")),
+        ..NatsTls::default()
+    };
+    refused(
+        &token_server.url("tls"),
+        options(NatsAuth::Token(token.clone().into()), missing),
+        &secrets,
+        "a CA file that is not there",
+    )
+    .await;
+    refused(
+        &verifying.url("tls"),
+        options(
+            NatsAuth::NkeySeedFile(scratch.0.join("missing.nk")),
+            tls.clone(),
+        ),
+        &secrets,
+        "an nkey seed file that is not there",
+    )
+    .await;
+    let half = NatsTls {
+        client_key: None,
+        ..tls.clone()
+    };
+    refused(
+        &verifying.url("tls"),
+        options(with_password(&password), half),
+        &secrets,
+        "a client certificate without its key",
+    )
+    .await;
+    // `Debug` of the options shows no secret.
+    let shown = format!(
+        "{:?} {:?}",
+        options(with_password(&password), tls.clone()),
+        options(NatsAuth::Token(token.clone().into()), ca_only)
+    );
+    for secret in secrets {
+        assert!(!shown.contains(secret), "Debug shows a secret: {shown}");
+    }
+}
+
+/// Connects and returns `(current_user, ssl)` of the session.
+async fn who_and_how(url: &str) -> Result<(String, bool), DatabaseError> {
+    let options = DatabaseOptions {
+        connect_timeout: Duration::from_secs(20),
+        ..DatabaseOptions::default()
+    };
+    let database = Database::connect_with(url, options).await?;
+    let row =
+        sqlx::query("SELECT current_user::text, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(database.postgres_pool().expect("PostgreSQL"))
+            .await
+            .expect("reads pg_stat_ssl");
+    let answer = (
+        row.try_get::<String, _>(0).expect("user"),
+        row.try_get::<bool, _>(1).expect("ssl"),
+    );
+    database.close().await;
+    Ok(answer)
+}
+
+/// Connecting fails at once (not after the connect timeout) with an error that names none
+/// of `secrets`.
+async fn database_refused(url: &str, secrets: &[&str], case: &str) -> DatabaseError {
+    let started = Instant::now();
+    let err = who_and_how(url)
+        .await
+        .expect_err(&format!("{case}: connects"));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{case}: took {:?}, like an unreachable server: {err}",
+        started.elapsed()
+    );
+    let shown = format!("{err} {err:?}");
+    for secret in secrets {
+        assert!(
+            !shown.contains(secret),
+            "{case}: the error shows a secret: {shown}"
+        );
+    }
+    err
+}
+
+/// A cluster, its CA, and roles: `saga_app` (by password, owner of database `test`) and
+/// `saga_cert` (by client certificate).
+struct SecurePostgres {
+    postgres: TlsPostgres,
+    password: String,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+fn secure_postgres(ca: &TestCa, dir: &Path) -> SecurePostgres {
+    let postgres = TlsPostgres::start(ca, dir);
+    let password = secret("pg-password");
+    postgres.psql(
+        "postgres",
+        &format!("CREATE ROLE saga_app LOGIN PASSWORD '{password}'; CREATE ROLE saga_cert LOGIN"),
+    );
+    postgres.psql("postgres", "CREATE DATABASE test OWNER saga_app");
+    // `saga_cert`'s tables go in its own schema (first on its default search path).
+    postgres.psql("test", "CREATE SCHEMA saga_cert AUTHORIZATION saga_cert");
+    let (client_cert, client_key) = ca.issue("pg-client", "saga_cert", &["saga-client"]);
+    SecurePostgres {
+        postgres,
+        password,
+        client_cert,
+        client_key,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_over_tls_with_a_test_ca_and_client_certificates() {
+    if !enabled("PostgreSQL over TLS") {
+        return;
+    }
+    let scratch = Scratch::new("pg");
+    let ca = TestCa::new(&scratch.0);
+    let secure = secure_postgres(&ca, &scratch.0);
+    let pg = &secure.postgres;
+    let password = secure.password.as_str();
+    let root = format!("sslrootcert={}", ca.ca_file().display());
+
+    // Each sslmode that encrypts, verified against the test CA where it verifies.
+    for params in [
+        "sslmode=require".to_owned(),
+        format!("sslmode=verify-ca&{root}"),
+        format!("sslmode=verify-full&{root}"),
+    ] {
+        let url = pg.url("saga_app", Some(password), "localhost", &params);
+        let (user, ssl) = who_and_how(&url).await.expect(&params);
+        assert_eq!((user.as_str(), ssl), ("saga_app", true), "{params}");
+    }
+    // The certificate is for `localhost`: verify-ca takes it by address, verify-full not.
+    let by_address = |params: &str| pg.url("saga_app", Some(password), "127.0.0.1", params);
+    who_and_how(&by_address(&format!("sslmode=verify-ca&{root}")))
+        .await
+        .expect("verify-ca by address");
+    let err = database_refused(
+        &by_address(&format!("sslmode=verify-full&{root}")),
+        &[password],
+        "verify-full with a name the certificate is not for",
+    )
+    .await;
+    assert!(matches!(err, DatabaseError::Tls { .. }), "{err}");
+    // Without the test CA, the system's roots do not trust the server.
+    let err = database_refused(
+        &pg.url(
+            "saga_app",
+            Some(password),
+            "localhost",
+            "sslmode=verify-full",
+        ),
+        &[password],
+        "verify-full without the CA",
+    )
+    .await;
+    assert!(matches!(err, DatabaseError::Tls { .. }), "{err}");
+
+    // A client certificate instead of a password.
+    let with_cert = format!(
+        "sslmode=verify-full&{root}&sslcert={}&sslkey={}",
+        secure.client_cert.display(),
+        secure.client_key.display()
+    );
+    let (user, ssl) = who_and_how(&pg.url("saga_cert", None, "localhost", &with_cert))
+        .await
+        .expect("client certificate");
+    assert_eq!((user.as_str(), ssl), ("saga_cert", true));
+    database_refused(
+        &pg.url(
+            "saga_cert",
+            None,
+            "localhost",
+            &format!("sslmode=verify-full&{root}"),
+        ),
+        &[],
+        "a certificate role without its certificate",
+    )
+    .await;
+
+    // Authentication and plain connections are refused at once, and say why.
+    let err = database_refused(
+        &pg.url(
+            "saga_app",
+            Some("not-the-password"),
+            "localhost",
+            "sslmode=require",
+        ),
+        &["not-the-password"],
+        "a wrong password",
+    )
+    .await;
+    assert!(err.to_string().contains("password"), "{err}");
+    let err = database_refused(
+        &pg.url("saga_app", Some(password), "localhost", "sslmode=disable"),
+        &[password],
+        "no TLS",
+    )
+    .await;
+    assert!(err.to_string().contains("no encryption"), "{err}");
+
+    // The demo, as the README shows it, with `sslmode=require`.
+    let url = pg.url("saga_app", Some(password), "localhost", "sslmode=require");
+    let output = Command::new(env!("CARGO_BIN_EXE_ftgo"))
+        .args(["demo", "--database-url", &url])
+        .env("RUST_LOG", "debug")
+        .output()
+        .expect("ftgo runs");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(
+        output.status.success(),
+        "ftgo demo failed: {stdout}{stderr}"
+    );
+    assert!(stdout.contains("APPROVED"), "{stdout}");
+    assert!(
+        !stdout.contains(password) && !stderr.contains(password),
+        "the demo's output shows the database password"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ftgo_distributed_over_tls_keeps_its_secrets_out_of_logs_and_metrics() {
+    if !enabled("FTGO distributed over TLS") {
+        return;
+    }
+    let scratch = Scratch::new("ftgo");
+    let ca = TestCa::new(&scratch.0);
+    let secure = secure_postgres(&ca, &scratch.0);
+    let nats_password = secret("nats-password");
+    let nats = NatsServer::start(
+        &scratch.0,
+        "ftgo-nats",
+        &format!(
+            "{}\nauthorization {{ users: [ {{ user: ftgo, password: \"{nats_password}\" }} ] }}",
+            nats_tls_block(&ca, "ftgo-nats", true)
+        ),
+    );
+    let (client_cert, client_key) = ca.issue("ftgo-nats-client", "ftgo", &["ftgo"]);
+    let database_url = secure.postgres.url(
+        "saga_app",
+        Some(&secure.password),
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={}", ca.ca_file().display()),
+    );
+    let path = |p: &Path| p.display().to_string();
+    let mut deployment = Deployment::start_with(
+        &database_url,
+        &nats.url("tls"),
+        vec![
+            ("NATS_USER", "ftgo".to_owned()),
+            ("NATS_PASSWORD", nats_password.clone()),
+            ("NATS_CA", path(&ca.ca_file())),
+            ("NATS_CERT", path(&client_cert)),
+            ("NATS_KEY", path(&client_key)),
+            ("RUST_LOG", "debug,h2=info,hyper=info,tower=info".to_owned()),
+        ],
+    );
+    deployment.nats_auth = NatsAuth::UserPassword {
+        user: "ftgo".to_owned(),
+        password: nats_password.clone().into(),
+    };
+    deployment.nats_tls = NatsTls {
+        ca_file: Some(ca.ca_file()),
+        client_cert: Some(client_cert),
+        client_key: Some(client_key),
+        ..NatsTls::default()
+    };
+    let placed = place_all(&deployment.base, 0..40).await;
+    let orders = deployment.schema("order").await;
+    wait_until_settled(&orders, 40, Duration::from_secs(120)).await;
+    orders.close().await;
+    assert_consistent(&deployment, &placed).await;
+
+    // What an operator or a scraper sees: metrics and health of every process.
+    let client = reqwest::Client::new();
+    let mut seen = String::new();
+    for port in deployment.health_base..deployment.health_base + 5 {
+        for page in ["metrics", "health/ready"] {
+            let url = format!("http://127.0.0.1:{port}/{page}");
+            let body = client.get(&url).send().await.expect(&url);
+            seen.push_str(&body.text().await.expect("a body"));
+        }
+    }
+    seen.push_str(
+        &client
+            .get(format!("{}/metrics", deployment.base))
+            .send()
+            .await
+            .expect("API metrics")
+            .text()
+            .await
+            .expect("a body"),
+    );
+    deployment.script(&["stop"]);
+    let mut logs = String::new();
+    for entry in std::fs::read_dir(&deployment.run_dir)
+        .expect("run dir")
+        .flatten()
+    {
+        logs.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+    }
+    assert!(
+        logs.contains("NATS connected"),
+        "the logs are not the processes' logs"
+    );
+    for (what, value) in [
+        ("the database password", secure.password.as_str()),
+        ("the NATS password", nats_password.as_str()),
+    ] {
+        assert!(!logs.contains(value), "the logs show {what}");
+        assert!(!seen.contains(value), "metrics or health show {what}");
+    }
+    deployment.remove_data().await;
+}
