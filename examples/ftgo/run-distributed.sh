@@ -14,6 +14,8 @@
 #   DATABASE_URL_API  if set, that process connects with it instead (e.g. its own role; see
 #                  docs/security.md); URLs reach the processes in their environment, not
 #                  on their command lines, so a password in one is not shown by `ps`
+#   API_NO_MIGRATE if set, the API process creates no tables (for a role that may only read
+#                  and write rows); start it after the services have migrated their schemas
 #   NATS_URL       nats://127.0.0.1:4222
 #   SCHEMA_PREFIX  ftgo            schemas <prefix>_order, <prefix>_kitchen, ...
 #   NATS_STREAM    FTGO            the JetStream stream
@@ -90,7 +92,9 @@ start_one() {
     *) echo "unknown process $name (expected: ${PROCESSES[*]})" >&2; exit 2 ;;
   esac
   # shellcheck disable=SC2086
-  FTGO_DATABASE_URL="$(database_url "$name")" NATS_URL="$NATS_URL" \
+  local no_migrate=()
+  if [[ "$name" == api && -n "${API_NO_MIGRATE:-}" ]]; then no_migrate=(FTGO_NO_MIGRATE=true); fi
+  env "${no_migrate[@]}" FTGO_DATABASE_URL="$(database_url "$name")" NATS_URL="$NATS_URL" \
     "$bin" "$@" $args >>"$RUN_DIR/$name.log" 2>&1 &
   echo $! >"$RUN_DIR/$name.pid"
   echo "started $name (pid $!)"
@@ -154,7 +158,7 @@ case "${1:-}" in
     done
     ;;
   *)
-    sed -n '2,27p' "$0"
+    sed -n '2,29p' "$0"
     exit 2
     ;;
 esac

@@ -53,6 +53,7 @@ impl Storage {
         name: &str,
         sqlite_sync: SqliteSync,
         max_connections: Option<u32>,
+        migrate: bool,
     ) -> Result<Database, DatabaseError> {
         match self {
             Storage::Sqlite { dir } => {
@@ -65,6 +66,7 @@ impl Storage {
                 let options = DatabaseOptions {
                     sqlite_sync,
                     max_connections,
+                    migrate,
                     ..DatabaseOptions::default()
                 };
                 Database::connect_with(&url, options).await
@@ -73,6 +75,7 @@ impl Storage {
                 let options = DatabaseOptions {
                     schema: Some(format!("{schema_prefix}_{name}")),
                     max_connections,
+                    migrate,
                     ..DatabaseOptions::default()
                 };
                 Database::connect_with(url, options).await
@@ -141,6 +144,9 @@ pub struct FtgoOptions {
     /// and answered in one transaction, with no outbox or relay (see
     /// `SqlSagaStore::in_place` and `RuntimeBuilder::in_place`). Ignored with NATS.
     pub in_place: bool,
+    /// Create and upgrade tables when opening a database (the default); `false` for a role
+    /// that may only read and write rows, once the services have migrated their schemas.
+    pub migrate: bool,
 }
 
 /// A callback told whenever a saga finishes.
@@ -175,6 +181,7 @@ impl FtgoOptions {
             request_timeout: crate::api::REQUEST_TIMEOUT,
             console_token: None,
             in_place: false,
+            migrate: true,
         }
     }
 
@@ -189,7 +196,7 @@ impl FtgoOptions {
     pub async fn database(&self, name: &str) -> Result<Database, DatabaseError> {
         let name = if self.is_in_place() { SHARED } else { name };
         self.storage
-            .open(name, self.sqlite_sync, self.max_connections)
+            .open(name, self.sqlite_sync, self.max_connections, self.migrate)
             .await
     }
 

@@ -188,6 +188,10 @@ struct StorageArgs {
     /// `--transport nats` or `service`.
     #[arg(long, global = true)]
     in_place: bool,
+    /// Create or upgrade no tables: for a database role that may only read and write rows
+    /// (see docs/security.md); the services must have migrated their schemas already.
+    #[arg(long, global = true, env = "FTGO_NO_MIGRATE")]
+    no_migrate: bool,
 }
 
 impl StorageArgs {
@@ -228,6 +232,7 @@ impl StorageArgs {
             options.sqlite_sync = SqliteSync::Normal;
         }
         options.in_place = self.in_place;
+        options.migrate = !self.no_migrate;
         if self.transport == "nats" {
             options.nats = Some(NatsSettings {
                 url: self.nats_url.clone(),

@@ -757,14 +757,88 @@ async fn postgres_over_tls_with_a_test_ca_and_client_certificates() {
     );
 }
 
+/// The services of run-distributed.sh, each with a PostgreSQL role of its own.
+const SERVICES: [&str; 4] = ["order", "consumer", "kitchen", "accounting"];
+
+/// The least-privilege roles of docs/security.md, in a cluster for a deployment with schema
+/// prefix `prefix`: `ftgo_<service>` owns `<prefix>_<service>` (and migrates it) and may use
+/// nothing else; `ftgo_api` (the API process, which hosts the order API and the console over
+/// every service's database) may read and write the rows of the four, and create nothing;
+/// `ftgo_console` may only read. Returns each role's password.
+fn least_privilege_roles(pg: &TlsPostgres, prefix: &str) -> Vec<(String, String)> {
+    let roles: Vec<(String, String)> = SERVICES
+        .iter()
+        .map(|s| format!("ftgo_{s}"))
+        .chain(["ftgo_api".to_owned(), "ftgo_console".to_owned()])
+        .map(|role| {
+            let password = secret(&format!("pg-{role}"));
+            (role, password)
+        })
+        .collect();
+    let mut sql = String::from("REVOKE ALL ON DATABASE test FROM PUBLIC;\n");
+    for (role, password) in &roles {
+        sql.push_str(&format!(
+            "CREATE ROLE {role} LOGIN PASSWORD '{password}'; \
+             GRANT CONNECT ON DATABASE test TO {role};\n"
+        ));
+    }
+    for service in SERVICES {
+        let schema = format!("\"{prefix}_{service}\"");
+        sql.push_str(&format!(
+            "CREATE SCHEMA {schema} AUTHORIZATION ftgo_{service}; \
+             GRANT USAGE ON SCHEMA {schema} TO ftgo_api, ftgo_console; \
+             ALTER DEFAULT PRIVILEGES FOR ROLE ftgo_{service} IN SCHEMA {schema} \
+               GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO ftgo_api; \
+             ALTER DEFAULT PRIVILEGES FOR ROLE ftgo_{service} IN SCHEMA {schema} \
+               GRANT USAGE, SELECT ON SEQUENCES TO ftgo_api; \
+             ALTER DEFAULT PRIVILEGES FOR ROLE ftgo_{service} IN SCHEMA {schema} \
+               GRANT SELECT ON TABLES TO ftgo_console;\n"
+        ));
+    }
+    pg.psql("test", &sql);
+    roles
+}
+
+/// Waits (up to 60 s) until `url` answers 200.
+async fn wait_for_ok(client: &reqwest::Client, url: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(response) = client.get(url).send().await
+            && response.status().is_success()
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not become ready at {url}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The SQLSTATE of `sql` run as the role of `url`, `None` if it succeeded.
+async fn refusal(url: &str, sql: &str) -> Option<String> {
+    let pool = sqlx::PgPool::connect(url).await.expect("connects");
+    let result = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(&pool)
+        .await;
+    pool.close().await;
+    match result {
+        Ok(_) => None,
+        Err(sqlx::Error::Database(err)) => err.code().map(|c| c.into_owned()),
+        Err(other) => panic!("{sql}: {other}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ftgo_distributed_over_tls_keeps_its_secrets_out_of_logs_and_metrics() {
+async fn ftgo_distributed_over_tls_under_least_privilege_roles_keeps_its_secrets_hidden() {
     if !enabled("FTGO distributed over TLS") {
         return;
     }
     let scratch = Scratch::new("ftgo");
     let ca = TestCa::new(&scratch.0);
     let secure = secure_postgres(&ca, &scratch.0);
+    let pg = &secure.postgres;
     let nats_password = secret("nats-password");
     let nats = NatsServer::start(
         &scratch.0,
@@ -775,15 +849,20 @@ async fn ftgo_distributed_over_tls_keeps_its_secrets_out_of_logs_and_metrics() {
         ),
     );
     let (client_cert, client_key) = ca.issue("ftgo-nats-client", "ftgo", &["ftgo"]);
-    let database_url = secure.postgres.url(
-        "saga_app",
-        Some(&secure.password),
-        "localhost",
-        &format!("sslmode=verify-full&sslrootcert={}", ca.ca_file().display()),
-    );
+    let tls = format!("sslmode=verify-full&sslrootcert={}", ca.ca_file().display());
+    let url_of = |roles: &[(String, String)], role: &str| {
+        let (_, password) = roles.iter().find(|(r, _)| r == role).expect("a role");
+        pg.url(role, Some(password), "localhost", &tls)
+    };
     let path = |p: &Path| p.display().to_string();
-    let mut deployment = Deployment::start_with(
-        &database_url,
+    // The test itself reads every schema as a superuser.
+    let admin = secret("pg-admin");
+    pg.psql(
+        "postgres",
+        &format!("ALTER ROLE postgres PASSWORD '{admin}'"),
+    );
+    let mut deployment = Deployment::configure(
+        &pg.url("postgres", Some(&admin), "localhost", &tls),
         &nats.url("tls"),
         vec![
             ("NATS_USER", "ftgo".to_owned()),
@@ -794,6 +873,22 @@ async fn ftgo_distributed_over_tls_keeps_its_secrets_out_of_logs_and_metrics() {
             ("RUST_LOG", "debug,h2=info,hyper=info,tower=info".to_owned()),
         ],
     );
+    let roles = least_privilege_roles(pg, &deployment.prefix);
+    for (name, value) in deployment.vars.iter_mut() {
+        if *name == "DATABASE_URL" {
+            *value = url_of(&roles, "ftgo_api");
+        }
+    }
+    for (var, role) in [
+        ("DATABASE_URL_ORDER", "ftgo_order"),
+        ("DATABASE_URL_CONSUMER", "ftgo_consumer"),
+        ("DATABASE_URL_KITCHEN", "ftgo_kitchen"),
+        ("DATABASE_URL_ACCOUNTING", "ftgo_accounting"),
+        ("DATABASE_URL_API", "ftgo_api"),
+    ] {
+        deployment.vars.push((var, url_of(&roles, role)));
+    }
+    deployment.vars.push(("API_NO_MIGRATE", "1".to_owned()));
     deployment.nats_auth = NatsAuth::UserPassword {
         user: "ftgo".to_owned(),
         password: nats_password.clone().into(),
@@ -804,14 +899,111 @@ async fn ftgo_distributed_over_tls_keeps_its_secrets_out_of_logs_and_metrics() {
         client_key: Some(client_key),
         ..NatsTls::default()
     };
+    // The services migrate their own schemas; then the API, which may not, starts.
+    let client = reqwest::Client::new();
+    for (i, name) in ["order", "consumer", "kitchen-1", "kitchen-2", "accounting"]
+        .into_iter()
+        .enumerate()
+    {
+        deployment.script(&["start-one", name]);
+        let ready = format!(
+            "http://127.0.0.1:{}/health/ready",
+            deployment.health_base + i as u16
+        );
+        wait_for_ok(&client, &ready, name).await;
+    }
+    deployment.script(&["start-one", "api"]);
+    wait_for_ok(&client, &format!("{}/health/ready", deployment.base), "api").await;
     let placed = place_all(&deployment.base, 0..40).await;
     let orders = deployment.schema("order").await;
     wait_until_settled(&orders, 40, Duration::from_secs(120)).await;
     orders.close().await;
     assert_consistent(&deployment, &placed).await;
 
+    // Each service ran under its own role, which cannot reach another service's tables or
+    // make new schemas.
+    let prefix = deployment.prefix.clone();
+    for (role, others) in [
+        ("ftgo_consumer", ["order", "kitchen"]),
+        ("ftgo_kitchen", ["accounting", "consumer"]),
+        ("ftgo_order", ["kitchen", "accounting"]),
+    ] {
+        let url = url_of(&roles, role);
+        for other in others {
+            for sql in [
+                format!("SELECT count(*) FROM \"{prefix}_{other}\".saga_received"),
+                format!("INSERT INTO \"{prefix}_{other}\".saga_dead_letters DEFAULT VALUES"),
+            ] {
+                assert_eq!(
+                    refusal(&url, &sql).await.as_deref(),
+                    Some("42501"),
+                    "{role}: {sql}"
+                );
+            }
+        }
+        let intruder = format!("CREATE SCHEMA intruder_{role}");
+        assert_eq!(
+            refusal(&url, &intruder).await.as_deref(),
+            Some("42501"),
+            "{role}"
+        );
+        assert_eq!(
+            refusal(&url, "CREATE TABLE public.intruder (x int)")
+                .await
+                .as_deref(),
+            Some("42501"),
+            "{role}"
+        );
+    }
+    let own = format!("SELECT count(*) FROM \"{prefix}_kitchen\".saga_received");
+    assert_eq!(refusal(&url_of(&roles, "ftgo_kitchen"), &own).await, None);
+
+    // The console's role reads the sagas with the operator tool, and can change nothing.
+    let console = url_of(&roles, "ftgo_console");
+    let cli = |args: &[&str]| {
+        let schema = format!("{prefix}_order");
+        let mut all = vec![
+            "saga",
+            "--database-url",
+            &console,
+            "--schema",
+            &schema,
+            "--no-migrate",
+        ];
+        all.extend_from_slice(args);
+        <saga_ops::cli::Cli as clap::Parser>::parse_from(all)
+    };
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = saga_ops::cli::run(
+        cli(&["list", "--json", "--limit", "100"]),
+        &mut out,
+        &mut err,
+    )
+    .await
+    .expect("the read-only role lists the sagas");
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
+    let listed: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
+    assert_eq!(listed.as_array().map(Vec::len), Some(40), "{listed}");
+    for sql in [
+        format!("UPDATE \"{prefix}_order\".saga_instances SET status = 'failed'"),
+        format!("DELETE FROM \"{prefix}_kitchen\".saga_received"),
+        format!("CREATE TABLE \"{prefix}_order\".intruder (x int)"),
+    ] {
+        assert_eq!(
+            refusal(&console, &sql).await.as_deref(),
+            Some("42501"),
+            "console: {sql}"
+        );
+    }
+
+    // The API's role reads and writes rows, and creates nothing.
+    let api = url_of(&roles, "ftgo_api");
+    let read = format!("SELECT count(*) FROM \"{prefix}_accounting\".saga_received");
+    assert_eq!(refusal(&api, &read).await, None);
+    let create = format!("CREATE TABLE \"{prefix}_order\".intruder (x int)");
+    assert_eq!(refusal(&api, &create).await.as_deref(), Some("42501"));
+
     // What an operator or a scraper sees: metrics and health of every process.
-    let client = reqwest::Client::new();
     let mut seen = String::new();
     for port in deployment.health_base..deployment.health_base + 5 {
         for page in ["metrics", "health/ready"] {
@@ -830,6 +1022,18 @@ async fn ftgo_distributed_over_tls_keeps_its_secrets_out_of_logs_and_metrics() {
             .await
             .expect("a body"),
     );
+    // The processes' command lines (what `ps` shows every user of the machine).
+    for entry in std::fs::read_dir(&deployment.run_dir)
+        .expect("run dir")
+        .flatten()
+    {
+        if entry.path().extension().is_some_and(|e| e == "pid") {
+            let pid = std::fs::read_to_string(entry.path()).expect("pid file");
+            let cmdline =
+                std::fs::read(format!("/proc/{}/cmdline", pid.trim())).unwrap_or_default();
+            seen.push_str(&String::from_utf8_lossy(&cmdline));
+        }
+    }
     deployment.script(&["stop"]);
     let mut logs = String::new();
     for entry in std::fs::read_dir(&deployment.run_dir)
@@ -842,12 +1046,17 @@ async fn ftgo_distributed_over_tls_keeps_its_secrets_out_of_logs_and_metrics() {
         logs.contains("NATS connected"),
         "the logs are not the processes' logs"
     );
-    for (what, value) in [
-        ("the database password", secure.password.as_str()),
-        ("the NATS password", nats_password.as_str()),
-    ] {
+    let secrets: Vec<(String, &str)> = roles
+        .iter()
+        .map(|(role, password)| (format!("{role}'s password"), password.as_str()))
+        .chain([("the NATS password".to_owned(), nats_password.as_str())])
+        .collect();
+    for (what, value) in &secrets {
         assert!(!logs.contains(value), "the logs show {what}");
-        assert!(!seen.contains(value), "metrics or health show {what}");
+        assert!(
+            !seen.contains(value),
+            "metrics, health or a command line show {what}"
+        );
     }
     deployment.remove_data().await;
 }

@@ -36,6 +36,10 @@ pub struct Cli {
     /// The PostgreSQL schema the saga tables live in (e.g. `ftgo_order`).
     #[arg(long, env = "SAGA_SCHEMA", global = true)]
     pub schema: Option<String>,
+    /// Do not create or upgrade the saga tables on connect: for a role that may only read or
+    /// write them (e.g. a read-only console role).
+    #[arg(long, env = "SAGA_NO_MIGRATE", global = true)]
+    pub no_migrate: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -336,6 +340,7 @@ pub async fn open_store(cli: &Cli) -> Result<SqlSagaStore, OpsError> {
         schema: cli.schema.clone(),
         max_connections: Some(4),
         connect_timeout: Duration::from_secs(5),
+        migrate: !cli.no_migrate,
         ..DatabaseOptions::default()
     };
     let database = Database::connect_with(url, options).await?;

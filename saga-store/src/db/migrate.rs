@@ -40,6 +40,10 @@ impl Database {
     }
 
     async fn run_shared(&self, mut migrator: sqlx::migrate::Migrator) -> Result<(), DatabaseError> {
+        if !self.inner.migrate {
+            tracing::debug!(url = %self.inner.url, "not migrating: opened with migrate = false");
+            return Ok(());
+        }
         migrator.set_ignore_missing(true);
         match &self.inner.pool {
             Pool::Postgres(pool) => migrator.run(pool).await?,

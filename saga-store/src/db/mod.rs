@@ -88,6 +88,12 @@ pub struct DatabaseOptions {
     /// holding a transaction open (frozen, partitioned) would otherwise keep its row locks —
     /// and every other process waiting on them — forever.
     pub idle_in_transaction_timeout: Duration,
+    /// Create and upgrade tables: the saga tables on connect and the application's in
+    /// [`Database::run_migrations`] (the default). `false` for a role that may only use
+    /// tables another role owns and migrates — the console's read-only role, or an API
+    /// process with rights to read and write rows only (see `docs/security.md`): the tables
+    /// must be there already, and nothing in the schema is created or changed.
+    pub migrate: bool,
 }
 
 impl Default for DatabaseOptions {
@@ -101,6 +107,7 @@ impl Default for DatabaseOptions {
             writers: None,
             write_batch: 256,
             idle_in_transaction_timeout: Duration::from_secs(30),
+            migrate: true,
         }
     }
 }
@@ -147,6 +154,8 @@ struct Inner {
     commits: Arc<AtomicU64>,
     writers: usize,
     write_batch: usize,
+    /// [`DatabaseOptions::migrate`]: `false` makes every migration a no-op.
+    migrate: bool,
     /// Where [`Database::write`] sends work; the writer tasks start on first use.
     work: OnceLock<mpsc::Sender<Work>>,
 }
@@ -242,6 +251,7 @@ impl Database {
                     Dialect::Postgres => 4,
                 }),
                 write_batch: options.write_batch.max(1),
+                migrate: options.migrate,
                 work: OnceLock::new(),
             }),
         };

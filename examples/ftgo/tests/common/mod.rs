@@ -96,6 +96,17 @@ impl Deployment {
         nats_url: &str,
         extra: Vec<(&'static str, String)>,
     ) -> Self {
+        let deployment = Self::configure(database_url, nats_url, extra);
+        deployment.script(&["start"]);
+        deployment
+    }
+
+    /// A deployment with its names and ports chosen, not started yet (`script(&["start"])`).
+    pub(crate) fn configure(
+        database_url: &str,
+        nats_url: &str,
+        extra: Vec<(&'static str, String)>,
+    ) -> Self {
         let unique = format!("{}_{}", std::process::id(), uuid::Uuid::now_v7().simple());
         let unique = &unique[..unique.len().min(30)];
         let prefix = format!("ftgo_dist_{unique}");
@@ -116,7 +127,7 @@ impl Deployment {
             ("HEALTH_BASE_PORT", health.to_string()),
         ];
         vars.extend(extra);
-        let deployment = Self {
+        Self {
             health: format!("http://127.0.0.1:{health}"),
             health_base: health,
             run_dir,
@@ -128,9 +139,7 @@ impl Deployment {
             stream,
             nats_auth: NatsAuth::None,
             nats_tls: NatsTls::default(),
-        };
-        deployment.script(&["start"]);
-        deployment
+        }
     }
 
     pub(crate) fn script(&self, args: &[&str]) {
