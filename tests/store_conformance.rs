@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use saga_core::message::headers;
+use saga_core::message::{headers, limits};
 use saga_core::orchestrator::Handled;
 use saga_core::ports::{Delivery, SagaStore, Transport, TransportError};
 use saga_core::{Headers, Message, SagaStatus};
@@ -313,6 +313,18 @@ async fn poison_messages_are_dead_lettered_and_the_channels_keep_flowing(mode: M
             Message::new(LEDGER, typed("Teleport"), "{}".to_owned()),
             Message::new(LEDGER, Headers::new(), "{}".to_owned()),
             Message::new(REPLIES, typed("Done"), "null".to_owned()),
+            // Over the incoming limits: set aside before anything is decoded.
+            Message::new(
+                LEDGER,
+                (0..limits::MAX_HEADERS)
+                    .fold(with_reply("Reserve"), |h, i| h.with(format!("x-{i}"), i)),
+                "{}".to_owned(),
+            ),
+            Message::new(
+                REPLIES,
+                typed("Done").with("tracestate", "v".repeat(limits::MAX_HEADER_VALUE_BYTES + 1)),
+                "{}".to_owned(),
+            ),
         ])
         .await
         .expect("publishes");
@@ -344,6 +356,8 @@ async fn poison_messages_are_dead_lettered_and_the_channels_keep_flowing(mode: M
         "ledger: participant `ledger` has no handler for command type `Teleport`",
         "ledger: unusable command: missing header `message-type`",
         "unusable reply: missing header `saga-id`",
+        "ledger: unusable command: header count is 68, over the limit of 64",
+        "unusable reply: a header value's bytes is 4097, over the limit of 4096",
         "transport:ledger: unreadable envelope",
         // The malformed Reserve named a reply channel, so the ledger answered with a failure
         // reply — to a saga that does not exist, which the orchestrator sets aside.

@@ -51,43 +51,92 @@ pub mod headers {
 /// The longest channel name, in bytes.
 pub const MAX_CHANNEL_LEN: usize = 200;
 
-/// Why a channel name is not usable.
+/// The longest SQL identifier, in bytes (PostgreSQL's limit: a longer one is cut short).
+pub const MAX_SQL_IDENTIFIER_LEN: usize = 63;
+
+/// What a name is for, and so which rules [`validate_name`] checks it by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameKind {
+    /// A channel: 1 to [`MAX_CHANNEL_LEN`] bytes of ASCII letters, digits, `_` and `-`, in
+    /// one or more tokens separated by single dots (`orderService.replies`). Every transport
+    /// carries such a name as it is (a NATS subject token, a queue column).
+    Channel,
+    /// A name written into SQL as a quoted identifier (a PostgreSQL schema): 1 to
+    /// [`MAX_SQL_IDENTIFIER_LEN`] bytes of ASCII letters, digits and `_`, not starting with
+    /// a digit. Nothing in it can end the quotes or the statement.
+    SqlIdentifier,
+}
+
+impl std::fmt::Display for NameKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Channel => "channel",
+            Self::SqlIdentifier => "SQL identifier",
+        })
+    }
+}
+
+/// Why a name is not usable.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("invalid channel name {channel:?}: {reason}")]
-pub struct InvalidChannel {
+#[error("invalid {kind} name {name:?}: {reason}")]
+pub struct InvalidName {
+    /// What the name is for.
+    pub kind: NameKind,
     /// The name as given.
-    pub channel: String,
+    pub name: String,
     /// What is wrong with it.
     pub reason: &'static str,
 }
 
-/// Checks a channel name: 1 to [`MAX_CHANNEL_LEN`] bytes of ASCII letters, digits, `_` and
-/// `-`, in one or more tokens separated by single dots (`orderService.replies`). Every
-/// transport can carry such a name as it is (a NATS subject token, a queue column), so a
-/// message is never accepted under a name that could not be delivered.
-pub fn validate_channel(channel: &str) -> Result<(), InvalidChannel> {
+/// Checks a name that saga puts into a transport or into SQL, by the rules of its `kind`:
+/// the one check every channel and schema name passes before it is used, so that no name
+/// from configuration or from a message header can inject into a statement or a subject.
+pub fn validate_name(kind: NameKind, name: &str) -> Result<(), InvalidName> {
     let invalid = |reason| {
-        Err(InvalidChannel {
-            channel: channel.to_owned(),
+        Err(InvalidName {
+            kind,
+            name: name.to_owned(),
             reason,
         })
     };
-    if channel.is_empty() {
+    let (max, too_long) = match kind {
+        NameKind::Channel => (MAX_CHANNEL_LEN, "it is longer than 200 bytes"),
+        NameKind::SqlIdentifier => (MAX_SQL_IDENTIFIER_LEN, "it is longer than 63 bytes"),
+    };
+    if name.is_empty() {
         return invalid("it is empty");
     }
-    if channel.len() > MAX_CHANNEL_LEN {
-        return invalid("it is longer than 200 bytes");
+    if name.len() > max {
+        return invalid(too_long);
     }
-    if !channel
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-    {
-        return invalid("use ASCII letters, digits, `_`, `-` and `.` only");
-    }
-    if channel.split('.').any(str::is_empty) {
-        return invalid("a `.` must separate two non-empty parts");
+    match kind {
+        NameKind::Channel => {
+            if !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+            {
+                return invalid("use ASCII letters, digits, `_`, `-` and `.` only");
+            }
+            if name.split('.').any(str::is_empty) {
+                return invalid("a `.` must separate two non-empty parts");
+            }
+        }
+        NameKind::SqlIdentifier => {
+            if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return invalid("use ASCII letters, digits and `_` only");
+            }
+            if name.starts_with(|c: char| c.is_ascii_digit()) {
+                return invalid("it starts with a digit");
+            }
+        }
     }
     Ok(())
+}
+
+/// Checks a channel name ([`NameKind::Channel`]), so a message is never accepted under a
+/// name that could not be delivered.
+pub fn validate_channel(channel: &str) -> Result<(), InvalidName> {
+    validate_name(NameKind::Channel, channel)
 }
 
 /// Message headers: an ordered string map.
@@ -237,6 +286,64 @@ pub enum MessageError {
         /// The command's reply type.
         expected: &'static str,
     },
+    /// An incoming message over one of the [`limits`]: set aside as a dead letter, never
+    /// decoded.
+    #[error("{what} is {size}, over the limit of {limit}")]
+    OverLimit {
+        /// What is too large (`payload bytes`, `header count`, …).
+        what: &'static str,
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+/// The most an incoming command or reply may carry. A message over any of them is set aside
+/// as a dead letter with the reason before anything decodes it, so a hostile or broken
+/// producer cannot make a consumer allocate without bound. (NATS's own `max_payload`, 1 MB
+/// by default, and the transports' `max_message_bytes` bound what is sent.)
+pub mod limits {
+    /// Payload bytes.
+    pub const MAX_PAYLOAD_BYTES: usize = 8 * 1024 * 1024;
+    /// Headers on one message (saga's own use at most a dozen).
+    pub const MAX_HEADERS: usize = 64;
+    /// Bytes of one header's name.
+    pub const MAX_HEADER_NAME_BYTES: usize = 128;
+    /// Bytes of one header's value (W3C `tracestate` may take 512).
+    pub const MAX_HEADER_VALUE_BYTES: usize = 4096;
+}
+
+impl Message {
+    /// Checks the message against the incoming [`limits`].
+    pub fn check_limits(&self) -> Result<(), MessageError> {
+        let over = |what, size, limit| {
+            if size > limit {
+                Err(MessageError::OverLimit { what, size, limit })
+            } else {
+                Ok(())
+            }
+        };
+        over(
+            "payload bytes",
+            self.payload.len(),
+            limits::MAX_PAYLOAD_BYTES,
+        )?;
+        over("header count", self.headers.0.len(), limits::MAX_HEADERS)?;
+        for (name, value) in self.headers.iter() {
+            over(
+                "a header name's bytes",
+                name.len(),
+                limits::MAX_HEADER_NAME_BYTES,
+            )?;
+            over(
+                "a header value's bytes",
+                value.len(),
+                limits::MAX_HEADER_VALUE_BYTES,
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// Whether a reply reports success or failure.
@@ -411,6 +518,7 @@ pub struct CommandMeta {
 impl CommandMeta {
     /// Reads the routing headers of a command message.
     pub fn from_message(message: &Message) -> Result<Self, MessageError> {
+        message.check_limits()?;
         let h = &message.headers;
         let reply_to = h.get(headers::REPLY_TO).map(str::to_owned);
         if let Some(channel) = &reply_to {
@@ -518,6 +626,77 @@ mod tests {
     use std::error::Error as _;
 
     use super::*;
+
+    /// What an attacker would put in a name from configuration or a header: every one is
+    /// refused by both kinds' rules, and the plain names pass.
+    #[test]
+    fn a_message_over_a_limit_is_refused_before_decoding() {
+        let ok = Message::new("c", Headers::new().with("a", "b"), "{}".to_owned());
+        assert!(ok.check_limits().is_ok());
+        let mut many = Headers::new();
+        for i in 0..=limits::MAX_HEADERS {
+            many = many.with(&format!("h{i}"), "v");
+        }
+        let cases = [
+            Message::new(
+                "c",
+                Headers::new(),
+                "x".repeat(limits::MAX_PAYLOAD_BYTES + 1),
+            ),
+            Message::new("c", many, String::new()),
+            Message::new(
+                "c",
+                Headers::new().with(&"n".repeat(limits::MAX_HEADER_NAME_BYTES + 1), "v"),
+                String::new(),
+            ),
+            Message::new(
+                "c",
+                Headers::new().with("n", &"v".repeat(limits::MAX_HEADER_VALUE_BYTES + 1)),
+                String::new(),
+            ),
+        ];
+        for message in cases {
+            let err = message.check_limits().expect_err("over a limit");
+            assert!(matches!(err, MessageError::OverLimit { .. }), "{err}");
+            // A command this large is refused before its headers are read.
+            let err = CommandMeta::from_message(&message).expect_err("refused");
+            assert!(matches!(err, MessageError::OverLimit { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn injection_attempts_are_not_names() {
+        let attempts = [
+            "x\"; DROP TABLE saga_instances; --",
+            "ftgo' OR '1'='1",
+            "a b",
+            "a\0b",
+            "a\nb",
+            "orders;",
+            "$1",
+            "a/*c*/",
+            "ordérs",
+            "a\u{200b}b",
+            "*",
+            ">",
+            "",
+        ];
+        for attempt in attempts {
+            for kind in [NameKind::Channel, NameKind::SqlIdentifier] {
+                let err = validate_name(kind, attempt).expect_err(attempt);
+                assert_eq!((err.kind, err.name.as_str()), (kind, attempt));
+            }
+        }
+        for (kind, long) in [(NameKind::Channel, 201), (NameKind::SqlIdentifier, 64)] {
+            assert!(validate_name(kind, &"a".repeat(long)).is_err(), "{kind}");
+            assert!(validate_name(kind, &"a".repeat(long - 1)).is_ok(), "{kind}");
+        }
+        assert!(validate_name(NameKind::SqlIdentifier, "ftgo_order_2").is_ok());
+        assert!(validate_name(NameKind::SqlIdentifier, "ftgo.order").is_err());
+        assert!(validate_name(NameKind::SqlIdentifier, "9lives").is_err());
+        assert!(validate_name(NameKind::Channel, "orderService.replies").is_ok());
+        assert!(validate_name(NameKind::Channel, "a..b").is_err());
+    }
 
     #[test]
     fn a_decoding_error_keeps_the_decoders_error_as_its_source() {

@@ -1288,6 +1288,7 @@ fn record_outcome(span: &tracing::Span, state: &SagaState) {
 
 /// Reads the saga id and the reply event out of a reply message.
 fn reply_event(message: &Message) -> Result<(SagaId, SagaEvent), MessageError> {
+    message.check_limits()?;
     let h = &message.headers;
     let saga_id: SagaId = h.parse(headers::SAGA_ID)?;
     let request_id: RequestId = h.parse(headers::REQUEST_ID)?;

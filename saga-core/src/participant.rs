@@ -19,8 +19,8 @@ use async_trait::async_trait;
 
 use crate::ids::Timestamp;
 use crate::message::{
-    Command, CommandFailed, CommandMeta, InvalidChannel, Message, MessageError, Reply,
-    ReplyOutcome, encode_payload, failure_reply_for, headers, validate_channel,
+    Command, CommandFailed, CommandMeta, InvalidName, Message, MessageError, Reply, ReplyOutcome,
+    encode_payload, failure_reply_for, headers, validate_channel,
 };
 use crate::ports::{ErrorSource, source};
 use crate::telemetry::DeadLetterReason;
@@ -286,7 +286,7 @@ impl<Ctx: Send + 'static> Participant<Ctx> {
     pub fn try_new(
         name: impl Into<String>,
         channel: impl Into<String>,
-    ) -> Result<Self, InvalidChannel> {
+    ) -> Result<Self, InvalidName> {
         let channel = channel.into();
         validate_channel(&channel)?;
         Ok(Self {

@@ -37,11 +37,14 @@ pub enum DatabaseError {
         #[source]
         source: sqlx::Error,
     },
-    /// A schema name that is not a plain identifier.
-    #[error("invalid schema name {schema:?}: use letters, digits and underscores")]
+    /// A schema name that is not a plain identifier ([`NameKind::SqlIdentifier`]).
+    ///
+    /// [`NameKind::SqlIdentifier`]: saga_core::message::NameKind::SqlIdentifier
+    #[error("unusable schema: {source}")]
     InvalidSchema {
-        /// The name given.
-        schema: String,
+        /// What is wrong with the name.
+        #[source]
+        source: saga_core::message::InvalidName,
     },
     /// An application's migration uses a version number saga-store keeps for its own tables.
     #[error(

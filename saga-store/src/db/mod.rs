@@ -18,6 +18,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use saga_core::message::{NameKind, validate_name};
 use saga_core::ports::StoreError;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -201,13 +202,6 @@ fn check_tls_files(url: &str) -> Result<(), DatabaseError> {
     Ok(())
 }
 
-fn valid_identifier(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && !name.starts_with(|c: char| c.is_ascii_digit())
-}
-
 impl Database {
     /// Opens `url` (`sqlite:path/to/file.db`, `sqlite::memory:`, `postgres://…`) with default
     /// options, and applies the migrations.
@@ -224,12 +218,9 @@ impl Database {
     /// applies the migrations.
     pub async fn connect_with(url: &str, options: DatabaseOptions) -> Result<Self, DatabaseError> {
         let dialect = Dialect::of_url(url)?;
-        if let Some(schema) = &options.schema
-            && !valid_identifier(schema)
-        {
-            return Err(DatabaseError::InvalidSchema {
-                schema: schema.clone(),
-            });
+        if let Some(schema) = &options.schema {
+            validate_name(NameKind::SqlIdentifier, schema)
+                .map_err(|source| DatabaseError::InvalidSchema { source })?;
         }
         if dialect == Dialect::Postgres {
             check_tls_files(url)?;
@@ -630,11 +621,21 @@ mod tests {
         );
     }
 
-    #[test]
-    fn schema_names_must_be_identifiers() {
-        assert!(valid_identifier("saga_test_1"));
-        assert!(!valid_identifier("x\"; DROP TABLE y"));
-        assert!(!valid_identifier("1abc"));
-        assert!(!valid_identifier(""));
+    /// A schema name that could break out of its quotes is refused before any connection.
+    #[tokio::test]
+    async fn an_injected_schema_name_is_refused() {
+        for schema in ["x\"; DROP TABLE y; --", "a b", "ftgo_order\0", "1abc", ""] {
+            let options = DatabaseOptions {
+                schema: Some(schema.to_owned()),
+                ..DatabaseOptions::default()
+            };
+            let err = Database::connect_with("postgres://nobody@127.0.0.1:1/none", options)
+                .await
+                .expect_err(schema);
+            assert!(
+                matches!(err, DatabaseError::InvalidSchema { .. }),
+                "{schema:?}: {err}"
+            );
+        }
     }
 }
