@@ -77,7 +77,9 @@ mod worker;
 
 pub use db::backend::{Conn, PgTx, PoolConn, SqliteTx, Tx, TxContext};
 pub use db::group::Finish;
-pub use db::{Database, DatabaseOptions, Dialect, SAGA_MIGRATION_VERSIONS, SqliteSync};
+pub use db::{
+    Database, DatabaseOptions, Dialect, PostgresTls, SAGA_MIGRATION_VERSIONS, SqliteSync, SslMode,
+};
 pub use error::DatabaseError;
 pub use options::{RetentionPolicy, RuntimeOptions, WatchdogOptions};
 pub use outbox::retention::{RetentionReport, apply_retention};

@@ -20,7 +20,7 @@ use rcgen::{
 use saga_core::ports::{Transport, TransportError};
 use saga_core::{Headers, Message};
 use saga_store::nats::{NatsAuth, NatsOptions, NatsTls, NatsTransport};
-use saga_store::{Database, DatabaseError, DatabaseOptions};
+use saga_store::{Database, DatabaseError, DatabaseOptions, PostgresTls, SslMode};
 use sqlx::Row;
 
 mod common;
@@ -576,8 +576,14 @@ async fn nats_over_tls_with_each_kind_of_credential() {
 
 /// Connects and returns `(current_user, ssl)` of the session.
 async fn who_and_how(url: &str) -> Result<(String, bool), DatabaseError> {
+    who_and_how_with(url, PostgresTls::default()).await
+}
+
+/// As [`who_and_how`], with TLS settings in the options.
+async fn who_and_how_with(url: &str, tls: PostgresTls) -> Result<(String, bool), DatabaseError> {
     let options = DatabaseOptions {
         connect_timeout: Duration::from_secs(20),
+        tls,
         ..DatabaseOptions::default()
     };
     let database = Database::connect_with(url, options).await?;
@@ -702,6 +708,35 @@ async fn postgres_over_tls_with_a_test_ca_and_client_certificates() {
         .await
         .expect("client certificate");
     assert_eq!((user.as_str(), ssl), ("saga_cert", true));
+    // The same, from `DatabaseOptions::tls` instead of the URL, over the URL's own settings.
+    let tls = PostgresTls {
+        mode: Some(SslMode::VerifyFull),
+        root_cert: Some(ca.ca_file()),
+        client_cert: Some(secure.client_cert.clone()),
+        client_key: Some(secure.client_key.clone()),
+    };
+    let (user, ssl) = who_and_how_with(
+        &pg.url("saga_cert", None, "localhost", "sslmode=disable"),
+        tls.clone(),
+    )
+    .await
+    .expect("client certificate from the options");
+    assert_eq!((user.as_str(), ssl), ("saga_cert", true));
+    let wrong_name = who_and_how_with(&pg.url("saga_cert", None, "127.0.0.1", ""), tls.clone())
+        .await
+        .expect_err("verify-full from the options checks the name");
+    assert!(
+        matches!(wrong_name, DatabaseError::Tls { .. }),
+        "{wrong_name}"
+    );
+    let missing = PostgresTls {
+        client_key: Some(scratch.0.join("missing.key")),
+        ..tls
+    };
+    let err = who_and_how_with(&pg.url("saga_cert", None, "localhost", ""), missing)
+        .await
+        .expect_err("a key file that is not there");
+    assert!(matches!(err, DatabaseError::Tls { .. }), "{err}");
     database_refused(
         &pg.url(
             "saga_cert",

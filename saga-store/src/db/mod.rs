@@ -11,7 +11,7 @@ mod listen;
 mod migrate;
 pub(crate) mod wakeups;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -95,7 +95,100 @@ pub struct DatabaseOptions {
     /// process with rights to read and write rows only (see `docs/security.md`): the tables
     /// must be there already, and nothing in the schema is created or changed.
     pub migrate: bool,
+    /// PostgreSQL TLS settings; each one given overrides the URL's.
+    pub tls: PostgresTls,
 }
+
+/// PostgreSQL TLS settings, as `sslmode`, `sslrootcert`, `sslcert` and `sslkey` give them
+/// in the URL, for settings that come from elsewhere (files mounted by the platform, a
+/// secret store). They apply to every connection, the `LISTEN` one included. Needs the
+/// `postgres-tls` feature for any mode that encrypts.
+#[derive(Clone, Debug, Default)]
+pub struct PostgresTls {
+    /// How much TLS to insist on (the URL's `sslmode`).
+    pub mode: Option<SslMode>,
+    /// The CA certificate(s) the server's certificate must chain to (PEM).
+    pub root_cert: Option<PathBuf>,
+    /// The client certificate (PEM), for a server that authenticates by certificate.
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub client_key: Option<PathBuf>,
+}
+
+/// PostgreSQL's `sslmode`s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SslMode {
+    /// No TLS.
+    Disable,
+    /// TLS if the server offers it (libpq's and sqlx's default).
+    Prefer,
+    /// TLS, without checking the server's certificate.
+    Require,
+    /// TLS with a certificate that chains to a trusted root.
+    VerifyCa,
+    /// As `VerifyCa`, and the certificate names the host connected to.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The name in a URL (`verify-full`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+}
+
+impl PostgresTls {
+    fn settings(&self) -> Vec<(&'static str, String)> {
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        [
+            ("sslmode", self.mode.map(|m| m.as_str().to_owned())),
+            ("sslrootcert", path(&self.root_cert)),
+            ("sslcert", path(&self.client_cert)),
+            ("sslkey", path(&self.client_key)),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| Some((key, value?)))
+        .collect()
+    }
+
+    /// `url` with these settings in its query, replacing the URL's own: every connection,
+    /// the pool's and the `LISTEN` one, is opened from the one URL.
+    fn apply(&self, url: &str) -> String {
+        let settings = self.settings();
+        if settings.is_empty() {
+            return url.to_owned();
+        }
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut pairs: Vec<String> = query
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .filter(|pair| {
+                let key = pair.split_once('=').map_or(*pair, |(key, _)| key);
+                !settings.iter().any(|(k, _)| *k == key)
+            })
+            .map(str::to_owned)
+            .collect();
+        for (key, value) in settings {
+            let value = percent_encoding::utf8_percent_encode(&value, QUERY_VALUE);
+            pairs.push(format!("{key}={value}"));
+        }
+        format!("{base}?{}", pairs.join("&"))
+    }
+}
+
+/// What a query value must escape (`&`, `=`, `#`, `+`, `%`, spaces, controls…); `/` stays.
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'/')
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 impl Default for DatabaseOptions {
     fn default() -> Self {
@@ -109,6 +202,7 @@ impl Default for DatabaseOptions {
             write_batch: 256,
             idle_in_transaction_timeout: Duration::from_secs(30),
             migrate: true,
+            tls: PostgresTls::default(),
         }
     }
 }
@@ -192,7 +286,11 @@ fn check_tls_files(url: &str) -> Result<(), DatabaseError> {
         return Ok(());
     };
     for (key, value) in query.split('&').filter_map(|pair| pair.split_once('=')) {
-        if matches!(key, "sslrootcert" | "sslcert" | "sslkey") && !Path::new(value).is_file() {
+        if !matches!(key, "sslrootcert" | "sslcert" | "sslkey") {
+            continue;
+        }
+        let value = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
+        if !Path::new(value.as_ref()).is_file() {
             return Err(DatabaseError::Tls {
                 url: redact_url(url),
                 source: sqlx::Error::Tls(format!("{key} {value:?} is not a readable file").into()),
@@ -218,6 +316,10 @@ impl Database {
     /// applies the migrations.
     pub async fn connect_with(url: &str, options: DatabaseOptions) -> Result<Self, DatabaseError> {
         let dialect = Dialect::of_url(url)?;
+        let url = &match dialect {
+            Dialect::Postgres => options.tls.apply(url),
+            Dialect::Sqlite => url.to_owned(),
+        };
         if let Some(schema) = &options.schema {
             validate_name(NameKind::SqlIdentifier, schema)
                 .map_err(|source| DatabaseError::InvalidSchema { source })?;
@@ -619,6 +721,29 @@ mod tests {
             began.elapsed() < Duration::from_secs(5),
             "reported at once, not retried"
         );
+    }
+
+    #[test]
+    fn tls_settings_replace_the_urls_own() {
+        let tls = PostgresTls {
+            mode: Some(SslMode::VerifyFull),
+            root_cert: Some(PathBuf::from("/etc/certs/my ca&x.pem")),
+            ..PostgresTls::default()
+        };
+        assert_eq!(
+            tls.apply("postgres://u@h/db?sslmode=disable&application_name=a"),
+            "postgres://u@h/db?application_name=a&sslmode=verify-full\
+             &sslrootcert=/etc/certs/my%20ca%26x.pem"
+        );
+        assert_eq!(
+            PostgresTls::default().apply("postgres://u@h/db"),
+            "postgres://u@h/db"
+        );
+        let connect = PgConnectOptions::from_str(&tls.apply("postgres://u@h/db")).expect("parses");
+        assert!(matches!(
+            connect.get_ssl_mode(),
+            sqlx::postgres::PgSslMode::VerifyFull
+        ));
     }
 
     /// A schema name that could break out of its quotes is refused before any connection.
