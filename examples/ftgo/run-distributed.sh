@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs FTGO distributed: every service in its own process (two Kitchen instances), on
-# PostgreSQL (one schema per service) and NATS JetStream, plus the HTTP API.
+# PostgreSQL (one schema per service) and NATS JetStream (or the SQL queue), plus the HTTP API.
 #
 #   examples/ftgo/run-distributed.sh start            # build, start everything, wait for the API
 #   examples/ftgo/run-distributed.sh stop             # stop everything (SIGTERM, then SIGKILL)
@@ -19,6 +19,9 @@
 #   NATS_URL       nats://127.0.0.1:4222
 #   SCHEMA_PREFIX  ftgo            schemas <prefix>_order, <prefix>_kitchen, ...
 #   NATS_STREAM    FTGO            the JetStream stream
+#   TRANSPORT      nats            or `sql`: the SQL-table queue in schema <prefix>_messages
+#   QUEUE_ROLE     with TRANSPORT=sql, the role every process SET ROLEs to in the queue
+#                  schema (see docs/security.md)
 #   LISTEN         127.0.0.1:8080  the API's address
 #   RUN_DIR        ./ftgo-run      pid files and logs (<name>.pid, <name>.log)
 #   FTGO_BIN       the ftgo binary (default: built here with cargo build -p ftgo)
@@ -33,6 +36,7 @@ DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
 NATS_URL="${NATS_URL:-nats://127.0.0.1:4222}"
 SCHEMA_PREFIX="${SCHEMA_PREFIX:-ftgo}"
 NATS_STREAM="${NATS_STREAM:-FTGO}"
+TRANSPORT="${TRANSPORT:-nats}"
 LISTEN="${LISTEN:-127.0.0.1:8080}"
 RUN_DIR="${RUN_DIR:-./ftgo-run}"
 export RUST_LOG="${RUST_LOG:-info}"
@@ -51,7 +55,11 @@ binary() {
 }
 
 common_args() {
-  echo --schema-prefix "$SCHEMA_PREFIX" --transport nats --nats-stream "$NATS_STREAM"
+  if [[ "$TRANSPORT" == nats ]]; then
+    echo --schema-prefix "$SCHEMA_PREFIX" --transport nats --nats-stream "$NATS_STREAM"
+  else
+    echo --schema-prefix "$SCHEMA_PREFIX" --transport sql
+  fi
 }
 
 # The database URL for process $1: DATABASE_URL_<SERVICE>, else DATABASE_URL.
@@ -92,9 +100,10 @@ start_one() {
     *) echo "unknown process $name (expected: ${PROCESSES[*]})" >&2; exit 2 ;;
   esac
   # shellcheck disable=SC2086
-  local no_migrate=()
-  if [[ "$name" == api && -n "${API_NO_MIGRATE:-}" ]]; then no_migrate=(FTGO_NO_MIGRATE=true); fi
-  env "${no_migrate[@]}" FTGO_DATABASE_URL="$(database_url "$name")" NATS_URL="$NATS_URL" \
+  local extra_env=()
+  if [[ "$name" == api && -n "${API_NO_MIGRATE:-}" ]]; then extra_env=(FTGO_NO_MIGRATE=true); fi
+  if [[ -n "${QUEUE_ROLE:-}" ]]; then extra_env+=(FTGO_QUEUE_ROLE="$QUEUE_ROLE"); fi
+  env "${extra_env[@]}" FTGO_DATABASE_URL="$(database_url "$name")" NATS_URL="$NATS_URL" \
     "$bin" "$@" $args >>"$RUN_DIR/$name.log" 2>&1 &
   echo $! >"$RUN_DIR/$name.pid"
   echo "started $name (pid $!)"
@@ -158,7 +167,7 @@ case "${1:-}" in
     done
     ;;
   *)
-    sed -n '2,29p' "$0"
+    sed -n '2,32p' "$0"
     exit 2
     ;;
 esac

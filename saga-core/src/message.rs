@@ -635,7 +635,7 @@ mod tests {
         assert!(ok.check_limits().is_ok());
         let mut many = Headers::new();
         for i in 0..=limits::MAX_HEADERS {
-            many = many.with(&format!("h{i}"), "v");
+            many = many.with(format!("h{i}"), "v");
         }
         let cases = [
             Message::new(
@@ -646,12 +646,12 @@ mod tests {
             Message::new("c", many, String::new()),
             Message::new(
                 "c",
-                Headers::new().with(&"n".repeat(limits::MAX_HEADER_NAME_BYTES + 1), "v"),
+                Headers::new().with("n".repeat(limits::MAX_HEADER_NAME_BYTES + 1), "v"),
                 String::new(),
             ),
             Message::new(
                 "c",
-                Headers::new().with("n", &"v".repeat(limits::MAX_HEADER_VALUE_BYTES + 1)),
+                Headers::new().with("n", "v".repeat(limits::MAX_HEADER_VALUE_BYTES + 1)),
                 String::new(),
             ),
         ];

@@ -46,6 +46,15 @@ pub enum DatabaseError {
         #[source]
         source: saga_core::message::InvalidName,
     },
+    /// A role name that is not a plain identifier ([`NameKind::SqlIdentifier`]).
+    ///
+    /// [`NameKind::SqlIdentifier`]: saga_core::message::NameKind::SqlIdentifier
+    #[error("unusable role: {source}")]
+    InvalidRole {
+        /// What is wrong with the name.
+        #[source]
+        source: saga_core::message::InvalidName,
+    },
     /// An application's migration uses a version number saga-store keeps for its own tables.
     #[error(
         "migration {version} ({description}) uses a version below {}, which saga-store keeps \

@@ -47,13 +47,12 @@ pub const MESSAGES: &str = "messages";
 pub const SHARED: &str = "ftgo";
 
 impl Storage {
-    /// Opens the database `name` (a service's, or [`MESSAGES`]).
+    /// Opens the database `name` (a service's, or [`MESSAGES`]) with `options` (their
+    /// `schema` is `name`'s on PostgreSQL).
     pub async fn open(
         &self,
         name: &str,
-        sqlite_sync: SqliteSync,
-        max_connections: Option<u32>,
-        migrate: bool,
+        options: DatabaseOptions,
     ) -> Result<Database, DatabaseError> {
         match self {
             Storage::Sqlite { dir } => {
@@ -63,20 +62,17 @@ impl Storage {
                     "sqlite://{}?mode=rwc",
                     dir.join(format!("{name}.db")).display()
                 );
+                // SET ROLE is PostgreSQL's.
                 let options = DatabaseOptions {
-                    sqlite_sync,
-                    max_connections,
-                    migrate,
-                    ..DatabaseOptions::default()
+                    role: None,
+                    ..options
                 };
                 Database::connect_with(&url, options).await
             }
             Storage::Postgres { url, schema_prefix } => {
                 let options = DatabaseOptions {
                     schema: Some(format!("{schema_prefix}_{name}")),
-                    max_connections,
-                    migrate,
-                    ..DatabaseOptions::default()
+                    ..options
                 };
                 Database::connect_with(url, options).await
             }
@@ -147,6 +143,10 @@ pub struct FtgoOptions {
     /// Create and upgrade tables when opening a database (the default); `false` for a role
     /// that may only read and write rows, once the services have migrated their schemas.
     pub migrate: bool,
+    /// PostgreSQL, SQL queue: the role every service `SET ROLE`s to in the shared queue
+    /// schema (`<prefix>_messages`), so its tables belong to that role and not to whichever
+    /// service created them (see `docs/security.md`).
+    pub queue_role: Option<String>,
 }
 
 /// A callback told whenever a saga finishes.
@@ -182,6 +182,7 @@ impl FtgoOptions {
             console_token: None,
             in_place: false,
             migrate: true,
+            queue_role: None,
         }
     }
 
@@ -195,9 +196,17 @@ impl FtgoOptions {
     /// name, with [`FtgoOptions::in_place`]).
     pub async fn database(&self, name: &str) -> Result<Database, DatabaseError> {
         let name = if self.is_in_place() { SHARED } else { name };
-        self.storage
-            .open(name, self.sqlite_sync, self.max_connections, self.migrate)
-            .await
+        let options = DatabaseOptions {
+            sqlite_sync: self.sqlite_sync,
+            max_connections: self.max_connections,
+            migrate: self.migrate,
+            // The queue's schema is shared: its tables belong to the queue's role.
+            role: (name == MESSAGES)
+                .then(|| self.queue_role.clone())
+                .flatten(),
+            ..DatabaseOptions::default()
+        };
+        self.storage.open(name, options).await
     }
 
     /// Opens the transport: NATS if configured, else the SQL queue in the `messages`

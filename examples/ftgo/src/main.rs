@@ -192,6 +192,10 @@ struct StorageArgs {
     /// (see docs/security.md); the services must have migrated their schemas already.
     #[arg(long, global = true, env = "FTGO_NO_MIGRATE")]
     no_migrate: bool,
+    /// PostgreSQL with the SQL queue: `SET ROLE` to this role in the shared queue schema, so
+    /// its tables belong to the role every service is a member of (see docs/security.md).
+    #[arg(long, global = true, env = "FTGO_QUEUE_ROLE")]
+    queue_role: Option<String>,
 }
 
 impl StorageArgs {
@@ -233,6 +237,7 @@ impl StorageArgs {
         }
         options.in_place = self.in_place;
         options.migrate = !self.no_migrate;
+        options.queue_role = self.queue_role.clone();
         if self.transport == "nats" {
             options.nats = Some(NatsSettings {
                 url: self.nats_url.clone(),

@@ -800,7 +800,11 @@ const SERVICES: [&str; 4] = ["order", "consumer", "kitchen", "accounting"];
 /// nothing else; `ftgo_api` (the API process, which hosts the order API and the console over
 /// every service's database) may read and write the rows of the four, and create nothing;
 /// `ftgo_console` may only read. Returns each role's password.
-fn least_privilege_roles(pg: &TlsPostgres, prefix: &str) -> Vec<(String, String)> {
+///
+/// With `queue`, the SQL queue's schema `<prefix>_messages` belongs to `ftgo_queue` (no
+/// login), whose members are the service roles and `ftgo_api`: each process `SET ROLE`s to
+/// it there, so the queue's tables are `ftgo_queue`'s whoever created them.
+fn least_privilege_roles(pg: &TlsPostgres, prefix: &str, queue: bool) -> Vec<(String, String)> {
     let roles: Vec<(String, String)> = SERVICES
         .iter()
         .map(|s| format!("ftgo_{s}"))
@@ -828,6 +832,13 @@ fn least_privilege_roles(pg: &TlsPostgres, prefix: &str) -> Vec<(String, String)
                GRANT USAGE, SELECT ON SEQUENCES TO ftgo_api; \
              ALTER DEFAULT PRIVILEGES FOR ROLE ftgo_{service} IN SCHEMA {schema} \
                GRANT SELECT ON TABLES TO ftgo_console;\n"
+        ));
+    }
+    if queue {
+        sql.push_str(&format!(
+            "CREATE ROLE ftgo_queue NOLOGIN; \
+             CREATE SCHEMA \"{prefix}_messages\" AUTHORIZATION ftgo_queue; \
+             GRANT ftgo_queue TO ftgo_order, ftgo_consumer, ftgo_kitchen, ftgo_accounting, ftgo_api;\n"
         ));
     }
     pg.psql("test", &sql);
@@ -865,24 +876,48 @@ async fn refusal(url: &str, sql: &str) -> Option<String> {
     }
 }
 
+/// How the services of a least-privilege deployment exchange messages.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Over {
+    /// NATS JetStream over TLS, with a client certificate and a password.
+    Nats,
+    /// The SQL queue in the shared schema `<prefix>_messages`, owned by `ftgo_queue`.
+    SqlQueue,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ftgo_distributed_over_tls_under_least_privilege_roles_keeps_its_secrets_hidden() {
-    if !enabled("FTGO distributed over TLS") {
-        return;
+    if enabled("FTGO distributed over TLS") {
+        least_privilege_deployment(Over::Nats).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ftgo_on_the_sql_queue_under_least_privilege_roles() {
+    if enabled("FTGO on the SQL queue under least-privilege roles") {
+        least_privilege_deployment(Over::SqlQueue).await;
+    }
+}
+
+/// FTGO's services as separate processes, each under its own role, over a TLS-only
+/// PostgreSQL; every order settles consistently, no role reaches what it should not, and no
+/// secret shows in logs, metrics, health or command lines.
+async fn least_privilege_deployment(over: Over) {
     let scratch = Scratch::new("ftgo");
     let ca = TestCa::new(&scratch.0);
     let secure = secure_postgres(&ca, &scratch.0);
     let pg = &secure.postgres;
     let nats_password = secret("nats-password");
-    let nats = NatsServer::start(
-        &scratch.0,
-        "ftgo-nats",
-        &format!(
-            "{}\nauthorization {{ users: [ {{ user: ftgo, password: \"{nats_password}\" }} ] }}",
-            nats_tls_block(&ca, "ftgo-nats", true)
-        ),
-    );
+    let nats = (over == Over::Nats).then(|| {
+        NatsServer::start(
+            &scratch.0,
+            "ftgo-nats",
+            &format!(
+                "{}\nauthorization {{ users: [ {{ user: ftgo, password: \"{nats_password}\" }} ] }}",
+                nats_tls_block(&ca, "ftgo-nats", true)
+            ),
+        )
+    });
     let (client_cert, client_key) = ca.issue("ftgo-nats-client", "ftgo", &["ftgo"]);
     let tls = format!("sslmode=verify-full&sslrootcert={}", ca.ca_file().display());
     let url_of = |roles: &[(String, String)], role: &str| {
@@ -896,19 +931,29 @@ async fn ftgo_distributed_over_tls_under_least_privilege_roles_keeps_its_secrets
         "postgres",
         &format!("ALTER ROLE postgres PASSWORD '{admin}'"),
     );
-    let mut deployment = Deployment::configure(
-        &pg.url("postgres", Some(&admin), "localhost", &tls),
-        &nats.url("tls"),
-        vec![
+    let mut settings = vec![("RUST_LOG", "debug,h2=info,hyper=info,tower=info".to_owned())];
+    match over {
+        Over::Nats => settings.extend([
             ("NATS_USER", "ftgo".to_owned()),
             ("NATS_PASSWORD", nats_password.clone()),
             ("NATS_CA", path(&ca.ca_file())),
             ("NATS_CERT", path(&client_cert)),
             ("NATS_KEY", path(&client_key)),
-            ("RUST_LOG", "debug,h2=info,hyper=info,tower=info".to_owned()),
-        ],
+        ]),
+        Over::SqlQueue => settings.extend([
+            ("TRANSPORT", "sql".to_owned()),
+            ("QUEUE_ROLE", "ftgo_queue".to_owned()),
+        ]),
+    }
+    let nats_url = nats
+        .as_ref()
+        .map_or("nats://127.0.0.1:1".to_owned(), |n| n.url("tls"));
+    let mut deployment = Deployment::configure(
+        &pg.url("postgres", Some(&admin), "localhost", &tls),
+        &nats_url,
+        settings,
     );
-    let roles = least_privilege_roles(pg, &deployment.prefix);
+    let roles = least_privilege_roles(pg, &deployment.prefix, over == Over::SqlQueue);
     for (name, value) in deployment.vars.iter_mut() {
         if *name == "DATABASE_URL" {
             *value = url_of(&roles, "ftgo_api");
@@ -1031,6 +1076,20 @@ async fn ftgo_distributed_over_tls_under_least_privilege_roles_keeps_its_secrets
         );
     }
 
+    if over == Over::SqlQueue {
+        let owners = pg.psql(
+            "test",
+            &format!(
+                "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = '{prefix}_messages'"
+            ),
+        );
+        assert_eq!(
+            owners.trim(),
+            "ftgo_queue",
+            "the queue's tables belong to its role"
+        );
+    }
+
     // The API's role reads and writes rows, and creates nothing.
     let api = url_of(&roles, "ftgo_api");
     let read = format!("SELECT count(*) FROM \"{prefix}_accounting\".saga_received");
@@ -1077,14 +1136,19 @@ async fn ftgo_distributed_over_tls_under_least_privilege_roles_keeps_its_secrets
     {
         logs.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
     }
+    let started = match over {
+        Over::Nats => "NATS connected",
+        Over::SqlQueue => "DEBUG",
+    };
     assert!(
-        logs.contains("NATS connected"),
+        logs.contains(started),
         "the logs are not the processes' logs"
     );
     let secrets: Vec<(String, &str)> = roles
         .iter()
         .map(|(role, password)| (format!("{role}'s password"), password.as_str()))
         .chain([("the NATS password".to_owned(), nats_password.as_str())])
+        .chain([("the test's superuser password".to_owned(), admin.as_str())])
         .collect();
     for (what, value) in &secrets {
         assert!(!logs.contains(value), "the logs show {what}");
@@ -1093,5 +1157,5 @@ async fn ftgo_distributed_over_tls_under_least_privilege_roles_keeps_its_secrets
             "metrics, health or a command line show {what}"
         );
     }
-    deployment.remove_data().await;
+    // The cluster and the NATS server go with the scratch directory.
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use saga_core::ports::DeadLetter;
 use saga_core::{Headers, Message, MessageId, Timestamp};
 use saga_store::SqlSagaStore;
-use saga_store::nats::{NatsDeadLetter, NatsOptions, NatsTransport};
+use saga_store::nats::{NatsAuth, NatsDeadLetter, NatsOptions, NatsTls, NatsTransport};
 
 use super::output;
 use super::{DeadLetterCommand, DeadLetterId, DeadLettersArgs, NatsArgs, actor, require_reason};
@@ -19,16 +19,29 @@ async fn nats(args: &NatsArgs) -> Result<Option<NatsTransport>, OpsError> {
     let Some(url) = args.nats_url.as_deref() else {
         return Ok(None);
     };
+    let auth = match (&args.nats_creds, &args.nats_nkey) {
+        (Some(creds), _) => NatsAuth::CredentialsFile(creds.clone()),
+        (None, Some(seed)) => NatsAuth::NkeySeedFile(seed.clone()),
+        (None, None) => NatsAuth::None,
+    };
     let options = NatsOptions {
         stream: args.nats_stream.clone(),
         subject_prefix: args.nats_subject_prefix.clone(),
         connect_timeout: Duration::from_secs(5),
+        auth,
+        tls: NatsTls {
+            ca_file: args.nats_ca.clone(),
+            client_cert: args.nats_cert.clone(),
+            client_key: args.nats_key.clone(),
+            ..NatsTls::default()
+        },
         ..NatsOptions::default()
     };
+    // The transport's error names the server without its credentials.
     NatsTransport::connect(url, options)
         .await
         .map(Some)
-        .map_err(|err| OpsError::Usage(format!("cannot reach NATS at {url}: {err}")))
+        .map_err(|err| OpsError::Usage(err.to_string()))
 }
 
 fn need_nats(transport: Option<&NatsTransport>) -> Result<&NatsTransport, OpsError> {

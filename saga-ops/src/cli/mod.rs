@@ -236,9 +236,30 @@ pub struct DeadLettersArgs {
 /// The NATS JetStream deployment whose dead-letter stream to include.
 #[derive(Debug, Args, Clone)]
 pub struct NatsArgs {
-    /// The NATS server (`nats://127.0.0.1:4222`).
-    #[arg(long, env = "SAGA_NATS_URL", global = true)]
+    /// The NATS server (`nats://127.0.0.1:4222`; `tls://user:password@host:4222` or
+    /// `tls://token@host:4222` with credentials: better given as the environment variable).
+    #[arg(long, env = "SAGA_NATS_URL", global = true, hide_env_values = true)]
     pub nats_url: Option<String>,
+    /// A NATS `.creds` file (a user JWT and its seed).
+    #[arg(
+        long,
+        env = "SAGA_NATS_CREDS",
+        global = true,
+        conflicts_with = "nats_nkey"
+    )]
+    pub nats_creds: Option<std::path::PathBuf>,
+    /// A file holding the NATS user's nkey seed.
+    #[arg(long, env = "SAGA_NATS_NKEY", global = true)]
+    pub nats_nkey: Option<std::path::PathBuf>,
+    /// A PEM file of the CAs that sign the NATS server's certificate.
+    #[arg(long, env = "SAGA_NATS_CA", global = true)]
+    pub nats_ca: Option<std::path::PathBuf>,
+    /// A PEM client certificate for NATS, with `--nats-key`.
+    #[arg(long, env = "SAGA_NATS_CERT", global = true, requires = "nats_key")]
+    pub nats_cert: Option<std::path::PathBuf>,
+    /// The NATS client certificate's PEM private key.
+    #[arg(long, env = "SAGA_NATS_KEY", global = true, requires = "nats_cert")]
+    pub nats_key: Option<std::path::PathBuf>,
     /// The services' stream (its dead letters are in `<stream>_DEAD`).
     #[arg(long, default_value = "SAGA", global = true)]
     pub nats_stream: String,

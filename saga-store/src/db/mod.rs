@@ -97,6 +97,11 @@ pub struct DatabaseOptions {
     pub migrate: bool,
     /// PostgreSQL TLS settings; each one given overrides the URL's.
     pub tls: PostgresTls,
+    /// PostgreSQL: a role to `SET ROLE` to on every connection (the login role must be a
+    /// member). For a schema several services share, such as the SQL queue's: the tables
+    /// its migrations create belong to this role, so every member can use them, whichever
+    /// service created them (see `docs/security.md`).
+    pub role: Option<String>,
 }
 
 /// PostgreSQL TLS settings, as `sslmode`, `sslrootcert`, `sslcert` and `sslkey` give them
@@ -203,6 +208,7 @@ impl Default for DatabaseOptions {
             idle_in_transaction_timeout: Duration::from_secs(30),
             migrate: true,
             tls: PostgresTls::default(),
+            role: None,
         }
     }
 }
@@ -323,6 +329,10 @@ impl Database {
         if let Some(schema) = &options.schema {
             validate_name(NameKind::SqlIdentifier, schema)
                 .map_err(|source| DatabaseError::InvalidSchema { source })?;
+        }
+        if let Some(role) = &options.role {
+            validate_name(NameKind::SqlIdentifier, role)
+                .map_err(|source| DatabaseError::InvalidRole { source })?;
         }
         if dialect == Dialect::Postgres {
             check_tls_files(url)?;
@@ -616,17 +626,23 @@ fn sqlite_pool(url: &str, options: &DatabaseOptions) -> Result<SqlitePool, Datab
 fn postgres_pool(url: &str, options: &DatabaseOptions) -> Result<PgPool, DatabaseError> {
     let connect = PgConnectOptions::from_str(url)?;
     let schema = options.schema.clone();
+    let role = options.role.clone();
     let idle_in_transaction = options.idle_in_transaction_timeout.as_millis();
     Ok(PgPoolOptions::new()
         .max_connections(options.max_connections.unwrap_or(10))
         .acquire_timeout(Duration::from_secs(5))
         .after_connect(move |conn, _meta| {
-            let schema = schema.clone();
+            let (schema, role) = (schema.clone(), role.clone());
             Box::pin(async move {
                 conn.execute(sqlx::AssertSqlSafe(format!(
                     "SET idle_in_transaction_session_timeout = {idle_in_transaction}"
                 )))
                 .await?;
+                if let Some(role) = role {
+                    // Checked to be a plain identifier; before the schema, which it may own.
+                    conn.execute(sqlx::AssertSqlSafe(format!("SET ROLE \"{role}\"")))
+                        .await?;
+                }
                 if let Some(schema) = schema {
                     // The name was checked to be a plain identifier. `CREATE SCHEMA IF NOT
                     // EXISTS` would need the CREATE privilege on the database even when the
