@@ -330,7 +330,8 @@ impl NatsServer {
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
                 Instant::now() < deadline,
-                "nats-server {name} did not start"
+                "nats-server {name} did not start: {}",
+                std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -563,6 +564,51 @@ async fn nats_over_tls_with_each_kind_of_credential() {
         "a client certificate without its key",
     )
     .await;
+    // A `.creds` file (a user JWT and its seed) for a server in operator mode.
+    let (operator_server, creds) = operator_mode_server(&scratch.0);
+    round_trip(
+        &operator_server.url("nats"),
+        options(NatsAuth::CredentialsFile(creds.clone()), NatsTls::default()),
+    )
+    .await
+    .expect("a .creds file");
+    let stranger = scratch.0.join("stranger.creds");
+    let other = nkeys::KeyPair::new_account();
+    let foreign_user = nkeys::KeyPair::new_user();
+    let foreign_jwt = nats_jwt(
+        &other,
+        &foreign_user.public_key(),
+        "stranger",
+        serde_json::json!({ "type": "user", "version": 2 }),
+    );
+    std::fs::write(
+        &stranger,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{foreign_jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            foreign_user.seed().expect("seed")
+        ),
+    )
+    .expect("writes");
+    refused(
+        &operator_server.url("nats"),
+        options(NatsAuth::CredentialsFile(stranger), NatsTls::default()),
+        &[],
+        "a user of an account the operator did not sign",
+    )
+    .await;
+    std::fs::write(scratch.0.join("garbage.creds"), "not a creds file").expect("writes");
+    refused(
+        &operator_server.url("nats"),
+        options(
+            NatsAuth::CredentialsFile(scratch.0.join("garbage.creds")),
+            NatsTls::default(),
+        ),
+        &[],
+        "a file that is not a .creds file",
+    )
+    .await;
+
     // `Debug` of the options shows no secret.
     let shown = format!(
         "{:?} {:?}",
@@ -572,6 +618,92 @@ async fn nats_over_tls_with_each_kind_of_credential() {
     for secret in secrets {
         assert!(!shown.contains(secret), "Debug shows a secret: {shown}");
     }
+}
+
+/// Signs a NATS JWT for `subject` with `issuer`: `nats` is the claims' `nats` object.
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    use base64::Engine as _;
+    let encode = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let header = encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let claims = serde_json::json!({
+        "jti": uuid::Uuid::new_v4().simple().to_string().to_uppercase(),
+        "iat": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs(),
+        "iss": issuer.public_key(),
+        "sub": subject,
+        "name": name,
+        "nats": nats,
+    });
+    let body = encode(claims.to_string().as_bytes());
+    let signed = format!("{header}.{body}");
+    let signature = issuer.sign(signed.as_bytes()).expect("signs");
+    format!("{signed}.{}", encode(&signature))
+}
+
+/// A `nats-server` in operator (JWT) mode with one JetStream-enabled account, and a
+/// `.creds` file for a user of it.
+fn operator_mode_server(dir: &Path) -> (NatsServer, PathBuf) {
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let operator_jwt = nats_jwt(
+        &operator,
+        &operator.public_key(),
+        "saga-test",
+        serde_json::json!({ "type": "operator", "version": 2 }),
+    );
+    let unlimited = serde_json::json!({
+        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+        "wildcards": true, "conn": -1, "leaf": -1,
+        "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1,
+    });
+    let account_jwt = nats_jwt(
+        &operator,
+        &account.public_key(),
+        "saga",
+        serde_json::json!({ "limits": unlimited, "type": "account", "version": 2 }),
+    );
+    let user_jwt = nats_jwt(
+        &account,
+        &user.public_key(),
+        "saga-user",
+        serde_json::json!({
+            "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+            "type": "user", "version": 2,
+        }),
+    );
+    // JetStream needs a system account.
+    let system = nkeys::KeyPair::new_account();
+    let system_jwt = nats_jwt(
+        &operator,
+        &system.public_key(),
+        "SYS",
+        serde_json::json!({ "type": "account", "version": 2 }),
+    );
+    let server = NatsServer::start(
+        dir,
+        "operator",
+        &format!(
+            "operator: \"{operator_jwt}\"\nsystem_account: {}\nresolver: MEMORY\n\
+             resolver_preload: {{ {}: \"{account_jwt}\", {}: \"{system_jwt}\" }}",
+            system.public_key(),
+            account.public_key(),
+            system.public_key()
+        ),
+    );
+    let creds = dir.join("user.creds");
+    std::fs::write(
+        &creds,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().expect("seed")
+        ),
+    )
+    .expect("writes the creds file");
+    (server, creds)
 }
 
 /// Connects and returns `(current_user, ssl)` of the session.

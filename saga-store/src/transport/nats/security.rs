@@ -47,9 +47,11 @@ pub struct NatsTls {
     pub handshake_first: bool,
 }
 
-fn read_secret(what: &str, path: &Path) -> Result<SecretString, TransportError> {
+/// A file's text; `trim` drops surrounding whitespace (an nkey seed), which a `.creds` file
+/// must keep (its sections end at a line break).
+fn read_secret(what: &str, path: &Path, trim: bool) -> Result<SecretString, TransportError> {
     std::fs::read_to_string(path)
-        .map(|text| SecretString::from(text.trim().to_owned()))
+        .map(|text| SecretString::from(if trim { text.trim().to_owned() } else { text }))
         .map_err(|err| {
             TransportError::misconfigured(format!(
                 "cannot read the {what} {}: {err}",
@@ -83,12 +85,12 @@ pub(super) fn secured_options(
         }
         NatsAuth::Token(token) => base.token(token.expose_secret().to_owned()),
         NatsAuth::NkeySeedFile(path) => base.nkey(
-            read_secret("nkey seed file", path)?
+            read_secret("nkey seed file", path, true)?
                 .expose_secret()
                 .to_owned(),
         ),
         NatsAuth::CredentialsFile(path) => {
-            let creds = read_secret("credentials file", path)?;
+            let creds = read_secret("credentials file", path, false)?;
             base.credentials(creds.expose_secret()).map_err(|err| {
                 TransportError::misconfigured(format!(
                     "the credentials file {} cannot be read as a NATS .creds file: {err}",
