@@ -482,6 +482,21 @@ async fn a_body_over_the_limit_is_413() {
     server.stop().await;
 }
 
+/// hyper's limits (100 headers, a 400 KB head) hold on the API: the answer is 431, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_or_too_long_headers_are_431() {
+    let server = Server::start(false).await;
+    let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let long = format!("X-Long: {}\r\n", "v".repeat(600_000));
+    for headers in [many, long] {
+        let request = format!("GET /orders/1 HTTP/1.1\r\nHost: x\r\n{headers}\r\n");
+        let (status, _) =
+            raw_exchange(&server.base, request.as_bytes(), Duration::from_secs(5)).await;
+        assert_eq!(status, "HTTP/1.1 431 Request Header Fields Too Large");
+    }
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_sends_its_body_too_slowly_gets_408() {
     let server =

@@ -54,13 +54,18 @@
 //!
 //! | feature | default | what |
 //! |---|---|---|
-//! | `postgres-tls` | yes | TLS to PostgreSQL with rustls (no OpenSSL): `sslmode=require`, `verify-ca`, `verify-full`, and `sslrootcert`, `sslcert`, `sslkey` in the URL; a TLS or certificate error is reported at once ([`DatabaseError::Tls`]), not retried |
+//! | `postgres-tls` | yes | TLS to PostgreSQL with rustls (no OpenSSL): `sslmode=require`, `verify-ca`, `verify-full`, and `sslrootcert`, `sslcert`, `sslkey` in the URL or [`PostgresTls`]; a TLS or certificate error is reported at once ([`DatabaseError::Tls`]), not retried. See `docs/security.md` |
 //! | `nats` | no | the NATS JetStream transport ([`transport::nats::NatsTransport`]) |
 
 /// `docs/participants.md`, whose examples are compiled as this crate's doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../../docs/participants.md")]
 pub struct ParticipantsGuide;
+
+/// `docs/security.md`, whose example is compiled as a doctest too.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/security.md")]
+pub struct SecurityGuide;
 
 mod consume;
 pub mod db;
