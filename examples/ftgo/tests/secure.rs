@@ -399,17 +399,17 @@ async fn round_trip(url: &str, options: NatsOptions) -> Result<(), TransportErro
     Ok(())
 }
 
-/// `round_trip` fails at once (not after the connect timeout) as a misconfiguration whose
-/// message names none of `secrets`.
-async fn refused(url: &str, options: NatsOptions, secrets: &[&str], case: &str) {
-    let started = Instant::now();
-    let err = round_trip(url, options)
-        .await
-        .expect_err(&format!("{case}: connects"));
-    assert_eq!(err.class(), "misconfigured", "{case}: {err}");
+/// A refusal came at once (not after the connect timeout), and `err` (shown and `Debug`)
+/// names none of `secrets`.
+fn assert_refused_at_once(
+    case: &str,
+    started: Instant,
+    err: &(impl std::fmt::Display + std::fmt::Debug),
+    secrets: &[&str],
+) {
     assert!(
         started.elapsed() < Duration::from_secs(5),
-        "{case}: took {:?}, like an unreachable server",
+        "{case}: took {:?}, like an unreachable server: {err}",
         started.elapsed()
     );
     let shown = format!("{err} {err:?}");
@@ -419,6 +419,16 @@ async fn refused(url: &str, options: NatsOptions, secrets: &[&str], case: &str) 
             "{case}: the error shows a secret: {shown}"
         );
     }
+}
+
+/// `round_trip` fails at once as a misconfiguration whose message names none of `secrets`.
+async fn refused(url: &str, options: NatsOptions, secrets: &[&str], case: &str) {
+    let started = Instant::now();
+    let err = round_trip(url, options)
+        .await
+        .expect_err(&format!("{case}: connects"));
+    assert_eq!(err.class(), "misconfigured", "{case}: {err}");
+    assert_refused_at_once(case, started, &err, secrets);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -581,15 +591,7 @@ async fn nats_over_tls_with_each_kind_of_credential() {
         "stranger",
         serde_json::json!({ "type": "user", "version": 2 }),
     );
-    std::fs::write(
-        &stranger,
-        format!(
-            "-----BEGIN NATS USER JWT-----\n{foreign_jwt}\n------END NATS USER JWT------\n\n\
-             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
-            foreign_user.seed().expect("seed")
-        ),
-    )
-    .expect("writes");
+    write_creds(&stranger, &foreign_jwt, &foreign_user);
     refused(
         &operator_server.url("nats"),
         options(NatsAuth::CredentialsFile(stranger), NatsTls::default()),
@@ -694,16 +696,21 @@ fn operator_mode_server(dir: &Path) -> (NatsServer, PathBuf) {
         ),
     );
     let creds = dir.join("user.creds");
+    write_creds(&creds, &user_jwt, &user);
+    (server, creds)
+}
+
+/// Writes a `.creds` file: the user's JWT and its seed, each in its armour.
+fn write_creds(path: &Path, jwt: &str, user: &nkeys::KeyPair) {
+    let seed = user.seed().expect("seed");
     std::fs::write(
-        &creds,
+        path,
         format!(
-            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
-             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
-            user.seed().expect("seed")
+            "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
         ),
     )
     .expect("writes the creds file");
-    (server, creds)
 }
 
 /// Connects and returns `(current_user, ssl)` of the session.
@@ -739,18 +746,7 @@ async fn database_refused(url: &str, secrets: &[&str], case: &str) -> DatabaseEr
     let err = who_and_how(url)
         .await
         .expect_err(&format!("{case}: connects"));
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{case}: took {:?}, like an unreachable server: {err}",
-        started.elapsed()
-    );
-    let shown = format!("{err} {err:?}");
-    for secret in secrets {
-        assert!(
-            !shown.contains(secret),
-            "{case}: the error shows a secret: {shown}"
-        );
-    }
+    assert_refused_at_once(case, started, &err, secrets);
     err
 }
 
@@ -1063,7 +1059,11 @@ async fn least_privilege_deployment(over: Over) {
         "postgres",
         &format!("ALTER ROLE postgres PASSWORD '{admin}'"),
     );
-    let mut settings = vec![("RUST_LOG", "debug,h2=info,hyper=info,tower=info".to_owned())];
+    let console_token = secret("console-token");
+    let mut settings = vec![
+        ("RUST_LOG", "debug,h2=info,hyper=info,tower=info".to_owned()),
+        ("SAGA_CONSOLE_TOKEN", console_token.clone()),
+    ];
     match over {
         Over::Nats => settings.extend([
             ("NATS_USER", "ftgo".to_owned()),
@@ -1229,8 +1229,29 @@ async fn least_privilege_deployment(over: Over) {
     let create = format!("CREATE TABLE \"{prefix}_order\".intruder (x int)");
     assert_eq!(refusal(&api, &create).await.as_deref(), Some("42501"));
 
-    // What an operator or a scraper sees: metrics and health of every process.
+    // What an operator or a scraper sees: the console's pages, metrics and health of every
+    // process.
     let mut seen = String::new();
+    let saga = listed[0]["saga_id"].as_str().expect("a saga id").to_owned();
+    for page in [
+        "/console".to_owned(),
+        "/console/stats".to_owned(),
+        "/console/dead-letters".to_owned(),
+        format!("/console/sagas/{saga}"),
+    ] {
+        let response = client
+            .get(format!("{}{page}", deployment.base))
+            .bearer_auth(&console_token)
+            .send()
+            .await
+            .expect("the console answers");
+        assert!(
+            response.status().is_success(),
+            "{page}: {}",
+            response.status()
+        );
+        seen.push_str(&response.text().await.expect("a page"));
+    }
     for port in deployment.health_base..deployment.health_base + 5 {
         for page in ["metrics", "health/ready"] {
             let url = format!("http://127.0.0.1:{port}/{page}");
@@ -1281,6 +1302,7 @@ async fn least_privilege_deployment(over: Over) {
         .map(|(role, password)| (format!("{role}'s password"), password.as_str()))
         .chain([("the NATS password".to_owned(), nats_password.as_str())])
         .chain([("the test's superuser password".to_owned(), admin.as_str())])
+        .chain([("the console's token".to_owned(), console_token.as_str())])
         .collect();
     for (what, value) in &secrets {
         assert!(!logs.contains(value), "the logs show {what}");
