@@ -118,7 +118,8 @@ impl From<ServiceArg> for ServiceName {
 }
 
 /// Where the data lives and how messages travel (valid before or after the subcommand).
-#[derive(Clone, Debug, Args)]
+/// `Debug` shows the URLs without their credentials.
+#[derive(Clone, Args)]
 struct StorageArgs {
     /// Keep the SQLite databases in this directory (default: a fresh temporary directory for
     /// the demo, `./ftgo-data` otherwise).
@@ -196,6 +197,23 @@ struct StorageArgs {
     /// its tables belong to the role every service is a member of (see docs/security.md).
     #[arg(long, global = true, env = "FTGO_QUEUE_ROLE")]
     queue_role: Option<String>,
+}
+
+impl std::fmt::Debug for StorageArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageArgs")
+            .field("data_dir", &self.data_dir)
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(redact_url),
+            )
+            .field("schema_prefix", &self.schema_prefix)
+            .field("transport", &self.transport)
+            .field("nats_url", &redact_url(&self.nats_url))
+            .field("nats_auth", &self.nats_auth())
+            .field("nats_stream", &self.nats_stream)
+            .finish_non_exhaustive()
+    }
 }
 
 impl StorageArgs {

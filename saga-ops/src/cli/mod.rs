@@ -18,7 +18,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use saga_core::engine::{OperatorCommand, OperatorRequest, SagaStatus};
 use saga_core::{SagaId, Timestamp};
-use saga_store::secrets::SecretString;
+use saga_store::secrets::{SecretString, redact_url};
 use saga_store::{Database, DatabaseOptions, SagaFilter, SqlSagaStore};
 
 use crate::OpsError;
@@ -26,8 +26,8 @@ use crate::actions::{self, Answer};
 use crate::console::{self, ConsoleOptions};
 use crate::view::SagaView;
 
-/// Find, inspect and repair sagas.
-#[derive(Debug, Parser)]
+/// Find, inspect and repair sagas. `Debug` shows the database URL without its password.
+#[derive(Parser)]
 #[command(name = "saga", version, about, long_about = None)]
 pub struct Cli {
     /// The saga database: `sqlite://path/to/file.db` or `postgres://user@host/db`.
@@ -43,6 +43,20 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl std::fmt::Debug for Cli {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cli")
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(redact_url),
+            )
+            .field("schema", &self.schema)
+            .field("no_migrate", &self.no_migrate)
+            .field("command", &self.command)
+            .finish()
+    }
 }
 
 /// The subcommands.
@@ -233,8 +247,9 @@ pub struct DeadLettersArgs {
     pub command: DeadLetterCommand,
 }
 
-/// The NATS JetStream deployment whose dead-letter stream to include.
-#[derive(Debug, Args, Clone)]
+/// The NATS JetStream deployment whose dead-letter stream to include. `Debug` shows the URL
+/// without its credentials.
+#[derive(Args, Clone)]
 pub struct NatsArgs {
     /// The NATS server (`nats://127.0.0.1:4222`; `tls://user:password@host:4222` or
     /// `tls://token@host:4222` with credentials: better given as the environment variable).
@@ -266,6 +281,19 @@ pub struct NatsArgs {
     /// The services' subject prefix.
     #[arg(long, default_value = "saga", global = true)]
     pub nats_subject_prefix: String,
+}
+
+impl std::fmt::Debug for NatsArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsArgs")
+            .field("nats_url", &self.nats_url.as_deref().map(redact_url))
+            .field("nats_stream", &self.nats_stream)
+            .field("nats_subject_prefix", &self.nats_subject_prefix)
+            .field("nats_creds", &self.nats_creds)
+            .field("nats_nkey", &self.nats_nkey)
+            .field("nats_ca", &self.nats_ca)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A dead letter's id: `7` in the database, `nats:7` in NATS's dead-letter stream.
@@ -550,5 +578,27 @@ pub(crate) fn require_reason(reason: &str) -> Result<(), OpsError> {
     match reason.trim().is_empty() {
         true => Err(OpsError::Usage("--reason must say why".to_owned())),
         false => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_shows_no_credentials() {
+        let cli = Cli::parse_from([
+            "saga",
+            "--database-url",
+            "postgres://ops:db-s3cret@db/ftgo?sslmode=verify-full",
+            "dead-letters",
+            "--nats-url",
+            "tls://ops:nats-s3cret@nats:4222",
+            "list",
+        ]);
+        let shown = format!("{cli:?}");
+        assert!(shown.contains("postgres://ops:***@db/ftgo"), "{shown}");
+        assert!(shown.contains("tls://ops:***@nats:4222"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
     }
 }
