@@ -627,8 +627,6 @@ mod tests {
 
     use super::*;
 
-    /// What an attacker would put in a name from configuration or a header: every one is
-    /// refused by both kinds' rules, and the plain names pass.
     #[test]
     fn a_message_over_a_limit_is_refused_before_decoding() {
         let ok = Message::new("c", Headers::new().with("a", "b"), "{}".to_owned());
@@ -664,6 +662,8 @@ mod tests {
         }
     }
 
+    /// What an attacker would put in a name from configuration or a header: every one is
+    /// refused by both kinds' rules, and the plain names pass.
     #[test]
     fn injection_attempts_are_not_names() {
         let attempts = [

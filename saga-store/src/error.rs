@@ -75,6 +75,20 @@ pub enum DatabaseError {
     Sql(#[from] sqlx::Error),
 }
 
+/// Whether `err` or one of its causes is a failed TLS handshake: rustls's error, also where
+/// a TLS stream reports it inside an I/O error (a certificate that does not verify, or the
+/// peer's alert when it wanted a client certificate). Such a failure does not fix itself.
+#[cfg(any(feature = "postgres-tls", feature = "nats"))]
+pub(crate) fn is_tls_handshake_failure(err: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(err), |cause| cause.source()).any(|cause| {
+        cause.is::<rustls::Error>()
+            || cause
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+    })
+}
+
 /// Whether an sqlx error is transient: the database is (momentarily) out of reach, or out of
 /// resources, or the statement lost a race — worth retrying later, never a reason to give up
 /// on the message being handled.

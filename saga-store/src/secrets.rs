@@ -16,35 +16,37 @@ pub fn redact_url(url: &str) -> String {
     url.split(',').map(redact_one).collect::<Vec<_>>().join(",")
 }
 
+/// One server's URL split around the credentials of its authority: `(before, userinfo,
+/// after)` for `scheme://userinfo@host…`, `after` starting at the host; `None` when it
+/// carries none. Without a `scheme://` the authority starts the string (`token@host:4222`);
+/// it ends at the first `/`, `?` or `#`. [`redact_url`] hides, and the NATS transport takes,
+/// exactly this part.
+pub(crate) fn split_userinfo(server: &str) -> Option<(&str, &str, &str)> {
+    let start = server.find("://").map_or(0, |i| i + 3);
+    let end = server[start..]
+        .find(['/', '?', '#'])
+        .map_or(server.len(), |i| start + i);
+    let at = start + server[start..end].rfind('@')?;
+    Some((&server[..start], &server[start..at], &server[at + 1..]))
+}
+
 fn redact_one(url: &str) -> String {
     let (before_query, query) = match url.split_once('?') {
         Some((head, query)) => (head, Some(query)),
         None => (url, None),
     };
-    let mut shown = match before_query.find("://") {
-        Some(scheme_end) => {
-            let authority_start = scheme_end + 3;
-            let authority_end = before_query[authority_start..]
-                .find('/')
-                .map_or(before_query.len(), |i| authority_start + i);
-            let authority = &before_query[authority_start..authority_end];
-            match authority.rfind('@') {
-                Some(at) => {
-                    let credentials = &authority[..at];
-                    let postgres = before_query.starts_with("postgres");
-                    let kept = match credentials.split_once(':') {
-                        Some((user, _)) => format!("{user}:***"),
-                        None if postgres => credentials.to_owned(),
-                        None => "***".to_owned(),
-                    };
-                    format!(
-                        "{}{kept}{}",
-                        &before_query[..authority_start],
-                        &before_query[authority_start + at..]
-                    )
-                }
-                None => before_query.to_owned(),
-            }
+    let credentials = match before_query.contains("://") {
+        true => split_userinfo(before_query),
+        false => None,
+    };
+    let mut shown = match credentials {
+        Some((before, credentials, after)) => {
+            let kept = match credentials.split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None if before_query.starts_with("postgres") => credentials.to_owned(),
+                None => "***".to_owned(),
+            };
+            format!("{before}{kept}@{after}")
         }
         None => before_query.to_owned(),
     };

@@ -1101,16 +1101,6 @@ async fn least_privilege_deployment(over: Over) {
         deployment.vars.push((var, url_of(&roles, role)));
     }
     deployment.vars.push(("API_NO_MIGRATE", "1".to_owned()));
-    deployment.nats_auth = NatsAuth::UserPassword {
-        user: "ftgo".to_owned(),
-        password: nats_password.clone().into(),
-    };
-    deployment.nats_tls = NatsTls {
-        ca_file: Some(ca.ca_file()),
-        client_cert: Some(client_cert),
-        client_key: Some(client_key),
-        ..NatsTls::default()
-    };
     // The services migrate their own schemas; then the API, which may not, starts.
     let client = reqwest::Client::new();
     for (i, name) in ["order", "consumer", "kitchen-1", "kitchen-2", "accounting"]

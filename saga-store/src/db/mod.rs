@@ -277,9 +277,7 @@ fn is_tls_failure(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Tls(_) => true,
         #[cfg(feature = "postgres-tls")]
-        sqlx::Error::Io(io) => io
-            .get_ref()
-            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()),
+        sqlx::Error::Io(io) => crate::error::is_tls_handshake_failure(io),
         _ => false,
     }
 }

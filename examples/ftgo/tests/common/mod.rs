@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use saga_store::nats::{NatsAuth, NatsOptions, NatsTls, NatsTransport};
+use saga_store::nats::{NatsOptions, NatsTransport};
 use saga_store::{Database, DatabaseOptions};
 use serde_json::{Value, json};
 use sqlx::{AssertSqlSafe, Row};
@@ -61,9 +61,6 @@ pub(crate) struct Deployment {
     pub(crate) prefix: String,
     pub(crate) nats_url: String,
     pub(crate) stream: String,
-    /// How the test itself reaches NATS (to remove the streams): the processes' credentials.
-    pub(crate) nats_auth: NatsAuth,
-    pub(crate) nats_tls: NatsTls,
 }
 
 /// The first of `n` consecutive free ports.
@@ -137,8 +134,6 @@ impl Deployment {
             prefix,
             nats_url: nats_url.to_owned(),
             stream,
-            nats_auth: NatsAuth::None,
-            nats_tls: NatsTls::default(),
         }
     }
 
@@ -193,8 +188,6 @@ impl Deployment {
             stream: self.stream.clone(),
             subject_prefix: self.stream.to_lowercase(),
             connect_timeout: Duration::from_secs(5),
-            auth: self.nats_auth.clone(),
-            tls: self.nats_tls.clone(),
             ..NatsOptions::default()
         };
         if let Ok(nats) = NatsTransport::connect(&self.nats_url, options).await {

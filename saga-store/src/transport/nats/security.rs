@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use async_nats::{ConnectErrorKind, ConnectOptions};
 use saga_core::ports::TransportError;
 
-use crate::secrets::{ExposeSecret as _, SecretString};
+use crate::secrets::{ExposeSecret as _, SecretString, split_userinfo};
 
 /// The credentials the client presents. `Debug` never shows a password, token or seed.
 #[derive(Clone, Debug, Default)]
@@ -137,15 +137,10 @@ pub(super) fn credentials_from_url(
     let mut found: Option<(String, Option<String>)> = None;
     for server in url.split(',') {
         let server = server.trim();
-        let authority_start = server.find("://").map_or(0, |i| i + 3);
-        let authority_end = server[authority_start..]
-            .find('/')
-            .map_or(server.len(), |i| authority_start + i);
-        let Some(at) = server[authority_start..authority_end].rfind('@') else {
+        let Some((before, userinfo, after)) = split_userinfo(server) else {
             servers.push(server.to_owned());
             continue;
         };
-        let userinfo = &server[authority_start..authority_start + at];
         let decode = |part: &str| {
             percent_encoding::percent_decode_str(part)
                 .decode_utf8()
@@ -162,11 +157,7 @@ pub(super) fn credentials_from_url(
             ));
         }
         found = Some(these);
-        servers.push(format!(
-            "{}{}",
-            &server[..authority_start],
-            &server[authority_start + at + 1..]
-        ));
+        servers.push(format!("{before}{after}"));
     }
     let auth = match (found, auth) {
         (None, auth) => auth.clone(),
@@ -189,28 +180,13 @@ pub(super) fn credentials_from_url(
 /// inside an I/O error: a certificate that does not verify, or the server's alert when it
 /// wanted a client certificate).
 pub(super) fn is_misconfiguration(err: &async_nats::ConnectError) -> bool {
-    let kind = matches!(
+    matches!(
         err.kind(),
         ConnectErrorKind::ServerParse
             | ConnectErrorKind::Authentication
             | ConnectErrorKind::AuthorizationViolation
             | ConnectErrorKind::Tls
-    );
-    let mut source = std::error::Error::source(err);
-    let mut handshake = false;
-    while let Some(cause) = source {
-        if cause.is::<rustls::Error>()
-            || cause
-                .downcast_ref::<std::io::Error>()
-                .and_then(std::io::Error::get_ref)
-                .is_some_and(|inner| inner.is::<rustls::Error>())
-        {
-            handshake = true;
-            break;
-        }
-        source = cause.source();
-    }
-    kind || handshake
+    ) || crate::error::is_tls_handshake_failure(err)
 }
 
 #[cfg(test)]
