@@ -110,13 +110,23 @@ impl PaymentSystem {
 
     /// Runs the orchestrator and the ledger over `transport`.
     pub fn run(&self, transport: Arc<dyn Transport>, ledger: Ledger) -> SagaRuntime {
+        self.run_with(transport, ledger, test_runtime_options())
+    }
+
+    /// [`PaymentSystem::run`] with other worker settings.
+    pub fn run_with(
+        &self,
+        transport: Arc<dyn Transport>,
+        ledger: Ledger,
+        options: RuntimeOptions,
+    ) -> SagaRuntime {
         let builder = SagaRuntime::builder(transport);
         let builder = match self.in_place {
             true => builder.in_place(self.sql_transport()),
             false => builder,
         };
         builder
-            .options(test_runtime_options())
+            .options(options)
             .orchestrator(self.orchestrator.clone())
             .participant(&self.db.database, ledger_participant(ledger))
             .start()

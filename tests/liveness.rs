@@ -14,7 +14,7 @@ use saga_core::{Headers, Message, SagaId, SagaStatus, Timestamp};
 use saga_core::{OperatorCommand, OperatorRequest};
 use saga_store::{DeadLetterError, Resolution, RuntimeOptions, SqlTransportOptions, on_backend};
 use saga_tests::faults::{self, Refusing};
-use saga_tests::harness::PaymentSystem;
+use saga_tests::harness::{PaymentSystem, test_runtime_options};
 use saga_tests::payment::{LEDGER, Ledger};
 use saga_tests::testdb::{Backend, TestDb, execute};
 use sqlx::query_scalar;
@@ -59,10 +59,17 @@ async fn an_outage_longer_than_the_poison_budget_strands_no_saga(mode: Mode) {
     };
     let system = system_on(faults::impatient(&db).await, mode);
     let ids = system.start(&payments(48)).await;
-    let runtime = system.run(
+    // Small transactions, so that the outage finds sagas mid-flight: in place, a pass with
+    // its chained passes would otherwise run all 48 sagas in one transaction.
+    let runtime = system.run_with(
         Arc::new(system.sql_transport()),
         Ledger {
             delay: Duration::from_millis(5),
+        },
+        RuntimeOptions {
+            batch_size: 2,
+            chained_passes: 1,
+            ..test_runtime_options()
         },
     );
     wait_for_effects(&system, 12).await;

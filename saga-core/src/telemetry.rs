@@ -37,6 +37,8 @@ pub mod names {
     pub const GROUP_COMMIT_SIZE: &str = "saga_group_commit_batch_size";
     /// Histogram, `database`: one group commit, from its first write to its commit.
     pub const GROUP_COMMIT_LATENCY: &str = "saga_group_commit_seconds";
+    /// Histogram, `database`: the `COMMIT` of one group commit alone — the durable flush.
+    pub const COMMIT_LATENCY: &str = "saga_commit_seconds";
     /// Gauge, `database`, `saga_type`, `status`: saga instances stored (sampled).
     pub const INSTANCES: &str = "saga_instances";
     /// Gauge, `database`: outbox rows not yet published (sampled).
@@ -150,10 +152,13 @@ pub fn relay_published(system: &'static str, count: usize, elapsed: Duration) {
     metrics::counter!(names::RELAY_PUBLISHED, "system" => system).increment(count as u64);
 }
 
-/// A group commit on `database` wrote `size` units of work in `elapsed`.
-pub fn group_committed(database: &str, size: usize, elapsed: Duration) {
+/// A group commit on `database` wrote `size` units of work in `elapsed`, of which its
+/// `COMMIT` took `commit`.
+pub fn group_committed(database: &str, size: usize, elapsed: Duration, commit: Duration) {
     metrics::histogram!(names::GROUP_COMMIT_SIZE, "database" => database.to_owned())
         .record(size as f64);
     metrics::histogram!(names::GROUP_COMMIT_LATENCY, "database" => database.to_owned())
         .record(elapsed.as_secs_f64());
+    metrics::histogram!(names::COMMIT_LATENCY, "database" => database.to_owned())
+        .record(commit.as_secs_f64());
 }

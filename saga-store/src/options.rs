@@ -34,6 +34,10 @@ impl Default for RetentionPolicy {
 pub struct RuntimeOptions {
     /// Messages handled per batch (default 64).
     pub batch_size: usize,
+    /// In place: how many passes of other local channels one pass may chain onto its
+    /// transaction (default 16; 0 turns chaining off). See
+    /// [`RuntimeBuilder::in_place`](crate::RuntimeBuilder::in_place).
+    pub chained_passes: usize,
     /// How long an idle loop waits for a wake-up before looking for work anyway (default
     /// 500 ms).
     pub poll_interval: Duration,
@@ -102,6 +106,7 @@ impl Default for RuntimeOptions {
     fn default() -> Self {
         Self {
             batch_size: 64,
+            chained_passes: 16,
             poll_interval: Duration::from_millis(500),
             timer_interval: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),

@@ -12,6 +12,7 @@
 //! survives errors: it logs them, backs off and tries again, so a database or broker that goes
 //! away and comes back loses nothing.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use saga_core::participant::Participant;
@@ -123,6 +124,32 @@ impl RuntimeBuilder {
             .cloned()
     }
 
+    /// The channels handled in place, each with its handler: a pass on one handles the
+    /// messages it sends to the others in the same transaction.
+    fn local_channels(&self) -> in_place::LocalChannels {
+        let mut handlers = HashMap::new();
+        for orchestrator in &self.orchestrators {
+            if self
+                .in_place_queue(orchestrator.store().database())
+                .is_some()
+            {
+                handlers.insert(
+                    orchestrator.reply_channel().to_owned(),
+                    in_place::reply_handler(orchestrator.clone()),
+                );
+            }
+        }
+        for (database, participant) in &self.participants {
+            if let Some(queue) = self.in_place_queue(database) {
+                handlers.insert(
+                    participant.channel().to_owned(),
+                    in_place::command_handler(participant.clone(), queue.system()),
+                );
+            }
+        }
+        in_place::LocalChannels::new(handlers)
+    }
+
     /// Starts every worker.
     pub fn start(self) -> SagaRuntime {
         let (stop, signal) = watch::channel(false);
@@ -131,6 +158,7 @@ impl RuntimeBuilder {
         // Tasks that end once done (not workers): waited for at shutdown, not watched.
         let mut once = Vec::new();
         let options = Arc::new(self.options.clone());
+        let local = self.local_channels();
         for database in &self.databases {
             tasks.push(tokio::spawn(relay::relay_loop(
                 SqlSagaStore::new(database.clone()),
@@ -168,8 +196,9 @@ impl RuntimeBuilder {
                 options.clone(),
             );
             tasks.push(match self.in_place_queue(orchestrator.store().database()) {
-                Some(queue) => tokio::spawn(in_place::reply_loop(
-                    orchestrator.clone(),
+                Some(queue) => tokio::spawn(in_place::pass_loop(
+                    orchestrator.reply_channel().to_owned(),
+                    local.clone(),
                     queue,
                     consumer,
                     options.clone(),
@@ -199,8 +228,9 @@ impl RuntimeBuilder {
                 queue.is_some(),
             );
             tasks.push(match queue {
-                Some(queue) => tokio::spawn(in_place::command_loop(
-                    participant.clone(),
+                Some(queue) => tokio::spawn(in_place::pass_loop(
+                    participant.channel().to_owned(),
+                    local.clone(),
                     queue,
                     consumer,
                     options.clone(),

@@ -5,7 +5,7 @@
 //! anything fails, the batch is undone and its commands are handled one by one, so one bad
 //! command affects only itself.
 //!
-//! Each handler runs inside a savepoint ([`HandlerSavepoint`]): a refusal or a dead letter
+//! Each handler runs inside a savepoint ([`savepoint::HANDLER`]): a refusal or a dead letter
 //! rolls back to it, so the handler's own writes are undone while the command's dedup record
 //! and its failure reply commit.
 
@@ -22,9 +22,8 @@ use tracing::Instrument as _;
 use crate::consume::{Consumer, Handling, SharedTransport, Verdict};
 use crate::db::backend::{Tx, TxContext};
 use crate::db::group::{Finish, WriteKind};
+use crate::db::savepoint::{self, Savepoint};
 use crate::db::{Database, Dialect};
-use crate::error::store_error;
-use crate::on_backend;
 use crate::options::RuntimeOptions;
 use crate::sql::{self, to_i64};
 use crate::store;
@@ -141,50 +140,9 @@ pub(crate) enum Ran {
     Retry(ErrorSource),
 }
 
-/// The savepoint a handler runs inside, so that undoing its writes keeps the rest of the
-/// transaction. Between two handlers of a batch, releasing one savepoint and taking the next
-/// is one round trip. The last one is released before the replies are queued: an open
-/// savepoint makes the database keep undo data for every later write of the transaction
-/// (measured: leaving it open cost ~30 % of in-place throughput on SQLite).
-#[derive(Default)]
-struct HandlerSavepoint {
-    /// Whether a handler's savepoint is taken and not yet released.
-    open: bool,
-}
-
-impl HandlerSavepoint {
-    /// Takes a fresh savepoint for the next handler.
-    async fn take(&mut self, tx: &mut Tx) -> Result<(), StoreError> {
-        let sql = match self.open {
-            true => "RELEASE SAVEPOINT saga_handler; SAVEPOINT saga_handler",
-            false => "SAVEPOINT saga_handler",
-        };
-        self.open = true;
-        Self::run(tx, sql).await
-    }
-
-    /// Undoes what the handler wrote since its savepoint (which stays taken).
-    async fn undo(&mut self, tx: &mut Tx) -> Result<(), StoreError> {
-        Self::run(tx, "ROLLBACK TO SAVEPOINT saga_handler").await
-    }
-
-    /// Releases the last handler's savepoint.
-    async fn release(&mut self, tx: &mut Tx) -> Result<(), StoreError> {
-        if !std::mem::take(&mut self.open) {
-            return Ok(());
-        }
-        Self::run(tx, "RELEASE SAVEPOINT saga_handler").await
-    }
-
-    async fn run(tx: &mut Tx, sql: &'static str) -> Result<(), StoreError> {
-        on_backend!(tx.conn(), |c| sqlx::raw_sql(sql).execute(c).await.map(drop))
-            .map_err(store_error)
-    }
-}
-
 /// Runs a batch of commands inside `tx`: one statement records them all as received (a
 /// duplicate is skipped), each handler runs (in a `process <channel>` span of messaging
-/// system `system`, inside a [`HandlerSavepoint`]), one statement queues all replies — into
+/// system `system`, inside a [`savepoint::HANDLER`] savepoint), one statement queues all replies — into
 /// the outbox, or with `in_place` straight into the queue.
 pub(crate) async fn run_in(
     tx: &mut Tx,
@@ -200,7 +158,7 @@ pub(crate) async fn run_in(
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut replies = Vec::new();
     let mut dead_letters = Vec::new();
-    let mut savepoint = HandlerSavepoint::default();
+    let mut savepoint = Savepoint::new(&savepoint::HANDLER);
     for message in batch {
         // `remove`: a message twice in one batch runs once.
         if !fresh.remove(&message.id) {

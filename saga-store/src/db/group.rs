@@ -380,10 +380,16 @@ async fn commit(
             tracing::debug!(error = %err, "outbox notification failed; the relay polls");
         }
     }
+    let committing = std::time::Instant::now();
     match tx.commit().await {
         Ok(()) => {
             context.commits.fetch_add(1, Ordering::Relaxed);
-            saga_core::telemetry::group_committed(&context.name, kept.len(), began.elapsed());
+            saga_core::telemetry::group_committed(
+                &context.name,
+                kept.len(),
+                began.elapsed(),
+                committing.elapsed(),
+            );
             if wake_relay {
                 context.wakeups.wake(&Topic::Outbox);
             }

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod group;
 mod listen;
 mod migrate;
+pub(crate) mod savepoint;
 pub(crate) mod wakeups;
 
 use std::path::{Path, PathBuf};

@@ -116,15 +116,17 @@ pub(crate) async fn notify(
     let Conn::Postgres(c) = conn else {
         return Ok(());
     };
-    for channel in channels {
-        query("SELECT pg_notify($1, $2)")
-            .bind(notify_channel)
-            .bind(*channel)
-            .execute(&mut *c)
-            .await
-            .map_err(store_error)?;
+    if channels.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    // One round trip for all of them.
+    query("SELECT pg_notify($1, channel) FROM unnest($2::text[]) AS channel")
+        .bind(notify_channel)
+        .bind(channels)
+        .execute(&mut *c)
+        .await
+        .map(drop)
+        .map_err(store_error)
 }
 
 /// Claims up to `max` visible rows of `channel` until `lease_end`, counting the delivery.

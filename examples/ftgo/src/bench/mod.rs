@@ -4,10 +4,12 @@
 //! the moment its order is placed to its terminal state, and reports throughput, latency
 //! percentiles, messages, durable commits per saga and peak memory — next to the database's
 //! raw commit rate measured in the same run, so every figure also reads as a ratio to what
-//! the machine can do at all.
+//! the machine can do at all — and where each saga's time went ([`breakdown`]).
+
+pub mod breakdown;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use saga_core::{SagaId, SagaStatus};
@@ -18,6 +20,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::app::{Ftgo, FtgoError, FtgoOptions, MESSAGES, SERVICES, SHARED, SagaObserver, Storage};
 use crate::services::order::{NewLineItem, NewOrder};
+use breakdown::{Breakdown, PerSaga};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -37,6 +40,8 @@ pub struct BenchConfig {
 /// Latency percentiles, in milliseconds.
 #[derive(Clone, Debug, Serialize)]
 pub struct Latency {
+    /// Mean.
+    pub mean: f64,
     /// Median.
     pub p50: f64,
     /// 95th percentile.
@@ -101,6 +106,9 @@ pub struct BenchReport {
     pub raw_commits_per_s: RawCommits,
     /// Sagas per second divided by the one-client raw commit rate.
     pub ratio_to_raw_1: f64,
+    /// Where a saga's time went (not measured with `--observe metrics`, whose recorder
+    /// takes the place of the one that measures it).
+    pub breakdown: Option<PerSaga>,
 }
 
 /// Why a benchmark failed.
@@ -237,6 +245,14 @@ async fn pg_xact_commit(database: &Database) -> Result<i64, BenchError> {
     Ok(commits)
 }
 
+/// What the run loop hears of a saga.
+enum Event {
+    /// Its order was placed (the saga started) at this moment.
+    Placed(SagaId, Instant),
+    /// It reached a terminal state.
+    Finished(SagaId, SagaStatus, Instant),
+}
+
 /// Runs the benchmark, reporting progress through `progress`.
 pub async fn run(
     config: BenchConfig,
@@ -265,10 +281,13 @@ pub async fn run(
         "raw commit rate: {raw_1:.0}/s (1 client), {raw_4:.0}/s (4 clients)"
     ));
 
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(SagaId, SagaStatus, Instant)>();
+    // Placements and finishes on one channel: a saga may finish before its placement
+    // returns (a whole saga can commit with its order), and either event completes it.
+    let (events, mut received) = mpsc::unbounded_channel::<Event>();
+    let finished = events.clone();
     let mut options = config.options.clone();
     options.saga_observer = Some(SagaObserver(Arc::new(move |id, status| {
-        let _ = done_tx.send((id, status, Instant::now()));
+        let _ = finished.send(Event::Finished(id, status, Instant::now()));
     })));
     let ftgo = Arc::new(Ftgo::open(options).await?);
     let mut databases: Vec<Database> = [
@@ -288,14 +307,14 @@ pub async fn run(
         _ => None,
     };
     let commits_before: u64 = databases.iter().map(Database::commits).sum();
+    let breakdown = Breakdown::install();
+    let mark = breakdown.map(Breakdown::mark);
     ftgo.start_workers().await;
 
-    let started: Arc<Mutex<HashMap<SagaId, Instant>>> = Arc::default();
     let slots = Arc::new(Semaphore::new(config.concurrency));
     let begin = Instant::now();
     let placer = {
         let ftgo = ftgo.clone();
-        let started = started.clone();
         let slots = slots.clone();
         let config = config.clone();
         tokio::spawn(async move {
@@ -307,16 +326,13 @@ pub async fn run(
                     .map_err(|e| BenchError::Outcome(e.to_string()))?;
                 permit.forget();
                 let ftgo = ftgo.clone();
-                let started = started.clone();
+                let events = events.clone();
                 let decline = declined(i, config.decline_rate);
                 tokio::spawn(async move {
                     let t0 = Instant::now();
                     match ftgo.orders.place_order(&order(i, decline)).await {
                         Ok(placed) => {
-                            started
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .insert(placed.saga_id, t0);
+                            let _ = events.send(Event::Placed(placed.saga_id, t0));
                         }
                         Err(err) => tracing::error!(error = %err, "placing an order failed"),
                     }
@@ -327,36 +343,43 @@ pub async fn run(
     };
 
     let mut latencies = Vec::with_capacity(config.sagas);
-    let mut early: HashMap<SagaId, (SagaStatus, Instant)> = HashMap::new();
+    // Each saga's placement time or its finish, whichever came first.
+    let mut placed: HashMap<SagaId, Instant> = HashMap::new();
+    let mut finished: HashMap<SagaId, (SagaStatus, Instant)> = HashMap::new();
     let (mut completed, mut compensated) = (0, 0);
     let mut last_report = Instant::now();
     let deadline = Duration::from_secs(600);
     while completed + compensated < config.sagas {
-        let received = tokio::time::timeout(Duration::from_secs(30), done_rx.recv()).await;
-        let Ok(Some((id, status, at))) = received else {
+        let event = tokio::time::timeout(Duration::from_secs(30), received.recv()).await;
+        let Ok(Some(event)) = event else {
             return Err(BenchError::Outcome(format!(
                 "no saga finished for 30 s ({} of {} done)",
                 completed + compensated,
                 config.sagas
             )));
         };
-        early.insert(id, (status, at));
-        // Match finished sagas with their start times (a saga's order may still be
-        // registering when it finishes).
-        let mut registry = started.lock().unwrap_or_else(|p| p.into_inner());
-        early.retain(|id, (status, at)| match registry.remove(id) {
-            Some(t0) => {
-                latencies.push(at.duration_since(t0).as_secs_f64() * 1000.0);
-                match status {
-                    SagaStatus::Completed => completed += 1,
-                    _ => compensated += 1,
+        let (t0, status, at) = match event {
+            Event::Placed(id, t0) => match finished.remove(&id) {
+                Some((status, at)) => (t0, status, at),
+                None => {
+                    placed.insert(id, t0);
+                    continue;
                 }
-                slots.add_permits(1);
-                false
-            }
-            None => true,
-        });
-        drop(registry);
+            },
+            Event::Finished(id, status, at) => match placed.remove(&id) {
+                Some(t0) => (t0, status, at),
+                None => {
+                    finished.insert(id, (status, at));
+                    continue;
+                }
+            },
+        };
+        latencies.push(at.duration_since(t0).as_secs_f64() * 1000.0);
+        match status {
+            SagaStatus::Completed => completed += 1,
+            _ => compensated += 1,
+        }
+        slots.add_permits(1);
         if last_report.elapsed() >= Duration::from_secs(1) {
             let done = completed + compensated;
             progress(&format!(
@@ -373,6 +396,10 @@ pub async fn run(
         }
     }
     let seconds = begin.elapsed().as_secs_f64();
+    let mean = latencies.iter().sum::<f64>() / latencies.len().max(1) as f64;
+    let per_saga = breakdown
+        .zip(mark)
+        .map(|(recorder, mark)| mark.since(recorder, config.sagas, config.concurrency, mean));
     placer
         .await
         .map_err(|e| BenchError::Outcome(e.to_string()))??;
@@ -424,6 +451,7 @@ pub async fn run(
         seconds,
         sagas_per_s,
         latency_ms: Latency {
+            mean,
             p50: percentile(&latencies, 50.0),
             p95: percentile(&latencies, 95.0),
             p99: percentile(&latencies, 99.0),
@@ -442,6 +470,7 @@ pub async fn run(
             clients_4: raw_4,
         },
         ratio_to_raw_1: sagas_per_s / raw_1,
+        breakdown: per_saga,
     })
 }
 
@@ -498,6 +527,13 @@ impl std::fmt::Display for BenchReport {
             "  raw limit   {:.0} commits/s (1 client), {:.0}/s (4 clients): sagas/s = {:.2} × the 1-client commit rate",
             self.raw_commits_per_s.clients_1, self.raw_commits_per_s.clients_4, self.ratio_to_raw_1
         )?;
+        match &self.breakdown {
+            Some(per_saga) => writeln!(f, "  per saga    {per_saga}")?,
+            None => writeln!(
+                f,
+                "  per saga    (no breakdown: --observe metrics has the recorder)"
+            )?,
+        }
         write!(
             f,
             "  outcome     {} completed, {} compensated; peak RSS {:.0} MiB",
