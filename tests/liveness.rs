@@ -574,9 +574,77 @@ liveness!(sqlite_in_place, SQLITE_IN_PLACE);
 liveness!(postgres, POSTGRES);
 liveness!(postgres_in_place, POSTGRES_IN_PLACE);
 
+/// The bookkeeping commits that do not wait for the disk (`relaxed_bookkeeping`: outbox
+/// stamps, queue claims and acknowledgements) are what a crash of the machine can undo. The
+/// worst case — every one of them undone — is every message published and delivered once
+/// more: here, after a run, every outbox row is unstamped, the relay publishes them all again,
+/// and the consumers apply nothing twice and move no saga.
+async fn lost_bookkeeping_only_redelivers(mode: Mode) {
+    let Some(db) = TestDb::open(mode.backend, "lost_bookkeeping").await else {
+        return;
+    };
+    let system = system_on(db, mode);
+    let ids = system.start(&payments(12)).await;
+    system
+        .run_to_end(Arc::new(system.sql_transport()), &ids)
+        .await;
+    let statuses = system.statuses(&ids).await;
+    let published = system
+        .scalar("SELECT COUNT(*) AS n FROM saga_outbox WHERE published_at IS NOT NULL")
+        .await;
+    assert!(
+        published >= 12 * 4,
+        "{published} messages went through the outbox"
+    );
+    let received = system.count("saga_received").await;
+
+    let unstamped = execute(
+        &system.db.database,
+        "UPDATE saga_outbox SET published_at = NULL",
+    )
+    .await
+    .expect("unstamps");
+    assert_eq!(unstamped, u64::try_from(published).unwrap_or(0));
+    let runtime = system.run(Arc::new(system.sql_transport()), Ledger::default());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = system
+            .scalar("SELECT COUNT(*) AS n FROM saga_outbox WHERE published_at IS NULL")
+            .await
+            + system.count("saga_queue").await;
+        if left == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{left} messages still unpublished or queued"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    runtime.shutdown().await;
+    assert_eq!(system.statuses(&ids).await, statuses, "no saga moved");
+    assert_eq!(
+        system.count("saga_received").await,
+        received,
+        "every redelivery was a duplicate"
+    );
+    system.assert_effects_consistent(&ids).await;
+    system.db.cleanup().await;
+}
+
 /// Only where messages pass through the relay (in place, they go straight into the queue).
 mod relayed {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_lost_bookkeeping_only_redelivers() {
+        super::lost_bookkeeping_only_redelivers(SQLITE).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_lost_bookkeeping_only_redelivers() {
+        super::lost_bookkeeping_only_redelivers(POSTGRES).await;
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sqlite_a_command_the_transport_refuses_fails_its_step_and_blocks_nothing() {

@@ -96,6 +96,17 @@ pub struct DatabaseOptions {
     /// process with rights to read and write rows only (see `docs/security.md`): the tables
     /// must be there already, and nothing in the schema is created or changed.
     pub migrate: bool,
+    /// Bookkeeping writes — the SQL queue's claims, acknowledgements, lease renewals and
+    /// give-backs, and the relay's stamps on published outbox rows — commit without waiting
+    /// for the disk (the default, `true`): SQLite `synchronous=NORMAL`, PostgreSQL
+    /// `synchronous_commit=off`, on a small pool of their own. Each of them only records that
+    /// a message was taken or passed on; a crash of the machine (not of the process) can undo
+    /// the last few, which at worst delivers or publishes those messages once more — and
+    /// every consumer's dedup records, which commit durably with the effects, skip them.
+    /// Every effect, saga state, outbox row and queued message still commits durably, and
+    /// a later durable commit makes the earlier bookkeeping durable too. `false` flushes
+    /// every commit.
+    pub relaxed_bookkeeping: bool,
     /// PostgreSQL TLS settings; each one given overrides the URL's.
     pub tls: PostgresTls,
     /// PostgreSQL: a role to `SET ROLE` to on every connection (the login role must be a
@@ -208,6 +219,7 @@ impl Default for DatabaseOptions {
             write_batch: 256,
             idle_in_transaction_timeout: Duration::from_secs(30),
             migrate: true,
+            relaxed_bookkeeping: true,
             tls: PostgresTls::default(),
             role: None,
         }
@@ -249,6 +261,12 @@ impl Pool {
 #[derive(Debug)]
 struct Inner {
     pool: Pool,
+    /// For bookkeeping writes ([`DatabaseOptions::relaxed_bookkeeping`]): commits that do not
+    /// wait for the disk (or `pool` again, when off).
+    relaxed: Pool,
+    /// [`DatabaseOptions::relaxed_bookkeeping`].
+    relaxed_bookkeeping: bool,
+    relaxed_commits: Arc<AtomicU64>,
     dialect: Dialect,
     url: String,
     schema: Option<String>,
@@ -337,12 +355,22 @@ impl Database {
             check_tls_files(url)?;
         }
         let pool = match dialect {
-            Dialect::Sqlite => Pool::Sqlite(sqlite_pool(url, &options)?),
-            Dialect::Postgres => Pool::Postgres(postgres_pool(url, &options)?),
+            Dialect::Sqlite => Pool::Sqlite(sqlite_pool(url, &options, false)?),
+            Dialect::Postgres => Pool::Postgres(postgres_pool(url, &options, false)?),
+        };
+        // An in-memory SQLite database is one per pool: its bookkeeping shares the pool.
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let relaxed = match (options.relaxed_bookkeeping && !in_memory, dialect) {
+            (false, _) => pool.clone(),
+            (true, Dialect::Sqlite) => Pool::Sqlite(sqlite_pool(url, &options, true)?),
+            (true, Dialect::Postgres) => Pool::Postgres(postgres_pool(url, &options, true)?),
         };
         let database = Self {
             inner: Arc::new(Inner {
                 pool,
+                relaxed,
+                relaxed_bookkeeping: options.relaxed_bookkeeping && !in_memory,
+                relaxed_commits: Arc::default(),
                 dialect,
                 url: redact_url(url),
                 schema: options.schema.clone(),
@@ -601,34 +629,89 @@ impl Database {
 
     /// Closes the pool.
     pub async fn close(&self) {
-        match &self.inner.pool {
-            Pool::Postgres(pool) => pool.close().await,
-            Pool::Sqlite(pool) => pool.close().await,
+        for pool in [&self.inner.pool, &self.inner.relaxed] {
+            match pool {
+                Pool::Postgres(pool) => pool.close().await,
+                Pool::Sqlite(pool) => pool.close().await,
+            }
         }
+    }
+
+    /// A connection for a bookkeeping write, whose commit need not wait for the disk
+    /// ([`DatabaseOptions::relaxed_bookkeeping`]); count the write with
+    /// [`Database::count_relaxed_commit`].
+    pub(crate) async fn acquire_relaxed(&self) -> Result<PoolConn, sqlx::Error> {
+        self.inner.relaxed.acquire().await
+    }
+
+    /// Begins a bookkeeping transaction (see [`Database::acquire_relaxed`]); end it with
+    /// [`Database::commit_relaxed`].
+    pub(crate) async fn begin_relaxed(&self) -> Result<Tx, sqlx::Error> {
+        self.inner.relaxed.begin().await
+    }
+
+    /// Commits a bookkeeping transaction, counting it.
+    pub(crate) async fn commit_relaxed(&self, tx: Tx) -> Result<(), sqlx::Error> {
+        tx.commit().await?;
+        self.count_relaxed_commit();
+        Ok(())
+    }
+
+    /// Counts a bookkeeping commit made outside [`Database::commit_relaxed`].
+    pub(crate) fn count_relaxed_commit(&self) {
+        match self.inner.relaxed_bookkeeping {
+            true => self.inner.relaxed_commits.fetch_add(1, Ordering::Relaxed),
+            false => self.inner.commits.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    /// Bookkeeping commits that did not wait for the disk so far (see
+    /// [`DatabaseOptions::relaxed_bookkeeping`]; with it off they count as [`Database::commits`]).
+    pub fn relaxed_commits(&self) -> u64 {
+        self.inner.relaxed_commits.load(Ordering::Relaxed)
     }
 }
 
-fn sqlite_pool(url: &str, options: &DatabaseOptions) -> Result<SqlitePool, DatabaseError> {
+/// The pool of `url`; `relaxed`: the small one for bookkeeping writes, whose commits do not
+/// wait for the disk (see [`DatabaseOptions::relaxed_bookkeeping`]).
+fn sqlite_pool(
+    url: &str,
+    options: &DatabaseOptions,
+    relaxed: bool,
+) -> Result<SqlitePool, DatabaseError> {
     let connect = SqliteConnectOptions::from_str(url)?
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(match options.sqlite_sync {
-            SqliteSync::Full => SqliteSynchronous::Full,
-            SqliteSync::Normal => SqliteSynchronous::Normal,
+        .synchronous(match (relaxed, options.sqlite_sync) {
+            (false, SqliteSync::Full) => SqliteSynchronous::Full,
+            // In WAL mode: the commit is written, not flushed; the next flushing commit of
+            // any connection flushes it too.
+            (true, _) | (_, SqliteSync::Normal) => SqliteSynchronous::Normal,
         })
         .busy_timeout(options.sqlite_busy_timeout);
+    let size = options.max_connections.unwrap_or(4);
     Ok(SqlitePoolOptions::new()
-        .max_connections(options.max_connections.unwrap_or(4))
+        .max_connections(if relaxed { size.min(2) } else { size })
         .acquire_timeout(Duration::from_secs(5))
         .connect_lazy_with(connect))
 }
 
-fn postgres_pool(url: &str, options: &DatabaseOptions) -> Result<PgPool, DatabaseError> {
-    let connect = PgConnectOptions::from_str(url)?;
+/// The pool of `url`; `relaxed`: the small one for bookkeeping writes, whose commits do not
+/// wait for the WAL flush (see [`DatabaseOptions::relaxed_bookkeeping`]).
+fn postgres_pool(
+    url: &str,
+    options: &DatabaseOptions,
+    relaxed: bool,
+) -> Result<PgPool, DatabaseError> {
+    let mut connect = PgConnectOptions::from_str(url)?;
+    if relaxed {
+        connect = connect.options([("synchronous_commit", "off")]);
+    }
+    let size = options.max_connections.unwrap_or(10);
     let schema = options.schema.clone();
     let role = options.role.clone();
     let idle_in_transaction = options.idle_in_transaction_timeout.as_millis();
     Ok(PgPoolOptions::new()
-        .max_connections(options.max_connections.unwrap_or(10))
+        .max_connections(if relaxed { size.min(4) } else { size })
         .acquire_timeout(Duration::from_secs(5))
         .after_connect(move |conn, _meta| {
             let (schema, role) = (schema.clone(), role.clone());

@@ -158,7 +158,13 @@ impl SqlTransport {
     async fn claim(&self, channel: &str, max: usize) -> Result<Vec<Delivery>, TransportError> {
         let now = Timestamp::now();
         let lease_end = now.plus(self.options.lease);
-        let mut tx = self.database.begin().await.map_err(transport_error)?;
+        // Bookkeeping: lost in a crash of the machine, the rows are simply claimed again
+        // (with any dead letters set aside in the same transaction).
+        let mut tx = self
+            .database
+            .begin_relaxed()
+            .await
+            .map_err(transport_error)?;
         let rows = sql::queue::claim(tx.conn(), channel, now, lease_end, max)
             .await
             .map_err(transport_error_of)?;
@@ -168,7 +174,10 @@ impl SqlTransport {
             .await
             .map_err(transport_error_of)?;
         if claimed {
-            self.database.commit(tx).await.map_err(transport_error)?;
+            self.database
+                .commit_relaxed(tx)
+                .await
+                .map_err(transport_error)?;
             self.database.wakeups().wake_channels(&taken.replied_to);
         } else {
             // Nothing was claimed: there is nothing to make durable.
@@ -320,11 +329,15 @@ impl Transport for SqlTransport {
         by: Duration,
     ) -> Result<(), TransportError> {
         let ids: Vec<i64> = deliveries.iter().map(|d| to_i64(d.receipt)).collect();
-        let mut conn = self.database.acquire().await.map_err(transport_error)?;
+        let mut conn = self
+            .database
+            .acquire_relaxed()
+            .await
+            .map_err(transport_error)?;
         sql::queue::extend(conn.conn(), &ids, Timestamp::now().plus(by))
             .await
             .map_err(transport_error_of)?;
-        self.database.count_commit();
+        self.database.count_relaxed_commit();
         Ok(())
     }
 
@@ -386,11 +399,17 @@ impl Transport for SqlTransport {
         deliveries: &[Delivery],
     ) -> Result<(), TransportError> {
         let ids: Vec<i64> = deliveries.iter().map(|d| to_i64(d.receipt)).collect();
-        let mut conn = self.database.acquire().await.map_err(transport_error)?;
+        // Bookkeeping: an acknowledgement lost in a crash of the machine redelivers the
+        // messages, which their consumers' dedup records skip.
+        let mut conn = self
+            .database
+            .acquire_relaxed()
+            .await
+            .map_err(transport_error)?;
         sql::queue::delete(conn.conn(), &ids)
             .await
             .map_err(transport_error_of)?;
-        self.database.count_commit();
+        self.database.count_relaxed_commit();
         Ok(())
     }
 
@@ -432,7 +451,11 @@ impl Transport for SqlTransport {
         delivery: &Delivery,
         delay: Duration,
     ) -> Result<(), TransportError> {
-        let mut conn = self.database.acquire().await.map_err(transport_error)?;
+        let mut conn = self
+            .database
+            .acquire_relaxed()
+            .await
+            .map_err(transport_error)?;
         sql::queue::release(
             conn.conn(),
             to_i64(delivery.receipt),
@@ -440,7 +463,7 @@ impl Transport for SqlTransport {
         )
         .await
         .map_err(transport_error_of)?;
-        self.database.count_commit();
+        self.database.count_relaxed_commit();
         Ok(())
     }
 }
