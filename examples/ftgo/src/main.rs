@@ -77,6 +77,10 @@ enum Command {
         /// discards them. Off by default.
         #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "all")]
         observe: Option<Observe>,
+        /// In place: how many passes of other channels a pass may chain onto its transaction
+        /// (`RuntimeOptions::chained_passes`; 0 turns chaining off).
+        #[arg(long)]
+        chained_passes: Option<usize>,
     },
     /// Run one service (its participant, and for `order` the saga orchestrator) in this
     /// process. Start several of one service and they share its work.
@@ -369,6 +373,7 @@ async fn main() -> ExitCode {
             decline_rate,
             raw_seconds,
             observe: _,
+            chained_passes,
         }) => {
             let mut storage = cli.storage;
             if store == "postgres" && storage.database_url.is_none() {
@@ -378,7 +383,7 @@ async fn main() -> ExitCode {
                 storage.database_url = None;
             }
             let config = (sagas, concurrency, decline_rate, raw_seconds);
-            bench(storage, config).await
+            bench(storage, config, chained_passes).await
         }
     };
     telemetry.shutdown();
@@ -465,8 +470,12 @@ async fn serve(
 async fn bench(
     storage: StorageArgs,
     (sagas, concurrency, decline_rate, raw_seconds): (usize, usize, f64, f64),
+    chained_passes: Option<usize>,
 ) -> Result<ExitCode, Failure> {
     let (mut options, temporary) = storage.options(true);
+    if let Some(chained) = chained_passes {
+        options.runtime.chained_passes = chained;
+    }
     if let Some(nats) = &mut options.nats {
         let stream = format!("FTGO_BENCH_{}", std::process::id());
         nats.options.subject_prefix = stream.to_lowercase();
