@@ -78,6 +78,16 @@ async fn operate(store: SqlSagaStore, stop: Arc<AtomicBool>) -> Sent {
     sent
 }
 
+/// The statuses of `ids`, in order.
+async fn statuses(store: &SqlSagaStore, ids: &[SagaId]) -> Vec<SagaStatus> {
+    let mut statuses = Vec::with_capacity(ids.len());
+    for id in ids {
+        let record = store.load(*id).await.expect("loads").expect("exists");
+        statuses.push(record.state.status);
+    }
+    statuses
+}
+
 async fn operator_actions_under_load_lose_nothing_and_apply_once(backend: Backend) {
     let storage = match backend {
         Backend::Sqlite => Storage::Sqlite {
@@ -127,14 +137,7 @@ async fn operator_actions_under_load_lose_nothing_and_apply_once(backend: Backen
     let deadline = Instant::now() + WAIT;
     'parked: loop {
         let mut running = 0;
-        for id in &ids {
-            let status = store
-                .load(*id)
-                .await
-                .expect("loads")
-                .expect("exists")
-                .state
-                .status;
+        for status in statuses(&store, &ids).await {
             match status {
                 SagaStatus::Failed => break 'parked,
                 status if !status.is_terminal() => running += 1,
@@ -157,14 +160,7 @@ async fn operator_actions_under_load_lose_nothing_and_apply_once(backend: Backen
     let deadline = Instant::now() + WAIT;
     loop {
         let mut unfinished = 0;
-        for id in &ids {
-            let status = store
-                .load(*id)
-                .await
-                .expect("loads")
-                .expect("exists")
-                .state
-                .status;
+        for (id, status) in ids.iter().zip(statuses(&store, &ids).await) {
             match status {
                 SagaStatus::Failed => {
                     send(&store, &mut sent, *id, OperatorCommand::Retry).await;
