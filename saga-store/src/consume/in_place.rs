@@ -15,10 +15,10 @@
 //! a sign of light load, where every hand-off is latency; under load the passes of every
 //! channel share the group commit anyway, with larger batches than a chain would take
 //! (measured: chaining every pass cost 10–20 % of SQLite's throughput at 8–32 sagas in
-//! flight). At most [`RuntimeOptions::chained_passes`] are
-//! chained (default 16: a whole FTGO saga of ten messages at one in flight, and few enough to
-//! keep a transaction short under load and, on PostgreSQL, within the 64 subtransactions a
-//! backend caches); a channel left with messages is woken as before.
+//! flight). At most [`RuntimeOptions::chained_passes`] are chained (default 16: a whole FTGO
+//! saga of ten messages at one in flight, and few enough to keep a transaction short under
+//! load and, on PostgreSQL, within the 64 subtransactions a backend caches); a channel left
+//! with messages is woken as before.
 //!
 //! Anything unusual — a handler asking for a retry, a duplicate or conflicting saga write, an
 //! error — undoes the pass (a chained pass: only its own savepoint) and hands the batch to
@@ -209,9 +209,10 @@ impl<'a> Chain<'a> {
             }
             passes += 1;
             savepoint.take(tx).await?;
-            match chained_pass(tx, queue, &channel, &handler, max).await {
-                Ok(Chained::Empty(replied_to)) => self.sent_to(replied_to),
-                Ok(Chained::Handled(count, handled, replied_to)) => {
+            match take_and_handle(tx, queue, &channel, &handler, max).await {
+                // Rows set aside as dead letters stay so, with their failure replies.
+                Ok(Took::Nothing { replied_to, .. }) => self.sent_to(replied_to),
+                Ok(Took::Handled(count, handled, replied_to)) => {
                     if count == max {
                         // There may be more than one batch.
                         self.wake.insert(channel.clone());
@@ -219,7 +220,7 @@ impl<'a> Chain<'a> {
                     self.add(count, handled);
                     self.sent_to(replied_to);
                 }
-                Ok(Chained::Fallback) => {
+                Ok(Took::Fallback) => {
                     savepoint.undo(tx).await?;
                     self.wake.insert(channel);
                 }
@@ -234,33 +235,42 @@ impl<'a> Chain<'a> {
     }
 }
 
-/// What a chained pass did.
-enum Chained {
-    /// Nothing was visible (rows set aside as dead letters replied to these channels).
-    Empty(Vec<String>),
-    /// Handled this many messages.
+/// What taking and handling a batch of one channel came to.
+enum Took {
+    /// Nothing was visible but `set_aside` rows, set aside as dead letters, whose failure
+    /// replies went to `replied_to`.
+    Nothing {
+        set_aside: usize,
+        replied_to: Vec<String>,
+    },
+    /// Handled this many messages; rows set aside replied to these channels.
     Handled(usize, Handled, Vec<String>),
     /// Undo it: the channel's own consumer takes over.
     Fallback,
 }
 
-async fn chained_pass(
+/// Takes a batch of `channel` inside `tx` and hands it to `handler`: the work of a pass and
+/// of each pass chained onto it.
+async fn take_and_handle(
     tx: &mut Tx,
     queue: &SqlTransport,
     channel: &str,
     handler: &Handler,
     max: usize,
-) -> Result<Chained, StoreError> {
+) -> Result<Took, StoreError> {
     let mut read = queue.take_in(tx.conn(), channel, max).await?;
     let taken = std::mem::take(&mut read.deliveries);
     if taken.is_empty() {
-        return Ok(Chained::Empty(read.replied_to));
+        return Ok(Took::Nothing {
+            set_aside: read.set_aside,
+            replied_to: read.replied_to,
+        });
     }
     let count = taken.len();
     let messages = taken.into_iter().map(|d| d.message).collect();
     Ok(match handler(tx, messages).await? {
-        Some(handled) => Chained::Handled(count, handled, read.replied_to),
-        None => Chained::Fallback,
+        Some(handled) => Took::Handled(count, handled, read.replied_to),
+        None => Took::Fallback,
     })
 }
 
@@ -299,26 +309,23 @@ pub(crate) async fn pass_loop<C, Fut>(
         let passed = database
             .write_as(WriteKind::Pass, move |tx: &mut Tx| {
                 Box::pin(async move {
-                    let mut read = queue_in_pass
-                        .take_in(tx.conn(), &channel_in_pass, max)
+                    let took = take_and_handle(tx, &queue_in_pass, &channel_in_pass, &handler, max)
                         .await?;
-                    let taken = std::mem::take(&mut read.deliveries);
-                    if taken.is_empty() {
+                    let (count, handled, replied_to) = match took {
                         // Rows set aside as dead letters (and the failure replies that tell
                         // their sagas) are kept even when nothing else was taken.
-                        return Ok(match read.set_aside {
-                            0 => Finish::Rollback(Pass::Empty),
-                            _ => Finish::Commit(Pass::SetAside(read.replied_to)),
-                        });
-                    }
-                    let count = taken.len();
-                    let messages = taken.into_iter().map(|d| d.message).collect();
-                    let Some(handled) = handler(tx, messages).await? else {
-                        return Ok(Finish::Rollback(Pass::Fallback));
+                        Took::Nothing { set_aside: 0, .. } => {
+                            return Ok(Finish::Rollback(Pass::Empty));
+                        }
+                        Took::Nothing { replied_to, .. } => {
+                            return Ok(Finish::Commit(Pass::SetAside(replied_to)));
+                        }
+                        Took::Fallback => return Ok(Finish::Rollback(Pass::Fallback)),
+                        Took::Handled(count, handled, replied_to) => (count, handled, replied_to),
                     };
                     let mut chain = Chain::new(&local_in_pass);
                     chain.add(count, handled);
-                    chain.sent_to(read.replied_to);
+                    chain.sent_to(replied_to);
                     // Light load only (see the module's documentation).
                     let chained = if count == 1 { chained } else { 0 };
                     chain.run(tx, &queue_in_pass, max, chained).await?;

@@ -360,7 +360,8 @@ impl Database {
         };
         // An in-memory SQLite database is one per pool: its bookkeeping shares the pool.
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        let relaxed = match (options.relaxed_bookkeeping && !in_memory, dialect) {
+        let relaxed_bookkeeping = options.relaxed_bookkeeping && !in_memory;
+        let relaxed = match (relaxed_bookkeeping, dialect) {
             (false, _) => pool.clone(),
             (true, Dialect::Sqlite) => Pool::Sqlite(sqlite_pool(url, &options, true)?),
             (true, Dialect::Postgres) => Pool::Postgres(postgres_pool(url, &options, true)?),
@@ -369,7 +370,7 @@ impl Database {
             inner: Arc::new(Inner {
                 pool,
                 relaxed,
-                relaxed_bookkeeping: options.relaxed_bookkeeping && !in_memory,
+                relaxed_bookkeeping,
                 relaxed_commits: Arc::default(),
                 dialect,
                 url: redact_url(url),
@@ -629,7 +630,11 @@ impl Database {
 
     /// Closes the pool.
     pub async fn close(&self) {
-        for pool in [&self.inner.pool, &self.inner.relaxed] {
+        let mut pools = vec![&self.inner.pool];
+        if self.inner.relaxed_bookkeeping {
+            pools.push(&self.inner.relaxed);
+        }
+        for pool in pools {
             match pool {
                 Pool::Postgres(pool) => pool.close().await,
                 Pool::Sqlite(pool) => pool.close().await,
