@@ -154,11 +154,15 @@ pub(crate) async fn run_in(
     let now = Timestamp::now();
     let at = to_i64(now.as_millis());
     let ids: Vec<_> = batch.iter().map(|m| m.id).collect();
-    let mut fresh = sql::received::insert_fresh(tx.conn(), participant.name(), &ids, at).await?;
+    let mut savepoint = Savepoint::new(&savepoint::HANDLER);
+    // The first handler's savepoint is taken with the dedup records (after them).
+    let glued = savepoint.take_glued(tx);
+    let mut fresh =
+        sql::received::insert_fresh(tx.conn(), participant.name(), &ids, at, glued).await?;
+    let mut untouched = true;
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut replies = Vec::new();
     let mut dead_letters = Vec::new();
-    let mut savepoint = Savepoint::new(&savepoint::HANDLER);
     for message in batch {
         // `remove`: a message twice in one batch runs once.
         if !fresh.remove(&message.id) {
@@ -166,7 +170,10 @@ pub(crate) async fn run_in(
             continue;
         }
         telemetry::message_taken(message, now);
-        savepoint.take(tx).await?;
+        // A savepoint nothing was written after yet serves as this handler's.
+        if !std::mem::take(&mut untouched) {
+            savepoint.take(tx).await?;
+        }
         let span = trace::process_span(system, message, None);
         let dispatch = participant
             .dispatch(tx, message)
@@ -193,9 +200,9 @@ pub(crate) async fn run_in(
             dead_letter,
         });
     }
-    savepoint.release(tx).await?;
+    let glued = savepoint.release_glued(tx);
     let replies: Vec<&Message> = replies.iter().collect();
-    store::send(tx.conn(), in_place, &replies, at).await?;
+    store::send(tx.conn(), in_place, glued, &replies, at).await?;
     for dead in &dead_letters {
         sql::dead_letters::insert(tx.conn(), dead).await?;
     }

@@ -39,7 +39,7 @@ use crate::consume::{Consumer, SharedOrchestrator, Verdict};
 use crate::db::Database;
 use crate::db::backend::Tx;
 use crate::db::group::{Finish, WriteKind};
-use crate::db::savepoint::{self, Savepoint};
+use crate::db::savepoint::{self, Glued, Savepoint};
 use crate::db::wakeups::Topic;
 use crate::options::RuntimeOptions;
 use crate::sql::{self, to_i64};
@@ -208,8 +208,8 @@ impl<'a> Chain<'a> {
                 continue;
             }
             passes += 1;
-            savepoint.take(tx).await?;
-            match take_and_handle(tx, queue, &channel, &handler, max).await {
+            let glued = savepoint.take_glued(tx);
+            match take_and_handle(tx, glued, queue, &channel, &handler, max).await {
                 // Rows set aside as dead letters stay so, with their failure replies.
                 Ok(Took::Nothing { replied_to, .. }) => self.sent_to(replied_to),
                 Ok(Took::Handled(count, handled, replied_to)) => {
@@ -249,16 +249,17 @@ enum Took {
     Fallback,
 }
 
-/// Takes a batch of `channel` inside `tx` and hands it to `handler`: the work of a pass and
-/// of each pass chained onto it.
+/// Takes a batch of `channel` inside `tx` (`glued` first) and hands it to `handler`: the
+/// work of a pass and of each pass chained onto it.
 async fn take_and_handle(
     tx: &mut Tx,
+    glued: Glued,
     queue: &SqlTransport,
     channel: &str,
     handler: &Handler,
     max: usize,
 ) -> Result<Took, StoreError> {
-    let mut read = queue.take_in(tx.conn(), channel, max).await?;
+    let mut read = queue.take_in(tx.conn(), glued, channel, max).await?;
     let taken = std::mem::take(&mut read.deliveries);
     if taken.is_empty() {
         return Ok(Took::Nothing {
@@ -309,8 +310,15 @@ pub(crate) async fn pass_loop<C, Fut>(
         let passed = database
             .write_as(WriteKind::Pass, move |tx: &mut Tx| {
                 Box::pin(async move {
-                    let took = take_and_handle(tx, &queue_in_pass, &channel_in_pass, &handler, max)
-                        .await?;
+                    let took = take_and_handle(
+                        tx,
+                        Glued::NONE,
+                        &queue_in_pass,
+                        &channel_in_pass,
+                        &handler,
+                        max,
+                    )
+                    .await?;
                     let (count, handled, replied_to) = match took {
                         // Rows set aside as dead letters (and the failure replies that tell
                         // their sagas) are kept even when nothing else was taken.
@@ -356,14 +364,22 @@ pub(crate) async fn pass_loop<C, Fut>(
                 database.wakeups().wake_channels(&channels);
                 false
             }
-            Ok(Pass::Empty) => {
-                tokio::select! {
+            Ok(Pass::Empty) => loop {
+                // A commit's outbox-write count and the poll are hints for every channel:
+                // look (a read, off the writer) before taking the writer for nothing.
+                let hint = tokio::select! {
                     () = mine.notified() => false,
-                    _ = writes.changed() => false,
-                    () = tokio::time::sleep(options.poll_interval) => false,
-                    () = shutdown.clone().stopped() => true,
+                    _ = writes.changed() => true,
+                    () = tokio::time::sleep(options.poll_interval) => true,
+                    () = shutdown.clone().stopped() => break true,
+                };
+                if !hint
+                    || fallback.holds_any()
+                    || queue.any_visible(&channel).await.unwrap_or(true)
+                {
+                    break false;
                 }
-            }
+            },
             Ok(Pass::Fallback) => {
                 tracing::debug!(%channel, "handing a batch to the leased consumer");
                 fallback.pass(&mut shutdown, Duration::ZERO).await

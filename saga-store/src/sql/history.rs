@@ -5,10 +5,38 @@ use saga_core::ports::{HistoryRecord, StoreError};
 use saga_core::{SagaId, Timestamp};
 use sqlx::{AssertSqlSafe, query};
 
+use crate::db::Dialect;
 use crate::db::backend::Conn;
 use crate::error::{corrupt, store_error};
 use crate::on_backend;
-use crate::sql::{Bind, CHUNK, Col, Get, to_i64, to_u64, values};
+use crate::sql::{Bind, CHUNK, Col, Get, to_u64, values_from};
+
+/// [`insert_many`]'s statement for `rows` entries, its parameters numbered from `first`.
+pub(crate) fn insert_sql(dialect: Dialect, first: usize, rows: usize) -> String {
+    format!(
+        "INSERT INTO saga_history (saga_id, at, event) VALUES {}",
+        values_from(dialect, first, rows, &[Col::Plain; 3])
+    )
+}
+
+/// The entries' events as JSON, to bind.
+pub(crate) fn events(entries: &[&HistoryRecord]) -> Result<Vec<serde_json::Value>, StoreError> {
+    entries
+        .iter()
+        .map(|entry| serde_json::to_value(&entry.event).map_err(|e| corrupt("history event", e)))
+        .collect()
+}
+
+/// Binds an `(entry, its event)` pair of [`insert_sql`] to `$q`.
+macro_rules! bind_entry {
+    ($q:expr, $pair:expr) => {{
+        let (entry, event) = $pair;
+        $q.bind_id(entry.saga_id.0)
+            .bind($crate::sql::to_i64(entry.at.as_millis()))
+            .bind_json(event)
+    }};
+}
+pub(crate) use bind_entry;
 
 /// Appends `entries`, one statement per [`CHUNK`].
 pub(crate) async fn insert_many(
@@ -17,23 +45,12 @@ pub(crate) async fn insert_many(
 ) -> Result<(), StoreError> {
     let dialect = conn.dialect();
     for chunk in entries.chunks(CHUNK) {
-        let events = chunk
-            .iter()
-            .map(|entry| {
-                serde_json::to_value(&entry.event).map_err(|e| corrupt("history event", e))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let sql = format!(
-            "INSERT INTO saga_history (saga_id, at, event) VALUES {}",
-            values(dialect, chunk.len(), &[Col::Plain, Col::Plain, Col::Plain])
-        );
+        let events = events(chunk)?;
+        let sql = insert_sql(dialect, 1, chunk.len());
         on_backend!(conn.reborrow(), |c| {
             let mut statement = query(AssertSqlSafe(sql));
-            for (entry, event) in chunk.iter().zip(&events) {
-                statement = statement
-                    .bind_id(entry.saga_id.0)
-                    .bind(to_i64(entry.at.as_millis()))
-                    .bind_json(event);
+            for entry in chunk.iter().zip(&events) {
+                statement = bind_entry!(statement, entry);
             }
             statement.execute(c).await.map(drop).map_err(store_error)
         })?;

@@ -9,10 +9,11 @@ use saga_core::trace::TraceContext;
 use saga_core::{RequestId, SagaId, Timestamp};
 use sqlx::{AssertSqlSafe, query};
 
+use crate::db::Dialect;
 use crate::db::backend::Conn;
 use crate::error::{corrupt, store_error};
 use crate::on_backend;
-use crate::sql::{Bind, CHUNK, Col, Get, parameter, placeholders, to_i64, to_u64, values};
+use crate::sql::{Bind, CHUNK, Col, Get, parameter, placeholders, to_i64, to_u64, values_from};
 
 /// The columns read for a [`SagaRecord`], in [`record`]'s order.
 const COLUMNS: &str = "saga_id, saga_type, definition_version, status, direction, current_step, \
@@ -31,7 +32,7 @@ fn parse_status(name: &str) -> Result<SagaStatus, StoreError> {
     })
 }
 
-fn direction_name(direction: Direction) -> &'static str {
+pub(crate) fn direction_name(direction: Direction) -> &'static str {
     match direction {
         Direction::Forward => "forward",
         Direction::Backward => "backward",
@@ -114,16 +115,16 @@ fn record(row: &impl Get) -> Result<SagaRecord, StoreError> {
 }
 
 /// The columns a write binds, in statement order.
-struct Columns<'w> {
-    state: &'w SagaState,
-    pending_kind: Option<&'static str>,
-    pending_request: Option<i64>,
-    completed: serde_json::Value,
-    record: &'w SagaRecord,
+pub(crate) struct Columns<'w> {
+    pub(crate) state: &'w SagaState,
+    pub(crate) pending_kind: Option<&'static str>,
+    pub(crate) pending_request: Option<i64>,
+    pub(crate) completed: serde_json::Value,
+    pub(crate) record: &'w SagaRecord,
 }
 
 impl<'w> Columns<'w> {
-    fn of(write: &'w SagaWrite) -> Self {
+    pub(crate) fn of(write: &'w SagaWrite) -> Self {
         let (pending_kind, pending_request) = pending_columns(write.record.state.pending);
         Self {
             state: &write.record.state,
@@ -145,21 +146,22 @@ macro_rules! bind_columns {
             .bind(c.state.saga_type.as_str())
             .bind(c.state.definition_version.as_str())
             .bind(c.state.status.as_str())
-            .bind(direction_name(c.state.direction))
+            .bind($crate::sql::instances::direction_name(c.state.direction))
             .bind(c.state.current_step.as_deref())
             .bind(c.pending_kind)
             .bind(c.pending_request)
-            .bind(c.state.deadline.map(|d| to_i64(d.as_millis())))
+            .bind(c.state.deadline.map(|d| $crate::sql::to_i64(d.as_millis())))
             .bind(i64::from(c.state.attempt))
             .bind_json(&c.completed)
             .bind(c.state.compensation_reason.as_deref())
             .bind(c.state.last_error.as_deref())
-            .bind(to_i64(c.state.next_request_id))
+            .bind($crate::sql::to_i64(c.state.next_request_id))
             .bind_json(&c.record.data)
-            .bind(to_i64(c.record.version))
+            .bind($crate::sql::to_i64(c.record.version))
             .bind($at)
     }};
 }
+pub(crate) use bind_columns;
 
 /// Inserts (`expected_version` `None`) or updates the saga row; `false` when the row had
 /// moved on (an optimistic-version conflict) or already existed.
@@ -203,6 +205,49 @@ pub(crate) async fn write(conn: Conn<'_>, write: &SagaWrite, at: i64) -> Result<
     }
 }
 
+/// The types of [`update_many_sql`]'s columns.
+const UPDATE_COLUMNS: [Col; 18] = [
+    Col::Id,
+    Col::Text,
+    Col::Text,
+    Col::Text,
+    Col::Text,
+    Col::Text,
+    Col::Text,
+    Col::BigInt,
+    Col::BigInt,
+    Col::BigInt,
+    Col::Json,
+    Col::Text,
+    Col::Text,
+    Col::BigInt,
+    Col::Json,
+    Col::BigInt,
+    Col::BigInt,
+    Col::BigInt,
+];
+
+/// [`update_many`]'s statement for `rows` writes, its parameters numbered from `first`.
+pub(crate) fn update_many_sql(dialect: Dialect, first: usize, rows: usize) -> String {
+    format!(
+        "WITH v (saga_id, saga_type, definition_version, status, direction, current_step, \
+         pending_kind, pending_request_id, deadline, attempt, completed_steps, \
+         compensation_reason, last_error, next_request_id, data, version, updated_at, \
+         expected) AS (VALUES {}) \
+         UPDATE saga_instances SET saga_type = v.saga_type, \
+         definition_version = v.definition_version, status = v.status, \
+         direction = v.direction, current_step = v.current_step, \
+         pending_kind = v.pending_kind, pending_request_id = v.pending_request_id, \
+         deadline = v.deadline, attempt = v.attempt, completed_steps = v.completed_steps, \
+         compensation_reason = v.compensation_reason, last_error = v.last_error, \
+         next_request_id = v.next_request_id, data = v.data, version = v.version, \
+         updated_at = v.updated_at \
+         FROM v WHERE saga_instances.saga_id = v.saga_id \
+         AND saga_instances.version = v.expected",
+        values_from(dialect, first, rows, &UPDATE_COLUMNS)
+    )
+}
+
 /// Updates many saga rows with one statement per [`CHUNK`]; `false` when any had moved on
 /// (the caller undoes the transaction's work and writes them one by one).
 pub(crate) async fn update_many(
@@ -212,43 +257,7 @@ pub(crate) async fn update_many(
 ) -> Result<bool, StoreError> {
     let dialect = conn.dialect();
     for chunk in writes.chunks(CHUNK) {
-        let cols = [
-            Col::Id,
-            Col::Text,
-            Col::Text,
-            Col::Text,
-            Col::Text,
-            Col::Text,
-            Col::Text,
-            Col::BigInt,
-            Col::BigInt,
-            Col::BigInt,
-            Col::Json,
-            Col::Text,
-            Col::Text,
-            Col::BigInt,
-            Col::Json,
-            Col::BigInt,
-            Col::BigInt,
-            Col::BigInt,
-        ];
-        let sql = format!(
-            "WITH v (saga_id, saga_type, definition_version, status, direction, current_step, \
-             pending_kind, pending_request_id, deadline, attempt, completed_steps, \
-             compensation_reason, last_error, next_request_id, data, version, updated_at, \
-             expected) AS (VALUES {}) \
-             UPDATE saga_instances SET saga_type = v.saga_type, \
-             definition_version = v.definition_version, status = v.status, \
-             direction = v.direction, current_step = v.current_step, \
-             pending_kind = v.pending_kind, pending_request_id = v.pending_request_id, \
-             deadline = v.deadline, attempt = v.attempt, completed_steps = v.completed_steps, \
-             compensation_reason = v.compensation_reason, last_error = v.last_error, \
-             next_request_id = v.next_request_id, data = v.data, version = v.version, \
-             updated_at = v.updated_at \
-             FROM v WHERE saga_instances.saga_id = v.saga_id \
-             AND saga_instances.version = v.expected",
-            values(dialect, chunk.len(), &cols)
-        );
+        let sql = update_many_sql(dialect, 1, chunk.len());
         let all: Vec<Columns<'_>> = chunk.iter().map(|w| Columns::of(w)).collect();
         let updated = on_backend!(conn.reborrow(), |c| {
             let mut statement = query(AssertSqlSafe(sql));
@@ -596,13 +605,13 @@ pub(crate) async fn counts(conn: Conn<'_>) -> Result<Vec<(String, SagaStatus, u6
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use serde_json::json;
 
     use super::*;
     use crate::sql::testing::databases;
 
-    fn record(saga_id: SagaId, version: u64) -> SagaRecord {
+    pub(crate) fn record(saga_id: SagaId, version: u64) -> SagaRecord {
         SagaRecord {
             state: SagaState {
                 saga_id,
@@ -631,7 +640,7 @@ mod tests {
         }
     }
 
-    fn insert(record: SagaRecord) -> SagaWrite {
+    pub(crate) fn insert(record: SagaRecord) -> SagaWrite {
         SagaWrite {
             record,
             expected_version: None,

@@ -17,6 +17,7 @@ pub(crate) mod queue;
 pub(crate) mod received;
 #[cfg(test)]
 pub(crate) mod testing;
+pub(crate) mod units;
 
 use std::time::Duration;
 
@@ -77,8 +78,13 @@ pub(crate) fn parameter(dialect: Dialect, n: usize) -> String {
 
 /// `rows` rows of parameters, `(…), (…)`, numbered from 1, each column cast as `cols` says.
 pub(crate) fn values(dialect: Dialect, rows: usize, cols: &[Col]) -> String {
+    values_from(dialect, 1, rows, cols)
+}
+
+/// [`values`], numbered from `first` (for a statement that follows others in one query).
+pub(crate) fn values_from(dialect: Dialect, first: usize, rows: usize, cols: &[Col]) -> String {
     let mut sql = String::new();
-    let mut n = 0;
+    let mut n = first - 1;
     for row in 0..rows {
         if row > 0 {
             sql.push_str(", ");

@@ -5,34 +5,58 @@ use saga_core::ports::{OutboxEntry, StoreError};
 use saga_core::{Message, Timestamp};
 use sqlx::{AssertSqlSafe, query};
 
+use crate::db::Dialect;
 use crate::db::backend::Conn;
+use crate::db::savepoint::Glued;
 use crate::error::store_error;
 use crate::on_backend;
-use crate::sql::{Bind, CHUNK, Col, Get, headers_json, message, to_i64, to_u64, values};
+use crate::sql::{Bind, CHUNK, Col, Get, headers_json, message, to_i64, to_u64, values_from};
 
-/// Appends `messages`, in order, one statement per [`CHUNK`].
+/// [`insert_many`]'s statement for `rows` messages, its parameters numbered from `first`.
+pub(crate) fn insert_sql(dialect: Dialect, first: usize, rows: usize) -> String {
+    format!(
+        "INSERT INTO saga_outbox (message_id, destination, headers, payload, created_at) \
+         VALUES {}",
+        values_from(dialect, first, rows, &[Col::Plain; 5])
+    )
+}
+
+/// Binds a `(message, its headers as JSON)` pair of [`insert_sql`] to `$q`.
+macro_rules! bind_message {
+    ($q:expr, $pair:expr, $at:expr) => {{
+        let (message, headers) = $pair;
+        $q.bind_id(message.id.0)
+            .bind(message.destination.as_str())
+            .bind_json(headers)
+            .bind(message.payload.as_str())
+            .bind($at)
+    }};
+}
+pub(crate) use bind_message;
+
+/// Appends `messages`, in order, one statement per [`CHUNK`]; `glued` runs before them.
 pub(crate) async fn insert_many(
     mut conn: Conn<'_>,
+    glued: Glued,
     messages: &[&Message],
     at: i64,
 ) -> Result<(), StoreError> {
     let dialect = conn.dialect();
-    for chunk in messages.chunks(CHUNK) {
+    if messages.is_empty() {
+        return glued.alone(conn).await;
+    }
+    glued.run_unfused(conn.reborrow()).await?;
+    for (n, chunk) in messages.chunks(CHUNK).enumerate() {
         let headers: Vec<_> = chunk.iter().map(|m| headers_json(&m.headers)).collect();
-        let sql = format!(
-            "INSERT INTO saga_outbox (message_id, destination, headers, payload, created_at) \
-             VALUES {}",
-            values(dialect, chunk.len(), &[Col::Plain; 5])
-        );
+        let sql = insert_sql(dialect, 1, chunk.len());
+        let sql = match n {
+            0 => glued.before(&sql),
+            _ => sql,
+        };
         on_backend!(conn.reborrow(), |c| {
             let mut statement = query(AssertSqlSafe(sql));
-            for (message, headers) in chunk.iter().zip(&headers) {
-                statement = statement
-                    .bind_id(message.id.0)
-                    .bind(message.destination.as_str())
-                    .bind_json(headers)
-                    .bind(message.payload.as_str())
-                    .bind(at);
+            for message in chunk.iter().zip(&headers) {
+                statement = bind_message!(statement, message, at);
             }
             statement.execute(c).await.map(drop).map_err(store_error)
         })?;
@@ -169,7 +193,9 @@ mod tests {
                 })
                 .collect();
             let refs: Vec<&Message> = messages.iter().collect();
-            insert_many(tx.conn(), &refs, 10).await.expect("appends");
+            insert_many(tx.conn(), Glued::NONE, &refs, 10)
+                .await
+                .expect("appends");
             let entries = unpublished(tx.conn(), 3).await.expect("reads");
             let read: Vec<&Message> = entries.iter().map(|e| &e.message).collect();
             assert_eq!(read, refs[..3]);

@@ -10,10 +10,11 @@ use sqlx::{AssertSqlSafe, query};
 
 use crate::db::Dialect;
 use crate::db::backend::Conn;
+use crate::db::savepoint::Glued;
 use crate::error::store_error;
 use crate::on_backend;
 use crate::sql::{
-    Bind, CHUNK, Col, Get, headers_json, headers_of, placeholders, to_i64, to_u64, values,
+    Bind, CHUNK, Col, Get, headers_json, headers_of, placeholders, to_i64, to_u64, values_from,
 };
 
 /// A row as claimed or taken.
@@ -75,30 +76,53 @@ fn queue_row(row: &impl Get, channel: &str) -> Result<QueueRow, StoreError> {
     })
 }
 
-/// Appends `messages` (visible at once), in order, one statement per [`CHUNK`].
+/// [`insert_many`]'s statement for `rows` messages, its parameters numbered from `first`.
+pub(crate) fn insert_sql(dialect: Dialect, first: usize, rows: usize) -> String {
+    format!(
+        "INSERT INTO saga_queue (channel, message_id, headers, payload, enqueued_at, \
+         visible_at) VALUES {}",
+        values_from(dialect, first, rows, &[Col::Plain; 6])
+    )
+}
+
+/// Binds a `(message, its headers as JSON)` pair of [`insert_sql`] to `$q`.
+macro_rules! bind_message {
+    ($q:expr, $pair:expr, $at:expr) => {{
+        let (message, headers) = $pair;
+        $q.bind(message.destination.as_str())
+            .bind_id(message.id.0)
+            .bind_json(headers)
+            .bind(message.payload.as_str())
+            .bind($at)
+            .bind($at)
+    }};
+}
+pub(crate) use bind_message;
+
+/// Appends `messages` (visible at once), in order, one statement per [`CHUNK`]; `glued` runs
+/// before them.
 pub(crate) async fn insert_many(
     mut conn: Conn<'_>,
+    glued: Glued,
     messages: &[&Message],
     at: i64,
 ) -> Result<(), StoreError> {
     let dialect = conn.dialect();
-    for chunk in messages.chunks(CHUNK) {
+    if messages.is_empty() {
+        return glued.alone(conn).await;
+    }
+    glued.run_unfused(conn.reborrow()).await?;
+    for (n, chunk) in messages.chunks(CHUNK).enumerate() {
         let headers: Vec<_> = chunk.iter().map(|m| headers_json(&m.headers)).collect();
-        let sql = format!(
-            "INSERT INTO saga_queue (channel, message_id, headers, payload, enqueued_at, \
-             visible_at) VALUES {}",
-            values(dialect, chunk.len(), &[Col::Plain; 6])
-        );
+        let sql = insert_sql(dialect, 1, chunk.len());
+        let sql = match n {
+            0 => glued.before(&sql),
+            _ => sql,
+        };
         on_backend!(conn.reborrow(), |c| {
             let mut statement = query(AssertSqlSafe(sql));
-            for (message, headers) in chunk.iter().zip(&headers) {
-                statement = statement
-                    .bind(message.destination.as_str())
-                    .bind_id(message.id.0)
-                    .bind_json(headers)
-                    .bind(message.payload.as_str())
-                    .bind(at)
-                    .bind(at);
+            for message in chunk.iter().zip(&headers) {
+                statement = bind_message!(statement, message, at);
             }
             statement.execute(c).await.map(drop).map_err(store_error)
         })?;
@@ -168,8 +192,10 @@ pub(crate) async fn claim(
 
 /// Takes (deletes and returns) up to `max` visible rows of `channel`; taking counts as a
 /// delivery, as a claim does (`deliveries + 1`).
+/// `glued` runs before it.
 pub(crate) async fn take(
-    conn: Conn<'_>,
+    mut conn: Conn<'_>,
+    glued: Glued,
     channel: &str,
     now: Timestamp,
     max: usize,
@@ -186,8 +212,10 @@ pub(crate) async fn take(
              RETURNING id, message_id, headers, payload, deliveries + 1 AS deliveries"
         }
     };
+    glued.run_unfused(conn.reborrow()).await?;
+    let sql = glued.before(sql);
     on_backend!(conn, |c| {
-        query(sql)
+        query(AssertSqlSafe(sql))
             .bind(channel)
             .bind(to_i64(now.as_millis()))
             .bind(to_i64(max as u64))
@@ -197,6 +225,24 @@ pub(crate) async fn take(
             .iter()
             .map(|row| queue_row(row, channel))
             .collect()
+    })
+}
+
+/// Whether `channel` has a row visible at `now`: a read, which on SQLite does not wait for
+/// the writer.
+pub(crate) async fn any_visible(
+    conn: Conn<'_>,
+    channel: &str,
+    now: Timestamp,
+) -> Result<bool, StoreError> {
+    on_backend!(conn, |c| {
+        query("SELECT 1 FROM saga_queue WHERE channel = $1 AND visible_at <= $2 LIMIT 1")
+            .bind(channel)
+            .bind(to_i64(now.as_millis()))
+            .fetch_optional(c)
+            .await
+            .map(|row| row.is_some())
+            .map_err(store_error)
     })
 }
 
@@ -338,7 +384,9 @@ mod tests {
             let other = message("other", 9);
             let mut refs: Vec<&Message> = ledger.iter().collect();
             refs.push(&other);
-            insert_many(tx.conn(), &refs, 100).await.expect("enqueues");
+            insert_many(tx.conn(), Glued::NONE, &refs, 100)
+                .await
+                .expect("enqueues");
 
             let claimed = claim(tx.conn(), "ledger", Timestamp(100), Timestamp(1_000), 2)
                 .await
@@ -357,26 +405,26 @@ mod tests {
                 .await
                 .expect("releases");
             delete(tx.conn(), &[claimed[1].id]).await.expect("deletes");
-            let taken = take(tx.conn(), "ledger", Timestamp(300), 10)
+            let taken = take(tx.conn(), Glued::NONE, "ledger", Timestamp(300), 10)
                 .await
                 .expect("takes");
             assert_eq!(taken.len(), 1);
             assert_eq!(taken[0].deliveries, 1, "a release does not count");
             assert!(
-                take(tx.conn(), "ledger", Timestamp(300), 10)
+                take(tx.conn(), Glued::NONE, "ledger", Timestamp(300), 10)
                     .await
                     .expect("takes")
                     .is_empty()
             );
             // After the lease, the two claimed by the second claim come back.
-            let again = take(tx.conn(), "ledger", Timestamp(1_000), 10)
+            let again = take(tx.conn(), Glued::NONE, "ledger", Timestamp(1_000), 10)
                 .await
                 .expect("takes");
             assert_eq!(again.len(), 2);
             assert!(again.iter().all(|row| row.deliveries == 2));
             assert_eq!(
                 readable(
-                    &take(tx.conn(), "other", Timestamp(1_000), 10)
+                    &take(tx.conn(), Glued::NONE, "other", Timestamp(1_000), 10)
                         .await
                         .expect("takes")
                 ),

@@ -8,10 +8,12 @@ use saga_core::MessageId;
 use saga_core::ports::StoreError;
 use sqlx::{AssertSqlSafe, query};
 
+use crate::db::Dialect;
 use crate::db::backend::Conn;
+use crate::db::savepoint::Glued;
 use crate::error::store_error;
 use crate::on_backend;
-use crate::sql::{Bind, CHUNK, Col, Get, values};
+use crate::sql::{Bind, CHUNK, Col, Get, values, values_from};
 
 /// Records `message_id` as received by `consumer`; `false` if it was already.
 pub(crate) async fn insert(
@@ -35,6 +37,24 @@ pub(crate) async fn insert(
     })
 }
 
+/// [`insert_all`]'s statement for `rows` records, its parameters numbered from `first`.
+pub(crate) fn insert_all_sql(dialect: Dialect, first: usize, rows: usize) -> String {
+    format!(
+        "INSERT INTO saga_received (consumer, message_id, received_at) VALUES {} \
+         ON CONFLICT DO NOTHING",
+        values_from(dialect, first, rows, &[Col::Plain; 3])
+    )
+}
+
+/// Binds a `(consumer, message id)` record of [`insert_all_sql`] to `$q`.
+macro_rules! bind_record {
+    ($q:expr, $record:expr, $at:expr) => {{
+        let (consumer, id) = $record;
+        $q.bind(*consumer).bind_id(id.0).bind($at)
+    }};
+}
+pub(crate) use bind_record;
+
 /// Records many `(consumer, message id)` pairs, one statement per [`CHUNK`]; `false` if any
 /// was already recorded (the caller undoes the transaction's work).
 pub(crate) async fn insert_all(
@@ -44,15 +64,11 @@ pub(crate) async fn insert_all(
 ) -> Result<bool, StoreError> {
     let dialect = conn.dialect();
     for chunk in records.chunks(CHUNK) {
-        let sql = format!(
-            "INSERT INTO saga_received (consumer, message_id, received_at) VALUES {} \
-             ON CONFLICT DO NOTHING",
-            values(dialect, chunk.len(), &[Col::Plain, Col::Plain, Col::Plain])
-        );
+        let sql = insert_all_sql(dialect, 1, chunk.len());
         let inserted = on_backend!(conn.reborrow(), |c| {
             let mut statement = query(AssertSqlSafe(sql));
-            for (consumer, id) in chunk {
-                statement = statement.bind(*consumer).bind_id(id.0).bind(at);
+            for record in chunk {
+                statement = bind_record!(statement, record, at);
             }
             statement
                 .execute(c)
@@ -68,20 +84,27 @@ pub(crate) async fn insert_all(
 }
 
 /// Records `message_ids` as received by `consumer`; returns those that were not already.
+/// `glued` runs after them.
 pub(crate) async fn insert_fresh(
     mut conn: Conn<'_>,
     consumer: &str,
     message_ids: &[MessageId],
     at: i64,
+    glued: Glued,
 ) -> Result<HashSet<MessageId>, StoreError> {
     let dialect = conn.dialect();
     let mut fresh = HashSet::with_capacity(message_ids.len());
-    for chunk in message_ids.chunks(CHUNK) {
+    let chunks = message_ids.len().div_ceil(CHUNK);
+    for (n, chunk) in message_ids.chunks(CHUNK).enumerate() {
         let sql = format!(
             "INSERT INTO saga_received (consumer, message_id, received_at) VALUES {} \
              ON CONFLICT DO NOTHING RETURNING message_id",
             values(dialect, chunk.len(), &[Col::Plain, Col::Plain, Col::Plain])
         );
+        let sql = match n + 1 == chunks {
+            true => glued.after(&sql),
+            false => sql,
+        };
         on_backend!(conn.reborrow(), |c| {
             let mut statement = query(AssertSqlSafe(sql));
             for id in chunk {
@@ -92,6 +115,10 @@ pub(crate) async fn insert_fresh(
             }
             Ok::<_, StoreError>(())
         })?;
+    }
+    match message_ids.is_empty() {
+        true => glued.alone(conn).await?,
+        false => glued.run_unfused(conn).await?,
     }
     Ok(fresh)
 }
@@ -152,9 +179,15 @@ mod tests {
                 "one of them is a duplicate"
             );
             let fourth = MessageId::new();
-            let fresh = insert_fresh(tx.conn(), "kitchen", &[first, fourth, second], 15)
-                .await
-                .expect("records");
+            let fresh = insert_fresh(
+                tx.conn(),
+                "kitchen",
+                &[first, fourth, second],
+                15,
+                Glued::NONE,
+            )
+            .await
+            .expect("records");
             assert_eq!(fresh, HashSet::from([fourth]));
             assert_eq!(delete_older(tx.conn(), 13, 100).await.expect("deletes"), 2);
             tx.rollback().await.expect("rolls back");

@@ -37,6 +37,7 @@ use saga_core::{Message, Saga, SagaId, Timestamp};
 use crate::db::Database;
 use crate::db::backend::{Conn, Tx};
 use crate::db::group::{Finish, WriteKind};
+use crate::db::savepoint::Glued;
 use crate::error::store_error;
 use crate::sql::{self, to_i64};
 
@@ -157,7 +158,7 @@ impl SqlSagaStore {
         messages: &[&Message],
         at: i64,
     ) -> Result<(), StoreError> {
-        send(conn, self.in_place, messages, at).await
+        send(conn, self.in_place, Glued::NONE, messages, at).await
     }
 
     /// Writes `units` with one multi-row statement per table; `false` when a dedup record
@@ -174,17 +175,30 @@ impl SqlSagaStore {
             .filter_map(|u| u.consumed.as_ref())
             .map(|c| (c.consumer.as_str(), c.message_id))
             .collect();
-        if !sql::received::insert_all(conn.reborrow(), &consumed, at).await? {
-            return Ok(false);
-        }
         let writes: Vec<_> = units.iter().filter_map(|u| u.saga.as_ref()).collect();
-        if !sql::instances::update_many(conn.reborrow(), &writes, at).await? {
-            return Ok(false);
-        }
         let history: Vec<&HistoryRecord> = units.iter().flat_map(|u| &u.history).collect();
-        sql::history::insert_many(conn.reborrow(), &history).await?;
         let outgoing: Vec<&Message> = units.iter().flat_map(|u| &u.outbox).collect();
-        self.send(conn.reborrow(), &outgoing, at).await?;
+        let parts = sql::units::Parts {
+            consumed: &consumed,
+            writes: &writes,
+            history: &history,
+            outgoing: &outgoing,
+            in_place: self.in_place,
+        };
+        match sql::units::write(conn.reborrow(), &parts, at).await? {
+            Some(written) if !written => return Ok(false),
+            Some(_) => {}
+            // Too many for one statement: a statement per table and chunk.
+            None => {
+                if !sql::received::insert_all(conn.reborrow(), &consumed, at).await?
+                    || !sql::instances::update_many(conn.reborrow(), &writes, at).await?
+                {
+                    return Ok(false);
+                }
+                sql::history::insert_many(conn.reborrow(), &history).await?;
+                self.send(conn.reborrow(), &outgoing, at).await?;
+            }
+        }
         for dead in units.iter().flat_map(|u| &u.dead_letters) {
             sql::dead_letters::insert(conn.reborrow(), dead).await?;
         }
@@ -221,16 +235,18 @@ impl SqlSagaStore {
     }
 }
 
-/// Writes outgoing messages into the outbox — or, `in_place`, straight into the queue.
+/// Writes outgoing messages into the outbox — or, `in_place`, straight into the queue;
+/// `glued` runs first.
 pub(crate) async fn send(
     conn: Conn<'_>,
     in_place: bool,
+    glued: Glued,
     messages: &[&Message],
     at: i64,
 ) -> Result<(), StoreError> {
     match in_place {
-        true => sql::queue::insert_many(conn, messages, at).await,
-        false => sql::outbox::insert_many(conn, messages, at).await,
+        true => sql::queue::insert_many(conn, glued, messages, at).await,
+        false => sql::outbox::insert_many(conn, glued, messages, at).await,
     }
 }
 

@@ -24,9 +24,10 @@ use saga_core::ports::{
 use saga_core::{Headers, Message, MessageId, Timestamp};
 
 use crate::db::backend::Conn;
+use crate::db::savepoint::Glued;
 use crate::db::wakeups::Topic;
 use crate::db::{Database, Dialect};
-use crate::error::{transport_error, transport_error_of};
+use crate::error::{store_error, transport_error, transport_error_of};
 use crate::sql::queue::QueueRow;
 use crate::sql::{self, to_i64, to_u64};
 
@@ -106,7 +107,7 @@ impl SqlTransport {
     ) -> Result<(), TransportError> {
         let refs: Vec<&Message> = messages.iter().collect();
         let at = to_i64(Timestamp::now().as_millis());
-        sql::queue::insert_many(conn.reborrow(), &refs, at)
+        sql::queue::insert_many(conn.reborrow(), Glued::NONE, &refs, at)
             .await
             .map_err(transport_error_of)?;
         self.notify(conn, messages)
@@ -230,8 +231,13 @@ impl SqlTransport {
             };
             tracing::warn!(channel, message_id = %message.id, %problem, "queue message dead-lettered");
             if let Some(reply) = failure_reply_for(&message, &problem) {
-                sql::queue::insert_many(conn.reborrow(), &[&reply], to_i64(now.as_millis()))
-                    .await?;
+                sql::queue::insert_many(
+                    conn.reborrow(),
+                    Glued::NONE,
+                    &[&reply],
+                    to_i64(now.as_millis()),
+                )
+                .await?;
                 self.notify(conn.reborrow(), std::slice::from_ref(&reply))
                     .await?;
                 taken.replied_to.push(reply.destination);
@@ -251,18 +257,28 @@ impl SqlTransport {
         Ok(taken)
     }
 
+    /// Whether `channel` has a message visible now, read on a connection of its own (outside
+    /// any transaction): a cheap look before a pass that would otherwise take the writer for
+    /// nothing.
+    pub(crate) async fn any_visible(&self, channel: &str) -> Result<bool, StoreError> {
+        let mut conn = self.database.acquire().await.map_err(store_error)?;
+        sql::queue::any_visible(conn.conn(), channel, Timestamp::now()).await
+    }
+
     /// Takes up to `max` visible messages of `channel` out of the queue inside an open
     /// transaction, without a lease: one statement deletes and returns them (on PostgreSQL
     /// skipping rows other consumers hold), so they are gone if the transaction commits and
-    /// back if it rolls back. Unreadable rows are dead-lettered in the transaction.
+    /// back if it rolls back. Unreadable rows are dead-lettered in the transaction. `glued`
+    /// runs first.
     pub(crate) async fn take_in(
         &self,
         mut conn: Conn<'_>,
+        glued: Glued,
         channel: &str,
         max: usize,
     ) -> Result<Taken, StoreError> {
         let now = Timestamp::now();
-        let rows = sql::queue::take(conn.reborrow(), channel, now, max).await?;
+        let rows = sql::queue::take(conn.reborrow(), glued, channel, now, max).await?;
         self.read_rows(conn, channel, rows, now).await
     }
 }
