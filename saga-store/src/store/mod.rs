@@ -34,10 +34,10 @@ use saga_core::ports::{
 };
 use saga_core::{Message, Saga, SagaId, Timestamp};
 
-use crate::db::Database;
 use crate::db::backend::{Conn, Tx};
 use crate::db::group::{Finish, WriteKind};
 use crate::db::savepoint::Glued;
+use crate::db::{Database, Dialect};
 use crate::error::store_error;
 use crate::sql::{self, to_i64};
 
@@ -95,7 +95,16 @@ impl SqlSagaStore {
         let mut conn = conn.into();
         let outcome = self.write_unit_quietly(conn.reborrow(), unit).await?;
         if outcome == CommitOutcome::Committed && !unit.outbox.is_empty() {
+            let sqlite = conn.dialect() == Dialect::Sqlite;
             self.announce(conn, &unit.outbox).await?;
+            if self.in_place && sqlite {
+                // Woken now, before the commit: on SQLite's single writer a pass handed in
+                // while this transaction is still open joins it (see `Database::write`), so a
+                // saga started in a group-committed write takes its first steps in the same
+                // transaction. A pass that comes too early finds nothing, and the commit's
+                // wake-up (`Database::commit`, `Database::wake_relay`) brings it back.
+                self.wake_queues(&destinations(unit.outbox.iter()));
+            }
         }
         Ok(outcome)
     }
