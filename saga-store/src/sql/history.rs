@@ -11,11 +11,14 @@ use crate::error::{corrupt, store_error};
 use crate::on_backend;
 use crate::sql::{Bind, CHUNK, Col, Get, to_u64, values_from};
 
+/// Parameters per row of [`insert_sql`].
+pub(crate) const INSERT_COLUMNS: usize = 3;
+
 /// [`insert_many`]'s statement for `rows` entries, its parameters numbered from `first`.
 pub(crate) fn insert_sql(dialect: Dialect, first: usize, rows: usize) -> String {
     format!(
         "INSERT INTO saga_history (saga_id, at, event) VALUES {}",
-        values_from(dialect, first, rows, &[Col::Plain; 3])
+        values_from(dialect, first, rows, &[Col::Plain; INSERT_COLUMNS])
     )
 }
 

@@ -206,7 +206,7 @@ pub(crate) async fn write(conn: Conn<'_>, write: &SagaWrite, at: i64) -> Result<
 }
 
 /// The types of [`update_many_sql`]'s columns.
-const UPDATE_COLUMNS: [Col; 18] = [
+pub(crate) const UPDATE_COLUMNS: [Col; 18] = [
     Col::Id,
     Col::Text,
     Col::Text,

@@ -12,12 +12,15 @@ use crate::error::store_error;
 use crate::on_backend;
 use crate::sql::{Bind, CHUNK, Col, Get, headers_json, message, to_i64, to_u64, values_from};
 
+/// Parameters per row of [`insert_sql`].
+pub(crate) const INSERT_COLUMNS: usize = 5;
+
 /// [`insert_many`]'s statement for `rows` messages, its parameters numbered from `first`.
 pub(crate) fn insert_sql(dialect: Dialect, first: usize, rows: usize) -> String {
     format!(
         "INSERT INTO saga_outbox (message_id, destination, headers, payload, created_at) \
          VALUES {}",
-        values_from(dialect, first, rows, &[Col::Plain; 5])
+        values_from(dialect, first, rows, &[Col::Plain; INSERT_COLUMNS])
     )
 }
 

@@ -76,12 +76,15 @@ fn queue_row(row: &impl Get, channel: &str) -> Result<QueueRow, StoreError> {
     })
 }
 
+/// Parameters per row of [`insert_sql`].
+pub(crate) const INSERT_COLUMNS: usize = 6;
+
 /// [`insert_many`]'s statement for `rows` messages, its parameters numbered from `first`.
 pub(crate) fn insert_sql(dialect: Dialect, first: usize, rows: usize) -> String {
     format!(
         "INSERT INTO saga_queue (channel, message_id, headers, payload, enqueued_at, \
          visible_at) VALUES {}",
-        values_from(dialect, first, rows, &[Col::Plain; 6])
+        values_from(dialect, first, rows, &[Col::Plain; INSERT_COLUMNS])
     )
 }
 

@@ -37,12 +37,15 @@ pub(crate) async fn insert(
     })
 }
 
+/// Parameters per row of [`insert_all_sql`].
+pub(crate) const INSERT_COLUMNS: usize = 3;
+
 /// [`insert_all`]'s statement for `rows` records, its parameters numbered from `first`.
 pub(crate) fn insert_all_sql(dialect: Dialect, first: usize, rows: usize) -> String {
     format!(
         "INSERT INTO saga_received (consumer, message_id, received_at) VALUES {} \
          ON CONFLICT DO NOTHING",
-        values_from(dialect, first, rows, &[Col::Plain; 3])
+        values_from(dialect, first, rows, &[Col::Plain; INSERT_COLUMNS])
     )
 }
 

@@ -34,19 +34,25 @@ pub(crate) struct Parts<'a> {
 }
 
 impl Parts<'_> {
+    /// Each part's rows and parameters per row, in statement order.
+    fn widths(&self) -> [(usize, usize); 4] {
+        let message = match self.in_place {
+            true => sql::queue::INSERT_COLUMNS,
+            false => sql::outbox::INSERT_COLUMNS,
+        };
+        [
+            (self.consumed.len(), sql::received::INSERT_COLUMNS),
+            (self.writes.len(), sql::instances::UPDATE_COLUMNS.len()),
+            (self.history.len(), sql::history::INSERT_COLUMNS),
+            (self.outgoing.len(), message),
+        ]
+    }
+
     /// Whether one statement can carry them all.
     fn fit(&self) -> bool {
-        let rows = [
-            self.consumed.len(),
-            self.writes.len(),
-            self.history.len(),
-            self.outgoing.len(),
-        ];
-        let parameters = self.consumed.len() * 3
-            + self.writes.len() * 18
-            + self.history.len() * 3
-            + self.outgoing.len() * 6;
-        rows.iter().all(|&n| n <= CHUNK) && parameters <= MAX_PARAMETERS
+        let widths = self.widths();
+        let parameters: usize = widths.iter().map(|(rows, per_row)| rows * per_row).sum();
+        widths.iter().all(|&(rows, _)| rows <= CHUNK) && parameters <= MAX_PARAMETERS
     }
 
     /// Rows the statement must write: every part's, in full.
@@ -60,31 +66,21 @@ impl Parts<'_> {
 fn statements(dialect: Dialect, parts: &Parts<'_>) -> Vec<(&'static str, String)> {
     let mut first = 1;
     let mut statements = Vec::new();
-    let mut add = |name, rows: usize, per_row: usize, sql: &dyn Fn(usize) -> String| {
-        if rows > 0 {
-            statements.push((name, sql(first)));
-            first += rows * per_row;
+    for (part, (rows, per_row)) in parts.widths().into_iter().enumerate() {
+        if rows == 0 {
+            continue;
         }
-    };
-    add("r", parts.consumed.len(), 3, &|first| {
-        sql::received::insert_all_sql(dialect, first, parts.consumed.len())
-    });
-    add("u", parts.writes.len(), 18, &|first| {
-        sql::instances::update_many_sql(dialect, first, parts.writes.len())
-    });
-    add("h", parts.history.len(), 3, &|first| {
-        sql::history::insert_sql(dialect, first, parts.history.len())
-    });
-    let per_message = if parts.in_place { 6 } else { 5 };
-    add(
-        "o",
-        parts.outgoing.len(),
-        per_message,
-        &|first| match parts.in_place {
-            true => sql::queue::insert_sql(dialect, first, parts.outgoing.len()),
-            false => sql::outbox::insert_sql(dialect, first, parts.outgoing.len()),
-        },
-    );
+        statements.push(match part {
+            0 => ("r", sql::received::insert_all_sql(dialect, first, rows)),
+            1 => ("u", sql::instances::update_many_sql(dialect, first, rows)),
+            2 => ("h", sql::history::insert_sql(dialect, first, rows)),
+            _ => match parts.in_place {
+                true => ("o", sql::queue::insert_sql(dialect, first, rows)),
+                false => ("o", sql::outbox::insert_sql(dialect, first, rows)),
+            },
+        });
+        first += rows * per_row;
+    }
     statements
 }
 
