@@ -89,6 +89,34 @@ async fn an_outage_longer_than_the_poison_budget_strands_no_saga(mode: Mode) {
     db.cleanup().await;
 }
 
+/// In place, several passes of each channel run at once (`parallel_passes`), each taking a
+/// single message while the handlers take their time: every saga still ends as it would
+/// have, with one effect per step. (Leased, the options do not apply, and the same holds.)
+async fn parallel_passes_share_a_channel_and_apply_each_message_once(mode: Mode) {
+    let Some(db) = TestDb::open(mode.backend, "parallel_passes").await else {
+        return;
+    };
+    let system = system_on(db, mode);
+    let ids = system.start(&payments(48)).await;
+    let runtime = system.run_with(
+        Arc::new(system.sql_transport()),
+        Ledger {
+            delay: Duration::from_millis(2),
+        },
+        RuntimeOptions {
+            parallel_passes: Some(4),
+            pass_batch: Some(1),
+            chained_passes: 0,
+            ..test_runtime_options()
+        },
+    );
+    system.wait_terminal(&ids, WAIT).await;
+    runtime.shutdown().await;
+    system.assert_effects_consistent(&ids).await;
+    assert_eq!(system.count_in(&ids, SagaStatus::Compensated).await, 12);
+    system.db.cleanup().await;
+}
+
 /// The transport refuses one saga's `Charge` for good: the relay sets exactly that message
 /// aside, the saga hears of it and compensates, and every other message flows.
 async fn a_command_the_transport_refuses_fails_its_step_and_blocks_nothing(mode: Mode) {
@@ -516,6 +544,11 @@ macro_rules! liveness {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn an_outage_longer_than_the_poison_budget_strands_no_saga() {
                 super::an_outage_longer_than_the_poison_budget_strands_no_saga($variant).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn parallel_passes_share_a_channel_and_apply_each_message_once() {
+                super::parallel_passes_share_a_channel_and_apply_each_message_once($variant).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

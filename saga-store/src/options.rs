@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use saga_core::orchestrator::WatchdogAction;
 
+use crate::db::Dialect;
+
 /// How old processed rows must be before retention deletes them.
 #[derive(Clone, Debug)]
 pub struct RetentionPolicy {
@@ -38,6 +40,17 @@ pub struct RuntimeOptions {
     /// transaction (default 16; 0 turns chaining off). See
     /// [`RuntimeBuilder::in_place`](crate::RuntimeBuilder::in_place).
     pub chained_passes: usize,
+    /// In place: how many passes of one channel may run at once, each taking a batch of its
+    /// own in a transaction of its own. Default: 1 on SQLite, whose single writer runs one
+    /// transaction at a time anyway (measured: more only cost throughput there); 4 on
+    /// PostgreSQL, where one pass at a time made the sagas in flight travel as one herd,
+    /// channel after channel, while the machine sat two-thirds idle (measured: 4 passes of
+    /// 8 messages doubled the throughput at 32 and 256 sagas in flight).
+    pub parallel_passes: Option<usize>,
+    /// In place: the most messages one pass takes. Default: `batch_size` on SQLite; 8 on
+    /// PostgreSQL, so that the messages waiting on a channel spread over its parallel
+    /// passes and each pass's answers reach the next channel sooner.
+    pub pass_batch: Option<usize>,
     /// How long an idle loop waits for a wake-up before looking for work anyway (default
     /// 500 ms).
     pub poll_interval: Duration,
@@ -107,6 +120,8 @@ impl Default for RuntimeOptions {
         Self {
             batch_size: 64,
             chained_passes: 16,
+            parallel_passes: None,
+            pass_batch: None,
             poll_interval: Duration::from_millis(500),
             timer_interval: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),
@@ -119,5 +134,25 @@ impl Default for RuntimeOptions {
             gauges_every: Some(Duration::from_secs(10)),
             watchdog: WatchdogOptions::default(),
         }
+    }
+}
+
+impl RuntimeOptions {
+    /// [`parallel_passes`](Self::parallel_passes), or its default on `dialect`.
+    pub(crate) fn parallel_passes_on(&self, dialect: Dialect) -> usize {
+        let default = match dialect {
+            Dialect::Sqlite => 1,
+            Dialect::Postgres => 4,
+        };
+        self.parallel_passes.unwrap_or(default).max(1)
+    }
+
+    /// [`pass_batch`](Self::pass_batch), or its default on `dialect`.
+    pub(crate) fn pass_batch_on(&self, dialect: Dialect) -> usize {
+        let default = match dialect {
+            Dialect::Sqlite => self.batch_size,
+            Dialect::Postgres => 8,
+        };
+        self.pass_batch.unwrap_or(default).max(1)
     }
 }

@@ -16,12 +16,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use saga_core::participant::Participant;
-use saga_core::ports::Transport;
+use saga_core::ports::{Delivery, Transport};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::consume::commands::{self, Commands};
-use crate::consume::{SharedOrchestrator, in_place, replies, timers};
+use crate::consume::{Consumer, SharedOrchestrator, Verdict, in_place, replies, timers};
 use crate::db::Database;
 use crate::db::backend::TxContext;
 use crate::gauges;
@@ -190,22 +190,24 @@ impl RuntimeBuilder {
                 orchestrator.clone(),
                 shutdown.clone(),
             )));
-            let consumer = replies::consumer(
-                orchestrator.clone(),
-                self.transport.clone(),
-                options.clone(),
-            );
-            tasks.push(match self.in_place_queue(orchestrator.store().database()) {
-                Some(queue) => tokio::spawn(in_place::pass_loop(
-                    orchestrator.reply_channel().to_owned(),
-                    local.clone(),
-                    queue,
-                    consumer,
+            let consumer = || {
+                replies::consumer(
+                    orchestrator.clone(),
+                    self.transport.clone(),
                     options.clone(),
-                    shutdown.clone(),
+                )
+            };
+            match self.in_place_queue(orchestrator.store().database()) {
+                Some(queue) => tasks.extend(spawn_passes(
+                    orchestrator.reply_channel(),
+                    &local,
+                    &queue,
+                    consumer,
+                    &options,
+                    &shutdown,
                 )),
-                None => tokio::spawn(consumer.run(shutdown.clone())),
-            });
+                None => tasks.push(tokio::spawn(consumer().run(shutdown.clone()))),
+            }
             tasks.push(tokio::spawn(timers::timer_loop(
                 orchestrator.clone(),
                 options.clone(),
@@ -220,27 +222,59 @@ impl RuntimeBuilder {
         }
         for (database, participant) in &self.participants {
             let queue = self.in_place_queue(database);
-            let consumer = commands::consumer(
-                database.clone(),
-                participant.clone(),
-                self.transport.clone(),
-                options.clone(),
-                queue.is_some(),
-            );
-            tasks.push(match queue {
-                Some(queue) => tokio::spawn(in_place::pass_loop(
-                    participant.channel().to_owned(),
-                    local.clone(),
+            let consumer = || {
+                commands::consumer(
+                    database.clone(),
+                    participant.clone(),
+                    self.transport.clone(),
+                    options.clone(),
+                    queue.is_some(),
+                )
+            };
+            match &queue {
+                Some(queue) => tasks.extend(spawn_passes(
+                    participant.channel(),
+                    &local,
                     queue,
                     consumer,
-                    options.clone(),
-                    shutdown.clone(),
+                    &options,
+                    &shutdown,
                 )),
-                None => tokio::spawn(consumer.run(shutdown.clone())),
-            });
+                None => tasks.push(tokio::spawn(consumer().run(shutdown.clone()))),
+            }
         }
         SagaRuntime { stop, tasks, once }
     }
+}
+
+/// Starts the in-place passes of `channel` ([`RuntimeOptions::parallel_passes`] of them),
+/// each with a leased consumer of its own as its fallback.
+fn spawn_passes<C, Fut>(
+    channel: &str,
+    local: &in_place::LocalChannels,
+    queue: &SqlTransport,
+    consumer: impl Fn() -> Consumer<C>,
+    options: &Arc<RuntimeOptions>,
+    shutdown: &Shutdown,
+) -> Vec<JoinHandle<()>>
+where
+    C: FnMut(Vec<Delivery>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Vec<(Delivery, Verdict)>> + Send + 'static,
+{
+    let passes = options.parallel_passes_on(queue.database().dialect());
+    (0..passes)
+        .map(|pass| {
+            tokio::spawn(in_place::pass_loop(
+                channel.to_owned(),
+                pass == 0,
+                local.clone(),
+                queue.clone(),
+                consumer(),
+                options.clone(),
+                shutdown.clone(),
+            ))
+        })
+        .collect()
 }
 
 /// Records the saga types `orchestrator` runs, retrying until the database takes them.

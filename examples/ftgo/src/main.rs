@@ -77,10 +77,8 @@ enum Command {
         /// discards them. Off by default.
         #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "all")]
         observe: Option<Observe>,
-        /// In place: how many passes of other channels a pass may chain onto its transaction
-        /// (`RuntimeOptions::chained_passes`; 0 turns chaining off).
-        #[arg(long)]
-        chained_passes: Option<usize>,
+        #[command(flatten)]
+        tuning: Tuning,
     },
     /// Run one service (its participant, and for `order` the saga orchestrator) in this
     /// process. Start several of one service and they share its work.
@@ -92,6 +90,23 @@ enum Command {
         #[arg(long, visible_alias = "metrics-listen")]
         listen: Option<SocketAddr>,
     },
+}
+
+/// Worker settings `ftgo bench` can override (see `RuntimeOptions`; each defaults to its
+/// default there).
+#[derive(Clone, Copy, Debug, clap::Args)]
+struct Tuning {
+    /// In place: how many passes of other channels a pass may chain onto its transaction
+    /// (`RuntimeOptions::chained_passes`; 0 turns chaining off).
+    #[arg(long)]
+    chained_passes: Option<usize>,
+    /// In place: how many passes of one channel may run at once
+    /// (`RuntimeOptions::parallel_passes`).
+    #[arg(long)]
+    parallel_passes: Option<usize>,
+    /// In place: the most messages one pass takes (`RuntimeOptions::pass_batch`).
+    #[arg(long)]
+    pass_batch: Option<usize>,
 }
 
 /// What `ftgo bench --observe` turns on.
@@ -373,7 +388,7 @@ async fn main() -> ExitCode {
             decline_rate,
             raw_seconds,
             observe: _,
-            chained_passes,
+            tuning,
         }) => {
             let mut storage = cli.storage;
             if store == "postgres" && storage.database_url.is_none() {
@@ -383,7 +398,7 @@ async fn main() -> ExitCode {
                 storage.database_url = None;
             }
             let config = (sagas, concurrency, decline_rate, raw_seconds);
-            bench(storage, config, chained_passes).await
+            bench(storage, config, tuning).await
         }
     };
     telemetry.shutdown();
@@ -470,12 +485,15 @@ async fn serve(
 async fn bench(
     storage: StorageArgs,
     (sagas, concurrency, decline_rate, raw_seconds): (usize, usize, f64, f64),
-    chained_passes: Option<usize>,
+    tuning: Tuning,
 ) -> Result<ExitCode, Failure> {
     let (mut options, temporary) = storage.options(true);
-    if let Some(chained) = chained_passes {
-        options.runtime.chained_passes = chained;
+    let runtime = &mut options.runtime;
+    if let Some(chained) = tuning.chained_passes {
+        runtime.chained_passes = chained;
     }
+    runtime.parallel_passes = tuning.parallel_passes.or(runtime.parallel_passes);
+    runtime.pass_batch = tuning.pass_batch.or(runtime.pass_batch);
     if let Some(nats) = &mut options.nats {
         let stream = format!("FTGO_BENCH_{}", std::process::id());
         nats.options.subject_prefix = stream.to_lowercase();

@@ -20,6 +20,13 @@
 //! load and, on PostgreSQL, within the 64 subtransactions a backend caches); a channel left
 //! with messages is woken as before.
 //!
+//! A channel may have several passes at once ([`RuntimeOptions::parallel_passes`]; by
+//! default on PostgreSQL, not on SQLite's single writer), each taking at most
+//! [`RuntimeOptions::pass_batch`] messages (`SKIP LOCKED`: never the same ones). One pass at
+//! a time made the sagas in flight travel as one herd, a whole channel's batch handled
+//! statement after statement while the next channel waited; a pass that takes a full batch
+//! wakes another at once, so the herd spreads over the channel's passes.
+//!
 //! Anything unusual — a handler asking for a retry, a duplicate or conflicting saga write, an
 //! error — undoes the pass (a chained pass: only its own savepoint) and hands the batch to
 //! that channel's ordinary leased consumer, which handles the messages one by one with
@@ -209,7 +216,12 @@ impl<'a> Chain<'a> {
             }
             passes += 1;
             let glued = savepoint.take_glued(tx);
-            match take_and_handle(tx, glued, queue, &channel, &handler, max).await {
+            let taking = Taking {
+                glued,
+                max,
+                wake_sibling: false,
+            };
+            match take_and_handle(tx, taking, queue, &channel, &handler).await {
                 // Rows set aside as dead letters stay so, with their failure replies.
                 Ok(Took::Nothing { replied_to, .. }) => self.sent_to(replied_to),
                 Ok(Took::Handled(count, handled, replied_to)) => {
@@ -249,18 +261,36 @@ enum Took {
     Fallback,
 }
 
-/// Takes a batch of `channel` inside `tx` (`glued` first) and hands it to `handler`: the
-/// work of a pass and of each pass chained onto it.
+/// How a pass takes its batch.
+struct Taking {
+    /// To run with the statement that takes it.
+    glued: Glued,
+    /// The most messages to take.
+    max: usize,
+    /// On a full batch, wake another pass of the channel at once, to take the next batch
+    /// while this one is handled (with [`RuntimeOptions::parallel_passes`] above 1).
+    wake_sibling: bool,
+}
+
+/// Takes a batch of `channel` inside `tx` and hands it to `handler`: the work of a pass and
+/// of each pass chained onto it.
 async fn take_and_handle(
     tx: &mut Tx,
-    glued: Glued,
+    taking: Taking,
     queue: &SqlTransport,
     channel: &str,
     handler: &Handler,
-    max: usize,
 ) -> Result<Took, StoreError> {
-    let mut read = queue.take_in(tx.conn(), glued, channel, max).await?;
+    let mut read = queue
+        .take_in(tx.conn(), taking.glued, channel, taking.max)
+        .await?;
     let taken = std::mem::take(&mut read.deliveries);
+    if taking.wake_sibling && taken.len() == taking.max {
+        queue
+            .database()
+            .wakeups()
+            .wake(&Topic::Queue(channel.to_owned()));
+    }
     if taken.is_empty() {
         return Ok(Took::Nothing {
             set_aside: read.set_aside,
@@ -275,9 +305,11 @@ async fn take_and_handle(
     })
 }
 
-/// Runs passes of `channel` (handled by its entry in `local`) until shutdown.
+/// Runs passes of `channel` (handled by its entry in `local`) until shutdown; `first` for
+/// the first of the channel's parallel passes.
 pub(crate) async fn pass_loop<C, Fut>(
     channel: String,
+    first: bool,
     local: LocalChannels,
     queue: SqlTransport,
     mut fallback: Consumer<C>,
@@ -292,6 +324,8 @@ pub(crate) async fn pass_loop<C, Fut>(
     let mine = database.wakeups().get(&Topic::Queue(channel.clone()));
     let notify = database.queue_notify_channel();
     let mut backoff = Backoff::new(options.max_backoff);
+    let dialect = database.dialect();
+    let wake_sibling = options.parallel_passes_on(dialect) > 1;
     let Some(handler) = local.get(&channel).cloned() else {
         tracing::error!(%channel, "no in-place handler for the channel; using the leased consumer");
         fallback.run(shutdown).await;
@@ -306,19 +340,18 @@ pub(crate) async fn pass_loop<C, Fut>(
             handler.clone(),
             notify.clone(),
         );
-        let (max, chained) = (options.batch_size, options.chained_passes);
+        let (max, chained) = (options.pass_batch_on(dialect), options.chained_passes);
         let passed = database
             .write_as(WriteKind::Pass, move |tx: &mut Tx| {
                 Box::pin(async move {
-                    let took = take_and_handle(
-                        tx,
-                        Glued::NONE,
-                        &queue_in_pass,
-                        &channel_in_pass,
-                        &handler,
+                    let taking = Taking {
+                        glued: Glued::NONE,
                         max,
-                    )
-                    .await?;
+                        wake_sibling,
+                    };
+                    let took =
+                        take_and_handle(tx, taking, &queue_in_pass, &channel_in_pass, &handler)
+                            .await?;
                     let (count, handled, replied_to) = match took {
                         // Rows set aside as dead letters (and the failure replies that tell
                         // their sagas) are kept even when nothing else was taken.
@@ -369,7 +402,9 @@ pub(crate) async fn pass_loop<C, Fut>(
                 // look (a read, off the writer) before taking the writer for nothing.
                 let hint = tokio::select! {
                     () = mine.notified() => false,
-                    _ = writes.changed() => true,
+                    // One pass of each channel watches them; it wakes the others when it
+                    // takes a full batch.
+                    _ = writes.changed(), if first => true,
                     () = tokio::time::sleep(options.poll_interval) => true,
                     () = shutdown.clone().stopped() => break true,
                 };
