@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use ftgo::app::{Ftgo, FtgoOptions, OrderView, SagaView, Storage};
+use ftgo::app::{Ftgo, FtgoOptions, Layout, OrderView, SagaView, Storage};
 use ftgo::services::order::{NewLineItem, NewOrder, OrderError, PlacedOrder};
 use saga_core::engine::HistoryEvent;
 use saga_core::{Locked, SagaId, SagaStatus};
@@ -45,12 +45,11 @@ const CANCEL_STEPS: [&str; 5] = [
 /// the server's `max_connections`.
 static POSTGRES_SLOTS: Semaphore = Semaphore::const_new(2);
 
-/// A backend, and whether FTGO keeps everything in one database (handling messages in
-/// place) or each service in its own.
+/// A backend, and FTGO's layout on it.
 #[derive(Clone, Copy, Debug)]
 struct Mode {
     backend: Backend,
-    in_place: bool,
+    layout: Layout,
 }
 
 /// FTGO on fresh storage, removed by [`TestFtgo::cleanup`].
@@ -77,7 +76,7 @@ impl TestFtgo {
             }
         };
         let mut options = FtgoOptions::new(storage.clone());
-        options.in_place = mode.in_place;
+        options.layout = mode.layout;
         options.runtime.poll_interval = Duration::from_millis(50);
         options.transport.poll_interval = Duration::from_millis(50);
         match Ftgo::open(options).await {
@@ -884,27 +883,34 @@ ftgo_e2e!(
     sqlite,
     Mode {
         backend: Backend::Sqlite,
-        in_place: false
+        layout: Layout::PerService,
     }
 );
 ftgo_e2e!(
     postgres,
     Mode {
         backend: Backend::Postgres,
-        in_place: false
+        layout: Layout::PerService,
     }
 );
 ftgo_e2e!(
     sqlite_in_place,
     Mode {
         backend: Backend::Sqlite,
-        in_place: true
+        layout: Layout::InPlace,
     }
 );
 ftgo_e2e!(
     postgres_in_place,
     Mode {
         backend: Backend::Postgres,
-        in_place: true
+        layout: Layout::InPlace,
+    }
+);
+ftgo_e2e!(
+    postgres_co_located,
+    Mode {
+        backend: Backend::Postgres,
+        layout: Layout::CoLocated,
     }
 );

@@ -8,7 +8,7 @@ use std::time::Duration;
 use saga_core::SagaId;
 use saga_core::engine::SagaStatus;
 use saga_core::orchestrator::Orchestrator;
-use saga_core::ports::{SagaStore, Transport};
+use saga_core::ports::{DeadLetter, SagaStore, Transport};
 use saga_store::on_backend;
 use saga_store::{
     RuntimeOptions, SagaRuntime, SqlSagaStore, SqlTransport, SqlTransportOptions, start_saga_in,
@@ -26,12 +26,25 @@ pub struct PaymentSystem {
     pub store: SqlSagaStore,
     /// The orchestrator.
     pub orchestrator: Arc<Orchestrator<SqlSagaStore>>,
-    /// Whether messages are handled in place (`SqlSagaStore::in_place` and
-    /// `RuntimeBuilder::in_place`, the queue being in the same database) instead of going
-    /// through the outbox, the relay, leases and acks.
-    pub in_place: bool,
+    /// Where messages go and are handled.
+    pub layout: Layout,
+    /// With [`Layout::CoLocated`], the queue's schema.
+    pub queue: Option<TestDb>,
     /// Settings of [`PaymentSystem::sql_transport`].
     pub transport_options: SqlTransportOptions,
+}
+
+/// Where a test system's messages go and are handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Through the outbox, the relay, leases and acknowledgements.
+    Outbox,
+    /// In place (`SqlSagaStore::in_place`, `RuntimeBuilder::in_place`), the queue in the
+    /// same database.
+    InPlace,
+    /// In place, the queue in another schema of the same PostgreSQL database
+    /// (`SqlSagaStore::co_located`): PostgreSQL only.
+    CoLocated,
 }
 
 /// Transport settings for tests: short leases and polls.
@@ -55,14 +68,28 @@ pub fn test_runtime_options() -> RuntimeOptions {
 impl PaymentSystem {
     /// The system on `db`, its messages through the outbox.
     pub fn new(db: TestDb) -> Self {
-        Self::on(db, false)
+        Self::with_queue(db, Layout::Outbox, None)
     }
 
-    /// The system on `db`, handling messages in place when `in_place`.
-    pub fn on(db: TestDb, in_place: bool) -> Self {
-        let store = match in_place {
-            true => SqlSagaStore::in_place(db.database.clone()),
-            false => SqlSagaStore::new(db.database.clone()),
+    /// The system on `db` in `layout` (co-located: with the queue in a fresh schema beside
+    /// `db`'s).
+    pub async fn on(db: TestDb, layout: Layout) -> Self {
+        let queue = match layout {
+            Layout::CoLocated => Some(TestDb::postgres(&db.url).await),
+            Layout::Outbox | Layout::InPlace => None,
+        };
+        Self::with_queue(db, layout, queue)
+    }
+
+    fn with_queue(db: TestDb, layout: Layout, queue: Option<TestDb>) -> Self {
+        let options = test_transport_options();
+        let store = match (layout, &queue) {
+            (Layout::InPlace, _) => SqlSagaStore::in_place(db.database.clone()),
+            (Layout::CoLocated, Some(queue)) => {
+                let queue = SqlTransport::with_options(queue.database.clone(), options.clone());
+                SqlSagaStore::co_located(db.database.clone(), &queue).expect("co-located")
+            }
+            _ => SqlSagaStore::new(db.database.clone()),
         };
         let orchestrator =
             Arc::new(Orchestrator::new(Arc::new(store.clone()), REPLIES).register::<PaymentSaga>());
@@ -70,23 +97,71 @@ impl PaymentSystem {
             db,
             store,
             orchestrator,
-            in_place,
-            transport_options: test_transport_options(),
+            layout,
+            queue,
+            transport_options: options,
+        }
+    }
+
+    /// The same system as a restarted process would open it: new pools on the same
+    /// databases. The copy owns no cleanup.
+    pub async fn restarted(&self) -> Self {
+        let queue = match &self.queue {
+            Some(queue) => Some(queue.restarted().await),
+            None => None,
+        };
+        Self::with_queue(self.db.restarted().await, self.layout, queue)
+    }
+
+    /// Whether messages are handled in place (the queue in the database or beside it).
+    pub fn in_place(&self) -> bool {
+        self.layout != Layout::Outbox
+    }
+
+    /// The queue table, as a statement on the test database names it.
+    pub fn queue_table(&self) -> String {
+        match &self.queue {
+            Some(queue) => format!(
+                "\"{}\".saga_queue",
+                queue.schema.as_deref().unwrap_or_default()
+            ),
+            None => "saga_queue".to_owned(),
         }
     }
 
     /// The table a saga's outgoing messages are written to: the queue in place, else the
     /// outbox.
-    pub fn sent_table(&self) -> &'static str {
-        match self.in_place {
-            true => "saga_queue",
-            false => "saga_outbox",
+    pub fn sent_table(&self) -> String {
+        match self.in_place() {
+            true => self.queue_table(),
+            false => "saga_outbox".to_owned(),
         }
     }
 
-    /// The SQL-table transport on the test database.
+    /// The SQL-table transport on the queue's database (the test database's, unless
+    /// co-located).
     pub fn sql_transport(&self) -> SqlTransport {
-        SqlTransport::with_options(self.db.database.clone(), self.transport_options.clone())
+        let database = self.queue.as_ref().unwrap_or(&self.db).database.clone();
+        SqlTransport::with_options(database, self.transport_options.clone())
+    }
+
+    /// Every dead letter: the store's, and co-located the queue's (where the transport sets
+    /// messages aside).
+    pub async fn dead_letters(&self) -> Vec<DeadLetter> {
+        let mut dead = self.store.dead_letters().await.expect("reads");
+        if let Some(queue) = &self.queue {
+            let queue = SqlSagaStore::new(queue.database.clone());
+            dead.extend(queue.dead_letters().await.expect("reads"));
+        }
+        dead
+    }
+
+    /// Removes the test database (and the queue's).
+    pub async fn cleanup(self) {
+        if let Some(queue) = self.queue {
+            queue.cleanup().await;
+        }
+        self.db.cleanup().await;
     }
 
     /// Starts one payment saga per `(payment, amount)`, each in its own transaction.
@@ -121,7 +196,7 @@ impl PaymentSystem {
         options: RuntimeOptions,
     ) -> SagaRuntime {
         let builder = SagaRuntime::builder(transport);
-        let builder = match self.in_place {
+        let builder = match self.in_place() {
             true => builder.in_place(self.sql_transport()),
             false => builder,
         };
@@ -225,7 +300,7 @@ impl PaymentSystem {
     }
 
     /// How many rows a table has.
-    pub async fn count(&self, table: &'static str) -> i64 {
+    pub async fn count(&self, table: &str) -> i64 {
         self.scalar(&format!("SELECT COUNT(*) AS n FROM {table}"))
             .await
     }

@@ -14,7 +14,7 @@ use saga_core::{Headers, Message, SagaId, SagaStatus, Timestamp};
 use saga_core::{OperatorCommand, OperatorRequest};
 use saga_store::{DeadLetterError, Resolution, RuntimeOptions, SqlTransportOptions, on_backend};
 use saga_tests::faults::{self, Refusing};
-use saga_tests::harness::{PaymentSystem, test_runtime_options};
+use saga_tests::harness::{Layout, PaymentSystem, test_runtime_options};
 use saga_tests::payment::{LEDGER, Ledger};
 use saga_tests::testdb::{Backend, TestDb, execute};
 use sqlx::query_scalar;
@@ -24,11 +24,11 @@ const WAIT: Duration = Duration::from_secs(60);
 #[derive(Clone, Copy, Debug)]
 struct Mode {
     backend: Backend,
-    in_place: bool,
+    layout: Layout,
 }
 
-fn system_on(db: TestDb, mode: Mode) -> PaymentSystem {
-    PaymentSystem::on(db, mode.in_place)
+async fn system_on(db: TestDb, mode: Mode) -> PaymentSystem {
+    PaymentSystem::on(db, mode.layout).await
 }
 
 /// Payments 1..=n: every fourth over the limit (compensated), the rest completed.
@@ -57,7 +57,7 @@ async fn an_outage_longer_than_the_poison_budget_strands_no_saga(mode: Mode) {
     let Some(db) = TestDb::open(mode.backend, "outage").await else {
         return;
     };
-    let system = system_on(faults::impatient(&db).await, mode);
+    let system = system_on(faults::impatient(&db).await, mode).await;
     let ids = system.start(&payments(48)).await;
     // Small transactions, so that the outage finds sagas mid-flight: in place, a pass with
     // its chained passes would otherwise run all 48 sagas in one transaction.
@@ -84,8 +84,11 @@ async fn an_outage_longer_than_the_poison_budget_strands_no_saga(mode: Mode) {
     system.wait_terminal(&ids, WAIT).await;
     runtime.shutdown().await;
     system.assert_effects_consistent(&ids).await;
-    let dead = system.store.dead_letters().await.expect("reads");
+    let dead = system.dead_letters().await;
     assert!(dead.is_empty(), "nothing is dead-lettered: {dead:#?}");
+    if let Some(queue) = system.queue {
+        queue.cleanup().await;
+    }
     db.cleanup().await;
 }
 
@@ -96,7 +99,7 @@ async fn parallel_passes_share_a_channel_and_apply_each_message_once(mode: Mode)
     let Some(db) = TestDb::open(mode.backend, "parallel_passes").await else {
         return;
     };
-    let system = system_on(db, mode);
+    let system = system_on(db, mode).await;
     let ids = system.start(&payments(48)).await;
     let runtime = system.run_with(
         Arc::new(system.sql_transport()),
@@ -114,7 +117,7 @@ async fn parallel_passes_share_a_channel_and_apply_each_message_once(mode: Mode)
     runtime.shutdown().await;
     system.assert_effects_consistent(&ids).await;
     assert_eq!(system.count_in(&ids, SagaStatus::Compensated).await, 12);
-    system.db.cleanup().await;
+    system.cleanup().await;
 }
 
 /// The transport refuses one saga's `Charge` for good: the relay sets exactly that message
@@ -123,7 +126,7 @@ async fn a_command_the_transport_refuses_fails_its_step_and_blocks_nothing(mode:
     let Some(db) = TestDb::open(mode.backend, "refused").await else {
         return;
     };
-    let system = system_on(db, mode);
+    let system = system_on(db, mode).await;
     let ids = system.start(&payments(12)).await;
     let transport = Refusing {
         inner: system.sql_transport(),
@@ -142,14 +145,14 @@ async fn a_command_the_transport_refuses_fails_its_step_and_blocks_nothing(mode:
         4,
         "payments 4, 8, 12 over the limit, and 6"
     );
-    let dead = system.store.dead_letters().await.expect("reads");
+    let dead = system.dead_letters().await;
     assert_eq!(dead.len(), 1, "{dead:#?}");
     assert_eq!(dead[0].consumer, "outbox-relay");
     assert_eq!(
         dead[0].message.headers.get(headers::MESSAGE_TYPE),
         Some("Charge")
     );
-    system.db.cleanup().await;
+    system.cleanup().await;
 }
 
 /// Commands whose `reply-to` is not a channel name are dead-lettered by the participant with
@@ -158,7 +161,7 @@ async fn a_bad_reply_to_is_dead_lettered_and_blocks_nothing(mode: Mode) {
     let Some(db) = TestDb::open(mode.backend, "bad_reply_to").await else {
         return;
     };
-    let system = system_on(db, mode);
+    let system = system_on(db, mode).await;
     let strays = [
         faults::stray_command(Some("bad channel")),
         faults::stray_command(Some("a..b")),
@@ -172,7 +175,7 @@ async fn a_bad_reply_to_is_dead_lettered_and_blocks_nothing(mode: Mode) {
     system
         .run_to_end(Arc::new(system.sql_transport()), &ids)
         .await;
-    let dead = system.store.dead_letters().await.expect("reads");
+    let dead = system.dead_letters().await;
     assert_eq!(dead.len(), 2, "{dead:#?}");
     for letter in &dead {
         assert_eq!(letter.consumer, "ledger");
@@ -183,16 +186,18 @@ async fn a_bad_reply_to_is_dead_lettered_and_blocks_nothing(mode: Mode) {
         );
     }
     let misaddressed = system
-        .scalar(
-            "SELECT (SELECT COUNT(*) FROM saga_queue WHERE channel IN ('bad channel', 'a..b')) \
-             + (SELECT COUNT(*) FROM saga_outbox WHERE destination IN ('bad channel', 'a..b')) AS n",
-        )
+        .scalar(&format!(
+            "SELECT (SELECT COUNT(*) FROM {} WHERE channel IN ('bad channel', 'a..b')) \
+                 + (SELECT COUNT(*) FROM saga_outbox WHERE destination IN ('bad channel', 'a..b')) \
+                 AS n",
+            system.queue_table()
+        ))
         .await;
     assert_eq!(
         misaddressed, 0,
         "no reply was queued to a name that is not a channel"
     );
-    system.db.cleanup().await;
+    system.cleanup().await;
 }
 
 /// A command delivered past the poison limit without ever being answered is dead-lettered
@@ -201,7 +206,7 @@ async fn a_poison_command_tells_its_saga(mode: Mode) {
     let Some(db) = TestDb::open(mode.backend, "poison_tells").await else {
         return;
     };
-    let mut system = system_on(db, mode);
+    let mut system = system_on(db, mode).await;
     system.transport_options = SqlTransportOptions {
         lease: Duration::from_millis(200),
         max_deliveries: 2,
@@ -233,7 +238,7 @@ async fn a_poison_command_tells_its_saga(mode: Mode) {
         system.effects().await.is_empty(),
         "the poison command never ran"
     );
-    system.db.cleanup().await;
+    system.cleanup().await;
 }
 
 /// A message the participant can never record (a constraint refuses it) is tried a few
@@ -242,7 +247,7 @@ async fn a_message_that_always_fails_is_set_aside_and_its_saga_told(mode: Mode) 
     let Some(db) = TestDb::open(mode.backend, "always_fails").await else {
         return;
     };
-    let system = system_on(db, mode);
+    let system = system_on(db, mode).await;
     let ids = system.start(&payments(6)).await;
     let find = format!(
         "SELECT CAST(message_id AS TEXT) FROM {} \
@@ -265,11 +270,11 @@ async fn a_message_that_always_fails_is_set_aside_and_its_saga_told(mode: Mode) 
     assert_eq!(record.state.status, SagaStatus::Compensated);
     let reason = record.state.compensation_reason.unwrap_or_default();
     assert!(reason.contains("failed 5 times in a row"), "{reason}");
-    let dead = system.store.dead_letters().await.expect("reads");
+    let dead = system.dead_letters().await;
     assert_eq!(dead.len(), 1, "{dead:#?}");
     assert_eq!(dead[0].message.id.to_string(), id);
     assert_eq!(system.count_in(&ids, SagaStatus::Completed).await, 4);
-    system.db.cleanup().await;
+    system.cleanup().await;
 }
 
 /// A saga that lost its command and its timer is found by the watchdog and parked with the
@@ -278,7 +283,7 @@ async fn a_stuck_saga_is_parked_by_the_watchdog_and_an_operator_moves_it_on(mode
     let Some(db) = TestDb::open(mode.backend, "watchdog").await else {
         return;
     };
-    let system = system_on(db, mode);
+    let system = system_on(db, mode).await;
     let ids = system.start(&[(1, 20)]).await;
     // Its first command is lost, and so is its deadline: nothing would ever move it.
     let database = &system.db.database;
@@ -345,7 +350,7 @@ async fn a_stuck_saga_is_parked_by_the_watchdog_and_an_operator_moves_it_on(mode
         .run_to_end(Arc::new(system.sql_transport()), &ids)
         .await;
     assert_eq!(system.statuses(&ids).await, [SagaStatus::Completed]);
-    system.db.cleanup().await;
+    system.cleanup().await;
 }
 
 /// A dead letter can be put back on its channel once — as a new message the consumer
@@ -354,7 +359,7 @@ async fn a_dead_letter_is_replayed_once_or_discarded(mode: Mode) {
     let Some(db) = TestDb::open(mode.backend, "replay").await else {
         return;
     };
-    let system = system_on(db, mode);
+    let system = system_on(db, mode).await;
     // Two one-way Reserve commands the ledger once could not take (say, before a deploy).
     let saga = SagaId::new();
     let letter = |payment: i64| DeadLetter {
@@ -452,7 +457,7 @@ async fn a_dead_letter_is_replayed_once_or_discarded(mode: Mode) {
         .await
         .expect("lists");
     assert!(unresolved.is_empty());
-    system.db.cleanup().await;
+    system.cleanup().await;
 }
 
 /// Messages waiting on a channel nobody consumes are reported.
@@ -460,7 +465,7 @@ async fn a_channel_nobody_consumes_is_reported(mode: Mode) {
     let Some(db) = TestDb::open(mode.backend, "unconsumed").await else {
         return;
     };
-    let system = system_on(db, mode);
+    let system = system_on(db, mode).await;
     let transport = system.sql_transport();
     let orphan = Message::new("nobody.listens", Headers::new(), "{}".to_owned());
     transport.publish(&[orphan]).await.expect("publishes");
@@ -477,7 +482,7 @@ async fn a_channel_nobody_consumes_is_reported(mode: Mode) {
         .await
         .expect("reads");
     assert!(none.is_empty(), "younger than the threshold: {none:?}");
-    system.db.cleanup().await;
+    system.cleanup().await;
 }
 
 /// PostgreSQL, leased: two processes relay one database's outbox. The one holding the relay's
@@ -488,7 +493,7 @@ async fn a_frozen_relay_is_replaced_within_its_lease(mode: Mode) {
     let Some(db) = TestDb::open(mode.backend, "frozen_relay").await else {
         return;
     };
-    let system = system_on(db, mode);
+    let system = system_on(db, mode).await;
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_saga-test-worker"));
     command.args(["--url", &system.db.url, "--relay-lease-ms", "1500"]);
     if let Some(schema) = &system.db.schema {
@@ -533,7 +538,7 @@ async fn a_frozen_relay_is_replaced_within_its_lease(mode: Mode) {
     let _ = child.wait().await;
     runtime.shutdown().await;
     system.assert_effects_consistent(&ids).await;
-    system.db.cleanup().await;
+    system.cleanup().await;
 }
 
 macro_rules! liveness {
@@ -587,25 +592,30 @@ macro_rules! liveness {
 
 const SQLITE: Mode = Mode {
     backend: Backend::Sqlite,
-    in_place: false,
+    layout: Layout::Outbox,
 };
 const SQLITE_IN_PLACE: Mode = Mode {
     backend: Backend::Sqlite,
-    in_place: true,
+    layout: Layout::InPlace,
 };
 const POSTGRES: Mode = Mode {
     backend: Backend::Postgres,
-    in_place: false,
+    layout: Layout::Outbox,
 };
 const POSTGRES_IN_PLACE: Mode = Mode {
     backend: Backend::Postgres,
-    in_place: true,
+    layout: Layout::InPlace,
+};
+const POSTGRES_CO_LOCATED: Mode = Mode {
+    backend: Backend::Postgres,
+    layout: Layout::CoLocated,
 };
 
 liveness!(sqlite, SQLITE);
 liveness!(sqlite_in_place, SQLITE_IN_PLACE);
 liveness!(postgres, POSTGRES);
 liveness!(postgres_in_place, POSTGRES_IN_PLACE);
+liveness!(postgres_co_located, POSTGRES_CO_LOCATED);
 
 /// The bookkeeping commits that do not wait for the disk (`relaxed_bookkeeping`: outbox
 /// stamps, queue claims and acknowledgements) are what a crash of the machine can undo. The
@@ -616,7 +626,7 @@ async fn lost_bookkeeping_only_redelivers(mode: Mode) {
     let Some(db) = TestDb::open(mode.backend, "lost_bookkeeping").await else {
         return;
     };
-    let system = system_on(db, mode);
+    let system = system_on(db, mode).await;
     let ids = system.start(&payments(12)).await;
     system
         .run_to_end(Arc::new(system.sql_transport()), &ids)
@@ -644,7 +654,7 @@ async fn lost_bookkeeping_only_redelivers(mode: Mode) {
         let left = system
             .scalar("SELECT COUNT(*) AS n FROM saga_outbox WHERE published_at IS NULL")
             .await
-            + system.count("saga_queue").await;
+            + system.count(&system.queue_table()).await;
         if left == 0 {
             break;
         }
@@ -662,7 +672,7 @@ async fn lost_bookkeeping_only_redelivers(mode: Mode) {
         "every redelivery was a duplicate"
     );
     system.assert_effects_consistent(&ids).await;
-    system.db.cleanup().await;
+    system.cleanup().await;
 }
 
 /// Only where messages pass through the relay (in place, they go straight into the queue).

@@ -16,21 +16,21 @@ use saga_store::{
     Database, DatabaseError, DatabaseOptions, Dialect, RetentionPolicy, Tx, apply_retention,
     lock_table, on_backend,
 };
-use saga_tests::harness::PaymentSystem;
+use saga_tests::harness::{Layout, PaymentSystem};
 use saga_tests::payment::{FLAKY_AMOUNT, LEDGER, Ledger, PaymentSaga, REPLIES};
 use saga_tests::testdb::{Backend, TestDb, execute};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// A backend, and whether messages are handled in place.
+/// A backend, and where messages go and are handled.
 #[derive(Clone, Copy, Debug)]
 struct Mode {
     backend: Backend,
-    in_place: bool,
+    layout: Layout,
 }
 
 async fn system(mode: Mode, test: &str) -> Option<PaymentSystem> {
-    let system = PaymentSystem::on(TestDb::open(mode.backend, test).await?, mode.in_place);
+    let system = PaymentSystem::on(TestDb::open(mode.backend, test).await?, mode.layout).await;
     Some(system)
 }
 
@@ -89,7 +89,7 @@ async fn transactional_start_rolled_back_leaves_nothing(mode: Mode) {
             .is_none()
     );
     // In place, the saga's commands go straight into the queue instead of the outbox.
-    let sent = system.sent_table();
+    let sent = &system.sent_table();
     assert_eq!(system.count("orders").await, 0);
     assert_eq!(system.count(sent).await, 0);
     assert_eq!(system.count("saga_history").await, 0);
@@ -110,7 +110,7 @@ async fn transactional_start_rolled_back_leaves_nothing(mode: Mode) {
     assert_eq!(record.state.current_step.as_deref(), Some("reserve"));
     assert_eq!(system.count("orders").await, 1);
     assert_eq!(system.count(sent).await, 1, "the first command");
-    system.db.cleanup().await;
+    system.cleanup().await;
 }
 
 /// In place, messages go straight into the queue in the transaction that produces them, the
@@ -127,12 +127,12 @@ async fn in_place_messages_skip_the_outbox(mode: Mode) {
     let outbox = system.count("saga_outbox").await;
     let received = system.count("saga_received").await;
     assert!(received >= 8 * 4, "{received} messages handled");
-    if mode.in_place {
+    if system.in_place() {
         assert_eq!(outbox, 0, "no message went through the outbox");
     } else {
         assert_eq!(outbox, received, "every message went through the outbox");
     }
-    system.db.cleanup().await;
+    system.cleanup().await;
 }
 
 /// A transport that publishes every message twice.
@@ -176,7 +176,7 @@ async fn every_message_delivered_twice_has_one_effect(mode: Mode) {
     system.run_to_end(Arc::new(transport), &ids).await;
     assert_eq!(system.count_in(&ids, SagaStatus::Compensated).await, 6);
     assert_eq!(system.count_in(&ids, SagaStatus::Completed).await, 18);
-    system.db.cleanup().await;
+    system.cleanup().await;
 }
 
 async fn concurrent_replies_to_one_saga_stay_consistent(mode: Mode) {
@@ -230,11 +230,11 @@ async fn concurrent_replies_to_one_saga_stay_consistent(mode: Mode) {
     assert_eq!(after.version, before.version + 1);
     assert_eq!(after.state.current_step.as_deref(), Some("charge"));
     assert_eq!(
-        system.count(system.sent_table()).await,
+        system.count(&system.sent_table()).await,
         2,
         "reserve, then exactly one charge"
     );
-    system.db.cleanup().await;
+    system.cleanup().await;
 }
 
 /// A transport that publishes, then reports failure the first `n` times — as if the relay
@@ -292,7 +292,7 @@ async fn crash_between_commit_and_publish_loses_nothing(mode: Mode) {
         crashes_left: AtomicUsize::new(5),
     };
     system.run_to_end(Arc::new(transport), &ids).await;
-    system.db.cleanup().await;
+    system.cleanup().await;
 }
 
 async fn poison_messages_are_dead_lettered_and_the_channels_keep_flowing(mode: Mode) {
@@ -337,8 +337,9 @@ async fn poison_messages_are_dead_lettered_and_the_channels_keep_flowing(mode: M
     execute(
         &system.db.database,
         &format!(
-            "INSERT INTO saga_queue (channel, message_id, headers, payload, enqueued_at, \
-             visible_at) VALUES ('ledger', '{id}', '{headers}', 'x', 0, 0)"
+            "INSERT INTO {} (channel, message_id, headers, payload, enqueued_at, \
+             visible_at) VALUES ('ledger', '{id}', '{headers}', 'x', 0, 0)",
+            system.queue_table()
         ),
     )
     .await
@@ -346,7 +347,7 @@ async fn poison_messages_are_dead_lettered_and_the_channels_keep_flowing(mode: M
     let ids = system.start(&payments(4)).await;
     system.run_to_end(Arc::new(transport), &ids).await;
 
-    let dead = system.store.dead_letters().await.expect("reads");
+    let dead = system.dead_letters().await;
     let reasons: Vec<String> = dead
         .iter()
         .map(|d| format!("{}: {}", d.consumer, d.reason))
@@ -370,7 +371,7 @@ async fn poison_messages_are_dead_lettered_and_the_channels_keep_flowing(mode: M
         );
     }
     assert_eq!(dead.len(), expect.len(), "{reasons:#?}");
-    system.db.cleanup().await;
+    system.cleanup().await;
 }
 
 async fn retry_timers_survive_a_restart_and_fire_once(mode: Mode) {
@@ -399,7 +400,7 @@ async fn retry_timers_survive_a_restart_and_fire_once(mode: Mode) {
     assert_eq!(parked.state.status, SagaStatus::Running);
 
     // A new process: a fresh pool on the same database.
-    let restarted = PaymentSystem::on(system.db.restarted().await, system.in_place);
+    let restarted = system.restarted().await;
     let runtime = restarted.run(Arc::new(restarted.sql_transport()), Ledger::default());
     restarted.wait_terminal(&ids, WAIT).await;
     runtime.shutdown().await;
@@ -431,7 +432,7 @@ async fn retry_timers_survive_a_restart_and_fire_once(mode: Mode) {
         "a finished saga waits for nothing"
     );
     restarted.assert_effects_consistent(&ids).await;
-    system.db.cleanup().await;
+    system.cleanup().await;
 }
 
 async fn retention_deletes_only_old_processed_rows(mode: Mode) {
@@ -446,7 +447,7 @@ async fn retention_deletes_only_old_processed_rows(mode: Mode) {
     let outbox = system.count("saga_outbox").await;
     let received = system.count("saga_received").await;
     // In place nothing goes through the outbox.
-    assert!((outbox > 0 || system.in_place) && received > 0);
+    assert!((outbox > 0 || system.in_place()) && received > 0);
     // Nothing is old enough yet.
     let policy = RetentionPolicy {
         batch: 3,
@@ -483,7 +484,7 @@ async fn retention_deletes_only_old_processed_rows(mode: Mode) {
         "the unpublished row stays"
     );
     assert_eq!(system.count("saga_received").await, 0);
-    system.db.cleanup().await;
+    system.cleanup().await;
 }
 
 async fn a_killed_worker_process_is_restarted_and_every_saga_finishes_once(mode: Mode) {
@@ -493,8 +494,11 @@ async fn a_killed_worker_process_is_restarted_and_every_saga_finishes_once(mode:
     let ids = system.start(&payments(200)).await;
     let spawn = || {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_saga-test-worker"));
-        if system.in_place {
+        if system.in_place() {
             command.arg("--in-place");
+        }
+        if let Some(queue) = system.queue.as_ref().and_then(|q| q.schema.as_ref()) {
+            command.args(["--queue-schema", queue]);
         }
         command.args([
             "--url",
@@ -535,7 +539,7 @@ async fn a_killed_worker_process_is_restarted_and_every_saga_finishes_once(mode:
     child.start_kill().expect("stops");
     let _ = child.wait().await;
     system.assert_effects_consistent(&ids).await;
-    system.db.cleanup().await;
+    system.cleanup().await;
 }
 
 async fn semantic_locks_are_held_by_one_saga_at_a_time(mode: Mode) {
@@ -582,7 +586,7 @@ async fn semantic_locks_are_held_by_one_saga_at_a_time(mode: Mode) {
         .expect("held");
     assert_eq!(holder.saga_id, second);
     tx.commit().await.expect("commits");
-    system.db.cleanup().await;
+    system.cleanup().await;
 }
 
 async fn an_unreachable_database_is_a_clear_error(mode: Mode) {
@@ -679,28 +683,35 @@ conformance!(
     sqlite,
     Mode {
         backend: Backend::Sqlite,
-        in_place: false
+        layout: Layout::Outbox,
     }
 );
 conformance!(
     postgres,
     Mode {
         backend: Backend::Postgres,
-        in_place: false
+        layout: Layout::Outbox,
     }
 );
 conformance!(
     sqlite_in_place,
     Mode {
         backend: Backend::Sqlite,
-        in_place: true
+        layout: Layout::InPlace,
     }
 );
 conformance!(
     postgres_in_place,
     Mode {
         backend: Backend::Postgres,
-        in_place: true
+        layout: Layout::InPlace,
+    }
+);
+conformance!(
+    postgres_co_located,
+    Mode {
+        backend: Backend::Postgres,
+        layout: Layout::CoLocated,
     }
 );
 

@@ -67,6 +67,19 @@ pub enum DatabaseError {
         /// The migration's description.
         description: String,
     },
+    /// A store was to write straight into a queue that is not in another schema of its own
+    /// PostgreSQL database ([`SqlSagaStore::co_located`](crate::SqlSagaStore::co_located)).
+    #[error(
+        "database `{database}` and the queue's database `{queue}` are not co-located: both must \
+         be schemas of one PostgreSQL database (same host, port and database name); use the \
+         outbox (`SqlSagaStore::new`) between separate databases"
+    )]
+    NotCoLocated {
+        /// The store's database (its name in metrics).
+        database: String,
+        /// The queue's database.
+        queue: String,
+    },
     /// Applying the migrations failed.
     #[error("migrating the database failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),

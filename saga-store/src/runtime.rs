@@ -56,11 +56,13 @@ impl std::fmt::Debug for RuntimeBuilder {
 
 impl RuntimeBuilder {
     /// Handles messages in place where the SQL-table queue `queue` lives in the consumer's
-    /// own database: each batch of messages is taken from the queue, handled, and answered
-    /// into the queue in **one** transaction (shared by group commit with other work), with
-    /// no relay pass and no separate claim or acknowledgement. Participants on that database
-    /// reply straight into the queue; build orchestrators on it with
-    /// [`SqlSagaStore::in_place`] so their commands do too. Whatever a pass cannot take (a
+    /// own database — or, co-located, in another schema of the same PostgreSQL database: each
+    /// batch of messages is taken from the queue, handled, and answered into the queue in
+    /// **one** transaction on the consumer's database (shared by group commit with other
+    /// work), with no relay pass and no separate claim or acknowledgement. Participants on
+    /// such a database reply straight into the queue; build orchestrators with
+    /// [`SqlSagaStore::in_place`] (or [`SqlSagaStore::co_located`]) so their commands do
+    /// too. Whatever a pass cannot take (a
     /// retry, a conflict, an error) goes to the ordinary consumer over the builder's
     /// transport, with its leases, delivery counts and dead letters.
     pub fn in_place(mut self, queue: SqlTransport) -> Self {
@@ -116,26 +118,32 @@ impl RuntimeBuilder {
         self
     }
 
-    /// The queue to handle `database`'s messages in place with, if it is that database's.
+    /// The queue to handle `database`'s messages in place with, if it is that database's or
+    /// in another schema of the same PostgreSQL database.
     fn in_place_queue(&self, database: &Database) -> Option<SqlTransport> {
         self.in_place
             .as_ref()
-            .filter(|queue| queue.database().same_pool(database))
+            .filter(|queue| {
+                queue.database().same_pool(database)
+                    || database.is_co_located_with(queue.database())
+            })
             .cloned()
     }
 
-    /// The channels handled in place, each with its handler: a pass on one handles the
-    /// messages it sends to the others in the same transaction.
+    /// The channels handled in place, each with its database and handler: a pass on one
+    /// handles the messages it sends to the others on the same database in the same
+    /// transaction.
     fn local_channels(&self) -> in_place::LocalChannels {
         let mut handlers = HashMap::new();
         for orchestrator in &self.orchestrators {
-            if self
-                .in_place_queue(orchestrator.store().database())
-                .is_some()
-            {
+            let database = orchestrator.store().database();
+            if self.in_place_queue(database).is_some() {
                 handlers.insert(
                     orchestrator.reply_channel().to_owned(),
-                    in_place::reply_handler(orchestrator.clone()),
+                    (
+                        database.clone(),
+                        in_place::reply_handler(orchestrator.clone()),
+                    ),
                 );
             }
         }
@@ -143,7 +151,10 @@ impl RuntimeBuilder {
             if let Some(queue) = self.in_place_queue(database) {
                 handlers.insert(
                     participant.channel().to_owned(),
-                    in_place::command_handler(participant.clone(), queue.system()),
+                    (
+                        database.clone(),
+                        in_place::command_handler(participant.clone(), queue),
+                    ),
                 );
             }
         }
@@ -199,9 +210,12 @@ impl RuntimeBuilder {
             };
             match self.in_place_queue(orchestrator.store().database()) {
                 Some(queue) => tasks.extend(spawn_passes(
-                    orchestrator.reply_channel(),
-                    &local,
-                    &queue,
+                    in_place::ChannelPasses {
+                        channel: orchestrator.reply_channel().to_owned(),
+                        database: orchestrator.store().database().clone(),
+                        local: local.clone(),
+                        queue,
+                    },
                     consumer,
                     &options,
                     &shutdown,
@@ -228,14 +242,17 @@ impl RuntimeBuilder {
                     participant.clone(),
                     self.transport.clone(),
                     options.clone(),
-                    queue.is_some(),
+                    queue.clone(),
                 )
             };
             match &queue {
                 Some(queue) => tasks.extend(spawn_passes(
-                    participant.channel(),
-                    &local,
-                    queue,
+                    in_place::ChannelPasses {
+                        channel: participant.channel().to_owned(),
+                        database: database.clone(),
+                        local: local.clone(),
+                        queue: queue.clone(),
+                    },
                     consumer,
                     &options,
                     &shutdown,
@@ -247,12 +264,10 @@ impl RuntimeBuilder {
     }
 }
 
-/// Starts the in-place passes of `channel` ([`RuntimeOptions::parallel_passes`] of them),
+/// Starts the in-place passes of a channel ([`RuntimeOptions::parallel_passes`] of them),
 /// each with a leased consumer of its own as its fallback.
 fn spawn_passes<C, Fut>(
-    channel: &str,
-    local: &in_place::LocalChannels,
-    queue: &SqlTransport,
+    passes: in_place::ChannelPasses,
     consumer: impl Fn() -> Consumer<C>,
     options: &Arc<RuntimeOptions>,
     shutdown: &Shutdown,
@@ -261,14 +276,12 @@ where
     C: FnMut(Vec<Delivery>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Vec<(Delivery, Verdict)>> + Send + 'static,
 {
-    let passes = options.parallel_passes_on(queue.database().dialect());
-    (0..passes)
+    let parallel = options.parallel_passes_on(passes.database.dialect());
+    (0..parallel)
         .map(|pass| {
             tokio::spawn(in_place::pass_loop(
-                channel.to_owned(),
+                passes.clone(),
                 pass == 0,
-                local.clone(),
-                queue.clone(),
                 consumer(),
                 options.clone(),
                 shutdown.clone(),

@@ -25,9 +25,14 @@ struct Args {
     /// The queue lease, in milliseconds.
     #[arg(long, default_value_t = 1_000)]
     lease_ms: u64,
-    /// Handle messages in place (the queue is in the same database).
+    /// Handle messages in place (the queue is in the same database, or with
+    /// `--queue-schema` beside it).
     #[arg(long)]
     in_place: bool,
+    /// The queue's PostgreSQL schema, when it is not `--schema` (co-located, with
+    /// `--in-place`).
+    #[arg(long)]
+    queue_schema: Option<String>,
     /// How long its outbox relay holds its lease between renewals, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     relay_lease_ms: u64,
@@ -44,17 +49,23 @@ async fn main() {
         .init();
     let args = Args::parse();
     let database = TestDb::reopen(&args.url, args.schema.as_deref()).await;
+    let queue = match &args.queue_schema {
+        Some(schema) => TestDb::reopen(&args.url, Some(schema)).await,
+        None => database.clone(),
+    };
     let transport = SqlTransport::with_options(
-        database.clone(),
+        queue.clone(),
         SqlTransportOptions {
             lease: Duration::from_millis(args.lease_ms),
             poll_interval: Duration::from_millis(100),
             ..SqlTransportOptions::default()
         },
     );
-    let store = match args.in_place {
-        true => SqlSagaStore::in_place(database.clone()),
-        false => SqlSagaStore::new(database.clone()),
+    let store = match (args.in_place, &args.queue_schema) {
+        (true, None) => SqlSagaStore::in_place(database.clone()),
+        (true, Some(_)) => SqlSagaStore::co_located(database.clone(), &transport)
+            .expect("the queue's schema is beside the database's"),
+        (false, _) => SqlSagaStore::new(database.clone()),
     };
     let orchestrator =
         Arc::new(Orchestrator::new(Arc::new(store), REPLIES).register::<PaymentSaga>());

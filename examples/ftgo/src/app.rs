@@ -135,11 +135,9 @@ pub struct FtgoOptions {
     /// The token the operator console (`/console` on the API) asks for; `None` for none,
     /// which `ftgo serve` allows only on a loopback address.
     pub console_token: Option<saga_store::secrets::SecretString>,
-    /// Keep all four services and the message queue in **one** database (`ftgo.db`, or the
-    /// `<prefix>_ftgo` schema) and handle messages **in place**: taken from the queue, handled
-    /// and answered in one transaction, with no outbox or relay (see
-    /// `SqlSagaStore::in_place` and `RuntimeBuilder::in_place`). Ignored with NATS.
-    pub in_place: bool,
+    /// Where the services keep their data and how messages reach them (default: a database
+    /// per service). Ignored with NATS, which always goes through the outbox.
+    pub layout: Layout,
     /// Create and upgrade tables when opening a database (the default); `false` for a role
     /// that may only read and write rows, once the services have migrated their schemas.
     pub migrate: bool,
@@ -147,6 +145,37 @@ pub struct FtgoOptions {
     /// schema (`<prefix>_messages`), so its tables belong to that role and not to whichever
     /// service created them (see `docs/security.md`).
     pub queue_role: Option<String>,
+}
+
+/// Where FTGO's services keep their data, and how messages reach them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// A database per service (SQLite file or PostgreSQL schema) and one for the queue:
+    /// messages go through each database's outbox and relay, and leased consumers claim and
+    /// acknowledge them — what services on separate databases do.
+    #[default]
+    PerService,
+    /// All four services and the queue in **one** database (`ftgo.db`, or the
+    /// `<prefix>_ftgo` schema), messages handled **in place**: taken from the queue, handled
+    /// and answered in one transaction, with no outbox or relay (`SqlSagaStore::in_place`,
+    /// `RuntimeBuilder::in_place`).
+    InPlace,
+    /// PostgreSQL: a schema per service and one for the queue, all in one database. Each
+    /// service handles its messages in place in its own transactions and writes what it
+    /// sends straight into the queue's schema: no outbox, relay or leases, yet every service
+    /// keeps its own tables (`SqlSagaStore::co_located`, `RuntimeBuilder::in_place`).
+    CoLocated,
+}
+
+impl Layout {
+    /// Its name in flags and benchmark reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PerService => "per-service",
+            Self::InPlace => "in-place",
+            Self::CoLocated => "co-located",
+        }
+    }
 }
 
 /// A callback told whenever a saga finishes.
@@ -180,20 +209,28 @@ impl FtgoOptions {
             saga_observer: None,
             request_timeout: crate::api::REQUEST_TIMEOUT,
             console_token: None,
-            in_place: false,
+            layout: Layout::PerService,
             migrate: true,
             queue_role: None,
         }
     }
 
-    /// Whether the services share one database with the queue and handle messages in place
-    /// (see [`FtgoOptions::in_place`]).
+    /// The layout FTGO runs with: [`FtgoOptions::layout`], or [`Layout::PerService`] over
+    /// NATS.
+    pub fn layout(&self) -> Layout {
+        match self.nats {
+            Some(_) => Layout::PerService,
+            None => self.layout,
+        }
+    }
+
+    /// Whether the services share one database with the queue ([`Layout::InPlace`]).
     pub fn is_in_place(&self) -> bool {
-        self.in_place && self.nats.is_none()
+        self.layout() == Layout::InPlace
     }
 
     /// Opens the database `name` with these options (the one shared database, whatever the
-    /// name, with [`FtgoOptions::in_place`]).
+    /// name, with [`Layout::InPlace`]).
     pub async fn database(&self, name: &str) -> Result<Database, DatabaseError> {
         let name = if self.is_in_place() { SHARED } else { name };
         let options = DatabaseOptions {
@@ -225,6 +262,43 @@ impl FtgoOptions {
         };
         let transport = SqlTransport::with_options(messages.clone(), self.transport.clone());
         Ok((Arc::new(transport), Some(messages)))
+    }
+
+    /// The Order service's saga store on `database`: its commands go through the outbox, or
+    /// in place straight into the queue in `messages`.
+    fn order_store(
+        &self,
+        database: Database,
+        messages: Option<&Database>,
+    ) -> Result<SqlSagaStore, FtgoError> {
+        Ok(match (self.layout(), messages) {
+            (Layout::InPlace, _) => SqlSagaStore::in_place(database),
+            (Layout::CoLocated, Some(messages)) => {
+                SqlSagaStore::co_located(database, &self.queue(messages))?
+            }
+            _ => SqlSagaStore::new(database),
+        })
+    }
+
+    /// The SQL-table queue in `messages`, with these options.
+    fn queue(&self, messages: &Database) -> SqlTransport {
+        SqlTransport::with_options(messages.clone(), self.transport.clone())
+    }
+
+    /// A runtime builder over `transport` with these options, handling messages in place in
+    /// the queue in `messages` when the layout does.
+    fn runtime_builder(
+        &self,
+        transport: Arc<dyn Transport>,
+        messages: Option<&Database>,
+    ) -> saga_store::RuntimeBuilder {
+        let builder = SagaRuntime::builder(transport).options(self.runtime.clone());
+        match (self.layout(), messages) {
+            (Layout::InPlace | Layout::CoLocated, Some(messages)) => {
+                builder.in_place(self.queue(messages))
+            }
+            _ => builder,
+        }
     }
 }
 
@@ -365,10 +439,7 @@ impl Ftgo {
         };
         let (transport, messages) = options.transport(shared.as_ref()).await?;
         let order_database = database("order").await?;
-        let store = match options.is_in_place() {
-            true => SqlSagaStore::in_place(order_database),
-            false => SqlSagaStore::new(order_database),
-        };
+        let store = options.order_store(order_database, messages.as_ref())?;
         let orders = OrderService::open_on(store, observer)
             .await?
             .with_message_limit(transport.max_message_bytes());
@@ -400,16 +471,10 @@ impl Ftgo {
         if slot.is_some() {
             return;
         }
-        let builder = SagaRuntime::builder(self.transport.clone());
-        let builder = match (&self.messages, self.options.is_in_place()) {
-            (Some(queue), true) => builder.in_place(SqlTransport::with_options(
-                queue.clone(),
-                self.options.transport.clone(),
-            )),
-            _ => builder,
-        };
+        let builder = self
+            .options
+            .runtime_builder(self.transport.clone(), self.messages.as_ref());
         let runtime = builder
-            .options(self.options.runtime.clone())
             .orchestrator(self.orders.orchestrator().clone())
             .participant(self.orders.database(), self.orders.participant())
             .participant(self.consumers.database(), self.consumers.participant())
@@ -630,10 +695,11 @@ impl ServiceProcess {
     pub async fn start(name: ServiceName, options: FtgoOptions) -> Result<Self, FtgoError> {
         let database = options.database(name.as_str()).await?;
         let (transport, messages) = options.transport(None).await?;
-        let builder = SagaRuntime::builder(transport.clone()).options(options.runtime.clone());
+        let builder = options.runtime_builder(transport.clone(), messages.as_ref());
         let builder = match name {
             ServiceName::Order => {
-                let orders = OrderService::open(database.clone()).await?;
+                let store = options.order_store(database.clone(), messages.as_ref())?;
+                let orders = OrderService::open_on(store, None).await?;
                 builder
                     .orchestrator(orders.orchestrator().clone())
                     .participant(&database, orders.participant())

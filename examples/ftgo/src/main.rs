@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use ftgo::app::{
-    Ftgo, FtgoOptions, MESSAGES, NatsSettings, SERVICES, SHARED, ServiceName, ServiceProcess,
-    Storage,
+    Ftgo, FtgoOptions, Layout, MESSAGES, NatsSettings, SERVICES, SHARED, ServiceName,
+    ServiceProcess, Storage,
 };
 use ftgo::observability::{self, LogFormat, Otlp};
 use saga_store::SqliteSync;
@@ -208,6 +208,11 @@ struct StorageArgs {
     /// `--transport nats` or `service`.
     #[arg(long, global = true)]
     in_place: bool,
+    /// PostgreSQL with the SQL queue: a schema per service in one database, each service
+    /// handling its messages in place in its own transactions and writing what it sends
+    /// straight into the queue's schema (no outbox, relay or leases).
+    #[arg(long, global = true, conflicts_with = "in_place")]
+    co_located: bool,
     /// Create or upgrade no tables: for a database role that may only read and write rows
     /// (see docs/security.md); the services must have migrated their schemas already.
     #[arg(long, global = true, env = "FTGO_NO_MIGRATE")]
@@ -272,7 +277,11 @@ impl StorageArgs {
         if self.sqlite_sync == "normal" {
             options.sqlite_sync = SqliteSync::Normal;
         }
-        options.in_place = self.in_place;
+        options.layout = match (self.in_place, self.co_located) {
+            (true, _) => Layout::InPlace,
+            (_, true) => Layout::CoLocated,
+            _ => Layout::PerService,
+        };
         options.migrate = !self.no_migrate;
         options.queue_role = self.queue_role.clone();
         if self.transport == "nats" {

@@ -27,6 +27,7 @@ use crate::db::{Database, Dialect};
 use crate::options::RuntimeOptions;
 use crate::sql::{self, to_i64};
 use crate::store;
+use crate::transport::sql::SqlTransport;
 
 /// A participant, whatever kind of transaction its handlers take.
 #[async_trait]
@@ -142,13 +143,13 @@ pub(crate) enum Ran {
 
 /// Runs a batch of commands inside `tx`: one statement records them all as received (a
 /// duplicate is skipped), each handler runs (in a `process <channel>` span of messaging
-/// system `system`, inside a [`savepoint::HANDLER`] savepoint), one statement queues all replies — into
-/// the outbox, or with `in_place` straight into the queue.
+/// system `system`, inside a [`savepoint::HANDLER`] savepoint), one statement queues all
+/// replies — into the outbox, or in place straight into `queue`.
 pub(crate) async fn run_in(
     tx: &mut Tx,
     participant: &dyn Commands,
     batch: &[Message],
-    in_place: bool,
+    queue: Option<&SqlTransport>,
     system: &'static str,
 ) -> Result<Ran, StoreError> {
     let now = Timestamp::now();
@@ -202,7 +203,7 @@ pub(crate) async fn run_in(
     }
     let glued = savepoint.release_glued(tx);
     let replies: Vec<&Message> = replies.iter().collect();
-    store::send(tx.conn(), in_place, glued, &replies, at).await?;
+    store::send(tx.conn(), queue, glued, &replies, at).await?;
     for dead in &dead_letters {
         sql::dead_letters::insert(tx.conn(), dead).await?;
     }
@@ -214,10 +215,10 @@ pub(crate) async fn run_in(
 }
 
 /// The kind of group-committed work that handles commands.
-fn kind(in_place: bool) -> WriteKind {
-    match in_place {
-        true => WriteKind::Plain,
-        false => WriteKind::Outbox,
+fn kind(queue: Option<&SqlTransport>) -> WriteKind {
+    match queue {
+        Some(_) => WriteKind::Plain,
+        None => WriteKind::Outbox,
     }
 }
 
@@ -227,18 +228,19 @@ async fn handle_one(
     database: &Database,
     participant: Arc<dyn Commands>,
     message: Message,
-    in_place: bool,
+    queue: Option<SqlTransport>,
     system: &'static str,
 ) -> Result<CommandOutcome, StoreError> {
     let channel = participant.channel().to_owned();
+    let queue_in_tx = queue.clone();
     let written = database
-        .write_as(kind(in_place), move |tx: &mut Tx| {
+        .write_as(kind(queue.as_ref()), move |tx: &mut Tx| {
             Box::pin(async move {
                 let ran = run_in(
                     tx,
                     participant.as_ref(),
                     std::slice::from_ref(&message),
-                    in_place,
+                    queue_in_tx.as_ref(),
                     system,
                 )
                 .await?;
@@ -268,8 +270,8 @@ async fn handle_one(
         }
     };
     handled.record(&channel);
-    if in_place {
-        database.wakeups().wake_channels(&destinations);
+    if let Some(queue) = &queue {
+        queue.wake_channels(&destinations);
     }
     Ok(handled)
 }
@@ -279,17 +281,19 @@ async fn handle_batch(
     database: &Database,
     participant: &Arc<dyn Commands>,
     messages: Vec<Message>,
-    in_place: bool,
+    queue: Option<&SqlTransport>,
     system: &'static str,
 ) -> Vec<Result<CommandOutcome, StoreError>> {
     if messages.len() > 1 {
         let batch = messages.clone();
         let in_tx = participant.clone();
+        let queue_in_tx = queue.cloned();
         let batched = database
-            .write_as(kind(in_place), move |tx: &mut Tx| {
+            .write_as(kind(queue), move |tx: &mut Tx| {
                 Box::pin(async move {
+                    let queue = queue_in_tx.as_ref();
                     Ok(
-                        match run_in(tx, in_tx.as_ref(), &batch, in_place, system).await? {
+                        match run_in(tx, in_tx.as_ref(), &batch, queue, system).await? {
                             Ran::Handled {
                                 outcomes,
                                 destinations,
@@ -302,8 +306,8 @@ async fn handle_batch(
             .await;
         match batched {
             Ok(Some((outcomes, destinations))) => {
-                if in_place {
-                    database.wakeups().wake_channels(&destinations);
+                if let Some(queue) = queue {
+                    queue.wake_channels(&destinations);
                 }
                 for outcome in &outcomes {
                     outcome.record(participant.channel());
@@ -317,21 +321,26 @@ async fn handle_batch(
         }
     }
     // One by one, concurrently, so their transactions still share group commits.
-    join_all(
-        messages
-            .into_iter()
-            .map(|message| handle_one(database, participant.clone(), message, in_place, system)),
-    )
+    join_all(messages.into_iter().map(|message| {
+        handle_one(
+            database,
+            participant.clone(),
+            message,
+            queue.cloned(),
+            system,
+        )
+    }))
     .await
 }
 
-/// A participant's leased command consumer.
+/// A participant's leased command consumer; its replies go into `queue` in place, if given,
+/// else into the outbox.
 pub(crate) fn consumer(
     database: Database,
     participant: Arc<dyn Commands>,
     transport: SharedTransport,
     options: Arc<RuntimeOptions>,
-    in_place: bool,
+    queue: Option<SqlTransport>,
 ) -> Consumer<impl FnMut(Vec<Delivery>) -> Handling> {
     let channel = participant.channel().to_owned();
     let group = participant.name().to_owned();
@@ -343,10 +352,11 @@ pub(crate) fn consumer(
         options,
         move |deliveries| -> Handling {
             let (database, participant) = (database.clone(), participant.clone());
+            let queue = queue.clone();
             Box::pin(async move {
                 let messages = deliveries.iter().map(|d| d.message.clone()).collect();
                 let results =
-                    handle_batch(&database, &participant, messages, in_place, system).await;
+                    handle_batch(&database, &participant, messages, queue.as_ref(), system).await;
                 deliveries
                     .into_iter()
                     .zip(results)

@@ -39,7 +39,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use saga_core::Message;
 use saga_core::orchestrator::reply_saga_ids;
-use saga_core::ports::{Delivery, StoreError};
+use saga_core::ports::{Delivery, StoreError, Transport as _};
 
 use crate::consume::commands::{self, Commands, Ran};
 use crate::consume::{Consumer, SharedOrchestrator, Verdict};
@@ -70,17 +70,23 @@ pub(crate) type Handler = Arc<
         + Sync,
 >;
 
-/// The channels one runtime handles in place on one database, with their handlers.
+/// The channels one runtime handles in place, each with the database its passes run on and
+/// its handler.
 #[derive(Clone, Default)]
-pub(crate) struct LocalChannels(Arc<HashMap<String, Handler>>);
+pub(crate) struct LocalChannels(Arc<HashMap<String, (Database, Handler)>>);
 
 impl LocalChannels {
-    pub(crate) fn new(handlers: HashMap<String, Handler>) -> Self {
+    pub(crate) fn new(handlers: HashMap<String, (Database, Handler)>) -> Self {
         Self(Arc::new(handlers))
     }
 
-    fn get(&self, channel: &str) -> Option<&Handler> {
-        self.0.get(channel)
+    /// The handler of `channel`, if its passes run on `database` (a pass chains only passes
+    /// it can run in its own transaction).
+    fn on(&self, database: &Database, channel: &str) -> Option<&Handler> {
+        self.0
+            .get(channel)
+            .filter(|(on, _)| on.same_pool(database))
+            .map(|(_, handler)| handler)
     }
 }
 
@@ -118,12 +124,15 @@ pub(crate) fn reply_handler(orchestrator: SharedOrchestrator) -> Handler {
     })
 }
 
-/// A participant's command handler: dedup records, handlers and replies for the batch.
-pub(crate) fn command_handler(participant: Arc<dyn Commands>, system: &'static str) -> Handler {
+/// A participant's command handler: dedup records, handlers and replies (into `queue`) for
+/// the batch.
+pub(crate) fn command_handler(participant: Arc<dyn Commands>, queue: SqlTransport) -> Handler {
     Arc::new(move |tx, messages| {
-        let participant = participant.clone();
+        let (participant, queue) = (participant.clone(), queue.clone());
         Box::pin(async move {
-            let ran = commands::run_in(tx, participant.as_ref(), &messages, true, system).await?;
+            let system = queue.system();
+            let ran =
+                commands::run_in(tx, participant.as_ref(), &messages, Some(&queue), system).await?;
             Ok(match ran {
                 Ran::Handled {
                     outcomes,
@@ -159,6 +168,8 @@ enum Pass {
 /// A pass and the passes chained onto it, inside one transaction.
 struct Chain<'a> {
     local: &'a LocalChannels,
+    /// The database the transaction is on.
+    database: &'a Database,
     /// Local channels that were sent messages in this transaction, to handle next.
     next: VecDeque<String>,
     /// Channels to wake after the commit: not handled here, or left with messages.
@@ -168,9 +179,10 @@ struct Chain<'a> {
 }
 
 impl<'a> Chain<'a> {
-    fn new(local: &'a LocalChannels) -> Self {
+    fn new(local: &'a LocalChannels, database: &'a Database) -> Self {
         Self {
             local,
+            database,
             next: VecDeque::new(),
             wake: BTreeSet::new(),
             afters: Vec::new(),
@@ -181,7 +193,7 @@ impl<'a> Chain<'a> {
     /// Notes channels that were sent messages.
     fn sent_to(&mut self, channels: impl IntoIterator<Item = String>) {
         for channel in channels {
-            if self.local.get(&channel).is_none() {
+            if self.local.on(self.database, &channel).is_none() {
                 self.wake.insert(channel);
             } else if !self.next.contains(&channel) {
                 self.next.push_back(channel);
@@ -207,7 +219,7 @@ impl<'a> Chain<'a> {
         let mut savepoint = Savepoint::new(&savepoint::CHAINED_PASS);
         let mut passes = 0;
         while let Some(channel) = self.next.pop_front() {
-            let Some(handler) = self.local.get(&channel).cloned() else {
+            let Some(handler) = self.local.on(self.database, &channel).cloned() else {
                 continue;
             };
             if passes == chained {
@@ -286,10 +298,7 @@ async fn take_and_handle(
         .await?;
     let taken = std::mem::take(&mut read.deliveries);
     if taking.wake_sibling && taken.len() == taking.max {
-        queue
-            .database()
-            .wakeups()
-            .wake(&Topic::Queue(channel.to_owned()));
+        queue.wake_channels(&[channel.to_owned()]);
     }
     if taken.is_empty() {
         return Ok(Took::Nothing {
@@ -305,13 +314,22 @@ async fn take_and_handle(
     })
 }
 
-/// Runs passes of `channel` (handled by its entry in `local`) until shutdown; `first` for
-/// the first of the channel's parallel passes.
+/// A channel handled in place: where its passes run and what they use.
+#[derive(Clone)]
+pub(crate) struct ChannelPasses {
+    pub(crate) channel: String,
+    /// The database its passes' transactions are on: the queue's own, or a co-located one.
+    pub(crate) database: Database,
+    /// Its handler, and the channels its passes may chain.
+    pub(crate) local: LocalChannels,
+    pub(crate) queue: SqlTransport,
+}
+
+/// Runs passes of a channel until shutdown; `first` for the first of the channel's parallel
+/// passes.
 pub(crate) async fn pass_loop<C, Fut>(
-    channel: String,
+    passes: ChannelPasses,
     first: bool,
-    local: LocalChannels,
-    queue: SqlTransport,
     mut fallback: Consumer<C>,
     options: Arc<RuntimeOptions>,
     mut shutdown: Shutdown,
@@ -319,14 +337,24 @@ pub(crate) async fn pass_loop<C, Fut>(
     C: FnMut(Vec<Delivery>) -> Fut,
     Fut: std::future::Future<Output = Vec<(Delivery, Verdict)>>,
 {
-    let database: Database = queue.database().clone();
+    let ChannelPasses {
+        channel,
+        database,
+        local,
+        queue,
+    } = passes;
+    // Commits on the pass's database are the catch-all hint; the channel's own wake-ups come
+    // through the queue's database (from this process, or `NOTIFY`d from others).
     let mut writes = database.wakeups().outbox_writes();
-    let mine = database.wakeups().get(&Topic::Queue(channel.clone()));
-    let notify = database.queue_notify_channel();
+    let mine = queue
+        .database()
+        .wakeups()
+        .get(&Topic::Queue(channel.clone()));
+    let notify = queue.database().queue_notify_channel();
     let mut backoff = Backoff::new(options.max_backoff);
     let dialect = database.dialect();
     let wake_sibling = options.parallel_passes_on(dialect) > 1;
-    let Some(handler) = local.get(&channel).cloned() else {
+    let Some(handler) = local.on(&database, &channel).cloned() else {
         tracing::error!(%channel, "no in-place handler for the channel; using the leased consumer");
         fallback.run(shutdown).await;
         return;
@@ -340,6 +368,7 @@ pub(crate) async fn pass_loop<C, Fut>(
             handler.clone(),
             notify.clone(),
         );
+        let database_in_pass = database.clone();
         let (max, chained) = (options.pass_batch_on(dialect), options.chained_passes);
         let passed = database
             .write_as(WriteKind::Pass, move |tx: &mut Tx| {
@@ -364,7 +393,7 @@ pub(crate) async fn pass_loop<C, Fut>(
                         Took::Fallback => return Ok(Finish::Rollback(Pass::Fallback)),
                         Took::Handled(count, handled, replied_to) => (count, handled, replied_to),
                     };
-                    let mut chain = Chain::new(&local_in_pass);
+                    let mut chain = Chain::new(&local_in_pass, &database_in_pass);
                     chain.add(count, handled);
                     chain.sent_to(replied_to);
                     // Light load only (see the module's documentation).
@@ -386,7 +415,7 @@ pub(crate) async fn pass_loop<C, Fut>(
             Ok(Pass::Handled(count, afters, wake)) => {
                 backoff.reset();
                 // Wake exactly the consumers that have work now.
-                database.wakeups().wake_channels(&wake);
+                queue.wake_channels(&wake);
                 for after in afters {
                     after();
                 }
@@ -394,7 +423,7 @@ pub(crate) async fn pass_loop<C, Fut>(
                 false
             }
             Ok(Pass::SetAside(channels)) => {
-                database.wakeups().wake_channels(&channels);
+                queue.wake_channels(&channels);
                 false
             }
             Ok(Pass::Empty) => loop {

@@ -270,6 +270,8 @@ struct Inner {
     dialect: Dialect,
     url: String,
     schema: Option<String>,
+    /// PostgreSQL: the server and database (`host:port/name`), to tell co-located databases.
+    server: Option<String>,
     wakeups: Arc<Wakeups>,
     commits: Arc<AtomicU64>,
     writers: usize,
@@ -375,6 +377,10 @@ impl Database {
                 dialect,
                 url: redact_url(url),
                 schema: options.schema.clone(),
+                server: match dialect {
+                    Dialect::Postgres => Some(postgres_server(url)?),
+                    Dialect::Sqlite => None,
+                },
                 wakeups: Arc::default(),
                 commits: Arc::default(),
                 writers: options.writers.unwrap_or(match dialect {
@@ -623,6 +629,15 @@ impl Database {
         Arc::ptr_eq(&self.inner, &other.inner)
     }
 
+    /// Whether `other` is another schema of this one's PostgreSQL database (same host, port
+    /// and database name): a transaction of one can write the other's tables, so co-located
+    /// services handle their messages in place.
+    pub fn is_co_located_with(&self, other: &Database) -> bool {
+        self.inner.server.is_some()
+            && self.inner.server == other.inner.server
+            && self.inner.schema != other.inner.schema
+    }
+
     /// Whether the pool is closed.
     pub fn is_closed(&self) -> bool {
         self.inner.pool.is_closed()
@@ -702,6 +717,20 @@ fn sqlite_pool(
 
 /// The pool of `url`; `relaxed`: the small one for bookkeeping writes, whose commits do not
 /// wait for the WAL flush (see [`DatabaseOptions::relaxed_bookkeeping`]).
+/// Where `url` points: `host:port/database` (the socket's path for a host).
+fn postgres_server(url: &str) -> Result<String, DatabaseError> {
+    let connect = PgConnectOptions::from_str(url)?;
+    let host = match connect.get_socket() {
+        Some(socket) => socket.display().to_string(),
+        None => connect.get_host().to_owned(),
+    };
+    // Without a database name, PostgreSQL takes the user's.
+    let name = connect
+        .get_database()
+        .unwrap_or_else(|| connect.get_username());
+    Ok(format!("{host}:{}/{name}", connect.get_port()))
+}
+
 fn postgres_pool(
     url: &str,
     options: &DatabaseOptions,

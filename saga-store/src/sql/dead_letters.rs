@@ -51,6 +51,16 @@ pub enum Resolution {
 /// NUL written as `\u0000` and the reason says so: a dead letter is never lost to its own
 /// content.
 pub(crate) async fn insert(conn: Conn<'_>, dead: &DeadLetter) -> Result<i64, StoreError> {
+    insert_into(conn, "saga_dead_letters", dead).await
+}
+
+/// [`insert`] into `table` (the queue's dead letters, named from a co-located schema: see
+/// `QueueTables`).
+pub(crate) async fn insert_into(
+    conn: Conn<'_>,
+    table: &str,
+    dead: &DeadLetter,
+) -> Result<i64, StoreError> {
     let (payload, escaped_payload) = without_nul(&dead.message.payload);
     let headers: Headers = dead
         .message
@@ -68,11 +78,10 @@ pub(crate) async fn insert(conn: Conn<'_>, dead: &DeadLetter) -> Result<i64, Sto
     };
     let headers = headers_json(&headers);
     on_backend!(conn, |c| {
-        query(
-            "INSERT INTO saga_dead_letters \
-             (consumer, message_id, destination, headers, payload, reason, at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-        )
+        query(AssertSqlSafe(format!(
+            "INSERT INTO {table} (consumer, message_id, destination, headers, payload, reason, \
+             at) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id"
+        )))
         .bind(consumer.as_ref())
         .bind_id(dead.message.id.0)
         .bind(destination.as_ref())

@@ -8,9 +8,11 @@ use saga_core::ports::{ChannelBacklog, StoreError};
 use saga_core::{MessageId, Timestamp};
 use sqlx::{AssertSqlSafe, query};
 
-use crate::db::Dialect;
+use std::sync::Arc;
+
 use crate::db::backend::Conn;
 use crate::db::savepoint::Glued;
+use crate::db::{Database, Dialect};
 use crate::error::store_error;
 use crate::on_backend;
 use crate::sql::{
@@ -76,14 +78,57 @@ fn queue_row(row: &impl Get, channel: &str) -> Result<QueueRow, StoreError> {
     })
 }
 
+/// How statements name the SQL-table transport's tables — the queue and its dead letters:
+/// schema-qualified when the queue's database has a schema, so that co-located services
+/// (other schemas of the same PostgreSQL database) reach them from their own transactions,
+/// whose `search_path` is their own schema; plain otherwise.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct QueueTables {
+    queue: Arc<str>,
+    dead_letters: Arc<str>,
+}
+
+impl QueueTables {
+    /// The tables of `database`.
+    pub(crate) fn of(database: &Database) -> Self {
+        // The schema is a checked SQL identifier (`DatabaseOptions::schema`).
+        let name = |table: &str| -> Arc<str> {
+            match database.schema() {
+                Some(schema) => format!("\"{schema}\".{table}").into(),
+                None => table.into(),
+            }
+        };
+        Self {
+            queue: name("saga_queue"),
+            dead_letters: name("saga_dead_letters"),
+        }
+    }
+
+    /// The queue table.
+    pub(crate) fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// The dead-letter table.
+    pub(crate) fn dead_letters(&self) -> &str {
+        &self.dead_letters
+    }
+}
+
 /// Parameters per row of [`insert_sql`].
 pub(crate) const INSERT_COLUMNS: usize = 6;
 
 /// [`insert_many`]'s statement for `rows` messages, its parameters numbered from `first`.
-pub(crate) fn insert_sql(dialect: Dialect, first: usize, rows: usize) -> String {
+pub(crate) fn insert_sql(
+    dialect: Dialect,
+    table: &QueueTables,
+    first: usize,
+    rows: usize,
+) -> String {
     format!(
-        "INSERT INTO saga_queue (channel, message_id, headers, payload, enqueued_at, \
-         visible_at) VALUES {}",
+        "INSERT INTO {} (channel, message_id, headers, payload, enqueued_at, visible_at) \
+         VALUES {}",
+        table.queue(),
         values_from(dialect, first, rows, &[Col::Plain; INSERT_COLUMNS])
     )
 }
@@ -106,6 +151,7 @@ pub(crate) use bind_message;
 /// before them.
 pub(crate) async fn insert_many(
     mut conn: Conn<'_>,
+    table: &QueueTables,
     glued: Glued,
     messages: &[&Message],
     at: i64,
@@ -117,7 +163,7 @@ pub(crate) async fn insert_many(
     glued.run_unfused(conn.reborrow()).await?;
     for (n, chunk) in messages.chunks(CHUNK).enumerate() {
         let headers: Vec<_> = chunk.iter().map(|m| headers_json(&m.headers)).collect();
-        let sql = insert_sql(dialect, 1, chunk.len());
+        let sql = insert_sql(dialect, table, 1, chunk.len());
         let sql = match n {
             0 => glued.before(&sql),
             _ => sql,
@@ -198,25 +244,24 @@ pub(crate) async fn claim(
 /// `glued` runs before it.
 pub(crate) async fn take(
     mut conn: Conn<'_>,
+    table: &QueueTables,
     glued: Glued,
     channel: &str,
     now: Timestamp,
     max: usize,
 ) -> Result<Vec<QueueRow>, StoreError> {
-    let sql = match conn.dialect() {
-        Dialect::Postgres => {
-            "DELETE FROM saga_queue WHERE id IN (SELECT id FROM saga_queue \
-             WHERE channel = $1 AND visible_at <= $2 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) \
-             RETURNING id, message_id, headers, payload, deliveries + 1 AS deliveries"
-        }
-        Dialect::Sqlite => {
-            "DELETE FROM saga_queue WHERE id IN (SELECT id FROM saga_queue \
-             WHERE channel = $1 AND visible_at <= $2 ORDER BY id LIMIT $3) \
-             RETURNING id, message_id, headers, payload, deliveries + 1 AS deliveries"
-        }
+    let lock = match conn.dialect() {
+        Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+        Dialect::Sqlite => "",
     };
+    let table = table.queue();
+    let sql = format!(
+        "DELETE FROM {table} WHERE id IN (SELECT id FROM {table} \
+         WHERE channel = $1 AND visible_at <= $2 ORDER BY id LIMIT $3{lock}) \
+         RETURNING id, message_id, headers, payload, deliveries + 1 AS deliveries"
+    );
     glued.run_unfused(conn.reborrow()).await?;
-    let sql = glued.before(sql);
+    let sql = glued.before(&sql);
     on_backend!(conn, |c| {
         query(AssertSqlSafe(sql))
             .bind(channel)
@@ -250,11 +295,16 @@ pub(crate) async fn any_visible(
 }
 
 /// Deletes rows by id, one statement per 500.
-pub(crate) async fn delete(mut conn: Conn<'_>, ids: &[i64]) -> Result<(), StoreError> {
+pub(crate) async fn delete(
+    mut conn: Conn<'_>,
+    table: &QueueTables,
+    ids: &[i64],
+) -> Result<(), StoreError> {
     let dialect = conn.dialect();
     for chunk in ids.chunks(500) {
         let sql = format!(
-            "DELETE FROM saga_queue WHERE id IN ({})",
+            "DELETE FROM {} WHERE id IN ({})",
+            table.queue(),
             placeholders(dialect, 1, chunk.len())
         );
         on_backend!(conn.reborrow(), |c| {
@@ -382,12 +432,13 @@ mod tests {
     #[tokio::test]
     async fn claimed_rows_are_hidden_for_the_lease_and_taken_rows_are_gone() {
         for db in databases("queue").await {
+            let table = &QueueTables::of(&db.database);
             let mut tx = db.database.begin().await.expect("begins");
             let ledger: Vec<Message> = (0..4).map(|n| message("ledger", n)).collect();
             let other = message("other", 9);
             let mut refs: Vec<&Message> = ledger.iter().collect();
             refs.push(&other);
-            insert_many(tx.conn(), Glued::NONE, &refs, 100)
+            insert_many(tx.conn(), table, Glued::NONE, &refs, 100)
                 .await
                 .expect("enqueues");
 
@@ -407,27 +458,36 @@ mod tests {
             release(tx.conn(), claimed[0].id, Timestamp(200))
                 .await
                 .expect("releases");
-            delete(tx.conn(), &[claimed[1].id]).await.expect("deletes");
-            let taken = take(tx.conn(), Glued::NONE, "ledger", Timestamp(300), 10)
+            delete(tx.conn(), table, &[claimed[1].id])
+                .await
+                .expect("deletes");
+            let taken = take(tx.conn(), table, Glued::NONE, "ledger", Timestamp(300), 10)
                 .await
                 .expect("takes");
             assert_eq!(taken.len(), 1);
             assert_eq!(taken[0].deliveries, 1, "a release does not count");
             assert!(
-                take(tx.conn(), Glued::NONE, "ledger", Timestamp(300), 10)
+                take(tx.conn(), table, Glued::NONE, "ledger", Timestamp(300), 10)
                     .await
                     .expect("takes")
                     .is_empty()
             );
             // After the lease, the two claimed by the second claim come back.
-            let again = take(tx.conn(), Glued::NONE, "ledger", Timestamp(1_000), 10)
-                .await
-                .expect("takes");
+            let again = take(
+                tx.conn(),
+                table,
+                Glued::NONE,
+                "ledger",
+                Timestamp(1_000),
+                10,
+            )
+            .await
+            .expect("takes");
             assert_eq!(again.len(), 2);
             assert!(again.iter().all(|row| row.deliveries == 2));
             assert_eq!(
                 readable(
-                    &take(tx.conn(), Glued::NONE, "other", Timestamp(1_000), 10)
+                    &take(tx.conn(), table, Glued::NONE, "other", Timestamp(1_000), 10)
                         .await
                         .expect("takes")
                 ),

@@ -16,6 +16,7 @@ use crate::db::backend::Conn;
 use crate::error::store_error;
 use crate::on_backend;
 use crate::sql::instances::{Columns, bind_columns};
+use crate::sql::queue::QueueTables;
 use crate::sql::{self, Bind, CHUNK, Get, headers_json, to_i64, to_u64};
 
 /// Parameters one query may carry, with room to spare on both backends (SQLite allows
@@ -29,16 +30,16 @@ pub(crate) struct Parts<'a> {
     pub(crate) writes: &'a [&'a SagaWrite],
     pub(crate) history: &'a [&'a HistoryRecord],
     pub(crate) outgoing: &'a [&'a Message],
-    /// Outgoing messages go straight into the queue (else into the outbox).
-    pub(crate) in_place: bool,
+    /// The queue outgoing messages go straight into, in place (else into the outbox).
+    pub(crate) queue: Option<&'a QueueTables>,
 }
 
 impl Parts<'_> {
     /// Each part's rows and parameters per row, in statement order.
     fn widths(&self) -> [(usize, usize); 4] {
-        let message = match self.in_place {
-            true => sql::queue::INSERT_COLUMNS,
-            false => sql::outbox::INSERT_COLUMNS,
+        let message = match self.queue {
+            Some(_) => sql::queue::INSERT_COLUMNS,
+            None => sql::outbox::INSERT_COLUMNS,
         };
         [
             (self.consumed.len(), sql::received::INSERT_COLUMNS),
@@ -74,9 +75,9 @@ fn statements(dialect: Dialect, parts: &Parts<'_>) -> Vec<(&'static str, String)
             0 => ("r", sql::received::insert_all_sql(dialect, first, rows)),
             1 => ("u", sql::instances::update_many_sql(dialect, first, rows)),
             2 => ("h", sql::history::insert_sql(dialect, first, rows)),
-            _ => match parts.in_place {
-                true => ("o", sql::queue::insert_sql(dialect, first, rows)),
-                false => ("o", sql::outbox::insert_sql(dialect, first, rows)),
+            _ => match parts.queue {
+                Some(table) => ("o", sql::queue::insert_sql(dialect, table, first, rows)),
+                None => ("o", sql::outbox::insert_sql(dialect, first, rows)),
             },
         });
         first += rows * per_row;
@@ -148,9 +149,9 @@ pub(crate) async fn write(
             statement = sql::history::bind_entry!(statement, entry);
         }
         for message in parts.outgoing.iter().zip(&headers) {
-            statement = match parts.in_place {
-                true => sql::queue::bind_message!(statement, message, at),
-                false => sql::outbox::bind_message!(statement, message, at),
+            statement = match parts.queue {
+                Some(_) => sql::queue::bind_message!(statement, message, at),
+                None => sql::outbox::bind_message!(statement, message, at),
             };
         }
         match dialect {
@@ -184,6 +185,7 @@ mod tests {
     #[tokio::test]
     async fn units_write_in_one_statement_and_a_duplicate_or_a_stale_row_shows() {
         for db in databases("units::write").await {
+            let table = QueueTables::of(&db.database);
             let mut tx = db.database.begin().await.expect("begins");
             let id = SagaId::new();
             assert!(
@@ -219,7 +221,7 @@ mod tests {
                 writes: &writes,
                 history: &history,
                 outgoing: &outgoing,
-                in_place: true,
+                queue: Some(&table),
             };
             assert_eq!(
                 write(tx.conn(), &parts, 20).await.expect("writes"),
@@ -234,9 +236,10 @@ mod tests {
                     .len(),
                 1
             );
-            let queued = sql::queue::take(tx.conn(), Glued::NONE, "kitchen", Timestamp(30), 10)
-                .await
-                .expect("takes");
+            let queued =
+                sql::queue::take(tx.conn(), &table, Glued::NONE, "kitchen", Timestamp(30), 10)
+                    .await
+                    .expect("takes");
             assert_eq!(queued.len(), 1);
 
             // Again: the dedup record exists and the row moved on.

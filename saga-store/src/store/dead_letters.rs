@@ -106,10 +106,8 @@ impl SqlSagaStore {
                 what: "resolved",
             });
         }
-        if self.is_in_place() {
-            self.database()
-                .wakeups()
-                .wake_channels([&original.destination]);
+        if let Some(queue) = self.queue() {
+            queue.wake_channels(std::slice::from_ref(&original.destination));
         }
         tracing::info!(dead_letter = id, message_id = %replay_id, destination = %original.destination, "dead letter replayed");
         Ok(replay_id)

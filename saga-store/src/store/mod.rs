@@ -38,16 +38,17 @@ use crate::db::backend::{Conn, Tx};
 use crate::db::group::{Finish, WriteKind};
 use crate::db::savepoint::Glued;
 use crate::db::{Database, Dialect};
-use crate::error::store_error;
+use crate::error::{DatabaseError, store_error};
 use crate::sql::{self, to_i64};
+use crate::transport::sql::SqlTransport;
 
 /// saga-core's store port over a [`Database`].
 #[derive(Clone, Debug)]
 pub struct SqlSagaStore {
     database: Database,
-    /// Outgoing messages go straight into this database's queue (see
-    /// [`SqlSagaStore::in_place`]).
-    in_place: bool,
+    /// The queue outgoing messages go straight into, if not through the outbox (see
+    /// [`SqlSagaStore::in_place`], [`SqlSagaStore::co_located`]).
+    queue: Option<SqlTransport>,
 }
 
 fn now() -> i64 {
@@ -60,7 +61,7 @@ impl SqlSagaStore {
     pub fn new(database: Database) -> Self {
         Self {
             database,
-            in_place: false,
+            queue: None,
         }
     }
 
@@ -69,10 +70,27 @@ impl SqlSagaStore {
     /// database and handles messages in place
     /// ([`RuntimeBuilder::in_place`](crate::RuntimeBuilder::in_place)): no outbox, no relay.
     pub fn in_place(database: Database) -> Self {
-        Self {
-            database,
-            in_place: true,
+        let queue = Some(SqlTransport::new(database.clone()));
+        Self { database, queue }
+    }
+
+    /// A store on `database` whose outgoing messages go straight into the SQL-table queue of
+    /// `queue`, another schema of the same PostgreSQL database (co-located services), in the
+    /// transaction that produces them: no outbox, no relay. Run its orchestrator with
+    /// [`RuntimeBuilder::in_place`](crate::RuntimeBuilder::in_place) on that queue, so its
+    /// replies are handled in place too. The database's role needs rights on the queue's
+    /// tables (see `docs/security.md`).
+    pub fn co_located(database: Database, queue: &SqlTransport) -> Result<Self, DatabaseError> {
+        if !database.is_co_located_with(queue.database()) {
+            return Err(DatabaseError::NotCoLocated {
+                database: database.name(),
+                queue: queue.database().name(),
+            });
         }
+        Ok(Self {
+            database,
+            queue: Some(queue.clone()),
+        })
     }
 
     /// The database.
@@ -82,7 +100,12 @@ impl SqlSagaStore {
 
     /// Whether outgoing messages go straight into the queue.
     pub fn is_in_place(&self) -> bool {
-        self.in_place
+        self.queue.is_some()
+    }
+
+    /// The queue outgoing messages go straight into, in place.
+    pub(crate) fn queue(&self) -> Option<&SqlTransport> {
+        self.queue.as_ref()
     }
 
     /// Writes `unit` inside an open transaction, without committing. On anything but
@@ -97,7 +120,7 @@ impl SqlSagaStore {
         if outcome == CommitOutcome::Committed && !unit.outbox.is_empty() {
             let sqlite = conn.dialect() == Dialect::Sqlite;
             self.announce(conn, &unit.outbox).await?;
-            if self.in_place && sqlite {
+            if self.queue.is_some() && sqlite {
                 // Woken now, before the commit: on SQLite's single writer a pass handed in
                 // while this transaction is still open joins it (see `Database::write`), so a
                 // saga started in a group-committed write takes its first steps in the same
@@ -116,11 +139,8 @@ impl SqlSagaStore {
         let Conn::Postgres(c) = conn else {
             return Ok(());
         };
-        if self.in_place {
-            let channels = destinations(messages.iter());
-            let channels: Vec<&str> = channels.iter().map(String::as_str).collect();
-            let notify = self.database.queue_notify_channel();
-            return sql::queue::notify(Conn::Postgres(c), &notify, &channels).await;
+        if let Some(queue) = &self.queue {
+            return queue.notify(Conn::Postgres(c), messages).await;
         }
         sqlx::query("SELECT pg_notify($1, '')")
             .bind(self.database.outbox_notify_channel())
@@ -167,7 +187,7 @@ impl SqlSagaStore {
         messages: &[&Message],
         at: i64,
     ) -> Result<(), StoreError> {
-        send(conn, self.in_place, Glued::NONE, messages, at).await
+        send(conn, self.queue.as_ref(), Glued::NONE, messages, at).await
     }
 
     /// Writes `units` with one multi-row statement per table; `false` when a dedup record
@@ -192,7 +212,7 @@ impl SqlSagaStore {
             writes: &writes,
             history: &history,
             outgoing: &outgoing,
-            in_place: self.in_place,
+            queue: self.queue.as_ref().map(SqlTransport::tables),
         };
         match sql::units::write(conn.reborrow(), &parts, at).await? {
             Some(written) if !written => return Ok(false),
@@ -217,14 +237,16 @@ impl SqlSagaStore {
     /// With the queue in place, the channels the units' messages go to (they skip the relay,
     /// so their consumers are woken here).
     fn queued_destinations(&self, units: &[UnitOfWork]) -> Vec<String> {
-        match self.in_place {
-            true => destinations(units.iter().flat_map(|u| &u.outbox)),
-            false => Vec::new(),
+        match self.queue {
+            Some(_) => destinations(units.iter().flat_map(|u| &u.outbox)),
+            None => Vec::new(),
         }
     }
 
     fn wake_queues(&self, destinations: &[String]) {
-        self.database.wakeups().wake_channels(destinations);
+        if let Some(queue) = &self.queue {
+            queue.wake_channels(destinations);
+        }
     }
 
     /// Commits units one by one, concurrently, so they still share group commits.
@@ -237,25 +259,25 @@ impl SqlSagaStore {
 
     /// The kind of group-committed work that writes `units`.
     fn kind_for(&self, units: &[UnitOfWork]) -> WriteKind {
-        match !self.in_place && units.iter().any(|u| !u.outbox.is_empty()) {
+        match self.queue.is_none() && units.iter().any(|u| !u.outbox.is_empty()) {
             true => WriteKind::Outbox,
             false => WriteKind::Plain,
         }
     }
 }
 
-/// Writes outgoing messages into the outbox — or, `in_place`, straight into the queue;
-/// `glued` runs first.
+/// Writes outgoing messages into the outbox — or, in place, straight into `queue`; `glued`
+/// runs first.
 pub(crate) async fn send(
     conn: Conn<'_>,
-    in_place: bool,
+    queue: Option<&SqlTransport>,
     glued: Glued,
     messages: &[&Message],
     at: i64,
 ) -> Result<(), StoreError> {
-    match in_place {
-        true => sql::queue::insert_many(conn, glued, messages, at).await,
-        false => sql::outbox::insert_many(conn, glued, messages, at).await,
+    match queue {
+        Some(queue) => sql::queue::insert_many(conn, queue.tables(), glued, messages, at).await,
+        None => sql::outbox::insert_many(conn, glued, messages, at).await,
     }
 }
 
@@ -294,7 +316,7 @@ impl SagaStore for SqlSagaStore {
             .write_as(kind, move |tx: &mut Tx| {
                 Box::pin(async move {
                     let outcome = store.write_unit_quietly(tx.conn(), &unit).await?;
-                    if outcome == CommitOutcome::Committed && store.in_place {
+                    if outcome == CommitOutcome::Committed && store.queue.is_some() {
                         store.announce(tx.conn(), &unit.outbox).await?;
                     }
                     Ok(match outcome {
@@ -335,7 +357,7 @@ impl SagaStore for SqlSagaStore {
                     }
                     let outgoing: Vec<Message> =
                         batch.iter().flat_map(|u| u.outbox.clone()).collect();
-                    if store.in_place && !outgoing.is_empty() {
+                    if store.queue.is_some() && !outgoing.is_empty() {
                         store.announce(tx.conn(), &outgoing).await?;
                     }
                     Ok(Finish::Commit(true))

@@ -28,7 +28,7 @@ use crate::db::savepoint::Glued;
 use crate::db::wakeups::Topic;
 use crate::db::{Database, Dialect};
 use crate::error::{store_error, transport_error, transport_error_of};
-use crate::sql::queue::QueueRow;
+use crate::sql::queue::{QueueRow, QueueTables};
 use crate::sql::{self, to_i64, to_u64};
 
 /// Settings of the SQL-table transport.
@@ -63,6 +63,7 @@ impl Default for SqlTransportOptions {
 pub struct SqlTransport {
     database: Database,
     options: SqlTransportOptions,
+    tables: QueueTables,
 }
 
 /// A message the PostgreSQL queue cannot store.
@@ -89,12 +90,22 @@ impl SqlTransport {
 
     /// A transport with non-default settings.
     pub fn with_options(database: Database, options: SqlTransportOptions) -> Self {
-        Self { database, options }
+        let tables = QueueTables::of(&database);
+        Self {
+            database,
+            options,
+            tables,
+        }
     }
 
     /// The database holding the queue.
     pub fn database(&self) -> &Database {
         &self.database
+    }
+
+    /// The queue's tables, as statements of this database or a co-located one name them.
+    pub(crate) fn tables(&self) -> &QueueTables {
+        &self.tables
     }
 
     /// Inserts `messages` into the queue inside an open transaction (to publish atomically
@@ -107,7 +118,7 @@ impl SqlTransport {
     ) -> Result<(), TransportError> {
         let refs: Vec<&Message> = messages.iter().collect();
         let at = to_i64(Timestamp::now().as_millis());
-        sql::queue::insert_many(conn.reborrow(), Glued::NONE, &refs, at)
+        sql::queue::insert_many(conn.reborrow(), &self.tables, Glued::NONE, &refs, at)
             .await
             .map_err(transport_error_of)?;
         self.notify(conn, messages)
@@ -115,7 +126,13 @@ impl SqlTransport {
             .map_err(transport_error_of)
     }
 
-    async fn notify(&self, conn: Conn<'_>, messages: &[Message]) -> Result<(), StoreError> {
+    /// On PostgreSQL, tells the consumers of every process (at the commit of the transaction
+    /// on `conn`) about `messages` put into the queue.
+    pub(crate) async fn notify(
+        &self,
+        conn: Conn<'_>,
+        messages: &[Message],
+    ) -> Result<(), StoreError> {
         let channels = crate::store::destinations(messages.iter());
         let channels: Vec<&str> = channels.iter().map(String::as_str).collect();
         let notify = self.database.queue_notify_channel();
@@ -154,6 +171,11 @@ impl SqlTransport {
                 .wakeups()
                 .wake(&Topic::Queue(message.destination.clone()));
         }
+    }
+
+    /// Wakes the local consumers of `channels`.
+    pub(crate) fn wake_channels(&self, channels: &[String]) {
+        self.database.wakeups().wake_channels(channels);
     }
 
     async fn claim(&self, channel: &str, max: usize) -> Result<Vec<Delivery>, TransportError> {
@@ -233,6 +255,7 @@ impl SqlTransport {
             if let Some(reply) = failure_reply_for(&message, &problem) {
                 sql::queue::insert_many(
                     conn.reborrow(),
+                    &self.tables,
                     Glued::NONE,
                     &[&reply],
                     to_i64(now.as_millis()),
@@ -248,11 +271,12 @@ impl SqlTransport {
                 reason: problem,
                 at: now,
             };
-            sql::dead_letters::insert(conn.reborrow(), &dead).await?;
+            sql::dead_letters::insert_into(conn.reborrow(), self.tables.dead_letters(), &dead)
+                .await?;
             set_aside.push(row.id);
             taken.set_aside += 1;
         }
-        sql::queue::delete(conn, &set_aside).await?;
+        sql::queue::delete(conn, &self.tables, &set_aside).await?;
         taken.deliveries.sort_by_key(|d| d.receipt);
         Ok(taken)
     }
@@ -268,8 +292,9 @@ impl SqlTransport {
     /// Takes up to `max` visible messages of `channel` out of the queue inside an open
     /// transaction, without a lease: one statement deletes and returns them (on PostgreSQL
     /// skipping rows other consumers hold), so they are gone if the transaction commits and
-    /// back if it rolls back. Unreadable rows are dead-lettered in the transaction. `glued`
-    /// runs first.
+    /// back if it rolls back. The transaction may be on a co-located database (another schema
+    /// of the queue's PostgreSQL database). Unreadable rows are dead-lettered in the
+    /// transaction, among the dead letters of the database it is on. `glued` runs first.
     pub(crate) async fn take_in(
         &self,
         mut conn: Conn<'_>,
@@ -278,7 +303,8 @@ impl SqlTransport {
         max: usize,
     ) -> Result<Taken, StoreError> {
         let now = Timestamp::now();
-        let rows = sql::queue::take(conn.reborrow(), glued, channel, now, max).await?;
+        let rows =
+            sql::queue::take(conn.reborrow(), &self.tables, glued, channel, now, max).await?;
         self.read_rows(conn, channel, rows, now).await
     }
 }
@@ -422,7 +448,7 @@ impl Transport for SqlTransport {
             .acquire_relaxed()
             .await
             .map_err(transport_error)?;
-        sql::queue::delete(conn.conn(), &ids)
+        sql::queue::delete(conn.conn(), &self.tables, &ids)
             .await
             .map_err(transport_error_of)?;
         self.database.count_relaxed_commit();
@@ -451,7 +477,7 @@ impl Transport for SqlTransport {
             .into_iter()
             .collect();
         self.publish_in(tx.conn(), &replies).await?;
-        sql::queue::delete(tx.conn(), &[to_i64(delivery.receipt)])
+        sql::queue::delete(tx.conn(), &self.tables, &[to_i64(delivery.receipt)])
             .await
             .map_err(transport_error_of)?;
         self.database.commit(tx).await.map_err(transport_error)?;

@@ -442,10 +442,7 @@ pub async fn run(
     Ok(BenchReport {
         store,
         transport,
-        layout: match config.options.is_in_place() {
-            true => "in-place",
-            false => "per-service",
-        },
+        layout: config.options.layout().as_str(),
         sqlite_sync: match config.options.sqlite_sync {
             saga_store::SqliteSync::Full => "full",
             saga_store::SqliteSync::Normal => "normal",
