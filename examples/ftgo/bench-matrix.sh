@@ -27,6 +27,7 @@ layouts=(
   "sqlite-per-service|"
   "postgres-in-place|--store postgres --in-place"
   "postgres-per-service|--store postgres"
+  "postgres-co-located|--store postgres --co-located"
   "postgres-nats|--store postgres --transport nats"
 )
 declare -A sagas_at=([1]=200 [8]=1000 [32]=2000 [256]=4000)
