@@ -92,11 +92,11 @@ async fn an_outage_longer_than_the_poison_budget_strands_no_saga(mode: Mode) {
     db.cleanup().await;
 }
 
-/// In place, several passes of each channel run at once (`parallel_passes`), each taking a
-/// single message while the handlers take their time: every saga still ends as it would
-/// have, with one effect per step. (Leased, the options do not apply, and the same holds.)
-async fn parallel_passes_share_a_channel_and_apply_each_message_once(mode: Mode) {
-    let Some(db) = TestDb::open(mode.backend, "parallel_passes").await else {
+/// Several consumers of each channel at once (`channel_consumers`; in place, passes taking
+/// one message each; leased, consumers taking two) while the handlers take their time:
+/// every saga still ends as it would have, with one effect per step.
+async fn consumers_share_a_channel_and_apply_each_message_once(mode: Mode) {
+    let Some(db) = TestDb::open(mode.backend, "channel_consumers").await else {
         return;
     };
     let system = system_on(db, mode).await;
@@ -107,8 +107,9 @@ async fn parallel_passes_share_a_channel_and_apply_each_message_once(mode: Mode)
             delay: Duration::from_millis(2),
         },
         RuntimeOptions {
-            parallel_passes: Some(4),
+            channel_consumers: Some(4),
             pass_batch: Some(1),
+            batch_size: 2,
             chained_passes: 0,
             ..test_runtime_options()
         },
@@ -552,8 +553,8 @@ macro_rules! liveness {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn parallel_passes_share_a_channel_and_apply_each_message_once() {
-                super::parallel_passes_share_a_channel_and_apply_each_message_once($variant).await;
+            async fn consumers_share_a_channel_and_apply_each_message_once() {
+                super::consumers_share_a_channel_and_apply_each_message_once($variant).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -220,7 +220,12 @@ impl RuntimeBuilder {
                     &options,
                     &shutdown,
                 )),
-                None => tasks.push(tokio::spawn(consumer().run(shutdown.clone()))),
+                None => tasks.extend(spawn_consumers(
+                    orchestrator.store().database(),
+                    consumer,
+                    &options,
+                    &shutdown,
+                )),
             }
             tasks.push(tokio::spawn(timers::timer_loop(
                 orchestrator.clone(),
@@ -257,14 +262,32 @@ impl RuntimeBuilder {
                     &options,
                     &shutdown,
                 )),
-                None => tasks.push(tokio::spawn(consumer().run(shutdown.clone()))),
+                None => tasks.extend(spawn_consumers(database, consumer, &options, &shutdown)),
             }
         }
         SagaRuntime { stop, tasks, once }
     }
 }
 
-/// Starts the in-place passes of a channel ([`RuntimeOptions::parallel_passes`] of them),
+/// Starts the leased consumers of a channel whose handling transactions run on `database`
+/// ([`RuntimeOptions::channel_consumers`] of them).
+fn spawn_consumers<C, Fut>(
+    database: &Database,
+    consumer: impl Fn() -> Consumer<C>,
+    options: &Arc<RuntimeOptions>,
+    shutdown: &Shutdown,
+) -> Vec<JoinHandle<()>>
+where
+    C: FnMut(Vec<Delivery>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Vec<(Delivery, Verdict)>> + Send + 'static,
+{
+    let consumers = options.channel_consumers_on(database.dialect());
+    (0..consumers)
+        .map(|_| tokio::spawn(consumer().run(shutdown.clone())))
+        .collect()
+}
+
+/// Starts the in-place passes of a channel ([`RuntimeOptions::channel_consumers`] of them),
 /// each with a leased consumer of its own as its fallback.
 fn spawn_passes<C, Fut>(
     passes: in_place::ChannelPasses,
@@ -276,7 +299,7 @@ where
     C: FnMut(Vec<Delivery>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Vec<(Delivery, Verdict)>> + Send + 'static,
 {
-    let parallel = options.parallel_passes_on(passes.database.dialect());
+    let parallel = options.channel_consumers_on(passes.database.dialect());
     (0..parallel)
         .map(|pass| {
             tokio::spawn(in_place::pass_loop(

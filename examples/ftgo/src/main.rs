@@ -100,10 +100,10 @@ struct Tuning {
     /// (`RuntimeOptions::chained_passes`; 0 turns chaining off).
     #[arg(long)]
     chained_passes: Option<usize>,
-    /// In place: how many passes of one channel may run at once
-    /// (`RuntimeOptions::parallel_passes`).
+    /// How many consumers each channel has (in place: passes at once;
+    /// `RuntimeOptions::channel_consumers`).
     #[arg(long)]
-    parallel_passes: Option<usize>,
+    channel_consumers: Option<usize>,
     /// In place: the most messages one pass takes (`RuntimeOptions::pass_batch`).
     #[arg(long)]
     pass_batch: Option<usize>,
@@ -501,7 +501,7 @@ async fn bench(
     if let Some(chained) = tuning.chained_passes {
         runtime.chained_passes = chained;
     }
-    runtime.parallel_passes = tuning.parallel_passes.or(runtime.parallel_passes);
+    runtime.channel_consumers = tuning.channel_consumers.or(runtime.channel_consumers);
     runtime.pass_batch = tuning.pass_batch.or(runtime.pass_batch);
     if let Some(nats) = &mut options.nats {
         let stream = format!("FTGO_BENCH_{}", std::process::id());

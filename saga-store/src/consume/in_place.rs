@@ -20,7 +20,7 @@
 //! load and, on PostgreSQL, within the 64 subtransactions a backend caches); a channel left
 //! with messages is woken as before.
 //!
-//! A channel may have several passes at once ([`RuntimeOptions::parallel_passes`]; by
+//! A channel may have several passes at once ([`RuntimeOptions::channel_consumers`]; by
 //! default on PostgreSQL, not on SQLite's single writer), each taking at most
 //! [`RuntimeOptions::pass_batch`] messages (`SKIP LOCKED`: never the same ones). One pass at
 //! a time made the sagas in flight travel as one herd, a whole channel's batch handled
@@ -280,7 +280,7 @@ struct Taking {
     /// The most messages to take.
     max: usize,
     /// On a full batch, wake another pass of the channel at once, to take the next batch
-    /// while this one is handled (with [`RuntimeOptions::parallel_passes`] above 1).
+    /// while this one is handled (with [`RuntimeOptions::channel_consumers`] above 1).
     wake_sibling: bool,
 }
 
@@ -353,7 +353,7 @@ pub(crate) async fn pass_loop<C, Fut>(
     let notify = queue.database().queue_notify_channel();
     let mut backoff = Backoff::new(options.max_backoff);
     let dialect = database.dialect();
-    let wake_sibling = options.parallel_passes_on(dialect) > 1;
+    let wake_sibling = options.channel_consumers_on(dialect) > 1;
     let Some(handler) = local.on(&database, &channel).cloned() else {
         tracing::error!(%channel, "no in-place handler for the channel; using the leased consumer");
         fallback.run(shutdown).await;

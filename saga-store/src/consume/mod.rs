@@ -1,7 +1,8 @@
 //! Consuming: the loops that take messages off a channel and handle them.
 //!
-//! - [`Consumer`] here: the leased consumer every channel has — receive a batch, hand it to
-//!   a handler, acknowledge or hold each message as its verdict says;
+//! - [`Consumer`] here: the leased consumer every channel has (one or more, as
+//!   [`RuntimeOptions::channel_consumers`] says) — receive a batch, hand it to a handler,
+//!   acknowledge or hold each message as its verdict says;
 //! - [`commands`]: a participant's command handling (dedup, handler, reply in one
 //!   transaction per batch);
 //! - [`replies`]: the orchestrator's reply handling;
