@@ -9,6 +9,8 @@
 #                                            # before/after in one sitting: each run of each row
 #                                            # runs the baseline binary, then this one
 #   BASELINE_IN_PLACE=--single-database      # the baseline's name for --in-place, if older
+#   BASELINE_CO_LOCATED=                     # what the baseline runs for --co-located rows, if
+#                                            # it has no such layout (empty: per service)
 #   BASELINE=target/release/ftgo AFTER_ARGS=--observe examples/ftgo/bench-matrix.sh
 #                                            # one binary, tracing + metrics off (before) and
 #                                            # on (after), alternating
@@ -51,7 +53,10 @@ for entry in "${configs[@]}"; do
     for binary in "${binaries[@]}"; do
       which=${binary%%|*}
       run_args=$args
-      [[ "$which" == before ]] && run_args=${args//--in-place/${BASELINE_IN_PLACE:---in-place}}
+      if [[ "$which" == before ]]; then
+        run_args=${args//--in-place/${BASELINE_IN_PLACE:---in-place}}
+        run_args=${run_args//--co-located/${BASELINE_CO_LOCATED---co-located}}
+      fi
       [[ "$which" == after ]] && run_args="$run_args ${AFTER_ARGS:-}"
       # shellcheck disable=SC2086
       line=$("${binary#*|}" bench $run_args --raw-seconds 1 2>/dev/null | tail -n 1)
