@@ -22,6 +22,9 @@
 #   TRANSPORT      nats            or `sql`: the SQL-table queue in schema <prefix>_messages
 #   QUEUE_ROLE     with TRANSPORT=sql, the role every process SET ROLEs to in the queue
 #                  schema (see docs/security.md)
+#   CO_LOCATED     with TRANSPORT=sql, if set: every service handles its messages in place
+#                  and writes what it sends straight into the queue schema (no outbox,
+#                  relay or leases; `ftgo --co-located`)
 #   LISTEN         127.0.0.1:8080  the API's address
 #   RUN_DIR        ./ftgo-run      pid files and logs (<name>.pid, <name>.log)
 #   FTGO_BIN       the ftgo binary (default: built here with cargo build -p ftgo)
@@ -58,7 +61,7 @@ common_args() {
   if [[ "$TRANSPORT" == nats ]]; then
     echo --schema-prefix "$SCHEMA_PREFIX" --transport nats --nats-stream "$NATS_STREAM"
   else
-    echo --schema-prefix "$SCHEMA_PREFIX" --transport sql
+    echo --schema-prefix "$SCHEMA_PREFIX" --transport sql ${CO_LOCATED:+--co-located}
   fi
 }
 
