@@ -1,13 +1,14 @@
 //! Group commit (`Database::write`), on SQLite and PostgreSQL: many callers' work shares
 //! commits, yet each piece keeps the guarantees of its own transaction — a rollback, an error
-//! or a panic undoes that piece only, and nobody hears "committed" for work that is not.
+//! or a panic undoes that piece only, and nobody hears "committed" for work that is not. On
+//! SQLite both with the writer on a pinned thread of its own (the default) and on the runtime.
 
 use std::collections::BTreeSet;
 
 use futures_util::future::join_all;
 use saga_core::ports::StoreError;
 use saga_store::error::store_error;
-use saga_store::{Database, Finish, Tx, on_backend};
+use saga_store::{Database, DatabaseOptions, Finish, SqliteWriter, Tx, on_backend};
 use saga_tests::testdb::{Backend, TestDb, execute};
 use sqlx::{query, query_scalar};
 
@@ -46,11 +47,27 @@ async fn insert_then(database: &Database, n: i64) -> Result<i64, StoreError> {
         .await
 }
 
-async fn each_piece_keeps_its_own_outcome(backend: Backend) {
+/// Where SQLite's writer runs: on a pinned thread of its own (the default), or on the
+/// runtime.
+fn writer_on(backend: Backend, on_runtime: bool) -> SqliteWriter {
+    match (backend, on_runtime) {
+        (Backend::Sqlite, true) => SqliteWriter::Runtime,
+        _ => SqliteWriter::default(),
+    }
+}
+
+async fn each_piece_keeps_its_own_outcome(backend: Backend, on_runtime: bool) {
     let Some(db) = TestDb::open(backend, "group_commit").await else {
         return;
     };
-    let database = db.database.clone();
+    let options = DatabaseOptions {
+        schema: db.schema.clone(),
+        sqlite_writer: writer_on(backend, on_runtime),
+        ..DatabaseOptions::default()
+    };
+    let database = Database::connect_with(&db.url, options)
+        .await
+        .expect("opens");
     execute(&database, "CREATE TABLE group_rows (n BIGINT PRIMARY KEY)")
         .await
         .expect("creates the table");
@@ -90,10 +107,11 @@ async fn each_piece_keeps_its_own_outcome(backend: Backend) {
 
     // The writers keep working after all that.
     assert_eq!(insert_then(&database, 1000).await.expect("commits"), 1000);
+    database.close().await;
     db.cleanup().await;
 }
 
-async fn a_closed_database_fails_every_caller(backend: Backend) {
+async fn a_closed_database_fails_every_caller(backend: Backend, on_runtime: bool) {
     let Some(db) = TestDb::open(backend, "group_commit_closed").await else {
         return;
     };
@@ -104,7 +122,14 @@ async fn a_closed_database_fails_every_caller(backend: Backend) {
     .await
     .expect("creates the table");
     // A second handle, closed (the test's own stays open to clean up).
-    let database = TestDb::reopen(&db.url, db.schema.as_deref()).await;
+    let options = DatabaseOptions {
+        schema: db.schema.clone(),
+        sqlite_writer: writer_on(backend, on_runtime),
+        ..DatabaseOptions::default()
+    };
+    let database = Database::connect_with(&db.url, options)
+        .await
+        .expect("opens");
     database.close().await;
     let results = join_all((0..10).map(|n| insert_then(&database, n * 2))).await;
     for result in results {
@@ -117,22 +142,23 @@ async fn a_closed_database_fails_every_caller(backend: Backend) {
 }
 
 macro_rules! group_commit {
-    ($backend:ident, $variant:expr) => {
-        mod $backend {
+    ($name:ident, $backend:expr, $on_runtime:expr) => {
+        mod $name {
             use super::*;
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn each_piece_keeps_its_own_outcome() {
-                super::each_piece_keeps_its_own_outcome($variant).await;
+                super::each_piece_keeps_its_own_outcome($backend, $on_runtime).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_closed_database_fails_every_caller() {
-                super::a_closed_database_fails_every_caller($variant).await;
+                super::a_closed_database_fails_every_caller($backend, $on_runtime).await;
             }
         }
     };
 }
 
-group_commit!(sqlite, Backend::Sqlite);
-group_commit!(postgres, Backend::Postgres);
+group_commit!(sqlite, Backend::Sqlite, false);
+group_commit!(sqlite_writer_on_the_runtime, Backend::Sqlite, true);
+group_commit!(postgres, Backend::Postgres, false);

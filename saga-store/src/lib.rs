@@ -83,7 +83,8 @@ mod worker;
 pub use db::backend::{Conn, PgTx, PoolConn, SqliteTx, Tx, TxContext};
 pub use db::group::Finish;
 pub use db::{
-    Database, DatabaseOptions, Dialect, PostgresTls, SAGA_MIGRATION_VERSIONS, SqliteSync, SslMode,
+    Database, DatabaseOptions, Dialect, PostgresTls, SAGA_MIGRATION_VERSIONS, SqliteSync,
+    SqliteWriter, SslMode,
 };
 pub use error::DatabaseError;
 pub use options::{RetentionPolicy, RuntimeOptions, WatchdogOptions};

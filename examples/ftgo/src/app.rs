@@ -43,7 +43,7 @@ pub enum Storage {
 pub const SERVICES: [&str; 4] = ["order", "consumer", "kitchen", "accounting"];
 /// The message queue's database name.
 pub const MESSAGES: &str = "messages";
-/// The database name of an in-place deployment (see [`FtgoOptions::in_place`]).
+/// The database name of an in-place deployment ([`Layout::InPlace`]).
 pub const SHARED: &str = "ftgo";
 
 impl Storage {
