@@ -281,7 +281,7 @@ where
     C: FnMut(Vec<Delivery>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Vec<(Delivery, Verdict)>> + Send + 'static,
 {
-    let consumers = options.channel_consumers_on(database.dialect());
+    let consumers = options.channel_consumers_on(database.dialect(), false);
     (0..consumers)
         .map(|_| tokio::spawn(consumer().run(shutdown.clone())))
         .collect()
@@ -299,7 +299,7 @@ where
     C: FnMut(Vec<Delivery>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Vec<(Delivery, Verdict)>> + Send + 'static,
 {
-    let parallel = options.channel_consumers_on(passes.database.dialect());
+    let parallel = options.channel_consumers_on(passes.database.dialect(), true);
     (0..parallel)
         .map(|pass| {
             tokio::spawn(in_place::pass_loop(

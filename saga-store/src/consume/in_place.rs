@@ -353,7 +353,7 @@ pub(crate) async fn pass_loop<C, Fut>(
     let notify = queue.database().queue_notify_channel();
     let mut backoff = Backoff::new(options.max_backoff);
     let dialect = database.dialect();
-    let wake_sibling = options.channel_consumers_on(dialect) > 1;
+    let wake_sibling = options.channel_consumers_on(dialect, true) > 1;
     let Some(handler) = local.on(&database, &channel).cloned() else {
         tracing::error!(%channel, "no in-place handler for the channel; using the leased consumer");
         fallback.run(shutdown).await;
