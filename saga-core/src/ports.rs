@@ -445,6 +445,16 @@ pub trait Transport: Send + Sync {
         "saga"
     }
 
+    /// Whether one saga's messages on a channel reach the channel's consumers one at a time,
+    /// in order, however many consumers take from it at once (the SQL queue hands out only
+    /// the oldest of a saga's messages). The engine relies on a saga's messages on a channel
+    /// being handled in order — a cancelled saga's compensation is sent behind the command it
+    /// undoes — so a runtime gives a channel several consumers only on a transport that says
+    /// so. The default: no.
+    fn orders_each_saga(&self) -> bool {
+        false
+    }
+
     /// Whether the transport can ever carry `message`, checked before publishing it: an
     /// error is permanent for that message ([`TransportError::TooLarge`],
     /// [`TransportError::Refused`]). The default checks the destination is a channel name

@@ -46,9 +46,12 @@ pub struct RuntimeOptions {
     /// anyway (measured: more only cost throughput there). On PostgreSQL, where one consumer
     /// per channel made the sagas in flight travel as one herd, channel after channel, while
     /// the machine sat two-thirds idle: 4 in place (4 passes of 8 messages doubled the
-    /// throughput at 32 and 256 sagas in flight), 2 leased (over NATS and the SQL queue
-    /// alike 20–50 % more at 256 in flight, as much as 4 gave, and at 8 in flight no loss,
-    /// where 4 cost up to 15 %).
+    /// throughput at 32 and 256 sagas in flight), 2 leased (20–50 % more at 256 in flight,
+    /// as much as 4 gave, and at 8 in flight no loss, where 4 cost up to 15 %). Each saga's
+    /// messages on a channel are still handled one at a time, in order: the SQL queue hands
+    /// out only a saga's oldest message. A transport that cannot keep that order across
+    /// consumers (NATS: [`Transport::orders_each_saga`](saga_core::ports::Transport::orders_each_saga))
+    /// gets one leased consumer per channel whatever this says.
     pub channel_consumers: Option<usize>,
     /// In place: the most messages one pass takes. Default: `batch_size` on SQLite; 8 on
     /// PostgreSQL, so that the messages waiting on a channel spread over its

@@ -208,25 +208,19 @@ impl RuntimeBuilder {
                     options.clone(),
                 )
             };
-            match self.in_place_queue(orchestrator.store().database()) {
-                Some(queue) => tasks.extend(spawn_passes(
-                    in_place::ChannelPasses {
-                        channel: orchestrator.reply_channel().to_owned(),
-                        database: orchestrator.store().database().clone(),
-                        local: local.clone(),
-                        queue,
-                    },
-                    consumer,
-                    &options,
-                    &shutdown,
-                )),
-                None => tasks.extend(spawn_consumers(
-                    orchestrator.store().database(),
-                    consumer,
-                    &options,
-                    &shutdown,
-                )),
-            }
+            let database = orchestrator.store().database();
+            let passes = self
+                .in_place_queue(database)
+                .map(|queue| in_place::ChannelPasses {
+                    channel: orchestrator.reply_channel().to_owned(),
+                    database: database.clone(),
+                    local: local.clone(),
+                    queue,
+                });
+            let ordered = self.transport.orders_each_saga();
+            tasks.extend(spawn_channel(
+                database, passes, ordered, consumer, &options, &shutdown,
+            ));
             tasks.push(tokio::spawn(timers::timer_loop(
                 orchestrator.clone(),
                 options.clone(),
@@ -250,29 +244,30 @@ impl RuntimeBuilder {
                     queue.clone(),
                 )
             };
-            match &queue {
-                Some(queue) => tasks.extend(spawn_passes(
-                    in_place::ChannelPasses {
-                        channel: participant.channel().to_owned(),
-                        database: database.clone(),
-                        local: local.clone(),
-                        queue: queue.clone(),
-                    },
-                    consumer,
-                    &options,
-                    &shutdown,
-                )),
-                None => tasks.extend(spawn_consumers(database, consumer, &options, &shutdown)),
-            }
+            let passes = queue.clone().map(|queue| in_place::ChannelPasses {
+                channel: participant.channel().to_owned(),
+                database: database.clone(),
+                local: local.clone(),
+                queue,
+            });
+            let ordered = self.transport.orders_each_saga();
+            tasks.extend(spawn_channel(
+                database, passes, ordered, consumer, &options, &shutdown,
+            ));
         }
         SagaRuntime { stop, tasks, once }
     }
 }
 
-/// Starts the leased consumers of a channel whose handling transactions run on `database`
-/// ([`RuntimeOptions::channel_consumers`] of them).
-fn spawn_consumers<C, Fut>(
+/// Starts the consumers of a channel whose handling transactions run on `database`
+/// ([`RuntimeOptions::channel_consumers`] of them): in-place passes when `passes` says
+/// where (each with a leased consumer of its own as its fallback), else leased consumers —
+/// one only, unless the transport keeps each saga's messages in order across consumers
+/// (`ordered`, [`Transport::orders_each_saga`]).
+fn spawn_channel<C, Fut>(
     database: &Database,
+    passes: Option<in_place::ChannelPasses>,
+    ordered: bool,
     consumer: impl Fn() -> Consumer<C>,
     options: &Arc<RuntimeOptions>,
     shutdown: &Shutdown,
@@ -281,34 +276,27 @@ where
     C: FnMut(Vec<Delivery>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Vec<(Delivery, Verdict)>> + Send + 'static,
 {
-    let consumers = options.channel_consumers_on(database.dialect(), false);
-    (0..consumers)
-        .map(|_| tokio::spawn(consumer().run(shutdown.clone())))
-        .collect()
-}
-
-/// Starts the in-place passes of a channel ([`RuntimeOptions::channel_consumers`] of them),
-/// each with a leased consumer of its own as its fallback.
-fn spawn_passes<C, Fut>(
-    passes: in_place::ChannelPasses,
-    consumer: impl Fn() -> Consumer<C>,
-    options: &Arc<RuntimeOptions>,
-    shutdown: &Shutdown,
-) -> Vec<JoinHandle<()>>
-where
-    C: FnMut(Vec<Delivery>) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Vec<(Delivery, Verdict)>> + Send + 'static,
-{
-    let parallel = options.channel_consumers_on(passes.database.dialect(), true);
-    (0..parallel)
-        .map(|pass| {
-            tokio::spawn(in_place::pass_loop(
+    let mut count = options.channel_consumers_on(database.dialect(), passes.is_some());
+    if passes.is_none() && !ordered && count > 1 {
+        if options.channel_consumers.is_some() {
+            tracing::warn!(
+                asked = count,
+                "the transport does not keep a saga's messages in order across consumers; \
+                 each channel gets one"
+            );
+        }
+        count = 1;
+    }
+    (0..count)
+        .map(|n| match &passes {
+            Some(passes) => tokio::spawn(in_place::pass_loop(
                 passes.clone(),
-                pass == 0,
+                n == 0,
                 consumer(),
                 options.clone(),
                 shutdown.clone(),
-            ))
+            )),
+            None => tokio::spawn(consumer().run(shutdown.clone())),
         })
         .collect()
 }

@@ -2,8 +2,16 @@
 //! A consumer claims rows by moving `visible_at` a lease into the future (`FOR UPDATE SKIP
 //! LOCKED` on PostgreSQL) and counting the delivery, or — handling them in place — takes them
 //! (deletes and returns them) inside the transaction that handles them.
+//!
+//! One saga's messages on a channel go out one at a time, in order, however many consumers
+//! (threads or processes) the channel has: a row is handed out only while it is the oldest of
+//! its channel with its `ordering_key` (a hash of its saga id), so a later one waits until the
+//! earlier is acknowledged, taken for good or set aside — through leases, retries and
+//! backoffs. The engine relies on it: a saga cancelled while its command is queued sends the
+//! compensation behind the command, and it must not overtake it.
 
 use saga_core::Message;
+use saga_core::message::headers;
 use saga_core::ports::{ChannelBacklog, StoreError};
 use saga_core::{MessageId, Timestamp};
 use sqlx::{AssertSqlSafe, query};
@@ -115,8 +123,28 @@ impl QueueTables {
     }
 }
 
+/// Which rows keep order among themselves: a stable hash (FNV-1a) of the saga id, or of the
+/// message id for a message of no saga.
+pub(crate) fn ordering_key(message: &Message) -> i64 {
+    let id = message.id.0.to_string();
+    let key = message.headers.get(headers::SAGA_ID).unwrap_or(id.as_str());
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    i64::from_ne_bytes(hash.to_ne_bytes())
+}
+
+/// The condition that a row (`m`) is the oldest of its channel with its key, which is all a
+/// consumer may be handed (see the module's documentation).
+fn oldest_of_its_key(table: &str) -> String {
+    format!(
+        "NOT EXISTS (SELECT 1 FROM {table} AS e WHERE e.channel = m.channel \
+         AND e.ordering_key = m.ordering_key AND e.id < m.id)"
+    )
+}
+
 /// Parameters per row of [`insert_sql`].
-pub(crate) const INSERT_COLUMNS: usize = 6;
+pub(crate) const INSERT_COLUMNS: usize = 7;
 
 /// [`insert_many`]'s statement for `rows` messages, its parameters numbered from `first`.
 pub(crate) fn insert_sql(
@@ -126,8 +154,8 @@ pub(crate) fn insert_sql(
     rows: usize,
 ) -> String {
     format!(
-        "INSERT INTO {} (channel, message_id, headers, payload, enqueued_at, visible_at) \
-         VALUES {}",
+        "INSERT INTO {} (channel, message_id, headers, payload, enqueued_at, visible_at, \
+         ordering_key) VALUES {}",
         table.queue(),
         values_from(dialect, first, rows, &[Col::Plain; INSERT_COLUMNS])
     )
@@ -143,6 +171,7 @@ macro_rules! bind_message {
             .bind(message.payload.as_str())
             .bind($at)
             .bind($at)
+            .bind($crate::sql::queue::ordering_key(message))
     }};
 }
 pub(crate) use bind_message;
@@ -210,22 +239,16 @@ pub(crate) async fn claim(
     lease_end: Timestamp,
     max: usize,
 ) -> Result<Vec<QueueRow>, StoreError> {
-    let sql = match conn.dialect() {
-        Dialect::Postgres => {
-            "UPDATE saga_queue SET visible_at = $1, deliveries = deliveries + 1 \
-             WHERE id IN (SELECT id FROM saga_queue WHERE channel = $2 AND visible_at <= $3 \
-                          ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) \
-             RETURNING id, message_id, headers, payload, deliveries"
-        }
-        Dialect::Sqlite => {
-            "UPDATE saga_queue SET visible_at = $1, deliveries = deliveries + 1 \
-             WHERE id IN (SELECT id FROM saga_queue WHERE channel = $2 AND visible_at <= $3 \
-                          ORDER BY id LIMIT $4) \
-             RETURNING id, message_id, headers, payload, deliveries"
-        }
-    };
+    let sql = format!(
+        "UPDATE saga_queue SET visible_at = $1, deliveries = deliveries + 1 \
+         WHERE id IN (SELECT id FROM saga_queue AS m WHERE channel = $2 AND visible_at <= $3 \
+                      AND {} ORDER BY id LIMIT $4{}) \
+         RETURNING id, message_id, headers, payload, deliveries",
+        oldest_of_its_key("saga_queue"),
+        skip_locked(conn.dialect()),
+    );
     on_backend!(conn, |c| {
-        query(sql)
+        query(AssertSqlSafe(sql))
             .bind(to_i64(lease_end.as_millis()))
             .bind(channel)
             .bind(to_i64(now.as_millis()))
@@ -250,15 +273,13 @@ pub(crate) async fn take(
     now: Timestamp,
     max: usize,
 ) -> Result<Vec<QueueRow>, StoreError> {
-    let lock = match conn.dialect() {
-        Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
-        Dialect::Sqlite => "",
-    };
     let table = table.queue();
     let sql = format!(
-        "DELETE FROM {table} WHERE id IN (SELECT id FROM {table} \
-         WHERE channel = $1 AND visible_at <= $2 ORDER BY id LIMIT $3{lock}) \
-         RETURNING id, message_id, headers, payload, deliveries + 1 AS deliveries"
+        "DELETE FROM {table} WHERE id IN (SELECT id FROM {table} AS m \
+         WHERE channel = $1 AND visible_at <= $2 AND {} ORDER BY id LIMIT $3{}) \
+         RETURNING id, message_id, headers, payload, deliveries + 1 AS deliveries",
+        oldest_of_its_key(table),
+        skip_locked(conn.dialect()),
     );
     glued.run_unfused(conn.reborrow()).await?;
     let sql = glued.before(&sql);
@@ -276,15 +297,28 @@ pub(crate) async fn take(
     })
 }
 
-/// Whether `channel` has a row visible at `now`: a read, which on SQLite does not wait for
+/// On PostgreSQL, the lock that keeps two consumers from taking the same rows, skipping rows
+/// another holds; nothing on SQLite, whose writer is one at a time.
+fn skip_locked(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Postgres => " FOR UPDATE OF m SKIP LOCKED",
+        Dialect::Sqlite => "",
+    }
+}
+
+/// Whether `channel` has a row a consumer may be handed at `now`: a read, which on SQLite does not wait for
 /// the writer.
 pub(crate) async fn any_visible(
     conn: Conn<'_>,
     channel: &str,
     now: Timestamp,
 ) -> Result<bool, StoreError> {
+    let sql = format!(
+        "SELECT 1 FROM saga_queue AS m WHERE channel = $1 AND visible_at <= $2 AND {} LIMIT 1",
+        oldest_of_its_key("saga_queue")
+    );
     on_backend!(conn, |c| {
-        query("SELECT 1 FROM saga_queue WHERE channel = $1 AND visible_at <= $2 LIMIT 1")
+        query(AssertSqlSafe(sql))
             .bind(channel)
             .bind(to_i64(now.as_millis()))
             .fetch_optional(c)
@@ -410,7 +444,7 @@ pub(crate) async fn depth(conn: Conn<'_>) -> Result<Vec<ChannelBacklog>, StoreEr
 
 #[cfg(test)]
 mod tests {
-    use saga_core::Headers;
+    use saga_core::{Headers, SagaId};
 
     use super::*;
     use crate::sql::testing::databases;
@@ -493,6 +527,126 @@ mod tests {
                 ),
                 std::slice::from_ref(&other)
             );
+            tx.rollback().await.expect("rolls back");
+            db.drop().await;
+        }
+    }
+
+    fn of_saga(n: usize, saga: &str) -> Message {
+        let mut message = message("ledger", n);
+        message.headers = message.headers.with(headers::SAGA_ID, saga);
+        message
+    }
+
+    fn payloads(rows: &[QueueRow]) -> Vec<String> {
+        let mut got: Vec<String> = readable(rows).into_iter().map(|m| m.payload).collect();
+        got.sort();
+        got
+    }
+
+    /// A saga's later message waits while an earlier one is leased, backing off or being
+    /// taken by another consumer; other sagas' messages go on.
+    #[tokio::test]
+    async fn one_sagas_messages_go_out_one_at_a_time_in_order() {
+        for db in databases("queue_order").await {
+            let table = &QueueTables::of(&db.database);
+            let (a, b) = (SagaId::new().to_string(), SagaId::new().to_string());
+            let queued = [
+                of_saga(1, &a),
+                of_saga(2, &a),
+                of_saga(3, &b),
+                of_saga(4, &a),
+            ];
+            let mut tx = db.database.begin().await.expect("begins");
+            insert_many(
+                tx.conn(),
+                table,
+                Glued::NONE,
+                &queued.iter().collect::<Vec<_>>(),
+                100,
+            )
+            .await
+            .expect("enqueues");
+            tx.commit().await.expect("commits");
+
+            if db.database.dialect() == Dialect::Postgres {
+                // Two consumers at once: while one takes saga a's first, the other gets b's.
+                let mut first = db.database.begin().await.expect("begins");
+                let mut second = db.database.begin().await.expect("begins");
+                let one = take(
+                    first.conn(),
+                    table,
+                    Glued::NONE,
+                    "ledger",
+                    Timestamp(100),
+                    1,
+                )
+                .await
+                .expect("takes");
+                assert_eq!(payloads(&one), [r#"{"n":1}"#]);
+                let other = take(
+                    second.conn(),
+                    table,
+                    Glued::NONE,
+                    "ledger",
+                    Timestamp(100),
+                    10,
+                )
+                .await
+                .expect("takes");
+                assert_eq!(payloads(&other), [r#"{"n":3}"#]);
+                first.rollback().await.expect("rolls back");
+                second.rollback().await.expect("rolls back");
+            }
+
+            let mut tx = db.database.begin().await.expect("begins");
+            let claimed = claim(tx.conn(), "ledger", Timestamp(100), Timestamp(10_000), 10)
+                .await
+                .expect("claims");
+            assert_eq!(payloads(&claimed), [r#"{"n":1}"#, r#"{"n":3}"#]);
+            let first = claimed
+                .iter()
+                .find(|r| payloads(std::slice::from_ref(r)) == [r#"{"n":1}"#]);
+            let first = first.expect("claimed").id;
+            // Leased, then backing off: a's second waits.
+            assert!(
+                claim(tx.conn(), "ledger", Timestamp(200), Timestamp(1_000), 10)
+                    .await
+                    .expect("claims")
+                    .is_empty()
+            );
+            release(tx.conn(), first, Timestamp(5_000))
+                .await
+                .expect("releases");
+            assert!(
+                !any_visible(tx.conn(), "ledger", Timestamp(2_000))
+                    .await
+                    .expect("reads")
+            );
+            // Acknowledged: a's second, and only it.
+            delete(tx.conn(), table, &[first]).await.expect("deletes");
+            let second = take(
+                tx.conn(),
+                table,
+                Glued::NONE,
+                "ledger",
+                Timestamp(2_000),
+                10,
+            )
+            .await
+            .expect("takes");
+            assert_eq!(payloads(&second), [r#"{"n":2}"#]);
+            let third = take(
+                tx.conn(),
+                table,
+                Glued::NONE,
+                "ledger",
+                Timestamp(2_000),
+                10,
+            )
+            .await
+            .expect("takes");
+            assert_eq!(payloads(&third), [r#"{"n":4}"#]);
             tx.rollback().await.expect("rolls back");
             db.drop().await;
         }

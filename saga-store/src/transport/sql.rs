@@ -166,11 +166,7 @@ impl SqlTransport {
 
     /// Wakes local consumers of the channels `messages` went to.
     pub fn wake_consumers(&self, messages: &[Message]) {
-        for message in messages {
-            self.database
-                .wakeups()
-                .wake(&Topic::Queue(message.destination.clone()));
-        }
+        self.wake_channels(&crate::store::destinations(messages.iter()));
     }
 
     /// Wakes the local consumers of `channels`.
@@ -313,6 +309,10 @@ impl SqlTransport {
 impl Transport for SqlTransport {
     fn system(&self) -> &'static str {
         "saga_sql_queue"
+    }
+
+    fn orders_each_saga(&self) -> bool {
+        true
     }
 
     /// The destination must be a channel name; on PostgreSQL, whose text columns cannot hold
