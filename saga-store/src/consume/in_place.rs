@@ -22,7 +22,9 @@
 //!
 //! A channel may have several passes at once ([`RuntimeOptions::channel_consumers`]; by
 //! default on PostgreSQL, not on SQLite's single writer), each taking at most
-//! [`RuntimeOptions::pass_batch`] messages (`SKIP LOCKED`: never the same ones). One pass at
+//! [`RuntimeOptions::pass_batch`] messages (`SKIP LOCKED`: never the same ones, and never a
+//! saga's message while an earlier one of that saga on the channel is in hand: the queue keeps
+//! each saga's order, see [`crate::sql::queue`]). One pass at
 //! a time made the sagas in flight travel as one herd, a whole channel's batch handled
 //! statement after statement while the next channel waited; a pass that takes a full batch
 //! wakes another at once, so the herd spreads over the channel's passes.

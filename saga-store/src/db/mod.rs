@@ -773,8 +773,6 @@ fn sqlite_pool(
         .connect_lazy_with(connect))
 }
 
-/// The pool of `url`; `relaxed`: the small one for bookkeeping writes, whose commits do not
-/// wait for the WAL flush (see [`DatabaseOptions::relaxed_bookkeeping`]).
 /// Where `url` points: `host:port/database` (the socket's path for a host).
 fn postgres_server(url: &str) -> Result<String, DatabaseError> {
     let connect = PgConnectOptions::from_str(url)?;
@@ -789,6 +787,8 @@ fn postgres_server(url: &str) -> Result<String, DatabaseError> {
     Ok(format!("{host}:{}/{name}", connect.get_port()))
 }
 
+/// The pool of `url`; `relaxed`: the small one for bookkeeping writes, whose commits do not
+/// wait for the WAL flush (see [`DatabaseOptions::relaxed_bookkeeping`]).
 fn postgres_pool(
     url: &str,
     options: &DatabaseOptions,

@@ -24,7 +24,8 @@ use crate::db::{Database, Dialect};
 use crate::error::store_error;
 use crate::on_backend;
 use crate::sql::{
-    Bind, CHUNK, Col, Get, headers_json, headers_of, placeholders, to_i64, to_u64, values_from,
+    Bind, CHUNK, Col, Get, headers_json, headers_of, parameter, placeholders, to_i64, to_u64,
+    values_from,
 };
 
 /// A row as claimed or taken.
@@ -352,6 +353,66 @@ pub(crate) async fn delete(
     Ok(())
 }
 
+/// Deletes the acknowledged rows `ids` of `channel`, and says whether a later message of one
+/// of their sagas waits on the channel: it may be handed out now, so the channel's consumers
+/// should look again (they looked when it arrived, and passed it over).
+pub(crate) async fn acknowledge(
+    mut conn: Conn<'_>,
+    table: &QueueTables,
+    channel: &str,
+    ids: &[i64],
+) -> Result<bool, StoreError> {
+    let dialect = conn.dialect();
+    let mut keys = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(500) {
+        let sql = format!(
+            "DELETE FROM {} WHERE id IN ({}) RETURNING ordering_key",
+            table.queue(),
+            placeholders(dialect, 1, chunk.len())
+        );
+        let deleted: Vec<i64> = on_backend!(conn.reborrow(), |c| {
+            let mut statement = query(AssertSqlSafe(sql));
+            for id in chunk {
+                statement = statement.bind(*id);
+            }
+            statement
+                .fetch_all(c)
+                .await
+                .map_err(store_error)?
+                .iter()
+                .map(|row| row.int("ordering_key"))
+                .collect::<Result<_, _>>()
+        })?;
+        keys.extend(deleted);
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    for chunk in keys.chunks(500) {
+        let sql = format!(
+            "SELECT 1 FROM {} WHERE channel = {} AND ordering_key IN ({}) LIMIT 1",
+            table.queue(),
+            // Numbered alike: SQLite's anonymous `?` after a `$1` would take argument 1 again.
+            parameter(dialect, 1),
+            placeholders(dialect, 2, chunk.len())
+        );
+        let waiting = on_backend!(conn.reborrow(), |c| {
+            let mut statement = query(AssertSqlSafe(sql)).bind(channel);
+            for key in chunk {
+                statement = statement.bind(*key);
+            }
+            statement
+                .fetch_optional(c)
+                .await
+                .map(|row| row.is_some())
+                .map_err(store_error)
+        })?;
+        if waiting {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Makes a row visible again at `visible`, not counting the delivery (the consumer gave it
 /// back unprocessed).
 pub(crate) async fn release(conn: Conn<'_>, id: i64, visible: Timestamp) -> Result<(), StoreError> {
@@ -623,8 +684,12 @@ mod tests {
                     .await
                     .expect("reads")
             );
-            // Acknowledged: a's second, and only it.
-            delete(tx.conn(), table, &[first]).await.expect("deletes");
+            // Acknowledged: a's second, and only it; the acknowledgement says it waits.
+            assert!(
+                acknowledge(tx.conn(), table, "ledger", &[first])
+                    .await
+                    .expect("deletes")
+            );
             let second = take(
                 tx.conn(),
                 table,

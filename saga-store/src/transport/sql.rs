@@ -434,9 +434,12 @@ impl Transport for SqlTransport {
             .await
     }
 
+    /// Deletes the rows; when a later message of one of their sagas waits behind them (the
+    /// queue hands out a saga's messages one at a time), wakes the channel's consumers, here
+    /// and (PostgreSQL) in other processes, instead of leaving it to their next poll.
     async fn ack_all(
         &self,
-        _channel: &str,
+        channel: &str,
         _group: &str,
         deliveries: &[Delivery],
     ) -> Result<(), TransportError> {
@@ -448,10 +451,17 @@ impl Transport for SqlTransport {
             .acquire_relaxed()
             .await
             .map_err(transport_error)?;
-        sql::queue::delete(conn.conn(), &self.tables, &ids)
+        let waiting = sql::queue::acknowledge(conn.conn(), &self.tables, channel, &ids)
             .await
             .map_err(transport_error_of)?;
         self.database.count_relaxed_commit();
+        if waiting {
+            self.wake_channels(&[channel.to_owned()]);
+            let notify = self.database.queue_notify_channel();
+            sql::queue::notify(conn.conn(), &notify, &[channel])
+                .await
+                .map_err(transport_error_of)?;
+        }
         Ok(())
     }
 
