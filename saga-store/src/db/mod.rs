@@ -134,8 +134,8 @@ pub enum SqliteWriter {
     /// On a thread of its own, with a connection of its own whose sqlx thread it starts, both
     /// pinned to one CPU core: `core`, or (`None`) the last core the process may use, the
     /// next database's writer the one before, and so on. Measured on a 2-core VM (FTGO,
-    /// SQLite in place, one sitting): 4.9 → 3.1–3.3 ms a saga at one in flight, 920 →
-    /// 1,300 sagas/s at 256. Nothing is pinned for an in-memory database (one per
+    /// SQLite in place, one sitting): 4.9 → 3.4–4.3 ms a saga at one in flight, 920 →
+    /// 1,050–1,300 sagas/s at 256. Nothing is pinned for an in-memory database (one per
     /// connection: the writer shares the pool's) or with more than one writer.
     Pinned {
         /// The core, if not the default.
