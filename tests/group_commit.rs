@@ -47,27 +47,28 @@ async fn insert_then(database: &Database, n: i64) -> Result<i64, StoreError> {
         .await
 }
 
-/// Where SQLite's writer runs: on a pinned thread of its own (the default), or on the
-/// runtime.
-fn writer_on(backend: Backend, on_runtime: bool) -> SqliteWriter {
-    match (backend, on_runtime) {
+/// A handle of its own on `db`, SQLite's writer on a pinned thread of its own (the default)
+/// or on the runtime.
+async fn open(db: &TestDb, backend: Backend, on_runtime: bool) -> Database {
+    let sqlite_writer = match (backend, on_runtime) {
         (Backend::Sqlite, true) => SqliteWriter::Runtime,
         _ => SqliteWriter::default(),
-    }
+    };
+    let options = DatabaseOptions {
+        schema: db.schema.clone(),
+        sqlite_writer,
+        ..DatabaseOptions::default()
+    };
+    Database::connect_with(&db.url, options)
+        .await
+        .expect("opens")
 }
 
 async fn each_piece_keeps_its_own_outcome(backend: Backend, on_runtime: bool) {
     let Some(db) = TestDb::open(backend, "group_commit").await else {
         return;
     };
-    let options = DatabaseOptions {
-        schema: db.schema.clone(),
-        sqlite_writer: writer_on(backend, on_runtime),
-        ..DatabaseOptions::default()
-    };
-    let database = Database::connect_with(&db.url, options)
-        .await
-        .expect("opens");
+    let database = open(&db, backend, on_runtime).await;
     execute(&database, "CREATE TABLE group_rows (n BIGINT PRIMARY KEY)")
         .await
         .expect("creates the table");
@@ -122,14 +123,7 @@ async fn a_closed_database_fails_every_caller(backend: Backend, on_runtime: bool
     .await
     .expect("creates the table");
     // A second handle, closed (the test's own stays open to clean up).
-    let options = DatabaseOptions {
-        schema: db.schema.clone(),
-        sqlite_writer: writer_on(backend, on_runtime),
-        ..DatabaseOptions::default()
-    };
-    let database = Database::connect_with(&db.url, options)
-        .await
-        .expect("opens");
+    let database = open(&db, backend, on_runtime).await;
     database.close().await;
     let results = join_all((0..10).map(|n| insert_then(&database, n * 2))).await;
     for result in results {

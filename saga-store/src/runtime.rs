@@ -209,18 +209,13 @@ impl RuntimeBuilder {
                 )
             };
             let database = orchestrator.store().database();
-            let passes = self
-                .in_place_queue(database)
-                .map(|queue| in_place::ChannelPasses {
-                    channel: orchestrator.reply_channel().to_owned(),
-                    database: database.clone(),
-                    local: local.clone(),
-                    queue,
-                });
-            let ordered = self.transport.orders_each_saga();
-            tasks.extend(spawn_channel(
-                database, passes, ordered, consumer, &options, &shutdown,
-            ));
+            let channel = Channel {
+                name: orchestrator.reply_channel(),
+                database,
+                queue: self.in_place_queue(database),
+                local: &local,
+            };
+            tasks.extend(self.spawn_channel(channel, consumer, &options, &shutdown));
             tasks.push(tokio::spawn(timers::timer_loop(
                 orchestrator.clone(),
                 options.clone(),
@@ -244,61 +239,72 @@ impl RuntimeBuilder {
                     queue.clone(),
                 )
             };
-            let passes = queue.clone().map(|queue| in_place::ChannelPasses {
-                channel: participant.channel().to_owned(),
-                database: database.clone(),
-                local: local.clone(),
-                queue,
-            });
-            let ordered = self.transport.orders_each_saga();
-            tasks.extend(spawn_channel(
-                database, passes, ordered, consumer, &options, &shutdown,
-            ));
+            let channel = Channel {
+                name: participant.channel(),
+                database,
+                queue: queue.clone(),
+                local: &local,
+            };
+            tasks.extend(self.spawn_channel(channel, consumer, &options, &shutdown));
         }
         SagaRuntime { stop, tasks, once }
     }
+
+    /// Starts the consumers of `channel` ([`RuntimeOptions::channel_consumers`] of them):
+    /// in-place passes when it has an in-place queue (each with a leased consumer of its own
+    /// as its fallback), else leased consumers — one only, unless the transport keeps each
+    /// saga's messages in order across consumers ([`Transport::orders_each_saga`]).
+    fn spawn_channel<C, Fut>(
+        &self,
+        channel: Channel<'_>,
+        consumer: impl Fn() -> Consumer<C>,
+        options: &Arc<RuntimeOptions>,
+        shutdown: &Shutdown,
+    ) -> Vec<JoinHandle<()>>
+    where
+        C: FnMut(Vec<Delivery>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Vec<(Delivery, Verdict)>> + Send + 'static,
+    {
+        let database = channel.database;
+        let passes = channel.queue.map(|queue| in_place::ChannelPasses {
+            channel: channel.name.to_owned(),
+            database: database.clone(),
+            local: channel.local.clone(),
+            queue,
+        });
+        let mut count = options.channel_consumers_on(database.dialect(), passes.is_some());
+        if passes.is_none() && !self.transport.orders_each_saga() && count > 1 {
+            if options.channel_consumers.is_some() {
+                tracing::warn!(
+                    asked = count,
+                    "the transport does not keep a saga's messages in order across consumers; \
+                     each channel gets one"
+                );
+            }
+            count = 1;
+        }
+        (0..count)
+            .map(|n| match &passes {
+                Some(passes) => tokio::spawn(in_place::pass_loop(
+                    passes.clone(),
+                    n == 0,
+                    consumer(),
+                    options.clone(),
+                    shutdown.clone(),
+                )),
+                None => tokio::spawn(consumer().run(shutdown.clone())),
+            })
+            .collect()
+    }
 }
 
-/// Starts the consumers of a channel whose handling transactions run on `database`
-/// ([`RuntimeOptions::channel_consumers`] of them): in-place passes when `passes` says
-/// where (each with a leased consumer of its own as its fallback), else leased consumers —
-/// one only, unless the transport keeps each saga's messages in order across consumers
-/// (`ordered`, [`Transport::orders_each_saga`]).
-fn spawn_channel<C, Fut>(
-    database: &Database,
-    passes: Option<in_place::ChannelPasses>,
-    ordered: bool,
-    consumer: impl Fn() -> Consumer<C>,
-    options: &Arc<RuntimeOptions>,
-    shutdown: &Shutdown,
-) -> Vec<JoinHandle<()>>
-where
-    C: FnMut(Vec<Delivery>) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Vec<(Delivery, Verdict)>> + Send + 'static,
-{
-    let mut count = options.channel_consumers_on(database.dialect(), passes.is_some());
-    if passes.is_none() && !ordered && count > 1 {
-        if options.channel_consumers.is_some() {
-            tracing::warn!(
-                asked = count,
-                "the transport does not keep a saga's messages in order across consumers; \
-                 each channel gets one"
-            );
-        }
-        count = 1;
-    }
-    (0..count)
-        .map(|n| match &passes {
-            Some(passes) => tokio::spawn(in_place::pass_loop(
-                passes.clone(),
-                n == 0,
-                consumer(),
-                options.clone(),
-                shutdown.clone(),
-            )),
-            None => tokio::spawn(consumer().run(shutdown.clone())),
-        })
-        .collect()
+/// A channel to start consumers for: its name, the database its handling transactions run
+/// on, and, handled in place, its queue and the runtime's in-place channels.
+struct Channel<'a> {
+    name: &'a str,
+    database: &'a Database,
+    queue: Option<SqlTransport>,
+    local: &'a in_place::LocalChannels,
 }
 
 /// Records the saga types `orchestrator` runs, retrying until the database takes them.

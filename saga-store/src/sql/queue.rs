@@ -332,39 +332,12 @@ pub(crate) async fn any_visible(
     })
 }
 
-/// Deletes rows by id, one statement per 500.
+/// Deletes rows by id, one statement per 500; returns the deleted rows' ordering keys.
 pub(crate) async fn delete(
     mut conn: Conn<'_>,
     table: &QueueTables,
     ids: &[i64],
-) -> Result<(), StoreError> {
-    let dialect = conn.dialect();
-    for chunk in ids.chunks(500) {
-        let sql = format!(
-            "DELETE FROM {} WHERE id IN ({})",
-            table.queue(),
-            placeholders(dialect, 1, chunk.len())
-        );
-        on_backend!(conn.reborrow(), |c| {
-            let mut statement = query(AssertSqlSafe(sql));
-            for id in chunk {
-                statement = statement.bind(*id);
-            }
-            statement.execute(c).await.map(drop).map_err(store_error)
-        })?;
-    }
-    Ok(())
-}
-
-/// Deletes the acknowledged rows `ids` of `channel`, and says whether a later message of one
-/// of their sagas waits on the channel: it may be handed out now, so the channel's consumers
-/// should look again (they looked when it arrived, and passed it over).
-pub(crate) async fn acknowledge(
-    mut conn: Conn<'_>,
-    table: &QueueTables,
-    channel: &str,
-    ids: &[i64],
-) -> Result<bool, StoreError> {
+) -> Result<Vec<i64>, StoreError> {
     let dialect = conn.dialect();
     let mut keys = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(500) {
@@ -388,6 +361,20 @@ pub(crate) async fn acknowledge(
         })?;
         keys.extend(deleted);
     }
+    Ok(keys)
+}
+
+/// Deletes the acknowledged rows `ids` of `channel`, and says whether a later message of one
+/// of their sagas waits on the channel: it may be handed out now, so the channel's consumers
+/// should look again (they looked when it arrived, and passed it over).
+pub(crate) async fn acknowledge(
+    mut conn: Conn<'_>,
+    table: &QueueTables,
+    channel: &str,
+    ids: &[i64],
+) -> Result<bool, StoreError> {
+    let dialect = conn.dialect();
+    let mut keys = delete(conn.reborrow(), table, ids).await?;
     keys.sort_unstable();
     keys.dedup();
     for chunk in keys.chunks(500) {
@@ -608,6 +595,14 @@ mod tests {
         got
     }
 
+    /// The payloads of up to `max` rows of `ledger` taken at `at`.
+    async fn take_ledger(conn: Conn<'_>, table: &QueueTables, at: u64, max: usize) -> Vec<String> {
+        let taken = take(conn, table, Glued::NONE, "ledger", Timestamp(at), max)
+            .await
+            .expect("takes");
+        payloads(&taken)
+    }
+
     /// A saga's later message waits while an earlier one is leased, backing off or being
     /// taken by another consumer; other sagas' messages go on.
     #[tokio::test]
@@ -637,28 +632,10 @@ mod tests {
                 // Two consumers at once: while one takes saga a's first, the other gets b's.
                 let mut first = db.database.begin().await.expect("begins");
                 let mut second = db.database.begin().await.expect("begins");
-                let one = take(
-                    first.conn(),
-                    table,
-                    Glued::NONE,
-                    "ledger",
-                    Timestamp(100),
-                    1,
-                )
-                .await
-                .expect("takes");
-                assert_eq!(payloads(&one), [r#"{"n":1}"#]);
-                let other = take(
-                    second.conn(),
-                    table,
-                    Glued::NONE,
-                    "ledger",
-                    Timestamp(100),
-                    10,
-                )
-                .await
-                .expect("takes");
-                assert_eq!(payloads(&other), [r#"{"n":3}"#]);
+                let one = take_ledger(first.conn(), table, 100, 1).await;
+                assert_eq!(one, [r#"{"n":1}"#]);
+                let other = take_ledger(second.conn(), table, 100, 10).await;
+                assert_eq!(other, [r#"{"n":3}"#]);
                 first.rollback().await.expect("rolls back");
                 second.rollback().await.expect("rolls back");
             }
@@ -693,28 +670,10 @@ mod tests {
                     .await
                     .expect("deletes")
             );
-            let second = take(
-                tx.conn(),
-                table,
-                Glued::NONE,
-                "ledger",
-                Timestamp(2_000),
-                10,
-            )
-            .await
-            .expect("takes");
-            assert_eq!(payloads(&second), [r#"{"n":2}"#]);
-            let third = take(
-                tx.conn(),
-                table,
-                Glued::NONE,
-                "ledger",
-                Timestamp(2_000),
-                10,
-            )
-            .await
-            .expect("takes");
-            assert_eq!(payloads(&third), [r#"{"n":4}"#]);
+            let second = take_ledger(tx.conn(), table, 2_000, 10).await;
+            assert_eq!(second, [r#"{"n":2}"#]);
+            let third = take_ledger(tx.conn(), table, 2_000, 10).await;
+            assert_eq!(third, [r#"{"n":4}"#]);
             tx.rollback().await.expect("rolls back");
             db.drop().await;
         }
