@@ -46,7 +46,7 @@ impl Server {
         tweak(&mut options);
         let ftgo = Ftgo::open(options).await.expect("FTGO opens");
         if workers {
-            ftgo.start_workers().await;
+            ftgo.start_workers().await.expect("the workers start");
         }
         let ftgo = Arc::new(ftgo);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -95,7 +95,11 @@ impl TestFtgo {
     /// FTGO on fresh storage with its workers running.
     async fn start(mode: Mode, test: &str) -> Option<Self> {
         let system = Self::open(mode, test).await?;
-        system.ftgo.start_workers().await;
+        system
+            .ftgo
+            .start_workers()
+            .await
+            .expect("the workers start");
         Some(system)
     }
 
@@ -527,7 +531,11 @@ async fn cancel_of_a_pending_order_is_refused(mode: Mode) {
     );
     assert_eq!(view.order.cancel_saga_id, None);
 
-    system.ftgo.start_workers().await;
+    system
+        .ftgo
+        .start_workers()
+        .await
+        .expect("the workers start");
     system.wait(&[placed.saga_id]).await;
     let view = system.view(placed.order_id).await;
     assert_approved(&view);

@@ -184,12 +184,13 @@ impl PaymentSystem {
     }
 
     /// Runs the orchestrator and the ledger over `transport`.
-    pub fn run(&self, transport: Arc<dyn Transport>, ledger: Ledger) -> SagaRuntime {
+    pub async fn run(&self, transport: Arc<dyn Transport>, ledger: Ledger) -> SagaRuntime {
         self.run_with(transport, ledger, test_runtime_options())
+            .await
     }
 
     /// [`PaymentSystem::run`] with other worker settings.
-    pub fn run_with(
+    pub async fn run_with(
         &self,
         transport: Arc<dyn Transport>,
         ledger: Ledger,
@@ -205,12 +206,14 @@ impl PaymentSystem {
             .orchestrator(self.orchestrator.clone())
             .participant(&self.db.database, ledger_participant(ledger))
             .start()
+            .await
+            .expect("the runtime starts")
     }
 
     /// Runs the workers over `transport` until every saga in `ids` is terminal, stops them,
     /// and checks the effects (see [`PaymentSystem::assert_effects_consistent`]).
     pub async fn run_to_end(&self, transport: Arc<dyn Transport>, ids: &[SagaId]) {
-        let runtime = self.run(transport, Ledger::default());
+        let runtime = self.run(transport, Ledger::default()).await;
         self.wait_terminal(ids, Duration::from_secs(60)).await;
         runtime.shutdown().await;
         self.assert_effects_consistent(ids).await;

@@ -61,17 +61,19 @@ async fn an_outage_longer_than_the_poison_budget_strands_no_saga(mode: Mode) {
     let ids = system.start(&payments(48)).await;
     // Small transactions, so that the outage finds sagas mid-flight: in place, a pass with
     // its chained passes would otherwise run all 48 sagas in one transaction.
-    let runtime = system.run_with(
-        Arc::new(system.sql_transport()),
-        Ledger {
-            delay: Duration::from_millis(5),
-        },
-        RuntimeOptions {
-            batch_size: 2,
-            chained_passes: 1,
-            ..test_runtime_options()
-        },
-    );
+    let runtime = system
+        .run_with(
+            Arc::new(system.sql_transport()),
+            Ledger {
+                delay: Duration::from_millis(5),
+            },
+            RuntimeOptions {
+                batch_size: 2,
+                chained_passes: 1,
+                ..test_runtime_options()
+            },
+        )
+        .await;
     wait_for_effects(&system, 12).await;
     let unfinished = system
         .statuses(&ids)
@@ -101,19 +103,21 @@ async fn consumers_share_a_channel_and_apply_each_message_once(mode: Mode) {
     };
     let system = system_on(db, mode).await;
     let ids = system.start(&payments(48)).await;
-    let runtime = system.run_with(
-        Arc::new(system.sql_transport()),
-        Ledger {
-            delay: Duration::from_millis(2),
-        },
-        RuntimeOptions {
-            channel_consumers: Some(4),
-            pass_batch: Some(1),
-            batch_size: 2,
-            chained_passes: 0,
-            ..test_runtime_options()
-        },
-    );
+    let runtime = system
+        .run_with(
+            Arc::new(system.sql_transport()),
+            Ledger {
+                delay: Duration::from_millis(2),
+            },
+            RuntimeOptions {
+                channel_consumers: Some(4),
+                pass_batch: Some(1),
+                batch_size: 2,
+                chained_passes: 0,
+                ..test_runtime_options()
+            },
+        )
+        .await;
     system.wait_terminal(&ids, WAIT).await;
     runtime.shutdown().await;
     system.assert_effects_consistent(&ids).await;
@@ -228,7 +232,7 @@ async fn a_poison_command_tells_its_saga(mode: Mode) {
         assert_eq!(taken.len(), 1);
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let runtime = system.run(Arc::new(transport), Ledger::default());
+    let runtime = system.run(Arc::new(transport), Ledger::default()).await;
     system.wait_terminal(&ids, WAIT).await;
     runtime.shutdown().await;
     let record = saga_record(&system, ids[0]).await;
@@ -264,7 +268,9 @@ async fn a_message_that_always_fails_is_set_aside_and_its_saga_told(mode: Mode) 
     .expect("payment 2's first command");
     drop(conn);
     faults::refuse_message(&system.db, id.parse().expect("a message id")).await;
-    let runtime = system.run(Arc::new(system.sql_transport()), Ledger::default());
+    let runtime = system
+        .run(Arc::new(system.sql_transport()), Ledger::default())
+        .await;
     system.wait_terminal(&ids, WAIT).await;
     runtime.shutdown().await;
     let record = saga_record(&system, ids[1]).await;
@@ -423,7 +429,9 @@ async fn a_dead_letter_is_replayed_once_or_discarded(mode: Mode) {
         Err(DeadLetterError::NotFound(999_999))
     ));
 
-    let runtime = system.run(Arc::new(system.sql_transport()), Ledger::default());
+    let runtime = system
+        .run(Arc::new(system.sql_transport()), Ledger::default())
+        .await;
     let deadline = tokio::time::Instant::now() + WAIT;
     while !system
         .effects()
@@ -529,7 +537,9 @@ async fn a_frozen_relay_is_replaced_within_its_lease(mode: Mode) {
     };
     signal("-STOP");
     let ids = system.start(&payments(20)).await;
-    let runtime = system.run(Arc::new(system.sql_transport()), Ledger::default());
+    let runtime = system
+        .run(Arc::new(system.sql_transport()), Ledger::default())
+        .await;
     // With the old session lock, nothing was published for as long as the holder was frozen.
     system.wait_terminal(&ids, Duration::from_secs(30)).await;
     assert_ne!(holder().await, frozen, "the relay's lease changed hands");
@@ -649,7 +659,9 @@ async fn lost_bookkeeping_only_redelivers(mode: Mode) {
     .await
     .expect("unstamps");
     assert_eq!(unstamped, u64::try_from(published).unwrap_or(0));
-    let runtime = system.run(Arc::new(system.sql_transport()), Ledger::default());
+    let runtime = system
+        .run(Arc::new(system.sql_transport()), Ledger::default())
+        .await;
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let left = system

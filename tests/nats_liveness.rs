@@ -82,12 +82,14 @@ async fn a_deleted_consumer_is_created_again() {
     };
     let system = PaymentSystem::new(TestDb::sqlite().await);
     let ids = system.start(&payments(40)).await;
-    let runtime = system.run(
-        nats.clone(),
-        Ledger {
-            delay: Duration::from_millis(10),
-        },
-    );
+    let runtime = system
+        .run(
+            nats.clone(),
+            Ledger {
+                delay: Duration::from_millis(10),
+            },
+        )
+        .await;
     let deadline = Instant::now() + WAIT;
     while system.effects().await.values().sum::<i64>() < 10 {
         assert!(Instant::now() < deadline, "no progress");
@@ -264,7 +266,9 @@ async fn a_command_over_the_size_limit_fails_its_step() {
     let runtime = SagaRuntime::builder(nats.clone())
         .options(test_runtime_options())
         .orchestrator(orchestrator.clone())
-        .start();
+        .start()
+        .await
+        .expect("the runtime starts");
     let deadline = Instant::now() + WAIT;
     let record = loop {
         let record = store.load(saga_id).await.expect("loads").expect("exists");

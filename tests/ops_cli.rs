@@ -335,7 +335,11 @@ async fn the_cli_finds_shows_draws_and_repairs_sagas(backend: Backend) {
         .await;
     assert_eq!(code, 1, "{queued}");
     assert!(queued.contains("not applied yet"), "{queued}");
-    system.ftgo.start_workers().await;
+    system
+        .ftgo
+        .start_workers()
+        .await
+        .expect("the workers start");
     system.wait_for(pending, SagaStatus::Compensated).await;
     let record = system
         .ftgo

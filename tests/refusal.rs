@@ -170,7 +170,9 @@ async fn refusals_on(backend: Backend) {
     .options(test_runtime_options())
     .orchestrator(orchestrator.clone())
     .participant(&database, ledger())
-    .start();
+    .start()
+    .await
+    .expect("the runtime starts");
 
     // Three of each verdict, started in one transaction so their commands share batches.
     let purchases: Vec<Purchase> = (1..=12)

@@ -380,7 +380,9 @@ async fn retry_timers_survive_a_restart_and_fire_once(mode: Mode) {
     };
     // The flaky confirm is refused once; its retry waits 300 ms: the saga's deadline.
     let ids = system.start(&[(1, FLAKY_AMOUNT)]).await;
-    let runtime = system.run(Arc::new(system.sql_transport()), Ledger::default());
+    let runtime = system
+        .run(Arc::new(system.sql_transport()), Ledger::default())
+        .await;
     let deadline = tokio::time::Instant::now() + WAIT;
     let retries_pending = "SELECT COUNT(*) AS n FROM saga_instances WHERE pending_kind = 'retry'";
     while system.scalar(retries_pending).await == 0 {
@@ -401,7 +403,9 @@ async fn retry_timers_survive_a_restart_and_fire_once(mode: Mode) {
 
     // A new process: a fresh pool on the same database.
     let restarted = system.restarted().await;
-    let runtime = restarted.run(Arc::new(restarted.sql_transport()), Ledger::default());
+    let runtime = restarted
+        .run(Arc::new(restarted.sql_transport()), Ledger::default())
+        .await;
     restarted.wait_terminal(&ids, WAIT).await;
     runtime.shutdown().await;
     assert_eq!(restarted.statuses(&ids).await, [SagaStatus::Completed]);
@@ -440,7 +444,9 @@ async fn retention_deletes_only_old_processed_rows(mode: Mode) {
         return;
     };
     let ids = system.start(&payments(4)).await;
-    let runtime = system.run(Arc::new(system.sql_transport()), Ledger::default());
+    let runtime = system
+        .run(Arc::new(system.sql_transport()), Ledger::default())
+        .await;
     system.wait_terminal(&ids, WAIT).await;
     runtime.shutdown().await;
     let database = &system.db.database;
@@ -730,12 +736,14 @@ async fn postgres_connections_dropped_mid_run_recover_and_lose_nothing() {
     let tagged = TestDb::reopen(&tagged_url, schema_db.schema.as_deref()).await;
     let system = PaymentSystem::new(TestDb::with_database(&schema_db, tagged));
     let ids = system.start(&payments(120)).await;
-    let runtime = system.run(
-        Arc::new(system.sql_transport()),
-        Ledger {
-            delay: Duration::from_millis(2),
-        },
-    );
+    let runtime = system
+        .run(
+            Arc::new(system.sql_transport()),
+            Ledger {
+                delay: Duration::from_millis(2),
+            },
+        )
+        .await;
     let admin = schema_db.database.clone();
     let mut terminated = 0;
     for threshold in [60, 150, 250] {

@@ -230,7 +230,9 @@ async fn a_postgres_participant_works_in_uuid_jsonb_arrays_and_timestamps() {
     .options(test_runtime_options())
     .orchestrator(orchestrator.clone())
     .participant(&database, registry())
-    .start();
+    .start()
+    .await
+    .expect("the runtime starts");
 
     let supported = DeviceData {
         device: Uuid::now_v7(),

@@ -27,6 +27,16 @@ pub trait Saga: Send + Sync + 'static {
     type Data: SagaData;
     /// The saga's definition (built once, then shared).
     fn definition() -> &'static SagaDefinition<Self::Data>;
+
+    /// A retired version only finishes the instances that started on it: an orchestrator
+    /// starts no saga on it (`#[saga(retired)]`).
+    const RETIRED: bool = false;
+
+    /// Earlier versions of this saga type, registered with it to finish the instances that
+    /// started on them (`#[saga(previous(..))]`).
+    fn previous_versions() -> Vec<crate::versions::SagaVersion> {
+        Vec::new()
+    }
 }
 
 /// The kind of a step, which decides what happens when it fails (from `saga-rules`, where the
@@ -829,6 +839,7 @@ impl<D: SagaData> SagaDefinition<D> {
             name: name.into(),
             steps: Vec::new(),
             timeout: None,
+            version: None,
         }
     }
 }
@@ -857,8 +868,9 @@ impl<D> SagaDefinition<D> {
         self.steps.iter().find(|s| s.kind == StepKind::Pivot)
     }
 
-    /// A stable hash of the graph (step names, kinds, actions, compensations, conditions),
-    /// e.g. `v1-3f2a…`. Stored with each saga instance so a changed definition is noticed.
+    /// The version id each instance records when it starts: the one given with
+    /// [`SagaDefinitionBuilder::version`] (`#[saga(version = "2")]`), else a stable hash of the
+    /// graph (step names, kinds, actions, compensations, conditions), e.g. `v1-3f2a…`.
     pub fn version(&self) -> &str {
         &self.version
     }
@@ -869,6 +881,7 @@ pub struct SagaDefinitionBuilder<D> {
     name: String,
     steps: Vec<StepDefinition<D>>,
     timeout: Option<Duration>,
+    version: Option<String>,
 }
 
 impl<D> fmt::Debug for SagaDefinitionBuilder<D> {
@@ -894,6 +907,14 @@ impl<D: SagaData> SagaDefinitionBuilder<D> {
         self
     }
 
+    /// Gives the definition an explicit version id instead of the hash of its graph, so that
+    /// versions have names an operator recognises and edits that keep the version are a
+    /// deliberate choice.
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = Some(version.into());
+        self
+    }
+
     /// Checks the step rules and builds the definition.
     pub fn build(mut self) -> Result<SagaDefinition<D>, DefinitionError> {
         if let Some(timeout) = self.timeout {
@@ -907,7 +928,9 @@ impl<D: SagaData> SagaDefinitionBuilder<D> {
                 .iter()
                 .map(|s| (s.name.as_str(), s.kind, s.compensation.is_some())),
         )?;
-        let version = graph_version(&self.name, &self.steps);
+        let version = self
+            .version
+            .unwrap_or_else(|| graph_version(&self.name, &self.steps));
         Ok(SagaDefinition {
             name: self.name,
             steps: self.steps,

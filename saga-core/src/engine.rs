@@ -146,6 +146,11 @@ pub struct SagaState {
     pub last_error: Option<String>,
     /// The next request id to hand out.
     pub next_request_id: u64,
+    /// Steps of its definition this instance does not run: steps added by a newer version
+    /// that a [migration](crate::versions::Migration::skip_step) told instances started
+    /// before it to skip.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skip_steps: Vec<String>,
 }
 
 /// A saga instance: its state and its typed data.
@@ -175,6 +180,7 @@ impl<D: SagaData> SagaInstance<D> {
                 compensation_reason: None,
                 last_error: None,
                 next_request_id: 1,
+                skip_steps: Vec::new(),
             },
             data,
         }
@@ -434,6 +440,14 @@ pub enum HistoryEvent {
         reason: String,
         /// Why it was refused.
         refused: String,
+    },
+    /// The instance moved to another version of its definition, by a declared
+    /// [migration](crate::versions::Migration).
+    Migrated {
+        /// The version it started with (or was on).
+        from: String,
+        /// The version it is on now.
+        to: String,
     },
     /// A terminal state was reached.
     Finished {
@@ -869,7 +883,13 @@ impl<'d, D: SagaData> Machine<'d, D> {
             .enumerate()
             .skip(from)
             .find(|(_, step)| {
-                let applies = step.applies_to(&self.instance.data);
+                let skipped = self
+                    .instance
+                    .state
+                    .skip_steps
+                    .iter()
+                    .any(|s| s == step.name());
+                let applies = !skipped && step.applies_to(&self.instance.data);
                 if !applies {
                     self.history.push(HistoryEvent::StepSkipped {
                         step: step.name().to_owned(),

@@ -487,7 +487,9 @@ impl SagaPath {
                     SagaStatus::Compensated => COMPENSATED.to_owned(),
                     _ => COMPLETED.to_owned(),
                 }),
-                HistoryEvent::TimedOut { .. } | HistoryEvent::OperatorRefused { .. } => None,
+                HistoryEvent::TimedOut { .. }
+                | HistoryEvent::OperatorRefused { .. }
+                | HistoryEvent::Migrated { .. } => None,
             };
             if let Some(visit) = visit
                 && path.visits.last() != Some(&visit)

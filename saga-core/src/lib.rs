@@ -52,6 +52,7 @@ pub mod telemetry;
 pub mod testing;
 pub mod timeline;
 pub mod trace;
+pub mod versions;
 
 pub use definition::{
     Action, RetryPolicy, Saga, SagaData, SagaDefinition, Step, StepDefinition, StepFailure,
@@ -79,8 +80,35 @@ pub mod __private {
     };
     pub use crate::lock::{SemanticLock, UnknownState};
     pub use crate::message::{AwaitedReply, Command, NoReply, Reply, ReplyOutcome};
+    pub use crate::versions::SagaVersion;
     pub use std::sync::OnceLock;
     pub use std::time::Duration;
+
+    /// Whether two strings are equal, in a const context: how the `saga!` macro checks at
+    /// compile time that two versions of one saga type have different version ids.
+    pub const fn str_eq(a: &str, b: &str) -> bool {
+        let (a, b) = (a.as_bytes(), b.as_bytes());
+        if a.len() != b.len() {
+            return false;
+        }
+        let mut i = 0;
+        while i < a.len() {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+
+    /// Whether two explicit version ids are the same (`None`, a graph hash, is never known
+    /// at compile time).
+    pub const fn same_version(a: Option<&str>, b: Option<&str>) -> bool {
+        match (a, b) {
+            (Some(a), Some(b)) => str_eq(a, b),
+            _ => false,
+        }
+    }
 
     /// Builds a definition the macro has already checked; a failure here is a bug in the
     /// macro, reported with the saga name.

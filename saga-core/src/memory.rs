@@ -17,8 +17,9 @@ use crate::message::{Message, failure_reply_for};
 use crate::orchestrator::{Handled, Orchestrator, OrchestratorError};
 use crate::participant::Participant;
 use crate::ports::{
-    CommitOutcome, Consumed, DeadLetter, Delivery, HistoryRecord, OutboxEntry, SagaRecord,
-    SagaStore, StalledSaga, StoreError, TimerRecord, Transport, TransportError, UnitOfWork,
+    CommitOutcome, Consumed, DeadLetter, Delivery, HistoryRecord, InFlightVersion, OutboxEntry,
+    SagaRecord, SagaStore, StalledSaga, StoreError, TimerRecord, Transport, TransportError,
+    UnitOfWork,
 };
 use crate::relay::{RelayError, relay_batch};
 
@@ -157,6 +158,7 @@ impl SagaStore for InMemoryStore {
                 stuck.then(|| StalledSaga {
                     saga_id: state.saga_id,
                     saga_type: state.saga_type.clone(),
+                    definition_version: state.definition_version.clone(),
                     status: state.status,
                     current_step: state.current_step.clone(),
                     deadline: state.deadline,
@@ -167,6 +169,53 @@ impl SagaStore for InMemoryStore {
         stalled.sort_by_key(|s| s.updated_at);
         stalled.truncate(limit);
         Ok(stalled)
+    }
+
+    async fn in_flight_versions(&self) -> Result<Vec<InFlightVersion>, StoreError> {
+        let tables = guard(&self.tables);
+        let mut counts: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+        for state in tables.sagas.values().map(|record| &record.state) {
+            if state.status.is_terminal() {
+                continue;
+            }
+            let key = (state.saga_type.clone(), state.definition_version.clone());
+            let (running, parked) = counts.entry(key).or_default();
+            match state.status {
+                SagaStatus::Failed => *parked += 1,
+                _ => *running += 1,
+            }
+        }
+        Ok(counts
+            .into_iter()
+            .map(
+                |((saga_type, version), (running, parked))| InFlightVersion {
+                    saga_type,
+                    version,
+                    running,
+                    parked,
+                },
+            )
+            .collect())
+    }
+
+    async fn running_on_version(
+        &self,
+        saga_type: &str,
+        version: &str,
+        limit: usize,
+    ) -> Result<Vec<SagaId>, StoreError> {
+        Ok(guard(&self.tables)
+            .sagas
+            .values()
+            .map(|record| &record.state)
+            .filter(|state| {
+                matches!(state.status, SagaStatus::Running | SagaStatus::Compensating)
+                    && state.saga_type == saga_type
+                    && state.definition_version == version
+            })
+            .map(|state| state.saga_id)
+            .take(limit)
+            .collect())
     }
 
     async fn history(&self, saga_id: SagaId) -> Result<Vec<HistoryRecord>, StoreError> {

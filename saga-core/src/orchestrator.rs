@@ -6,7 +6,6 @@
 //! dead-lettered with the reason, so no message blocks the reply channel.
 
 use std::collections::HashMap;
-use std::marker::PhantomData;
 use std::sync::{Arc, OnceLock};
 
 use tracing::Instrument as _;
@@ -14,10 +13,8 @@ use tracing::Instrument as _;
 use crate::clock::{Clock, SystemClock};
 use crate::definition::{IncomingReply, Saga};
 use crate::engine::{
-    self, EngineError, HistoryEvent, OperatorRequest, Outcome, SagaAction, SagaEvent, SagaInstance,
-    SagaState, SagaStatus,
+    self, EngineError, HistoryEvent, OperatorRequest, SagaAction, SagaEvent, SagaState, SagaStatus,
 };
-use crate::graph::SagaGraph;
 use crate::ids::{RequestId, SagaId, Timestamp};
 use crate::message::{Headers, Message, MessageError, ReplyOutcome, headers};
 use crate::operator;
@@ -27,6 +24,11 @@ use crate::ports::{
 };
 use crate::telemetry;
 use crate::trace::{self, TraceContext};
+pub use crate::versions::RegisteredSaga;
+use crate::versions::{
+    ErasedOutcome, ErasedTransition, Migration, Registry, SagaVersion, UnknownVersionPolicy,
+    UnknownVersions, VersionError, VersionReport, erase,
+};
 
 /// Why the orchestrator could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +46,46 @@ pub enum OrchestratorError {
     /// The saga type is not registered with this orchestrator.
     #[error("saga type `{0}` is not registered with this orchestrator")]
     UnregisteredType(String),
+    /// The saga started on a version of its type that nothing registered runs.
+    #[error(
+        "saga {saga_id} of type `{saga_type}` started on definition version `{version}`, which \
+         this orchestrator does not run (it runs {}); register that version (kept with \
+         `#[saga(version = \"{version}\", retired)]` and listed in `previous(..)`) or a \
+         `Migration` from it",
+        registered.join(", ")
+    )]
+    UnknownVersion {
+        /// The saga.
+        saga_id: SagaId,
+        /// Its type.
+        saga_type: String,
+        /// The version it records.
+        version: String,
+        /// The versions of the type this orchestrator runs.
+        registered: Vec<String>,
+    },
+    /// A start of a retired version (or of a type whose current version is another).
+    #[error(
+        "`{rust_type}` is version `{version}` of saga `{saga_type}`, which is not its current \
+         version ({current}); new sagas start on the current one"
+    )]
+    NotCurrent {
+        /// The saga type.
+        saga_type: String,
+        /// The version asked for.
+        version: String,
+        /// The Rust type asked for.
+        rust_type: &'static str,
+        /// The current version, or `none`.
+        current: String,
+    },
+    /// Sagas in flight on versions nothing registered runs (see
+    /// [`Orchestrator::check_versions`]).
+    #[error(transparent)]
+    UnknownVersions(#[from] UnknownVersions),
+    /// The registered versions contradict each other.
+    #[error(transparent)]
+    Versions(#[from] VersionError),
     /// Saga data could not be converted to or from JSON.
     #[error("saga {saga_id} data does not fit `{saga_type}`: {source}")]
     Data {
@@ -211,112 +253,14 @@ pub struct WatchdogReport {
     pub parked: Vec<SagaId>,
 }
 
-/// A transition in JSON form, independent of the saga's data type.
-struct ErasedTransition {
-    state: SagaState,
-    data: serde_json::Value,
-    actions: Vec<SagaAction>,
-    history: Vec<engine::HistoryEvent>,
-}
-
-enum ErasedOutcome {
-    Applied(Box<ErasedTransition>),
-    Ignored(String),
-}
-
-/// A saga type an orchestrator runs, as tools see it without its Rust types.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RegisteredSaga {
-    /// The saga type (definition name).
-    pub saga_type: String,
-    /// The definition version (a hash of the graph).
-    pub version: String,
-    /// The state graph.
-    pub graph: SagaGraph,
-}
-
-/// A registered saga type, with its data type erased to JSON.
-trait ErasedSaga: Send + Sync {
-    fn describe(&self) -> RegisteredSaga;
-
-    /// Whether `step` waits for its reply without a deadline by design (`no_timeout`).
-    fn waits_without_deadline(&self, step: &str) -> bool;
-
-    fn apply(
-        &self,
-        record: &SagaRecord,
-        event: &SagaEvent,
-        now: Timestamp,
-    ) -> Result<ErasedOutcome, OrchestratorError>;
-}
-
-struct Typed<S>(PhantomData<fn() -> S>);
-
-fn data_error(saga_id: SagaId, saga_type: &str, source: serde_json::Error) -> OrchestratorError {
-    OrchestratorError::Data {
-        saga_id,
-        saga_type: saga_type.to_owned(),
-        source,
-    }
-}
-
-fn erase<S: Saga>(
-    transition: engine::Transition<S::Data>,
-) -> Result<ErasedTransition, OrchestratorError> {
-    let state = transition.instance.state;
-    let data = serde_json::to_value(&transition.instance.data)
-        .map_err(|err| data_error(state.saga_id, &state.saga_type, err))?;
-    Ok(ErasedTransition {
-        state,
-        data,
-        actions: transition.actions,
-        history: transition.history,
-    })
-}
-
-impl<S: Saga> ErasedSaga for Typed<S> {
-    fn describe(&self) -> RegisteredSaga {
-        let definition = S::definition();
-        RegisteredSaga {
-            saga_type: definition.name().to_owned(),
-            version: definition.version().to_owned(),
-            graph: definition.graph(),
-        }
-    }
-
-    fn waits_without_deadline(&self, step: &str) -> bool {
-        S::definition()
-            .step(step)
-            .is_some_and(|(_, step)| step.timeout().is_none())
-    }
-
-    fn apply(
-        &self,
-        record: &SagaRecord,
-        event: &SagaEvent,
-        now: Timestamp,
-    ) -> Result<ErasedOutcome, OrchestratorError> {
-        let state = &record.state;
-        let data: S::Data = serde_json::from_value(record.data.clone())
-            .map_err(|err| data_error(state.saga_id, &state.saga_type, err))?;
-        let instance = SagaInstance {
-            state: state.clone(),
-            data,
-        };
-        match engine::transition(S::definition(), &instance, event, now)? {
-            Outcome::Applied(t) => Ok(ErasedOutcome::Applied(Box::new(erase::<S>(*t)?))),
-            Outcome::Ignored(why) => Ok(ErasedOutcome::Ignored(why.to_string())),
-        }
-    }
-}
-
 /// How many times a conflicting write is retried before giving up.
 const MAX_CONFLICT_RETRIES: usize = 16;
 
 /// Runs sagas of the registered types over a store.
 pub struct Orchestrator<S: ?Sized> {
     store: Arc<S>,
-    sagas: HashMap<String, Arc<dyn ErasedSaga>>,
+    /// The saga types it runs: their versions and migrations.
+    registry: Registry,
     reply_channel: String,
     consumer: String,
     clock: Arc<dyn Clock>,
@@ -387,7 +331,7 @@ pub type FinishedObserver = Arc<dyn Fn(SagaId, SagaStatus) + Send + Sync>;
 
 impl<S: ?Sized> std::fmt::Debug for Orchestrator<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut types: Vec<&String> = self.sagas.keys().collect();
+        let mut types: Vec<&str> = self.registry.types().collect();
         types.sort();
         f.debug_struct("Orchestrator")
             .field("reply_channel", &self.reply_channel)
@@ -404,7 +348,7 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
         let reply_channel = reply_channel.into();
         Self {
             store,
-            sagas: HashMap::new(),
+            registry: Registry::default(),
             consumer: format!("orchestrator:{reply_channel}"),
             reply_channel,
             clock: Arc::new(SystemClock),
@@ -528,18 +472,104 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
         &self.clock
     }
 
-    /// Registers a saga type, so the orchestrator can start it and handle its replies.
+    /// Registers a saga type, so the orchestrator can start it and handle its replies: `T`
+    /// as the type's current version (unless it is retired), with the earlier versions it
+    /// lists in `previous(..)`, which finish the instances that started on them.
+    ///
+    /// Versions that contradict each other (two current ones, two definitions claiming one
+    /// version id) are reported by [`Orchestrator::check_versions`], which a runtime runs
+    /// before it starts.
     pub fn register<T: Saga>(mut self) -> Self {
-        let name = T::definition().name().to_owned();
-        self.sagas.insert(name, Arc::new(Typed::<T>(PhantomData)));
+        self.registry
+            .register(SagaVersion::of::<T>(), T::previous_versions());
         self
     }
 
-    /// The registered saga types: name, definition version and state graph, by name.
+    /// Adds a migration: instances on `From`'s version move to `To`'s (registered before)
+    /// at their next event. The mapping is checked now — every step of `From` must have a
+    /// counterpart of the same kind, in order — so no instance is left on a step that does
+    /// not exist.
+    pub fn migrate<From: Saga, To: Saga>(
+        mut self,
+        migration: Migration<From, To>,
+    ) -> Result<Self, VersionError> {
+        self.registry.migrate(migration)?;
+        Ok(self)
+    }
+
+    /// Every registered version — current, retired, and the sources of migrations — with
+    /// its state graph, by type and version.
     pub fn definitions(&self) -> Vec<RegisteredSaga> {
-        let mut sagas: Vec<RegisteredSaga> = self.sagas.values().map(|s| s.describe()).collect();
-        sagas.sort_by(|a, b| a.saga_type.cmp(&b.saga_type));
-        sagas
+        self.registry.describe()
+    }
+
+    /// Lists the sagas in flight (running, compensating or parked) of this orchestrator's
+    /// types, per type and version, with how each version is run. Fails when the registered
+    /// versions contradict each other ([`VersionError`]); the versions nothing runs are
+    /// [`VersionReport::unknown`].
+    pub async fn check_versions(&self) -> Result<VersionReport, OrchestratorError> {
+        if let Some(problem) = self.registry.problems().first() {
+            return Err(problem.clone().into());
+        }
+        let mut report = VersionReport::default();
+        for in_flight in self.store.in_flight_versions().await? {
+            if !self.registry.has_type(&in_flight.saga_type) {
+                continue;
+            }
+            let coverage = self
+                .registry
+                .coverage(&in_flight.saga_type, &in_flight.version);
+            report.versions.push((in_flight, coverage));
+        }
+        Ok(report)
+    }
+
+    /// What a runtime does before it starts: [`Orchestrator::check_versions`], then, for
+    /// versions nothing registered runs, refuses ([`OrchestratorError::UnknownVersions`],
+    /// naming type, version, count and fix) or parks their running sagas in `failed` with
+    /// that reason, per `policy`. Returns the report.
+    pub async fn prepare_versions(
+        &self,
+        policy: UnknownVersionPolicy,
+    ) -> Result<VersionReport, OrchestratorError> {
+        let report = self.check_versions().await?;
+        let unknown: Vec<_> = report.unknown().into_iter().cloned().collect();
+        if unknown.is_empty() {
+            return Ok(report);
+        }
+        if policy == UnknownVersionPolicy::Refuse {
+            return Err(UnknownVersions(unknown).into());
+        }
+        for version in &unknown {
+            let reason = format!(
+                "definition version `{}` of `{}` is not registered in this deployment: deploy a \
+                 build that keeps it (retired) or migrates it, then retry",
+                version.version, version.saga_type
+            );
+            loop {
+                let ids = self
+                    .store
+                    .running_on_version(&version.saga_type, &version.version, 500)
+                    .await?;
+                if ids.is_empty() {
+                    break;
+                }
+                let mut parked = 0;
+                for saga_id in ids {
+                    parked += usize::from(self.park(saga_id, &reason).await?);
+                }
+                if parked == 0 {
+                    break;
+                }
+            }
+            tracing::warn!(
+                saga_type = %version.saga_type,
+                version = %version.version,
+                running = version.running,
+                "in-flight sagas of an unregistered version parked"
+            );
+        }
+        Ok(report)
     }
 
     /// The channel participants reply to.
@@ -570,9 +600,25 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
         data: T::Data,
         now: Timestamp,
     ) -> Result<PreparedStart, OrchestratorError> {
-        let name = T::definition().name();
-        if !self.sagas.contains_key(name) {
-            return Err(OrchestratorError::UnregisteredType(name.to_owned()));
+        let definition = T::definition();
+        let name = definition.name();
+        let current = self.registry.current(name);
+        if current != Some(definition.version())
+            || self
+                .registry
+                .version(name, definition.version())
+                .map(|v| v.rust_type())
+                != Some(std::any::type_name::<T>())
+        {
+            if !self.registry.has_type(name) {
+                return Err(OrchestratorError::UnregisteredType(name.to_owned()));
+            }
+            return Err(OrchestratorError::NotCurrent {
+                saga_type: name.to_owned(),
+                version: definition.version().to_owned(),
+                rust_type: std::any::type_name::<T>(),
+                current: current.unwrap_or("none").to_owned(),
+            });
         }
         let saga_id = SagaId::new();
         // The saga's trace: a child of the caller's span (an HTTP request's), or a new root.
@@ -749,7 +795,6 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
                 let record = records
                     .get(&saga_id)
                     .filter(|_| seen.get(&saga_id) == Some(&1))?;
-                let saga = self.sagas.get(&record.state.saga_type)?;
                 let base = UnitOfWork {
                     consumed: Some(Consumed {
                         consumer: self.consumer.clone(),
@@ -760,7 +805,7 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
                 let span =
                     trace::process_span(self.messaging_system(), message, record.trace.as_ref());
                 let _entered = span.enter();
-                match saga.apply(record, &event, now).ok()? {
+                match self.registry.apply(record, &event, now).ok()? {
                     ErasedOutcome::Applied(transition) => {
                         let status = transition.state.status;
                         record_outcome(&span, &transition.state);
@@ -927,12 +972,15 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
         let mut report = WatchdogReport::default();
         for stalled in self.store.stalled(now, idle, limit).await? {
             let waits_by_design = stalled.deadline.is_none()
-                && self.sagas.get(&stalled.saga_type).is_some_and(|saga| {
-                    stalled
-                        .current_step
-                        .as_deref()
-                        .is_some_and(|step| saga.waits_without_deadline(step))
-                });
+                && self
+                    .registry
+                    .for_step(&stalled.saga_type, &stalled.definition_version)
+                    .is_some_and(|saga| {
+                        stalled
+                            .current_step
+                            .as_deref()
+                            .is_some_and(|step| saga.waits_without_deadline(step))
+                    });
             if waits_by_design {
                 continue;
             }
@@ -1116,12 +1164,9 @@ impl<S: SagaStore + ?Sized> Orchestrator<S> {
     ) -> Result<Handled, OrchestratorError> {
         for _ in 0..MAX_CONFLICT_RETRIES {
             let record = self.load(saga_id).await?;
-            let saga = self.sagas.get(&record.state.saga_type).ok_or_else(|| {
-                OrchestratorError::UnregisteredType(record.state.saga_type.clone())
-            })?;
             let span = self.event_span(&record, event, message);
             let applied = span.in_scope(|| -> Result<_, OrchestratorError> {
-                Ok(match saga.apply(&record, event, now)? {
+                Ok(match self.registry.apply(&record, event, now)? {
                     ErasedOutcome::Applied(transition) => {
                         let status = transition.state.status;
                         record_outcome(&span, &transition.state);

@@ -135,6 +135,8 @@ pub struct StalledSaga {
     pub saga_id: SagaId,
     /// Its type.
     pub saga_type: String,
+    /// The definition version it runs on.
+    pub definition_version: String,
     /// Running or compensating.
     pub status: crate::engine::SagaStatus,
     /// The step it is at.
@@ -155,6 +157,7 @@ pub struct OutboxEntry {
 }
 
 pub use crate::error::{ErrorSource, source};
+pub use crate::versions::InFlightVersion;
 
 /// A store failure: what a caller should do about it (the variant), and why (the source).
 #[derive(Clone, Debug, thiserror::Error)]
@@ -270,6 +273,18 @@ pub trait SagaStore: Send + Sync {
         let _ = (now, idle, limit);
         Ok(Vec::new())
     }
+
+    /// The sagas in flight — running, compensating, or parked in `failed` — counted per type
+    /// and definition version: what an orchestrator checks before it starts.
+    async fn in_flight_versions(&self) -> Result<Vec<InFlightVersion>, StoreError>;
+
+    /// Up to `limit` running or compensating sagas of `saga_type` on definition `version`.
+    async fn running_on_version(
+        &self,
+        saga_type: &str,
+        version: &str,
+        limit: usize,
+    ) -> Result<Vec<SagaId>, StoreError>;
 
     /// Timers due at `now`, oldest first, at most `limit`.
     async fn due_timers(

@@ -211,6 +211,7 @@ pub fn describe(event: &HistoryEvent) -> (String, String) {
             format!("operator {command} refused"),
             format!("{} — refused: {refused}", by(actor, reason)),
         ),
+        HistoryEvent::Migrated { from, to } => ("migrated".to_owned(), format!("{from} → {to}")),
         HistoryEvent::Finished { status } => ("finished".to_owned(), status.to_string()),
         other => ("event".to_owned(), format!("{other:?}")),
     };

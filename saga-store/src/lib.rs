@@ -89,7 +89,7 @@ pub use db::{
 pub use error::DatabaseError;
 pub use options::{RetentionPolicy, RuntimeOptions, WatchdogOptions};
 pub use outbox::retention::{RetentionReport, apply_retention};
-pub use runtime::{RuntimeBuilder, SagaRuntime, WorkersHandle};
+pub use runtime::{RuntimeBuilder, SagaRuntime, StartError, WorkersHandle};
 pub use saga_core;
 pub use sql::locks as lock_table;
 pub use store::{

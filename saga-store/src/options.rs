@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use saga_core::orchestrator::WatchdogAction;
+use saga_core::versions::UnknownVersionPolicy;
 
 use crate::db::Dialect;
 
@@ -94,6 +95,10 @@ pub struct RuntimeOptions {
     /// dead letters) are sampled for metrics (default 10 s; `None`: never). Each sample runs
     /// a handful of `COUNT` queries.
     pub gauges_every: Option<Duration>,
+    /// What [`RuntimeBuilder::start`](crate::RuntimeBuilder::start) does with sagas in flight
+    /// on a definition version no orchestrator here registers (neither current, retired nor
+    /// migrated): refuse to start (the default), or park them in `failed` with the reason.
+    pub unknown_versions: UnknownVersionPolicy,
 }
 
 /// Settings of the stuck-saga watchdog (see [`Orchestrator::watchdog`](saga_core::orchestrator::Orchestrator::watchdog)).
@@ -140,6 +145,7 @@ impl Default for RuntimeOptions {
             hold_at_most: Duration::from_secs(3600),
             gauges_every: Some(Duration::from_secs(10)),
             watchdog: WatchdogOptions::default(),
+            unknown_versions: UnknownVersionPolicy::Refuse,
         }
     }
 }

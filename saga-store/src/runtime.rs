@@ -15,8 +15,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use saga_core::orchestrator::OrchestratorError;
 use saga_core::participant::Participant;
 use saga_core::ports::{Delivery, Transport};
+use saga_core::versions::UnknownVersionPolicy;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -161,8 +163,19 @@ impl RuntimeBuilder {
         in_place::LocalChannels::new(handlers)
     }
 
-    /// Starts every worker.
-    pub fn start(self) -> SagaRuntime {
+    /// Checks each orchestrator's sagas in flight against the versions it registers
+    /// ([`Orchestrator::prepare_versions`](saga_core::orchestrator::Orchestrator::prepare_versions):
+    /// refused or parked per [`RuntimeOptions::unknown_versions`]), then starts every worker.
+    /// A database that does not answer is tried again for up to
+    /// [`VERSION_CHECK_PATIENCE`] before the start fails.
+    pub async fn start(self) -> Result<SagaRuntime, StartError> {
+        for orchestrator in &self.orchestrators {
+            check_versions(orchestrator, self.options.unknown_versions).await?;
+        }
+        Ok(self.start_workers())
+    }
+
+    fn start_workers(self) -> SagaRuntime {
         let (stop, signal) = watch::channel(false);
         let shutdown = Shutdown(signal);
         let mut tasks = Vec::new();
@@ -305,6 +318,63 @@ struct Channel<'a> {
     database: &'a Database,
     queue: Option<SqlTransport>,
     local: &'a in_place::LocalChannels,
+}
+
+/// How long [`RuntimeBuilder::start`] keeps trying to read the sagas in flight from a
+/// database that does not answer.
+pub const VERSION_CHECK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Why a runtime did not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// An orchestrator's sagas in flight include versions it cannot run, its registered
+    /// versions contradict each other, or its database could not be read.
+    #[error("the orchestrator on `{reply_channel}` cannot start: {source}")]
+    Versions {
+        /// The orchestrator's reply channel.
+        reply_channel: String,
+        /// Why.
+        #[source]
+        source: OrchestratorError,
+    },
+}
+
+/// The start-up version check of one orchestrator, tried again while its database does not
+/// answer (for up to [`VERSION_CHECK_PATIENCE`]).
+async fn check_versions(
+    orchestrator: &SharedOrchestrator,
+    policy: UnknownVersionPolicy,
+) -> Result<(), StartError> {
+    let give_up = tokio::time::Instant::now() + VERSION_CHECK_PATIENCE;
+    let mut backoff = Backoff::new(std::time::Duration::from_secs(2));
+    loop {
+        let error = match orchestrator.prepare_versions(policy).await {
+            Ok(report) => {
+                for (version, coverage) in &report.versions {
+                    tracing::info!(
+                        saga_type = %version.saga_type,
+                        version = %version.version,
+                        running = version.running,
+                        parked = version.parked,
+                        coverage = ?coverage,
+                        "sagas in flight"
+                    );
+                }
+                return Ok(());
+            }
+            Err(error) => error,
+        };
+        let transient = matches!(&error, OrchestratorError::Store(err) if err.is_transient());
+        if !transient || tokio::time::Instant::now() >= give_up {
+            return Err(StartError::Versions {
+                reply_channel: orchestrator.reply_channel().to_owned(),
+                source: error,
+            });
+        }
+        tracing::warn!(error = %error, "cannot read the sagas in flight yet; retrying");
+        tokio::time::sleep(backoff.next()).await;
+    }
 }
 
 /// Records the saga types `orchestrator` runs, retrying until the database takes them.

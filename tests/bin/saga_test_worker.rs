@@ -85,7 +85,9 @@ async fn main() {
         })
         .orchestrator(orchestrator)
         .participant(&database, ledger_participant(ledger))
-        .start();
+        .start()
+        .await
+        .expect("the runtime starts");
     let _ = tokio::signal::ctrl_c().await;
     runtime.shutdown().await;
 }

@@ -323,6 +323,9 @@ pub enum FtgoError {
     /// The orchestrator could not read a saga.
     #[error(transparent)]
     Orchestrator(#[from] OrchestratorError),
+    /// The saga workers refused to start.
+    #[error(transparent)]
+    Start(#[from] saga_store::StartError),
     /// Sagas did not finish in time.
     #[error("{0} sagas did not finish within {1:?}")]
     Timeout(usize, Duration),
@@ -461,15 +464,16 @@ impl Ftgo {
     /// Opens everything and starts the saga workers.
     pub async fn start(options: FtgoOptions) -> Result<Self, FtgoError> {
         let ftgo = Self::open(options).await?;
-        ftgo.start_workers().await;
+        ftgo.start_workers().await?;
         Ok(ftgo)
     }
 
-    /// Starts the saga workers (relays, consumers, timers) if they are not running.
-    pub async fn start_workers(&self) {
+    /// Starts the saga workers (relays, consumers, timers) if they are not running; fails
+    /// when the orchestrator refuses to start (sagas in flight on a version it does not run).
+    pub async fn start_workers(&self) -> Result<(), FtgoError> {
         let mut slot = self.runtime.lock().await;
         if slot.is_some() {
-            return;
+            return Ok(());
         }
         let builder = self
             .options
@@ -480,8 +484,10 @@ impl Ftgo {
             .participant(self.consumers.database(), self.consumers.participant())
             .participant(self.kitchen.database(), self.kitchen.participant())
             .participant(self.accounting.database(), self.accounting.participant())
-            .start();
+            .start()
+            .await?;
         *slot = Some(runtime);
+        Ok(())
     }
 
     /// Every database by name (one, in place).
@@ -719,7 +725,7 @@ impl ServiceProcess {
         };
         Ok(Self {
             name,
-            runtime: builder.start(),
+            runtime: builder.start().await?,
             databases: std::iter::once(database).chain(messages).collect(),
             transport,
         })

@@ -171,7 +171,7 @@ pub async fn run(ftgo: &Ftgo, mut progress: impl FnMut(&str)) -> Result<DemoRepo
         ftgo.orders.cancel_order(first).await,
     )?);
 
-    ftgo.start_workers().await;
+    ftgo.start_workers().await?;
     let create_sagas: Vec<SagaId> = placed.iter().map(|(_, order)| order.saga_id).collect();
     ftgo.wait_for_sagas(&create_sagas, Duration::from_secs(60), |done, total| {
         progress(&format!("CreateOrderSaga: {done}/{total} finished"));

@@ -127,7 +127,8 @@ async fn run(url: &str) -> Result<Vec<(SagaStatus, String)>, Box<dyn Error>> {
         .orchestrator(orchestrator.clone())
         .participant(&db, stock())
         .participant(&db, payments())
-        .start();
+        .start()
+        .await?;
 
     let mut outcomes = Vec::new();
     // One lamp in stock: declined (undone), bought, then sold out.

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use syn::{Attribute, Expr, ExprPath, Ident, Type, Visibility};
 
 use super::Kind;
-use super::parse::{OptionAst, OptionValue, SagaAst, StepAst, TimeoutChoice};
+use super::parse::{OptionAst, OptionValue, SagaAst, SagaOptions, StepAst, TimeoutChoice};
 use crate::errors::Errors;
 
 /// A checked saga, ready to lower.
@@ -26,8 +26,8 @@ pub(crate) struct SagaModel {
     pub(crate) name: Ident,
     /// The data type, when it parsed.
     pub(crate) data: Option<Type>,
-    /// The steps' default reply timeout (`#[saga(timeout = ..)]`).
-    pub(crate) timeout: Option<Expr>,
+    /// The `#[saga(..)]` options, checked.
+    pub(crate) options: SagaOptions,
     /// The steps, in order.
     pub(crate) steps: Vec<StepModel>,
 }
@@ -92,13 +92,49 @@ pub(crate) fn analyze(ast: SagaAst, errors: &mut Errors) -> SagaModel {
         );
     }
     check_step_rules(&steps, errors);
+    check_versions(&ast.options, errors);
     SagaModel {
         attrs: ast.attrs,
         vis: ast.vis,
         name: ast.name,
         data: ast.data,
-        timeout: ast.timeout,
+        options: ast.options,
         steps,
+    }
+}
+
+/// Checks the version options: a retired version and a saga with previous versions name
+/// their version, so that the compile-time check of distinct ids has ids to compare.
+fn check_versions(options: &SagaOptions, errors: &mut Errors) {
+    if let Some(version) = &options.version
+        && version.value().trim().is_empty()
+    {
+        errors.error(version.span(), "a version id cannot be empty");
+    }
+    if let Some(retired) = options.retired {
+        if options.version.is_none() {
+            errors.error(
+                retired,
+                "a retired saga needs `version = \"…\"`: the version id its instances recorded \
+                 (`saga versions` lists them)",
+            );
+        }
+        if let Some(previous) = options.previous_span {
+            errors.error(
+                previous,
+                "a retired saga lists no `previous(..)`: list every earlier version in the \
+                 current saga's `previous(..)`",
+            );
+        }
+    }
+    if let Some(previous) = options.previous_span
+        && options.version.is_none()
+    {
+        errors.error(
+            previous,
+            "a saga with `previous(..)` versions needs its own `version = \"…\"`, so that the \
+             versions' ids can be told apart at compile time",
+        );
     }
 }
 

@@ -21,6 +21,7 @@ pub(crate) fn generate(saga: &LoweredSaga) -> TokenStream {
     let mut output = generate_type(saga);
     if saga.data.is_some() {
         output.extend(generate_saga_impl(saga));
+        output.extend(generate_version_checks(saga));
     }
     output
 }
@@ -52,6 +53,22 @@ fn generate_type(saga: &LoweredSaga) -> TokenStream {
         name.value()
     );
     let steps_doc = format!(" The names of the saga's steps, in forward order: {listed}.");
+    let version = match &saga.version {
+        Some(version) => quote!(::core::option::Option::Some(#version)),
+        None => quote!(::core::option::Option::None),
+    };
+    let version_doc = match &saga.version {
+        Some(version) => format!(
+            " The version id each instance records, `{:?}`{}.",
+            version.value(),
+            if saga.retired {
+                " (retired: it only finishes the instances that started on it)"
+            } else {
+                ""
+            }
+        ),
+        None => " `None`: instances record a hash of the saga's graph as its version.".to_owned(),
+    };
     quote! {
         #(#attrs)*
         #fallback_doc
@@ -68,7 +85,64 @@ fn generate_type(saga: &LoweredSaga) -> TokenStream {
             #vis const NAME: &'static str = #name;
             #[doc = #steps_doc]
             #vis const STEPS: &'static [&'static str] = &[#(#step_names),*];
+            #[doc = #version_doc]
+            #vis const VERSION: ::core::option::Option<&'static str> = #version;
         }
+    }
+}
+
+/// Compile-time checks of the `previous(..)` versions: each is a retired version of the same
+/// saga type, and no two of them (nor one and the current) share a version id. Each check
+/// is spanned at the path it is about, so the error points there.
+fn generate_version_checks(saga: &LoweredSaga) -> TokenStream {
+    let LoweredSaga { ident, name, .. } = saga;
+    let mut checks = Vec::new();
+    for (index, path) in saga.previous.iter().enumerate() {
+        let span = syn::spanned::Spanned::span(path);
+        let shown = path.to_token_stream().to_string().replace(' ', "");
+        let other_type = format!(
+            "`{shown}` is listed in `previous` of saga `{}` but is a version of another saga \
+             type; give it `#[saga(name = {:?}, ..)]`",
+            name.value(),
+            name.value()
+        );
+        let not_retired = format!(
+            "`{shown}` is listed in `previous` of saga `{}` but is not marked `retired`",
+            name.value()
+        );
+        let same_as_current = format!(
+            "`{shown}` and `{ident}` have the same version id: two versions of saga `{}` \
+             need different `version = \"…\"` ids",
+            name.value()
+        );
+        checks.push(quote::quote_spanned! {span=>
+            ::core::assert!(::saga_core::__private::str_eq(#path::NAME, #ident::NAME), #other_type);
+            ::core::assert!(<#path as ::saga_core::__private::Saga>::RETIRED, #not_retired);
+            ::core::assert!(
+                !::saga_core::__private::same_version(#path::VERSION, #ident::VERSION),
+                #same_as_current
+            );
+        });
+        for earlier in &saga.previous[..index] {
+            let earlier_shown = earlier.to_token_stream().to_string().replace(' ', "");
+            let same = format!(
+                "`{earlier_shown}` and `{shown}` have the same version id: two versions of saga \
+                 `{}` need different `version = \"…\"` ids",
+                name.value()
+            );
+            checks.push(quote::quote_spanned! {span=>
+                ::core::assert!(
+                    !::saga_core::__private::same_version(#earlier::VERSION, #path::VERSION),
+                    #same
+                );
+            });
+        }
+    }
+    if checks.is_empty() {
+        return TokenStream::new();
+    }
+    quote! {
+        const _: () = { #(#checks)* };
     }
 }
 
@@ -81,9 +155,28 @@ fn generate_saga_impl(saga: &LoweredSaga) -> TokenStream {
     let steps = saga.steps.iter().map(generate_step);
     // The user's expression, in the user's scope: their own imports resolve it.
     let timeout = saga.timeout.as_ref().map(|expr| quote!(.timeout(#expr)));
+    let version = saga
+        .version
+        .as_ref()
+        .map(|version| quote!(.version(#version)));
+    let retired = saga.retired.then(|| {
+        quote!(
+            const RETIRED: bool = true;
+        )
+    });
+    let previous = (!saga.previous.is_empty()).then(|| {
+        let previous = &saga.previous;
+        quote! {
+            fn previous_versions() -> ::std::vec::Vec<::saga_core::__private::SagaVersion> {
+                ::std::vec![#(::saga_core::__private::SagaVersion::of::<#previous>()),*]
+            }
+        }
+    });
     quote! {
         impl ::saga_core::__private::Saga for #ident {
             type Data = #data;
+            #retired
+            #previous
 
             fn definition() -> &'static ::saga_core::__private::SagaDefinition<Self::Data> {
                 static #definition: ::saga_core::__private::OnceLock<
@@ -94,6 +187,7 @@ fn generate_saga_impl(saga: &LoweredSaga) -> TokenStream {
                 #definition.get_or_init(|| {
                     ::saga_core::__private::checked(
                         ::saga_core::__private::SagaDefinition::<Self::Data>::builder(#name)
+                            #version
                             #timeout
                             #(.step(#steps))*
                     )

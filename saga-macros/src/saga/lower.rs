@@ -7,7 +7,7 @@
 
 use proc_macro2::Span;
 use syn::ext::IdentExt;
-use syn::{Attribute, Expr, ExprPath, Ident, LitStr, Type, Visibility};
+use syn::{Attribute, Expr, ExprPath, Ident, LitStr, Path, Type, Visibility};
 
 use super::Kind;
 use super::analyze::{ActionModel, CompensationModel, SagaModel, StepModel};
@@ -22,12 +22,18 @@ pub(crate) struct LoweredSaga {
     pub(crate) vis: Visibility,
     /// The struct's name.
     pub(crate) ident: Ident,
-    /// The definition name (the ident without `r#`).
+    /// The definition name: `#[saga(name = "…")]`, else the ident without `r#`.
     pub(crate) name: LitStr,
     /// The data type; without it, no `Saga` impl is generated.
     pub(crate) data: Option<Type>,
     /// The steps' default reply timeout.
     pub(crate) timeout: Option<Expr>,
+    /// The explicit version id.
+    pub(crate) version: Option<LitStr>,
+    /// Whether it is a retired version.
+    pub(crate) retired: bool,
+    /// The retired versions registered with it.
+    pub(crate) previous: Vec<Path>,
     /// The steps.
     pub(crate) steps: Vec<LoweredStep>,
 }
@@ -79,9 +85,16 @@ pub(crate) fn lower(model: &SagaModel) -> LoweredSaga {
         attrs: model.attrs.clone(),
         vis: model.vis.clone(),
         ident: model.name.clone(),
-        name: LitStr::new(&model.name.unraw().to_string(), model.name.span()),
+        name: model
+            .options
+            .name
+            .clone()
+            .unwrap_or_else(|| LitStr::new(&model.name.unraw().to_string(), model.name.span())),
         data: model.data.clone(),
-        timeout: model.timeout.clone(),
+        timeout: model.options.timeout.clone(),
+        version: model.options.version.clone(),
+        retired: model.options.retired.is_some(),
+        previous: model.options.previous.clone(),
         steps: model.steps.iter().map(lower_step).collect(),
     }
 }

@@ -4,8 +4,7 @@
 //!
 //! ```text
 //! saga    := outer-attribute* visibility `saga` IDENT `(` TYPE `)` `{` step* `}`
-//!            (one outer attribute may be `#[saga(timeout = EXPR)]`: the steps' default
-//!            reply timeout)
+//!            (outer attributes may include `#[saga(option, ..)]`, see [`SagaOptions`])
 //! step    := doc-comment* KIND IDENT `{` (option (`,` option)* `,`?)? `}`
 //! KIND    := `compensatable` | `pivot` | `retriable`
 //! option  := `invoke` `:` PATH | `notify` `:` PATH | `local` `:` PATH
@@ -21,8 +20,10 @@
 use proc_macro2::{Span, TokenStream, TokenTree};
 use syn::ext::IdentExt;
 use syn::parse::{ParseStream, Parser};
+use syn::spanned::Spanned;
 use syn::{
-    Attribute, Expr, ExprPath, Ident, Token, Type, Visibility, braced, parenthesized, token,
+    Attribute, Expr, ExprPath, Ident, LitStr, Path, Token, Type, Visibility, braced, parenthesized,
+    token,
 };
 
 use super::Kind;
@@ -57,11 +58,32 @@ pub(crate) struct SagaAst {
     pub(crate) name: Ident,
     /// The saga data type; `None` when it did not parse (an error was reported).
     pub(crate) data: Option<Type>,
-    /// `#[saga(timeout = EXPR)]`: how long its steps wait for a reply by default.
-    pub(crate) timeout: Option<Expr>,
+    /// What its `#[saga(..)]` attributes say.
+    pub(crate) options: SagaOptions,
     /// The steps that parsed, in order.
     pub(crate) steps: Vec<StepAst>,
 }
+
+/// The options of `#[saga(..)]` attributes.
+#[derive(Debug, Default)]
+pub(crate) struct SagaOptions {
+    /// `timeout = EXPR`: how long its steps wait for a reply by default.
+    pub(crate) timeout: Option<Expr>,
+    /// `name = "…"`: the saga type's name, when it is not the struct's (a retired version's
+    /// struct is named apart from the current one).
+    pub(crate) name: Option<LitStr>,
+    /// `version = "…"`: the version id instances record, instead of the graph's hash.
+    pub(crate) version: Option<LitStr>,
+    /// `retired`: the definition only finishes instances that started on it.
+    pub(crate) retired: Option<Span>,
+    /// `previous(A, B)`: the retired versions registered with this one.
+    pub(crate) previous: Vec<Path>,
+    /// Where `previous` was written.
+    pub(crate) previous_span: Option<Span>,
+}
+
+/// The keys `#[saga(..)]` accepts.
+const SAGA_OPTION_KEYS: [&str; 5] = ["timeout", "name", "version", "retired", "previous"];
 
 /// One step.
 #[derive(Debug)]
@@ -148,7 +170,7 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Option<SagaAst>
 
 /// `outer-attribute* visibility saga IDENT ( TYPE ) { step* }`
 fn parse_saga(input: ParseStream<'_>, errors: &mut Errors) -> syn::Result<SagaAst> {
-    let (attrs, timeout) = saga_options(input.call(Attribute::parse_outer)?, errors);
+    let (attrs, options) = saga_options(input.call(Attribute::parse_outer)?, errors);
     let vis: Visibility = input.parse()?;
     if !input.peek(kw::saga) {
         return Err(input.error(
@@ -165,7 +187,7 @@ fn parse_saga(input: ParseStream<'_>, errors: &mut Errors) -> syn::Result<SagaAs
         vis,
         name,
         data: None,
-        timeout,
+        options,
         steps: Vec::new(),
     };
     if let Err(error) = parse_saga_rest(input, &mut saga, errors) {
@@ -176,9 +198,9 @@ fn parse_saga(input: ParseStream<'_>, errors: &mut Errors) -> syn::Result<SagaAs
 }
 
 /// Takes the `#[saga(..)]` attributes out of `attrs` (the others stay on the struct) and
-/// returns their `timeout`.
-fn saga_options(attrs: Vec<Attribute>, errors: &mut Errors) -> (Vec<Attribute>, Option<Expr>) {
-    let mut timeout = None;
+/// returns their options.
+fn saga_options(attrs: Vec<Attribute>, errors: &mut Errors) -> (Vec<Attribute>, SagaOptions) {
+    let mut options = SagaOptions::default();
     let mut kept = Vec::with_capacity(attrs.len());
     for attr in attrs {
         if !attr.path().is_ident("saga") {
@@ -186,27 +208,40 @@ fn saga_options(attrs: Vec<Attribute>, errors: &mut Errors) -> (Vec<Attribute>, 
             continue;
         }
         let parsed = attr.parse_nested_meta(|meta| {
-            if meta.path.is_ident("timeout") {
-                timeout = Some(meta.value()?.parse::<Expr>()?);
-                Ok(())
-            } else {
-                let name = meta
-                    .path
-                    .get_ident()
-                    .map(ToString::to_string)
-                    .unwrap_or_default();
-                Err(meta.error(format!(
-                    "unknown saga option `{name}`; expected `timeout = <Duration>`, as in \
-                     `#[saga(timeout = Duration::from_secs(60))]`{}",
-                    suggestion(&name, &["timeout"])
-                )))
+            let key = meta
+                .path
+                .get_ident()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            match key.as_str() {
+                "timeout" => options.timeout = Some(meta.value()?.parse::<Expr>()?),
+                "name" => options.name = Some(meta.value()?.parse::<LitStr>()?),
+                "version" => options.version = Some(meta.value()?.parse::<LitStr>()?),
+                "retired" => options.retired = Some(meta.path.span()),
+                "previous" => {
+                    options.previous_span = Some(meta.path.span());
+                    meta.parse_nested_meta(|version| {
+                        options.previous.push(version.path);
+                        Ok(())
+                    })?;
+                }
+                _ => {
+                    return Err(meta.error(format!(
+                        "unknown saga option `{key}`; expected {}, as in \
+                         `#[saga(timeout = Duration::from_secs(60))]` or \
+                         `#[saga(version = \"2\", previous(OrderSagaV1))]`{}",
+                        one_of(&SAGA_OPTION_KEYS),
+                        suggestion(&key, &SAGA_OPTION_KEYS)
+                    )));
+                }
             }
+            Ok(())
         });
         if let Err(error) = parsed {
             errors.push(error);
         }
     }
-    (kept, timeout)
+    (kept, options)
 }
 
 /// Everything after the saga's name: `( TYPE ) { step* }`, then nothing.

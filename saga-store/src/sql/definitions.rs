@@ -5,6 +5,7 @@
 use saga_core::Timestamp;
 use saga_core::graph::SagaGraph;
 use saga_core::ports::StoreError;
+use saga_core::versions::VersionRole;
 use sqlx::query;
 
 use crate::db::backend::Conn;
@@ -19,6 +20,8 @@ pub struct StoredDefinition {
     pub saga_type: String,
     /// The definition version.
     pub version: String,
+    /// What the version is for.
+    pub role: VersionRole,
     /// Where its orchestrator takes replies and operator requests.
     pub reply_channel: String,
     /// Its state graph.
@@ -35,16 +38,17 @@ pub(crate) async fn upsert(
     let graph = serde_json::to_value(&definition.graph).map_err(|e| corrupt("graph", e))?;
     on_backend!(conn, |c| {
         query(
-            "INSERT INTO saga_definitions (saga_type, version, reply_channel, graph, registered_at) \
-             VALUES ($1, $2, $3, $4, $5) \
+            "INSERT INTO saga_definitions (saga_type, version, reply_channel, graph, registered_at, \
+             role) VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (saga_type, version) DO UPDATE SET reply_channel = excluded.reply_channel, \
-             graph = excluded.graph, registered_at = excluded.registered_at",
+             graph = excluded.graph, registered_at = excluded.registered_at, role = excluded.role",
         )
         .bind(definition.saga_type.as_str())
         .bind(definition.version.as_str())
         .bind(definition.reply_channel.as_str())
         .bind_json(&graph)
         .bind(to_i64(definition.registered_at.as_millis()))
+        .bind(definition.role.to_string())
         .execute(c)
         .await
         .map(drop)
@@ -56,6 +60,10 @@ fn definition(row: &impl Get) -> Result<StoredDefinition, StoreError> {
     Ok(StoredDefinition {
         saga_type: row.text("saga_type")?,
         version: row.text("version")?,
+        role: row
+            .text("role")?
+            .parse()
+            .map_err(|e: String| corrupt("version role", e))?,
         reply_channel: row.text("reply_channel")?,
         graph: serde_json::from_value(row.json("graph")?).map_err(|e| corrupt("graph", e))?,
         registered_at: Timestamp(to_u64(row.int("registered_at")?)),
@@ -66,7 +74,8 @@ fn definition(row: &impl Get) -> Result<StoredDefinition, StoreError> {
 pub(crate) async fn list(conn: Conn<'_>) -> Result<Vec<StoredDefinition>, StoreError> {
     on_backend!(conn, |c| {
         query(
-            "SELECT saga_type, version, reply_channel, graph, registered_at FROM saga_definitions \
+            "SELECT saga_type, version, role, reply_channel, graph, registered_at \
+             FROM saga_definitions \
              ORDER BY saga_type, registered_at DESC, version",
         )
         .fetch_all(c)
@@ -89,6 +98,7 @@ mod tests {
         StoredDefinition {
             saga_type: "TripSaga".to_owned(),
             version: version.to_owned(),
+            role: VersionRole::Current,
             reply_channel: "trip-replies".to_owned(),
             graph: SagaGraph {
                 name: "TripSaga".to_owned(),

@@ -4,7 +4,9 @@
 //! deadline has passed.
 
 use saga_core::engine::{Direction, Pending, SagaState, SagaStatus, SagaTimer};
-use saga_core::ports::{SagaRecord, SagaWrite, StalledSaga, StoreError, TimerRecord};
+use saga_core::ports::{
+    InFlightVersion, SagaRecord, SagaWrite, StalledSaga, StoreError, TimerRecord,
+};
 use saga_core::trace::TraceContext;
 use saga_core::{RequestId, SagaId, Timestamp};
 use sqlx::{AssertSqlSafe, query};
@@ -18,7 +20,7 @@ use crate::sql::{Bind, CHUNK, Col, Get, parameter, placeholders, to_i64, to_u64,
 /// The columns read for a [`SagaRecord`], in [`record`]'s order.
 const COLUMNS: &str = "saga_id, saga_type, definition_version, status, direction, current_step, \
      pending_kind, pending_request_id, deadline, attempt, completed_steps, compensation_reason, \
-     last_error, next_request_id, data, version, traceparent, tracestate";
+     last_error, next_request_id, data, version, traceparent, tracestate, skip_steps";
 
 fn parse_status(name: &str) -> Result<SagaStatus, StoreError> {
     Ok(match name {
@@ -98,6 +100,10 @@ fn record(row: &impl Get) -> Result<SagaRecord, StoreError> {
         compensation_reason: row.opt_text("compensation_reason")?,
         last_error: row.opt_text("last_error")?,
         next_request_id: to_u64(row.int("next_request_id")?),
+        skip_steps: match row.opt_text("skip_steps")? {
+            Some(steps) => serde_json::from_str(&steps).map_err(|e| corrupt("skip_steps", e))?,
+            None => Vec::new(),
+        },
     };
     // A stored context that no longer parses is dropped: tracing must not fail a saga.
     let trace = match row.opt_text("traceparent")? {
@@ -120,6 +126,8 @@ pub(crate) struct Columns<'w> {
     pub(crate) pending_kind: Option<&'static str>,
     pub(crate) pending_request: Option<i64>,
     pub(crate) completed: serde_json::Value,
+    /// The steps to skip as a JSON array, `None` when there are none.
+    pub(crate) skip_steps: Option<String>,
     pub(crate) record: &'w SagaRecord,
 }
 
@@ -131,6 +139,12 @@ impl<'w> Columns<'w> {
             pending_kind,
             pending_request,
             completed: serde_json::Value::from(write.record.state.completed_steps.clone()),
+            skip_steps: match write.record.state.skip_steps.is_empty() {
+                true => None,
+                false => {
+                    Some(serde_json::Value::from(write.record.state.skip_steps.clone()).to_string())
+                }
+            },
             record: &write.record,
         }
     }
@@ -138,7 +152,7 @@ impl<'w> Columns<'w> {
 
 /// Binds a write's columns — saga id, type, definition version, status, direction, current
 /// step, pending kind, pending request, deadline, attempt, completed steps, compensation
-/// reason, last error, next request id, data, version, updated at — to `$q`.
+/// reason, last error, next request id, data, version, updated at, skipped steps — to `$q`.
 macro_rules! bind_columns {
     ($q:expr, $columns:expr, $at:expr) => {{
         let c = $columns;
@@ -159,6 +173,7 @@ macro_rules! bind_columns {
             .bind_json(&c.record.data)
             .bind($crate::sql::to_i64(c.record.version))
             .bind($at)
+            .bind(c.skip_steps.as_deref())
     }};
 }
 pub(crate) use bind_columns;
@@ -171,16 +186,16 @@ pub(crate) async fn write(conn: Conn<'_>, write: &SagaWrite, at: i64) -> Result<
             "INSERT INTO saga_instances (saga_id, saga_type, definition_version, status, \
              direction, current_step, pending_kind, pending_request_id, deadline, attempt, \
              completed_steps, compensation_reason, last_error, next_request_id, data, version, \
-             updated_at, created_at, traceparent, tracestate) \
+             updated_at, skip_steps, created_at, traceparent, tracestate) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-             $17, $18, $19)"
+             $18, $17, $19, $20)"
         }
         Some(_) => {
             "UPDATE saga_instances SET saga_type = $2, definition_version = $3, status = $4, \
              direction = $5, current_step = $6, pending_kind = $7, pending_request_id = $8, \
              deadline = $9, attempt = $10, completed_steps = $11, compensation_reason = $12, \
-             last_error = $13, next_request_id = $14, data = $15, version = $16, updated_at = $17 \
-             WHERE saga_id = $1 AND version = $18"
+             last_error = $13, next_request_id = $14, data = $15, version = $16, updated_at = $17, \
+             skip_steps = $18 WHERE saga_id = $1 AND version = $19"
         }
     };
     let columns = Columns::of(write);
@@ -206,7 +221,7 @@ pub(crate) async fn write(conn: Conn<'_>, write: &SagaWrite, at: i64) -> Result<
 }
 
 /// The types of [`update_many_sql`]'s columns.
-pub(crate) const UPDATE_COLUMNS: [Col; 18] = [
+pub(crate) const UPDATE_COLUMNS: [Col; 19] = [
     Col::Id,
     Col::Text,
     Col::Text,
@@ -224,6 +239,7 @@ pub(crate) const UPDATE_COLUMNS: [Col; 18] = [
     Col::Json,
     Col::BigInt,
     Col::BigInt,
+    Col::Text,
     Col::BigInt,
 ];
 
@@ -233,7 +249,7 @@ pub(crate) fn update_many_sql(dialect: Dialect, first: usize, rows: usize) -> St
         "WITH v (saga_id, saga_type, definition_version, status, direction, current_step, \
          pending_kind, pending_request_id, deadline, attempt, completed_steps, \
          compensation_reason, last_error, next_request_id, data, version, updated_at, \
-         expected) AS (VALUES {}) \
+         skip_steps, expected) AS (VALUES {}) \
          UPDATE saga_instances SET saga_type = v.saga_type, \
          definition_version = v.definition_version, status = v.status, \
          direction = v.direction, current_step = v.current_step, \
@@ -241,7 +257,7 @@ pub(crate) fn update_many_sql(dialect: Dialect, first: usize, rows: usize) -> St
          deadline = v.deadline, attempt = v.attempt, completed_steps = v.completed_steps, \
          compensation_reason = v.compensation_reason, last_error = v.last_error, \
          next_request_id = v.next_request_id, data = v.data, version = v.version, \
-         updated_at = v.updated_at \
+         updated_at = v.updated_at, skip_steps = v.skip_steps \
          FROM v WHERE saga_instances.saga_id = v.saga_id \
          AND saga_instances.version = v.expected",
         values_from(dialect, first, rows, &UPDATE_COLUMNS)
@@ -375,6 +391,7 @@ fn stalled_saga(row: &impl Get) -> Result<StalledSaga, StoreError> {
     Ok(StalledSaga {
         saga_id: SagaId(row.id("saga_id")?),
         saga_type: row.text("saga_type")?,
+        definition_version: row.text("definition_version")?,
         status: parse_status(&row.text("status")?)?,
         current_step: row.opt_text("current_step")?,
         deadline: row.opt_int("deadline")?.map(|ms| Timestamp(to_u64(ms))),
@@ -391,8 +408,8 @@ pub(crate) async fn stalled(
 ) -> Result<Vec<StalledSaga>, StoreError> {
     on_backend!(conn, |c| {
         query(
-            "SELECT saga_id, saga_type, status, current_step, deadline, updated_at \
-             FROM saga_instances WHERE status IN ('running', 'compensating') \
+            "SELECT saga_id, saga_type, definition_version, status, current_step, deadline, \
+             updated_at FROM saga_instances WHERE status IN ('running', 'compensating') \
              AND ((deadline IS NULL AND updated_at < $1) OR deadline < $1) \
              ORDER BY updated_at LIMIT $2",
         )
@@ -403,6 +420,56 @@ pub(crate) async fn stalled(
         .map_err(store_error)?
         .iter()
         .map(stalled_saga)
+        .collect()
+    })
+}
+
+/// The sagas in flight (running, compensating, failed), counted per type and version.
+pub(crate) async fn in_flight_versions(conn: Conn<'_>) -> Result<Vec<InFlightVersion>, StoreError> {
+    on_backend!(conn, |c| {
+        let rows = query(
+            "SELECT saga_type, definition_version, \
+             SUM(CASE WHEN status = 'failed' THEN 0 ELSE 1 END) AS running, \
+             SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS parked \
+             FROM saga_instances WHERE status IN ('running', 'compensating', 'failed') \
+             GROUP BY saga_type, definition_version ORDER BY saga_type, definition_version",
+        )
+        .fetch_all(c)
+        .await
+        .map_err(store_error)?;
+        rows.iter()
+            .map(|row| {
+                Ok(InFlightVersion {
+                    saga_type: row.text("saga_type")?,
+                    version: row.text("definition_version")?,
+                    running: to_u64(row.int("running")?),
+                    parked: to_u64(row.int("parked")?),
+                })
+            })
+            .collect()
+    })
+}
+
+/// Up to `limit` running or compensating sagas of `saga_type` on `version`.
+pub(crate) async fn running_on_version(
+    conn: Conn<'_>,
+    saga_type: &str,
+    version: &str,
+    limit: usize,
+) -> Result<Vec<SagaId>, StoreError> {
+    on_backend!(conn, |c| {
+        query(
+            "SELECT saga_id FROM saga_instances WHERE saga_type = $1 AND definition_version = $2 \
+             AND status IN ('running', 'compensating') ORDER BY saga_id LIMIT $3",
+        )
+        .bind(saga_type)
+        .bind(version)
+        .bind(to_i64(limit as u64))
+        .fetch_all(c)
+        .await
+        .map_err(store_error)?
+        .iter()
+        .map(|row| Ok(SagaId(row.id("saga_id")?)))
         .collect()
     })
 }
@@ -629,6 +696,7 @@ pub(crate) mod tests {
                 compensation_reason: None,
                 last_error: Some("it said \"no\"".to_owned()),
                 next_request_id: 4,
+                skip_steps: vec!["check_fraud".to_owned()],
             },
             data: json!({ "order_id": 7, "items": ["naan", "samosa"], "note": null }),
             version,

@@ -29,8 +29,8 @@ use futures_util::future::join_all;
 use saga_core::message::failure_reply_for;
 use saga_core::orchestrator::{Orchestrator, OrchestratorError};
 use saga_core::ports::{
-    CommitOutcome, DeadLetter, HistoryRecord, OutboxEntry, SagaRecord, SagaStore, StalledSaga,
-    StoreError, TimerRecord, UnitOfWork,
+    CommitOutcome, DeadLetter, HistoryRecord, InFlightVersion, OutboxEntry, SagaRecord, SagaStore,
+    StalledSaga, StoreError, TimerRecord, UnitOfWork,
 };
 use saga_core::{Message, Saga, SagaId, Timestamp};
 
@@ -395,6 +395,21 @@ impl SagaStore for SqlSagaStore {
         let cutoff = to_i64(now.as_millis().saturating_sub(sql::millis(idle)));
         let mut conn = self.database.acquire().await.map_err(store_error)?;
         sql::instances::stalled(conn.conn(), cutoff, limit).await
+    }
+
+    async fn in_flight_versions(&self) -> Result<Vec<InFlightVersion>, StoreError> {
+        let mut conn = self.database.acquire().await.map_err(store_error)?;
+        sql::instances::in_flight_versions(conn.conn()).await
+    }
+
+    async fn running_on_version(
+        &self,
+        saga_type: &str,
+        version: &str,
+        limit: usize,
+    ) -> Result<Vec<SagaId>, StoreError> {
+        let mut conn = self.database.acquire().await.map_err(store_error)?;
+        sql::instances::running_on_version(conn.conn(), saga_type, version, limit).await
     }
 
     async fn history(&self, saga_id: SagaId) -> Result<Vec<HistoryRecord>, StoreError> {

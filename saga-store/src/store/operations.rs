@@ -73,6 +73,7 @@ impl SqlSagaStore {
             let definition = StoredDefinition {
                 saga_type: saga.saga_type.clone(),
                 version: saga.version.clone(),
+                role: saga.role.clone(),
                 reply_channel: reply_channel.to_owned(),
                 graph: saga.graph.clone(),
                 registered_at: now,

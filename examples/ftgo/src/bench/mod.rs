@@ -313,7 +313,7 @@ pub async fn run(
     let relaxed_before: u64 = databases.iter().map(Database::relaxed_commits).sum();
     let breakdown = Breakdown::install();
     let mark = breakdown.map(Breakdown::mark);
-    ftgo.start_workers().await;
+    ftgo.start_workers().await?;
 
     let slots = Arc::new(Semaphore::new(config.concurrency));
     let begin = Instant::now();
