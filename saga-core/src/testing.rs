@@ -393,3 +393,42 @@ impl<S: Saga> SagaTest<S> {
         self
     }
 }
+
+/// Stored JSON that no longer decodes as the current type: see [`decode_stored`].
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "stored JSON does not decode as `{type_name}`: {source}. A field was renamed or removed, or \
+     a required field added: give new fields `#[serde(default)]` (or make them `Option`), keep \
+     old names with `#[serde(alias = \"…\")]`, or convert old data in a `Migration`"
+)]
+pub struct StoredDecodeError {
+    /// The type it was decoded as.
+    pub type_name: &'static str,
+    /// serde's error, with the field and position.
+    #[source]
+    pub source: serde_json::Error,
+}
+
+/// Decodes JSON an earlier version stored — saga data, a command's or a reply's payload —
+/// as the current type `T`, the way the orchestrator and participants will: the test helper
+/// that catches a breaking change before it is deployed. Keep samples of what each deployed
+/// version wrote (e.g. `tests/fixtures/v1/*.json`) and decode them in a test.
+///
+/// serde's defaults are what make a change compatible: an unknown field is ignored (unless
+/// the type says `#[serde(deny_unknown_fields)]`), an `Option` field that is missing is
+/// `None`, and any other missing field needs `#[serde(default)]`.
+///
+/// ```
+/// # use serde::Deserialize;
+/// #[derive(Deserialize)]
+/// struct Order { id: i64, note: Option<String> }       // `note` added in version 2
+///
+/// let order: Order = saga_core::testing::decode_stored(r#"{"id": 7, "from": "v3"}"#).unwrap();
+/// assert_eq!((order.id, order.note), (7, None));
+/// ```
+pub fn decode_stored<T: serde::de::DeserializeOwned>(stored: &str) -> Result<T, StoredDecodeError> {
+    serde_json::from_str(stored).map_err(|source| StoredDecodeError {
+        type_name: std::any::type_name::<T>(),
+        source,
+    })
+}
