@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use clap::Parser as _;
 use saga_core::engine::{HistoryEvent, OperatorCommand, OperatorRequest, SagaStatus};
 use saga_core::orchestrator::{Orchestrator, OrchestratorError};
 use saga_core::participant::Participant;
@@ -356,6 +357,39 @@ async fn deploy_version_1(db: &TestDb, effects: &Effects) -> Vec<SagaId> {
     ids
 }
 
+/// `saga <args>` on `db`, as the binary runs it: exit code, stdout, stderr.
+async fn saga_cli(db: &TestDb, args: &[&str]) -> (u8, String, String) {
+    let mut argv = vec![
+        "saga".to_owned(),
+        "--database-url".to_owned(),
+        db.url.clone(),
+    ];
+    if let Some(schema) = &db.schema {
+        argv.extend(["--schema".to_owned(), schema.clone()]);
+    }
+    argv.extend(args.iter().map(|a| (*a).to_owned()));
+    let cli = saga_ops::cli::Cli::try_parse_from(&argv).expect("parses");
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = saga_ops::cli::run(cli, &mut out, &mut err)
+        .await
+        .expect("runs");
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).expect("utf-8");
+    (code, text(out), text(err))
+}
+
+/// The row of `saga versions` for `version` of Transfer, its cells split on blanks.
+fn versions_row(table: &str, version: &str) -> Vec<String> {
+    table
+        .lines()
+        .map(|line| {
+            line.split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .find(|cells| cells.first().map(String::as_str) == Some("Transfer") && cells[1] == version)
+        .unwrap_or_else(|| panic!("no row for version {version} in:\n{table}"))
+}
+
 async fn timeline(orchestrator: &Shared, id: SagaId) -> Vec<HistoryEvent> {
     orchestrator
         .store()
@@ -463,6 +497,10 @@ async fn retired_version_finishes_its_sagas(backend: Backend) {
         .collect();
     assert_eq!(recorded.get("2"), Some(&VersionRole::Current));
     assert_eq!(recorded.get("1"), Some(&VersionRole::Retired));
+    let (code, table, _) = saga_cli(&db, &["versions", "--check"]).await;
+    assert_eq!(code, 0, "{table}");
+    assert_eq!(versions_row(&table, "1")[2..], ["0", "0", "retired"]);
+    assert_eq!(versions_row(&table, "2")[2..], ["0", "0", "current"]);
     db.cleanup().await;
 }
 
@@ -551,6 +589,9 @@ async fn unknown_version_is_refused_or_parked(backend: Backend) {
     let ids = deploy_version_1(&db, &effects).await;
 
     let alone = orchestrator_on(&db, |o| o.register::<TransferV2Alone>());
+    let (code, table, _) = saga_cli(&db, &["versions"]).await;
+    assert_eq!(code, 0, "{table}");
+    assert_eq!(versions_row(&table, "1")[2..], ["4", "0", "current"]);
     let refused = runtime(&db, &alone, vec![bank(&effects)], test_runtime_options()).await;
     let error = refused
         .expect_err("version 2 alone refuses to start")
@@ -583,6 +624,17 @@ async fn unknown_version_is_refused_or_parked(backend: Backend) {
         );
     }
     workers.shutdown().await;
+    // Version 2 alone has started: version 1 is stranded, and `--check` says so.
+    let (code, table, stranded) = saga_cli(&db, &["versions", "--check"]).await;
+    assert_eq!(code, 1, "{table}");
+    assert_eq!(versions_row(&table, "1")[2..5], ["0", "4", "not"]);
+    assert!(
+        stranded.contains("stranded: 4 sagas of `Transfer` on version `1`"),
+        "{stranded}"
+    );
+    // Parked, they still need version 1: the default refuses again.
+    let again = runtime(&db, &alone, Vec::new(), test_runtime_options()).await;
+    assert!(again.is_err(), "{again:?}");
 
     let fixed = orchestrator_on(&db, |o| {
         o.register::<TransferV2Alone>()

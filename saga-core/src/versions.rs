@@ -542,7 +542,7 @@ struct CheckedMigration<From: Saga, To: Saga> {
 pub(crate) trait ErasedMigration: Send + Sync {
     fn from(&self) -> &str;
     fn to(&self) -> &str;
-    fn from_version(&self) -> SagaVersion;
+    fn source_version(&self) -> SagaVersion;
     /// The record moved onto the target version, with the history entry saying so.
     fn migrate(&self, record: &SagaRecord)
     -> Result<(SagaRecord, HistoryEvent), OrchestratorError>;
@@ -557,7 +557,7 @@ impl<From: Saga, To: Saga> ErasedMigration for CheckedMigration<From, To> {
         To::definition().version()
     }
 
-    fn from_version(&self) -> SagaVersion {
+    fn source_version(&self) -> SagaVersion {
         SagaVersion::of::<From>()
     }
 
@@ -754,7 +754,7 @@ impl Registry {
     pub(crate) fn describe(&self) -> Vec<RegisteredSaga> {
         let mut all = Vec::new();
         for (saga_type, entry) in &self.types {
-            let sources = entry.migrations.values().map(|m| m.from_version().0);
+            let sources = entry.migrations.values().map(|m| m.source_version().0);
             for saga in entry.versions.values().cloned().chain(sources) {
                 all.push(RegisteredSaga {
                     saga_type: saga_type.clone(),

@@ -94,7 +94,7 @@ pub use saga_core;
 pub use sql::locks as lock_table;
 pub use store::{
     DeadLetterError, OperatorRequestError, Resolution, SagaFilter, SqlSagaStore, StoreStats,
-    StoredDeadLetter, StoredDefinition, StoredSaga, start_saga_in,
+    StoredDeadLetter, StoredDefinition, StoredSaga, VersionStatus, start_saga_in,
 };
 #[cfg(feature = "nats")]
 pub use transport::nats;

@@ -336,7 +336,7 @@ pub enum StartError {
         reply_channel: String,
         /// Why.
         #[source]
-        source: OrchestratorError,
+        source: Box<OrchestratorError>,
     },
 }
 
@@ -369,7 +369,7 @@ async fn check_versions(
         if !transient || tokio::time::Instant::now() >= give_up {
             return Err(StartError::Versions {
                 reply_channel: orchestrator.reply_channel().to_owned(),
-                source: error,
+                source: Box::new(error),
             });
         }
         tracing::warn!(error = %error, "cannot read the sagas in flight yet; retrying");

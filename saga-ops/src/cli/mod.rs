@@ -90,6 +90,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The versions of each saga type: sagas in flight on each, and what the newest
+    /// orchestrator start registered it as (current, retired, migrated). A version with
+    /// sagas in flight that the newest start does not register is stranded: its sagas cannot
+    /// move until a build that keeps it (retired) or migrates it runs.
+    Versions {
+        /// Exit with 1 when a version is stranded (for a deployment pipeline).
+        #[arg(long)]
+        check: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve the web console.
     Console(ConsoleArgs),
 }
@@ -497,6 +509,37 @@ async fn dispatch(
                 false => output::stats_text(out, &stats, now)?,
             }
             Ok(0)
+        }
+        Command::Versions { check, json } => {
+            let versions = store.versions().await?;
+            match json {
+                true => output::versions_json(out, &versions)?,
+                false => output::versions_text(out, &versions)?,
+            }
+            let stranded: Vec<_> = versions.iter().filter(|v| v.is_stranded()).collect();
+            if stranded.is_empty() {
+                return Ok(0);
+            }
+            for version in &stranded {
+                writeln!(
+                    err,
+                    "stranded: {} saga{} of `{}` on version `{}`, which the newest start does \
+                     not register; deploy a build that keeps it (`#[saga(name = \"{}\", \
+                     version = \"{}\", retired)]` in `previous(..)`) or migrates it \
+                     (`Migration`)",
+                    version.running + version.parked,
+                    if version.running + version.parked == 1 {
+                        ""
+                    } else {
+                        "s"
+                    },
+                    version.saga_type,
+                    version.version,
+                    version.saga_type,
+                    version.version,
+                )?;
+            }
+            Ok(u8::from(check))
         }
         Command::Console(args) => {
             let options = ConsoleOptions {

@@ -4,7 +4,7 @@ use std::io::{self, Write};
 
 use saga_core::Timestamp;
 use saga_store::nats::NatsDeadLetter;
-use saga_store::{Resolution, StoreStats, StoredDeadLetter, StoredSaga};
+use saga_store::{Resolution, StoreStats, StoredDeadLetter, StoredSaga, VersionStatus};
 use serde_json::json;
 
 use crate::view::{
@@ -362,4 +362,53 @@ pub(super) fn stats_json(out: &mut dyn Write, stats: &StoreStats) -> io::Result<
             "dead_letters": stats.dead_letters,
         }),
     )
+}
+
+fn registered(version: &VersionStatus) -> String {
+    match (&version.role, version.registered_at) {
+        (Some(role), _) => role.to_string(),
+        (None, Some(at)) => format!("not by the newest start (last {})", format_time(at)),
+        (None, None) => "never registered here".to_owned(),
+    }
+}
+
+pub(super) fn versions_text(out: &mut dyn Write, versions: &[VersionStatus]) -> io::Result<()> {
+    if versions.is_empty() {
+        return writeln!(out, "no saga versions recorded and no sagas in flight");
+    }
+    let rows: Vec<Vec<String>> = versions
+        .iter()
+        .map(|v| {
+            vec![
+                v.saga_type.clone(),
+                v.version.clone(),
+                v.running.to_string(),
+                v.parked.to_string(),
+                registered(v),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &["TYPE", "VERSION", "RUNNING", "PARKED", "REGISTERED"],
+        &rows,
+    )
+}
+
+pub(super) fn versions_json(out: &mut dyn Write, versions: &[VersionStatus]) -> io::Result<()> {
+    let versions: Vec<serde_json::Value> = versions
+        .iter()
+        .map(|v| {
+            json!({
+                "saga_type": v.saga_type,
+                "version": v.version,
+                "running": v.running,
+                "parked": v.parked,
+                "role": v.role.as_ref().map(ToString::to_string),
+                "registered_at": v.registered_at.map(format_time),
+                "stranded": v.is_stranded(),
+            })
+        })
+        .collect();
+    json_line(out, &versions)
 }

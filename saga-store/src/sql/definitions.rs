@@ -70,13 +70,15 @@ fn definition(row: &impl Get) -> Result<StoredDefinition, StoreError> {
     })
 }
 
-/// Every recorded definition, by type and newest registration first.
+/// Every recorded definition, by type and newest registration first (its current version
+/// before the others it registered).
 pub(crate) async fn list(conn: Conn<'_>) -> Result<Vec<StoredDefinition>, StoreError> {
     on_backend!(conn, |c| {
         query(
             "SELECT saga_type, version, role, reply_channel, graph, registered_at \
              FROM saga_definitions \
-             ORDER BY saga_type, registered_at DESC, version",
+             ORDER BY saga_type, registered_at DESC, CASE role WHEN 'current' THEN 0 ELSE 1 END, \
+             version",
         )
         .fetch_all(c)
         .await

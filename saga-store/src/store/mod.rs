@@ -20,7 +20,7 @@ pub use crate::sql::dead_letters::{Resolution, StoredDeadLetter};
 pub use crate::sql::definitions::StoredDefinition;
 pub use crate::sql::instances::{SagaFilter, StoredSaga};
 pub use dead_letters::DeadLetterError;
-pub use operations::{OperatorRequestError, StoreStats};
+pub use operations::{OperatorRequestError, StoreStats, VersionStatus};
 
 use std::sync::Arc;
 

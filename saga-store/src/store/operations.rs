@@ -10,8 +10,11 @@
 
 use saga_core::engine::{OperatorRequest, SagaStatus};
 use saga_core::operator::operator_message;
+use std::collections::BTreeMap;
+
 use saga_core::orchestrator::RegisteredSaga;
 use saga_core::ports::{ChannelBacklog, SagaStore, StoreError, UnitOfWork};
+use saga_core::versions::VersionRole;
 use saga_core::{MessageId, SagaId, Timestamp};
 
 use crate::error::store_error;
@@ -35,6 +38,33 @@ pub struct StoreStats {
     pub queue: Vec<ChannelBacklog>,
     /// Dead letters nobody has acted on.
     pub dead_letters: u64,
+}
+
+/// What `saga versions` shows for one version of a saga type: its sagas in flight, and what
+/// the newest start of an orchestrator running the type registered it as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionStatus {
+    /// The saga type.
+    pub saga_type: String,
+    /// The definition version.
+    pub version: String,
+    /// Its sagas running or compensating.
+    pub running: u64,
+    /// Its sagas parked in `failed`.
+    pub parked: u64,
+    /// What the newest start registered it as (current, retired, migrated); `None` when the
+    /// newest start did not register it.
+    pub role: Option<VersionRole>,
+    /// When an orchestrator last recorded it, if ever.
+    pub registered_at: Option<Timestamp>,
+}
+
+impl VersionStatus {
+    /// Sagas in flight on a version the running deployment does not register: they cannot
+    /// move until it does (or a migration from it is deployed).
+    pub fn is_stranded(&self) -> bool {
+        self.role.is_none() && self.running + self.parked > 0
+    }
 }
 
 /// Why an operator request could not be sent.
@@ -87,6 +117,51 @@ impl SqlSagaStore {
     pub async fn definitions(&self) -> Result<Vec<StoredDefinition>, StoreError> {
         let mut conn = self.database().acquire().await.map_err(store_error)?;
         sql::definitions::list(conn.conn()).await
+    }
+
+    /// Every version of every saga type that has sagas in flight here or was recorded by an
+    /// orchestrator, by type and version: the sagas in flight on each, and what the newest
+    /// orchestrator start registered it as (each start records all its versions at once).
+    pub async fn versions(&self) -> Result<Vec<VersionStatus>, StoreError> {
+        let definitions = self.definitions().await?;
+        let in_flight = self.in_flight_versions().await?;
+        let mut versions: BTreeMap<(String, String), VersionStatus> = BTreeMap::new();
+        let newest = |saga_type: &str| {
+            definitions
+                .iter()
+                .filter(|d| d.saga_type == saga_type)
+                .map(|d| d.registered_at)
+                .max()
+        };
+        for definition in &definitions {
+            let key = (definition.saga_type.clone(), definition.version.clone());
+            let in_newest = newest(&definition.saga_type) == Some(definition.registered_at);
+            versions.insert(
+                key,
+                VersionStatus {
+                    saga_type: definition.saga_type.clone(),
+                    version: definition.version.clone(),
+                    running: 0,
+                    parked: 0,
+                    role: in_newest.then(|| definition.role.clone()),
+                    registered_at: Some(definition.registered_at),
+                },
+            );
+        }
+        for flight in in_flight {
+            let key = (flight.saga_type.clone(), flight.version.clone());
+            let status = versions.entry(key).or_insert_with(|| VersionStatus {
+                saga_type: flight.saga_type.clone(),
+                version: flight.version.clone(),
+                running: 0,
+                parked: 0,
+                role: None,
+                registered_at: None,
+            });
+            status.running = flight.running;
+            status.parked = flight.parked;
+        }
+        Ok(versions.into_values().collect())
     }
 
     /// The recorded definition of `saga_type` at `version`, or (when that version was never
