@@ -37,7 +37,7 @@ mod blocks {
 fn every_rust_block_of_the_readme_is_compiled() {
     assert_eq!(
         blocks::COUNT,
-        7,
+        9,
         "README.md's Rust blocks changed: give each new one a `block_<n>` module in readme.rs"
     );
 }
@@ -201,5 +201,90 @@ mod block_6 {
 
     fn compiles() {
         include!(concat!(env!("OUT_DIR"), "/readme_block_6.rs"))
+    }
+}
+
+/// Changing a deployed saga: a retired version beside the current one.
+#[allow(dead_code, unused_imports, unreachable_pub, missing_docs)]
+mod block_7 {
+    use std::sync::Arc;
+
+    use ftgo::create_order::{
+        CreateOrderData, approve_order, authorize_card, cancel_create_ticket, card_authorized,
+        confirm_create_ticket, create_ticket, reject_order, ticket_created,
+        validate_order_by_consumer,
+    };
+    use saga_core::memory::InMemoryStore;
+    use saga_core::orchestrator::Orchestrator;
+    use saga_core::{StepFailure, saga};
+
+    fn check_fraud(_: &mut CreateOrderData) -> Result<(), StepFailure> {
+        Ok(())
+    }
+
+    fn compiles(store: Arc<InMemoryStore>) {
+        include!(concat!(env!("OUT_DIR"), "/readme_block_7.rs"))
+    }
+}
+
+/// Changing a deployed saga: a migration (the sagas it names declared here, version 2
+/// without `previous`).
+#[allow(dead_code, unused_imports, unreachable_pub, missing_docs)]
+mod block_8 {
+    use std::sync::Arc;
+
+    use ftgo::create_order::{
+        CreateOrderData, approve_order, authorize_card, cancel_create_ticket, card_authorized,
+        confirm_create_ticket, create_ticket, reject_order, ticket_created,
+        validate_order_by_consumer,
+    };
+    use saga_core::memory::InMemoryStore;
+    use saga_core::orchestrator::Orchestrator;
+    use saga_core::versions::{Migration, VersionError};
+    use saga_core::{StepFailure, saga};
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Clone, Serialize, Deserialize)]
+    struct CreateOrderDataV1 {
+        order: CreateOrderData,
+    }
+
+    impl From<CreateOrderDataV1> for CreateOrderData {
+        fn from(old: CreateOrderDataV1) -> Self {
+            old.order
+        }
+    }
+
+    fn reject_v1(d: &CreateOrderDataV1) -> ftgo::messages::RejectOrder {
+        reject_order(&d.order)
+    }
+    fn create_ticket_v1(d: &CreateOrderDataV1) -> ftgo::messages::CreateTicket {
+        create_ticket(&d.order)
+    }
+
+    saga! {
+        #[saga(name = "CreateOrderSaga", version = "1", retired)]
+        saga CreateOrderSagaV1(CreateOrderDataV1) {
+            compensatable create_order  { compensate: reject_v1 }
+            compensatable create_ticket { invoke: create_ticket_v1 }
+        }
+    }
+
+    saga! {
+        #[saga(version = "2")]
+        saga CreateOrderSaga(CreateOrderData) {
+            compensatable create_order { compensate: reject_order }
+            compensatable check_fraud  { local: check_fraud }
+            compensatable open_ticket  { invoke: create_ticket }
+        }
+    }
+
+    fn check_fraud(_: &mut CreateOrderData) -> Result<(), StepFailure> {
+        Ok(())
+    }
+
+    fn compiles(store: Arc<InMemoryStore>) -> Result<(), VersionError> {
+        let _ = include!(concat!(env!("OUT_DIR"), "/readme_block_8.rs"));
+        Ok(())
     }
 }
