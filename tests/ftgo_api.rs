@@ -656,6 +656,11 @@ async fn the_console_needs_its_token_and_refuses_cross_site_posts_and_bad_input(
             "no database `nowhere`",
         ),
         ("/console/stats", StatusCode::OK, "<td>messages</td>"),
+        (
+            "/console/stats",
+            StatusCode::OK,
+            "<h2>Definition versions</h2>",
+        ),
         ("/console/nowhere", StatusCode::NOT_FOUND, "no such page"),
     ] {
         let response = get(path, Some("s3cret")).await.expect("answers");

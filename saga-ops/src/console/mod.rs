@@ -586,11 +586,18 @@ async fn dead_letter_action(
 
 async fn stats_page(State(console): State<Shared>) -> Page {
     let stats = console.store.stats().await?;
+    let versions = console.store.versions().await?;
     let mut others = Vec::new();
     for (name, store) in console.databases().skip(1) {
         others.push((name, store.stats().await?));
     }
-    Ok(pages::stats(&console, &stats, &others, Timestamp::now()))
+    Ok(pages::stats(
+        &console,
+        &stats,
+        &versions,
+        &others,
+        Timestamp::now(),
+    ))
 }
 
 async fn login_page(State(console): State<Shared>) -> Markup {

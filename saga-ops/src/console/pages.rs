@@ -4,7 +4,7 @@ use axum::http::StatusCode;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use saga_core::Timestamp;
 use saga_core::engine::{OperatorCommand, SagaStatus};
-use saga_store::{Resolution, StoreStats, StoredDeadLetter, StoredSaga};
+use saga_store::{Resolution, StoreStats, StoredDeadLetter, StoredSaga, VersionStatus};
 
 use super::{Console, ListQuery};
 use crate::svg;
@@ -426,6 +426,7 @@ fn backlog(console: &Console, name: &str, stats: &StoreStats, now: Timestamp) ->
 pub(crate) fn stats(
     console: &Console,
     stats: &StoreStats,
+    versions: &[VersionStatus],
     others: &[(&str, StoreStats)],
     now: Timestamp,
 ) -> Markup {
@@ -445,6 +446,25 @@ pub(crate) fn stats(
                 Some((id, saga_type, at)) => { a.mono href=(link(console, &format!("/sagas/{id}"))) { (id) } " (" (saga_type) ", " (format_age(now, *at)) ")" },
                 None => "–",
             } }
+        }
+        h2 { "Definition versions" }
+        table #versions {
+            thead { tr { th { "Type" } th { "Version" } th { "Running" } th { "Parked" } th { "Registered by the newest start" } } }
+            tbody {
+                @for v in versions {
+                    tr {
+                        td { (v.saga_type) }
+                        td.mono { a href=(format!("{}?{}", link(console, "/"), serde_urlencoded::to_string([("type", v.saga_type.as_str()), ("version", v.version.as_str())]).unwrap_or_default())) { (v.version) } }
+                        td { (v.running) }
+                        td { (v.parked) }
+                        td { @match &v.role {
+                            Some(role) => (role.to_string()),
+                            None if v.is_stranded() => span.problem { "no — stranded: deploy a build that keeps this version (retired) or migrates it" },
+                            None => span.muted { "no" },
+                        } }
+                    }
+                }
+            }
         }
         h2 { "What waits, per database" }
         table #backlogs {
