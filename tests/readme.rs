@@ -205,7 +205,13 @@ mod block_6 {
 }
 
 /// Changing a deployed saga: a retired version beside the current one.
-#[allow(dead_code, unused_imports, unreachable_pub, missing_docs)]
+#[allow(
+    dead_code,
+    unused_imports,
+    unused_variables,
+    unreachable_pub,
+    missing_docs
+)]
 mod block_7 {
     use std::sync::Arc;
 
@@ -229,7 +235,13 @@ mod block_7 {
 
 /// Changing a deployed saga: a migration (the sagas it names declared here, version 2
 /// without `previous`).
-#[allow(dead_code, unused_imports, unreachable_pub, missing_docs)]
+#[allow(
+    dead_code,
+    unused_imports,
+    unused_variables,
+    unreachable_pub,
+    missing_docs
+)]
 mod block_8 {
     use std::sync::Arc;
 

@@ -296,9 +296,16 @@ pub struct StepDefinition<D> {
     /// The step took the saga's default timeout (replaced when the saga sets one).
     timeout_is_default: bool,
     on_timeout: Option<TimeoutAction>,
+    /// The parallel group it runs in, if any (steps of one group share the number).
+    group: Option<usize>,
 }
 
 impl<D> StepDefinition<D> {
+    /// The parallel group the step runs in: steps of one group run at once, and the saga
+    /// goes on when all of them have (see [`SagaDefinitionBuilder::parallel`]).
+    pub fn group(&self) -> Option<usize> {
+        self.group
+    }
     /// The step's name, unique within its saga; saga state refers to steps by it.
     pub fn name(&self) -> &str {
         &self.name
@@ -356,6 +363,7 @@ impl<D> fmt::Debug for StepDefinition<D> {
             .field("conditional", &self.condition.is_some())
             .field("retry", &self.retry)
             .field("timeout", &self.timeout)
+            .field("group", &self.group)
             .finish()
     }
 }
@@ -702,6 +710,7 @@ impl<D: SagaData, R: Reply> From<StepBuilder<D, R>> for StepDefinition<D> {
             },
             timeout_is_default: builder.timeout == TimeoutSetting::SagaDefault,
             on_timeout: builder.on_timeout,
+            group: None,
         }
     }
 }
@@ -756,21 +765,30 @@ pub enum DefinitionError {
         /// Its kind.
         kind: StepKind,
     },
+    /// A parallel group breaks a rule of groups.
+    #[error("parallel step `{step}`: {problem}")]
+    Parallel {
+        /// The offending step.
+        step: String,
+        /// Which rule.
+        problem: &'static str,
+    },
 }
 
-/// Checks the step rules over `(name, kind, has_compensation)` triples, reporting the first
-/// that is broken. The rules themselves are `saga_rules::violations`, which the `saga!` macro
-/// applies at compile time too.
+/// Checks the step rules over `(name, kind, has_compensation, parallel group)` tuples,
+/// reporting the first that is broken. The rules themselves are `saga_rules::violations`,
+/// which the `saga!` macro applies at compile time too.
 pub fn check_step_rules<'a>(
     saga: &str,
-    steps: impl IntoIterator<Item = (&'a str, StepKind, bool)>,
+    steps: impl IntoIterator<Item = (&'a str, StepKind, bool, Option<usize>)>,
 ) -> Result<(), DefinitionError> {
     let shapes: Vec<saga_rules::StepShape<'a>> = steps
         .into_iter()
-        .map(|(name, kind, has_compensation)| saga_rules::StepShape {
+        .map(|(name, kind, has_compensation, group)| saga_rules::StepShape {
             name,
             kind: Some(kind),
             has_compensation,
+            group,
         })
         .collect();
     let Some(violation) = saga_rules::violations(&shapes).into_iter().next() else {
@@ -811,6 +829,22 @@ pub fn check_step_rules<'a>(
                 kind: shapes[step].kind.unwrap_or(StepKind::Compensatable),
             }
         }
+        saga_rules::Violation::PivotInParallel { step } => DefinitionError::Parallel {
+            step: name(step),
+            problem: "the pivot cannot run in parallel: it decides alone whether the saga goes on",
+        },
+        saga_rules::Violation::MixedParallel { step, .. } => DefinitionError::Parallel {
+            step: name(step),
+            problem: "a parallel group is all compensatable steps or all retriable steps",
+        },
+        saga_rules::Violation::LoneParallel { step } => DefinitionError::Parallel {
+            step: name(step),
+            problem: "a parallel group needs at least two steps",
+        },
+        saga_rules::Violation::SplitParallel { step } => DefinitionError::Parallel {
+            step: name(step),
+            problem: "the steps of a parallel group must follow each other",
+        },
         _ => DefinitionError::Empty(saga.to_owned()),
     })
 }
@@ -840,6 +874,7 @@ impl<D: SagaData> SagaDefinition<D> {
             steps: Vec::new(),
             timeout: None,
             version: None,
+            groups: 0,
         }
     }
 }
@@ -863,6 +898,18 @@ impl<D> SagaDefinition<D> {
             .find(|(_, step)| step.name == name)
     }
 
+    /// The positions of the steps of the parallel group step `index` runs in (just `index`
+    /// for a step that runs alone).
+    pub fn group_of(&self, index: usize) -> std::ops::Range<usize> {
+        let Some(group) = self.steps.get(index).and_then(|s| s.group) else {
+            return index..index + 1;
+        };
+        let same = |i: &usize| self.steps[*i].group == Some(group);
+        let start = (0..=index).rev().take_while(same).last().unwrap_or(index);
+        let end = (index..self.steps.len()).take_while(same).last().unwrap_or(index) + 1;
+        start..end
+    }
+
     /// The pivot step, if the saga has one.
     pub fn pivot(&self) -> Option<&StepDefinition<D>> {
         self.steps.iter().find(|s| s.kind == StepKind::Pivot)
@@ -882,6 +929,7 @@ pub struct SagaDefinitionBuilder<D> {
     steps: Vec<StepDefinition<D>>,
     timeout: Option<Duration>,
     version: Option<String>,
+    groups: usize,
 }
 
 impl<D> fmt::Debug for SagaDefinitionBuilder<D> {
@@ -897,6 +945,21 @@ impl<D: SagaData> SagaDefinitionBuilder<D> {
     /// Appends a step.
     pub fn step(mut self, step: impl Into<StepDefinition<D>>) -> Self {
         self.steps.push(step.into());
+        self
+    }
+
+    /// Appends steps that run at once: the saga sends all their commands, and goes on when
+    /// every one has succeeded. If one fails, the saga waits for the others' answers (or
+    /// their timeouts), then compensates each that took effect, and the steps before them,
+    /// in reverse order. All compensatable (before the pivot) or all retriable (after it),
+    /// at least two.
+    pub fn parallel(mut self, steps: impl IntoIterator<Item = StepDefinition<D>>) -> Self {
+        let group = self.groups;
+        self.groups += 1;
+        for mut step in steps {
+            step.group = Some(group);
+            self.steps.push(step);
+        }
         self
     }
 
@@ -926,7 +989,7 @@ impl<D: SagaData> SagaDefinitionBuilder<D> {
             &self.name,
             self.steps
                 .iter()
-                .map(|s| (s.name.as_str(), s.kind, s.compensation.is_some())),
+                .map(|s| (s.name.as_str(), s.kind, s.compensation.is_some(), s.group)),
         )?;
         let version = self
             .version
@@ -951,6 +1014,10 @@ fn graph_version<D>(name: &str, steps: &[StepDefinition<D>]) -> String {
             None => hasher.write_str("-"),
         }
         hasher.write_str(if step.condition.is_some() { "?" } else { "" });
+        if let Some(group) = step.group {
+            // Only grouped steps add to the hash, so sequential sagas keep their versions.
+            hasher.write_str(&format!("parallel {group}"));
+        }
     }
     format!("v1-{:016x}", hasher.finish())
 }

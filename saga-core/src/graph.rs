@@ -41,6 +41,10 @@ pub enum Shape {
     Retriable,
     /// A step's compensation.
     Compensation,
+    /// Where the steps of a parallel group start together.
+    Fork,
+    /// Where the saga waits for every step of a parallel group.
+    Join,
 }
 
 /// A node of a [`SagaGraph`].
@@ -100,6 +104,16 @@ pub fn undo_id(name: &str) -> String {
     format!("undo_{name}")
 }
 
+/// The node id of the fork of the parallel group whose first step is `first`.
+pub fn fork_id(first: &str) -> String {
+    format!("fork_{first}")
+}
+
+/// The node id of the join of the parallel group whose first step is `first`.
+pub fn join_id(first: &str) -> String {
+    format!("join_{first}")
+}
+
 fn describe(action: &Action<impl Sized>) -> String {
     action.describe()
 }
@@ -113,7 +127,17 @@ impl Graph {
             edges: Vec::new(),
         };
         graph.node(START, "start", "", Shape::Terminal);
-        for step in steps {
+        for (index, step) in steps.iter().enumerate() {
+            let group = definition.group_of(index);
+            if step.group().is_some() && group.start == index {
+                let names: Vec<&str> = steps[group.clone()].iter().map(|s| s.name()).collect();
+                graph.node(
+                    &fork_id(step.name()),
+                    "parallel",
+                    &names.join(" ‖ "),
+                    Shape::Fork,
+                );
+            }
             let shape = match step.kind() {
                 StepKind::Compensatable => Shape::Compensatable,
                 StepKind::Pivot => Shape::Pivot,
@@ -124,6 +148,10 @@ impl Graph {
                 detail.push_str(" · conditional");
             }
             graph.node(&step_id(step.name()), step.name(), &detail, shape);
+            if step.group().is_some() && group.end == index + 1 {
+                let first = steps[group.start].name();
+                graph.node(&join_id(first), "join", "all answered", Shape::Join);
+            }
         }
         for step in steps.iter().rev() {
             if let Some(compensation) = step.compensation() {
@@ -149,44 +177,61 @@ impl Graph {
             graph.node(FAILED, "failed", "parked for an operator", Shape::Terminal);
         }
 
-        // Forward edges, with skips around conditional steps.
-        let target = |index: usize| -> String {
-            steps
-                .get(index)
-                .map(|s| step_id(s.name()))
-                .unwrap_or_else(|| COMPLETED.to_owned())
+        // Forward edges, with skips around conditional steps. A parallel group is entered
+        // at its fork and left at its join.
+        let first_of = |index: usize| steps[definition.group_of(index).start].name();
+        let entry = |index: usize| -> String {
+            match steps.get(index) {
+                Some(step) if step.group().is_some() => fork_id(first_of(index)),
+                Some(step) => step_id(step.name()),
+                None => COMPLETED.to_owned(),
+            }
         };
-        graph.edge(START, &target(0), None, Style::Forward);
+        let exit = |index: usize| -> String {
+            match steps[index].group() {
+                Some(_) => join_id(first_of(index)),
+                None => step_id(steps[index].name()),
+            }
+        };
+        graph.edge(START, &entry(0), None, Style::Forward);
         for (index, step) in steps.iter().enumerate() {
             let label = match step.action() {
                 Action::Command(_) => Some("success"),
                 _ => None,
             };
+            let id = step_id(step.name());
+            if step.group().is_none() {
+                graph.edge(&id, &entry(index + 1), label, Style::Forward);
+                continue;
+            }
+            let group = definition.group_of(index);
+            graph.edge(&fork_id(first_of(index)), &id, None, Style::Forward);
+            graph.edge(&id, &exit(index), label, Style::Forward);
+            if group.end == index + 1 {
+                graph.edge(&exit(index), &entry(group.end), None, Style::Forward);
+            }
+        }
+        for (index, step) in steps.iter().enumerate() {
+            if !step.is_conditional() {
+                continue;
+            }
+            let (from, to) = match step.group() {
+                Some(_) => (fork_id(first_of(index)), exit(index)),
+                None if index == 0 => (START.to_owned(), entry(index + 1)),
+                None => (exit(index - 1), entry(index + 1)),
+            };
             graph.edge(
-                &step_id(step.name()),
-                &target(index + 1),
-                label,
+                &from,
+                &to,
+                Some(&format!("skip {}", step.name())),
                 Style::Forward,
             );
         }
-        for (index, step) in steps.iter().enumerate() {
-            if step.is_conditional() {
-                let from = if index == 0 {
-                    START.to_owned()
-                } else {
-                    step_id(steps[index - 1].name())
-                };
-                graph.edge(
-                    &from,
-                    &target(index + 1),
-                    Some(&format!("skip {}", step.name())),
-                    Style::Forward,
-                );
-            }
-        }
 
         // Failure edges: a failing compensatable step or pivot turns the saga back to the
-        // nearest earlier compensation; a retriable step retries, then parks.
+        // nearest earlier compensation; a retriable step retries, then parks. A failing step
+        // of a parallel group waits at the join for the others, and the saga turns back from
+        // there, through the group's compensations.
         let undo_before = |index: usize| -> String {
             steps[..index]
                 .iter()
@@ -198,16 +243,29 @@ impl Graph {
         for (index, step) in steps.iter().enumerate() {
             let id = step_id(step.name());
             match step.kind() {
-                StepKind::Compensatable | StepKind::Pivot => {
-                    if can_fail(step) {
-                        graph.edge(&id, &undo_before(index), Some("failure"), Style::Failure);
+                StepKind::Compensatable | StepKind::Pivot if can_fail(step) => {
+                    match step.group() {
+                        Some(_) => graph.edge(&id, &exit(index), Some("failure"), Style::Failure),
+                        None => graph.edge(&id, &undo_before(index), Some("failure"), Style::Failure),
                     }
                 }
                 StepKind::Retriable if can_fail(step) => {
                     graph.edge(&id, &id, Some("failure: retry"), Style::Failure);
                     graph.edge(&id, FAILED, Some("retries exhausted"), Style::Failure);
                 }
-                StepKind::Retriable => {}
+                _ => {}
+            }
+            let group = definition.group_of(index);
+            let group_can_fail = steps[group.clone()]
+                .iter()
+                .any(|s| s.kind() == StepKind::Compensatable && can_fail(s));
+            if step.group().is_some() && group.end == index + 1 && group_can_fail {
+                graph.edge(
+                    &exit(index),
+                    &undo_before(group.end),
+                    Some("a step failed"),
+                    Style::Failure,
+                );
             }
         }
 
@@ -294,6 +352,7 @@ impl SagaGraph {
                 Shape::Compensatable | Shape::Compensation => ("[", "]"),
                 Shape::Pivot => ("{{", "}}"),
                 Shape::Retriable => ("(", ")"),
+                Shape::Fork | Shape::Join => ("[[", "]]"),
             };
             let _ = writeln!(out, "    {}{open}\"{label}\"{close}", node.id);
         }
@@ -321,16 +380,24 @@ impl SagaGraph {
         out.push_str("    classDef retriable fill:#dcfce7,stroke:#15803d\n");
         out.push_str("    classDef undo fill:#fee2e2,stroke:#b91c1c,stroke-dasharray:4 3\n");
         out.push_str("    classDef terminal fill:#e5e7eb,stroke:#374151\n");
-        for (class, shape) in [
-            ("pivot", Shape::Pivot),
-            ("retriable", Shape::Retriable),
-            ("undo", Shape::Compensation),
-            ("terminal", Shape::Terminal),
+        if graph
+            .nodes
+            .iter()
+            .any(|n| matches!(n.shape, Shape::Fork | Shape::Join))
+        {
+            out.push_str("    classDef parallel fill:#e0e7ff,stroke:#4338ca,stroke-width:2px\n");
+        }
+        for (class, shapes) in [
+            ("pivot", &[Shape::Pivot][..]),
+            ("retriable", &[Shape::Retriable]),
+            ("undo", &[Shape::Compensation]),
+            ("terminal", &[Shape::Terminal]),
+            ("parallel", &[Shape::Fork, Shape::Join]),
         ] {
             let ids: Vec<&str> = graph
                 .nodes
                 .iter()
-                .filter(|n| n.shape == shape)
+                .filter(|n| shapes.contains(&n.shape))
                 .map(|n| n.id.as_str())
                 .collect();
             if !ids.is_empty() {
@@ -393,6 +460,9 @@ impl SagaGraph {
                 Shape::Pivot => "shape=diamond, style=filled, fillcolor=\"#fde68a\", penwidth=2",
                 Shape::Retriable => "shape=box, style=\"rounded,filled\", fillcolor=\"#dcfce7\"",
                 Shape::Compensation => "shape=box, style=\"dashed,filled\", fillcolor=\"#fee2e2\"",
+                Shape::Fork | Shape::Join => {
+                    "shape=box, style=\"filled,bold\", fillcolor=\"#e0e7ff\", color=\"#4338ca\""
+                }
             };
             let marks = path.map(|p| p.dot_node_marks(&node.id)).unwrap_or_default();
             let _ = writeln!(out, "    {} [label=\"{label}\", {attrs}{marks}];", node.id);
@@ -487,6 +557,8 @@ impl SagaPath {
                     SagaStatus::Compensated => COMPENSATED.to_owned(),
                     _ => COMPLETED.to_owned(),
                 }),
+                HistoryEvent::Forked { group, .. } => Some(fork_id(group)),
+                HistoryEvent::Joined { group, .. } => Some(join_id(group)),
                 HistoryEvent::TimedOut { .. }
                 | HistoryEvent::OperatorRefused { .. }
                 | HistoryEvent::Migrated { .. } => None,
@@ -525,6 +597,12 @@ impl SagaPath {
     pub fn took(&self, edge: &GraphEdge) -> bool {
         if edge.from == edge.to {
             return self.retried.iter().any(|step| step_id(step) == edge.from);
+        }
+        // The steps of a group interleave, so into a join and out of a fork count when both
+        // ends were visited.
+        if edge.to.starts_with("join_") || edge.from.starts_with("fork_") {
+            let visited = |id: &str| self.visits.iter().any(|v| v == id);
+            return visited(&edge.from) && visited(&edge.to);
         }
         self.visits
             .windows(2)

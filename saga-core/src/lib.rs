@@ -76,7 +76,8 @@ pub use saga_macros::saga;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::definition::{
-        ReplyCheck, ReplyOf, RetryPolicy, Saga, SagaDefinition, Step, StepFailure, TimeoutAction,
+        ReplyCheck, ReplyOf, RetryPolicy, Saga, SagaDefinition, Step, StepDefinition, StepFailure,
+        TimeoutAction,
     };
     pub use crate::lock::{SemanticLock, UnknownState};
     pub use crate::message::{AwaitedReply, Command, NoReply, Reply, ReplyOutcome};

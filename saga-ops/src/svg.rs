@@ -38,7 +38,7 @@ fn layout(graph: &SagaGraph) -> HashMap<&str, Place> {
     let steps: Vec<&str> = graph
         .nodes
         .iter()
-        .filter(|n| n.id.starts_with("step_"))
+        .filter(|n| ["step_", "fork_", "join_"].iter().any(|p| n.id.starts_with(p)))
         .map(|n| n.id.as_str())
         .collect();
     places.insert("start", place(0, 0));
@@ -183,6 +183,7 @@ pub fn render(graph: &SagaGraph, path: Option<&SagaPath>) -> String {
             Shape::Pivot => ("#fde68a", "#b45309", 3.0, ""),
             Shape::Retriable => ("#dcfce7", "#15803d", 14.0, ""),
             Shape::Compensation => ("#fee2e2", "#b91c1c", 3.0, r#" stroke-dasharray="4 3""#),
+            Shape::Fork | Shape::Join => ("#e0e7ff", "#4338ca", 8.0, ""),
         };
         let is_current = current.as_deref() == Some(node.id.as_str());
         let is_visited = visited.contains(&node.id);

@@ -211,6 +211,8 @@ pub fn describe(event: &HistoryEvent) -> (String, String) {
             format!("operator {command} refused"),
             format!("{} — refused: {refused}", by(actor, reason)),
         ),
+        HistoryEvent::Forked { steps, .. } => ("parallel".to_owned(), steps.join(" ‖ ")),
+        HistoryEvent::Joined { steps, .. } => ("joined".to_owned(), steps.join(", ")),
         HistoryEvent::Migrated { from, to } => ("migrated".to_owned(), format!("{from} → {to}")),
         HistoryEvent::Finished { status } => ("finished".to_owned(), status.to_string()),
         other => ("event".to_owned(), format!("{other:?}")),

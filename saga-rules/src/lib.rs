@@ -10,7 +10,9 @@
 //! - at most one pivot;
 //! - compensatable steps come before the pivot and before any retriable step;
 //! - retriable steps come after the pivot (when the saga has one);
-//! - only compensatable steps have a compensation.
+//! - only compensatable steps have a compensation;
+//! - a parallel group has at least two steps, all compensatable or all retriable (never the
+//!   pivot), one after the other.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -64,6 +66,8 @@ pub struct StepShape<'a> {
     pub kind: Option<StepKind>,
     /// Whether it has a compensation.
     pub has_compensation: bool,
+    /// The parallel group it belongs to, if any: steps of one group share the number.
+    pub group: Option<usize>,
 }
 
 /// A broken rule. Steps are named by their position in the saga.
@@ -110,6 +114,28 @@ pub enum Violation {
     /// A pivot or retriable step with a compensation.
     CompensationNotAllowed {
         /// The offending step.
+        step: usize,
+    },
+    /// The pivot inside a parallel group.
+    PivotInParallel {
+        /// The pivot.
+        step: usize,
+    },
+    /// A parallel group mixing compensatable and retriable steps.
+    MixedParallel {
+        /// The first step of another kind than the group's first.
+        step: usize,
+        /// The group's first step.
+        first: usize,
+    },
+    /// A parallel group of one step.
+    LoneParallel {
+        /// The step.
+        step: usize,
+    },
+    /// A parallel group whose steps are not next to each other.
+    SplitParallel {
+        /// The step apart from the rest of its group.
         step: usize,
     },
 }
@@ -164,6 +190,40 @@ pub fn violations(steps: &[StepShape<'_>]) -> Vec<Violation> {
             }
         }
     }
+    found.extend(group_violations(steps));
+    found
+}
+
+/// The rules of parallel groups.
+fn group_violations(steps: &[StepShape<'_>]) -> Vec<Violation> {
+    let mut found = Vec::new();
+    let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (index, step) in steps.iter().enumerate() {
+        if let Some(group) = step.group {
+            groups.entry(group).or_default().push(index);
+        }
+    }
+    for members in groups.values() {
+        let first = members[0];
+        if members.len() == 1 {
+            found.push(Violation::LoneParallel { step: first });
+        }
+        for (offset, &member) in members.iter().enumerate() {
+            if member != first + offset {
+                found.push(Violation::SplitParallel { step: member });
+            }
+            match steps[member].kind {
+                Some(StepKind::Pivot) => found.push(Violation::PivotInParallel { step: member }),
+                Some(kind) if steps[first].kind.is_some_and(|k| k != StepKind::Pivot && k != kind) => {
+                    found.push(Violation::MixedParallel {
+                        step: member,
+                        first,
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
     found
 }
 
@@ -176,7 +236,48 @@ mod tests {
             name,
             kind: Some(kind),
             has_compensation,
+            group: None,
         }
+    }
+
+    fn grouped(name: &str, kind: StepKind, group: usize) -> StepShape<'_> {
+        StepShape {
+            group: Some(group),
+            ..shape(name, kind, false)
+        }
+    }
+
+    #[test]
+    fn parallel_groups_follow_their_rules() {
+        let good = [
+            grouped("a", C, 0),
+            grouped("b", C, 0),
+            shape("p", P, false),
+            grouped("r", R, 1),
+            grouped("s", R, 1),
+        ];
+        assert!(violations(&good).is_empty(), "{:?}", violations(&good));
+        let bad = [
+            grouped("a", C, 0),
+            grouped("p", P, 0),
+            grouped("lone", R, 1),
+            grouped("r", R, 2),
+            shape("x", R, false),
+            grouped("s", R, 2),
+        ];
+        assert_eq!(
+            group_violations(&bad),
+            [
+                Violation::PivotInParallel { step: 1 },
+                Violation::LoneParallel { step: 2 },
+                Violation::SplitParallel { step: 5 },
+            ]
+        );
+        let mixed = [grouped("a", C, 0), grouped("r", R, 0)];
+        assert_eq!(
+            group_violations(&mixed),
+            [Violation::MixedParallel { step: 1, first: 0 }]
+        );
     }
 
     use StepKind::{Compensatable as C, Pivot as P, Retriable as R};
@@ -233,11 +334,13 @@ mod tests {
                 name: "x",
                 kind: None,
                 has_compensation: true,
+                group: None,
             },
             StepShape {
                 name: "x",
                 kind: None,
                 has_compensation: false,
+                group: None,
             },
         ];
         assert_eq!(

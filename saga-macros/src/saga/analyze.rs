@@ -53,6 +53,8 @@ pub(crate) struct StepModel {
     pub(crate) timeout: Option<(Ident, Option<Expr>)>,
     /// The timeout action.
     pub(crate) on_timeout: Option<(Ident, TimeoutChoice)>,
+    /// Its parallel group.
+    pub(crate) group: Option<usize>,
 }
 
 /// The forward action of a step.
@@ -150,6 +152,7 @@ fn analyze_step(step: StepAst, errors: &mut Errors) -> StepModel {
         retry: None,
         timeout: None,
         on_timeout: None,
+        group: step.group,
     };
     let mut seen: BTreeSet<&'static str> = BTreeSet::new();
     for OptionAst { key, value } in step.options {
@@ -259,6 +262,7 @@ fn check_step_rules(steps: &[StepModel], errors: &mut Errors) {
             name,
             kind: step.kind,
             has_compensation: step.compensation.is_some(),
+            group: step.group,
         })
         .collect();
     for violation in saga_rules::violations(&shapes) {
@@ -312,6 +316,40 @@ fn check_step_rules(steps: &[StepModel], errors: &mut Errors) {
                     "compensatable step `{}` comes after retriable step `{}`; compensatable \
                      steps must come before any retriable step",
                     steps[step].name, steps[retriable].name
+                ),
+            ),
+            V::PivotInParallel { step } => (
+                steps[step].name.span(),
+                format!(
+                    "pivot `{}` cannot run in parallel: the pivot decides alone whether the saga \
+                     goes on or turns back; move it out of the `parallel` group",
+                    steps[step].name
+                ),
+            ),
+            V::MixedParallel { step, first } => (
+                steps[step].name.span(),
+                format!(
+                    "step `{}` is {} but `{}`, first of its parallel group, is {}; a group is all \
+                     compensatable steps (before the pivot) or all retriable steps (after it)",
+                    steps[step].name,
+                    steps[step].kind.map_or("another kind", Kind::as_str),
+                    steps[first].name,
+                    steps[first].kind.map_or("another kind", Kind::as_str),
+                ),
+            ),
+            V::LoneParallel { step } => (
+                steps[step].name.span(),
+                format!(
+                    "`{}` is alone in its parallel group; a group runs two or more steps at once \
+                     (or drop the `parallel {{ }}` around it)",
+                    steps[step].name
+                ),
+            ),
+            V::SplitParallel { step } => (
+                steps[step].name.span(),
+                format!(
+                    "step `{}` is apart from the rest of its parallel group",
+                    steps[step].name
                 ),
             ),
             V::RetriableBeforePivot { step, pivot } => (

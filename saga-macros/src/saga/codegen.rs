@@ -152,7 +152,7 @@ fn generate_saga_impl(saga: &LoweredSaga) -> TokenStream {
         ident, name, data, ..
     } = saga;
     let definition = Ident::new("DEFINITION", Span::mixed_site());
-    let steps = saga.steps.iter().map(generate_step);
+    let steps = generate_steps(&saga.steps);
     // The user's expression, in the user's scope: their own imports resolve it.
     let timeout = saga.timeout.as_ref().map(|expr| quote!(.timeout(#expr)));
     let version = saga
@@ -189,12 +189,37 @@ fn generate_saga_impl(saga: &LoweredSaga) -> TokenStream {
                         ::saga_core::__private::SagaDefinition::<Self::Data>::builder(#name)
                             #version
                             #timeout
-                            #(.step(#steps))*
+                            #(#steps)*
                     )
                 })
             }
         }
     }
+}
+
+/// `.step(..)` per step, and `.parallel(vec![..])` per run of steps of one group.
+fn generate_steps(steps: &[LoweredStep]) -> Vec<TokenStream> {
+    let mut calls = Vec::new();
+    let mut index = 0;
+    while index < steps.len() {
+        let Some(group) = steps[index].group else {
+            let step = generate_step(&steps[index]);
+            calls.push(quote!(.step(#step)));
+            index += 1;
+            continue;
+        };
+        let members: Vec<TokenStream> = steps[index..]
+            .iter()
+            .take_while(|step| step.group == Some(group))
+            .map(|step| {
+                let step = generate_step(step);
+                quote!(::saga_core::__private::StepDefinition::<Self::Data>::from(#step))
+            })
+            .collect();
+        index += members.len();
+        calls.push(quote!(.parallel(::std::vec![#(#members),*])));
+    }
+    calls
 }
 
 /// `Step::<kind>::<Data>("name").call(..)…`
@@ -203,6 +228,7 @@ fn generate_step(step: &LoweredStep) -> TokenStream {
         constructor,
         name,
         calls,
+        ..
     } = step;
     let calls = calls.iter().map(generate_call);
     quote! {

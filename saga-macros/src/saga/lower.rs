@@ -47,6 +47,8 @@ pub(crate) struct LoweredStep {
     pub(crate) name: LitStr,
     /// The builder calls, in order.
     pub(crate) calls: Vec<BuilderCall>,
+    /// Its parallel group.
+    pub(crate) group: Option<usize>,
 }
 
 /// `.method(arg)`
@@ -163,6 +165,7 @@ fn lower_step(step: &StepModel) -> LoweredStep {
     LoweredStep {
         constructor: Ident::new(kind.as_str(), Span::call_site()),
         name: LitStr::new(&step.name.unraw().to_string(), step.name.span()),
+        group: step.group,
         calls,
     }
 }

@@ -6,6 +6,7 @@
 //! saga    := outer-attribute* visibility `saga` IDENT `(` TYPE `)` `{` step* `}`
 //!            (outer attributes may include `#[saga(option, ..)]`, see [`SagaOptions`])
 //! step    := doc-comment* KIND IDENT `{` (option (`,` option)* `,`?)? `}`
+//!          | `parallel` `{` step* `}`   (steps that run at once; no group inside a group)
 //! KIND    := `compensatable` | `pivot` | `retriable`
 //! option  := `invoke` `:` PATH | `notify` `:` PATH | `local` `:` PATH
 //!          | `on_reply` `:` PATH | `compensate` `:` (PATH | `local` `(` PATH `)`)
@@ -32,6 +33,7 @@ use crate::errors::{Errors, one_of, suggestion};
 /// Custom keywords of the DSL.
 mod kw {
     syn::custom_keyword!(saga);
+    syn::custom_keyword!(parallel);
 }
 
 /// Every option key a step accepts, in the order they are listed in messages.
@@ -94,6 +96,8 @@ pub(crate) struct StepAst {
     pub(crate) name: Ident,
     /// The options that parsed, in the order written.
     pub(crate) options: Vec<OptionAst>,
+    /// The `parallel { .. }` group it is written in, numbered in order.
+    pub(crate) group: Option<usize>,
 }
 
 /// One `key: value` option of a step.
@@ -280,7 +284,7 @@ fn parse_saga_rest(
     }
     let body;
     braced!(body in input);
-    saga.steps = parse_steps(&body, errors)?;
+    saga.steps = parse_steps(&body, None, &mut 0, errors)?;
     if !input.is_empty() {
         errors.push(input.error(
             "unexpected tokens after the saga; a `saga!` invocation declares exactly one saga",
@@ -290,8 +294,14 @@ fn parse_saga_rest(
     Ok(())
 }
 
-/// The steps in the saga body; consumes the whole body.
-fn parse_steps(input: ParseStream<'_>, errors: &mut Errors) -> syn::Result<Vec<StepAst>> {
+/// The steps in the saga body (or in a `parallel` group's braces, numbered `group`);
+/// consumes the whole body. `groups` counts the groups seen so far.
+fn parse_steps(
+    input: ParseStream<'_>,
+    group: Option<usize>,
+    groups: &mut usize,
+    errors: &mut Errors,
+) -> syn::Result<Vec<StepAst>> {
     let mut steps = Vec::new();
     while !input.is_empty() {
         if input.peek(Token![,]) || input.peek(Token![;]) {
@@ -299,9 +309,24 @@ fn parse_steps(input: ParseStream<'_>, errors: &mut Errors) -> syn::Result<Vec<S
             input.parse::<TokenTree>()?;
             continue;
         }
+        if input.peek(kw::parallel) && input.peek2(token::Brace) {
+            let keyword = input.parse::<kw::parallel>()?;
+            let content;
+            braced!(content in input);
+            if group.is_some() {
+                errors.push(syn::Error::new(
+                    keyword.span,
+                    "a parallel group cannot hold another; list its steps in the outer group",
+                ));
+            }
+            let number = *groups;
+            *groups += 1;
+            steps.extend(parse_steps(&content, Some(number), groups, errors)?);
+            continue;
+        }
         let start = input.cursor();
         match parse_step(input, errors) {
-            Ok(step) => steps.push(step),
+            Ok(step) => steps.push(StepAst { group, ..step }),
             Err(error) => {
                 errors.push(error);
                 if input.cursor() == start {
@@ -376,6 +401,7 @@ fn parse_step(input: ParseStream<'_>, errors: &mut Errors) -> syn::Result<StepAs
         kind,
         name,
         options,
+        group: None,
     })
 }
 

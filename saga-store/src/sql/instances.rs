@@ -20,7 +20,7 @@ use crate::sql::{Bind, CHUNK, Col, Get, parameter, placeholders, to_i64, to_u64,
 /// The columns read for a [`SagaRecord`], in [`record`]'s order.
 const COLUMNS: &str = "saga_id, saga_type, definition_version, status, direction, current_step, \
      pending_kind, pending_request_id, deadline, attempt, completed_steps, compensation_reason, \
-     last_error, next_request_id, data, version, traceparent, tracestate, skip_steps";
+     last_error, next_request_id, data, version, traceparent, tracestate, skip_steps, branches";
 
 fn parse_status(name: &str) -> Result<SagaStatus, StoreError> {
     Ok(match name {
@@ -104,6 +104,12 @@ fn record(row: &impl Get) -> Result<SagaRecord, StoreError> {
             Some(steps) => serde_json::from_str(&steps).map_err(|e| corrupt("skip_steps", e))?,
             None => Vec::new(),
         },
+        branches: match row.opt_text("branches")? {
+            Some(branches) => {
+                serde_json::from_str(&branches).map_err(|e| corrupt("branches", e))?
+            }
+            None => Vec::new(),
+        },
     };
     // A stored context that no longer parses is dropped: tracing must not fail a saga.
     let trace = match row.opt_text("traceparent")? {
@@ -128,6 +134,8 @@ pub(crate) struct Columns<'w> {
     pub(crate) completed: serde_json::Value,
     /// The steps to skip as a JSON array, `None` when there are none.
     pub(crate) skip_steps: Option<String>,
+    /// The parallel group's branches as a JSON array, `None` outside a group.
+    pub(crate) branches: Option<String>,
     pub(crate) record: &'w SagaRecord,
 }
 
@@ -145,6 +153,11 @@ impl<'w> Columns<'w> {
                     Some(serde_json::Value::from(write.record.state.skip_steps.clone()).to_string())
                 }
             },
+            // Strings, numbers and enums of unit and struct variants: always serializable.
+            branches: (!write.record.state.branches.is_empty()).then(|| {
+                serde_json::to_string(&write.record.state.branches)
+                    .expect("branches are plain data")
+            }),
             record: &write.record,
         }
     }
@@ -152,7 +165,8 @@ impl<'w> Columns<'w> {
 
 /// Binds a write's columns — saga id, type, definition version, status, direction, current
 /// step, pending kind, pending request, deadline, attempt, completed steps, compensation
-/// reason, last error, next request id, data, version, updated at, skipped steps — to `$q`.
+/// reason, last error, next request id, data, version, updated at, skipped steps, branches —
+/// to `$q`.
 macro_rules! bind_columns {
     ($q:expr, $columns:expr, $at:expr) => {{
         let c = $columns;
@@ -174,6 +188,7 @@ macro_rules! bind_columns {
             .bind($crate::sql::to_i64(c.record.version))
             .bind($at)
             .bind(c.skip_steps.as_deref())
+            .bind(c.branches.as_deref())
     }};
 }
 pub(crate) use bind_columns;
@@ -186,16 +201,16 @@ pub(crate) async fn write(conn: Conn<'_>, write: &SagaWrite, at: i64) -> Result<
             "INSERT INTO saga_instances (saga_id, saga_type, definition_version, status, \
              direction, current_step, pending_kind, pending_request_id, deadline, attempt, \
              completed_steps, compensation_reason, last_error, next_request_id, data, version, \
-             updated_at, skip_steps, created_at, traceparent, tracestate) \
+             updated_at, skip_steps, branches, created_at, traceparent, tracestate) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-             $18, $17, $19, $20)"
+             $18, $19, $17, $20, $21)"
         }
         Some(_) => {
             "UPDATE saga_instances SET saga_type = $2, definition_version = $3, status = $4, \
              direction = $5, current_step = $6, pending_kind = $7, pending_request_id = $8, \
              deadline = $9, attempt = $10, completed_steps = $11, compensation_reason = $12, \
              last_error = $13, next_request_id = $14, data = $15, version = $16, updated_at = $17, \
-             skip_steps = $18 WHERE saga_id = $1 AND version = $19"
+             skip_steps = $18, branches = $19 WHERE saga_id = $1 AND version = $20"
         }
     };
     let columns = Columns::of(write);
@@ -221,7 +236,7 @@ pub(crate) async fn write(conn: Conn<'_>, write: &SagaWrite, at: i64) -> Result<
 }
 
 /// The types of [`update_many_sql`]'s columns.
-pub(crate) const UPDATE_COLUMNS: [Col; 19] = [
+pub(crate) const UPDATE_COLUMNS: [Col; 20] = [
     Col::Id,
     Col::Text,
     Col::Text,
@@ -240,6 +255,7 @@ pub(crate) const UPDATE_COLUMNS: [Col; 19] = [
     Col::BigInt,
     Col::BigInt,
     Col::Text,
+    Col::Text,
     Col::BigInt,
 ];
 
@@ -249,7 +265,7 @@ pub(crate) fn update_many_sql(dialect: Dialect, first: usize, rows: usize) -> St
         "WITH v (saga_id, saga_type, definition_version, status, direction, current_step, \
          pending_kind, pending_request_id, deadline, attempt, completed_steps, \
          compensation_reason, last_error, next_request_id, data, version, updated_at, \
-         skip_steps, expected) AS (VALUES {}) \
+         skip_steps, branches, expected) AS (VALUES {}) \
          UPDATE saga_instances SET saga_type = v.saga_type, \
          definition_version = v.definition_version, status = v.status, \
          direction = v.direction, current_step = v.current_step, \
@@ -257,7 +273,7 @@ pub(crate) fn update_many_sql(dialect: Dialect, first: usize, rows: usize) -> St
          deadline = v.deadline, attempt = v.attempt, completed_steps = v.completed_steps, \
          compensation_reason = v.compensation_reason, last_error = v.last_error, \
          next_request_id = v.next_request_id, data = v.data, version = v.version, \
-         updated_at = v.updated_at, skip_steps = v.skip_steps \
+         updated_at = v.updated_at, skip_steps = v.skip_steps, branches = v.branches \
          FROM v WHERE saga_instances.saga_id = v.saga_id \
          AND saga_instances.version = v.expected",
         values_from(dialect, first, rows, &UPDATE_COLUMNS)
@@ -697,6 +713,16 @@ pub(crate) mod tests {
                 last_error: Some("it said \"no\"".to_owned()),
                 next_request_id: 4,
                 skip_steps: vec!["check_fraud".to_owned()],
+                branches: vec![saga_core::engine::Branch {
+                    step: "reserve".to_owned(),
+                    state: saga_core::engine::BranchState::Waiting {
+                        pending: Pending::Reply {
+                            request_id: RequestId(3),
+                        },
+                    },
+                    attempt: 2,
+                    deadline: Some(Timestamp(5_000)),
+                }],
             },
             data: json!({ "order_id": 7, "items": ["naan", "samosa"], "note": null }),
             version,

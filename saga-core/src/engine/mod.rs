@@ -6,12 +6,17 @@
 //!
 //! State refers to steps by **name**. The forward steps that have run are kept in
 //! [`SagaState::completed_steps`]; when the saga turns back, that list is the compensation
-//! stack, unwound from the end.
+//! stack, unwound from the end. The steps of a parallel group run as [`Branch`]es, each with
+//! its own request, attempts and deadline ([`parallel`]).
+
+mod parallel;
 
 use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+pub use parallel::{Branch, BranchState};
 
 use crate::definition::{
     Action, CommandAction, IncomingReply, SagaData, SagaDefinition, StepDefinition, StepKind,
@@ -151,6 +156,11 @@ pub struct SagaState {
     /// before it to skip.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skip_steps: Vec<String>,
+    /// The steps of the parallel group in flight, each where it is; empty outside a group.
+    /// While a group runs, `current_step`, `pending`, `deadline` and `attempt` are those of
+    /// the branch whose deadline comes first (the saga's one timer).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub branches: Vec<Branch>,
 }
 
 /// A saga instance: its state and its typed data.
@@ -181,6 +191,7 @@ impl<D: SagaData> SagaInstance<D> {
                 last_error: None,
                 next_request_id: 1,
                 skip_steps: Vec::new(),
+                branches: Vec::new(),
             },
             data,
         }
@@ -441,6 +452,20 @@ pub enum HistoryEvent {
         /// Why it was refused.
         refused: String,
     },
+    /// The steps of a parallel group started together.
+    Forked {
+        /// The group, by the name of its first step.
+        group: String,
+        /// The steps that run (those whose condition held).
+        steps: Vec<String>,
+    },
+    /// Every step of a parallel group has answered (or timed out).
+    Joined {
+        /// The group, by the name of its first step.
+        group: String,
+        /// The steps that ran.
+        steps: Vec<String>,
+    },
     /// The instance moved to another version of its definition, by a declared
     /// [migration](crate::versions::Migration).
     Migrated {
@@ -606,6 +631,7 @@ pub fn transition<D: SagaData>(
         actions: Vec::new(),
         history: Vec::new(),
         now,
+        forking: false,
     };
     if let Some(ignored) = machine.apply(event)? {
         return Ok(Outcome::Ignored(ignored));
@@ -648,6 +674,9 @@ struct Machine<'d, D> {
     actions: Vec<SagaAction>,
     history: Vec<HistoryEvent>,
     now: Timestamp,
+    /// Starting (or restarting) the branches of a group: their outcomes are gathered before
+    /// the group decides anything.
+    forking: bool,
 }
 
 type Step<'d, D> = (usize, &'d StepDefinition<D>);
@@ -673,6 +702,9 @@ impl<'d, D: SagaData> Machine<'d, D> {
                 Ok(None)
             }
             SagaEvent::Reply { request_id, reply } => {
+                if self.in_group() {
+                    return self.on_branch_reply(*request_id, reply);
+                }
                 let state = &self.instance.state;
                 let waiting = matches!(
                     state.pending,
@@ -839,6 +871,9 @@ impl<'d, D: SagaData> Machine<'d, D> {
         progress: Progress,
         uncertain: bool,
     ) -> Result<(), EngineError> {
+        if self.in_group() && self.instance.state.direction == Direction::Forward {
+            return self.after_branch_attempt(step, progress, uncertain);
+        }
         match (self.instance.state.direction, progress) {
             (_, Progress::Waiting) => Ok(()),
             (Direction::Forward, Progress::Done) => {
@@ -900,6 +935,9 @@ impl<'d, D: SagaData> Machine<'d, D> {
         let Some((index, step)) = next else {
             return self.finish(SagaStatus::Completed);
         };
+        if step.group().is_some() {
+            return self.start_group(index);
+        }
         self.enter(step);
         let progress = self.attempt(step, None)?;
         self.after_attempt((index, step), progress, false)
@@ -916,7 +954,12 @@ impl<'d, D: SagaData> Machine<'d, D> {
             reason: reason.clone(),
         });
         if step.kind() == StepKind::Retriable {
-            return self.retry_or_park(step, reason);
+            self.retry_or_park(step, reason)?;
+            if self.in_group() && self.instance.state.status != SagaStatus::Failed {
+                self.save_branch(step.name());
+                return self.group_progress();
+            }
+            return Ok(());
         }
         // A timed-out step may have taken effect, so it is undone with the others.
         if uncertain && step.compensation().is_some() {
@@ -925,13 +968,21 @@ impl<'d, D: SagaData> Machine<'d, D> {
                 .completed_steps
                 .push(step.name().to_owned());
         }
+        if self.in_group() {
+            return self.branch_failed(step, reason);
+        }
+        self.turn_back(step.name(), reason)
+    }
+
+    /// Turns the saga back at `step` because of `reason`, and compensates what ran.
+    fn turn_back(&mut self, step: &str, reason: String) -> Result<(), EngineError> {
         let state = &mut self.instance.state;
         state.status = SagaStatus::Compensating;
         state.direction = Direction::Backward;
         state.compensation_reason = Some(reason.clone());
         state.last_error = Some(reason.clone());
         self.history.push(HistoryEvent::CompensationStarted {
-            step: step.name().to_owned(),
+            step: step.to_owned(),
             reason,
         });
         self.run_compensations()
@@ -993,6 +1044,7 @@ impl<'d, D: SagaData> Machine<'d, D> {
     }
 
     fn park(&mut self, step: &StepDefinition<D>, reason: String) -> Result<(), EngineError> {
+        self.halt_branches();
         let state = &mut self.instance.state;
         state.status = SagaStatus::Failed;
         state.pending = None;
@@ -1042,26 +1094,36 @@ impl<'d, D: SagaData> Machine<'d, D> {
 
     fn on_timer(&mut self, timer: SagaTimer) -> Result<Option<Ignored>, EngineError> {
         let state = &self.instance.state;
-        let live = match (timer, state.pending) {
-            (
-                SagaTimer::Timeout {
-                    request_id,
-                    attempt,
-                },
-                Some(Pending::Reply {
-                    request_id: pending,
-                }),
-            ) => request_id == pending && attempt == state.attempt,
-            (
-                SagaTimer::RetryDue { request_id },
-                Some(Pending::Retry {
-                    request_id: pending,
-                }),
-            ) => request_id == pending,
-            _ => false,
-        };
-        if !live || state.status == SagaStatus::Failed {
+        if state.status == SagaStatus::Failed {
             return Ok(Some(Ignored::StaleTimer(timer)));
+        }
+        if self.in_group() {
+            let Some(branch) = self.branch_for_timer(timer) else {
+                return Ok(Some(Ignored::StaleTimer(timer)));
+            };
+            self.focus(&branch);
+        } else {
+            let live = match (timer, state.pending) {
+                (
+                    SagaTimer::Timeout {
+                        request_id,
+                        attempt,
+                    },
+                    Some(Pending::Reply {
+                        request_id: pending,
+                    }),
+                ) => request_id == pending && attempt == state.attempt,
+                (
+                    SagaTimer::RetryDue { request_id },
+                    Some(Pending::Retry {
+                        request_id: pending,
+                    }),
+                ) => request_id == pending,
+                _ => false,
+            };
+            if !live {
+                return Ok(Some(Ignored::StaleTimer(timer)));
+            }
         }
         let current = self.current()?;
         match timer {
@@ -1147,6 +1209,9 @@ impl<'d, D: SagaData> Machine<'d, D> {
             OperatorCommand::Cancel => return self.cancel(request),
             OperatorCommand::Retry | OperatorCommand::Skip => {}
         }
+        if self.in_group() && self.instance.state.direction == Direction::Forward {
+            return self.resume_group(request);
+        }
         let current = self.current()?;
         let step = current.1;
         self.history.push(HistoryEvent::Operator {
@@ -1209,12 +1274,16 @@ impl<'d, D: SagaData> Machine<'d, D> {
             actor: request.actor.clone(),
             reason: request.reason.clone(),
         });
-        let awaiting = matches!(state.pending, Some(Pending::Reply { .. }));
-        if awaiting && step.compensation().is_some() {
-            self.instance
-                .state
-                .completed_steps
-                .push(step.name().to_owned());
+        if self.in_group() {
+            self.abandon_group();
+        } else {
+            let awaiting = matches!(state.pending, Some(Pending::Reply { .. }));
+            if awaiting && step.compensation().is_some() {
+                self.instance
+                    .state
+                    .completed_steps
+                    .push(step.name().to_owned());
+            }
         }
         let reason = match request.reason.is_empty() {
             true => format!("cancelled by {}", request.actor),
