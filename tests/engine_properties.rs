@@ -1,6 +1,7 @@
-//! Property tests of the engine: for random step lists and random reply outcomes, every run
-//! ends in exactly one terminal state, a turned-back saga compensates exactly the completed
-//! compensatable steps in reverse order, and nothing turns back after the pivot.
+//! Property tests of the engine: for random step lists — their compensatable or retriable
+//! steps run as parallel groups or not — and random reply outcomes answered in random order,
+//! every run ends in exactly one terminal state, a turned-back saga compensates exactly the
+//! completed compensatable steps in reverse order, and nothing turns back after the pivot.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -8,8 +9,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 use saga_core::definition::IncomingReply;
 use saga_core::engine::{
-    self, EngineError, HistoryEvent, OperatorCommand, OperatorRequest, Outcome, Pending,
-    SagaAction, SagaEvent, SagaInstance, SagaStatus, SagaTimer,
+    self, BranchState, EngineError, HistoryEvent, OperatorCommand, OperatorRequest, Outcome,
+    Pending, SagaAction, SagaEvent, SagaInstance, SagaStatus, SagaTimer,
 };
 use saga_core::{
     Command, CommandFailed, Reply, RetryPolicy, SagaDefinition, SagaId, Step, StepDefinition,
@@ -65,6 +66,10 @@ struct Shape {
     compensatable: Vec<StepSpec>,
     pivot: Option<StepSpec>,
     retriable: Vec<StepSpec>,
+    /// Run the compensatable steps as one parallel group (when there are two or more).
+    parallel_compensatable: bool,
+    /// Run the retriable steps as one parallel group (when there are two or more).
+    parallel_retriable: bool,
 }
 
 fn forward() -> impl Strategy<Value = Forward> {
@@ -102,12 +107,18 @@ fn shape() -> impl Strategy<Value = Shape> {
         prop::collection::vec(step_spec(true), 0..6),
         prop::option::of(step_spec(false)),
         prop::collection::vec(step_spec(false), 0..3),
+        any::<bool>(),
+        any::<bool>(),
     )
-        .prop_map(|(compensatable, pivot, retriable)| Shape {
-            compensatable,
-            pivot,
-            retriable,
-        })
+        .prop_map(
+            |(compensatable, pivot, retriable, parallel_compensatable, parallel_retriable)| Shape {
+                compensatable,
+                pivot,
+                retriable,
+                parallel_compensatable,
+                parallel_retriable,
+            },
+        )
         .prop_filter("at least one step", |s| {
             !s.compensatable.is_empty() || s.pivot.is_some() || !s.retriable.is_empty()
         })
@@ -123,6 +134,13 @@ fn build(shape: &Shape) -> (SagaDefinition<Data>, BTreeSet<String>) {
         (StepKind::Retriable, shape.retriable.clone()),
     ];
     for (kind, specs) in groups {
+        let parallel = specs.len() >= 2
+            && match kind {
+                StepKind::Compensatable => shape.parallel_compensatable,
+                StepKind::Retriable => shape.parallel_retriable,
+                StepKind::Pivot => false,
+            };
+        let mut members = Vec::new();
         for (index, spec) in specs.into_iter().enumerate() {
             let name = format!("{}_{index}", kind.as_str());
             let step = match kind {
@@ -163,7 +181,13 @@ fn build(shape: &Shape) -> (SagaDefinition<Data>, BTreeSet<String>) {
                     .into()
                 }
             };
-            builder = builder.step(step);
+            match parallel {
+                true => members.push(step),
+                false => builder = builder.step(step),
+            }
+        }
+        if parallel {
+            builder = builder.parallel(members);
         }
     }
     (
@@ -189,6 +213,32 @@ fn next_event(
     outcomes: &mut impl Iterator<Item = bool>,
     skip: &mut dyn FnMut() -> bool,
 ) -> SagaEvent {
+    // In a parallel group, a branch that waits answers: the first or the last, at random.
+    let waiting: Vec<_> = instance
+        .state
+        .branches
+        .iter()
+        .filter_map(|b| match b.state {
+            BranchState::Waiting { pending } => Some((pending, b.deadline)),
+            _ => None,
+        })
+        .collect();
+    if instance.state.status != SagaStatus::Failed && !waiting.is_empty() {
+        let (pending, deadline) = match outcomes.next().unwrap_or(true) {
+            true => waiting[0],
+            false => waiting[waiting.len() - 1],
+        };
+        return match pending {
+            Pending::Reply { request_id } => SagaEvent::Reply {
+                request_id,
+                reply: reply(outcomes.next().unwrap_or(true)),
+            },
+            Pending::Retry { request_id } => {
+                *now = deadline.unwrap_or(*now).max(*now);
+                SagaEvent::Timer(SagaTimer::RetryDue { request_id })
+            }
+        };
+    }
     match (instance.state.status, instance.state.pending) {
         (SagaStatus::Failed, _) => {
             let command = match skip() {
@@ -274,7 +324,16 @@ proptest! {
         let has_compensation = |name: &String| {
             definition.step(name).and_then(|(_, s)| s.compensation()).is_some()
         };
-        let expected: Vec<String> = succeeded.iter().rev().filter(|s| has_compensation(s)).cloned().collect();
+        // Compensated in the reverse of definition order (the steps of a group answer in any
+        // order, and are undone in the reverse of the order they are declared in).
+        let position = |name: &String| definition.step(name).map_or(usize::MAX, |(i, _)| i);
+        let mut expected: Vec<String> = succeeded.iter().filter(|s| has_compensation(s)).cloned().collect();
+        expected.sort_by_key(|s| std::cmp::Reverse(position(s)));
+        let mut succeeded_in_order = succeeded.clone();
+        succeeded_in_order.sort_by_key(position);
+        let forked = history.iter().filter(|e| matches!(e, HistoryEvent::Forked { .. })).count();
+        let joined = history.iter().filter(|e| matches!(e, HistoryEvent::Joined { .. })).count();
+        prop_assert_eq!(forked, joined, "every fork joins");
         match status {
             SagaStatus::Completed => {
                 prop_assert!(!turned_back);
@@ -285,7 +344,7 @@ proptest! {
                     .filter(|s| s.applies_to(&instance.data))
                     .map(|s| s.name().to_owned())
                     .collect();
-                prop_assert_eq!(&succeeded, &applicable);
+                prop_assert_eq!(&succeeded_in_order, &applicable);
             }
             SagaStatus::Compensated => {
                 prop_assert!(turned_back);
@@ -358,10 +417,18 @@ proptest! {
                 let state = &instance.state;
                 // What a cancel must undo: the steps that ran, and the one awaiting its reply.
                 let mut ran = state.completed_steps.clone();
-                if let Some(step) = &state.current_step
-                    && matches!(state.pending, Some(Pending::Reply { .. }))
-                {
-                    ran.push(step.clone());
+                if state.branches.is_empty() {
+                    if let Some(step) = &state.current_step
+                        && matches!(state.pending, Some(Pending::Reply { .. }))
+                    {
+                        ran.push(step.clone());
+                    }
+                } else {
+                    // In a group: every step still awaiting its reply.
+                    ran.extend(state.branches.iter().filter(|b| matches!(
+                        b.state,
+                        BranchState::Waiting { pending: Pending::Reply { .. } }
+                    )).map(|b| b.step.clone()));
                 }
                 let reached_pivot = ran.iter().chain(state.current_step.iter()).any(|s| {
                     definition.step(s).is_some_and(|(_, d)| d.kind() != StepKind::Compensatable)
@@ -400,12 +467,12 @@ proptest! {
                     _ => None,
                 })
                 .collect();
-            let expected: Vec<String> = ran
+            let mut expected: Vec<String> = ran
                 .iter()
-                .rev()
                 .filter(|s| definition.step(s).and_then(|(_, d)| d.compensation()).is_some())
                 .cloned()
                 .collect();
+            expected.sort_by_key(|s| std::cmp::Reverse(definition.step(s).map_or(0, |(i, _)| i)));
             prop_assert_eq!(instance.state.status, SagaStatus::Compensated);
             prop_assert_eq!(undone, expected);
         }

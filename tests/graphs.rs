@@ -1,5 +1,6 @@
 //! Snapshot tests of saga state graphs (Mermaid and DOT): FTGO's CreateOrderSaga and
-//! CancelOrderSaga, a saga with no pivot, and a saga with local and conditional steps.
+//! CancelOrderSaga, a saga with no pivot, a saga with local and conditional steps, and one
+//! with parallel groups before and after its pivot.
 
 use saga_core::{Command, Reply, Saga, StepFailure, saga};
 use serde::{Deserialize, Serialize};
@@ -145,6 +146,72 @@ mod local_and_conditional {
     }
 }
 
+/// Parallel groups on both sides of the pivot, one member conditional, one local.
+mod parallel_groups {
+    use super::*;
+
+    #[derive(Clone, Serialize, Deserialize)]
+    pub(crate) struct Trip {
+        pub(crate) insured: bool,
+    }
+
+    #[derive(Serialize, Deserialize, Command)]
+    #[command(channel = "travel", reply = Done)]
+    pub(crate) struct Book;
+
+    #[derive(Serialize, Deserialize, Command)]
+    #[command(channel = "travel", reply = Done)]
+    pub(crate) struct Cancel;
+
+    #[derive(Serialize, Deserialize, Command)]
+    #[command(channel = "mail", reply = Done)]
+    pub(crate) struct Tell;
+
+    #[derive(Serialize, Deserialize, Reply)]
+    pub(crate) struct Done;
+
+    fn book(_: &Trip) -> Book {
+        Book
+    }
+    fn cancel(_: &Trip) -> Cancel {
+        Cancel
+    }
+    fn tell(_: &Trip) -> Tell {
+        Tell
+    }
+    fn insured(t: &Trip) -> bool {
+        t.insured
+    }
+    fn note(_: &mut Trip) -> Result<(), StepFailure> {
+        Ok(())
+    }
+
+    saga! {
+        pub(crate) saga TripSaga(Trip) {
+            parallel {
+                compensatable flight { invoke: book, compensate: cancel }
+                compensatable hotel  { invoke: book, compensate: cancel }
+                compensatable cover  { invoke: book, compensate: cancel, when: insured }
+            }
+            pivot charge { invoke: book }
+            parallel {
+                retriable email { invoke: tell }
+                retriable log   { local: note }
+            }
+        }
+    }
+}
+
+#[test]
+fn parallel_groups_mermaid() {
+    insta::assert_snapshot!(parallel_groups::TripSaga::definition().to_mermaid());
+}
+
+#[test]
+fn parallel_groups_dot() {
+    insta::assert_snapshot!(parallel_groups::TripSaga::definition().to_dot());
+}
+
 #[test]
 fn no_pivot_mermaid() {
     insta::assert_snapshot!(no_pivot::TransferSaga::definition().to_mermaid());
@@ -167,8 +234,12 @@ fn local_and_conditional_dot() {
 
 #[test]
 fn definition_versions_are_stable_and_differ_by_shape() {
-    let create_order = ftgo::create_order::CreateOrderSaga::definition().version();
+    // The book's sequential CreateOrderSaga keeps the version it had before parallel groups
+    // existed; running two of its steps at once makes another graph, so another version.
+    let sequential = ftgo::create_order::SequentialCreateOrderSaga::definition().version();
+    insta::assert_snapshot!(sequential, @"v1-7490ae3d833197f4");
+    let parallel = ftgo::create_order::CreateOrderSaga::definition().version();
     let transfer = no_pivot::TransferSaga::definition().version();
-    assert_ne!(create_order, transfer);
-    insta::assert_snapshot!(create_order, @"v1-7490ae3d833197f4");
+    assert_ne!(parallel, transfer);
+    assert_ne!(parallel, sequential);
 }

@@ -784,12 +784,14 @@ pub fn check_step_rules<'a>(
 ) -> Result<(), DefinitionError> {
     let shapes: Vec<saga_rules::StepShape<'a>> = steps
         .into_iter()
-        .map(|(name, kind, has_compensation, group)| saga_rules::StepShape {
-            name,
-            kind: Some(kind),
-            has_compensation,
-            group,
-        })
+        .map(
+            |(name, kind, has_compensation, group)| saga_rules::StepShape {
+                name,
+                kind: Some(kind),
+                has_compensation,
+                group,
+            },
+        )
         .collect();
     let Some(violation) = saga_rules::violations(&shapes).into_iter().next() else {
         return Ok(());
@@ -906,7 +908,11 @@ impl<D> SagaDefinition<D> {
         };
         let same = |i: &usize| self.steps[*i].group == Some(group);
         let start = (0..=index).rev().take_while(same).last().unwrap_or(index);
-        let end = (index..self.steps.len()).take_while(same).last().unwrap_or(index) + 1;
+        let end = (index..self.steps.len())
+            .take_while(same)
+            .last()
+            .unwrap_or(index)
+            + 1;
         start..end
     }
 

@@ -243,12 +243,10 @@ impl Graph {
         for (index, step) in steps.iter().enumerate() {
             let id = step_id(step.name());
             match step.kind() {
-                StepKind::Compensatable | StepKind::Pivot if can_fail(step) => {
-                    match step.group() {
-                        Some(_) => graph.edge(&id, &exit(index), Some("failure"), Style::Failure),
-                        None => graph.edge(&id, &undo_before(index), Some("failure"), Style::Failure),
-                    }
-                }
+                StepKind::Compensatable | StepKind::Pivot if can_fail(step) => match step.group() {
+                    Some(_) => graph.edge(&id, &exit(index), Some("failure"), Style::Failure),
+                    None => graph.edge(&id, &undo_before(index), Some("failure"), Style::Failure),
+                },
                 StepKind::Retriable if can_fail(step) => {
                     graph.edge(&id, &id, Some("failure: retry"), Style::Failure);
                     graph.edge(&id, FAILED, Some("retries exhausted"), Style::Failure);

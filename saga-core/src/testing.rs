@@ -39,11 +39,34 @@ use std::time::Duration;
 
 use crate::definition::{IncomingReply, Saga};
 use crate::engine::{
-    self, EngineError, HistoryEvent, OperatorCommand, OperatorRequest, Outcome, OutgoingCommand,
-    Pending, SagaAction, SagaEvent, SagaInstance, SagaState, SagaStatus, SagaTimer,
+    self, BranchState, EngineError, HistoryEvent, OperatorCommand, OperatorRequest, Outcome,
+    OutgoingCommand, Pending, SagaAction, SagaEvent, SagaInstance, SagaState, SagaStatus,
+    SagaTimer,
 };
 use crate::ids::{SagaId, Timestamp};
 use crate::message::{Command, CommandFailed, Reply};
+
+/// Commands expected together, in any order
+/// ([`SagaTest::expect_commands_in_any_order`]).
+#[derive(Debug, Default)]
+pub struct CommandSet(Vec<(String, String, serde_json::Value)>);
+
+impl CommandSet {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `command` (type, channel and payload compared structurally).
+    #[track_caller]
+    pub fn command<C: Command>(mut self, command: C) -> Self {
+        let json = serde_json::to_value(&command)
+            .unwrap_or_else(|err| panic!("cannot serialize the expected {}: {err}", C::TYPE));
+        self.0
+            .push((C::TYPE.to_owned(), C::CHANNEL.to_owned(), json));
+        self
+    }
+}
 
 /// A saga under test. Each method consumes and returns the test, so steps chain.
 pub struct SagaTest<S: Saga> {
@@ -53,6 +76,8 @@ pub struct SagaTest<S: Saga> {
     sent: Vec<OutgoingCommand>,
     timers: Vec<(SagaTimer, Timestamp)>,
     history: Vec<HistoryEvent>,
+    /// The last reply given, for [`SagaTest::duplicate_last_reply`].
+    last_reply: Option<SagaEvent>,
 }
 
 impl<S: Saga> std::fmt::Debug for SagaTest<S> {
@@ -82,12 +107,16 @@ impl<S: Saga> SagaTest<S> {
             sent: Vec::new(),
             timers: Vec::new(),
             history: Vec::new(),
+            last_reply: None,
         };
         test.event(SagaEvent::Start)
     }
 
     #[track_caller]
     fn event(mut self, event: SagaEvent) -> Self {
+        if matches!(event, SagaEvent::Reply { .. }) {
+            self.last_reply = Some(event.clone());
+        }
         let outcome = engine::transition(S::definition(), &self.instance, &event, self.now)
             .unwrap_or_else(|err| panic!("the engine refused {event:?}: {err}"));
         let transition = match outcome {
@@ -173,6 +202,53 @@ impl<S: Saga> SagaTest<S> {
         self.expect_command(expected)
     }
 
+    /// Asserts that the next commands sent are those of `set`, in any order: the commands of
+    /// a parallel group's steps go out together, in no order the saga promises.
+    ///
+    /// ```ignore
+    /// test.expect_commands_in_any_order(
+    ///     CommandSet::new().command(VerifyConsumer { .. }).command(CreateTicket { .. }),
+    /// )
+    /// ```
+    #[track_caller]
+    pub fn expect_commands_in_any_order(mut self, set: CommandSet) -> Self {
+        let mut expected = set.0;
+        let sent: Vec<OutgoingCommand> = (0..expected.len())
+            .map_while(|_| self.unasserted.pop_front())
+            .collect();
+        assert_eq!(
+            sent.len(),
+            expected.len(),
+            "expected {} commands, the saga sent {}: {sent:?}",
+            expected.len(),
+            sent.len()
+        );
+        for actual in &sent {
+            let actual_json: serde_json::Value = serde_json::from_str(&actual.payload)
+                .unwrap_or_else(|err| panic!("the saga sent invalid JSON: {err}"));
+            let position = expected.iter().position(|(command_type, channel, json)| {
+                *command_type == actual.command_type
+                    && *channel == actual.channel
+                    && *json == actual_json
+                    && !actual.compensation
+            });
+            match position {
+                Some(position) => {
+                    expected.remove(position);
+                }
+                None => panic!(
+                    "step `{}` sent {} to `{}`, which the set does not expect:\n{}\n--- still \
+                     expected\n{expected:#?}",
+                    actual.step,
+                    actual.command_type,
+                    actual.channel,
+                    pretty(&actual_json)
+                ),
+            }
+        }
+        self
+    }
+
     /// Asserts that the next command sent is `expected`, as a compensation.
     #[track_caller]
     pub fn expect_compensation<C: Command>(mut self, expected: C) -> Self {
@@ -198,6 +274,18 @@ impl<S: Saga> SagaTest<S> {
             "assert the commands the saga sent before replying: {:?}",
             self.unasserted
         );
+        let waiting: Vec<&str> = self
+            .instance
+            .state
+            .branches
+            .iter()
+            .filter(|b| b.is_unfinished())
+            .map(|b| b.step.as_str())
+            .collect();
+        assert!(
+            waiting.len() < 2,
+            "steps {waiting:?} wait together: answer one with `reply_to(step, ..)`"
+        );
         match self.instance.state.pending {
             Some(Pending::Reply { request_id }) => request_id,
             other => panic!(
@@ -207,6 +295,70 @@ impl<S: Saga> SagaTest<S> {
         }
     }
 
+    /// The request step `step` waits for the reply to (a step of a parallel group, or the
+    /// current step).
+    #[track_caller]
+    fn request_of(&self, step: &str) -> crate::ids::RequestId {
+        assert!(
+            self.unasserted.is_empty(),
+            "assert the commands the saga sent before replying: {:?}",
+            self.unasserted
+        );
+        let state = &self.instance.state;
+        let pending = match state.branches.iter().find(|b| b.step == step) {
+            Some(branch) => match branch.state {
+                BranchState::Waiting { pending } => Some(pending),
+                _ => None,
+            },
+            None if state.current_step.as_deref() == Some(step) => state.pending,
+            None => None,
+        };
+        match pending {
+            Some(Pending::Reply { request_id }) => request_id,
+            other => panic!(
+                "step `{step}` waits for no reply (status {}, pending {other:?}, branches {:?})",
+                state.status, state.branches
+            ),
+        }
+    }
+
+    /// Answers the command of step `step` — one of a parallel group's, which wait together
+    /// — with `reply`.
+    #[track_caller]
+    pub fn reply_to<R: Reply>(self, step: &str, reply: R) -> Self {
+        let request_id = self.request_of(step);
+        let reply = IncomingReply::from_reply(&reply)
+            .unwrap_or_else(|err| panic!("cannot encode the reply: {err}"));
+        self.event(SagaEvent::Reply { request_id, reply })
+    }
+
+    /// Answers the command of step `step` with a generic failure.
+    #[track_caller]
+    pub fn fail_step(self, step: &str, reason: &str) -> Self {
+        self.reply_to(step, CommandFailed::new(reason))
+    }
+
+    /// Fires the timeout of step `step`'s command.
+    #[track_caller]
+    pub fn time_out_step(mut self, step: &str) -> Self {
+        let request_id = self.request_of(step);
+        let state = &self.instance.state;
+        let (attempt, deadline) = match state.branches.iter().find(|b| b.step == step) {
+            Some(branch) => (branch.attempt, branch.deadline),
+            None => (state.attempt, state.deadline),
+        };
+        let Some(due) = deadline else {
+            panic!("step {step:?} has no timeout configured");
+        };
+        let timer = SagaTimer::Timeout {
+            request_id,
+            attempt,
+        };
+        self.now = self.now.max(due);
+        self.timers.retain(|(t, _)| *t != timer);
+        self.event(SagaEvent::Timer(timer))
+    }
+
     /// Answers the outstanding command with `reply`; its value decides success or failure.
     #[track_caller]
     pub fn reply<R: Reply>(self, reply: R) -> Self {
@@ -214,6 +366,20 @@ impl<S: Saga> SagaTest<S> {
         let reply = IncomingReply::from_reply(&reply)
             .unwrap_or_else(|err| panic!("cannot encode the reply: {err}"));
         self.event(SagaEvent::Reply { request_id, reply })
+    }
+
+    /// Delivers the last reply again, as a broker that delivers twice does, and asserts the
+    /// saga ignores it and sends nothing.
+    #[track_caller]
+    pub fn duplicate_last_reply(self) -> Self {
+        let Some(event) = self.last_reply.clone() else {
+            panic!("no reply has been given yet");
+        };
+        match engine::transition(S::definition(), &self.instance, &event, self.now) {
+            Ok(Outcome::Ignored(_)) => self,
+            Ok(Outcome::Applied(t)) => panic!("the duplicate reply was applied: {:?}", t.history),
+            Err(err) => panic!("the engine refused the duplicate reply: {err}"),
+        }
     }
 
     /// Answers the outstanding command with a generic failure (as a participant whose handler

@@ -38,7 +38,11 @@ fn layout(graph: &SagaGraph) -> HashMap<&str, Place> {
     let steps: Vec<&str> = graph
         .nodes
         .iter()
-        .filter(|n| ["step_", "fork_", "join_"].iter().any(|p| n.id.starts_with(p)))
+        .filter(|n| {
+            ["step_", "fork_", "join_"]
+                .iter()
+                .any(|p| n.id.starts_with(p))
+        })
         .map(|n| n.id.as_str())
         .collect();
     places.insert("start", place(0, 0));

@@ -214,7 +214,11 @@ fn group_violations(steps: &[StepShape<'_>]) -> Vec<Violation> {
             }
             match steps[member].kind {
                 Some(StepKind::Pivot) => found.push(Violation::PivotInParallel { step: member }),
-                Some(kind) if steps[first].kind.is_some_and(|k| k != StepKind::Pivot && k != kind) => {
+                Some(kind)
+                    if steps[first]
+                        .kind
+                        .is_some_and(|k| k != StepKind::Pivot && k != kind) =>
+                {
                     found.push(Violation::MixedParallel {
                         step: member,
                         first,

@@ -17,6 +17,7 @@ use saga_store::{
 };
 use serde::Serialize;
 
+use crate::create_order::CreateOrderFlavor;
 use crate::services::accounting::AccountingService;
 use crate::services::consumer::ConsumerService;
 use crate::services::kitchen::KitchenService;
@@ -145,6 +146,9 @@ pub struct FtgoOptions {
     /// schema (`<prefix>_messages`), so its tables belong to that role and not to whichever
     /// service created them (see `docs/security.md`).
     pub queue_role: Option<String>,
+    /// Which CreateOrderSaga definition the Order service runs (default: verifying the
+    /// consumer while the ticket is created; `Sequential`: the book's order).
+    pub create_order: CreateOrderFlavor,
 }
 
 /// Where FTGO's services keep their data, and how messages reach them.
@@ -212,6 +216,7 @@ impl FtgoOptions {
             layout: Layout::PerService,
             migrate: true,
             queue_role: None,
+            create_order: CreateOrderFlavor::default(),
         }
     }
 
@@ -443,7 +448,7 @@ impl Ftgo {
         let (transport, messages) = options.transport(shared.as_ref()).await?;
         let order_database = database("order").await?;
         let store = options.order_store(order_database, messages.as_ref())?;
-        let orders = OrderService::open_on(store, observer)
+        let orders = OrderService::open_on(store, observer, options.create_order)
             .await?
             .with_message_limit(transport.max_message_bytes());
         let consumers = ConsumerService::open(database("consumer").await?).await?;
@@ -705,7 +710,7 @@ impl ServiceProcess {
         let builder = match name {
             ServiceName::Order => {
                 let store = options.order_store(database.clone(), messages.as_ref())?;
-                let orders = OrderService::open_on(store, None).await?;
+                let orders = OrderService::open_on(store, None, options.create_order).await?;
                 builder
                     .orchestrator(orders.orchestrator().clone())
                     .participant(&database, orders.participant())

@@ -1,6 +1,9 @@
 //! CreateOrderSaga, as in *Microservices Patterns*: create the order (`APPROVAL_PENDING`),
-//! verify the consumer, create the kitchen ticket, authorize the card (the pivot), then
-//! confirm the ticket and approve the order.
+//! verify the consumer and create the kitchen ticket — at once: neither depends on the
+//! other — authorize the card (the pivot), then confirm the ticket and approve the order.
+//!
+//! The book runs every step one after the other; that version is kept as
+//! [`SequentialCreateOrderSaga`] (`ftgo --sequential`), a definition of the same saga type.
 //!
 //! The order row itself is created by the transaction that starts the saga, so the first
 //! step does nothing going forward; it only carries the compensation that rejects the order.
@@ -125,8 +128,28 @@ pub fn approve_order(data: &CreateOrderData) -> ApproveOrder {
 }
 
 saga! {
-    /// Creates an order across the Consumer, Kitchen and Accounting services.
+    /// Creates an order across the Consumer, Kitchen and Accounting services, verifying the
+    /// consumer and creating the kitchen ticket at once.
     pub saga CreateOrderSaga(CreateOrderData) {
+        compensatable create_order    { compensate: reject_order }
+        parallel {
+            compensatable verify_consumer { invoke: validate_order_by_consumer }
+            compensatable create_ticket   { invoke: create_ticket, on_reply: ticket_created,
+                                            compensate: cancel_create_ticket }
+        }
+        pivot         authorize_card  { invoke: authorize_card, on_reply: card_authorized }
+        retriable     confirm_ticket  { invoke: confirm_create_ticket,
+                                        retry: RetryPolicy::exponential(Duration::from_millis(200))
+                                            .max_attempts(5) }
+        retriable     approve_order   { invoke: approve_order }
+    }
+}
+
+saga! {
+    /// CreateOrderSaga as the book has it, every step after the previous one: the same saga
+    /// type, another definition (its own version). A service runs one or the other.
+    #[saga(name = "CreateOrderSaga")]
+    pub saga SequentialCreateOrderSaga(CreateOrderData) {
         compensatable create_order    { compensate: reject_order }
         compensatable verify_consumer { invoke: validate_order_by_consumer }
         compensatable create_ticket   { invoke: create_ticket, on_reply: ticket_created,
@@ -137,4 +160,14 @@ saga! {
                                             .max_attempts(5) }
         retriable     approve_order   { invoke: approve_order }
     }
+}
+
+/// Which CreateOrderSaga definition the Order service runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CreateOrderFlavor {
+    /// [`CreateOrderSaga`]: the consumer verified while the ticket is created.
+    #[default]
+    Parallel,
+    /// [`SequentialCreateOrderSaga`]: the book's order, one step after the other.
+    Sequential,
 }

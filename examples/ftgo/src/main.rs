@@ -12,6 +12,7 @@ use ftgo::app::{
     Ftgo, FtgoOptions, Layout, MESSAGES, NatsSettings, SERVICES, SHARED, ServiceName,
     ServiceProcess, Storage,
 };
+use ftgo::create_order::CreateOrderFlavor;
 use ftgo::observability::{self, LogFormat, Otlp};
 use saga_store::SqliteSync;
 use saga_store::nats::{NatsAuth, NatsOptions, NatsTls};
@@ -221,6 +222,10 @@ struct StorageArgs {
     /// its tables belong to the role every service is a member of (see docs/security.md).
     #[arg(long, global = true, env = "FTGO_QUEUE_ROLE")]
     queue_role: Option<String>,
+    /// Run the book's CreateOrderSaga, every step after the previous one, instead of
+    /// verifying the consumer while the kitchen ticket is created.
+    #[arg(long, global = true)]
+    sequential: bool,
 }
 
 impl std::fmt::Debug for StorageArgs {
@@ -284,6 +289,9 @@ impl StorageArgs {
         };
         options.migrate = !self.no_migrate;
         options.queue_role = self.queue_role.clone();
+        if self.sequential {
+            options.create_order = CreateOrderFlavor::Sequential;
+        }
         if self.transport == "nats" {
             options.nats = Some(NatsSettings {
                 url: self.nats_url.clone(),

@@ -95,7 +95,12 @@ impl<'d, D: SagaData> Machine<'d, D> {
         let end = definition.group_of(from).end;
         let mut members: Vec<(usize, &'d StepDefinition<D>)> = Vec::new();
         for (index, step) in definition.steps().iter().enumerate().take(end).skip(from) {
-            let skipped = self.instance.state.skip_steps.iter().any(|s| s == step.name());
+            let skipped = self
+                .instance
+                .state
+                .skip_steps
+                .iter()
+                .any(|s| s == step.name());
             if index > from && (skipped || !step.applies_to(&self.instance.data)) {
                 self.history.push(HistoryEvent::StepSkipped {
                     step: step.name().to_owned(),
@@ -114,7 +119,10 @@ impl<'d, D: SagaData> Machine<'d, D> {
         for (index, step) in members {
             if self.failed_branch().is_some() {
                 // A member failed at once: the rest are not started.
-                self.instance.state.branches.retain(|b| b.step != step.name());
+                self.instance
+                    .state
+                    .branches
+                    .retain(|b| b.step != step.name());
                 continue;
             }
             self.enter(step);
@@ -153,12 +161,19 @@ impl<'d, D: SagaData> Machine<'d, D> {
     }
 
     /// A member failed (after its retries, for a timed-out one): it waits for the others.
+    /// The first to fail goes first among the branches, so its reason is the saga's.
     pub(super) fn branch_failed(
         &mut self,
         step: &StepDefinition<D>,
         reason: String,
     ) -> Result<(), EngineError> {
+        let first = self.failed_branch().is_none();
         self.set_branch(step.name(), BranchState::Failed { reason });
+        let branches = &mut self.instance.state.branches;
+        if first && let Some(at) = branches.iter().position(|b| b.step == step.name()) {
+            let failed = branches.remove(at);
+            branches.insert(0, failed);
+        }
         self.group_progress()
     }
 
@@ -168,18 +183,26 @@ impl<'d, D: SagaData> Machine<'d, D> {
         if self.forking {
             return Ok(());
         }
-        if self.instance.state.branches.iter().any(Branch::is_unfinished) {
+        if self
+            .instance
+            .state
+            .branches
+            .iter()
+            .any(Branch::is_unfinished)
+        {
             self.point_timer();
             return Ok(());
         }
         let failed = self.failed_branch();
-        let names: Vec<String> = self
+        let definition = self.definition;
+        let mut names: Vec<String> = self
             .instance
             .state
             .branches
             .iter()
             .map(|b| b.step.clone())
             .collect();
+        names.sort_by_key(|name| definition.step(name).map_or(usize::MAX, |(index, _)| index));
         let last = names
             .iter()
             .filter_map(|name| self.definition.step(name).map(|(index, _)| index))

@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::{query, query_as, query_scalar};
 
 use crate::cancel_order::{CancelOrderData, CancelOrderSaga};
-use crate::create_order::{CreateOrderData, CreateOrderSaga};
+use crate::create_order::{
+    CreateOrderData, CreateOrderFlavor, CreateOrderSaga, SequentialCreateOrderSaga,
+};
 use crate::messages::{
     ApproveOrder, CancelUndone, Cents, ConfirmCancelOrder, CreateTicket, LineItem, OrderApproved,
     OrderCancelled, OrderRejected, RejectOrder, UndoBeginCancelOrder, channels,
@@ -195,6 +197,8 @@ pub struct OrderService {
     orchestrator: Arc<Orchestrator<SqlSagaStore>>,
     /// The largest message the transport carries, if it has a limit.
     message_limit: Option<usize>,
+    /// Which CreateOrderSaga definition it runs.
+    flavor: CreateOrderFlavor,
 }
 
 fn now() -> i64 {
@@ -204,15 +208,21 @@ fn now() -> i64 {
 impl OrderService {
     /// Opens the service on its database: migrates, seeds the menus, registers the sagas.
     pub async fn open(database: Database) -> Result<Self, DatabaseError> {
-        Self::open_on(SqlSagaStore::new(database), None).await
+        Self::open_on(
+            SqlSagaStore::new(database),
+            None,
+            CreateOrderFlavor::default(),
+        )
+        .await
     }
 
     /// Like [`OrderService::open`], on the database of `store` (which decides whether the
     /// sagas' messages go through the outbox or straight into an in-place queue), with
-    /// `observer` told whenever a saga finishes.
+    /// `observer` told whenever a saga finishes, running the CreateOrderSaga of `flavor`.
     pub async fn open_on(
         store: SqlSagaStore,
         observer: Option<FinishedObserver>,
+        flavor: CreateOrderFlavor,
     ) -> Result<Self, DatabaseError> {
         let database = store.database().clone();
         database
@@ -235,9 +245,12 @@ impl OrderService {
             })?;
         }
         database.commit(tx).await?;
-        let orchestrator = Orchestrator::new(Arc::new(store), channels::ORDER_SAGA_REPLIES)
-            .register::<CreateOrderSaga>()
-            .register::<CancelOrderSaga>();
+        let orchestrator = Orchestrator::new(Arc::new(store), channels::ORDER_SAGA_REPLIES);
+        let orchestrator = match flavor {
+            CreateOrderFlavor::Parallel => orchestrator.register::<CreateOrderSaga>(),
+            CreateOrderFlavor::Sequential => orchestrator.register::<SequentialCreateOrderSaga>(),
+        }
+        .register::<CancelOrderSaga>();
         let orchestrator = match observer {
             Some(observer) => orchestrator.on_finished(move |id, status| observer(id, status)),
             None => orchestrator,
@@ -246,6 +259,7 @@ impl OrderService {
             database,
             orchestrator: Arc::new(orchestrator),
             message_limit: None,
+            flavor,
         })
     }
 
@@ -277,12 +291,14 @@ impl OrderService {
         }
         let orchestrator = self.orchestrator.clone();
         let request = request.clone();
-        let limit = self.message_limit;
+        let (limit, flavor) = (self.message_limit, self.flavor);
         // Group-committed with other orders' and the sagas' writes.
         let placed = self
             .database
             .write(move |tx: &mut Tx| {
-                Box::pin(async move { settle(place_in(tx, &orchestrator, &request, limit).await) })
+                Box::pin(async move {
+                    settle(place_in(tx, &orchestrator, &request, limit, flavor).await)
+                })
             })
             .await??;
         self.database.wake_relay();
@@ -338,6 +354,7 @@ async fn place_in(
     orchestrator: &Orchestrator<SqlSagaStore>,
     request: &NewOrder,
     message_limit: Option<usize>,
+    flavor: CreateOrderFlavor,
 ) -> Result<PlacedOrder, OrderError> {
     let menu = menu_of(tx.conn(), request.restaurant_id).await?;
     if menu.is_empty() {
@@ -398,7 +415,14 @@ async fn place_in(
         line_items,
         total,
     );
-    let saga_id = start_saga_in::<CreateOrderSaga>(orchestrator, &mut *tx, data).await?;
+    let saga_id = match flavor {
+        CreateOrderFlavor::Parallel => {
+            start_saga_in::<CreateOrderSaga>(orchestrator, &mut *tx, data).await?
+        }
+        CreateOrderFlavor::Sequential => {
+            start_saga_in::<SequentialCreateOrderSaga>(orchestrator, &mut *tx, data).await?
+        }
+    };
     on_backend!(tx.conn(), |c| {
         query(
             "INSERT INTO ftgo_orders (id, consumer_id, restaurant_id, line_items, total, state, \
