@@ -319,8 +319,11 @@ fn parse_steps(
                     "a parallel group cannot hold another; list its steps in the outer group",
                 ));
             }
-            let number = *groups;
-            *groups += 1;
+            // Inside a group (an error, reported), the steps count as the outer group's.
+            let number = group.unwrap_or_else(|| {
+                *groups += 1;
+                *groups - 1
+            });
             steps.extend(parse_steps(&content, Some(number), groups, errors)?);
             continue;
         }
