@@ -418,3 +418,105 @@ async fn a_notification_handler_sends_nothing_back() {
     assert!(dispatch.reply.is_none(), "{dispatch:?}");
     assert!(dispatch.dead_letter.is_none(), "{dispatch:?}");
 }
+
+// ----- parallel groups after the pivot ---------------------------------------------------
+
+#[derive(Debug, PartialEq, Serialize, Deserialize, Command)]
+#[command(channel = "mail", reply = Done)]
+struct Notify {
+    id: u32,
+}
+
+fn notify(d: &Data) -> Notify {
+    Notify { id: d.id }
+}
+
+saga! {
+    /// Pay, then ship and notify at once, each retried twice at most.
+    saga ShipAndTell(Data) {
+        pivot pay { invoke: pay }
+        parallel {
+            retriable ship   { invoke: ship, retry: RetryPolicy::fixed(Duration::from_secs(1)).max_attempts(2) }
+            retriable notify { invoke: notify, retry: RetryPolicy::fixed(Duration::from_secs(1)).max_attempts(2) }
+        }
+    }
+}
+
+/// Paid: shipping and notifying went out together.
+fn paid() -> SagaTest<ShipAndTell> {
+    SagaTest::<ShipAndTell>::given(data())
+        .expect_command(pay(&data()))
+        .reply(Done)
+        .expect_commands_in_any_order(
+            saga_core::testing::CommandSet::new()
+                .command(notify(&data()))
+                .command(ship(&data())),
+        )
+}
+
+#[test]
+fn a_failing_retriable_step_of_a_group_is_retried_while_the_other_finishes() {
+    paid()
+        .fail_step("ship", "carrier busy")
+        .expect_retry_scheduled()
+        .reply_to("notify", Done)
+        .fire_retry()
+        .expect_command(ship(&data()))
+        .reply_to("ship", Done)
+        .expect_completed();
+}
+
+#[test]
+fn a_group_step_out_of_retries_parks_the_saga_and_an_operator_retry_resends_it() {
+    let parked = paid()
+        .reply_to("notify", Done)
+        .fail_step("ship", "carrier busy")
+        .fire_retry()
+        .expect_command(ship(&data()))
+        .fail_step("ship", "carrier still busy")
+        .expect_failed("step `ship` failed after 2 attempts: carrier still busy");
+    // Retry resends only what had not succeeded; skip counts it done.
+    parked
+        .operator(OperatorCommand::Retry)
+        .expect_status(SagaStatus::Running)
+        .expect_command(ship(&data()))
+        .reply_to("ship", Done)
+        .expect_completed();
+    paid()
+        .fail_step("notify", "mail down")
+        .fail_step("ship", "carrier busy")
+        // One timer per saga: the retry due first, then the other.
+        .fire_retry()
+        .fire_retry()
+        .expect_commands_in_any_order(
+            saga_core::testing::CommandSet::new()
+                .command(ship(&data()))
+                .command(notify(&data())),
+        )
+        .fail_step("ship", "carrier still busy")
+        .expect_failed("carrier still busy")
+        // `notify` was waiting for its second reply when the saga parked: halted too.
+        .operator(OperatorCommand::Skip)
+        .expect_completed();
+}
+
+#[test]
+fn hand_built_groups_follow_the_rules() {
+    let lone = SagaDefinition::<Data>::builder("Manual")
+        .parallel([Step::compensatable::<Data>("only").invoke(reserve).into()])
+        .build();
+    assert!(
+        matches!(&lone, Err(DefinitionError::Parallel { step, problem }) if step == "only" && problem.contains("at least two")),
+        "{lone:?}"
+    );
+    let with_pivot = SagaDefinition::<Data>::builder("Manual")
+        .parallel([
+            Step::compensatable::<Data>("a").invoke(reserve).into(),
+            Step::pivot::<Data>("b").invoke(pay).into(),
+        ])
+        .build();
+    assert!(
+        matches!(&with_pivot, Err(DefinitionError::Parallel { step, .. }) if step == "b"),
+        "{with_pivot:?}"
+    );
+}

@@ -65,7 +65,8 @@ async fn every_outcome_runs_to_its_terminal_state() {
     assert_eq!(orders.states[&4], OrderState::Rejected);
     let kitchen = system.kitchen.lock().await;
     assert_eq!(kitchen.tickets[&1], TicketState::AwaitingAcceptance);
-    assert!(!kitchen.tickets.contains_key(&2));
+    // Created while the consumer was checked, then cancelled.
+    assert_eq!(kitchen.tickets[&2], TicketState::Cancelled);
     assert!(!kitchen.tickets.contains_key(&3));
     assert_eq!(kitchen.tickets[&4], TicketState::Cancelled);
     let accounting = system.accounting.lock().await;
@@ -133,8 +134,9 @@ async fn duplicated_and_reordered_messages_have_one_effect() {
             );
         }
         let kitchen = system.kitchen.lock().await;
-        // Tickets are created for orders 0 (approved) and 3 (declined card), once each.
-        assert_eq!(kitchen.tickets_created, 6, "seed {seed}");
+        // Tickets are created for orders 0 (approved), 1 (blocked consumer, checked while
+        // the ticket is created) and 3 (declined card), once each.
+        assert_eq!(kitchen.tickets_created, 9, "seed {seed}");
         let accounting = system.accounting.lock().await;
         assert_eq!(accounting.authorizations_made, 3, "seed {seed}");
         let handled = system.runtime.handled();

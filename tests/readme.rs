@@ -296,7 +296,7 @@ mod block_8 {
     }
 
     fn compiles(store: Arc<InMemoryStore>) -> Result<(), VersionError> {
-        let _ = include!(concat!(env!("OUT_DIR"), "/readme_block_8.rs"));
+        include!(concat!(env!("OUT_DIR"), "/readme_block_8.rs"));
         Ok(())
     }
 }

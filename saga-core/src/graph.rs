@@ -505,6 +505,9 @@ pub struct SagaPath {
     pub skipped: Vec<String>,
     /// Steps whose retry loop it went round.
     pub retried: Vec<String>,
+    /// Forward steps that failed (to tell which edge a parallel step took into its join).
+    #[serde(default)]
+    pub failed: Vec<String>,
     /// The node it is at, while it is not finished.
     pub current: Option<String>,
 }
@@ -530,7 +533,9 @@ impl SagaPath {
                     true => undo_id(step),
                     false => step_id(step),
                 }),
-                HistoryEvent::StepSucceeded { step } | HistoryEvent::StepFailed { step, .. } => {
+                HistoryEvent::StepSucceeded { step } => Some(step_id(step)),
+                HistoryEvent::StepFailed { step, .. } => {
+                    path.failed.push(step.clone());
                     Some(step_id(step))
                 }
                 HistoryEvent::StepSkipped { step } => {
@@ -596,11 +601,22 @@ impl SagaPath {
         if edge.from == edge.to {
             return self.retried.iter().any(|step| step_id(step) == edge.from);
         }
-        // The steps of a group interleave, so into a join and out of a fork count when both
-        // ends were visited.
+        // The steps of a group interleave, so out of a fork and into a join count when both
+        // ends were visited — into the join by its success edge or its failure edge.
         if edge.to.starts_with("join_") || edge.from.starts_with("fork_") {
+            if let Some(skipped) = edge.label.as_deref().and_then(|l| l.strip_prefix("skip ")) {
+                return self.skipped.iter().any(|s| s == skipped);
+            }
             let visited = |id: &str| self.visits.iter().any(|v| v == id);
-            return visited(&edge.from) && visited(&edge.to);
+            let failed = edge
+                .from
+                .strip_prefix("step_")
+                .is_some_and(|step| self.failed.iter().any(|f| f == step));
+            let way = match edge.style {
+                Style::Failure => failed,
+                _ => !failed || edge.from.starts_with("fork_"),
+            };
+            return visited(&edge.from) && visited(&edge.to) && way;
         }
         self.visits
             .windows(2)

@@ -125,11 +125,11 @@ fn assert_attributes(spans: &[CollectedSpan], saga_id: &str) {
         assert_eq!(span.attribute("messaging.system"), Some("nats"));
         assert_eq!(span.attribute("messaging.batch.message_count"), Some("1"));
     }
-    // The API starts the saga, so it sends the first step's command; the Order service's
-    // orchestrator sends the rest.
+    // The API starts the saga, so it sends the first commands — the parallel group's two;
+    // the Order service's orchestrator sends the rest.
     for (step, service) in [
         ("verify_consumer", "ftgo-api"),
-        ("create_ticket", "ftgo-order"),
+        ("create_ticket", "ftgo-api"),
         ("authorize_card", "ftgo-order"),
     ] {
         let sent = named(spans, step);
