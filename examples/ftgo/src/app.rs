@@ -18,6 +18,7 @@ use saga_store::{
 use serde::Serialize;
 
 use crate::create_order::CreateOrderFlavor;
+use crate::services::ServiceTime;
 use crate::services::accounting::AccountingService;
 use crate::services::consumer::ConsumerService;
 use crate::services::kitchen::KitchenService;
@@ -149,6 +150,9 @@ pub struct FtgoOptions {
     /// Which CreateOrderSaga definition the Order service runs (default: verifying the
     /// consumer while the ticket is created; `Sequential`: the book's order).
     pub create_order: CreateOrderFlavor,
+    /// What each participant adds to each forward command of CreateOrderSaga (default none;
+    /// benchmarks only).
+    pub service_time: ServiceTime,
 }
 
 /// Where FTGO's services keep their data, and how messages reach them.
@@ -217,6 +221,7 @@ impl FtgoOptions {
             migrate: true,
             queue_role: None,
             create_order: CreateOrderFlavor::default(),
+            service_time: ServiceTime::default(),
         }
     }
 
@@ -451,9 +456,16 @@ impl Ftgo {
         let orders = OrderService::open_on(store, observer, options.create_order)
             .await?
             .with_message_limit(transport.max_message_bytes());
-        let consumers = ConsumerService::open(database("consumer").await?).await?;
-        let kitchen = KitchenService::open(database("kitchen").await?).await?;
-        let accounting = AccountingService::open(database("accounting").await?).await?;
+        let time = options.service_time;
+        let consumers = ConsumerService::open(database("consumer").await?)
+            .await?
+            .with_service_time(time);
+        let kitchen = KitchenService::open(database("kitchen").await?)
+            .await?
+            .with_service_time(time);
+        let accounting = AccountingService::open(database("accounting").await?)
+            .await?
+            .with_service_time(time);
         Ok(Self {
             orders,
             consumers,
@@ -716,15 +728,21 @@ impl ServiceProcess {
                     .participant(&database, orders.participant())
             }
             ServiceName::Consumer => {
-                let consumers = ConsumerService::open(database.clone()).await?;
+                let consumers = ConsumerService::open(database.clone())
+                    .await?
+                    .with_service_time(options.service_time);
                 builder.participant(&database, consumers.participant())
             }
             ServiceName::Kitchen => {
-                let kitchen = KitchenService::open(database.clone()).await?;
+                let kitchen = KitchenService::open(database.clone())
+                    .await?
+                    .with_service_time(options.service_time);
                 builder.participant(&database, kitchen.participant())
             }
             ServiceName::Accounting => {
-                let accounting = AccountingService::open(database.clone()).await?;
+                let accounting = AccountingService::open(database.clone())
+                    .await?
+                    .with_service_time(options.service_time);
                 builder.participant(&database, accounting.participant())
             }
         };

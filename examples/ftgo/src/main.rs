@@ -73,6 +73,11 @@ enum Command {
         /// Seconds each raw commit-rate measurement runs.
         #[arg(long, default_value_t = 2.0)]
         raw_seconds: f64,
+        /// Milliseconds each participant spends on each forward command of CreateOrderSaga
+        /// besides its database work, as a call to another system would (default 0): what
+        /// running steps at once saves grows with it (compare with `--sequential`).
+        #[arg(long, default_value_t = 0)]
+        service_time_ms: u64,
         /// Run with metrics (a Prometheus recorder), traces or both (`--observe` alone):
         /// spans go over OTLP to `--otlp-endpoint`, or to an in-process sink that takes and
         /// discards them. Off by default.
@@ -404,6 +409,7 @@ async fn main() -> ExitCode {
             store,
             decline_rate,
             raw_seconds,
+            service_time_ms,
             observe: _,
             tuning,
         }) => {
@@ -415,7 +421,8 @@ async fn main() -> ExitCode {
                 storage.database_url = None;
             }
             let config = (sagas, concurrency, decline_rate, raw_seconds);
-            bench(storage, config, tuning).await
+            let time = std::time::Duration::from_millis(service_time_ms);
+            bench(storage, config, tuning, time).await
         }
     };
     telemetry.shutdown();
@@ -503,8 +510,10 @@ async fn bench(
     storage: StorageArgs,
     (sagas, concurrency, decline_rate, raw_seconds): (usize, usize, f64, f64),
     tuning: Tuning,
+    service_time: std::time::Duration,
 ) -> Result<ExitCode, Failure> {
     let (mut options, temporary) = storage.options(true);
+    options.service_time = ftgo::services::ServiceTime(service_time);
     let runtime = &mut options.runtime;
     if let Some(chained) = tuning.chained_passes {
         runtime.chained_passes = chained;

@@ -73,6 +73,10 @@ pub struct BenchReport {
     pub layout: &'static str,
     /// SQLite's `synchronous` setting (`full` unless asked otherwise).
     pub sqlite_sync: &'static str,
+    /// Which CreateOrderSaga ran: `parallel` (the default) or `sequential` (`--sequential`).
+    pub create_order: &'static str,
+    /// What each participant added to each forward command (`--service-time-ms`).
+    pub service_time_ms: u64,
     /// Sagas run.
     pub sagas: usize,
     /// Sagas in flight.
@@ -447,6 +451,12 @@ pub async fn run(
             saga_store::SqliteSync::Full => "full",
             saga_store::SqliteSync::Normal => "normal",
         },
+        create_order: match config.options.create_order {
+            crate::create_order::CreateOrderFlavor::Parallel => "parallel",
+            crate::create_order::CreateOrderFlavor::Sequential => "sequential",
+        },
+        service_time_ms: u64::try_from(config.options.service_time.0.as_millis())
+            .unwrap_or(u64::MAX),
         sagas: config.sagas,
         concurrency: config.concurrency,
         decline_rate: config.decline_rate,

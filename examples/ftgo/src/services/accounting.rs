@@ -8,6 +8,7 @@ use sqlx::{query, query_as, query_scalar};
 use crate::messages::{
     AuthorizationReversal, AuthorizeCard, CardAuthorization, Cents, ReverseAuthorization, channels,
 };
+use crate::services::ServiceTime;
 
 /// A consumer's payment account in the sample data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +54,7 @@ pub const REVERSED: &str = "REVERSED";
 #[derive(Clone, Debug)]
 pub struct AccountingService {
     database: Database,
+    service_time: ServiceTime,
 }
 
 impl AccountingService {
@@ -76,7 +78,10 @@ impl AccountingService {
                 .map(drop)
             })?;
         }
-        Ok(Self { database })
+        Ok(Self {
+            database,
+            service_time: ServiceTime::default(),
+        })
     }
 
     /// The service's database.
@@ -90,10 +95,22 @@ impl AccountingService {
         authorization(conn.conn(), order_id).await
     }
 
+    /// The same service, taking `time` more over each forward command of CreateOrderSaga.
+    pub fn with_service_time(mut self, time: ServiceTime) -> Self {
+        self.service_time = time;
+        self
+    }
+
     /// The Accounting service as a participant.
     pub fn participant(&self) -> Participant<Tx> {
+        let time = self.service_time;
         Participant::new("accounting-service", channels::ACCOUNTING)
-            .handle_async::<AuthorizeCard>(|tx, cmd, _| Box::pin(authorize_card(tx, cmd)))
+            .handle_async::<AuthorizeCard>(move |tx, cmd, _| {
+                Box::pin(async move {
+                    time.spend().await;
+                    authorize_card(tx, cmd).await
+                })
+            })
             .handle_async::<ReverseAuthorization>(|tx, cmd, _| {
                 Box::pin(reverse_authorization(tx, cmd))
             })

@@ -5,6 +5,7 @@ use saga_store::{Database, DatabaseError, Tx, on_backend};
 use sqlx::{query, query_scalar};
 
 use crate::messages::{ConsumerVerification, ValidateOrderByConsumer, channels};
+use crate::services::ServiceTime;
 
 /// A consumer of the sample data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +46,7 @@ pub const SAMPLE_CONSUMERS: [SampleConsumer; 4] = [
 #[derive(Clone, Debug)]
 pub struct ConsumerService {
     database: Database,
+    service_time: ServiceTime,
 }
 
 impl ConsumerService {
@@ -65,7 +67,10 @@ impl ConsumerService {
                     .map(drop)
             })?;
         }
-        Ok(Self { database })
+        Ok(Self {
+            database,
+            service_time: ServiceTime::default(),
+        })
     }
 
     /// The service's database.
@@ -73,11 +78,21 @@ impl ConsumerService {
         &self.database
     }
 
+    /// The same service, taking `time` more over each forward command of CreateOrderSaga.
+    pub fn with_service_time(mut self, time: ServiceTime) -> Self {
+        self.service_time = time;
+        self
+    }
+
     /// The Consumer service as a participant.
     pub fn participant(&self) -> Participant<Tx> {
+        let time = self.service_time;
         Participant::new("consumer-service", channels::CONSUMER)
-            .handle_async::<ValidateOrderByConsumer>(|tx, cmd, _| {
-                Box::pin(validate_order_by_consumer(tx, cmd))
+            .handle_async::<ValidateOrderByConsumer>(move |tx, cmd, _| {
+                Box::pin(async move {
+                    time.spend().await;
+                    validate_order_by_consumer(tx, cmd).await
+                })
             })
     }
 }

@@ -13,6 +13,7 @@ use crate::messages::{
     TicketCancelPending, TicketCancelUndone, TicketCancelled, TicketConfirmed, TicketCreated,
     UndoBeginCancelTicket, channels,
 };
+use crate::services::ServiceTime;
 
 /// The life of a kitchen ticket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, SemanticLock)]
@@ -76,6 +77,7 @@ pub const SAMPLE_RESTAURANTS: [SampleRestaurant; 4] = [
 #[derive(Clone, Debug)]
 pub struct KitchenService {
     database: Database,
+    service_time: ServiceTime,
 }
 
 fn now() -> i64 {
@@ -101,7 +103,10 @@ impl KitchenService {
                     .map(drop)
             })?;
         }
-        Ok(Self { database })
+        Ok(Self {
+            database,
+            service_time: ServiceTime::default(),
+        })
     }
 
     /// The service's database.
@@ -135,12 +140,27 @@ impl KitchenService {
         Ok(state.and_then(|name| TicketState::from_state_name(&name).ok()))
     }
 
+    /// The same service, taking `time` more over each forward command of CreateOrderSaga.
+    pub fn with_service_time(mut self, time: ServiceTime) -> Self {
+        self.service_time = time;
+        self
+    }
+
     /// The Kitchen service as a participant.
     pub fn participant(&self) -> Participant<Tx> {
+        let time = self.service_time;
         Participant::new("kitchen-service", channels::KITCHEN)
-            .handle_async::<CreateTicket>(|tx, cmd, _| Box::pin(create_ticket(tx, cmd)))
-            .handle_async::<ConfirmCreateTicket>(|tx, cmd, _| {
-                Box::pin(confirm_create_ticket(tx, cmd))
+            .handle_async::<CreateTicket>(move |tx, cmd, _| {
+                Box::pin(async move {
+                    time.spend().await;
+                    create_ticket(tx, cmd).await
+                })
+            })
+            .handle_async::<ConfirmCreateTicket>(move |tx, cmd, _| {
+                Box::pin(async move {
+                    time.spend().await;
+                    confirm_create_ticket(tx, cmd).await
+                })
             })
             .handle_async::<CancelCreateTicket>(|tx, cmd, _| {
                 Box::pin(cancel_create_ticket(tx, cmd))

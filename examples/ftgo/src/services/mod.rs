@@ -11,3 +11,19 @@ pub mod accounting;
 pub mod consumer;
 pub mod kitchen;
 pub mod order;
+
+/// What calling another system would add to each forward command of CreateOrderSaga a
+/// participant handles (verifying a consumer, creating and confirming a ticket, authorizing a
+/// card): zero unless a benchmark asks for it (`ftgo bench --service-time-ms`), to show what
+/// running steps at once saves when participants take time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceTime(pub std::time::Duration);
+
+impl ServiceTime {
+    /// Waits it out, inside the handler's transaction, as a call made there would.
+    pub(crate) async fn spend(self) {
+        if !self.0.is_zero() {
+            tokio::time::sleep(self.0).await;
+        }
+    }
+}
