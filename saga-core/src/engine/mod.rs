@@ -7,7 +7,7 @@
 //! State refers to steps by **name**. The forward steps that have run are kept in
 //! [`SagaState::completed_steps`]; when the saga turns back, that list is the compensation
 //! stack, unwound from the end. The steps of a parallel group run as [`Branch`]es, each with
-//! its own request, attempts and deadline ([`parallel`]).
+//! its own request, attempts and deadline (see `engine/parallel.rs`).
 
 mod parallel;
 
