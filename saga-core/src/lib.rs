@@ -38,6 +38,7 @@ pub mod clock;
 pub mod definition;
 pub mod engine;
 pub mod error;
+pub mod explore;
 pub mod graph;
 pub mod ids;
 pub mod lock;

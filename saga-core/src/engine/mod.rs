@@ -9,6 +9,7 @@
 //! stack, unwound from the end. The steps of a parallel group run as [`Branch`]es, each with
 //! its own request, attempts and deadline (see `engine/parallel.rs`).
 
+pub mod mutants;
 mod parallel;
 
 use std::fmt;
@@ -709,7 +710,8 @@ impl<'d, D: SagaData> Machine<'d, D> {
                 let waiting = matches!(
                     state.pending,
                     Some(Pending::Reply { request_id: expected }) if expected == *request_id
-                );
+                ) || (mutants::active(mutants::Mutant::StaleRepliesAccepted)
+                    && matches!(state.pending, Some(Pending::Reply { .. })));
                 // "Never handled" is about one send; after a resend it says nothing.
                 let about_an_earlier_send = reply
                     .undelivered_before
@@ -977,6 +979,9 @@ impl<'d, D: SagaData> Machine<'d, D> {
     /// Turns the saga back at `step` because of `reason`, and compensates what ran.
     fn turn_back(&mut self, step: &str, reason: String) -> Result<(), EngineError> {
         let state = &mut self.instance.state;
+        if mutants::active(mutants::Mutant::CompensationsInForwardOrder) {
+            state.completed_steps.reverse();
+        }
         state.status = SagaStatus::Compensating;
         state.direction = Direction::Backward;
         state.compensation_reason = Some(reason.clone());
@@ -994,7 +999,8 @@ impl<'d, D: SagaData> Machine<'d, D> {
                 return self.finish(SagaStatus::Compensated);
             };
             let (index, step) = self.step_named(name)?;
-            if step.compensation().is_none() {
+            let skipped = index == 0 && mutants::active(mutants::Mutant::FirstCompensationSkipped);
+            if step.compensation().is_none() || skipped {
                 self.instance.state.completed_steps.pop();
                 continue;
             }

@@ -1,0 +1,743 @@
+//! Exhaustive exploration of one saga definition: every way its steps can answer, up to a
+//! bound, each path checked against the invariants a saga must keep.
+//!
+//! From a start, the explorer branches at every point on what can happen next: each command
+//! awaiting its reply succeeds (the participant acted), fails (it did not), or times out —
+//! before the participant acted or after; a scheduled retry fires; a delivered reply comes
+//! again; a parked saga gets an operator `retry` or `skip`. States already seen are not
+//! explored twice. On every path it checks:
+//!
+//! - the saga ends completed, compensated, or parked in `failed` with a reason;
+//! - a compensated saga undid every compensatable step that took effect, each once, in
+//!   reverse order, and nothing that never ran (skipped by its condition, never reached, or
+//!   refused by its participant);
+//! - a completed saga undid nothing;
+//! - once the pivot succeeded, no compensation and no compensatable step runs;
+//! - a duplicate reply changes nothing.
+//!
+//! Locks a step takes (its `*_PENDING` records) are released by its compensation or by the
+//! saga completing, so "each effect undone once, or the saga completed" is also "every lock
+//! released".
+//!
+//! ```
+//! # use saga_core::explore::Exploration;
+//! # use saga_core::{saga, Command, Reply, StepFailure};
+//! # use serde::{Deserialize, Serialize};
+//! # #[derive(Clone, Serialize, Deserialize)] struct Data;
+//! # #[derive(Debug, Serialize, Deserialize, Command)]
+//! # #[command(channel = "bank", reply = Done)] struct Charge;
+//! # #[derive(Debug, Serialize, Deserialize, Reply)] struct Done;
+//! # fn charge(_: &Data) -> Charge { Charge }
+//! # fn note(_: &mut Data) -> Result<(), StepFailure> { Ok(()) }
+//! # saga! { saga Pay(Data) { compensatable note { local: note, compensate: local(note) } pivot charge { invoke: charge } } }
+//! let report = Exploration::<Pay>::new(Data).success::<Charge>(Done).check();
+//! assert!(report.paths > 1);
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fmt::{self, Debug};
+
+use crate::definition::{IncomingReply, Saga, SagaDefinition, StepDefinition, StepKind};
+use crate::engine::{
+    self, BranchState, HistoryEvent, OperatorCommand, OperatorRequest, Outcome, Pending,
+    SagaAction, SagaEvent, SagaInstance, SagaStatus, SagaTimer,
+};
+use crate::ids::{RequestId, SagaId, Timestamp};
+use crate::message::{Command, CommandFailed, Reply};
+
+/// Explores every outcome of one saga definition from `data` (see the module docs).
+pub struct Exploration<S: Saga> {
+    data: S::Data,
+    /// A success reply per command type, as JSON and as the Rust the script prints.
+    successes: BTreeMap<&'static str, (IncomingReply, String)>,
+    max_events: usize,
+    failures_per_step: u32,
+}
+
+impl<S: Saga> Debug for Exploration<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Exploration")
+            .field("saga", &S::definition().name())
+            .field("successes", &self.successes.keys().collect::<Vec<_>>())
+            .field("max_events", &self.max_events)
+            .field("failures_per_step", &self.failures_per_step)
+            .finish()
+    }
+}
+
+/// What an exploration found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExplorationReport {
+    /// Paths followed to their end (terminal, parked, or the bound).
+    pub paths: usize,
+    /// Distinct states reached.
+    pub states: usize,
+    /// How the paths ended: `completed`, `compensated`, `failed` (parked), `bound`.
+    pub endings: BTreeMap<String, usize>,
+    /// The first broken invariant, with the unit-test DSL script that reaches it.
+    pub violation: Option<Violation>,
+}
+
+/// A broken invariant and how to reach it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// What is wrong.
+    pub problem: String,
+    /// The unit-test DSL calls that reach it, one per line, ready to follow
+    /// `SagaTest::<S>::given(data)` (replies printed with their `Debug` form).
+    pub script: Vec<String>,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{}\nreached by:", self.problem)?;
+        writeln!(f, "SagaTest::<_>::given(data)")?;
+        for line in &self.script {
+            writeln!(f, "    {line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What the world outside the saga did on one path.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+struct World {
+    /// Forward steps that took effect at their participant (or ran locally).
+    effective: BTreeSet<String>,
+    /// Forward steps whose command was sent (they may have taken effect).
+    sent: BTreeSet<String>,
+    /// Failures (failure replies and timeouts) given to each step on this path.
+    failures: BTreeMap<String, u32>,
+    /// Operator actions given on this path.
+    operator: u32,
+    /// The last reply delivered, to deliver again.
+    last_reply: Option<(RequestId, String, String)>,
+}
+
+/// One state of the search: the saga, the world, and the path that led here.
+#[derive(Clone)]
+struct Node<D> {
+    instance: SagaInstance<D>,
+    history: Vec<HistoryEvent>,
+    world: World,
+    script: Vec<String>,
+    now: Timestamp,
+}
+
+/// Something that can happen next.
+#[derive(Clone, Debug)]
+enum Choice {
+    Succeed {
+        request: RequestId,
+        step: String,
+    },
+    Fail {
+        request: RequestId,
+        step: String,
+    },
+    TimeOut {
+        request: RequestId,
+        attempt: u32,
+        step: String,
+        acted: bool,
+        due: Timestamp,
+    },
+    FireRetry {
+        request: RequestId,
+        due: Timestamp,
+    },
+    Duplicate,
+    Operator(OperatorCommand),
+    /// Fail the step (a retriable one, a compensation) or time it out (the pivot) again and
+    /// again, firing its retries, until the saga moves on or parks.
+    Exhaust {
+        step: String,
+    },
+}
+
+impl<S: Saga> Exploration<S> {
+    /// Explores the saga started with `data`: at most 60 events per path, and at most two
+    /// failures (failure replies or timeouts) per step — enough to show a retry, a
+    /// compensation's retry and a turn back; steps whose retry limit is two or less also
+    /// reach their park.
+    pub fn new(data: S::Data) -> Self {
+        Self {
+            data,
+            successes: BTreeMap::new(),
+            max_events: 60,
+            failures_per_step: 2,
+        }
+    }
+
+    /// The reply a participant gives command `C` when it succeeds. Every command the saga
+    /// sends and waits for needs one; failures are generic (`CommandFailed`).
+    #[track_caller]
+    pub fn success<C: Command>(mut self, reply: impl Reply + Debug) -> Self {
+        let incoming = IncomingReply::from_reply(&reply)
+            .unwrap_or_else(|err| panic!("cannot encode the reply to {}: {err}", C::TYPE));
+        self.successes
+            .insert(C::TYPE, (incoming, format!("{reply:?}")));
+        self
+    }
+
+    /// The most events one path may take.
+    pub fn max_events(mut self, events: usize) -> Self {
+        self.max_events = events;
+        self
+    }
+
+    /// How many failures one step may be given on one path.
+    pub fn failures_per_step(mut self, failures: u32) -> Self {
+        self.failures_per_step = failures;
+        self
+    }
+
+    /// Explores, and panics with the first broken invariant and the script reaching it.
+    #[track_caller]
+    pub fn check(&self) -> ExplorationReport {
+        let report = self.run();
+        if let Some(violation) = &report.violation {
+            panic!(
+                "{}: {} paths, {} states explored; {violation}",
+                S::definition().name(),
+                report.paths,
+                report.states
+            );
+        }
+        report
+    }
+
+    /// Explores every path (up to the bounds) and reports the first broken invariant.
+    pub fn run(&self) -> ExplorationReport {
+        let definition = S::definition();
+        let now = Timestamp(1_700_000_000_000);
+        let mut report = ExplorationReport::default();
+        let start = match engine::start(definition, SagaId::new(), self.data.clone(), now) {
+            Ok(start) => start,
+            Err(err) => {
+                report.violation = Some(Violation {
+                    problem: format!("the saga does not start: {err}"),
+                    script: Vec::new(),
+                });
+                return report;
+            }
+        };
+        let mut world = World::default();
+        note_actions(&mut world, &start.actions, &start.history);
+        let root = Node {
+            instance: start.instance,
+            history: start.history,
+            world,
+            script: Vec::new(),
+            now,
+        };
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut stack = vec![root];
+        while let Some(node) = stack.pop() {
+            let key = state_key(definition, &node);
+            if !seen.insert(key) {
+                continue;
+            }
+            report.states += 1;
+            let status = node.instance.state.status;
+            let choices = self.choices(&node);
+            if status.is_terminal() || choices.is_empty() || node.script.len() >= self.max_events {
+                report.paths += 1;
+                let ending = match status {
+                    _ if status.is_finished() => status.as_str(),
+                    _ if node.script.len() >= self.max_events => "bound",
+                    _ => "stuck",
+                };
+                *report.endings.entry(ending.to_owned()).or_default() += 1;
+                if let Some(problem) = self.final_problem(&node) {
+                    report.violation = Some(Violation {
+                        problem,
+                        script: node.script,
+                    });
+                    return report;
+                }
+                continue;
+            }
+            for choice in choices.into_iter().rev() {
+                match self.step(&node, &choice) {
+                    Ok(next) => stack.push(next),
+                    Err((problem, script)) => {
+                        report.violation = Some(Violation { problem, script });
+                        return report;
+                    }
+                }
+            }
+        }
+        report
+    }
+
+    /// What can happen next to the saga at `node`.
+    fn choices(&self, node: &Node<S::Data>) -> Vec<Choice> {
+        let state = &node.instance.state;
+        if state.status.is_terminal() {
+            return Vec::new();
+        }
+        if state.status == SagaStatus::Failed {
+            if node.world.operator >= 2 {
+                return Vec::new();
+            }
+            return vec![
+                Choice::Operator(OperatorCommand::Retry),
+                Choice::Operator(OperatorCommand::Skip),
+            ];
+        }
+        // Each wait: the saga's own, or one per branch of a parallel group.
+        let waits: Vec<(String, Pending, u32, Option<Timestamp>)> = if state.branches.is_empty() {
+            state
+                .pending
+                .map(|pending| {
+                    (
+                        state.current_step.clone().unwrap_or_default(),
+                        pending,
+                        state.attempt,
+                        state.deadline,
+                    )
+                })
+                .into_iter()
+                .collect()
+        } else {
+            state
+                .branches
+                .iter()
+                .filter_map(|b| match b.state {
+                    BranchState::Waiting { pending } => {
+                        Some((b.step.clone(), pending, b.attempt, b.deadline))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut choices = Vec::new();
+        for (step, pending, attempt, deadline) in waits {
+            let failures = node.world.failures.get(&step).copied().unwrap_or(0);
+            match pending {
+                Pending::Reply { request_id } => {
+                    choices.push(Choice::Succeed {
+                        request: request_id,
+                        step: step.clone(),
+                    });
+                    if failures < self.failures_per_step {
+                        choices.push(Choice::Fail {
+                            request: request_id,
+                            step: step.clone(),
+                        });
+                        let exhaustible = match definition_kind(S::definition(), &step) {
+                            _ if state.direction == engine::Direction::Backward => true,
+                            Some(StepKind::Retriable) => true,
+                            Some(StepKind::Pivot) => deadline.is_some(),
+                            _ => false,
+                        };
+                        if exhaustible && failures == 0 {
+                            choices.push(Choice::Exhaust { step: step.clone() });
+                        }
+                        if let Some(due) = deadline {
+                            for acted in [false, true] {
+                                choices.push(Choice::TimeOut {
+                                    request: request_id,
+                                    attempt,
+                                    step: step.clone(),
+                                    acted,
+                                    due,
+                                });
+                            }
+                        }
+                    }
+                }
+                Pending::Retry { request_id } => choices.push(Choice::FireRetry {
+                    request: request_id,
+                    due: deadline.unwrap_or(node.now),
+                }),
+            }
+        }
+        if node.world.last_reply.is_some() {
+            choices.push(Choice::Duplicate);
+        }
+        choices
+    }
+
+    /// Applies `choice` at `node`: the next node, or the invariant it breaks.
+    fn step(
+        &self,
+        node: &Node<S::Data>,
+        choice: &Choice,
+    ) -> Result<Node<S::Data>, (String, Vec<String>)> {
+        let definition = S::definition();
+        let mut next = node.clone();
+        let (event, line) = match choice {
+            Choice::Succeed { request, step } => {
+                let command = self.command_of(step, next.instance.state.direction);
+                let Some((reply, shown)) = command.and_then(|c| self.successes.get(c)) else {
+                    let problem = format!(
+                        "no success reply for {} (step `{step}`): add `.success::<{}>(..)`",
+                        command.unwrap_or("its command"),
+                        command.unwrap_or("TheCommand")
+                    );
+                    return Err((problem, next.script));
+                };
+                if next.instance.state.direction == engine::Direction::Forward {
+                    next.world.effective.insert(step.clone());
+                }
+                next.world.last_reply =
+                    Some((*request, reply.reply_type.clone(), reply.payload.clone()));
+                (
+                    SagaEvent::Reply {
+                        request_id: *request,
+                        reply: reply.clone(),
+                    },
+                    format!(".reply_to({step:?}, {shown})"),
+                )
+            }
+            Choice::Fail { request, step } => {
+                *next.world.failures.entry(step.clone()).or_default() += 1;
+                let reply = IncomingReply::from_reply(&CommandFailed::new("refused"))
+                    .map_err(|err| (err.to_string(), next.script.clone()))?;
+                next.world.last_reply =
+                    Some((*request, reply.reply_type.clone(), reply.payload.clone()));
+                (
+                    SagaEvent::Reply {
+                        request_id: *request,
+                        reply,
+                    },
+                    format!(".fail_step({step:?}, \"refused\")"),
+                )
+            }
+            Choice::TimeOut {
+                request,
+                attempt,
+                step,
+                acted,
+                due,
+            } => {
+                *next.world.failures.entry(step.clone()).or_default() += 1;
+                if *acted && next.instance.state.direction == engine::Direction::Forward {
+                    next.world.effective.insert(step.clone());
+                }
+                next.now = next.now.max(*due);
+                let line = match acted {
+                    true => format!(".time_out_step({step:?}) // after its participant acted"),
+                    false => format!(".time_out_step({step:?})"),
+                };
+                (
+                    SagaEvent::Timer(SagaTimer::Timeout {
+                        request_id: *request,
+                        attempt: *attempt,
+                    }),
+                    line,
+                )
+            }
+            Choice::FireRetry { request, due } => {
+                next.now = next.now.max(*due);
+                (
+                    SagaEvent::Timer(SagaTimer::RetryDue {
+                        request_id: *request,
+                    }),
+                    ".fire_retry()".to_owned(),
+                )
+            }
+            Choice::Duplicate => {
+                let Some((request, reply_type, payload)) = next.world.last_reply.clone() else {
+                    return Err(("no reply to duplicate".to_owned(), next.script));
+                };
+                let reply = IncomingReply {
+                    outcome: if reply_type == CommandFailed::TYPE {
+                        crate::message::ReplyOutcome::Failure
+                    } else {
+                        crate::message::ReplyOutcome::Success
+                    },
+                    reply_type,
+                    payload,
+                    undelivered_before: None,
+                };
+                let event = SagaEvent::Reply {
+                    request_id: request,
+                    reply,
+                };
+                next.script.push(".duplicate_last_reply()".to_owned());
+                return match engine::transition(definition, &next.instance, &event, next.now) {
+                    Ok(Outcome::Ignored(_)) => {
+                        next.world.last_reply = None;
+                        Ok(next)
+                    }
+                    Ok(Outcome::Applied(t)) => Err((
+                        format!("a duplicate reply was applied: {:?}", t.history),
+                        next.script,
+                    )),
+                    Err(err) => Err((
+                        format!("the engine refused a duplicate: {err}"),
+                        next.script,
+                    )),
+                };
+            }
+            Choice::Exhaust { step } => {
+                next.world
+                    .failures
+                    .insert(step.clone(), self.failures_per_step);
+                for _ in 0..1_000 {
+                    if next.instance.state.status != SagaStatus::Running
+                        && next.instance.state.status != SagaStatus::Compensating
+                    {
+                        break;
+                    }
+                    let wait = self.wait_of(&next, step);
+                    let Some((pending, attempt, deadline)) = wait else {
+                        break;
+                    };
+                    let pivot = definition_kind(definition, step) == Some(StepKind::Pivot)
+                        && next.instance.state.direction == engine::Direction::Forward;
+                    let choice = match (pending, pivot) {
+                        (Pending::Reply { request_id }, true) => Choice::TimeOut {
+                            request: request_id,
+                            attempt,
+                            step: step.clone(),
+                            acted: false,
+                            due: deadline.unwrap_or(next.now),
+                        },
+                        (Pending::Reply { request_id }, false) => Choice::Fail {
+                            request: request_id,
+                            step: step.clone(),
+                        },
+                        (Pending::Retry { request_id }, _) => Choice::FireRetry {
+                            request: request_id,
+                            due: deadline.unwrap_or(next.now),
+                        },
+                    };
+                    next = self.step(&next, &choice)?;
+                    next.world
+                        .failures
+                        .insert(step.clone(), self.failures_per_step);
+                }
+                return Ok(next);
+            }
+            Choice::Operator(command) => {
+                next.world.operator += 1;
+                (
+                    SagaEvent::Operator(OperatorRequest::new(*command, "explorer", "")),
+                    format!(".operator(OperatorCommand::{command:?})"),
+                )
+            }
+        };
+        next.script.push(line);
+        let outcome = match engine::transition(definition, &next.instance, &event, next.now) {
+            Ok(outcome) => outcome,
+            Err(err) => return Err((format!("the engine refused {event:?}: {err}"), next.script)),
+        };
+        let Outcome::Applied(transition) = outcome else {
+            // A live event the engine ignores leaves the saga waiting forever.
+            return Err((
+                format!("the engine ignored a live event: {event:?}"),
+                next.script,
+            ));
+        };
+        note_actions(&mut next.world, &transition.actions, &transition.history);
+        next.instance = transition.instance;
+        next.history.extend(transition.history);
+        // No transition that follows the pivot's success (or contains it) undoes anything or
+        // runs a compensatable step.
+        if pivot_succeeded(definition, &next.history)
+            && let Some(problem) = after_pivot_problem(definition.steps(), &transition.actions)
+        {
+            return Err((problem, next.script));
+        }
+        Ok(next)
+    }
+
+    /// What step `step` waits for at `node`, if it waits.
+    fn wait_of(
+        &self,
+        node: &Node<S::Data>,
+        step: &str,
+    ) -> Option<(Pending, u32, Option<Timestamp>)> {
+        let state = &node.instance.state;
+        if state.branches.is_empty() {
+            return (state.current_step.as_deref() == Some(step))
+                .then_some(state.pending)
+                .flatten()
+                .map(|pending| (pending, state.attempt, state.deadline));
+        }
+        state
+            .branches
+            .iter()
+            .find(|b| b.step == step)
+            .and_then(|b| match b.state {
+                BranchState::Waiting { pending } => Some((pending, b.attempt, b.deadline)),
+                _ => None,
+            })
+    }
+
+    /// The command type the step sends in `direction`.
+    fn command_of(&self, step: &str, direction: engine::Direction) -> Option<&'static str> {
+        let (_, step) = S::definition().step(step)?;
+        let action = match direction {
+            engine::Direction::Forward => step.action(),
+            engine::Direction::Backward => step.compensation()?,
+        };
+        match action {
+            crate::definition::Action::Command(command) => Some(command.command_type),
+            _ => None,
+        }
+    }
+
+    /// The invariants of a path's end.
+    fn final_problem(&self, node: &Node<S::Data>) -> Option<String> {
+        let definition = S::definition();
+        let state = &node.instance.state;
+        let compensated: Vec<&str> = node
+            .history
+            .iter()
+            .filter_map(|e| match e {
+                HistoryEvent::StepCompensated { step } => Some(step.as_str()),
+                _ => None,
+            })
+            .collect();
+        let mut seen = BTreeSet::new();
+        if let Some(twice) = compensated.iter().find(|s| !seen.insert(**s)) {
+            return Some(format!("step `{twice}` was compensated twice"));
+        }
+        let position = |name: &str| definition.step(name).map_or(usize::MAX, |(i, _)| i);
+        if compensated
+            .windows(2)
+            .any(|w| position(w[0]) < position(w[1]))
+        {
+            return Some(format!(
+                "compensations ran in {compensated:?}, not in reverse order"
+            ));
+        }
+        let skipped: BTreeSet<&str> = node
+            .history
+            .iter()
+            .filter_map(|e| match e {
+                HistoryEvent::StepSkipped { step } => Some(step.as_str()),
+                _ => None,
+            })
+            .collect();
+        for step in &compensated {
+            let ran = node.world.sent.contains(*step) || node.world.effective.contains(*step);
+            if skipped.contains(step) || !ran {
+                return Some(format!(
+                    "step `{step}` was compensated but never ran{}",
+                    if skipped.contains(step) {
+                        " (its condition skipped it)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        }
+        match state.status {
+            SagaStatus::Completed if !compensated.is_empty() => Some(format!(
+                "the saga completed but compensated {compensated:?}"
+            )),
+            SagaStatus::Compensated => {
+                let undoable = |name: &&String| {
+                    definition
+                        .step(name)
+                        .is_some_and(|(_, s)| s.compensation().is_some())
+                };
+                let missing: Vec<&String> = node
+                    .world
+                    .effective
+                    .iter()
+                    .filter(undoable)
+                    .filter(|s| !compensated.contains(&s.as_str()))
+                    .collect();
+                match missing.is_empty() {
+                    true => None,
+                    false => Some(format!(
+                        "the saga is compensated but {missing:?} took effect and were not undone \
+                         (their locks stay held)"
+                    )),
+                }
+            }
+            SagaStatus::Failed if state.last_error.as_deref().unwrap_or("").is_empty() => {
+                Some("the saga parked without a reason".to_owned())
+            }
+            _ => None,
+        }
+    }
+}
+
+fn definition_kind<D>(definition: &SagaDefinition<D>, step: &str) -> Option<StepKind> {
+    definition.step(step).map(|(_, s)| s.kind())
+}
+
+/// Records the forward commands `actions` send and the local steps `history` ran.
+fn note_actions(world: &mut World, actions: &[SagaAction], history: &[HistoryEvent]) {
+    for action in actions {
+        if let SagaAction::Send(command) = action
+            && !command.compensation
+        {
+            world.sent.insert(command.step.clone());
+        }
+    }
+    for event in history {
+        if let HistoryEvent::StepSucceeded { step } = event {
+            world.effective.insert(step.clone());
+        }
+    }
+}
+
+/// Whether the pivot of `definition` has succeeded in `history`.
+fn pivot_succeeded<D>(definition: &SagaDefinition<D>, history: &[HistoryEvent]) -> bool {
+    let Some(pivot) = definition.pivot() else {
+        return false;
+    };
+    history
+        .iter()
+        .any(|e| matches!(e, HistoryEvent::StepSucceeded { step } if step == pivot.name()))
+}
+
+/// Once the pivot succeeded: a compensation or a compensatable step sent is a violation.
+fn after_pivot_problem<D>(steps: &[StepDefinition<D>], actions: &[SagaAction]) -> Option<String> {
+    for action in actions {
+        let SagaAction::Send(command) = action else {
+            continue;
+        };
+        let kind = steps
+            .iter()
+            .find(|s| s.name() == command.step)
+            .map(StepDefinition::kind);
+        if command.compensation || kind == Some(StepKind::Compensatable) {
+            return Some(format!(
+                "step `{}` {} after the pivot succeeded",
+                command.step,
+                if command.compensation {
+                    "was compensated"
+                } else {
+                    "ran"
+                }
+            ));
+        }
+    }
+    None
+}
+
+/// A state's identity: the saga's state and data, and what the world did.
+fn state_key<D: serde::Serialize>(definition: &SagaDefinition<D>, node: &Node<D>) -> String {
+    let data = serde_json::to_string(&node.instance.data).unwrap_or_default();
+    let state = serde_json::to_string(&node.instance.state).unwrap_or_default();
+    let compensated: Vec<&HistoryEvent> = node
+        .history
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                HistoryEvent::StepCompensated { .. } | HistoryEvent::StepSkipped { .. }
+            )
+        })
+        .collect();
+    let world = &node.world;
+    format!(
+        "{state}|{data}|{:?}|{:?}|{:?}|{}|{:?}|{compensated:?}|{}",
+        world.effective,
+        world.sent,
+        world.failures,
+        world.operator,
+        world.last_reply,
+        pivot_succeeded(definition, &node.history)
+    )
+}
