@@ -4,8 +4,8 @@
 //! From a start, the explorer branches at every point on what can happen next: each command
 //! awaiting its reply succeeds (the participant acted), fails (it did not), or times out —
 //! before the participant acted or after; a scheduled retry fires; a delivered reply comes
-//! again; a parked saga gets an operator `retry` or `skip`. States already seen are not
-//! explored twice. On every path it checks:
+//! again; an operator cancels it before its pivot; a parked saga gets an operator `retry` or
+//! `skip`. States already seen are not explored twice. On every path it checks:
 //!
 //! - the saga ends completed, compensated, or parked in `failed` with a reason;
 //! - a compensated saga undid every compensatable step that took effect, each once, in
@@ -357,7 +357,26 @@ impl<S: Saga> Exploration<S> {
         if node.world.last_reply.is_some() {
             choices.push(Choice::Duplicate);
         }
+        if self.can_cancel(node) {
+            choices.push(Choice::Operator(OperatorCommand::Cancel));
+        }
         choices
+    }
+
+    /// Whether an operator may cancel the saga at `node`: running forward, with only
+    /// compensatable steps run or awaited so far (before its pivot), within the path's
+    /// operator budget.
+    fn can_cancel(&self, node: &Node<S::Data>) -> bool {
+        let definition = S::definition();
+        let state = &node.instance.state;
+        let compensatable =
+            |name: &str| definition_kind(definition, name) == Some(StepKind::Compensatable);
+        state.status == SagaStatus::Running
+            && state.direction == engine::Direction::Forward
+            && node.world.operator < 2
+            && state.completed_steps.iter().all(|s| compensatable(s))
+            && state.current_step.as_deref().is_some_and(compensatable)
+            && state.branches.iter().all(|b| compensatable(&b.step))
     }
 
     /// Applies `choice` at `node`: the next node, or the invariant it breaks.
@@ -515,9 +534,13 @@ impl<S: Saga> Exploration<S> {
             }
             Choice::Operator(command) => {
                 next.world.operator += 1;
+                let line = match command {
+                    OperatorCommand::Cancel => ".cancel(\"explorer\")".to_owned(),
+                    _ => format!(".operator(OperatorCommand::{command:?})"),
+                };
                 (
                     SagaEvent::Operator(OperatorRequest::new(*command, "explorer", "")),
-                    format!(".operator(OperatorCommand::{command:?})"),
+                    line,
                 )
             }
         };
