@@ -63,23 +63,34 @@ pub(crate) struct Deployment {
     pub(crate) stream: String,
 }
 
-/// The first of `n` consecutive free ports.
+/// The first of `n` consecutive free ports, below the range the system hands out for
+/// outgoing connections: the processes bind them only later, and a port from that range
+/// could meanwhile be taken by any connection (another test's to PostgreSQL, say) — which
+/// made a service fail with "address already in use".
 pub(crate) fn free_ports(n: u16) -> u16 {
-    loop {
-        let first = free_port();
-        if first < u16::MAX - n
-            && (1..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", first + i)).is_ok())
-        {
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    // Spread the candidates over [ephemeral − 12,000, ephemeral − 100) from a per-call seed.
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut seed = u64::from(std::process::id()) << 16 | u64::from(call);
+    let (low, span) = (ephemeral.saturating_sub(12_000).max(1_024), 11_900u64);
+    for _ in 0..1_000 {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let first = low + u16::try_from((seed >> 33) % span).unwrap_or(0);
+        let free = (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", first + i)).is_ok());
+        if first.checked_add(n).is_some_and(|end| end < ephemeral) && free {
             return first;
         }
     }
+    panic!("no {n} consecutive free ports below {ephemeral}")
 }
 
+/// A free port for a process to bind later (see [`free_ports`]).
 pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    free_ports(1)
 }
 
 impl Deployment {
