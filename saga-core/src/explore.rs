@@ -40,7 +40,7 @@ use std::fmt::{self, Debug};
 use crate::definition::{IncomingReply, Saga, SagaDefinition, StepDefinition, StepKind};
 use crate::engine::{
     self, BranchState, HistoryEvent, OperatorCommand, OperatorRequest, Outcome, Pending,
-    SagaAction, SagaEvent, SagaInstance, SagaStatus, SagaTimer,
+    SagaAction, SagaEvent, SagaInstance, SagaState, SagaStatus, SagaTimer,
 };
 use crate::ids::{RequestId, SagaId, Timestamp};
 use crate::message::{Command, CommandFailed, Reply};
@@ -100,7 +100,7 @@ impl fmt::Display for Violation {
 }
 
 /// What the world outside the saga did on one path.
-#[derive(Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Default, PartialEq, Eq)]
 struct World {
     /// Forward steps that took effect at their participant (or ran locally).
     effective: BTreeSet<String>,
@@ -111,7 +111,7 @@ struct World {
     /// Operator actions given on this path.
     operator: u32,
     /// The last reply delivered, to deliver again.
-    last_reply: Option<(RequestId, String, String)>,
+    last_reply: Option<(RequestId, IncomingReply)>,
 }
 
 /// One state of the search: the saga, the world, and the path that led here.
@@ -286,34 +286,8 @@ impl<S: Saga> Exploration<S> {
                 Choice::Operator(OperatorCommand::Skip),
             ];
         }
-        // Each wait: the saga's own, or one per branch of a parallel group.
-        let waits: Vec<(String, Pending, u32, Option<Timestamp>)> = if state.branches.is_empty() {
-            state
-                .pending
-                .map(|pending| {
-                    (
-                        state.current_step.clone().unwrap_or_default(),
-                        pending,
-                        state.attempt,
-                        state.deadline,
-                    )
-                })
-                .into_iter()
-                .collect()
-        } else {
-            state
-                .branches
-                .iter()
-                .filter_map(|b| match b.state {
-                    BranchState::Waiting { pending } => {
-                        Some((b.step.clone(), pending, b.attempt, b.deadline))
-                    }
-                    _ => None,
-                })
-                .collect()
-        };
         let mut choices = Vec::new();
-        for (step, pending, attempt, deadline) in waits {
+        for (step, pending, attempt, deadline) in waits(&node.instance.state) {
             let failures = node.world.failures.get(&step).copied().unwrap_or(0);
             match pending {
                 Pending::Reply { request_id } => {
@@ -401,8 +375,7 @@ impl<S: Saga> Exploration<S> {
                 if next.instance.state.direction == engine::Direction::Forward {
                     next.world.effective.insert(step.clone());
                 }
-                next.world.last_reply =
-                    Some((*request, reply.reply_type.clone(), reply.payload.clone()));
+                next.world.last_reply = Some((*request, reply.clone()));
                 (
                     SagaEvent::Reply {
                         request_id: *request,
@@ -415,8 +388,7 @@ impl<S: Saga> Exploration<S> {
                 *next.world.failures.entry(step.clone()).or_default() += 1;
                 let reply = IncomingReply::from_reply(&CommandFailed::new("refused"))
                     .map_err(|err| (err.to_string(), next.script.clone()))?;
-                next.world.last_reply =
-                    Some((*request, reply.reply_type.clone(), reply.payload.clone()));
+                next.world.last_reply = Some((*request, reply.clone()));
                 (
                     SagaEvent::Reply {
                         request_id: *request,
@@ -459,18 +431,8 @@ impl<S: Saga> Exploration<S> {
                 )
             }
             Choice::Duplicate => {
-                let Some((request, reply_type, payload)) = next.world.last_reply.clone() else {
+                let Some((request, reply)) = next.world.last_reply.clone() else {
                     return Err(("no reply to duplicate".to_owned(), next.script));
-                };
-                let reply = IncomingReply {
-                    outcome: if reply_type == CommandFailed::TYPE {
-                        crate::message::ReplyOutcome::Failure
-                    } else {
-                        crate::message::ReplyOutcome::Success
-                    },
-                    reply_type,
-                    payload,
-                    undelivered_before: None,
                 };
                 let event = SagaEvent::Reply {
                     request_id: request,
@@ -575,21 +537,10 @@ impl<S: Saga> Exploration<S> {
         node: &Node<S::Data>,
         step: &str,
     ) -> Option<(Pending, u32, Option<Timestamp>)> {
-        let state = &node.instance.state;
-        if state.branches.is_empty() {
-            return (state.current_step.as_deref() == Some(step))
-                .then_some(state.pending)
-                .flatten()
-                .map(|pending| (pending, state.attempt, state.deadline));
-        }
-        state
-            .branches
-            .iter()
-            .find(|b| b.step == step)
-            .and_then(|b| match b.state {
-                BranchState::Waiting { pending } => Some((pending, b.attempt, b.deadline)),
-                _ => None,
-            })
+        waits(&node.instance.state)
+            .into_iter()
+            .find(|(waiting, ..)| waiting == step)
+            .map(|(_, pending, attempt, deadline)| (pending, attempt, deadline))
     }
 
     /// The command type the step sends in `direction`.
@@ -682,6 +633,29 @@ impl<S: Saga> Exploration<S> {
             _ => None,
         }
     }
+}
+
+/// What the saga waits for — its own wait, or one per branch of a parallel group — as
+/// `(step, pending, attempt, deadline)`.
+fn waits(state: &SagaState) -> Vec<(String, Pending, u32, Option<Timestamp>)> {
+    if state.branches.is_empty() {
+        let step = state.current_step.clone().unwrap_or_default();
+        return state
+            .pending
+            .map(|pending| (step, pending, state.attempt, state.deadline))
+            .into_iter()
+            .collect();
+    }
+    state
+        .branches
+        .iter()
+        .filter_map(|b| match b.state {
+            BranchState::Waiting { pending } => {
+                Some((b.step.clone(), pending, b.attempt, b.deadline))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 fn definition_kind<D>(definition: &SagaDefinition<D>, step: &str) -> Option<StepKind> {

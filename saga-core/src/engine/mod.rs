@@ -919,21 +919,7 @@ impl<'d, D: SagaData> Machine<'d, D> {
             .iter()
             .enumerate()
             .skip(from)
-            .find(|(_, step)| {
-                let skipped = self
-                    .instance
-                    .state
-                    .skip_steps
-                    .iter()
-                    .any(|s| s == step.name());
-                let applies = !skipped && step.applies_to(&self.instance.data);
-                if !applies {
-                    self.history.push(HistoryEvent::StepSkipped {
-                        step: step.name().to_owned(),
-                    });
-                }
-                applies
-            });
+            .find(|(_, step)| self.runs(step));
         let Some((index, step)) = next else {
             return self.finish(SagaStatus::Completed);
         };
@@ -943,6 +929,20 @@ impl<'d, D: SagaData> Machine<'d, D> {
         self.enter(step);
         let progress = self.attempt(step, None)?;
         self.after_attempt((index, step), progress, false)
+    }
+
+    /// Whether `step` runs for this instance: its condition holds and no migration told the
+    /// instance to skip it. A step that does not run is recorded as skipped.
+    fn runs(&mut self, step: &StepDefinition<D>) -> bool {
+        let state = &self.instance.state;
+        let skipped = state.skip_steps.iter().any(|s| s == step.name());
+        let runs = !skipped && step.applies_to(&self.instance.data);
+        if !runs {
+            self.history.push(HistoryEvent::StepSkipped {
+                step: step.name().to_owned(),
+            });
+        }
+        runs
     }
 
     fn forward_failed(
@@ -973,11 +973,12 @@ impl<'d, D: SagaData> Machine<'d, D> {
         if self.in_group() {
             return self.branch_failed(step, reason);
         }
-        self.turn_back(step.name(), reason)
+        self.turn_back(step.name(), reason, true)
     }
 
-    /// Turns the saga back at `step` because of `reason`, and compensates what ran.
-    fn turn_back(&mut self, step: &str, reason: String) -> Result<(), EngineError> {
+    /// Turns the saga back at `step` because of `reason` — a failure, recorded as its last
+    /// error too, or an operator's cancel — and compensates what ran.
+    fn turn_back(&mut self, step: &str, reason: String, failed: bool) -> Result<(), EngineError> {
         let state = &mut self.instance.state;
         if mutants::active(mutants::Mutant::CompensationsInForwardOrder) {
             state.completed_steps.reverse();
@@ -985,7 +986,7 @@ impl<'d, D: SagaData> Machine<'d, D> {
         state.status = SagaStatus::Compensating;
         state.direction = Direction::Backward;
         state.compensation_reason = Some(reason.clone());
-        state.last_error = Some(reason.clone());
+        state.last_error = failed.then(|| reason.clone());
         self.history.push(HistoryEvent::CompensationStarted {
             step: step.to_owned(),
             reason,
@@ -1295,15 +1296,6 @@ impl<'d, D: SagaData> Machine<'d, D> {
             true => format!("cancelled by {}", request.actor),
             false => format!("cancelled by {}: {}", request.actor, request.reason),
         };
-        let state = &mut self.instance.state;
-        state.status = SagaStatus::Compensating;
-        state.direction = Direction::Backward;
-        state.compensation_reason = Some(reason.clone());
-        state.last_error = None;
-        self.history.push(HistoryEvent::CompensationStarted {
-            step: step.name().to_owned(),
-            reason,
-        });
-        self.run_compensations()
+        self.turn_back(step.name(), reason, false)
     }
 }

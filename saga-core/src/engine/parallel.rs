@@ -19,7 +19,7 @@ use super::{
     SagaTimer,
 };
 use crate::definition::{IncomingReply, SagaData, StepDefinition};
-use crate::engine::OperatorRequest;
+use crate::engine::{OperatorCommand, OperatorRequest};
 use crate::ids::{RequestId, Timestamp};
 
 /// A step of the parallel group in flight.
@@ -95,19 +95,10 @@ impl<'d, D: SagaData> Machine<'d, D> {
         let end = definition.group_of(from).end;
         let mut members: Vec<(usize, &'d StepDefinition<D>)> = Vec::new();
         for (index, step) in definition.steps().iter().enumerate().take(end).skip(from) {
-            let skipped = self
-                .instance
-                .state
-                .skip_steps
-                .iter()
-                .any(|s| s == step.name());
-            if index > from && (skipped || !step.applies_to(&self.instance.data)) {
-                self.history.push(HistoryEvent::StepSkipped {
-                    step: step.name().to_owned(),
-                });
-                continue;
+            // The first was checked by the caller, which found it runs.
+            if index == from || self.runs(step) {
+                members.push((index, step));
             }
-            members.push((index, step));
         }
         let names: Vec<String> = members.iter().map(|(_, s)| s.name().to_owned()).collect();
         self.history.push(HistoryEvent::Forked {
@@ -115,10 +106,20 @@ impl<'d, D: SagaData> Machine<'d, D> {
             steps: names.clone(),
         });
         self.instance.state.branches = names.iter().map(|name| Branch::new(name)).collect();
+        self.run_members(members, false)
+    }
+
+    /// Attempts each of `members` — or, for an operator's `skip`, counts it done — holding
+    /// the group's decisions until all have started; once one fails at once, the rest are
+    /// not started. Then the group goes on (unless the saga parked).
+    fn run_members(
+        &mut self,
+        members: Vec<(usize, &'d StepDefinition<D>)>,
+        skip: bool,
+    ) -> Result<(), EngineError> {
         self.forking = true;
         for (index, step) in members {
             if self.failed_branch().is_some() {
-                // A member failed at once: the rest are not started.
                 self.instance
                     .state
                     .branches
@@ -126,7 +127,10 @@ impl<'d, D: SagaData> Machine<'d, D> {
                 continue;
             }
             self.enter(step);
-            let progress = self.attempt(step, None)?;
+            let progress = match skip {
+                true => Progress::Done,
+                false => self.attempt(step, None)?,
+            };
             self.after_attempt((index, step), progress, false)?;
             if self.instance.state.status == SagaStatus::Failed {
                 break;
@@ -216,7 +220,7 @@ impl<'d, D: SagaData> Machine<'d, D> {
             steps: names,
         });
         match failed {
-            Some((step, reason)) => self.turn_back(&step, reason),
+            Some((step, reason)) => self.turn_back(&step, reason, true),
             None => self.run_forward_from(end),
         }
     }
@@ -257,23 +261,17 @@ impl<'d, D: SagaData> Machine<'d, D> {
     /// The saga-wide wait mirrors the waiting branch due first (one without a deadline only
     /// when none has one).
     fn point_timer(&mut self) {
-        let state = &mut self.instance.state;
-        let first = state
+        let first = self
+            .instance
+            .state
             .branches
             .iter()
-            .filter_map(|b| match b.state {
-                BranchState::Waiting { pending } => Some((b, pending)),
-                _ => None,
-            })
-            .min_by_key(|(b, _)| b.deadline.map_or(u64::MAX, |d| d.as_millis()));
-        let Some((branch, pending)) = first else {
-            return;
-        };
-        let (step, attempt, deadline) = (branch.step.clone(), branch.attempt, branch.deadline);
-        state.current_step = Some(step);
-        state.pending = Some(pending);
-        state.deadline = deadline;
-        state.attempt = attempt;
+            .filter(|b| matches!(b.state, BranchState::Waiting { .. }))
+            .min_by_key(|b| b.deadline.map_or(u64::MAX, |d| d.as_millis()))
+            .cloned();
+        if let Some(branch) = first {
+            self.focus(&branch);
+        }
     }
 
     /// Makes `branch` the saga's current step, with its wait and attempts.
@@ -398,24 +396,11 @@ impl<'d, D: SagaData> Machine<'d, D> {
         let state = &mut self.instance.state;
         state.status = SagaStatus::Running;
         state.last_error = None;
-        self.forking = true;
-        for name in halted {
-            let (index, step) = self.step_named(&name)?;
-            self.enter(step);
-            let progress = match request.command {
-                super::OperatorCommand::Skip => Progress::Done,
-                _ => self.attempt(step, None)?,
-            };
-            self.after_attempt((index, step), progress, false)?;
-            if self.instance.state.status == SagaStatus::Failed {
-                break;
-            }
-        }
-        self.forking = false;
-        match self.instance.state.status {
-            SagaStatus::Failed => Ok(()),
-            _ => self.group_progress(),
-        }
+        let members = halted
+            .iter()
+            .map(|name| self.step_named(name))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.run_members(members, request.command == OperatorCommand::Skip)
     }
 
     /// An operator cancels the saga during a group: every branch still waiting for its reply
