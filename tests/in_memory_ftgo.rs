@@ -1,109 +1,122 @@
 //! The four FTGO services as in-memory participants: a test double of `ftgo::services` for
-//! runs on saga-core's in-memory runtime (no database at all).
+//! runs on saga-core's in-memory runtime and in simulations (no database at all). Each
+//! handler follows its `ftgo::services` counterpart: the same states, the same semantic
+//! locks, the same answers to a replayed command.
 
 use std::collections::{HashMap, HashSet};
 
 use saga_core::participant::Participant;
 use saga_core::{CommandFailed, SemanticLock};
 
+pub use ftgo::services::kitchen::TicketState;
+pub use ftgo::services::order::OrderState;
+
 use ftgo::messages::{
-    ApproveOrder, AuthorizeCard, CancelCreateTicket, CardAuthorization, Cents, ConfirmCreateTicket,
-    ConsumerVerification, CreateTicket, OrderApproved, OrderRejected, RejectOrder, TicketCancelled,
-    TicketConfirmed, TicketCreated, ValidateOrderByConsumer, channels,
+    ApproveOrder, AuthorizationReversal, AuthorizeCard, BeginCancelTicket, CancelCreateTicket,
+    CancelUndone, CardAuthorization, Cents, ConfirmCancelOrder, ConfirmCancelTicket,
+    ConfirmCreateTicket, ConsumerVerification, CreateTicket, OrderApproved, OrderCancelled,
+    OrderRejected, RejectOrder, ReverseAuthorization, TicketCancelPending, TicketCancelUndone,
+    TicketCancelled, TicketConfirmed, TicketCreated, UndoBeginCancelOrder, UndoBeginCancelTicket,
+    ValidateOrderByConsumer, channels,
 };
-
-/// The life of an order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, SemanticLock)]
-pub(crate) enum OrderState {
-    /// Created; CreateOrderSaga is running.
-    #[pending]
-    ApprovalPending,
-    /// CreateOrderSaga completed.
-    Approved,
-    /// CreateOrderSaga turned back.
-    Rejected,
-}
-
-/// The life of a kitchen ticket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, SemanticLock)]
-pub(crate) enum TicketState {
-    /// Created by CreateOrderSaga, not yet confirmed.
-    #[pending]
-    CreatePending,
-    /// Confirmed; the restaurant may accept it.
-    AwaitingAcceptance,
-    /// Cancelled by a compensation.
-    Cancelled,
-}
 
 /// The Order service's records.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Orders {
+pub struct Orders {
     /// Order states by order id.
-    pub(crate) states: HashMap<i64, OrderState>,
+    pub states: HashMap<i64, OrderState>,
 }
 
 /// The Consumer service's records.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Consumers {
+pub struct Consumers {
     /// Consumers who may not order.
-    pub(crate) blocked: HashSet<i64>,
+    pub blocked: HashSet<i64>,
 }
 
 /// The Kitchen service's records.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Kitchen {
+pub struct Kitchen {
     /// Restaurants that refuse tickets.
-    pub(crate) closed_restaurants: HashSet<i64>,
+    pub closed_restaurants: HashSet<i64>,
     /// Tickets by order id.
-    pub(crate) tickets: HashMap<i64, TicketState>,
+    pub tickets: HashMap<i64, TicketState>,
     /// How many tickets were ever created (to prove effects are not duplicated).
-    pub(crate) tickets_created: usize,
+    pub tickets_created: usize,
+}
+
+/// A card authorization's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Authorization {
+    /// The amount is held.
+    Authorized,
+    /// Released again by CancelOrderSaga.
+    Reversed,
 }
 
 /// The Accounting service's records.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Accounting {
+pub struct Accounting {
     /// The largest amount a card may be authorized for.
-    pub(crate) limit: Cents,
+    pub limit: Cents,
     /// Authorizations by order id.
-    pub(crate) authorizations: HashMap<i64, String>,
+    pub authorizations: HashMap<i64, Authorization>,
     /// How many authorizations were ever made.
-    pub(crate) authorizations_made: usize,
+    pub authorizations_made: usize,
+    /// How many were ever reversed.
+    pub reversals_made: usize,
 }
 
 fn failed(err: impl ToString) -> CommandFailed {
     CommandFailed::new(err.to_string())
 }
 
-fn order_state(orders: &mut Orders, order_id: i64) -> Result<&mut OrderState, CommandFailed> {
-    orders
-        .states
-        .get_mut(&order_id)
-        .ok_or_else(|| failed(format!("no order {order_id}")))
+/// Moves record `id` from `from` to `to` through its semantic lock; a replayed command
+/// finds it there already (see [`SemanticLock::advance`]).
+fn advance<S: SemanticLock + PartialEq>(
+    state: Option<&mut S>,
+    id: i64,
+    from: S,
+    to: S,
+) -> Result<(), CommandFailed> {
+    let state = state.ok_or_else(|| failed(format!("no record {id}")))?;
+    state.advance(id, from, to).map_err(failed)?;
+    Ok(())
 }
 
-/// The Order service as a participant: approves and rejects orders.
-pub(crate) fn order_service() -> Participant<Orders> {
+/// The Order service as a participant: approves, rejects, and confirms or undoes
+/// cancellations.
+pub fn order_service() -> Participant<Orders> {
+    use OrderState::{ApprovalPending, Approved, CancelPending, Cancelled, Rejected};
     Participant::new("order-service", channels::ORDER)
         .handle_fn(|orders: &mut Orders, cmd: ApproveOrder, _| {
-            let state = order_state(orders, cmd.order_id)?;
-            if *state != OrderState::Approved {
-                state.release(OrderState::Approved).map_err(failed)?;
+            let id = cmd.order_id;
+            // Resent after its reply was lost, and cancelled since: approved before.
+            if let Some(CancelPending | Cancelled) = orders.states.get(&id) {
+                return Ok(OrderApproved);
             }
+            advance(orders.states.get_mut(&id), id, ApprovalPending, Approved)?;
             Ok(OrderApproved)
         })
         .handle_fn(|orders: &mut Orders, cmd: RejectOrder, _| {
-            let state = order_state(orders, cmd.order_id)?;
-            if *state != OrderState::Rejected {
-                state.release(OrderState::Rejected).map_err(failed)?;
-            }
+            let id = cmd.order_id;
+            advance(orders.states.get_mut(&id), id, ApprovalPending, Rejected)?;
             Ok(OrderRejected)
+        })
+        .handle_fn(|orders: &mut Orders, cmd: ConfirmCancelOrder, _| {
+            let id = cmd.order_id;
+            advance(orders.states.get_mut(&id), id, CancelPending, Cancelled)?;
+            Ok(OrderCancelled)
+        })
+        .handle_fn(|orders: &mut Orders, cmd: UndoBeginCancelOrder, _| {
+            let id = cmd.order_id;
+            advance(orders.states.get_mut(&id), id, CancelPending, Approved)?;
+            Ok(CancelUndone)
         })
 }
 
 /// The Consumer service as a participant: refuses blocked consumers.
-pub(crate) fn consumer_service() -> Participant<Consumers> {
+pub fn consumer_service() -> Participant<Consumers> {
     Participant::new("consumer-service", channels::CONSUMER).handle_fn(
         |consumers: &mut Consumers, cmd: ValidateOrderByConsumer, _| {
             if consumers.blocked.contains(&cmd.consumer_id) {
@@ -119,7 +132,8 @@ pub(crate) fn consumer_service() -> Participant<Consumers> {
 
 /// The Kitchen service as a participant: creates, confirms and cancels tickets, and refuses
 /// tickets for closed restaurants.
-pub(crate) fn kitchen_service() -> Participant<Kitchen> {
+pub fn kitchen_service() -> Participant<Kitchen> {
+    use TicketState::{AwaitingAcceptance, CancelPending, Cancelled, CreatePending};
     Participant::new("kitchen-service", channels::KITCHEN)
         .handle_fn(|kitchen: &mut Kitchen, cmd: CreateTicket, _| {
             if kitchen.closed_restaurants.contains(&cmd.restaurant_id) {
@@ -128,60 +142,110 @@ pub(crate) fn kitchen_service() -> Participant<Kitchen> {
                     cmd.restaurant_id
                 )));
             }
-            if kitchen.tickets.contains_key(&cmd.order_id) {
-                return Err(failed(format!(
-                    "a ticket for order {} exists",
-                    cmd.order_id
-                )));
+            match kitchen.tickets.get(&cmd.order_id) {
+                None => {
+                    kitchen.tickets.insert(cmd.order_id, CreatePending);
+                    kitchen.tickets_created += 1;
+                }
+                Some(CreatePending) => {}
+                Some(other) => {
+                    return Err(failed(format!(
+                        "the ticket for order {} is already {}",
+                        cmd.order_id,
+                        other.state_name()
+                    )));
+                }
             }
-            kitchen
-                .tickets
-                .insert(cmd.order_id, TicketState::CreatePending);
-            kitchen.tickets_created += 1;
             Ok(TicketCreated {
                 ticket_id: cmd.order_id,
             })
         })
         .handle_fn(|kitchen: &mut Kitchen, cmd: ConfirmCreateTicket, _| {
-            let state = kitchen
-                .tickets
-                .get_mut(&cmd.ticket_id)
-                .ok_or_else(|| failed(format!("no ticket {}", cmd.ticket_id)))?;
-            if *state != TicketState::AwaitingAcceptance {
-                state
-                    .release(TicketState::AwaitingAcceptance)
-                    .map_err(failed)?;
+            let id = cmd.ticket_id;
+            // Resent after its reply was lost, and being cancelled since: confirmed before.
+            if let Some(CancelPending | Cancelled) = kitchen.tickets.get(&id) {
+                return Ok(TicketConfirmed);
             }
+            advance(
+                kitchen.tickets.get_mut(&id),
+                id,
+                CreatePending,
+                AwaitingAcceptance,
+            )?;
             Ok(TicketConfirmed)
         })
         .handle_fn(|kitchen: &mut Kitchen, cmd: CancelCreateTicket, _| {
-            // Nothing to cancel is fine: compensations must tolerate "never happened".
-            if let Some(state) = kitchen.tickets.get_mut(&cmd.order_id)
-                && *state != TicketState::Cancelled
-            {
-                state.release(TicketState::Cancelled).map_err(failed)?;
+            // Nothing to cancel is fine: a compensation must tolerate "it never happened".
+            let id = cmd.order_id;
+            if let Some(state) = kitchen.tickets.get_mut(&id) {
+                advance(Some(state), id, CreatePending, Cancelled)?;
             }
+            Ok(TicketCancelled)
+        })
+        .handle_fn(|kitchen: &mut Kitchen, cmd: BeginCancelTicket, _| {
+            let id = cmd.order_id;
+            advance(
+                kitchen.tickets.get_mut(&id),
+                id,
+                AwaitingAcceptance,
+                CancelPending,
+            )?;
+            Ok(TicketCancelPending)
+        })
+        .handle_fn(|kitchen: &mut Kitchen, cmd: UndoBeginCancelTicket, _| {
+            let id = cmd.order_id;
+            advance(
+                kitchen.tickets.get_mut(&id),
+                id,
+                CancelPending,
+                AwaitingAcceptance,
+            )?;
+            Ok(TicketCancelUndone)
+        })
+        .handle_fn(|kitchen: &mut Kitchen, cmd: ConfirmCancelTicket, _| {
+            let id = cmd.order_id;
+            advance(kitchen.tickets.get_mut(&id), id, CancelPending, Cancelled)?;
             Ok(TicketCancelled)
         })
 }
 
-/// The Accounting service as a participant: authorizes cards up to a limit.
-pub(crate) fn accounting_service() -> Participant<Accounting> {
-    Participant::new("accounting-service", channels::ACCOUNTING).handle_fn(
-        |accounting: &mut Accounting, cmd: AuthorizeCard, _| {
+/// The Accounting service as a participant: authorizes cards up to a limit and reverses
+/// authorizations.
+pub fn accounting_service() -> Participant<Accounting> {
+    Participant::new("accounting-service", channels::ACCOUNTING)
+        .handle_fn(|accounting: &mut Accounting, cmd: AuthorizeCard, _| {
+            let authorized = CardAuthorization::Authorized {
+                authorization_id: format!("auth-{}", cmd.order_id),
+            };
+            if accounting.authorizations.contains_key(&cmd.order_id) {
+                return Ok(authorized);
+            }
             if cmd.order_total > accounting.limit {
                 return Ok(CardAuthorization::Declined {
                     reason: format!("limit exceeded: {} > {}", cmd.order_total, accounting.limit),
                 });
             }
-            let id = format!("auth-{}", cmd.order_id);
-            accounting.authorizations.insert(cmd.order_id, id.clone());
+            accounting
+                .authorizations
+                .insert(cmd.order_id, Authorization::Authorized);
             accounting.authorizations_made += 1;
-            Ok(CardAuthorization::Authorized {
-                authorization_id: id,
-            })
-        },
-    )
+            Ok(authorized)
+        })
+        .handle_fn(
+            |accounting: &mut Accounting, cmd: ReverseAuthorization, _| {
+                Ok(match accounting.authorizations.get_mut(&cmd.order_id) {
+                    Some(state @ Authorization::Authorized) => {
+                        *state = Authorization::Reversed;
+                        accounting.reversals_made += 1;
+                        AuthorizationReversal::Reversed
+                    }
+                    Some(Authorization::Reversed) => AuthorizationReversal::Reversed,
+                    None => AuthorizationReversal::Refused {
+                        reason: format!("no authorization for order {}", cmd.order_id),
+                    },
+                })
+            },
+        )
 }
 
 // ----- the system ------------------------------------------------------------------------
@@ -197,25 +261,25 @@ use ftgo::create_order::{CreateOrderData, CreateOrderSaga};
 use ftgo::messages::LineItem;
 
 /// The blocked consumer in the sample data.
-pub(crate) const BLOCKED_CONSUMER: i64 = 666;
+pub const BLOCKED_CONSUMER: i64 = 666;
 /// The closed restaurant in the sample data.
-pub(crate) const CLOSED_RESTAURANT: i64 = 13;
+pub const CLOSED_RESTAURANT: i64 = 13;
 /// The card limit in the sample data, in cents.
-pub(crate) const CARD_LIMIT: Cents = 10_000;
+pub const CARD_LIMIT: Cents = 10_000;
 
 /// FTGO in one process, with sample data: consumer [`BLOCKED_CONSUMER`] is blocked,
 /// restaurant [`CLOSED_RESTAURANT`] is closed, and cards are limited to [`CARD_LIMIT`].
-pub(crate) struct FtgoSystem {
+pub struct FtgoSystem {
     /// The runtime: orchestrator, participants, transport, clock.
-    pub(crate) runtime: InMemoryRuntime,
+    pub runtime: InMemoryRuntime,
     /// The Order service's records.
-    pub(crate) orders: Arc<Mutex<Orders>>,
+    pub orders: Arc<Mutex<Orders>>,
     /// The Consumer service's records.
-    pub(crate) consumers: Arc<Mutex<Consumers>>,
+    pub consumers: Arc<Mutex<Consumers>>,
     /// The Kitchen service's records.
-    pub(crate) kitchen: Arc<Mutex<Kitchen>>,
+    pub kitchen: Arc<Mutex<Kitchen>>,
     /// The Accounting service's records.
-    pub(crate) accounting: Arc<Mutex<Accounting>>,
+    pub accounting: Arc<Mutex<Accounting>>,
 }
 
 impl std::fmt::Debug for FtgoSystem {
@@ -228,7 +292,7 @@ impl std::fmt::Debug for FtgoSystem {
 
 impl FtgoSystem {
     /// The system over `transport`, with the sample data.
-    pub(crate) fn new(transport: InMemoryTransport) -> Self {
+    pub fn new(transport: InMemoryTransport) -> Self {
         let orders = Arc::new(Mutex::new(Orders::default()));
         let consumers = Arc::new(Mutex::new(Consumers {
             blocked: HashSet::from([BLOCKED_CONSUMER]),
@@ -260,7 +324,7 @@ impl FtgoSystem {
 
     /// Creates the order (`APPROVAL_PENDING`) and starts CreateOrderSaga for it, as the Order
     /// service does.
-    pub(crate) async fn place_order(
+    pub async fn place_order(
         &self,
         order_id: i64,
         consumer_id: i64,
@@ -281,7 +345,7 @@ impl FtgoSystem {
     }
 
     /// A saga's status.
-    pub(crate) async fn status(&self, saga_id: SagaId) -> Result<SagaStatus, OrchestratorError> {
+    pub async fn status(&self, saga_id: SagaId) -> Result<SagaStatus, OrchestratorError> {
         Ok(self
             .runtime
             .orchestrator()

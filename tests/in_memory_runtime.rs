@@ -2,17 +2,15 @@
 //! the in-memory store and transport, including a transport that duplicates and reorders
 //! messages, and poison messages.
 
-mod in_memory_ftgo;
-
 use ftgo::messages::{LineItem, channels};
-use in_memory_ftgo::{
-    BLOCKED_CONSUMER as BLOCKED, CLOSED_RESTAURANT as CLOSED, FtgoSystem, OrderState, TicketState,
-};
 use saga_core::memory::{Faults, InMemoryTransport};
 use saga_core::message::headers;
 use saga_core::orchestrator::Handled;
 use saga_core::ports::{SagaStore, Transport};
 use saga_core::{Headers, Message, SagaId, SagaStatus};
+use saga_tests::in_memory_ftgo::{
+    BLOCKED_CONSUMER as BLOCKED, CLOSED_RESTAURANT as CLOSED, FtgoSystem, OrderState, TicketState,
+};
 
 async fn place(
     system: &FtgoSystem,

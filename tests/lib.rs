@@ -7,6 +7,7 @@
 pub mod create_order;
 pub mod faults;
 pub mod harness;
+pub mod in_memory_ftgo;
 pub mod operating;
 pub mod payment;
 pub mod replies;

@@ -37,12 +37,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::{self, Debug};
 
-use crate::definition::{IncomingReply, Saga, SagaDefinition, StepDefinition, StepKind};
+use crate::definition::{IncomingReply, Saga, SagaDefinition, StepKind};
 use crate::engine::{
     self, BranchState, HistoryEvent, OperatorCommand, OperatorRequest, Outcome, Pending,
     SagaAction, SagaEvent, SagaInstance, SagaState, SagaStatus, SagaTimer,
 };
 use crate::ids::{RequestId, SagaId, Timestamp};
+use crate::invariants::{self, StepKinds};
 use crate::message::{Command, CommandFailed, Reply};
 
 /// Explores every outcome of one saga definition from `data` (see the module docs).
@@ -523,8 +524,8 @@ impl<S: Saga> Exploration<S> {
         next.history.extend(transition.history);
         // No transition that follows the pivot's success (or contains it) undoes anything or
         // runs a compensatable step.
-        if pivot_succeeded(definition, &next.history)
-            && let Some(problem) = after_pivot_problem(definition.steps(), &transition.actions)
+        if let Some(problem) =
+            invariants::after_pivot_problem(&StepKinds::of_definition(definition), &next.history)
         {
             return Err((problem, next.script));
         }
@@ -560,77 +561,38 @@ impl<S: Saga> Exploration<S> {
     fn final_problem(&self, node: &Node<S::Data>) -> Option<String> {
         let definition = S::definition();
         let state = &node.instance.state;
-        let compensated: Vec<&str> = node
-            .history
+        let world = &node.world;
+        let ran = |step: &str| world.sent.contains(step) || world.effective.contains(step);
+        if let Some(problem) = invariants::timeline_problem(
+            &StepKinds::of_definition(definition),
+            &node.history,
+            state.status,
+            state.last_error.as_deref(),
+            &ran,
+        ) {
+            return Some(problem);
+        }
+        if state.status != SagaStatus::Compensated {
+            return None;
+        }
+        let compensated = invariants::compensated(&node.history);
+        let undoable = |name: &&String| {
+            definition
+                .step(name)
+                .is_some_and(|(_, s)| s.compensation().is_some())
+        };
+        let missing: Vec<&String> = world
+            .effective
             .iter()
-            .filter_map(|e| match e {
-                HistoryEvent::StepCompensated { step } => Some(step.as_str()),
-                _ => None,
-            })
+            .filter(undoable)
+            .filter(|s| !compensated.contains(&s.as_str()))
             .collect();
-        let mut seen = BTreeSet::new();
-        if let Some(twice) = compensated.iter().find(|s| !seen.insert(**s)) {
-            return Some(format!("step `{twice}` was compensated twice"));
-        }
-        let position = |name: &str| definition.step(name).map_or(usize::MAX, |(i, _)| i);
-        if compensated
-            .windows(2)
-            .any(|w| position(w[0]) < position(w[1]))
-        {
-            return Some(format!(
-                "compensations ran in {compensated:?}, not in reverse order"
-            ));
-        }
-        let skipped: BTreeSet<&str> = node
-            .history
-            .iter()
-            .filter_map(|e| match e {
-                HistoryEvent::StepSkipped { step } => Some(step.as_str()),
-                _ => None,
-            })
-            .collect();
-        for step in &compensated {
-            let ran = node.world.sent.contains(*step) || node.world.effective.contains(*step);
-            if skipped.contains(step) || !ran {
-                return Some(format!(
-                    "step `{step}` was compensated but never ran{}",
-                    if skipped.contains(step) {
-                        " (its condition skipped it)"
-                    } else {
-                        ""
-                    }
-                ));
-            }
-        }
-        match state.status {
-            SagaStatus::Completed if !compensated.is_empty() => Some(format!(
-                "the saga completed but compensated {compensated:?}"
+        match missing.is_empty() {
+            true => None,
+            false => Some(format!(
+                "the saga is compensated but {missing:?} took effect and were not undone \
+                 (their locks stay held)"
             )),
-            SagaStatus::Compensated => {
-                let undoable = |name: &&String| {
-                    definition
-                        .step(name)
-                        .is_some_and(|(_, s)| s.compensation().is_some())
-                };
-                let missing: Vec<&String> = node
-                    .world
-                    .effective
-                    .iter()
-                    .filter(undoable)
-                    .filter(|s| !compensated.contains(&s.as_str()))
-                    .collect();
-                match missing.is_empty() {
-                    true => None,
-                    false => Some(format!(
-                        "the saga is compensated but {missing:?} took effect and were not undone \
-                         (their locks stay held)"
-                    )),
-                }
-            }
-            SagaStatus::Failed if state.last_error.as_deref().unwrap_or("").is_empty() => {
-                Some("the saga parked without a reason".to_owned())
-            }
-            _ => None,
         }
     }
 }
@@ -686,31 +648,6 @@ fn pivot_succeeded<D>(definition: &SagaDefinition<D>, history: &[HistoryEvent]) 
     history
         .iter()
         .any(|e| matches!(e, HistoryEvent::StepSucceeded { step } if step == pivot.name()))
-}
-
-/// Once the pivot succeeded: a compensation or a compensatable step sent is a violation.
-fn after_pivot_problem<D>(steps: &[StepDefinition<D>], actions: &[SagaAction]) -> Option<String> {
-    for action in actions {
-        let SagaAction::Send(command) = action else {
-            continue;
-        };
-        let kind = steps
-            .iter()
-            .find(|s| s.name() == command.step)
-            .map(StepDefinition::kind);
-        if command.compensation || kind == Some(StepKind::Compensatable) {
-            return Some(format!(
-                "step `{}` {} after the pivot succeeded",
-                command.step,
-                if command.compensation {
-                    "was compensated"
-                } else {
-                    "ran"
-                }
-            ));
-        }
-    }
-    None
 }
 
 /// A state's identity: the saga's state and data, and what the world did.

@@ -22,6 +22,7 @@ use crate::ports::{
     UnitOfWork,
 };
 use crate::relay::{RelayError, relay_batch};
+use crate::simulation::SimRng;
 
 fn guard<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A poisoned lock only means another test thread panicked; the data is still usable.
@@ -282,27 +283,6 @@ pub struct Faults {
     pub reorder: f64,
 }
 
-/// SplitMix64: a small, seedable generator for fault decisions.
-#[derive(Debug)]
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// True with probability `p`.
-    fn chance(&mut self, p: f64) -> bool {
-        // 53 random bits as a fraction in [0, 1).
-        let fraction = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
-        fraction < p
-    }
-}
-
 #[derive(Debug, Default)]
 struct Group {
     queue: VecDeque<(Message, u32)>,
@@ -324,7 +304,7 @@ struct Channels {
 pub struct InMemoryTransport {
     channels: Mutex<Channels>,
     faults: Faults,
-    rng: Mutex<SplitMix>,
+    rng: Mutex<SimRng>,
 }
 
 impl Default for InMemoryTransport {
@@ -344,7 +324,7 @@ impl InMemoryTransport {
         Self {
             channels: Mutex::new(Channels::default()),
             faults,
-            rng: Mutex::new(SplitMix(faults.seed)),
+            rng: Mutex::new(SimRng::new(faults.seed)),
         }
     }
 
@@ -384,8 +364,7 @@ impl InMemoryTransport {
         };
         for _ in 0..copies {
             if !group.queue.is_empty() && rng.chance(self.faults.reorder) {
-                let len = u64::try_from(group.queue.len()).unwrap_or(u64::MAX);
-                let position = usize::try_from(rng.next() % len).unwrap_or(0);
+                let position = rng.index(group.queue.len());
                 group.queue.insert(position, (message.clone(), 0));
             } else {
                 group.queue.push_back((message.clone(), 0));
@@ -545,41 +524,81 @@ impl<Ctx: Clone + Send + 'static> Endpoint for ParticipantEndpoint<Ctx> {
     }
 
     async fn handle(&self, message: &Message) -> Result<bool, StoreError> {
-        let consumed = Consumed {
-            consumer: self.participant.name().to_owned(),
-            message_id: message.id,
-        };
         // The context lock is held from the dedup check to the commit: one "transaction".
         let mut ctx = self.ctx.lock().await;
-        if self.store.is_received(&consumed) {
-            return Ok(true);
-        }
-        // What a rollback returns to, as a database participant's transaction would.
-        let before = ctx.clone();
-        let dispatch = self
-            .participant
-            .dispatch_at(&mut ctx, message, self.clock.now())
-            .await;
-        if dispatch.retry.is_some() {
-            *ctx = before;
-            return Ok(false);
-        }
-        if dispatch.undo_writes {
-            *ctx = before;
-        }
-        let mut unit = UnitOfWork::consuming(&consumed.consumer, consumed.message_id);
-        unit.outbox.extend(dispatch.reply);
-        if let Some(reason) = dispatch.dead_letter {
-            unit.dead_letters.push(DeadLetter {
-                consumer: consumed.consumer,
-                message: message.clone(),
-                reason,
-                at: self.clock.now(),
-            });
-        }
-        self.store.commit(unit).await?;
-        Ok(true)
+        let handled = handle_command(
+            &self.participant,
+            &mut ctx,
+            &self.store,
+            message,
+            self.clock.now(),
+        )
+        .await?;
+        Ok(!matches!(handled, CommandHandled::Retry))
     }
+}
+
+/// What a participant did with one command (see [`handle_command`]).
+#[derive(Debug)]
+pub(crate) enum CommandHandled {
+    /// Received before: nothing done.
+    Duplicate,
+    /// A transient failure: nothing committed; deliver it again later.
+    Retry,
+    /// Committed with the dedup record: the reply (if any) is in the outbox.
+    Committed {
+        /// The reply written to the outbox.
+        reply: Option<Message>,
+        /// Why the command was set aside, when it was.
+        dead_letter: Option<String>,
+        /// What the handling came to (see [`Dispatch::outcome`](crate::participant::Dispatch::outcome)).
+        outcome: &'static str,
+    },
+}
+
+/// Handles one command as a participant with a database would, in one "transaction": the
+/// dedup check, the handler's changes to `ctx`, the dedup record and the reply commit
+/// together, and a handler that fails transiently or refuses leaves `ctx` as it was.
+pub(crate) async fn handle_command<Ctx: Clone + Send + 'static>(
+    participant: &Participant<Ctx>,
+    ctx: &mut Ctx,
+    store: &InMemoryStore,
+    message: &Message,
+    now: Timestamp,
+) -> Result<CommandHandled, StoreError> {
+    let consumed = Consumed {
+        consumer: participant.name().to_owned(),
+        message_id: message.id,
+    };
+    if store.is_received(&consumed) {
+        return Ok(CommandHandled::Duplicate);
+    }
+    // What a rollback returns to.
+    let before = ctx.clone();
+    let dispatch = participant.dispatch_at(ctx, message, now).await;
+    if dispatch.retry.is_some() {
+        *ctx = before;
+        return Ok(CommandHandled::Retry);
+    }
+    if dispatch.undo_writes {
+        *ctx = before;
+    }
+    let mut unit = UnitOfWork::consuming(&consumed.consumer, consumed.message_id);
+    unit.outbox.extend(dispatch.reply.clone());
+    if let Some(reason) = &dispatch.dead_letter {
+        unit.dead_letters.push(DeadLetter {
+            consumer: consumed.consumer,
+            message: message.clone(),
+            reason: reason.clone(),
+            at: now,
+        });
+    }
+    store.commit(unit).await?;
+    Ok(CommandHandled::Committed {
+        outcome: dispatch.outcome(),
+        reply: dispatch.reply,
+        dead_letter: dispatch.dead_letter,
+    })
 }
 
 /// Why the in-memory runtime stopped.

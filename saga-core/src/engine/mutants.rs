@@ -39,3 +39,13 @@ pub fn with<R>(mutant: Mutant, run: impl FnOnce() -> R) -> R {
 pub(crate) fn active(mutant: Mutant) -> bool {
     cfg!(feature = "mutants") && ACTIVE.with(|active| active.get() == Some(mutant))
 }
+
+/// The mutant switched on in this thread, to carry into threads it starts.
+pub(crate) fn current() -> Option<Mutant> {
+    ACTIVE.with(Cell::get)
+}
+
+/// Switches `mutant` on (or every mutant off) in this thread.
+pub(crate) fn set(mutant: Option<Mutant>) {
+    ACTIVE.with(|active| active.set(mutant));
+}

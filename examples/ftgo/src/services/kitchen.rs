@@ -285,6 +285,13 @@ async fn confirm_create_ticket(
     tx: &mut Tx,
     cmd: ConfirmCreateTicket,
 ) -> Result<TicketConfirmed, HandlerError> {
+    // A resent confirmation (its first reply was lost) can find the ticket being cancelled
+    // by CancelOrderSaga since: only a confirmed ticket gets there, so it was confirmed before.
+    if let Some(TicketState::CancelPending | TicketState::Cancelled) =
+        ticket(tx, cmd.ticket_id).await?
+    {
+        return Ok(TicketConfirmed);
+    }
     let staffing: Option<(i64, String, i64)> = on_backend!(tx.conn(), |c| {
         query_as(
             "SELECT r.id, r.name, r.staffed FROM ftgo_tickets t \

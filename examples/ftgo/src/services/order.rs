@@ -556,6 +556,18 @@ async fn load_order(conn: Conn<'_>, order_id: i64) -> Result<Option<OrderRecord>
     }))
 }
 
+async fn order_state(tx: &mut Tx, order_id: i64) -> Result<Option<OrderState>, HandlerError> {
+    let state: Option<String> = on_backend!(tx.conn(), |c| {
+        query_scalar("SELECT state FROM ftgo_orders WHERE id = $1")
+            .bind(order_id)
+            .fetch_optional(c)
+            .await
+    })?;
+    Ok(state
+        .map(|name| OrderState::from_state_name(&name))
+        .transpose()?)
+}
+
 /// Moves an order from `from` to `to` for the saga that holds it (see
 /// [`SemanticLock::advance`]).
 async fn release_order(
@@ -565,14 +577,9 @@ async fn release_order(
     to: OrderState,
     reason: Option<&str>,
 ) -> Result<(), HandlerError> {
-    let state: Option<String> = on_backend!(tx.conn(), |c| {
-        query_scalar("SELECT state FROM ftgo_orders WHERE id = $1")
-            .bind(order_id)
-            .fetch_optional(c)
-            .await
-    })?;
-    let state = state.ok_or_else(|| HandlerError::refused(format!("no order {order_id}")))?;
-    let mut next = OrderState::from_state_name(&state)?;
+    let mut next = order_state(tx, order_id)
+        .await?
+        .ok_or_else(|| HandlerError::refused(format!("no order {order_id}")))?;
     if !next
         .advance(order_id, from, to)
         .map_err(CommandFailed::from)?
@@ -592,6 +599,13 @@ async fn release_order(
 }
 
 async fn approve_order(tx: &mut Tx, cmd: ApproveOrder) -> Result<OrderApproved, HandlerError> {
+    // A resent ApproveOrder (its first reply was lost) can find the order cancelled since:
+    // only an approved order can be cancelled, so it was approved before.
+    if let Some(OrderState::CancelPending | OrderState::Cancelled) =
+        order_state(tx, cmd.order_id).await?
+    {
+        return Ok(OrderApproved);
+    }
     release_order(
         tx,
         cmd.order_id,
