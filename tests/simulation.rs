@@ -243,7 +243,8 @@ fn ftgo() -> Simulation<Ftgo> {
     ftgo_with(kitchen_service())
 }
 
-fn assert_caught(report: &SimulationReport, expected: &str) {
+/// Asserts the simulation caught the bug as `expected`; returns what it said.
+fn assert_caught(report: &SimulationReport, expected: &str) -> String {
     let Some(failure) = &report.failure else {
         panic!("the simulation missed the bug: {report}");
     };
@@ -257,10 +258,10 @@ fn assert_caught(report: &SimulationReport, expected: &str) {
             .contains(&format!("SAGA_SIM_SEED={}", failure.seed))
     );
     assert!(!failure.trace.is_empty());
-    println!(
-        "caught at seed {} of {}: {}",
+    format!(
+        "caught at seed {} ({} seeds run): {}",
         failure.seed, report.seeds, failure.problem
-    );
+    )
 }
 
 #[test]
@@ -321,19 +322,19 @@ fn a_calm_network_places_and_cancels_orders() {
 #[test]
 fn compensations_in_forward_order_are_caught() {
     let report = mutants::with(Mutant::CompensationsInForwardOrder, || ftgo().run(0..SEEDS));
-    assert_caught(&report, "not in reverse order");
+    println!("{}", assert_caught(&report, "not in reverse order"));
 }
 
 #[test]
 fn stale_replies_taken_for_the_awaited_one_are_caught() {
     let report = mutants::with(Mutant::StaleRepliesAccepted, || ftgo().run(0..SEEDS));
-    assert_caught(&report, "");
+    println!("{}", assert_caught(&report, ""));
 }
 
 #[test]
 fn a_skipped_first_compensation_is_caught() {
     let report = mutants::with(Mutant::FirstCompensationSkipped, || ftgo().run(0..SEEDS));
-    assert_caught(&report, "ApprovalPending");
+    println!("{}", assert_caught(&report, "ApprovalPending"));
 }
 
 #[test]
@@ -342,5 +343,5 @@ fn a_kitchen_that_keeps_its_lock_is_caught() {
     let forgetful = kitchen_service()
         .handle_fn(|_: &mut Kitchen, _: CancelCreateTicket, _| Ok(TicketCancelled));
     let report = ftgo_with(forgetful).run(0..SEEDS);
-    assert_caught(&report, "CreatePending");
+    println!("{}", assert_caught(&report, "CreatePending"));
 }
