@@ -331,8 +331,11 @@ fn parallel_a_ticket_that_times_out_is_cancelled_in_case_it_was_created() {
         .reply_to("verify_consumer", ConsumerVerification::Verified)
         .time_out_step("create_ticket")
         .expect_compensation(CancelCreateTicket { order_id: ORDER })
+        // The kitchen's answer to the timed-out command comes after all: too late.
+        .late_reply_to("create_ticket", TicketCreated { ticket_id: 55 })
         .reply(TicketCancelled)
         .expect_compensation(reject())
+        .late_reply_to("create_ticket", TicketCreated { ticket_id: 55 })
         .reply(OrderRejected)
         .expect_compensated()
         .expect_compensated_steps(&["create_ticket", "create_order"]);

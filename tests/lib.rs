@@ -6,6 +6,7 @@
 
 pub mod create_order;
 pub mod faults;
+pub mod ftgo_simulation;
 pub mod harness;
 pub mod in_memory_ftgo;
 pub mod operating;

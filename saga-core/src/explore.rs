@@ -113,6 +113,9 @@ struct World {
     operator: u32,
     /// The last reply delivered, to deliver again.
     last_reply: Option<(RequestId, IncomingReply)>,
+    /// The reply to the request that last timed out (and the Rust the script prints), to
+    /// deliver late.
+    late: Option<(RequestId, String, IncomingReply, String)>,
 }
 
 /// One state of the search: the saga, the world, and the path that led here.
@@ -148,6 +151,8 @@ enum Choice {
         due: Timestamp,
     },
     Duplicate,
+    /// The reply to a request that timed out arrives after all.
+    Late,
     Operator(OperatorCommand),
     /// Fail the step (a retriable one, a compensation) or time it out (the pivot) again and
     /// again, firing its retries, until the saga moves on or parks.
@@ -176,8 +181,7 @@ impl<S: Saga> Exploration<S> {
     pub fn success<C: Command>(mut self, reply: impl Reply + Debug) -> Self {
         let incoming = IncomingReply::from_reply(&reply)
             .unwrap_or_else(|err| panic!("cannot encode the reply to {}: {err}", C::TYPE));
-        self.successes
-            .insert(C::TYPE, (incoming, format!("{reply:?}")));
+        self.successes.insert(C::TYPE, (incoming, rust_of(&reply)));
         self
     }
 
@@ -332,6 +336,18 @@ impl<S: Saga> Exploration<S> {
         if node.world.last_reply.is_some() {
             choices.push(Choice::Duplicate);
         }
+        let awaited = |request: RequestId| {
+            waits(state).iter().any(|(_, pending, ..)| {
+                *pending
+                    == Pending::Reply {
+                        request_id: request,
+                    }
+            })
+        };
+        // A reply to the request awaited again (resent after its timeout) is no longer late.
+        if node.world.late.as_ref().is_some_and(|(r, ..)| !awaited(*r)) {
+            choices.push(Choice::Late);
+        }
         if self.can_cancel(node) {
             choices.push(Choice::Operator(OperatorCommand::Cancel));
         }
@@ -409,6 +425,7 @@ impl<S: Saga> Exploration<S> {
                 if *acted && next.instance.state.direction == engine::Direction::Forward {
                     next.world.effective.insert(step.clone());
                 }
+                next.world.late = self.late_reply(*request, step, *acted, &next);
                 next.now = next.now.max(*due);
                 let line = match acted {
                     true => format!(".time_out_step({step:?}) // after its participant acted"),
@@ -451,6 +468,32 @@ impl<S: Saga> Exploration<S> {
                     )),
                     Err(err) => Err((
                         format!("the engine refused a duplicate: {err}"),
+                        next.script,
+                    )),
+                };
+            }
+            Choice::Late => {
+                let Some((request, step, reply, shown)) = next.world.late.take() else {
+                    return Err(("no late reply to deliver".to_owned(), next.script));
+                };
+                next.script
+                    .push(format!(".late_reply_to({step:?}, {shown})"));
+                let event = SagaEvent::Reply {
+                    request_id: request,
+                    reply,
+                };
+                return match engine::transition(definition, &next.instance, &event, next.now) {
+                    Ok(Outcome::Ignored(_)) => Ok(next),
+                    Ok(Outcome::Applied(t)) => Err((
+                        format!(
+                            "a late reply to step `{step}` (its command timed out) was applied: \
+                             {:?}",
+                            t.history
+                        ),
+                        next.script,
+                    )),
+                    Err(err) => Err((
+                        format!("the engine refused a late reply: {err}"),
                         next.script,
                     )),
                 };
@@ -544,6 +587,28 @@ impl<S: Saga> Exploration<S> {
             .map(|(_, pending, attempt, deadline)| (pending, attempt, deadline))
     }
 
+    /// What the participant of a timed-out request answers when its reply comes late: the
+    /// command's success reply when it acted, else a failure.
+    fn late_reply(
+        &self,
+        request: RequestId,
+        step: &str,
+        acted: bool,
+        node: &Node<S::Data>,
+    ) -> Option<(RequestId, String, IncomingReply, String)> {
+        let success = self
+            .command_of(step, node.instance.state.direction)
+            .and_then(|command| self.successes.get(command));
+        let (reply, shown) = match (acted, success) {
+            (true, Some((reply, shown))) => (reply.clone(), shown.clone()),
+            _ => (
+                IncomingReply::from_reply(&CommandFailed::new("refused")).ok()?,
+                "CommandFailed::new(\"refused\")".to_owned(),
+            ),
+        };
+        Some((request, step.to_owned(), reply, shown))
+    }
+
     /// The command type the step sends in `direction`.
     fn command_of(&self, step: &str, direction: engine::Direction) -> Option<&'static str> {
         let (_, step) = S::definition().step(step)?;
@@ -595,6 +660,39 @@ impl<S: Saga> Exploration<S> {
             )),
         }
     }
+}
+
+/// `value` as the Rust that builds it, from its `Debug` form: an enum variant gets its type's
+/// name (`CardAuthorization::Authorized { .. }`) and a string literal `.into()`.
+fn rust_of<R: Debug>(value: &R) -> String {
+    let full = std::any::type_name::<R>();
+    let name = full
+        .split('<')
+        .next()
+        .and_then(|path| path.rsplit("::").next())
+        .unwrap_or(full);
+    let debug = format!("{value:?}");
+    let mut rust = String::with_capacity(debug.len() + name.len());
+    if !debug.starts_with(name) {
+        rust.push_str(name);
+        rust.push_str("::");
+    }
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in debug.chars() {
+        rust.push(c);
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_string => escaped = true,
+            '"' if in_string => {
+                in_string = false;
+                rust.push_str(".into()");
+            }
+            '"' => in_string = true,
+            _ => {}
+        }
+    }
+    rust
 }
 
 /// What the saga waits for — its own wait, or one per branch of a parallel group — as
@@ -666,12 +764,16 @@ fn state_key<D: serde::Serialize>(definition: &SagaDefinition<D>, node: &Node<D>
         .collect();
     let world = &node.world;
     format!(
-        "{state}|{data}|{:?}|{:?}|{:?}|{}|{:?}|{compensated:?}|{}",
+        "{state}|{data}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|{compensated:?}|{}",
         world.effective,
         world.sent,
         world.failures,
         world.operator,
         world.last_reply,
+        world
+            .late
+            .as_ref()
+            .map(|(request, step, ..)| (request, step)),
         pivot_succeeded(definition, &node.history)
     )
 }

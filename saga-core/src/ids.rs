@@ -7,6 +7,34 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::clock::{Clock, ManualClock};
+use crate::simulation::SimRng;
+
+thread_local! {
+    /// While a simulation runs on this thread: the generator and clock its ids come from.
+    static SIMULATED: std::cell::RefCell<Option<(SimRng, ManualClock)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Makes the ids this thread generates come from `source` — a simulation's seeded generator
+/// and clock — so that a seed's runs repeat exactly; `None` goes back to random ids.
+pub(crate) fn simulate_ids(source: Option<(SimRng, ManualClock)>) {
+    SIMULATED.with(|simulated| *simulated.borrow_mut() = source);
+}
+
+/// A fresh UUIDv7: from the clock and randomness, or from a simulation's.
+fn fresh_v7() -> Uuid {
+    SIMULATED.with(|simulated| match simulated.borrow_mut().as_mut() {
+        Some((rng, clock)) => {
+            let mut random = [0u8; 10];
+            random[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
+            random[8..].copy_from_slice(&rng.next_u64().to_le_bytes()[..2]);
+            uuid::Builder::from_unix_timestamp_millis(clock.now().as_millis(), &random).into_uuid()
+        }
+        None => Uuid::now_v7(),
+    })
+}
+
 /// The identity of one saga instance (a UUIDv7, so ids sort by creation time).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -15,7 +43,7 @@ pub struct SagaId(pub Uuid);
 impl SagaId {
     /// A fresh, time-ordered saga id.
     pub fn new() -> Self {
-        Self(Uuid::now_v7())
+        Self(fresh_v7())
     }
 
     /// When the id was made (the saga started), read from the UUIDv7; `None` for an id of
@@ -58,7 +86,7 @@ pub struct MessageId(pub Uuid);
 impl MessageId {
     /// A fresh, time-ordered message id.
     pub fn new() -> Self {
-        Self(Uuid::now_v7())
+        Self(fresh_v7())
     }
 
     /// When the id was made (the message was produced), read from the UUIDv7; `None` for an

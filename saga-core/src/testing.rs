@@ -78,6 +78,8 @@ pub struct SagaTest<S: Saga> {
     history: Vec<HistoryEvent>,
     /// The last reply given, for [`SagaTest::duplicate_last_reply`].
     last_reply: Option<SagaEvent>,
+    /// Requests that timed out, by step, for [`SagaTest::late_reply_to`].
+    timed_out: Vec<(String, crate::ids::RequestId)>,
 }
 
 impl<S: Saga> std::fmt::Debug for SagaTest<S> {
@@ -108,6 +110,7 @@ impl<S: Saga> SagaTest<S> {
             timers: Vec::new(),
             history: Vec::new(),
             last_reply: None,
+            timed_out: Vec::new(),
         };
         test.event(SagaEvent::Start)
     }
@@ -356,7 +359,26 @@ impl<S: Saga> SagaTest<S> {
         };
         self.now = self.now.max(due);
         self.timers.retain(|(t, _)| *t != timer);
+        self.timed_out.push((step.to_owned(), request_id));
         self.event(SagaEvent::Timer(timer))
+    }
+
+    /// Delivers `reply` late: to step `step`'s command that last timed out, once the saga
+    /// stopped waiting for it. Panics unless the engine ignores it.
+    #[track_caller]
+    pub fn late_reply_to<R: Reply>(self, step: &str, reply: R) -> Self {
+        let Some(request_id) = self
+            .timed_out
+            .iter()
+            .rev()
+            .find(|(timed_out, _)| timed_out == step)
+            .map(|(_, request_id)| *request_id)
+        else {
+            panic!("no command of step `{step}` timed out");
+        };
+        let reply = IncomingReply::from_reply(&reply)
+            .unwrap_or_else(|err| panic!("cannot encode the reply: {err}"));
+        self.expect_ignored(SagaEvent::Reply { request_id, reply }, "late reply")
     }
 
     /// Answers the outstanding command with `reply`; its value decides success or failure.
@@ -375,10 +397,15 @@ impl<S: Saga> SagaTest<S> {
         let Some(event) = self.last_reply.clone() else {
             panic!("no reply has been given yet");
         };
+        self.expect_ignored(event, "duplicate reply")
+    }
+
+    #[track_caller]
+    fn expect_ignored(self, event: SagaEvent, what: &str) -> Self {
         match engine::transition(S::definition(), &self.instance, &event, self.now) {
             Ok(Outcome::Ignored(_)) => self,
-            Ok(Outcome::Applied(t)) => panic!("the duplicate reply was applied: {:?}", t.history),
-            Err(err) => panic!("the engine refused the duplicate reply: {err}"),
+            Ok(Outcome::Applied(t)) => panic!("the {what} was applied: {:?}", t.history),
+            Err(err) => panic!("the engine refused the {what}: {err}"),
         }
     }
 
@@ -403,8 +430,10 @@ impl<S: Saga> SagaTest<S> {
         let Some(due) = state.deadline else {
             panic!("step {:?} has no timeout configured", state.current_step);
         };
+        let step = state.current_step.clone().unwrap_or_default();
         self.now = self.now.max(due);
         self.timers.retain(|(t, _)| *t != timer);
+        self.timed_out.push((step, request_id));
         self.event(SagaEvent::Timer(timer))
     }
 

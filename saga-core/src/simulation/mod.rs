@@ -578,7 +578,17 @@ impl<W: Clone + Send + 'static> Simulation<W> {
                 };
             }
         };
-        runtime.block_on(run::Run::new(self, seed, traced).run())
+        /// Random ids again once the run is over, however it ends.
+        struct RandomIdsAfter;
+        impl Drop for RandomIdsAfter {
+            fn drop(&mut self) {
+                crate::ids::simulate_ids(None);
+            }
+        }
+        let run = run::Run::new(self, seed, traced);
+        crate::ids::simulate_ids(Some(run.id_source()));
+        let _reset = RandomIdsAfter;
+        runtime.block_on(run.run())
     }
 }
 

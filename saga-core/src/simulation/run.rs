@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use super::{Faults, RequestOutcome, RunRequest, SeedRun, SimRng, SimSaga, Simulation};
 use crate::clock::{Clock, ManualClock};
-use crate::engine::{OperatorCommand, OperatorRequest, SagaStatus, SagaTimer};
+use crate::engine::{
+    BranchState, OperatorCommand, OperatorRequest, Pending, SagaState, SagaStatus, SagaTimer,
+};
 use crate::ids::{MessageId, SagaId, Timestamp};
 use crate::invariants::{self, StepKinds};
 use crate::memory::{CommandHandled, InMemoryStore};
-use crate::message::{Message, headers};
+use crate::message::{CommandFailed, Message, headers};
 use crate::orchestrator::{Handled, Orchestrator};
 use crate::ports::SagaStore;
 
@@ -179,6 +181,12 @@ impl<'s, W: Clone + Send + 'static> Run<'s, W> {
             )
         });
         run
+    }
+
+    /// Where the run's ids come from: a generator of their own (so a trace does not shift
+    /// the other decisions) and the run's clock.
+    pub(super) fn id_source(&self) -> (SimRng, ManualClock) {
+        (SimRng::new(self.seed ^ 0x05ee_d1d5), self.clock.clone())
     }
 
     pub(super) async fn run(mut self) -> SeedRun {
@@ -454,7 +462,13 @@ impl<'s, W: Clone + Send + 'static> Run<'s, W> {
                         reply: Some(reply),
                         outcome,
                         ..
-                    } => format!("{outcome}, replies {}", t.message(reply)),
+                    } => {
+                        let why = match reply.decode::<CommandFailed>() {
+                            Ok(failed) if *outcome == "refused" => format!(" ({})", failed.reason),
+                            _ => String::new(),
+                        };
+                        format!("{outcome}{why}, replies {}", t.message(reply))
+                    }
                 };
                 format!("{name} <- {}: {what}", t.message(&message))
             });
@@ -542,6 +556,14 @@ impl<'s, W: Clone + Send + 'static> Run<'s, W> {
         let now = self.now();
         let store = self.nodes[ORCHESTRATOR].store.clone();
         let due = store.due_timers(now, BATCH).await.map_err(stop)?;
+        // Which of them the saga still waits for (a timer outlives the reply that beat it).
+        let mut live = Vec::new();
+        if self.trace.enabled {
+            for timer in &due {
+                let record = store.load(timer.saga_id).await.map_err(stop)?;
+                live.push(record.is_some_and(|r| awaits(&r.state, &timer.timer)));
+            }
+        }
         let Some(orchestrator) = &self.orchestrator else {
             return Ok(());
         };
@@ -553,12 +575,14 @@ impl<'s, W: Clone + Send + 'static> Run<'s, W> {
         self.note(|t| {
             let fired: Vec<String> = due
                 .iter()
-                .map(|timer| {
+                .zip(&live)
+                .map(|(timer, live)| {
                     let kind = match timer.timer {
                         SagaTimer::Timeout { .. } => "timeout",
                         SagaTimer::RetryDue { .. } => "retry",
                     };
-                    format!("{kind} of {}", t.saga(timer.saga_id))
+                    let stale = if *live { "" } else { " (stale)" };
+                    format!("{kind} of {}{stale}", t.saga(timer.saga_id))
                 })
                 .collect();
             format!("timers fire: {}", fired.join(", "))
@@ -749,6 +773,21 @@ impl<'s, W: Clone + Send + 'static> Run<'s, W> {
         }
         Ok(())
     }
+}
+
+/// Whether `state` waits for `timer`: its reply or retry, or a parallel branch's.
+fn awaits(state: &SagaState, timer: &SagaTimer) -> bool {
+    let request = match timer {
+        SagaTimer::Timeout { request_id, .. } | SagaTimer::RetryDue { request_id } => *request_id,
+    };
+    let is = |pending: &Pending| match pending {
+        Pending::Reply { request_id } | Pending::Retry { request_id } => *request_id == request,
+    };
+    state.pending.as_ref().is_some_and(is)
+        || state
+            .branches
+            .iter()
+            .any(|b| matches!(&b.state, BranchState::Waiting { pending } if is(pending)))
 }
 
 fn stop(err: impl std::fmt::Display) -> Stop {
