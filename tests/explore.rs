@@ -17,6 +17,7 @@ use ftgo::messages::{
 use saga_core::Saga;
 use saga_core::engine::mutants::{self, Mutant};
 use saga_core::explore::{Exploration, ExplorationReport, Violation};
+use saga_core::testing::SagaTest;
 use saga_tests::create_order::data;
 
 fn create_order<S: Saga<Data = ftgo::create_order::CreateOrderData>>() -> ExplorationReport {
@@ -100,6 +101,7 @@ fn the_explorer_catches_compensations_run_in_forward_order() {
             "{violation}"
         );
         assert!(!violation.script.is_empty(), "{violation}");
+        println!("{violation}");
     }
 }
 
@@ -129,4 +131,24 @@ fn the_explorer_catches_a_lock_that_is_never_released() {
             "{violation}"
         );
     }
+}
+
+/// The script the explorer printed for the forward-order mutant, pasted as it came: it runs
+/// in the unit-test DSL and reproduces the violation.
+#[test]
+fn an_explorer_script_pastes_into_a_unit_test() {
+    let test = mutants::with(Mutant::CompensationsInForwardOrder, || {
+        SagaTest::<SequentialCreateOrderSaga>::given(data())
+            .expect_command_of("verify_consumer") // ValidateOrderByConsumer {"consumer_id":7,"order_id":1001,"order_total":2450}
+            .reply_to("verify_consumer", ConsumerVerification::Verified)
+            .expect_command_of("create_ticket") // CreateTicket {"order_id":1001,"restaurant_id":3,"line_items":[{"menu_item_id":"chicken-vindaloo","quantity":2}]}
+            .reply_to("create_ticket", TicketCreated { ticket_id: 55 })
+            .expect_command_of("authorize_card") // AuthorizeCard {"consumer_id":7,"order_id":1001,"order_total":2450}
+            .fail_step("authorize_card", "refused")
+            .expect_compensation_of("create_order") // RejectOrder {"order_id":1001,"reason":"create order saga failed"}
+            .reply_to("create_order", OrderRejected)
+            .expect_compensation_of("create_ticket") // CancelCreateTicket {"order_id":1001}
+            .reply_to("create_ticket", TicketCancelled)
+    });
+    assert_eq!(test.compensated_steps(), ["create_order", "create_ticket"]);
 }

@@ -85,7 +85,8 @@ pub struct Violation {
     /// What is wrong.
     pub problem: String,
     /// The unit-test DSL calls that reach it, one per line, ready to follow
-    /// `SagaTest::<S>::given(data)` (replies printed with their `Debug` form).
+    /// `SagaTest::<S>::given(data)`: each command asserted by its step (its payload in a
+    /// comment), each reply as the Rust that builds it (from its `Debug` form).
     pub script: Vec<String>,
 }
 
@@ -125,6 +126,8 @@ struct Node<D> {
     history: Vec<HistoryEvent>,
     world: World,
     script: Vec<String>,
+    /// Events on the path so far (the script also holds the command assertions).
+    events: usize,
     now: Timestamp,
 }
 
@@ -230,10 +233,11 @@ impl<S: Saga> Exploration<S> {
         let mut world = World::default();
         note_actions(&mut world, &start.actions, &start.history);
         let root = Node {
+            script: expect_lines(&start.actions).collect(),
+            events: 0,
             instance: start.instance,
             history: start.history,
             world,
-            script: Vec::new(),
             now,
         };
         let mut seen: HashSet<String> = HashSet::new();
@@ -246,11 +250,11 @@ impl<S: Saga> Exploration<S> {
             report.states += 1;
             let status = node.instance.state.status;
             let choices = self.choices(&node);
-            if status.is_terminal() || choices.is_empty() || node.script.len() >= self.max_events {
+            if status.is_terminal() || choices.is_empty() || node.events >= self.max_events {
                 report.paths += 1;
                 let ending = match status {
                     _ if status.is_finished() => status.as_str(),
-                    _ if node.script.len() >= self.max_events => "bound",
+                    _ if node.events >= self.max_events => "bound",
                     _ => "stuck",
                 };
                 *report.endings.entry(ending.to_owned()).or_default() += 1;
@@ -457,6 +461,7 @@ impl<S: Saga> Exploration<S> {
                     reply,
                 };
                 next.script.push(".duplicate_last_reply()".to_owned());
+                next.events += 1;
                 return match engine::transition(definition, &next.instance, &event, next.now) {
                     Ok(Outcome::Ignored(_)) => {
                         next.world.last_reply = None;
@@ -551,6 +556,7 @@ impl<S: Saga> Exploration<S> {
             }
         };
         next.script.push(line);
+        next.events += 1;
         let outcome = match engine::transition(definition, &next.instance, &event, next.now) {
             Ok(outcome) => outcome,
             Err(err) => return Err((format!("the engine refused {event:?}: {err}"), next.script)),
@@ -563,6 +569,7 @@ impl<S: Saga> Exploration<S> {
             ));
         };
         note_actions(&mut next.world, &transition.actions, &transition.history);
+        next.script.extend(expect_lines(&transition.actions));
         next.instance = transition.instance;
         next.history.extend(transition.history);
         // No transition that follows the pivot's success (or contains it) undoes anything or
@@ -673,7 +680,10 @@ fn rust_of<R: Debug>(value: &R) -> String {
         .unwrap_or(full);
     let debug = format!("{value:?}");
     let mut rust = String::with_capacity(debug.len() + name.len());
-    if !debug.starts_with(name) {
+    let named = debug
+        .strip_prefix(name)
+        .is_some_and(|rest| !rest.starts_with(|c: char| c.is_alphanumeric() || c == '_'));
+    if !named {
         rust.push_str(name);
         rust.push_str("::");
     }
@@ -720,6 +730,23 @@ fn waits(state: &SagaState) -> Vec<(String, Pending, u32, Option<Timestamp>)> {
 
 fn definition_kind<D>(definition: &SagaDefinition<D>, step: &str) -> Option<StepKind> {
     definition.step(step).map(|(_, s)| s.kind())
+}
+
+/// The unit-test DSL lines that assert the commands `actions` send (payloads in comments).
+fn expect_lines(actions: &[SagaAction]) -> impl Iterator<Item = String> + '_ {
+    actions.iter().filter_map(|action| match action {
+        SagaAction::Send(command) => Some(format!(
+            ".{}({:?}) // {} {}",
+            match command.compensation {
+                true => "expect_compensation_of",
+                false => "expect_command_of",
+            },
+            command.step,
+            command.command_type,
+            command.payload
+        )),
+        _ => None,
+    })
 }
 
 /// Records the forward commands `actions` send and the local steps `history` ran.
@@ -776,4 +803,46 @@ fn state_key<D: serde::Serialize>(definition: &SagaDefinition<D>, node: &Node<D>
             .map(|(request, step, ..)| (request, step)),
         pivot_succeeded(definition, &node.history)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rust_of;
+
+    #[derive(Debug)]
+    #[allow(dead_code, clippy::enum_variant_names)] // read through Debug; a tricky name
+    enum Answer {
+        Declined { reason: String },
+        Fine,
+        AnswerLater,
+    }
+
+    #[derive(Debug)]
+    #[allow(dead_code)] // read through Debug only
+    struct Created {
+        id: i64,
+        note: Option<String>,
+    }
+
+    #[test]
+    fn replies_print_as_the_rust_that_builds_them() {
+        let declined = Answer::Declined {
+            reason: "over \"the\" limit".to_owned(),
+        };
+        assert_eq!(
+            rust_of(&declined),
+            r#"Answer::Declined { reason: "over \"the\" limit".into() }"#
+        );
+        assert_eq!(rust_of(&Answer::Fine), "Answer::Fine");
+        // A variant whose name starts with its type's is still a variant.
+        assert_eq!(rust_of(&Answer::AnswerLater), "Answer::AnswerLater");
+        let created = Created {
+            id: 55,
+            note: Some("hot".to_owned()),
+        };
+        assert_eq!(
+            rust_of(&created),
+            r#"Created { id: 55, note: Some("hot".into()) }"#
+        );
+    }
 }

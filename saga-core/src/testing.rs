@@ -259,6 +259,45 @@ impl<S: Saga> SagaTest<S> {
         self
     }
 
+    /// Asserts that step `step` sent its (forward) command, whatever the payload, among the
+    /// commands not asserted yet — the form exploration scripts take
+    /// ([`crate::explore`]), with the payload in a comment.
+    #[track_caller]
+    pub fn expect_command_of(mut self, step: &str) -> Self {
+        self.take_command_of(step, false);
+        self
+    }
+
+    /// Asserts that step `step` sent its compensation, whatever the payload, among the
+    /// commands not asserted yet.
+    #[track_caller]
+    pub fn expect_compensation_of(mut self, step: &str) -> Self {
+        self.take_command_of(step, true);
+        self
+    }
+
+    #[track_caller]
+    fn take_command_of(&mut self, step: &str, compensation: bool) {
+        let position = self
+            .unasserted
+            .iter()
+            .position(|c| c.step == step && c.compensation == compensation);
+        match position {
+            Some(position) => {
+                self.unasserted.remove(position);
+            }
+            None => panic!(
+                "step `{step}` sent no {}; not asserted yet: {:?}",
+                if compensation {
+                    "compensation"
+                } else {
+                    "command"
+                },
+                self.unasserted
+            ),
+        }
+    }
+
     /// Asserts that every command sent so far has been asserted.
     #[track_caller]
     pub fn expect_no_command(self) -> Self {
