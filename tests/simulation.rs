@@ -65,6 +65,7 @@ fn ftgo_under_faults_keeps_its_invariants() {
             "crashes",
             "requests refused",
             "operator retries",
+            "reply batches",
         ] {
             assert!(
                 report.events.get(event).copied().unwrap_or(0) > 0,

@@ -3,7 +3,8 @@
 //!
 //! Each seed builds a fresh system from a [`Scenario`] (the participants' records and the
 //! requests to make), then lets the seed decide everything that can happen next: which
-//! message in transit is delivered (so messages arrive in any order), whether one is lost,
+//! message in transit is delivered (so messages arrive in any order; the orchestrator takes
+//! replies alone or several as one batch, as the durable consumers do), whether one is lost,
 //! delivered twice or delayed past a saga's timeout, whether a participant's database fails
 //! a command for a while, when a timer fires, when a request comes in, and when the
 //! orchestrator or a participant crashes — between two transactions, losing only what was not

@@ -49,6 +49,8 @@ struct Waiting<W> {
 #[derive(Clone, Copy, Debug)]
 enum Action {
     Deliver(usize),
+    /// Several replies handled as one batch, as the durable consumers do.
+    DeliverReplies,
     Relay(usize),
     FireTimers,
     Request,
@@ -224,7 +226,13 @@ impl<'s, W: Clone + Send + 'static> Run<'s, W> {
             let actions = self.enabled().await?;
             if actions.is_empty() {
                 if let Some(next) = self.next_time().await? {
-                    self.clock.set(next);
+                    // Sometimes a little further, so that several messages are ready at once
+                    // (and timers are polled late, as they are).
+                    let slack = match self.rng.chance(0.5) {
+                        true => self.rng.below(30),
+                        false => 0,
+                    };
+                    self.clock.set(Timestamp(next.as_millis() + slack));
                 } else if !self.calm {
                     self.calm_down();
                 } else if operator_rounds < OPERATOR_ROUNDS && self.retry_parked().await? {
@@ -328,6 +336,10 @@ impl<'s, W: Clone + Send + 'static> Run<'s, W> {
             .filter(|(_, t)| t.ready <= now && t.consumer.is_some_and(|c| self.up(c)))
             .map(|(i, _)| Action::Deliver(i))
             .collect();
+        // As likely as delivering any one of them on its own.
+        for _ in 1..self.ready_replies().len() {
+            actions.push(Action::DeliverReplies);
+        }
         for node in 0..self.nodes.len() {
             if self.up(node)
                 && !self.nodes[node]
@@ -379,6 +391,7 @@ impl<'s, W: Clone + Send + 'static> Run<'s, W> {
     async fn perform(&mut self, action: Action) -> Result<(), Stop> {
         match action {
             Action::Deliver(index) => self.deliver(index).await,
+            Action::DeliverReplies => self.deliver_replies().await,
             Action::Relay(node) => self.relay(node).await,
             Action::FireTimers => self.fire_timers().await,
             Action::Request => self.request().await,
@@ -403,14 +416,11 @@ impl<'s, W: Clone + Send + 'static> Run<'s, W> {
                 .map_err(|err| format!("the orchestrator failed on a reply: {err}"))?;
             self.count("replies handled");
             self.note(|t| {
-                let what = match &handled {
-                    Handled::Applied(status) => format!("applied, saga {}", status.as_str()),
-                    Handled::Ignored(why) => format!("ignored: {why}"),
-                    Handled::Duplicate => "duplicate, dropped".to_owned(),
-                    Handled::DeadLettered(why) => format!("DEAD-LETTERED: {why}"),
-                    Handled::Refused(why) => format!("refused: {why}"),
-                };
-                format!("orchestrator <- {}: {what}", t.message(&message))
+                format!(
+                    "orchestrator <- {}: {}",
+                    t.message(&message),
+                    shown(&handled)
+                )
             });
         } else {
             if !self.calm && self.rng.chance(self.faults.participant_failure) {
@@ -476,6 +486,62 @@ impl<'s, W: Clone + Send + 'static> Run<'s, W> {
         if self.crashes() {
             self.crash(node, "before acknowledging: the message comes again");
         } else {
+            self.network.remove(index);
+        }
+        Ok(())
+    }
+
+    /// The replies the orchestrator could be handed now, by position in the network.
+    fn ready_replies(&self) -> Vec<usize> {
+        if !self.up(ORCHESTRATOR) {
+            return Vec::new();
+        }
+        let now = self.now();
+        self.network
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.ready <= now && t.consumer == Some(ORCHESTRATOR))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Hands the orchestrator a few ready replies, in any order, as one batch
+    /// ([`Orchestrator::handle_replies`]: one load, one commit, one by one what cannot
+    /// share them), then acknowledges them all — unless it crashes first.
+    async fn deliver_replies(&mut self) -> Result<(), Stop> {
+        let mut ready = self.ready_replies();
+        let take = self.rng.between(2, ready.len().min(8) as u64) as usize;
+        let mut batch = Vec::with_capacity(take);
+        for _ in 0..take {
+            batch.push(ready.swap_remove(self.rng.index(ready.len())));
+        }
+        let messages: Vec<Message> = batch
+            .iter()
+            .map(|&i| self.network[i].message.clone())
+            .collect();
+        let Some(orchestrator) = &self.orchestrator else {
+            return Ok(());
+        };
+        let results = orchestrator.handle_replies(&messages).await;
+        self.count("reply batches");
+        for (message, result) in messages.iter().zip(results) {
+            let handled =
+                result.map_err(|err| format!("the orchestrator failed on a batch: {err}"))?;
+            self.count("replies handled");
+            self.note(|t| {
+                format!(
+                    "orchestrator <- {} (in a batch of {take}): {}",
+                    t.message(message),
+                    shown(&handled)
+                )
+            });
+        }
+        if self.crashes() {
+            self.crash(ORCHESTRATOR, "before acknowledging a batch: it comes again");
+            return Ok(());
+        }
+        batch.sort_unstable();
+        for index in batch.into_iter().rev() {
             self.network.remove(index);
         }
         Ok(())
@@ -772,6 +838,17 @@ impl<'s, W: Clone + Send + 'static> Run<'s, W> {
             check(&ending).map_err(|problem| format!("invariant `{name}`: {problem}"))?;
         }
         Ok(())
+    }
+}
+
+/// What handling a reply did, for the trace.
+fn shown(handled: &Handled) -> String {
+    match handled {
+        Handled::Applied(status) => format!("applied, saga {}", status.as_str()),
+        Handled::Ignored(why) => format!("ignored: {why}"),
+        Handled::Duplicate => "duplicate, dropped".to_owned(),
+        Handled::DeadLettered(why) => format!("DEAD-LETTERED: {why}"),
+        Handled::Refused(why) => format!("refused: {why}"),
     }
 }
 
