@@ -7,6 +7,7 @@ use std::time::Duration;
 use ftgo::cancel_order::{CancelOrderData, CancelOrderSaga};
 use ftgo::create_order::{CreateOrderData, CreateOrderSaga};
 use ftgo::messages::{LineItem, channels};
+use saga_core::Saga;
 use saga_core::orchestrator::Orchestrator;
 use saga_core::participant::Participant;
 use saga_core::simulation::{Ending, Faults, Request, Scenario, SimRng, Simulation, Start};
@@ -33,8 +34,8 @@ pub struct Ftgo {
 
 /// A few orders (some for a blocked consumer, a closed restaurant or over the card limit),
 /// each placed at a random time, and for some of them one or two cancellations at random
-/// times — often while CreateOrderSaga is still running.
-pub fn scenario(rng: &mut SimRng) -> Scenario<Ftgo> {
+/// times — often while CreateOrderSaga (definition `S`) is still running.
+pub fn scenario<S: Saga<Data = CreateOrderData>>(rng: &mut SimRng) -> Scenario<Ftgo> {
     let mut world = Ftgo::default();
     world.consumers.blocked.insert(BLOCKED_CONSUMER);
     world.kitchen.closed_restaurants.insert(CLOSED_RESTAURANT);
@@ -67,7 +68,7 @@ pub fn scenario(rng: &mut SimRng) -> Scenario<Ftgo> {
                     quantity: 1,
                 }];
                 let data = CreateOrderData::new(order_id, consumer_id, restaurant_id, items, total);
-                Ok(Start::saga::<CreateOrderSaga>(data))
+                Ok(Start::saga::<S>(data))
             },
         ));
         let cancels = match rng.below(4) {
@@ -215,16 +216,22 @@ pub fn sagas_match_orders(ending: &Ending<'_, Ftgo>) -> Result<(), String> {
 /// FTGO with `kitchen` as its Kitchen service (a broken one, to show it is caught), and
 /// up to three in ten messages lost: enough to exhaust a step's retries and park a saga.
 pub fn ftgo_with(kitchen: Participant<Kitchen>) -> Simulation<Ftgo> {
+    ftgo_on::<CreateOrderSaga>(kitchen)
+}
+
+/// FTGO running definition `S` of CreateOrderSaga (the parallel one, or the book's
+/// sequential one), with `kitchen` as its Kitchen service.
+pub fn ftgo_on<S: Saga<Data = CreateOrderData>>(kitchen: Participant<Kitchen>) -> Simulation<Ftgo> {
     Simulation::new(|store| {
         Orchestrator::new(store, channels::ORDER_SAGA_REPLIES)
-            .register::<CreateOrderSaga>()
+            .register::<S>()
             .register::<CancelOrderSaga>()
     })
     .participant(order_service(), |ftgo: &mut Ftgo| &mut ftgo.orders)
     .participant(consumer_service(), |ftgo: &mut Ftgo| &mut ftgo.consumers)
     .participant(kitchen, |ftgo: &mut Ftgo| &mut ftgo.kitchen)
     .participant(accounting_service(), |ftgo: &mut Ftgo| &mut ftgo.accounting)
-    .scenario(scenario)
+    .scenario(scenario::<S>)
     .invariant("the services agree on every order", services_agree)
     .invariant("no effect applied twice", effects_once)
     .invariant("each saga's end matches its order", sagas_match_orders)

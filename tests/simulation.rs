@@ -9,10 +9,11 @@
 //! its trace. The checks are shown to catch real bugs: engine mutants and a kitchen that
 //! forgets to release its lock.
 
+use ftgo::create_order::SequentialCreateOrderSaga;
 use ftgo::messages::{CancelCreateTicket, TicketCancelled};
 use saga_core::engine::mutants::{self, Mutant};
 use saga_core::simulation::{Faults, SimulationReport, seeds_from_env};
-use saga_tests::ftgo_simulation::{ftgo, ftgo_with};
+use saga_tests::ftgo_simulation::{ftgo, ftgo_on, ftgo_with};
 use saga_tests::in_memory_ftgo::{Kitchen, kitchen_service};
 
 /// The seeds CI runs.
@@ -73,6 +74,12 @@ fn ftgo_under_faults_keeps_its_invariants() {
             );
         }
     }
+}
+
+#[test]
+fn ftgo_on_the_sequential_create_order_saga_keeps_its_invariants() {
+    let report = ftgo_on::<SequentialCreateOrderSaga>(kitchen_service()).check(0..SEEDS / 4);
+    println!("FTGO simulation, sequential CreateOrderSaga: {report}");
 }
 
 #[test]
