@@ -29,12 +29,12 @@
 //! and reported with the command that replays it ([`Simulation::replay_command`]).
 //!
 //! ```
-//! # use std::sync::Arc;
 //! # use std::time::Duration;
+//! # use saga_core::message::CommandMeta;
 //! # use saga_core::orchestrator::Orchestrator;
 //! # use saga_core::participant::Participant;
 //! # use saga_core::simulation::{Request, Scenario, Simulation, Start};
-//! # use saga_core::{saga, Command, Reply};
+//! # use saga_core::{saga, Command, Reply, SagaId};
 //! # use serde::{Deserialize, Serialize};
 //! # #[derive(Clone, Serialize, Deserialize)] struct Data;
 //! # #[derive(Debug, Serialize, Deserialize, Command)]
@@ -42,28 +42,49 @@
 //! # #[derive(Debug, Serialize, Deserialize, Reply)] struct Done;
 //! # fn charge(_: &Data) -> Charge { Charge }
 //! # saga! { saga Pay(Data) { pivot charge { invoke: charge } } }
+//! /// The bank's records: one entry per charge made.
 //! #[derive(Clone, Default)]
 //! struct Bank {
-//!     charges: u32,
+//!     charges: Vec<SagaId>,
 //! }
 //!
-//! let bank = Participant::new("bank", "bank").handle_fn(|bank: &mut Bank, _: Charge, _| {
-//!     bank.charges += 1;
-//!     Ok(Done)
-//! });
-//! let simulation = Simulation::new(|store| Orchestrator::new(store, "replies").register::<Pay>())
-//!     .participant(bank, |world: &mut Bank| world)
-//!     .scenario(|_rng| {
-//!         Scenario::new(Bank::default()).request(Request::new("pay", Duration::ZERO, |_| {
-//!             Ok(Start::saga::<Pay>(Data))
-//!         }))
-//!     })
-//!     .invariant("charged at most once", |ending| match ending.world.charges {
-//!         0 | 1 => Ok(()),
-//!         n => Err(format!("charged {n} times")),
-//!     });
-//! let report = simulation.check(0..50);
-//! assert_eq!(report.seeds, 50);
+//! fn simulation(bank: Participant<Bank>) -> Simulation<Bank> {
+//!     Simulation::new(|store| Orchestrator::new(store, "replies").register::<Pay>())
+//!         .participant(bank, |world: &mut Bank| world)
+//!         .scenario(|_rng| {
+//!             Scenario::new(Bank::default()).request(Request::new("pay", Duration::ZERO, |_| {
+//!                 Ok(Start::saga::<Pay>(Data))
+//!             }))
+//!         })
+//!         .invariant("charged exactly once", |ending| match ending.world.charges.len() {
+//!             1 => Ok(()),
+//!             n => Err(format!("charged {n} times")),
+//!         })
+//! }
+//!
+//! // A bank that charges for every command it gets: when a reply is lost, the saga sends
+//! // the charge again (a new message, so deduplication lets it through).
+//! let naive = Participant::new("bank", "bank").handle_fn(
+//!     |bank: &mut Bank, _: Charge, meta: &CommandMeta| {
+//!         bank.charges.extend(meta.saga_id);
+//!         Ok(Done)
+//!     },
+//! );
+//! let report = simulation(naive).run(0..200);
+//! assert!(report.failure.is_some_and(|f| f.problem.contains("charged 2 times")));
+//!
+//! // Charging once per saga passes every seed.
+//! let once = Participant::new("bank", "bank").handle_fn(
+//!     |bank: &mut Bank, _: Charge, meta: &CommandMeta| {
+//!         if let Some(saga) = meta.saga_id
+//!             && !bank.charges.contains(&saga)
+//!         {
+//!             bank.charges.push(saga);
+//!         }
+//!         Ok(Done)
+//!     },
+//! );
+//! assert_eq!(simulation(once).check(0..200).seeds, 200);
 //! ```
 
 mod rng;
@@ -321,6 +342,8 @@ pub struct SimSaga {
     pub saga_id: SagaId,
     /// Its type.
     pub saga_type: String,
+    /// The definition version it ran on.
+    pub version: String,
     /// Its status.
     pub status: SagaStatus,
     /// Its step, or the step it stopped at.

@@ -510,7 +510,8 @@ impl<'s, W: Clone + Send + 'static> Run<'s, W> {
     /// share them), then acknowledges them all — unless it crashes first.
     async fn deliver_replies(&mut self) -> Result<(), Stop> {
         let mut ready = self.ready_replies();
-        let take = self.rng.between(2, ready.len().min(8) as u64) as usize;
+        let most = u64::try_from(ready.len().min(8)).unwrap_or(8);
+        let take = usize::try_from(self.rng.between(2, most)).unwrap_or(2);
         let mut batch = Vec::with_capacity(take);
         for _ in 0..take {
             batch.push(ready.swap_remove(self.rng.index(ready.len())));
@@ -763,6 +764,7 @@ impl<'s, W: Clone + Send + 'static> Run<'s, W> {
             request: label.to_owned(),
             saga_id,
             saga_type: record.state.saga_type.clone(),
+            version: record.state.definition_version.clone(),
             status: record.state.status,
             current_step: record.state.current_step.clone(),
             last_error: record.state.last_error.clone(),
@@ -794,19 +796,17 @@ impl<'s, W: Clone + Send + 'static> Run<'s, W> {
                     saga.last_error.as_deref().unwrap_or("no error")
                 ));
             }
-            let record = self.nodes[ORCHESTRATOR]
-                .store
-                .load(*saga_id)
-                .await
-                .map_err(stop)?
-                .ok_or_else(|| format!("saga `{label}` is not in the store"))?;
             let steps = definitions
                 .iter()
-                .find(|d| {
-                    d.saga_type == saga.saga_type && d.version == record.state.definition_version
-                })
+                .find(|d| d.saga_type == saga.saga_type && d.version == saga.version)
                 .map(|d| StepKinds::of_graph(&d.graph))
-                .unwrap_or_default();
+                .ok_or_else(|| {
+                    format!(
+                        "saga `{label}` ran on version `{}` of {}, which the orchestrator does not \
+                         register",
+                        saga.version, saga.saga_type
+                    )
+                })?;
             let ran = |step: &str| invariants::ran_in(&saga.history, step);
             if let Some(problem) = invariants::timeline_problem(
                 &steps,
