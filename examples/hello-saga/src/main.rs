@@ -11,6 +11,7 @@ use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use saga_core::message::CommandMeta;
 use saga_core::orchestrator::Orchestrator;
 use saga_core::participant::{HandlerError, Participant};
 use saga_core::ports::SagaStore;
@@ -40,7 +41,7 @@ struct Unreserve(String);
 #[command(channel = "payments", reply = Done)]
 struct Charge(String);
 
-#[derive(Serialize, Deserialize, Reply)]
+#[derive(Debug, Serialize, Deserialize, Reply)]
 struct Done;
 
 fn reserve(p: &Purchase) -> Reserve {
@@ -61,26 +62,45 @@ saga! {
     }
 }
 
-/// The stock service: one row per item, `reserved` never above `on_hand`.
+/// The stock service: one row per item, `reserved` never above `on_hand`, and one row per
+/// saga holding a reservation. The saga may send a command again (its reply was lost) or
+/// undo a reservation that never happened (it timed out first), so both handlers look at
+/// that row: reserve once per saga, give back only what this saga holds.
 fn stock() -> Participant<Tx> {
     const TAKE: &str =
         "UPDATE stock SET reserved = reserved + 1 WHERE item = $1 AND reserved < on_hand";
+    const HOLD: &str = "INSERT INTO reservations (saga_id, item) VALUES ($1, $2)";
+    const RELEASE: &str = "DELETE FROM reservations WHERE saga_id = $1";
     const GIVE_BACK: &str = "UPDATE stock SET reserved = reserved - 1 WHERE item = $1";
     Participant::<Tx>::new("stock", "stock")
-        .handle_async::<Reserve>(|tx, cmd, _| {
+        .handle_async::<Reserve>(|tx, cmd, meta| {
             Box::pin(async move {
-                if update(tx, TAKE, &cmd.0).await? == 0 {
+                let saga = saga_of(meta)?;
+                if holds(tx, &saga).await? {
+                    return Ok(Done); // reserved before
+                }
+                if execute(tx, TAKE, &[&cmd.0]).await? == 0 {
                     return Err(HandlerError::refused(format!("{} is sold out", cmd.0)));
+                }
+                execute(tx, HOLD, &[&saga, &cmd.0]).await?;
+                Ok(Done)
+            })
+        })
+        .handle_async::<Unreserve>(|tx, cmd, meta| {
+            Box::pin(async move {
+                if execute(tx, RELEASE, &[&saga_of(meta)?]).await? == 1 {
+                    execute(tx, GIVE_BACK, &[&cmd.0]).await?;
                 }
                 Ok(Done)
             })
         })
-        .handle_async::<Unreserve>(|tx, cmd, _| {
-            Box::pin(async move {
-                update(tx, GIVE_BACK, &cmd.0).await?;
-                Ok(Done)
-            })
-        })
+}
+
+/// The saga a command comes from, as text.
+fn saga_of(meta: &CommandMeta) -> Result<String, HandlerError> {
+    meta.saga_id
+        .map(|id| id.to_string())
+        .ok_or_else(|| HandlerError::refused("a reservation is made by a saga"))
 }
 
 /// A test card the payments service declines, and one it accepts.
@@ -99,27 +119,48 @@ fn payments() -> Participant<Tx> {
     })
 }
 
-async fn update(tx: &mut Tx, sql: &'static str, item: &str) -> Result<u64, sqlx::Error> {
-    on_backend!(tx.conn(), |c| sqlx::query(sql)
-        .bind(item)
-        .execute(c)
-        .await
-        .map(|done| done.rows_affected()))
+/// Runs `sql` with `binds`; the rows it changed.
+async fn execute(tx: &mut Tx, sql: &'static str, binds: &[&str]) -> Result<u64, sqlx::Error> {
+    on_backend!(tx.conn(), |c| {
+        let mut query = sqlx::query(sql);
+        for value in binds {
+            query = query.bind(*value);
+        }
+        query.execute(c).await.map(|done| done.rows_affected())
+    })
 }
 
-/// Runs three purchases on the database at `url`; each one's status and timeline.
-async fn run(url: &str) -> Result<Vec<(SagaStatus, String)>, Box<dyn Error>> {
+/// Whether saga `saga` holds a reservation.
+async fn holds(tx: &mut Tx, saga: &str) -> Result<bool, sqlx::Error> {
+    on_backend!(tx.conn(), |c| {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM reservations WHERE saga_id = $1")
+            .bind(saga)
+            .fetch_one(c)
+            .await
+            .map(|held| held > 0)
+    })
+}
+
+/// Opens the database at `url` with the saga tables, the stock (one lamp) and the
+/// reservations.
+async fn open(url: &str) -> Result<Database, Box<dyn Error>> {
     let db = Database::connect(url).await?; // creates the saga tables
     let mut tx = db.begin().await?;
     on_backend!(tx.conn(), |c| sqlx::raw_sql(
         "CREATE TABLE IF NOT EXISTS stock (item TEXT PRIMARY KEY, on_hand INT, reserved INT); \
+         CREATE TABLE IF NOT EXISTS reservations (saga_id TEXT PRIMARY KEY, item TEXT); \
          INSERT INTO stock VALUES ('lamp', 1, 0) ON CONFLICT DO NOTHING"
     )
     .execute(c)
     .await
     .map(drop))?;
     db.commit(tx).await?;
+    Ok(db)
+}
 
+/// Runs three purchases on the database at `url`; each one's status and timeline.
+async fn run(url: &str) -> Result<Vec<(SagaStatus, String)>, Box<dyn Error>> {
+    let db = open(url).await?;
     let store = Arc::new(SqlSagaStore::new(db.clone()));
     let orchestrator =
         Arc::new(Orchestrator::new(store.clone(), "purchases.replies").register::<PurchaseSaga>());
@@ -169,6 +210,81 @@ async fn main() -> Result<(), Box<dyn Error>> {
 
 #[cfg(test)]
 mod tests {
+    use saga_core::explore::Exploration;
+    use saga_core::message::headers;
+    use saga_core::{Command, Headers, Message, SagaId};
+    use saga_store::Database;
+
+    use super::{Charge, Done, GOOD, Purchase, PurchaseSaga, Reserve, Unreserve};
+
+    /// Every way the stock and payments services can answer, each path checked (see
+    /// `saga_core::explore`).
+    #[test]
+    fn every_path_of_a_purchase_keeps_the_saga_invariants() {
+        let purchase = Purchase {
+            item: "lamp".into(),
+            card: GOOD.into(),
+        };
+        let report = Exploration::<PurchaseSaga>::new(purchase)
+            .success::<Reserve>(Done)
+            .success::<Unreserve>(Done)
+            .success::<Charge>(Done)
+            .check();
+        assert!(report.endings.contains_key("compensated"), "{report:?}");
+    }
+
+    /// `command` as saga `saga` sends it; each call is a new message, as a resend is.
+    fn message<C: Command>(command: &C, saga: SagaId) -> Message {
+        let headers = Headers::new()
+            .with(headers::MESSAGE_TYPE, C::TYPE)
+            .with(headers::SAGA_ID, saga)
+            .with(headers::REQUEST_ID, 1)
+            .with(headers::REPLY_TO, "purchases.replies");
+        let payload = serde_json::to_string(command).expect("the command serializes");
+        Message::new(C::CHANNEL, headers, payload)
+    }
+
+    async fn reserved(db: &Database) -> i64 {
+        let mut conn = db.acquire().await.expect("a connection");
+        saga_store::on_backend!(conn.conn(), |c| {
+            sqlx::query_scalar::<_, i64>("SELECT reserved FROM stock WHERE item = 'lamp'")
+                .fetch_one(c)
+                .await
+        })
+        .expect("the lamp's row")
+    }
+
+    /// A resent reservation reserves once; undoing one that never happened, or undoing twice,
+    /// gives back nothing another purchase holds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stock_commands_sent_again_change_nothing() {
+        let (dir, url) = super::fresh_database("hello-saga-stock").expect("temp dir");
+        let db = super::open(&url).await.expect("the database opens");
+        let stock = super::stock();
+        let handle = |command: Message| {
+            let (db, stock) = (db.clone(), &stock);
+            async move {
+                let mut tx = db.begin().await.expect("a transaction");
+                let dispatch = stock.dispatch(&mut tx, &command).await;
+                db.commit(tx).await.expect("commit");
+                dispatch.outcome()
+            }
+        };
+        let (first, second) = (SagaId::new(), SagaId::new());
+        let lamp = || "lamp".to_owned();
+        assert_eq!(handle(message(&Reserve(lamp()), first)).await, "ok");
+        assert_eq!(handle(message(&Reserve(lamp()), first)).await, "ok");
+        assert_eq!(reserved(&db).await, 1);
+        // The second purchase's reservation timed out before the stock service saw it.
+        assert_eq!(handle(message(&Unreserve(lamp()), second)).await, "ok");
+        assert_eq!(reserved(&db).await, 1, "the first purchase keeps its lamp");
+        assert_eq!(handle(message(&Unreserve(lamp()), first)).await, "ok");
+        assert_eq!(handle(message(&Unreserve(lamp()), first)).await, "ok");
+        assert_eq!(reserved(&db).await, 0);
+        db.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_declined_card_and_a_sold_out_item_turn_the_saga_back() {
         let (dir, url) = super::fresh_database("hello-saga-test").expect("temp dir");
