@@ -7,31 +7,22 @@ use ftgo::messages::{
 };
 use ftgo::services::kitchen::{KitchenService, TicketState};
 use ftgo::services::order::{NewLineItem, NewOrder, OrderService, OrderState};
-use saga_core::message::headers;
 use saga_core::participant::Participant;
-use saga_core::{Command, Headers, Message, SagaId};
+use saga_core::testing::command_message;
+use saga_core::{Command, SagaId};
 use saga_store::Tx;
 use saga_tests::testdb::TestDb;
 
-/// `command` as the orchestrator sends it; each call is a new message, as a resend is.
-fn message<C: Command>(command: &C) -> Message {
-    let headers = Headers::new()
-        .with(headers::MESSAGE_TYPE, C::TYPE)
-        .with(headers::SAGA_ID, SagaId::new())
-        .with(headers::REQUEST_ID, 7)
-        .with(headers::REPLY_TO, "replies");
-    let payload = serde_json::to_string(command).expect("the command serializes");
-    Message::new(C::CHANNEL, headers, payload)
-}
-
-/// Handles `command` in its own transaction; returns the outcome (`ok`, `refused`, ...).
+/// Handles `command` in its own transaction, as a new message (a resend); returns the outcome (`ok`, `refused`, ...).
 async fn handle<C: Command>(
     db: &TestDb,
     participant: &Participant<Tx>,
     command: &C,
 ) -> &'static str {
     let mut tx = db.database.begin().await.expect("a transaction");
-    let dispatch = participant.dispatch(&mut tx, &message(command)).await;
+    let dispatch = participant
+        .dispatch(&mut tx, &command_message(command, SagaId::new(), "replies"))
+        .await;
     tx.commit().await.expect("commit");
     dispatch.outcome()
 }

@@ -44,7 +44,7 @@ use crate::engine::{
     SagaTimer,
 };
 use crate::ids::{SagaId, Timestamp};
-use crate::message::{Command, CommandFailed, Reply};
+use crate::message::{Command, CommandFailed, Headers, Message, Reply, headers};
 
 /// Commands expected together, in any order
 /// ([`SagaTest::expect_commands_in_any_order`]).
@@ -641,6 +641,21 @@ pub struct StoredDecodeError {
     /// serde's error, with the field and position.
     #[source]
     pub source: serde_json::Error,
+}
+
+/// `command` as saga `saga_id` sends it, answered to `reply_to` — for driving a
+/// participant's handlers directly in a test ([`Participant::dispatch`](crate::participant::Participant::dispatch)).
+/// Each call is a new message, as a resend after a lost reply is.
+#[track_caller]
+pub fn command_message<C: Command>(command: &C, saga_id: SagaId, reply_to: &str) -> Message {
+    let headers = Headers::new()
+        .with(headers::MESSAGE_TYPE, C::TYPE)
+        .with(headers::SAGA_ID, saga_id)
+        .with(headers::REQUEST_ID, 1)
+        .with(headers::REPLY_TO, reply_to);
+    let payload = serde_json::to_string(command)
+        .unwrap_or_else(|err| panic!("cannot serialize the command {}: {err}", C::TYPE));
+    Message::new(C::CHANNEL, headers, payload)
 }
 
 /// Decodes JSON an earlier version stored — saga data, a command's or a reply's payload —

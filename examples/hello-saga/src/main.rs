@@ -211,8 +211,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
 #[cfg(test)]
 mod tests {
     use saga_core::explore::Exploration;
-    use saga_core::message::headers;
-    use saga_core::{Command, Headers, Message, SagaId};
+    use saga_core::testing::command_message;
+    use saga_core::{Command, Message, SagaId};
     use saga_store::Database;
 
     use super::{Charge, Done, GOOD, Purchase, PurchaseSaga, Reserve, Unreserve};
@@ -233,15 +233,8 @@ mod tests {
         assert!(report.endings.contains_key("compensated"), "{report:?}");
     }
 
-    /// `command` as saga `saga` sends it; each call is a new message, as a resend is.
     fn message<C: Command>(command: &C, saga: SagaId) -> Message {
-        let headers = Headers::new()
-            .with(headers::MESSAGE_TYPE, C::TYPE)
-            .with(headers::SAGA_ID, saga)
-            .with(headers::REQUEST_ID, 1)
-            .with(headers::REPLY_TO, "purchases.replies");
-        let payload = serde_json::to_string(command).expect("the command serializes");
-        Message::new(C::CHANNEL, headers, payload)
+        command_message(command, saga, "purchases.replies")
     }
 
     async fn reserved(db: &Database) -> i64 {

@@ -192,27 +192,32 @@ impl<'s, W: Clone + Send + 'static> Run<'s, W> {
     }
 
     pub(super) async fn run(mut self) -> SeedRun {
-        let problem = match self.drive().await {
-            Ok(()) => self.check().await.err(),
-            Err(stop) => Some(stop),
+        let driven = self.drive().await;
+        let sagas = self.load_sagas().await;
+        let problem = match (&driven, &sagas) {
+            (Err(stop), _) | (Ok(()), Err(stop)) => Some(stop.clone()),
+            (Ok(()), Ok(sagas)) => self.check(sagas).await.err(),
         };
         if let Some(problem) = &problem {
             let problem = problem.clone();
             self.note(|_| format!("FAILED: {problem}"));
         }
-        let mut sagas = Vec::new();
-        for (saga_id, label) in &self.sagas {
-            if let Ok(saga) = self.saga(*saga_id, label).await {
-                sagas.push(saga);
-            }
-        }
         SeedRun {
             seed: self.seed,
             problem,
-            sagas,
+            sagas: sagas.unwrap_or_default(),
             events: self.events,
             trace: self.trace.lines,
         }
+    }
+
+    /// Every saga started, as it stands now, in the order they started.
+    async fn load_sagas(&self) -> Result<Vec<SimSaga>, Stop> {
+        let mut sagas = Vec::with_capacity(self.sagas.len());
+        for (saga_id, label) in &self.sagas {
+            sagas.push(self.saga(*saga_id, label).await?);
+        }
+        Ok(sagas)
     }
 
     /// Lets the seed pick events until the system is quiet after the faults stopped.
@@ -773,7 +778,7 @@ impl<'s, W: Clone + Send + 'static> Run<'s, W> {
     }
 
     /// The checks of a quiet system (see the module docs).
-    async fn check(&mut self) -> Result<(), Stop> {
+    async fn check(&mut self, sagas: &[SimSaga]) -> Result<(), Stop> {
         if let Some(stuck) = self.network.iter().find(|t| t.consumer.is_none()) {
             let message = stuck.message.clone();
             let shown = self.trace.message(&message);
@@ -784,9 +789,8 @@ impl<'s, W: Clone + Send + 'static> Run<'s, W> {
         }
         let definitions =
             (self.sim.orchestrator)(self.nodes[ORCHESTRATOR].store.clone()).definitions();
-        let mut sagas = Vec::new();
-        for (saga_id, label) in &self.sagas {
-            let saga = self.saga(*saga_id, label).await?;
+        for saga in sagas {
+            let label = &saga.request;
             if !saga.status.is_terminal() {
                 return Err(format!(
                     "saga `{label}` ({}) ended {} at step {:?}: {}",
@@ -817,7 +821,6 @@ impl<'s, W: Clone + Send + 'static> Run<'s, W> {
             ) {
                 return Err(format!("saga `{label}` ({}): {problem}", saga.saga_type));
             }
-            sagas.push(saga);
         }
         for node in &self.nodes {
             let dead = node.store.dead_letters().await.map_err(stop)?;
@@ -832,7 +835,7 @@ impl<'s, W: Clone + Send + 'static> Run<'s, W> {
         let ending = super::Ending {
             world: &self.world,
             requests: &self.outcomes,
-            sagas: &sagas,
+            sagas,
         };
         for (name, check) in &self.sim.invariants {
             check(&ending).map_err(|problem| format!("invariant `{name}`: {problem}"))?;
